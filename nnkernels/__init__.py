@@ -1,0 +1,85 @@
+"""nnkernels: compiled CPU kernels for neural networks.
+
+Packed SIMD GEMM (AVX-512 / AVX2+FMA / portable, chosen at run time) with
+fused epilogues, dense-layer forward/backward, OpenMP threads.
+
+Environment:
+  NNKERNELS_ISA=avx512|avx2|generic   force a kernel path (error if the CPU
+                                      cannot run it)
+  OMP_NUM_THREADS                     default thread count
+"""
+import os as _os
+
+from . import _core
+from ._core import (
+    available_isas,
+    dense_backward,
+    dense_forward,
+    fma_peak,
+    gemm,
+    get_isa,
+    get_num_threads,
+    isa_supported,
+    openmp_enabled,
+    release_workspace,
+    set_isa,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "gemm", "dense_forward", "dense_backward", "info", "set_num_threads",
+    "get_num_threads", "get_isa", "set_isa", "available_isas", "isa_supported",
+    "fma_peak", "openmp_enabled", "release_workspace", "default_num_threads",
+]
+
+
+def default_num_threads():
+    """The thread count used when none is set: OMP_NUM_THREADS if it is a
+    positive integer, else the CPUs this process may run on."""
+    env = _os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(_os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, _os.cpu_count() or 1)
+
+
+def set_num_threads(n=None):
+    """Set the kernels' thread count (None: back to default_num_threads())."""
+    if n is None:
+        n = default_num_threads()
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n}")
+    _core._set_num_threads(n)
+
+
+def info():
+    """What this build is and what it runs on."""
+    d = {
+        "version": __version__,
+        "isa": get_isa(),
+        "isas_available": available_isas(),
+        "openmp": openmp_enabled(),
+        "num_threads": get_num_threads(),
+        "default_num_threads": default_num_threads(),
+    }
+    d.update(_core.build_info())
+    return d
+
+
+def _init():
+    set_num_threads(None)
+    isa = _os.environ.get("NNKERNELS_ISA", "").strip().lower()
+    if isa and isa != "auto":
+        if isa not in ("avx512", "avx2", "generic"):
+            raise ImportError(f"NNKERNELS_ISA={isa!r}: expected avx512, avx2, generic or auto")
+        if not isa_supported(isa):
+            raise ImportError(
+                f"NNKERNELS_ISA={isa!r} is not supported by this CPU (available: {available_isas()})")
+        set_isa(isa)
+
+
+_init()

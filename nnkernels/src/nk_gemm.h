@@ -1,0 +1,107 @@
+/* nnkernels: packed GEMM with fused epilogues and packing prologues.
+ *
+ * Computes, for float32 ("s") and float64 ("d"):
+ *
+ *     out = act(alpha * op(A) @ op(B) + beta * C + bias)
+ *
+ * op(A)[i,p] = a[i*rsa + p*csa]  (i < m, p < k): any 2-D strides, so
+ * transposes and C/F-contiguous or strided views need no copy.
+ * op(B)[p,j] = b[p*rsb + j*csb]  (p < k, j < n).
+ * C (beta source, may be `out` itself) and `out` have unit column stride
+ * and row strides ldc / ldo.  bias has length n (broadcast over rows).
+ *
+ * Prologues (used by the dense backward, so dz is never materialised):
+ *   op(A)[i,p] *= dact(amask[i*rsam + p*csam])   when amask != NULL
+ *   op(B)[p,j] *= dact(bmask[p*rsbm + j*csbm])   when bmask != NULL
+ *   bcolsum[j] (+)= sum_p op(B)[p,j]  (after the prologue) when bcolsum != NULL
+ *       (it is overwritten, not accumulated, unless bcolsum_accumulate)
+ * dact is the derivative of the activation expressed through its output y:
+ *   NK_ACT_RELU: y > 0 ? 1 : 0.
+ *
+ * Kernels never allocate on the hot path: packing buffers live in a
+ * process-wide arena that grows once and is reused (page faults cost more
+ * than the arithmetic on the machines we target).
+ *
+ * Determinism: every output element is computed by exactly one thread with
+ * its k-sum in ascending order, so results are bitwise identical for any
+ * thread count (for a given ISA path).  bcolsum likewise.
+ */
+#ifndef NK_GEMM_H
+#define NK_GEMM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { NK_ACT_NONE = 0, NK_ACT_RELU = 1 };
+enum { NK_ISA_GENERIC = 0, NK_ISA_AVX2 = 1, NK_ISA_AVX512 = 2, NK_ISA_COUNT = 3 };
+
+#define NK_GEMM_ARGS_DECL(T, NAME)                                             \
+    typedef struct {                                                           \
+        int64_t m, n, k;                                                       \
+        const T *a; int64_t rsa, csa;                                          \
+        const T *b; int64_t rsb, csb;                                          \
+        T alpha, beta;                                                         \
+        const T *c; int64_t ldc;     /* beta source (NULL: beta ignored) */    \
+        T *out; int64_t ldo;                                                   \
+        const T *bias;               /* length n or NULL */                    \
+        int act;                     /* NK_ACT_* applied in the epilogue */    \
+        const T *amask; int64_t rsam, csam; int adact;                         \
+        const T *bmask; int64_t rsbm, csbm; int bdact;                         \
+        T *bcolsum; int bcolsum_accumulate;                                    \
+        int nthreads;                /* <= 0: use nk_get_num_threads() */      \
+    } NAME;
+
+NK_GEMM_ARGS_DECL(float, nk_sgemm_args)
+NK_GEMM_ARGS_DECL(double, nk_dgemm_args)
+
+/* Return 0 on success, -1 if workspace memory could not be obtained. */
+int nk_sgemm(const nk_sgemm_args *g);
+int nk_dgemm(const nk_dgemm_args *g);
+
+/* The same call with the element type chosen at run time (dbl: float64),
+ * pointers untyped and alpha/beta as double: what the Python wrapper uses. */
+typedef struct {
+    int64_t m, n, k;
+    const void *a; int64_t rsa, csa;
+    const void *b; int64_t rsb, csb;
+    double alpha, beta;
+    const void *c; int64_t ldc;
+    void *out; int64_t ldo;
+    const void *bias;
+    int act;
+    const void *amask; int64_t rsam, csam; int adact;
+    const void *bmask; int64_t rsbm, csbm; int bdact;
+    void *bcolsum; int bcolsum_accumulate;
+    int nthreads;
+} nk_gemm_desc;
+int nk_gemm(const nk_gemm_desc *g, int dbl);
+
+/* ISA dispatch (nk_cpu.c). */
+int nk_isa_supported(int isa);        /* CPU + OS support, and compiled in */
+int nk_get_isa(void);                 /* ISA in use */
+int nk_set_isa(int isa);              /* 0 on success, -1 if unsupported */
+const char *nk_isa_name(int isa);
+
+/* Threads. */
+void nk_set_num_threads(int n);
+int nk_get_num_threads(void);
+int nk_openmp_enabled(void);
+int nk_omp_max_threads(void);
+
+/* Release the packing arena (tests/benchmarks). */
+void nk_release_workspace(void);
+
+/* Per-ISA FMA throughput loop: runs `iters` iterations of a chain of
+ * independent FMAs, returns the number of flops executed. */
+double nk_fma_peak_loop(int isa, int dbl, int64_t iters);
+/* nt threads run the loop concurrently; returns seconds, *flops = total. */
+double nk_fma_peak_run(int isa, int dbl, int nt, int64_t iters, double *flops);
+const char *nk_compiler(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,204 @@
+/* GEMM driver body, included once per dtype by nk_gemm.c with
+ * T, S (s|d), ARGS, KERNT, EPT, CURRENT defined.
+ *
+ * BLIS loop nest: jc (NC columns of B) -> pc (KC of K: pack B panel) ->
+ * ic (MC rows: pack A block) -> jr (NR) -> ir (MR) -> micro-kernel.
+ *
+ * Threads:
+ *  - "row split" (the usual case): each thread owns a contiguous, MR-aligned
+ *    range of rows of C; the B panel is packed cooperatively (each thread
+ *    packs some NR slivers) into one of two shared buffers, so one barrier
+ *    per panel suffices (double buffering); each thread packs its own A.
+ *  - "column split" (few rows, e.g. m < 2*MR*threads): each thread owns an
+ *    NR-aligned column range and runs the serial loop nest on private
+ *    buffers (A is small then, so packing it per thread is cheap).
+ * Either way each element of C is produced by one thread, k ascending.
+ */
+#define FN_(name, s) name##_##s
+#define FNX(name, s) FN_(name, s)
+#define FN(name) FNX(name, S)
+
+static void FN(macro)(const ARGS *g, const KERNT *kr, int64_t ic, int64_t jc,
+                      int64_t mcur, int64_t ncur, int64_t pc, int64_t kcur,
+                      const T *abuf, const T *bbuf)
+{
+    const int mr = kr->mr, nr = kr->nr;
+    EPT ep;
+    ep.alpha = g->alpha;
+    ep.beta = g->beta;
+    ep.act = g->act;
+    ep.accum = pc > 0;
+    ep.last = pc + kcur == g->k;
+    ep.ldcsrc = g->ldc;
+    for (int64_t jr = 0; jr < ncur; jr += nr) {
+        const int nn = (int)(ncur - jr < nr ? ncur - jr : nr);
+        ep.bias = g->bias ? g->bias + jc + jr : NULL;
+        for (int64_t ir = 0; ir < mcur; ir += mr) {
+            const int mm = (int)(mcur - ir < mr ? mcur - ir : mr);
+            ep.csrc = (pc == 0 && g->c) ? g->c + (ic + ir) * g->ldc + jc + jr : NULL;
+            kr->ukr(kcur, abuf + ir * kcur, bbuf + jr * kcur,
+                    g->out + (ic + ir) * g->ldo + jc + jr, g->ldo, &ep, mm, nn);
+        }
+    }
+}
+
+static void FN(pack_b_panel)(const ARGS *g, const KERNT *kr, int64_t jc,
+                             int64_t ncur, int64_t pc, int64_t kcur, T *bbuf,
+                             int coop)
+{
+    const int nr = kr->nr;
+    const int64_t nsl = (ncur + nr - 1) / nr;
+    (void)coop;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t s = 0; s < nsl; s++) {
+        const int64_t j = jc + s * nr;
+        const int64_t nn = ncur - s * nr < nr ? ncur - s * nr : nr;
+        kr->pack_b(kcur, nn, g->b + pc * g->rsb + j * g->csb, g->rsb, g->csb,
+                   g->bmask ? g->bmask + pc * g->rsbm + j * g->csbm : NULL,
+                   g->rsbm, g->csbm, g->bdact,
+                   g->bcolsum ? g->bcolsum + j : NULL, bbuf + s * nr * kcur);
+    }
+}
+
+/* One thread's share: rows [r0, r1), columns [c0, c1).  coop: the B panel is
+ * shared and packed by the whole team (all threads then have equal column
+ * ranges, hence equal loop counts and matching barriers). */
+static void FN(worker)(const ARGS *g, const KERNT *kr, int64_t r0, int64_t r1,
+                       int64_t c0, int64_t c1, int64_t mc, int64_t kc,
+                       int64_t nc, T *abuf, T *bbuf0, T *bbuf1, int coop)
+{
+    int64_t it = 0;
+    for (int64_t jc = c0; jc < c1; jc += nc) {
+        const int64_t ncur = c1 - jc < nc ? c1 - jc : nc;
+        for (int64_t pc = 0; pc < g->k; pc += kc) {
+            const int64_t kcur = g->k - pc < kc ? g->k - pc : kc;
+            T *bbuf = (it++ & 1) ? bbuf1 : bbuf0;
+            if (coop) {
+                FN(pack_b_panel)(g, kr, jc, ncur, pc, kcur, bbuf, 1);
+            } else {
+                kr->pack_b(kcur, ncur, g->b + pc * g->rsb + jc * g->csb, g->rsb, g->csb,
+                           g->bmask ? g->bmask + pc * g->rsbm + jc * g->csbm : NULL,
+                           g->rsbm, g->csbm, g->bdact,
+                           g->bcolsum ? g->bcolsum + jc : NULL, bbuf);
+            }
+            for (int64_t ic = r0; ic < r1; ic += mc) {
+                const int64_t mcur = r1 - ic < mc ? r1 - ic : mc;
+                kr->pack_a(mcur, kcur, g->a + ic * g->rsa + pc * g->csa, g->rsa, g->csa,
+                           g->amask ? g->amask + ic * g->rsam + pc * g->csam : NULL,
+                           g->rsam, g->csam, g->adact, abuf);
+                FN(macro)(g, kr, ic, jc, mcur, ncur, pc, kcur, abuf, bbuf);
+            }
+        }
+    }
+}
+
+/* k == 0: out = act(beta*c + bias); the product is empty. */
+static void FN(epilogue_only)(const ARGS *g)
+{
+    for (int64_t i = 0; i < g->m; i++)
+        for (int64_t j = 0; j < g->n; j++) {
+            T r = g->c ? g->beta * g->c[i * g->ldc + j] : (T)0;
+            if (g->bias) r += g->bias[j];
+            if (g->act == NK_ACT_RELU) r = r < (T)0 ? (T)0 : r;
+            g->out[i * g->ldo + j] = r;
+        }
+}
+
+int FN(nk_gemm)(const ARGS *g)
+{
+    const KERNT *kr = CURRENT();
+    const int64_t m = g->m, n = g->n, k = g->k;
+    const int mr = kr->mr, nr = kr->nr;
+
+    if (g->bcolsum && !g->bcolsum_accumulate)
+        for (int64_t j = 0; j < n; j++) g->bcolsum[j] = (T)0;
+    if (m == 0 || n == 0 || k == 0) {
+        if (k == 0 && m > 0 && n > 0) FN(epilogue_only)(g);
+        if (m == 0 && g->bcolsum && k > 0) {
+            /* no rows of C: B is never packed, sum it directly */
+            for (int64_t p = 0; p < k; p++)
+                for (int64_t j = 0; j < n; j++) {
+                    T v = g->b[p * g->rsb + j * g->csb];
+                    if (g->bmask && !(g->bmask[p * g->rsbm + j * g->csbm] > (T)0)) v = (T)0;
+                    g->bcolsum[j] += v;
+                }
+        }
+        return 0;
+    }
+
+    /* threads: at least ~2 MFLOP each, never nested inside another team */
+    int nt = g->nthreads > 0 ? g->nthreads : nk_get_num_threads();
+    const double flops = 2.0 * (double)m * (double)n * (double)k;
+    const double max_by_work = flops / 2.0e6;
+    if ((double)nt > max_by_work) nt = max_by_work < 1.0 ? 1 : (int)max_by_work;
+#ifdef _OPENMP
+    if (omp_in_parallel()) nt = 1;
+#else
+    nt = 1;
+#endif
+    int coop = 1;
+    if (nt > 1 && m < (int64_t)2 * mr * nt) {
+        coop = 0; /* column split */
+        const int64_t max_nt = (n + nr - 1) / nr;
+        if (nt > max_nt) nt = (int)max_nt;
+    }
+
+    const int64_t kc = k < kr->kc ? k : kr->kc;
+    int64_t rows_t, cols_t, nc, mc;
+    if (coop) {
+        rows_t = ((m + nt - 1) / nt + mr - 1) / mr * mr;
+        cols_t = n;
+    } else {
+        rows_t = m;
+        cols_t = ((n + nt - 1) / nt + nr - 1) / nr * nr;
+    }
+    mc = rows_t < kr->mc ? (rows_t + mr - 1) / mr * mr : kr->mc;
+    {
+        const int64_t cr = (cols_t + nr - 1) / nr * nr;
+        nc = cr < kr->nc ? cr : kr->nc;
+    }
+    /* workspace (elements, each block rounded to 64 bytes) */
+    const int64_t al = 64 / (int64_t)sizeof(T);
+    const int64_t a_sz = (mc * kc + al - 1) / al * al;
+    const int64_t b_sz = (nc * kc + al - 1) / al * al;
+    const int64_t total = coop ? 2 * b_sz + nt * a_sz : nt * (a_sz + b_sz);
+    int from_arena = 0;
+    T *ws = (T *)nk_workspace_acquire((size_t)total * sizeof(T), &from_arena);
+    if (!ws) return -1;
+
+    if (nt == 1) {
+        FN(worker)(g, kr, 0, m, 0, n, mc, kc, nc, ws + 2 * b_sz, ws, ws + b_sz, 0);
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num();
+            const int nteam = omp_get_num_threads(); /* may be < nt */
+            if (coop) {
+                const int64_t rt = ((m + nteam - 1) / nteam + mr - 1) / mr * mr;
+                int64_t r0 = (int64_t)t * rt, r1 = r0 + rt;
+                if (r0 > m) r0 = m;
+                if (r1 > m) r1 = m;
+                FN(worker)(g, kr, r0, r1, 0, n, mc, kc, nc, ws + 2 * b_sz + t * a_sz,
+                           ws, ws + b_sz, 1);
+            } else {
+                const int64_t ct = ((n + nteam - 1) / nteam + nr - 1) / nr * nr;
+                int64_t c0 = (int64_t)t * ct, c1 = c0 + ct;
+                if (c0 > n) c0 = n;
+                if (c1 > n) c1 = n;
+                T *mine = ws + t * (a_sz + b_sz);
+                FN(worker)(g, kr, 0, m, c0, c1, mc, kc, nc, mine, mine + a_sz,
+                           mine + a_sz, 0);
+            }
+        }
+#endif
+    }
+    nk_workspace_release(ws, from_arena);
+    return 0;
+}
+
+#undef FN_
+#undef FNX
+#undef FN

@@ -1,0 +1,70 @@
+/* AVX2+FMA kernels (compiled for AVX2 whatever the build's -march; only
+ * called when CPUID and the OS say AVX state is usable). */
+#include "nk_internal.h"
+#if NK_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#include <immintrin.h>
+
+#define ISA avx2
+/* float32: 6 x 16 tile, 12 ymm accumulators */
+#define T float
+#define S s
+#define V __m256
+#define VL 8
+#define NV 2
+#define MR 6
+#define MC 144
+#define KC 256
+#define NC 3072
+#define KERN nk_skern_avx2
+#define V_ZERO() _mm256_setzero_ps()
+#define V_LOAD(p) _mm256_load_ps(p)
+#define V_LOADU(p) _mm256_loadu_ps(p)
+#define V_STOREU(p, v) _mm256_storeu_ps(p, v)
+#define V_BCAST(x) _mm256_set1_ps(x)
+#define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define V_MUL(a, b) _mm256_mul_ps(a, b)
+#define V_ADD(a, b) _mm256_add_ps(a, b)
+#define V_MAX(a, b) _mm256_max_ps(a, b)
+#include "nk_kern_body.h"
+#include "nk_kern_undef.h"
+
+/* float64: 6 x 8 tile */
+#define T double
+#define S d
+#define V __m256d
+#define VL 4
+#define NV 2
+#define MR 6
+#define MC 96
+#define KC 256
+#define NC 2048
+#define KERN nk_dkern_avx2
+#define V_ZERO() _mm256_setzero_pd()
+#define V_LOAD(p) _mm256_load_pd(p)
+#define V_LOADU(p) _mm256_loadu_pd(p)
+#define V_STOREU(p, v) _mm256_storeu_pd(p, v)
+#define V_BCAST(x) _mm256_set1_pd(x)
+#define V_FMA(a, b, c) _mm256_fmadd_pd(a, b, c)
+#define V_MUL(a, b) _mm256_mul_pd(a, b)
+#define V_ADD(a, b) _mm256_add_pd(a, b)
+#define V_MAX(a, b) _mm256_max_pd(a, b)
+#include "nk_kern_body.h"
+#include "nk_kern_undef.h"
+
+double nk_fma_peak_avx2(int dbl, int64_t iters)
+{
+    return dbl ? fma_peak_d_avx2(iters) : fma_peak_s_avx2(iters);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+#endif /* NK_X86 */

@@ -1,0 +1,70 @@
+/* AVX-512F kernels (compiled for AVX-512 whatever the build's -march;
+ * only called when CPUID and the OS say AVX-512 state is usable). */
+#include "nk_internal.h"
+#if NK_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
+#endif
+#include <immintrin.h>
+
+#define ISA avx512
+/* float32: 8 x 32 tile, 16 zmm accumulators */
+#define T float
+#define S s
+#define V __m512
+#define VL 16
+#define NV 2
+#define MR 8
+#define MC 192
+#define KC 384
+#define NC 3072
+#define KERN nk_skern_avx512
+#define V_ZERO() _mm512_setzero_ps()
+#define V_LOAD(p) _mm512_load_ps(p)
+#define V_LOADU(p) _mm512_loadu_ps(p)
+#define V_STOREU(p, v) _mm512_storeu_ps(p, v)
+#define V_BCAST(x) _mm512_set1_ps(x)
+#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define V_MUL(a, b) _mm512_mul_ps(a, b)
+#define V_ADD(a, b) _mm512_add_ps(a, b)
+#define V_MAX(a, b) _mm512_max_ps(a, b)
+#include "nk_kern_body.h"
+#include "nk_kern_undef.h"
+
+/* float64: 8 x 16 tile */
+#define T double
+#define S d
+#define V __m512d
+#define VL 8
+#define NV 2
+#define MR 8
+#define MC 128
+#define KC 256
+#define NC 2048
+#define KERN nk_dkern_avx512
+#define V_ZERO() _mm512_setzero_pd()
+#define V_LOAD(p) _mm512_load_pd(p)
+#define V_LOADU(p) _mm512_loadu_pd(p)
+#define V_STOREU(p, v) _mm512_storeu_pd(p, v)
+#define V_BCAST(x) _mm512_set1_pd(x)
+#define V_FMA(a, b, c) _mm512_fmadd_pd(a, b, c)
+#define V_MUL(a, b) _mm512_mul_pd(a, b)
+#define V_ADD(a, b) _mm512_add_pd(a, b)
+#define V_MAX(a, b) _mm512_max_pd(a, b)
+#include "nk_kern_body.h"
+#include "nk_kern_undef.h"
+
+double nk_fma_peak_avx512(int dbl, int64_t iters)
+{
+    return dbl ? fma_peak_d_avx512(iters) : fma_peak_s_avx512(iters);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+#endif /* NK_X86 */

@@ -1,0 +1,195 @@
+/* Per-ISA GEMM kernels: packing, micro-kernel, FMA-throughput loop.
+ *
+ * Included once per (ISA, dtype) by nk_kern_<isa>.c with these macros set:
+ *   T         scalar type            S       "s" or "d" (type prefix)
+ *   V         SIMD vector type       VL      lanes per vector
+ *   NV        vectors per tile row   MR      tile rows (NR = NV*VL)
+ *   MC KC NC  cache blocking         KERN    kernel-table name
+ *   ISA       ISA suffix (function names)
+ *   V_ZERO() V_LOAD(p) (aligned, packed buffers) V_LOADU(p) V_STOREU(p,v)
+ *   V_BCAST(x) V_FMA(a,b,c)=a*b+c V_MUL V_ADD V_MAX
+ * One body for every ISA keeps the algorithms identical across paths; only
+ * the register width and tile shape differ.
+ */
+#define NR (NV * VL)
+#define CAT_(a, b, c) a##_##b##_##c
+#define CAT(a, b, c) CAT_(a, b, c)
+#define FN(name) CAT(name, S, ISA)
+#define EPT_(s) nk_##s##ep
+#define EPT_X(s) EPT_(s)
+#define EPT EPT_X(S)
+#define KERNT_(s) nk_##s##kern
+#define KERNT_X(s) KERNT_(s)
+
+static inline T FN(dact)(T v, T y, int dact)
+{
+    (void)dact; /* only NK_ACT_RELU exists so far */
+    return y > (T)0 ? v : (T)0;
+}
+
+static void FN(pack_a)(int64_t mc, int64_t kc, const T *a, int64_t rsa,
+                       int64_t csa, const T *mask, int64_t rsm, int64_t csm,
+                       int dact, T *restrict a_pk)
+{
+    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+        const int64_t mr = mc - i0 < MR ? mc - i0 : MR;
+        T *restrict dst = a_pk + i0 * kc;
+        const T *src = a + i0 * rsa;
+        if (!mask && mr == MR && csa == 1) {
+            for (int64_t p = 0; p < kc; p++) {
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; i++) dst[p * MR + i] = src[i * rsa + p];
+            }
+        } else if (!mask && mr == MR && rsa == 1) {
+            for (int64_t p = 0; p < kc; p++) {
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; i++) dst[p * MR + i] = src[p * csa + i];
+            }
+        } else {
+            const T *msrc = mask ? mask + i0 * rsm : NULL;
+            for (int64_t p = 0; p < kc; p++) {
+                int i = 0;
+                for (; i < mr; i++) {
+                    T v = src[i * rsa + p * csa];
+                    if (msrc) v = FN(dact)(v, msrc[i * rsm + p * csm], dact);
+                    dst[p * MR + i] = v;
+                }
+                for (; i < MR; i++) dst[p * MR + i] = (T)0;
+            }
+        }
+    }
+}
+
+static void FN(pack_b)(int64_t kc, int64_t nc, const T *b, int64_t rsb,
+                       int64_t csb, const T *mask, int64_t rsm, int64_t csm,
+                       int dact, T *colsum, T *restrict b_pk)
+{
+    for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+        const int64_t nr = nc - j0 < NR ? nc - j0 : NR;
+        T *restrict dst = b_pk + j0 * kc;
+        const T *src = b + j0 * csb;
+        if (!mask && nr == NR && csb == 1) {
+            for (int64_t p = 0; p < kc; p++) {
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    V_STOREU(dst + p * NR + v * VL, V_LOADU(src + p * rsb + v * VL));
+            }
+        } else if (!mask && nr == NR && rsb == 1) {
+            for (int64_t p = 0; p < kc; p++) {
+#pragma GCC unroll 32
+                for (int j = 0; j < NR; j++) dst[p * NR + j] = src[p + j * csb];
+            }
+        } else {
+            const T *msrc = mask ? mask + j0 * csm : NULL;
+            for (int64_t p = 0; p < kc; p++) {
+                int j = 0;
+                for (; j < nr; j++) {
+                    T v = src[p * rsb + j * csb];
+                    if (msrc) v = FN(dact)(v, msrc[p * rsm + j * csm], dact);
+                    dst[p * NR + j] = v;
+                }
+                for (; j < NR; j++) dst[p * NR + j] = (T)0;
+            }
+        }
+        if (colsum) {
+            /* ascending p per column: same order whatever the blocking */
+            T *restrict cs = colsum + j0;
+            for (int64_t p = 0; p < kc; p++)
+                for (int j = 0; j < nr; j++) cs[j] += dst[p * NR + j];
+        }
+    }
+}
+
+static inline T FN(epi1)(T acc, T old, const EPT *ep, const T *csrc, int j)
+{
+    T r = acc * ep->alpha;
+    if (ep->accum) r += old;
+    else if (csrc) r += ep->beta * csrc[0];
+    if (ep->last) {
+        if (ep->bias) r += ep->bias[j];
+        if (ep->act == NK_ACT_RELU) r = r < (T)0 ? (T)0 : r; /* NaN propagates */
+    }
+    return r;
+}
+
+static void FN(ukr)(int64_t kc, const T *restrict a, const T *restrict b,
+                    T *restrict c, int64_t ldc, const EPT *ep, int m, int n)
+{
+    V acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[i][v] = V_ZERO();
+
+#pragma GCC unroll 2
+    for (int64_t p = 0; p < kc; p++) {
+        V bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = V_LOAD(b + v * VL);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            const V ai = V_BCAST(a[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[i][v] = V_FMA(ai, bv[v], acc[i][v]);
+        }
+        a += MR;
+        b += NR;
+    }
+
+    if (m == MR && n == NR) {
+        const V va = V_BCAST(ep->alpha);
+        const V vb = V_BCAST(ep->beta);
+        const int relu = ep->last && ep->act == NK_ACT_RELU;
+        const T *bias = ep->last ? ep->bias : NULL;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) {
+                T *cp = c + i * ldc + v * VL;
+                V r = V_MUL(acc[i][v], va);
+                if (ep->accum) r = V_ADD(r, V_LOADU(cp));
+                else if (ep->csrc) r = V_FMA(vb, V_LOADU(ep->csrc + i * ep->ldcsrc + v * VL), r);
+                if (bias) r = V_ADD(r, V_LOADU(bias + v * VL));
+                if (relu) r = V_MAX(V_ZERO(), r); /* NaN propagates */
+                V_STOREU(cp, r);
+            }
+        }
+    } else {
+        T tmp[MR * NR] __attribute__((aligned(64)));
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) V_STOREU(tmp + i * NR + v * VL, acc[i][v]);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                const T *cs = ep->csrc ? ep->csrc + i * ep->ldcsrc + j : NULL;
+                c[i * ldc + j] = FN(epi1)(tmp[i * NR + j], c[i * ldc + j], ep, cs, j);
+            }
+    }
+}
+
+const KERNT_X(S) KERN = {MR, NR, MC, KC, NC, FN(pack_a), FN(pack_b), FN(ukr)};
+
+/* FMA throughput: 12 independent accumulator chains per iteration. */
+static double FN(fma_peak)(int64_t iters)
+{
+    V acc[12];
+    const V x = V_BCAST((T)0.999999), y = V_BCAST((T)1e-7);
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) acc[i] = V_BCAST((T)i);
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) acc[i] = V_FMA(acc[i], x, y);
+    }
+    T out[VL] __attribute__((aligned(64)));
+    V s = acc[0];
+    for (int i = 1; i < 12; i++) s = V_ADD(s, acc[i]);
+    V_STOREU(out, s);
+    volatile T sink = out[0];
+    (void)sink;
+    return 2.0 * 12.0 * VL * (double)iters;
+}
+
+#undef NR
+#undef FN
+#undef EPT

@@ -1,0 +1,20 @@
+/* Reset the per-instantiation macros of nk_kern_body.h. */
+#undef T
+#undef S
+#undef V
+#undef VL
+#undef NV
+#undef MR
+#undef MC
+#undef KC
+#undef NC
+#undef KERN
+#undef V_ZERO
+#undef V_LOAD
+#undef V_LOADU
+#undef V_STOREU
+#undef V_BCAST
+#undef V_FMA
+#undef V_MUL
+#undef V_ADD
+#undef V_MAX
