@@ -146,6 +146,7 @@ def fma_peak(str isa="auto", dtype="float32", int threads=1, double seconds=0.2)
 # ------------------------------------------------------------- validation --
 
 cdef object _float_dtype_of(object dt, str name):
+    """float32/float64 dtype object, TypeError otherwise."""
     if dt == _F32:
         return _F32
     if dt == _F64:
@@ -153,86 +154,127 @@ cdef object _float_dtype_of(object dt, str name):
     raise TypeError(f"{name} must be float32 or float64, got {dt}")
 
 
-cdef object _matrix(object x, str name):
+cdef inline object _shp(cnp.ndarray x):
+    return (<object> x).shape
+
+
+cdef inline bint _is_float(int tn) noexcept:
+    return tn == cnp.NPY_FLOAT32 or tn == cnp.NPY_FLOAT64
+
+
+cdef cnp.ndarray _matrix(object x, str name):
     """x as a 2-D ndarray of float32/float64 whose strides are whole elements."""
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
-    _float_dtype_of(x.dtype, name)
-    cdef Py_ssize_t isz = x.itemsize
-    if x.size and (not x.flags.aligned or x.strides[0] % isz or x.strides[1] % isz):
-        raise ValueError(f"{name} has misaligned data or strides {x.strides}; pass a copy")
-    return x
+    cdef cnp.ndarray arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if cnp.PyArray_NDIM(arr) != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {_shp(arr)}")
+    if not _is_float(cnp.PyArray_TYPE(arr)):
+        raise TypeError(f"{name} must be float32 or float64, got {arr.dtype}")
+    if not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"{name} has non-native byte order ({arr.dtype.str}); use .astype(native)")
+    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(arr)
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(arr)
+    if cnp.PyArray_SIZE(arr) and (not cnp.PyArray_ISALIGNED(arr) or st[0] % isz or st[1] % isz):
+        raise ValueError(f"{name} has misaligned data or strides {(<object> arr).strides}; pass a copy")
+    return arr
 
 
 cdef object _same_dtype(list named):
     """The common dtype of [(name, array)...]; TypeError naming all if mixed."""
-    dt = named[0][1].dtype
+    cdef int tn = cnp.PyArray_TYPE(<cnp.ndarray> named[0][1])
     for nm, arr in named:
-        if arr.dtype != dt:
+        if cnp.PyArray_TYPE(<cnp.ndarray> arr) != tn:
             desc = ", ".join(f"{n}: {a.dtype}" for n, a in named)
             raise TypeError(f"all operands must have the same dtype ({desc})")
-    return dt
+    return named[0][1].dtype
 
 
-cdef inline int64_t _es(object x, int axis):
+cdef inline int64_t _es(cnp.ndarray x, int axis) noexcept:
     """Stride in elements (0 for an axis of length <= 1)."""
-    if x.shape[axis] <= 1:
+    if cnp.PyArray_DIM(x, axis) <= 1:
         return 0
-    return x.strides[axis] // x.itemsize
+    return cnp.PyArray_STRIDE(x, axis) // cnp.PyArray_ITEMSIZE(x)
 
 
-cdef object _vector(object v, Py_ssize_t n, object dt, str name):
-    if not isinstance(v, np.ndarray):
-        v = np.asarray(v)
-    if v.dtype != dt:
-        raise TypeError(f"{name} dtype {v.dtype} does not match the operands' {dt}")
-    if v.ndim != 1 or v.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), got {v.shape}")
-    if not v.flags.c_contiguous or not v.flags.aligned:
-        v = np.ascontiguousarray(v)  # length-n copy, negligible
-    return v
+cdef cnp.ndarray _vector(object v, Py_ssize_t n, object dt, str name):
+    cdef cnp.ndarray arr = v if isinstance(v, np.ndarray) else np.asarray(v)
+    if arr.dtype != dt:
+        raise TypeError(f"{name} dtype {arr.dtype} does not match the operands' {dt}")
+    if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIM(arr, 0) != n:
+        raise ValueError(f"{name} must have shape ({n},), got {_shp(arr)}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
+        arr = np.ascontiguousarray(arr)  # length-n copy, negligible
+    return arr
 
 
-cdef bint _rows_unit(object x):
+cdef bint _rows_unit(cnp.ndarray x) noexcept:
     """Unit column stride, rows at a non-negative stride that keeps them apart."""
-    if x.shape[0] == 0 or x.shape[1] == 0:
+    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(x)
+    cdef Py_ssize_t r = cnp.PyArray_DIM(x, 0), c = cnp.PyArray_DIM(x, 1)
+    if r == 0 or c == 0:
         return True
-    if x.shape[1] > 1 and x.strides[1] != x.itemsize:
+    if c > 1 and cnp.PyArray_STRIDE(x, 1) != isz:
         return False
-    if x.shape[0] > 1 and x.strides[0] < x.shape[1] * x.itemsize:
+    if r > 1 and cnp.PyArray_STRIDE(x, 0) < c * isz:
         return False
-    return x.flags.aligned and x.strides[0] % x.itemsize == 0
+    return cnp.PyArray_ISALIGNED(x) and cnp.PyArray_STRIDE(x, 0) % isz == 0
 
 
-cdef object _output(object out, tuple shape, object dt, str name, list inputs):
+cdef bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """True if the byte ranges spanned by a and b intersect (numpy's
+    may_share_memory bounds test, without the Python call)."""
+    cdef char *lo[2]
+    cdef char *hi[2]
+    cdef cnp.ndarray x
+    cdef int i, d
+    cdef Py_ssize_t ext
+    for i in range(2):
+        x = a if i == 0 else b
+        if cnp.PyArray_SIZE(x) == 0:
+            return False
+        lo[i] = <char *> cnp.PyArray_DATA(x)
+        hi[i] = lo[i] + cnp.PyArray_ITEMSIZE(x)
+        for d in range(cnp.PyArray_NDIM(x)):
+            ext = (cnp.PyArray_DIM(x, d) - 1) * cnp.PyArray_STRIDE(x, d)
+            if ext < 0:
+                lo[i] += ext
+            else:
+                hi[i] += ext
+    return lo[0] < hi[1] and lo[1] < hi[0]
+
+
+cdef cnp.ndarray _output(object out, Py_ssize_t r, Py_ssize_t c, object dt, str name, list inputs):
     """Validate a caller's output buffer (or allocate one)."""
+    cdef cnp.npy_intp dims[2]
     if out is None:
-        return np.empty(shape, dtype=dt)
+        dims[0] = r
+        dims[1] = c
+        return cnp.PyArray_EMPTY(2, dims, dt.num, 0)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-    if out.dtype != dt:
-        raise TypeError(f"{name} has dtype {out.dtype}, expected {dt}")
-    if out.shape != shape:
-        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
-    if not out.flags.writeable:
+    cdef cnp.ndarray o = out
+    if o.dtype != dt:
+        raise TypeError(f"{name} has dtype {o.dtype}, expected {dt}")
+    if cnp.PyArray_NDIM(o) != 2 or cnp.PyArray_DIM(o, 0) != r or cnp.PyArray_DIM(o, 1) != c:
+        raise ValueError(f"{name} has shape {_shp(o)}, expected {(r, c)}")
+    if not cnp.PyArray_ISWRITEABLE(o):
         raise ValueError(f"{name} is read-only")
-    if not _rows_unit(out):
+    if not _rows_unit(o):
         raise ValueError(
             f"{name} must be row-major with unit column stride (C-contiguous rows), "
-            f"got strides {out.strides}")
+            f"got strides {(<object> o).strides}")
     for nm, arr in inputs:
-        if arr is not None and out.size and arr.size and np.may_share_memory(out, arr):
+        if arr is not None and _overlap(o, <cnp.ndarray> arr):
             raise ValueError(f"{name} overlaps input {nm}; pass a separate buffer")
-    return out
+    return o
 
 
-cdef inline int64_t _ld(object x):
-    return x.strides[0] // x.itemsize if x.shape[0] > 1 else x.shape[1]
+cdef inline int64_t _ld(cnp.ndarray x) noexcept:
+    if cnp.PyArray_DIM(x, 0) > 1:
+        return cnp.PyArray_STRIDE(x, 0) // cnp.PyArray_ITEMSIZE(x)
+    return cnp.PyArray_DIM(x, 1)
 
 
-cdef inline void *_p(cnp.ndarray x):
+cdef inline void *_p(cnp.ndarray x) noexcept:
     return cnp.PyArray_DATA(x)
 
 
@@ -280,62 +322,61 @@ def gemm(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0,
     (beta=1).  out, if given, must be (M, N), row-major with unit column
     stride, and must not overlap a, b or bias.  Returns out.
     """
-    a = _matrix(a, "a")
-    b = _matrix(b, "b")
-    named = [("a", a), ("b", b)]
-    cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
-    cdef Py_ssize_t ka = a.shape[0] if trans_a else a.shape[1]
-    cdef Py_ssize_t kb = b.shape[1] if trans_b else b.shape[0]
-    cdef Py_ssize_t n = b.shape[0] if trans_b else b.shape[1]
+    cdef cnp.ndarray A = _matrix(a, "a"), B = _matrix(b, "b")
+    cdef cnp.ndarray C = None, O, BIAS = None
+    cdef Py_ssize_t m = A.shape[1] if trans_a else A.shape[0]
+    cdef Py_ssize_t ka = A.shape[0] if trans_a else A.shape[1]
+    cdef Py_ssize_t kb = B.shape[1] if trans_b else B.shape[0]
+    cdef Py_ssize_t n = B.shape[0] if trans_b else B.shape[1]
+    a, b = A, B
     if ka != kb:
         raise ValueError(
-            f"inner dimensions differ: op(a) is ({m}, {ka}) (a{a.shape}, trans_a={trans_a}), "
-            f"op(b) is ({kb}, {n}) (b{b.shape}, trans_b={trans_b})")
-    dt = _same_dtype(named)
+            f"inner dimensions differ: op(a) is ({m}, {ka}) (a{_shp(A)}, trans_a={trans_a}), "
+            f"op(b) is ({kb}, {n}) (b{_shp(B)}, trans_b={trans_b})")
+    if cnp.PyArray_TYPE(A) != cnp.PyArray_TYPE(B):
+        _same_dtype([("a", A), ("b", B)])
+    dt = A.dtype
     cdef int act = _act_id(activation)
-    cdef double alpha_ = float(alpha), beta_ = float(beta)
+    cdef double alpha_ = alpha, beta_ = beta
     if bias is not None:
-        bias = _vector(bias, n, dt, "bias")
+        BIAS = _vector(bias, n, dt, "bias")
     if beta_ != 0.0:
         if c is None:
             raise ValueError("beta != 0 needs c")
-        c = _matrix(c, "c")
-        if c.dtype != dt:
-            raise TypeError(f"c dtype {c.dtype} does not match the operands' {dt}")
-        if c.shape != (m, n):
-            raise ValueError(f"c has shape {c.shape}, expected {(m, n)}")
-    else:
-        c = None
-    out_given = out is not None
-    c_is_out = out_given and c is not None and c is out
-    out = _output(out, (m, n), dt, "out",
-                  [("a", a), ("b", b), ("bias", bias)] + ([] if c_is_out else [("c", c)]))
-    if c is not None and not c_is_out and not _rows_unit(c):
-        c = np.ascontiguousarray(c)  # (M, N): the size of the output itself
+        C = _matrix(c, "c")
+        if C.dtype != dt:
+            raise TypeError(f"c dtype {C.dtype} does not match the operands' {dt}")
+        if C.shape[0] != m or C.shape[1] != n:
+            raise ValueError(f"c has shape {_shp(C)}, expected {(m, n)}")
+    cdef bint c_is_out = out is not None and C is not None and C is out
+    O = _output(out, m, n, dt, "out",
+                [("a", A), ("b", B), ("bias", BIAS)] + ([] if c_is_out else [("c", C)]))
+    if C is not None and not c_is_out and not _rows_unit(C):
+        C = np.ascontiguousarray(C)  # (M, N): the size of the output itself
 
     cdef nk_gemm_desc d
     _desc_init(&d)
     d.m, d.n, d.k = m, n, ka
-    d.a = _p(a)
-    d.b = _p(b)
+    d.a = _p(A)
+    d.b = _p(B)
     if trans_a:
-        d.rsa, d.csa = _es(a, 1), _es(a, 0)
+        d.rsa, d.csa = _es(A, 1), _es(A, 0)
     else:
-        d.rsa, d.csa = _es(a, 0), _es(a, 1)
+        d.rsa, d.csa = _es(A, 0), _es(A, 1)
     if trans_b:
-        d.rsb, d.csb = _es(b, 1), _es(b, 0)
+        d.rsb, d.csb = _es(B, 1), _es(B, 0)
     else:
-        d.rsb, d.csb = _es(b, 0), _es(b, 1)
+        d.rsb, d.csb = _es(B, 0), _es(B, 1)
     d.alpha, d.beta = alpha_, beta_
-    if c is not None:
-        d.c = _p(c)
-        d.ldc = _ld(c)
-    d.out = _p(out)
-    d.ldo = _ld(out)
-    d.bias = _p(bias) if bias is not None else NULL
+    if C is not None:
+        d.c = _p(C)
+        d.ldc = _ld(C)
+    d.out = _p(O)
+    d.ldo = _ld(O)
+    d.bias = _p(BIAS) if BIAS is not None else NULL
     d.act = act
-    _run(&d, dt == _F64)
-    return out
+    _run(&d, cnp.PyArray_TYPE(A) == cnp.NPY_FLOAT64)
+    return O
 
 
 # ----------------------------------------------------------------- dense --
@@ -357,85 +398,77 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
     (which must then be given) are added to instead of overwritten.
     Returns (dx or None, dw, db or None).
     """
-    dy = _matrix(dy, "dy")
-    x = _matrix(x, "x")
-    w = _matrix(w, "w")
+    cdef cnp.ndarray DY = _matrix(dy, "dy"), X = _matrix(x, "x"), W = _matrix(w, "w")
+    cdef cnp.ndarray Y = None, DX = None, DW, DB = None
     cdef int act = _act_id(activation)
-    named = [("dy", dy), ("x", x), ("w", w)]
+    named = [("dy", DY), ("x", X), ("w", W)]
     if act != NK_ACT_NONE:
         if y is None:
             raise ValueError(f"activation={activation!r} needs the forward output y")
-        y = _matrix(y, "y")
-        named.append(("y", y))
-    else:
-        y = None
+        Y = _matrix(y, "y")
+        named.append(("y", Y))
     dt = _same_dtype(named)
-    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1], units = w.shape[1]
-    if w.shape[0] != n_in:
-        raise ValueError(f"x{x.shape} and w{w.shape}: w must have shape ({n_in}, units)")
-    if dy.shape != (batch, units):
-        raise ValueError(f"dy has shape {dy.shape}, expected {(batch, units)} for x{x.shape}, w{w.shape}")
-    if y is not None and y.shape != dy.shape:
-        raise ValueError(f"y has shape {y.shape}, expected {dy.shape}")
+    cdef Py_ssize_t batch = X.shape[0], n_in = X.shape[1], units = W.shape[1]
+    if W.shape[0] != n_in:
+        raise ValueError(f"x{_shp(X)} and w{_shp(W)}: w must have shape ({n_in}, units)")
+    if DY.shape[0] != batch or DY.shape[1] != units:
+        raise ValueError(f"dy has shape {_shp(DY)}, expected {(batch, units)} for x{_shp(X)}, w{_shp(W)}")
+    if Y is not None and (Y.shape[0] != batch or Y.shape[1] != units):
+        raise ValueError(f"y has shape {_shp(Y)}, expected {_shp(DY)}")
     if accumulate and (dw is None or (need_db and db is None)):
         raise ValueError("accumulate=True needs dw (and db) to add into")
-    ins = [("dy", dy), ("x", x), ("w", w), ("y", y)]
-    dw = _output(dw, (n_in, units), dt, "dw", ins)
+    ins = [("dy", DY), ("x", X), ("w", W), ("y", Y)]
+    DW = _output(dw, n_in, units, dt, "dw", ins)
     if need_db:
         if db is None:
-            db = np.empty((units,), dtype=dt)
+            DB = np.empty((units,), dtype=dt)
         else:
             if not isinstance(db, np.ndarray) or db.dtype != dt or db.shape != (units,):
                 raise ValueError(f"db must be a {dt} array of shape ({units},)")
-            if not db.flags.c_contiguous or not db.flags.writeable:
+            DB = db
+            if not cnp.PyArray_IS_C_CONTIGUOUS(DB) or not cnp.PyArray_ISWRITEABLE(DB):
                 raise ValueError("db must be contiguous and writeable")
-            for nm, arr in ins + [("dw", dw)]:
-                if arr is not None and arr.size and db.size and np.may_share_memory(db, arr):
+            for nm, arr in ins + [("dw", DW)]:
+                if arr is not None and _overlap(DB, <cnp.ndarray> arr):
                     raise ValueError(f"db overlaps {nm}")
-    else:
-        db = None
     if need_dx:
-        dx = _output(dx, (batch, n_in), dt, "dx", ins + [("dw", dw), ("db", db)])
-        if np.may_share_memory(dx, dw) and dx.size and dw.size:
-            raise ValueError("dx overlaps dw")
-    else:
-        dx = None
-    cdef bint dbl = dt == _F64
+        DX = _output(dx, batch, n_in, dt, "dx", ins + [("dw", DW), ("db", DB)])
+    cdef bint dbl = cnp.PyArray_TYPE(DY) == cnp.NPY_FLOAT64
     cdef nk_gemm_desc d
     # dw (+)= x.T @ dz ; db (+)= colsum(dz): dz packed as B from dy (masked by y)
     _desc_init(&d)
     d.m, d.n, d.k = n_in, units, batch
-    d.a = _p(x)
-    d.rsa, d.csa = _es(x, 1), _es(x, 0)
-    d.b = _p(dy)
-    d.rsb, d.csb = _es(dy, 0), _es(dy, 1)
-    if y is not None:
-        d.bmask = _p(y)
-        d.rsbm, d.csbm = _es(y, 0), _es(y, 1)
+    d.a = _p(X)
+    d.rsa, d.csa = _es(X, 1), _es(X, 0)
+    d.b = _p(DY)
+    d.rsb, d.csb = _es(DY, 0), _es(DY, 1)
+    if Y is not None:
+        d.bmask = _p(Y)
+        d.rsbm, d.csbm = _es(Y, 0), _es(Y, 1)
         d.bdact = act
-    d.out = _p(dw)
-    d.ldo = _ld(dw)
+    d.out = _p(DW)
+    d.ldo = _ld(DW)
     if accumulate:
         d.beta = 1.0
         d.c = d.out
         d.ldc = d.ldo
-    if db is not None:
-        d.bcolsum = _p(db)
+    if DB is not None:
+        d.bcolsum = _p(DB)
         d.bcolsum_accumulate = accumulate
     _run(&d, dbl)
-    if dx is not None:
+    if DX is not None:
         # dx = dz @ w.T: dz packed as A from dy (masked by y)
         _desc_init(&d)
         d.m, d.n, d.k = batch, n_in, units
-        d.a = _p(dy)
-        d.rsa, d.csa = _es(dy, 0), _es(dy, 1)
-        if y is not None:
-            d.amask = _p(y)
-            d.rsam, d.csam = _es(y, 0), _es(y, 1)
+        d.a = _p(DY)
+        d.rsa, d.csa = _es(DY, 0), _es(DY, 1)
+        if Y is not None:
+            d.amask = _p(Y)
+            d.rsam, d.csam = _es(Y, 0), _es(Y, 1)
             d.adact = act
-        d.b = _p(w)
-        d.rsb, d.csb = _es(w, 1), _es(w, 0)
-        d.out = _p(dx)
-        d.ldo = _ld(dx)
+        d.b = _p(W)
+        d.rsb, d.csb = _es(W, 1), _es(W, 0)
+        d.out = _p(DX)
+        d.ldo = _ld(DX)
         _run(&d, dbl)
-    return dx, dw, db
+    return DX, DW, DB

@@ -68,6 +68,11 @@ void nk_release_workspace(void)
     }
 }
 
+#define NK_DIRECT_B_MAX_SLIVERS 16
+#ifndef NK_MIN_FLOPS_PER_THREAD
+#define NK_MIN_FLOPS_PER_THREAD 1.5e5
+#endif
+
 #define T float
 #define S s
 #define ARGS nk_sgemm_args

@@ -18,9 +18,20 @@
 #define FNX(name, s) FN_(name, s)
 #define FN(name) FNX(name, S)
 
+/* Where the micro-kernels find the current KC x NC block of op(B): packed
+ * slivers (ldb = NR), or, when op(B) is row-major with unit column stride and
+ * few row slivers reuse it, read in place (ldb = B's row stride) with only
+ * the ragged last sliver packed (it could not be read a full vector wide). */
+typedef struct {
+    const T *base;     /* sliver s starts at base + s * sl_stride */
+    int64_t sl_stride, ldb;
+    const T *edge;     /* packed last sliver (direct mode), else NULL */
+    int64_t edge_jr;
+} FN(bview);
+
 static void FN(macro)(const ARGS *g, const KERNT *kr, int64_t ic, int64_t jc,
                       int64_t mcur, int64_t ncur, int64_t pc, int64_t kcur,
-                      const T *abuf, const T *bbuf)
+                      const T *abuf, const FN(bview) *bv)
 {
     const int mr = kr->mr, nr = kr->nr;
     EPT ep;
@@ -32,23 +43,28 @@ static void FN(macro)(const ARGS *g, const KERNT *kr, int64_t ic, int64_t jc,
     ep.ldcsrc = g->ldc;
     for (int64_t jr = 0; jr < ncur; jr += nr) {
         const int nn = (int)(ncur - jr < nr ? ncur - jr : nr);
+        const T *bp = bv->base + (jr / nr) * bv->sl_stride;
+        int64_t ldb = bv->ldb;
+        if (bv->edge && jr == bv->edge_jr) {
+            bp = bv->edge;
+            ldb = nr;
+        }
         ep.bias = g->bias ? g->bias + jc + jr : NULL;
         for (int64_t ir = 0; ir < mcur; ir += mr) {
             const int mm = (int)(mcur - ir < mr ? mcur - ir : mr);
             ep.csrc = (pc == 0 && g->c) ? g->c + (ic + ir) * g->ldc + jc + jr : NULL;
-            kr->ukr(kcur, abuf + ir * kcur, bbuf + jr * kcur,
-                    g->out + (ic + ir) * g->ldo + jc + jr, g->ldo, &ep, mm, nn);
+            (nn <= nr / 2 ? kr->ukr_half : kr->ukr)(
+                kcur, abuf + ir * kcur, bp, ldb, g->out + (ic + ir) * g->ldo + jc + jr,
+                g->ldo, &ep, mm, nn);
         }
     }
 }
 
 static void FN(pack_b_panel)(const ARGS *g, const KERNT *kr, int64_t jc,
-                             int64_t ncur, int64_t pc, int64_t kcur, T *bbuf,
-                             int coop)
+                             int64_t ncur, int64_t pc, int64_t kcur, T *bbuf)
 {
     const int nr = kr->nr;
     const int64_t nsl = (ncur + nr - 1) / nr;
-    (void)coop;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -62,33 +78,55 @@ static void FN(pack_b_panel)(const ARGS *g, const KERNT *kr, int64_t jc,
     }
 }
 
-/* One thread's share: rows [r0, r1), columns [c0, c1).  coop: the B panel is
- * shared and packed by the whole team (all threads then have equal column
- * ranges, hence equal loop counts and matching barriers). */
+/* One thread's share: rows [r0, r1), columns [c0, c1).
+ * mode 0: private packed B; 1: shared packed B, packed by the whole team
+ * (all threads then have equal column ranges, so equal loop counts and
+ * matching barriers); 2: B read in place (bbuf0 holds the edge sliver). */
 static void FN(worker)(const ARGS *g, const KERNT *kr, int64_t r0, int64_t r1,
                        int64_t c0, int64_t c1, int64_t mc, int64_t kc,
-                       int64_t nc, T *abuf, T *bbuf0, T *bbuf1, int coop)
+                       int64_t nc, T *abuf, T *bbuf0, T *bbuf1, int mode)
 {
+    const int nr = kr->nr;
     int64_t it = 0;
     for (int64_t jc = c0; jc < c1; jc += nc) {
         const int64_t ncur = c1 - jc < nc ? c1 - jc : nc;
         for (int64_t pc = 0; pc < g->k; pc += kc) {
             const int64_t kcur = g->k - pc < kc ? g->k - pc : kc;
-            T *bbuf = (it++ & 1) ? bbuf1 : bbuf0;
-            if (coop) {
-                FN(pack_b_panel)(g, kr, jc, ncur, pc, kcur, bbuf, 1);
+            FN(bview) bv;
+            if (mode == 2) {
+                if (r0 >= r1) continue;
+                bv.base = g->b + pc * g->rsb + jc;
+                bv.sl_stride = nr;
+                bv.ldb = g->rsb;
+                bv.edge = NULL;
+                bv.edge_jr = ncur / nr * nr;
+                if (ncur % nr) {
+                    kr->pack_b(kcur, ncur % nr, bv.base + bv.edge_jr, g->rsb, 1, NULL, 0, 0,
+                               0, NULL, bbuf0);
+                    bv.edge = bbuf0;
+                }
             } else {
-                kr->pack_b(kcur, ncur, g->b + pc * g->rsb + jc * g->csb, g->rsb, g->csb,
-                           g->bmask ? g->bmask + pc * g->rsbm + jc * g->csbm : NULL,
-                           g->rsbm, g->csbm, g->bdact,
-                           g->bcolsum ? g->bcolsum + jc : NULL, bbuf);
+                T *bbuf = (it++ & 1) ? bbuf1 : bbuf0;
+                if (mode == 1) {
+                    FN(pack_b_panel)(g, kr, jc, ncur, pc, kcur, bbuf);
+                } else {
+                    kr->pack_b(kcur, ncur, g->b + pc * g->rsb + jc * g->csb, g->rsb, g->csb,
+                               g->bmask ? g->bmask + pc * g->rsbm + jc * g->csbm : NULL,
+                               g->rsbm, g->csbm, g->bdact,
+                               g->bcolsum ? g->bcolsum + jc : NULL, bbuf);
+                }
+                bv.base = bbuf;
+                bv.sl_stride = nr * kcur;
+                bv.ldb = nr;
+                bv.edge = NULL;
+                bv.edge_jr = -1;
             }
             for (int64_t ic = r0; ic < r1; ic += mc) {
                 const int64_t mcur = r1 - ic < mc ? r1 - ic : mc;
                 kr->pack_a(mcur, kcur, g->a + ic * g->rsa + pc * g->csa, g->rsa, g->csa,
                            g->amask ? g->amask + ic * g->rsam + pc * g->csam : NULL,
                            g->rsam, g->csam, g->adact, abuf);
-                FN(macro)(g, kr, ic, jc, mcur, ncur, pc, kcur, abuf, bbuf);
+                FN(macro)(g, kr, ic, jc, mcur, ncur, pc, kcur, abuf, &bv);
             }
         }
     }
@@ -128,10 +166,11 @@ int FN(nk_gemm)(const ARGS *g)
         return 0;
     }
 
-    /* threads: at least ~2 MFLOP each, never nested inside another team */
+    /* threads: at least NK_MIN_FLOPS_PER_THREAD each (a fork/join costs
+     * about a microsecond), never nested inside another team */
     int nt = g->nthreads > 0 ? g->nthreads : nk_get_num_threads();
     const double flops = 2.0 * (double)m * (double)n * (double)k;
-    const double max_by_work = flops / 2.0e6;
+    const double max_by_work = flops / NK_MIN_FLOPS_PER_THREAD;
     if ((double)nt > max_by_work) nt = max_by_work < 1.0 ? 1 : (int)max_by_work;
 #ifdef _OPENMP
     if (omp_in_parallel()) nt = 1;
@@ -145,6 +184,13 @@ int FN(nk_gemm)(const ARGS *g)
         if (nt > max_nt) nt = (int)max_nt;
     }
 
+    /* B read in place: unit column stride, no prologue, and so few row
+     * slivers per thread that packing B would not pay for itself. */
+    int direct = g->csb == 1 && !g->bmask && !g->bcolsum;
+    {
+        const int64_t rows = coop ? (m + nt - 1) / nt : m;
+        direct = direct && rows <= NK_DIRECT_B_MAX_SLIVERS * (int64_t)mr;
+    }
     const int64_t kc = k < kr->kc ? k : kr->kc;
     int64_t rows_t, cols_t, nc, mc;
     if (coop) {
@@ -163,12 +209,41 @@ int FN(nk_gemm)(const ARGS *g)
     const int64_t al = 64 / (int64_t)sizeof(T);
     const int64_t a_sz = (mc * kc + al - 1) / al * al;
     const int64_t b_sz = (nc * kc + al - 1) / al * al;
-    const int64_t total = coop ? 2 * b_sz + nt * a_sz : nt * (a_sz + b_sz);
+    const int64_t e_sz = (nr * kc + al - 1) / al * al;
+    const int64_t total = direct ? nt * (a_sz + e_sz)
+                        : coop   ? 2 * b_sz + nt * a_sz
+                                 : nt * (a_sz + b_sz);
     int from_arena = 0;
     T *ws = (T *)nk_workspace_acquire((size_t)total * sizeof(T), &from_arena);
     if (!ws) return -1;
 
-    if (nt == 1) {
+    if (direct) {
+        /* no shared state: every thread works on its own rows (or columns) */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+        {
+            int t = 0, nteam = 1;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+            nteam = omp_get_num_threads();
+#endif
+            T *mine = ws + t * (a_sz + e_sz);
+            if (coop) {
+                const int64_t rt = ((m + nteam - 1) / nteam + mr - 1) / mr * mr;
+                int64_t r0 = (int64_t)t * rt, r1 = r0 + rt;
+                if (r0 > m) r0 = m;
+                if (r1 > m) r1 = m;
+                FN(worker)(g, kr, r0, r1, 0, n, mc, kc, nc, mine, mine + a_sz, NULL, 2);
+            } else {
+                const int64_t ct = ((n + nteam - 1) / nteam + nr - 1) / nr * nr;
+                int64_t c0 = (int64_t)t * ct, c1 = c0 + ct;
+                if (c0 > n) c0 = n;
+                if (c1 > n) c1 = n;
+                FN(worker)(g, kr, 0, m, c0, c1, mc, kc, nc, mine, mine + a_sz, NULL, 2);
+            }
+        }
+    } else if (nt == 1) {
         FN(worker)(g, kr, 0, m, 0, n, mc, kc, nc, ws + 2 * b_sz, ws, ws + b_sz, 0);
     } else {
 #ifdef _OPENMP

@@ -24,9 +24,14 @@
         void (*pack_b)(int64_t kc, int64_t nc, const T *b, int64_t rsb,        \
                        int64_t csb, const T *mask, int64_t rsm, int64_t csm,   \
                        int dact, T *colsum, T *b_pk);                          \
-        /* C tile (m <= mr, n <= nr valid) from packed slivers */              \
-        void (*ukr)(int64_t kc, const T *a_pk, const T *b_pk, T *c,            \
+        /* C tile (m <= mr, n <= nr valid) from a packed A sliver and a B   \
+         * sliver whose k-th row starts at b + k*ldb (ldb = nr when packed,  \
+         * B's row stride when B is read in place). */                       \
+        void (*ukr)(int64_t kc, const T *a_pk, const T *b, int64_t ldb, T *c,  \
                     int64_t ldc, const nk_##S##ep *ep, int m, int n);          \
+        /* the same for n <= nr/2: half the vectors, half the work */          \
+        void (*ukr_half)(int64_t kc, const T *a_pk, const T *b, int64_t ldb,   \
+                         T *c, int64_t ldc, const nk_##S##ep *ep, int m, int n);\
     } nk_##S##kern;
 
 NK_KERN_DECL(float, s)

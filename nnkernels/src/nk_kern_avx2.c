@@ -11,6 +11,15 @@
 #include <immintrin.h>
 
 #define ISA avx2
+/* lane masks for partial vectors: lane l active iff l < n */
+static inline __m256i nk_mask8(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline __m256i nk_mask4(int n)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
 /* float32: 6 x 16 tile, 12 ymm accumulators */
 #define T float
 #define S s
@@ -31,6 +40,7 @@
 #define V_MUL(a, b) _mm256_mul_ps(a, b)
 #define V_ADD(a, b) _mm256_add_ps(a, b)
 #define V_MAX(a, b) _mm256_max_ps(a, b)
+#define V_LOADN(p, n) _mm256_maskload_ps(p, nk_mask8(n))
 #include "nk_kern_body.h"
 #include "nk_kern_undef.h"
 
@@ -54,6 +64,7 @@
 #define V_MUL(a, b) _mm256_mul_pd(a, b)
 #define V_ADD(a, b) _mm256_add_pd(a, b)
 #define V_MAX(a, b) _mm256_max_pd(a, b)
+#define V_LOADN(p, n) _mm256_maskload_pd(p, nk_mask4(n))
 #include "nk_kern_body.h"
 #include "nk_kern_undef.h"
 

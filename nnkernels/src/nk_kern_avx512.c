@@ -31,6 +31,7 @@
 #define V_MUL(a, b) _mm512_mul_ps(a, b)
 #define V_ADD(a, b) _mm512_add_ps(a, b)
 #define V_MAX(a, b) _mm512_max_ps(a, b)
+#define V_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
 #include "nk_kern_body.h"
 #include "nk_kern_undef.h"
 
@@ -54,6 +55,7 @@
 #define V_MUL(a, b) _mm512_mul_pd(a, b)
 #define V_ADD(a, b) _mm512_add_pd(a, b)
 #define V_MAX(a, b) _mm512_max_pd(a, b)
+#define V_LOADN(p, n) _mm512_maskz_loadu_pd((__mmask8)((1u << (n)) - 1), p)
 #include "nk_kern_body.h"
 #include "nk_kern_undef.h"
 

@@ -8,6 +8,7 @@
  *   ISA       ISA suffix (function names)
  *   V_ZERO() V_LOAD(p) (aligned, packed buffers) V_LOADU(p) V_STOREU(p,v)
  *   V_BCAST(x) V_FMA(a,b,c)=a*b+c V_MUL V_ADD V_MAX
+ *   V_LOADN(p,n): first n (0 < n < VL) lanes only, the rest zero
  * One body for every ISA keeps the algorithms identical across paths; only
  * the register width and tile shape differ.
  */
@@ -20,6 +21,15 @@
 #define EPT EPT_X(S)
 #define KERNT_(s) nk_##s##kern
 #define KERNT_X(s) KERNT_(s)
+
+/* Partial-vector store through a stack buffer: masked stores (AVX-512 and
+ * AVX2 vmaskmov) are several times slower on AMD Zen 4 than this. */
+#define V_STOREN(p, v, n)                                                      \
+    do {                                                                       \
+        T t_[VL] __attribute__((aligned(64)));                                 \
+        V_STOREU(t_, v);                                                       \
+        for (int q_ = 0; q_ < (n); q_++) (p)[q_] = t_[q_];                     \
+    } while (0)
 
 static inline T FN(dact)(T v, T y, int dact)
 {
@@ -74,6 +84,18 @@ static void FN(pack_b)(int64_t kc, int64_t nc, const T *b, int64_t rsb,
                 for (int v = 0; v < NV; v++)
                     V_STOREU(dst + p * NR + v * VL, V_LOADU(src + p * rsb + v * VL));
             }
+        } else if (!mask && csb == 1) {
+            /* ragged last sliver of a row-major B: masked loads, zero fill */
+            for (int64_t p = 0; p < kc; p++) {
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) {
+                    const int nv = (int)nr - v * VL;
+                    V x = nv >= VL ? V_LOADU(src + p * rsb + v * VL)
+                        : nv > 0   ? V_LOADN(src + p * rsb + v * VL, nv)
+                                   : V_ZERO();
+                    V_STOREU(dst + p * NR + v * VL, x);
+                }
+            }
         } else if (!mask && nr == NR && rsb == 1) {
             for (int64_t p = 0; p < kc; p++) {
 #pragma GCC unroll 32
@@ -100,75 +122,78 @@ static void FN(pack_b)(int64_t kc, int64_t nc, const T *b, int64_t rsb,
     }
 }
 
-static inline T FN(epi1)(T acc, T old, const EPT *ep, const T *csrc, int j)
-{
-    T r = acc * ep->alpha;
-    if (ep->accum) r += old;
-    else if (csrc) r += ep->beta * csrc[0];
-    if (ep->last) {
-        if (ep->bias) r += ep->bias[j];
-        if (ep->act == NK_ACT_RELU) r = r < (T)0 ? (T)0 : r; /* NaN propagates */
-    }
-    return r;
-}
-
-static void FN(ukr)(int64_t kc, const T *restrict a, const T *restrict b,
-                    T *restrict c, int64_t ldc, const EPT *ep, int m, int n)
+/* NVV (compile-time constant after inlining) vectors per row: NV for the
+ * full tile, NV/2 for narrow column edges. */
+static inline __attribute__((always_inline)) void
+FN(ukr_impl)(int64_t kc, const T *restrict a, const T *restrict b, int64_t ldb,
+             T *restrict c, int64_t ldc, const EPT *ep, int m, int n, const int NVV)
 {
     V acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[i][v] = V_ZERO();
+        for (int v = 0; v < NVV; v++) acc[i][v] = V_ZERO();
 
 #pragma GCC unroll 2
     for (int64_t p = 0; p < kc; p++) {
         V bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) bv[v] = V_LOAD(b + v * VL);
+        for (int v = 0; v < NVV; v++) bv[v] = V_LOADU(b + v * VL); /* B may be read in place */
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++) {
             const V ai = V_BCAST(a[i]);
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[i][v] = V_FMA(ai, bv[v], acc[i][v]);
+            for (int v = 0; v < NVV; v++) acc[i][v] = V_FMA(ai, bv[v], acc[i][v]);
         }
         a += MR;
-        b += NR;
+        b += ldb;
     }
 
-    if (m == MR && n == NR) {
-        const V va = V_BCAST(ep->alpha);
-        const V vb = V_BCAST(ep->beta);
-        const int relu = ep->last && ep->act == NK_ACT_RELU;
-        const T *bias = ep->last ? ep->bias : NULL;
+    /* Epilogue, vectorised for edge tiles too (partial vectors are masked
+     * loads/stores: nothing outside the m x n tile is read or written). */
+    const V va = V_BCAST(ep->alpha);
+    const V vb = V_BCAST(ep->beta);
+    const int relu = ep->last && ep->act == NK_ACT_RELU;
+    const T *bias = ep->last ? ep->bias : NULL;
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < MR; i++) {
+        if (i >= m) break;
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) {
-                T *cp = c + i * ldc + v * VL;
-                V r = V_MUL(acc[i][v], va);
+        for (int v = 0; v < NVV; v++) {
+            const int nv = n - v * VL;
+            if (nv <= 0) break;
+            T *cp = c + i * ldc + v * VL;
+            V r = V_MUL(acc[i][v], va);
+            if (nv >= VL) {
                 if (ep->accum) r = V_ADD(r, V_LOADU(cp));
                 else if (ep->csrc) r = V_FMA(vb, V_LOADU(ep->csrc + i * ep->ldcsrc + v * VL), r);
                 if (bias) r = V_ADD(r, V_LOADU(bias + v * VL));
                 if (relu) r = V_MAX(V_ZERO(), r); /* NaN propagates */
                 V_STOREU(cp, r);
+            } else {
+                if (ep->accum) r = V_ADD(r, V_LOADN(cp, nv));
+                else if (ep->csrc) r = V_FMA(vb, V_LOADN(ep->csrc + i * ep->ldcsrc + v * VL, nv), r);
+                if (bias) r = V_ADD(r, V_LOADN(bias + v * VL, nv));
+                if (relu) r = V_MAX(V_ZERO(), r);
+                V_STOREN(cp, r, nv);
             }
         }
-    } else {
-        T tmp[MR * NR] __attribute__((aligned(64)));
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) V_STOREU(tmp + i * NR + v * VL, acc[i][v]);
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++) {
-                const T *cs = ep->csrc ? ep->csrc + i * ep->ldcsrc + j : NULL;
-                c[i * ldc + j] = FN(epi1)(tmp[i * NR + j], c[i * ldc + j], ep, cs, j);
-            }
     }
 }
 
-const KERNT_X(S) KERN = {MR, NR, MC, KC, NC, FN(pack_a), FN(pack_b), FN(ukr)};
+static void FN(ukr)(int64_t kc, const T *restrict a, const T *restrict b, int64_t ldb,
+                    T *restrict c, int64_t ldc, const EPT *ep, int m, int n)
+{
+    FN(ukr_impl)(kc, a, b, ldb, c, ldc, ep, m, n, NV);
+}
+
+static void FN(ukr_half)(int64_t kc, const T *restrict a, const T *restrict b, int64_t ldb,
+                         T *restrict c, int64_t ldc, const EPT *ep, int m, int n)
+{
+    FN(ukr_impl)(kc, a, b, ldb, c, ldc, ep, m, n, NV / 2);
+}
+
+const KERNT_X(S) KERN = {MR, NR, MC, KC, NC, FN(pack_a), FN(pack_b), FN(ukr), FN(ukr_half)};
 
 /* FMA throughput: 12 independent accumulator chains per iteration. */
 static double FN(fma_peak)(int64_t iters)
@@ -193,3 +218,4 @@ static double FN(fma_peak)(int64_t iters)
 #undef NR
 #undef FN
 #undef EPT
+#undef V_STOREN

@@ -9,6 +9,12 @@ typedef double nk_v2d __attribute__((vector_size(16)));
 #define NK_GEN_OPS(VT, ST)                                                        \
     static inline VT ld_##VT(const ST *p) { VT v; memcpy(&v, p, sizeof v); return v; } \
     static inline void st_##VT(ST *p, VT v) { memcpy(p, &v, sizeof v); }              \
+    static inline VT ldn_##VT(const ST *p, int n)                                     \
+    {                                                                                 \
+        VT v = {0};                                                                   \
+        memcpy(&v, p, (size_t)n * sizeof(ST));                                        \
+        return v;                                                                     \
+    }                                                                                 \
     static inline VT bc_##VT(ST x) { VT v = {0}; return v + x; }                      \
     static inline VT mx_##VT(VT a, VT b)                                     \
     {                                                                             \
@@ -40,6 +46,7 @@ NK_GEN_OPS(nk_v2d, double)
 #define V_MUL(a, b) ((a) * (b))
 #define V_ADD(a, b) ((a) + (b))
 #define V_MAX(a, b) mx_nk_v4f(a, b)
+#define V_LOADN(p, n) ldn_nk_v4f(p, n)
 #include "nk_kern_body.h"
 #include "nk_kern_undef.h"
 
@@ -62,6 +69,7 @@ NK_GEN_OPS(nk_v2d, double)
 #define V_MUL(a, b) ((a) * (b))
 #define V_ADD(a, b) ((a) + (b))
 #define V_MAX(a, b) mx_nk_v2d(a, b)
+#define V_LOADN(p, n) ldn_nk_v2d(p, n)
 #include "nk_kern_body.h"
 #include "nk_kern_undef.h"
 

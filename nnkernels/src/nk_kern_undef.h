@@ -18,3 +18,4 @@
 #undef V_MUL
 #undef V_ADD
 #undef V_MAX
+#undef V_LOADN
