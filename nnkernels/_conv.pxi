@@ -23,6 +23,7 @@ cdef extern from "nk_conv.h" nogil:
                            void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads)
     int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass_)
     void nk_conv_release_workspace()
+    void nk_conv_set_col_budget(int64_t nbytes)
     int64_t nk_conv_workspace_bytes()
 
 _CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT}
@@ -302,3 +303,8 @@ def conv_workspace_bytes():
 
 def release_conv_workspace():
     nk_conv_release_workspace()
+
+
+def _set_conv_col_budget(nbytes):
+    """Testing hook: column-workspace budget in bytes (<= 0: the default 64 MiB)."""
+    nk_conv_set_col_budget(int(nbytes))

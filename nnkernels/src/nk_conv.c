@@ -62,6 +62,9 @@ void nk_conv_release_workspace(void)
 
 int64_t nk_conv_workspace_bytes(void) { return (int64_t)g_conv_arena_size; }
 
+static int64_t g_col_budget = NK_CONV_COL_BUDGET;
+void nk_conv_set_col_budget(int64_t bytes) { g_col_budget = bytes > 0 ? bytes : NK_CONV_COL_BUDGET; }
+
 /* ---------------------------------------------------------------- helpers */
 
 /* Window-packing context (see pack_win in nk_conv_body.h). */

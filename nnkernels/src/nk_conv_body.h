@@ -288,7 +288,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     }
     /* strided: dcols = dz @ w^T per tile of output pixels, then col2im */
     const int64_t kkc = KK * C, npix = s->n * s->oh * s->ow;
-    int64_t tile = NK_CONV_COL_BUDGET / ((int64_t)sizeof(T) * kkc);
+    int64_t tile = g_col_budget / ((int64_t)sizeof(T) * kkc);
     if (tile < 1) tile = 1;
     if (tile > npix) tile = npix;
     {
