@@ -472,3 +472,20 @@ def test_auto_heuristic_documented():
         assert nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product=p) in ("im2col", "direct")
     with pytest.raises(ValueError, match="product"):
         nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product="sideways")
+
+
+def test_large_pixel_count_wgrad_blocks():
+    """dW over >= 32768 output pixels is cut into fixed k-blocks (partial sums)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 66, 66, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    g = dict(strides=(1, 1), padding="valid", dilation=(1, 1))
+    yr = ref_conv(x, w, None, act="relu", **g)
+    dy = rng.standard_normal(yr.shape).astype(np.float32)
+    ref = ref_conv_backward(dy, x, w, act="relu", y=yr, **g)
+    for n in (8, 5):  # 4 and 2 blocks
+        got = nk.conv2d_backward(dy[:n], x[:n], w, activation="relu", y=yr[:n], algo="im2col", **g)
+        refn = ref_conv_backward(dy[:n], x[:n], w, act="relu", y=yr[:n], **g)
+        for a, r in zip(got, refn):
+            close(a, r, np.float32, 4 * dy[:n].size // 8)
+    assert ref[1].shape == w.shape

@@ -75,6 +75,7 @@ typedef struct {
     int64_t sh, sw, sc;        /* source image (height, width, channels) */
     int64_t kw;
     int64_t sa, sb, oa, ob, ka, kb;
+    int64_t p_off;             /* pack_wt: first pixel of this GEMM's k range */
 } nk_conv_win;
 
 static int nk_conv_is_pointwise(const nk_conv_shape *s)
@@ -144,6 +145,7 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 }
 
 #define NK_CONV_WGRAD_BLOCKS 16
+#define NK_CONV_WGRAD_KBLOCK 8192 /* min pixels per k-block of the im2col dW */
 
 /* -------------------------------------------- direct kernels, per ISA */
 #define ISA generic
@@ -221,12 +223,116 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 #endif
 #endif /* NK_X86 */
 
+/* ------------------------------- float window packing, MR = 8, AVX2
+ * pack_win's layout (see nk_conv_body.h) for 8-row slivers: per tap, the 8
+ * rows' channel runs are loaded 8 channels at a time and transposed in
+ * registers (8x8), instead of 64 scalar strided stores. */
+#if NK_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#include <immintrin.h>
+static inline void nk_tr8x8_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4,
+                                  __m256 r5, __m256 r6, __m256 r7, float *dst)
+{
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 32, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 40, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 48, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 56, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+static const float nk_zero8[8] __attribute__((aligned(32))) = {0};
+
+static inline __m256 nk_ld8(const float *p, const float *m)
+{
+    __m256 v = _mm256_loadu_ps(p);
+    if (m) v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_loadu_ps(m), _mm256_setzero_ps(), _CMP_GT_OQ));
+    return v;
+}
+
+/* One full 8-row sliver (all rows < mc), columns [p0, p0+kc). */
+static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0, int64_t kc,
+                                float *restrict dst)
+{
+    const float *src = (const float *)cw->src, *msk = (const float *)cw->mask;
+    const int64_t SH = cw->sh, SW = cw->sw, SC = cw->sc, KW = cw->kw;
+    const int64_t gab = cw->ga * cw->gb, img = SH * SW * SC;
+    int64_t ha[8], wb[8], nb[8];
+    for (int i = 0; i < 8; i++) {
+        const int64_t row = row0 + i, n = row / gab, rem = row - n * gab;
+        const int64_t a = rem / cw->gb, b = rem - a * cw->gb;
+        ha[i] = a * cw->sa + cw->oa;
+        wb[i] = b * cw->sb + cw->ob;
+        nb[i] = n * img;
+    }
+    const int64_t kk0 = p0 / SC;
+    int64_t kh = kk0 / KW, kw = kk0 - kh * KW, ch = p0 - kk0 * SC, p = 0;
+    while (p < kc) {
+        const int64_t run = SC - ch < kc - p ? SC - ch : kc - p;
+        const float *sp[8], *mp[8];
+        for (int i = 0; i < 8; i++) {
+            const int64_t ih = ha[i] + kh * cw->ka, iw = wb[i] + kw * cw->kb;
+            if ((uint64_t)ih < (uint64_t)SH && (uint64_t)iw < (uint64_t)SW) {
+                const int64_t off = nb[i] + (ih * SW + iw) * SC + ch;
+                sp[i] = src + off;
+                mp[i] = msk ? msk + off : NULL;
+            } else {
+                sp[i] = NULL;
+                mp[i] = NULL;
+            }
+        }
+        float *d = dst + p * 8;
+        int64_t q = 0;
+        for (; q + 8 <= run; q += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = sp[i] ? nk_ld8(sp[i] + q, mp[i] ? mp[i] + q : NULL) : _mm256_setzero_ps();
+            nk_tr8x8_store(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], d + q * 8);
+        }
+        for (; q < run; q++)
+            for (int i = 0; i < 8; i++) {
+                float v = 0.0f;
+                if (sp[i]) {
+                    v = sp[i][q];
+                    if (mp[i] && !(mp[i][q] > 0.0f)) v = 0.0f;
+                }
+                d[q * 8 + i] = v;
+            }
+        p += run;
+        ch = 0;
+        if (++kw == KW) { kw = 0; kh++; }
+    }
+}
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+#endif /* NK_X86 */
+
 /* ------------------------------------------------- per-dtype drivers */
 #define T float
 #define S s
 #define ARGS nk_sgemm_args
 #define GEMM nk_sgemm
+#define NK_CONV_FLOAT 1
 #include "nk_conv_body.h"
+#undef NK_CONV_FLOAT
 #undef T
 #undef S
 #undef ARGS

@@ -63,6 +63,16 @@ static void CFN(pack_win)(const void *ctx, int64_t i0, int64_t mc, int64_t p0, i
                           int mr, void *a_pk)
 {
     const nk_conv_win *cw = (const nk_conv_win *)ctx;
+#if defined(NK_CONV_FLOAT) && NK_X86
+    if (mr == 8 && nk_get_isa() >= NK_ISA_AVX2) {
+        const int64_t full = mc / 8 * 8;
+        for (int64_t r0 = 0; r0 < full; r0 += 8)
+            nk_pack_win8_s_avx2(cw, i0 + r0, p0, kc, (float *)a_pk + r0 * kc);
+        if (full < mc)
+            CFN(pack_win_mr)(cw, i0 + full, mc - full, p0, kc, 8, (float *)a_pk + full * kc);
+        return;
+    }
+#endif
     switch (mr) {
     case 8: CFN(pack_win_mr)(cw, i0, mc, p0, kc, 8, (T *)a_pk); break;
     case 6: CFN(pack_win_mr)(cw, i0, mc, p0, kc, 6, (T *)a_pk); break;
@@ -88,7 +98,8 @@ CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64
         const int64_t rf = i0 + r0, rl = rf + mr - 1;
         const int64_t kkf = rf / C, kkl = rl / C;
         /* pixel index decomposition, advanced incrementally */
-        int64_t n = p0 / (OH * OW), rem = p0 - n * (OH * OW);
+        const int64_t pp = p0 + cw->p_off;
+        int64_t n = pp / (OH * OW), rem = pp - n * (OH * OW);
         int64_t oh = rem / OW, ow = rem - oh * OW;
         if (mr == MRc && kkf == kkl) {
             /* all rows: one tap, consecutive channels */
@@ -185,31 +196,77 @@ static int CFN(im2col_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
     return GEMM(&g);
 }
 
-static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
-                             const T *x, T *dw, T *db, int nt)
+/* dW (+ db) over output pixels [k0, k1) into out_w (and out_b) with one
+ * GEMM of nt threads. */
+static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
+                                  const T *x, int64_t k0, int64_t k1, T *out_w, T *out_b, int nt)
 {
     ARGS g;
     nk_conv_win cw;
     CFN(gemm_init)(&g, nt);
     g.m = s->kh * s->kw * s->c;
     g.n = s->f;
-    g.k = s->n * s->oh * s->ow;
+    g.k = k1 - k0;
     if (nk_conv_is_pointwise(s)) {
-        g.a = x; g.rsa = 1; g.csa = s->c;     /* x^T viewed as (C, N*H*W) */
+        g.a = x + k0 * s->c; g.rsa = 1; g.csa = s->c;     /* x^T viewed as (C, N*H*W) */
     } else {
         memset(&cw, 0, sizeof cw);
         cw.s = s;
         cw.src = x;
+        cw.p_off = k0;
         g.pack_a = CFN(pack_wt);
         g.pack_a_ctx = &cw;
     }
-    g.b = dy; g.rsb = s->f; g.csb = 1;
+    g.b = dy + k0 * s->f; g.rsb = s->f; g.csb = 1;
     if (ymask) {
-        g.bmask = ymask; g.rsbm = s->f; g.csbm = 1; g.bdact = act;
+        g.bmask = ymask + k0 * s->f; g.rsbm = s->f; g.csbm = 1; g.bdact = act;
     }
-    g.out = dw; g.ldo = s->f;
-    g.bcolsum = db;
+    g.out = out_w; g.ldo = s->f;
+    g.bcolsum = out_b;
     return GEMM(&g);
+}
+
+/* dW = cols^T @ dz.  The pixel (k) range is cut into a fixed number of
+ * blocks (by shape only, so results do not depend on the thread count),
+ * each a single-threaded GEMM, run in parallel, partial sums added in block
+ * order.  One barrier-free GEMM per thread instead of one team that must
+ * synchronise once per KC pixels: m = KH*KW*C is small here and k huge. */
+static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
+                             const T *x, T *dw, T *db, int nt)
+{
+    const int64_t K = s->n * s->oh * s->ow, kkcf = s->kh * s->kw * s->c * s->f, F = s->f;
+    const int64_t nbk = K >= 4 * NK_CONV_WGRAD_KBLOCK ? 4 : K >= 2 * NK_CONV_WGRAD_KBLOCK ? 2 : 1;
+    if (nt <= 0) nt = nk_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel()) nt = 1;
+#endif
+    if (nbk == 1) return CFN(im2col_wgrad_part)(s, dy, ymask, act, x, 0, K, dw, db, nt);
+    const int64_t per = kkcf + F;
+    int from_arena = 0;
+    T *part = (T *)nk_conv_ws_acquire((size_t)((nbk - 1) * per) * sizeof(T), &from_arena);
+    if (!part) return -1;
+    int rc = 0;
+    const int team = nt < nbk ? nt : (int)nbk;
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(team) schedule(dynamic, 1) reduction(| : rc) if (team > 1)
+#endif
+    for (int64_t b = 0; b < nbk; b++) {
+        T *ow = b == 0 ? dw : part + (b - 1) * per;
+        T *ob = db ? (b == 0 ? db : part + (b - 1) * per + kkcf) : NULL;
+        rc |= CFN(im2col_wgrad_part)(s, dy, ymask, act, x, K * b / nbk, K * (b + 1) / nbk, ow,
+                                     ob, 1);
+    }
+    if (rc == 0) {
+        for (int64_t b = 1; b < nbk; b++) {
+            const T *pw = part + (b - 1) * per;
+            for (int64_t e = 0; e < kkcf; e++) dw[e] += pw[e];
+            if (db)
+                for (int64_t f = 0; f < F; f++) db[f] += pw[kkcf + f];
+        }
+    }
+    nk_conv_ws_release(part, from_arena);
+    return rc ? -1 : 0;
 }
 
 /* col2im for output pixels [q0, q1): dx[...] += dcols[q - q0, (kh, kw, c)].
