@@ -50,6 +50,21 @@ def best_of(fn, repeat, warmup=2):
     return t
 
 
+def best_of_interleaved(fns, repeat, warmup=2):
+    """{name: best seconds}: one run of each contender per round, so a
+    neighbour's load hits all of them alike (the machine is shared)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
 def wait_quiet(threads, peak_ref, frac=0.85, timeout=20.0):
     """Wait (up to timeout s) until the FMA loop runs at >= frac of the
     reference peak: the machine is shared, and a busy neighbour halves every
@@ -160,23 +175,26 @@ def conv_row(name, spec, batch, threads, repeat, peak, have_torch):
                algo={p: nk.conv2d_algo(x.shape, w.shape, padding=pad, product=p)
                      for p in ("forward", "backward_data", "backward_filter")})
     row["machine_peak_now"] = wait_quiet(threads, peak)
-    row["ours_fwd_ms"] = best_of(ours_fwd, repeat) * 1e3
-    row["ours_fwd_bwd_ms"] = best_of(ours_all, repeat) * 1e3
-    # checksum: the work was done
-    row["checksum"] = float(np.sum(y, dtype=np.float64) + np.sum(dw, dtype=np.float64))
-    with threadpool_limits(limits=threads):
-        nf, na = numpy_conv_fns(x, w, b, dy, pad)
-        wait_quiet(threads, peak)
-        row["numpy_fwd_ms"] = best_of(nf, max(3, repeat // 2)) * 1e3
-        row["numpy_fwd_bwd_ms"] = best_of(na, max(3, repeat // 2)) * 1e3
+    fns = {"ours_fwd": ours_fwd, "ours_fwd_bwd": ours_all}
+    torch_fmts = []
     if have_torch:
         import torch
         torch.set_num_threads(threads)
         for fmt, cl in (("nchw", False), ("channels_last", True)):
             tf, ta = torch_conv_fns(x, w, b, dy, pad, cl)
-            wait_quiet(threads, peak)
-            row[f"torch_{fmt}_fwd_ms"] = best_of(tf, repeat) * 1e3
-            row[f"torch_{fmt}_fwd_bwd_ms"] = best_of(ta, repeat) * 1e3
+            fns[f"torch_{fmt}_fwd"], fns[f"torch_{fmt}_fwd_bwd"] = tf, ta
+            torch_fmts.append(fmt)
+    with threadpool_limits(limits=threads):
+        nf, na = numpy_conv_fns(x, w, b, dy, pad)
+        fns["numpy_fwd"], fns["numpy_fwd_bwd"] = nf, na
+        res = best_of_interleaved(fns, repeat)
+    for k, v in res.items():
+        row[k + "_ms"] = v * 1e3
+    ours_fwd()
+    ours_all()
+    # checksum: the work was done
+    row["checksum"] = float(np.sum(y, dtype=np.float64) + np.sum(dw, dtype=np.float64))
+    if torch_fmts:
         for ph in ("fwd", "fwd_bwd"):
             a, c = row[f"torch_nchw_{ph}_ms"], row[f"torch_channels_last_{ph}_ms"]
             row[f"torch_{ph}_ms"] = min(a, c)

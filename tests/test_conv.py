@@ -152,7 +152,7 @@ def geo(case):
 
 # ---------------------------------------------------------------- correctness
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=150, **SETTINGS)
 @given(case=conv_case(), dt=st.sampled_from([np.float32, np.float64]),
        act=st.sampled_from([None, "relu"]), isa=st.sampled_from(ISAS),
        seed=st.integers(0, 2**31 - 1), use_bias=st.booleans())
@@ -315,7 +315,7 @@ def _away_from_kink(x, w, b, g, act, margin=1e-3):
     return np.abs(z).min() > margin
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(case=conv_case(max_c=6, max_f=7), act=st.sampled_from([None, "relu"]),
        algo=st.sampled_from(["im2col", "direct"]), seed=st.integers(0, 2**31 - 1))
 def test_directional_finite_differences(case, act, algo, seed):
