@@ -1,7 +1,8 @@
 """nnkernels: compiled CPU kernels for neural networks.
 
 Packed SIMD GEMM (AVX-512 / AVX2+FMA / portable, chosen at run time) with
-fused epilogues, dense-layer forward/backward, OpenMP threads.
+fused epilogues, dense-layer forward/backward, 2-D convolution (NHWC,
+implicit-im2col GEMM or direct), OpenMP threads.
 
 Environment:
   NNKERNELS_ISA=avx512|avx2|generic   force a kernel path (error if the CPU
@@ -13,6 +14,11 @@ import os as _os
 from . import _core
 from ._core import (
     available_isas,
+    conv2d,
+    conv2d_algo,
+    conv2d_backward,
+    conv2d_output_shape,
+    conv_workspace_bytes,
     dense_backward,
     dense_forward,
     fma_peak,
@@ -28,7 +34,8 @@ from ._core import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "gemm", "dense_forward", "dense_backward", "info", "set_num_threads",
+    "gemm", "dense_forward", "dense_backward", "conv2d", "conv2d_backward",
+    "conv2d_output_shape", "conv2d_algo", "conv_workspace_bytes", "info", "set_num_threads",
     "get_num_threads", "get_isa", "set_isa", "available_isas", "isa_supported",
     "fma_peak", "openmp_enabled", "release_workspace", "default_num_threads",
 ]

@@ -7,6 +7,7 @@ write out of bounds."""
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t, intptr_t
+from libc.string cimport memset
 
 cnp.import_array()
 
@@ -286,6 +287,7 @@ cdef int _act_id(object activation) except -1:
 
 
 cdef void _desc_init(nk_gemm_desc *d) noexcept:
+    memset(d, 0, sizeof(nk_gemm_desc))  # also fields Cython does not declare (pack_a)
     d.m = d.n = d.k = 0
     d.a = d.b = d.c = d.bias = d.amask = d.bmask = NULL
     d.out = d.bcolsum = NULL
@@ -472,3 +474,6 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
         d.ldo = _ld(DX)
         _run(&d, dbl)
     return DX, DW, DB
+
+
+include "_conv.pxi"

@@ -113,7 +113,8 @@ void nk_release_workspace(void)
                 (const T *)g->bias, g->act,                                    \
                 (const T *)g->amask, g->rsam, g->csam, g->adact,               \
                 (const T *)g->bmask, g->rsbm, g->csbm, g->bdact,               \
-                (T *)g->bcolsum, g->bcolsum_accumulate, g->nthreads}
+                (T *)g->bcolsum, g->bcolsum_accumulate, g->nthreads,        \
+                g->pack_a, g->pack_a_ctx}
 
 int nk_gemm(const nk_gemm_desc *g, int dbl)
 {

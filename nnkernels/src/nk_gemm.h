@@ -38,6 +38,19 @@ extern "C" {
 enum { NK_ACT_NONE = 0, NK_ACT_RELU = 1 };
 enum { NK_ISA_GENERIC = 0, NK_ISA_AVX2 = 1, NK_ISA_AVX512 = 2, NK_ISA_COUNT = 3 };
 
+/* Optional packing hook for an implicit A operand (e.g. convolution's
+ * im2col, read straight from the NHWC image, so the column matrix never
+ * exists).  When pack_a is non-NULL the driver calls
+ *     pack_a(pack_a_ctx, i0, mc, p0, kc, mr, a_pk)
+ * instead of packing from a/rsa/csa/amask (which are then ignored).  It must
+ * write rows [i0, i0+mc) x columns [p0, p0+kc) of op(A) as ceil(mc/mr)
+ * slivers of mr rows: element (i, p) of sliver s at
+ * a_pk[s*mr*kc + p*mr + i] (i, p relative to i0, p0), rows past mc zeroed;
+ * a_pk is T* (float or double, as the call).  It is called concurrently
+ * from several threads on disjoint blocks: it must only read shared data. */
+typedef void (*nk_pack_a_fn)(const void *ctx, int64_t i0, int64_t mc, int64_t p0,
+                             int64_t kc, int mr, void *a_pk);
+
 #define NK_GEMM_ARGS_DECL(T, NAME)                                             \
     typedef struct {                                                           \
         int64_t m, n, k;                                                       \
@@ -52,6 +65,8 @@ enum { NK_ISA_GENERIC = 0, NK_ISA_AVX2 = 1, NK_ISA_AVX512 = 2, NK_ISA_COUNT = 3 
         const T *bmask; int64_t rsbm, csbm; int bdact;                         \
         T *bcolsum; int bcolsum_accumulate;                                    \
         int nthreads;                /* <= 0: use nk_get_num_threads() */      \
+        nk_pack_a_fn pack_a;         /* NULL: pack A from a/rsa/csa */         \
+        const void *pack_a_ctx;                                                \
     } NAME;
 
 NK_GEMM_ARGS_DECL(float, nk_sgemm_args)
@@ -76,6 +91,7 @@ typedef struct {
     const void *bmask; int64_t rsbm, csbm; int bdact;
     void *bcolsum; int bcolsum_accumulate;
     int nthreads;
+    nk_pack_a_fn pack_a; const void *pack_a_ctx; /* see nk_pack_a_fn */
 } nk_gemm_desc;
 int nk_gemm(const nk_gemm_desc *g, int dbl);
 

@@ -123,9 +123,12 @@ static void FN(worker)(const ARGS *g, const KERNT *kr, int64_t r0, int64_t r1,
             }
             for (int64_t ic = r0; ic < r1; ic += mc) {
                 const int64_t mcur = r1 - ic < mc ? r1 - ic : mc;
-                kr->pack_a(mcur, kcur, g->a + ic * g->rsa + pc * g->csa, g->rsa, g->csa,
-                           g->amask ? g->amask + ic * g->rsam + pc * g->csam : NULL,
-                           g->rsam, g->csam, g->adact, abuf);
+                if (g->pack_a)
+                    g->pack_a(g->pack_a_ctx, ic, mcur, pc, kcur, kr->mr, abuf);
+                else
+                    kr->pack_a(mcur, kcur, g->a + ic * g->rsa + pc * g->csa, g->rsa, g->csa,
+                               g->amask ? g->amask + ic * g->rsam + pc * g->csam : NULL,
+                               g->rsam, g->csam, g->adact, abuf);
                 FN(macro)(g, kr, ic, jc, mcur, ncur, pc, kcur, abuf, &bv);
             }
         }

@@ -1,0 +1,310 @@
+# 2-D convolution (NHWC): validation and wrappers; included from _core.pyx.
+
+cdef extern from "nk_conv.h" nogil:
+    enum:
+        NK_CONV_AUTO
+        NK_CONV_IM2COL
+        NK_CONV_DIRECT
+        NK_CONV_FWD
+        NK_CONV_BWD_DATA
+        NK_CONV_BWD_FILTER
+    ctypedef struct nk_conv_shape:
+        int64_t n, h, w, c
+        int64_t kh, kw, f
+        int64_t sh, sw, dh, dw
+        int64_t pt, pl
+        int64_t oh, ow
+    int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
+                          const void *x_nhwc, const void *w_hwcf, const void *bias_f,
+                          int act, void *y_nhwf, int nthreads)
+    int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
+                           const void *dy_nhwf, const void *x_nhwc, const void *w_hwcf,
+                           int act, const void *y_nhwf,
+                           void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads)
+    int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass_)
+    void nk_conv_release_workspace()
+    void nk_conv_set_col_budget(int64_t nbytes)
+    int64_t nk_conv_workspace_bytes()
+
+_CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT}
+_CONV_ALGO_NAMES = {NK_CONV_IM2COL: "im2col", NK_CONV_DIRECT: "direct"}
+# Every size, stride, dilation and padding must stay below this, so that all
+# index arithmetic in the kernels (products of two such numbers plus a few
+# more) fits in int64 with room to spare.
+_CONV_MAX_DIM = 1 << 30
+_CONV_MAX_ELEMS = 1 << 60
+
+
+cdef tuple _int_pair(object v, str name, long lo):
+    """v as a pair of Python ints >= lo (an int means the same for both)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, (int, np.integer)):
+        v = (v, v)
+    try:
+        items = tuple(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    out = []
+    for it in items:
+        if isinstance(it, (bool, np.bool_)) or not isinstance(it, (int, np.integer)):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+        it = int(it)
+        if it < lo or it > _CONV_MAX_DIM:
+            raise ValueError(f"{name} values must be in [{lo}, {_CONV_MAX_DIM}], got {v!r}")
+        out.append(it)
+    return tuple(out)
+
+
+cdef tuple _conv_padding(object padding, object H, object W, object kh, object kw,
+                         object sh, object sw, object dh, object dw):
+    """((pt, pb), (pl, pr)) as Keras/TensorFlow compute them (Python ints)."""
+    if isinstance(padding, str):
+        p = padding.lower()
+        if p == "valid":
+            return ((0, 0), (0, 0))
+        if p == "same":
+            oh = (H + sh - 1) // sh
+            ow = (W + sw - 1) // sw
+            th = max((oh - 1) * sh + (kh - 1) * dh + 1 - H, 0)
+            tw = max((ow - 1) * sw + (kw - 1) * dw + 1 - W, 0)
+            return ((th // 2, th - th // 2), (tw // 2, tw - tw // 2))
+        raise ValueError(f"padding must be 'valid', 'same' or ((top, bottom), (left, right)), got {padding!r}")
+    try:
+        rows = tuple(padding)
+        if len(rows) != 2:
+            raise ValueError
+        pr = [_int_pair(r, "padding", 0) for r in rows]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"padding must be 'valid', 'same' or ((top, bottom), (left, right)) of ints in "
+            f"[0, {_CONV_MAX_DIM}], got {padding!r}") from None
+    return (pr[0], pr[1])
+
+
+cdef object _nhwc(object x, str name):
+    """x as an aligned C-contiguous 4-D float array (copied if it is not)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D, got shape {x.shape}")
+    _float_dtype_of(x.dtype, name)
+    for d in x.shape:
+        if d > _CONV_MAX_DIM:
+            raise ValueError(f"{name} has shape {x.shape}: dimensions above {_CONV_MAX_DIM} are not supported")
+    if not (x.flags.c_contiguous and x.flags.aligned):
+        x = np.require(x, requirements=["C", "A"])
+    return x
+
+
+cdef object _conv_out(object out, tuple shape, object dt, str name, list inputs):
+    """A caller's output buffer: exact dtype and shape, C-contiguous, aligned,
+    writeable, not overlapping any input (or a new array)."""
+    if out is None:
+        return np.empty(shape, dtype=dt)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dt:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {dt}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    if not (out.flags.c_contiguous and out.flags.aligned):
+        raise ValueError(f"{name} must be C-contiguous and aligned, got strides {out.strides}")
+    for nm, arr in inputs:
+        if arr is not None and out.size and arr.size and np.may_share_memory(out, arr):
+            raise ValueError(f"{name} overlaps {nm}; pass a separate buffer")
+    return out
+
+
+cdef object _conv_geometry(tuple xs, tuple ws, object strides, object padding, object dilation,
+                           nk_conv_shape *s):
+    """Validate the geometry of x (N,H,W,C) and w (KH,KW,C,F); fill s.
+    Returns ((pt, pb), (pl, pr))."""
+    for nm, shp in (("x", xs), ("w", ws)):
+        for d in shp:
+            if d < 0 or d > _CONV_MAX_DIM:
+                raise ValueError(f"{nm} has shape {shp}: dimensions must be in [0, {_CONV_MAX_DIM}]")
+    N, H, W, C = (int(d) for d in xs)
+    KH, KW, C2, F = (int(d) for d in ws)
+    if C2 != C:
+        raise ValueError(f"input channels differ: x{xs} has C={C}, w{ws} has C_in={C2} "
+                         f"(w must be (KH, KW, C_in, C_out))")
+    if H < 1 or W < 1 or C < 1 or KH < 1 or KW < 1 or F < 1:
+        raise ValueError(f"x{xs} and w{ws}: H, W, C, KH, KW and C_out must all be >= 1")
+    sh, sw = _int_pair(strides, "strides", 1)
+    dh, dw = _int_pair(dilation, "dilation", 1)
+    pads = _conv_padding(padding, H, W, KH, KW, sh, sw, dh, dw)
+    (pt, pb), (pl, pr) = pads
+    ekh = (KH - 1) * dh + 1
+    ekw = (KW - 1) * dw + 1
+    if H + pt + pb < ekh or W + pl + pr < ekw:
+        raise ValueError(
+            f"kernel {ws[:2]} with dilation {(dh, dw)} (effective {(ekh, ekw)}) does not fit in "
+            f"the padded input {(H + pt + pb, W + pl + pr)} (x{xs}, padding {pads})")
+    oh = (H + pt + pb - ekh) // sh + 1
+    ow = (W + pl + pr - ekw) // sw + 1
+    if ekh > _CONV_MAX_DIM or ekw > _CONV_MAX_DIM or H + pt + pb > _CONV_MAX_DIM or W + pl + pr > _CONV_MAX_DIM:
+        raise ValueError(f"x{xs}, w{ws}: padded input or dilated kernel above {_CONV_MAX_DIM}")
+    for what, v in (("x", N * H * W * C), ("w", KH * KW * C * F), ("y", N * oh * ow * F),
+                    ("columns", N * oh * ow * KH * KW * C)):
+        if v > _CONV_MAX_ELEMS:
+            raise ValueError(f"x{xs}, w{ws}: {what} would have {v} elements, too many")
+    s.n, s.h, s.w, s.c = N, H, W, C
+    s.kh, s.kw, s.f = KH, KW, F
+    s.sh, s.sw, s.dh, s.dw = sh, sw, dh, dw
+    s.pt, s.pl = pt, pl
+    s.oh, s.ow = oh, ow
+    return pads
+
+
+cdef int _conv_algo(object algo) except -1:
+    try:
+        return _CONV_ALGOS[algo]
+    except (KeyError, TypeError):
+        raise ValueError(f"algo must be one of {sorted(_CONV_ALGOS)}, got {algo!r}") from None
+
+
+def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1)):
+    """(N, OH, OW, C_out) of conv2d for these shapes (Keras/TensorFlow sizes)."""
+    cdef nk_conv_shape s
+    xs = tuple(int(d) for d in x_shape)
+    ws = tuple(int(d) for d in w_shape)
+    if len(xs) != 4 or len(ws) != 4:
+        raise ValueError(f"x_shape must be (N, H, W, C) and w_shape (KH, KW, C, F), got {xs}, {ws}")
+    _conv_geometry(xs, ws, strides, padding, dilation, &s)
+    return (s.n, s.oh, s.ow, s.f)
+
+
+def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1),
+                dtype="float32", str product="forward"):
+    """The algorithm algo="auto" picks for one product ("forward",
+    "backward_data" or "backward_filter") of this convolution."""
+    cdef nk_conv_shape s
+    xs = tuple(int(d) for d in x_shape)
+    ws = tuple(int(d) for d in w_shape)
+    if len(xs) != 4 or len(ws) != 4:
+        raise ValueError(f"x_shape must be (N, H, W, C) and w_shape (KH, KW, C, F), got {xs}, {ws}")
+    _conv_geometry(xs, ws, strides, padding, dilation, &s)
+    passes = {"forward": NK_CONV_FWD, "backward_data": NK_CONV_BWD_DATA,
+              "backward_filter": NK_CONV_BWD_FILTER}
+    if product not in passes:
+        raise ValueError(f"product must be one of {sorted(passes)}, got {product!r}")
+    dbl = _float_dtype_of(np.dtype(dtype), "dtype") is _F64
+    return _CONV_ALGO_NAMES[nk_conv_choose(&s, dbl, passes[product])]
+
+
+def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
+           activation=None, algo="auto", out=None):
+    """2-D convolution, NHWC: y = act(conv(x, w) + bias).
+
+    x: (N, H, W, C_in); w: (KH, KW, C_in, C_out); bias: (C_out,) or None;
+    all float32 or all float64.  strides, dilation: int or (h, w) pair.
+    padding: "valid", "same" (TensorFlow/Keras: OH = ceil(H / sh), extra
+    padding row/column at the bottom/right) or ((top, bottom), (left, right)).
+    activation: None, "linear" or "relu" (fused).  algo: "im2col" (implicit
+    im2col GEMM, no column buffer), "direct", or "auto" (direct when
+    C_in < 8, else im2col; see conv2d_algo).  out: optional preallocated
+    (N, OH, OW, C_out) C-contiguous array of the same dtype; it must not
+    overlap the inputs.  Non-contiguous x / w / bias are copied first.
+    Returns y.
+    """
+    cdef nk_conv_shape s
+    x = _nhwc(x, "x")
+    w = _nhwc(w, "w")
+    dt = _same_dtype([("x", x), ("w", w)])
+    cdef int act = _act_id(activation)
+    cdef int algo_id = _conv_algo(algo)
+    _conv_geometry(x.shape, w.shape, strides, padding, dilation, &s)
+    if bias is not None:
+        bias = _vector(bias, s.f, dt, "bias")
+    out = _conv_out(out, (s.n, s.oh, s.ow, s.f), dt, "out",
+                    [("x", x), ("w", w), ("bias", bias)])
+    cdef bint dbl = dt == _F64
+    cdef const void *px = _p(x)
+    cdef const void *pw = _p(w)
+    cdef const void *pb = _p(bias) if bias is not None else NULL
+    cdef void *py = _p(out)
+    cdef int rc
+    with nogil:
+        rc = nk_conv2d_forward(&s, dbl, algo_id, px, pw, pb, act, py, 0)
+    if rc != 0:
+        raise MemoryError("nnkernels.conv2d: could not allocate the workspace")
+    return out
+
+
+def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1),
+                    activation=None, y=None, bint need_dx=True, bint need_db=True,
+                    algo="auto", dx=None, dw=None, db=None):
+    """Gradients of y = act(conv2d(x, w) + bias) given dy = dL/dy.
+
+    Same geometry arguments as conv2d.  With activation="relu" pass the
+    forward output y: dz = dy * (y > 0) is applied while the operands are
+    packed (never written out), and db = sum of dz is taken from the same
+    packing.  Returns (dx or None, dw, db or None), shaped like x, w and
+    (C_out,).  dx / dw / db may be preallocated C-contiguous arrays (they
+    must not overlap each other or the inputs); they are overwritten.
+    """
+    cdef nk_conv_shape s
+    dy = _nhwc(dy, "dy")
+    x = _nhwc(x, "x")
+    w = _nhwc(w, "w")
+    cdef int act = _act_id(activation)
+    cdef int algo_id = _conv_algo(algo)
+    named = [("dy", dy), ("x", x), ("w", w)]
+    if act != NK_ACT_NONE:
+        if y is None:
+            raise ValueError(f"activation={activation!r} needs the forward output y")
+        y = _nhwc(y, "y")
+        named.append(("y", y))
+    else:
+        y = None
+    dt = _same_dtype(named)
+    _conv_geometry(x.shape, w.shape, strides, padding, dilation, &s)
+    yshape = (s.n, s.oh, s.ow, s.f)
+    if dy.shape != yshape:
+        raise ValueError(f"dy has shape {dy.shape}, expected {yshape} for x{x.shape}, w{w.shape}")
+    if y is not None and y.shape != yshape:
+        raise ValueError(f"y has shape {y.shape}, expected {yshape} (the forward output)")
+    ins = [("dy", dy), ("x", x), ("w", w), ("y", y)]
+    dw = _conv_out(dw, w.shape, dt, "dw", ins)
+    if need_db:
+        db = _conv_out(db, (s.f,), dt, "db", ins + [("dw", dw)])
+    else:
+        db = None
+    if need_dx:
+        dx = _conv_out(dx, x.shape, dt, "dx", ins + [("dw", dw), ("db", db)])
+    else:
+        dx = None
+    cdef bint dbl = dt == _F64
+    cdef const void *pdy = _p(dy)
+    cdef const void *px = _p(x)
+    cdef const void *pw = _p(w)
+    cdef const void *py = _p(y) if y is not None else NULL
+    cdef void *pdx = _p(dx) if dx is not None else NULL
+    cdef void *pdw = _p(dw)
+    cdef void *pdb = _p(db) if db is not None else NULL
+    cdef int rc
+    with nogil:
+        rc = nk_conv2d_backward(&s, dbl, algo_id, pdy, px, pw, act, py, pdx, pdw, pdb, 0)
+    if rc != 0:
+        raise MemoryError("nnkernels.conv2d_backward: could not allocate the workspace")
+    return dx, dw, db
+
+
+def conv_workspace_bytes():
+    """Bytes held by the convolution workspace arena (the GEMM packing arena
+    is separate)."""
+    return nk_conv_workspace_bytes()
+
+
+def release_conv_workspace():
+    nk_conv_release_workspace()
+
+
+def _set_conv_col_budget(nbytes):
+    """Testing hook: column-workspace budget in bytes (<= 0: the default 64 MiB)."""
+    nk_conv_set_col_budget(int(nbytes))

@@ -1,0 +1,372 @@
+/* 2-D convolution (NHWC): implicit-im2col GEMM and direct kernels.
+ * See nk_conv.h for the algorithms and guarantees. */
+#include <stdlib.h>
+#include <string.h>
+#include "nk_internal.h"
+#include "nk_conv.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ------------------------------------------------------------- workspace
+ * Process-wide arena (separate from the GEMM's, which is in use while our
+ * GEMM calls run), grown when needed and then reused so steady-state calls
+ * touch no fresh pages.  A concurrent caller that finds it busy gets a
+ * temporary buffer. */
+static void *g_conv_arena = NULL;
+static size_t g_conv_arena_size = 0;
+static int g_conv_arena_busy = 0;
+
+static void *nk_conv_ws_acquire(size_t bytes, int *from_arena)
+{
+    if (!__atomic_test_and_set(&g_conv_arena_busy, __ATOMIC_ACQUIRE)) {
+        if (g_conv_arena_size < bytes) {
+            free(g_conv_arena);
+            g_conv_arena = NULL;
+            g_conv_arena_size = 0;
+            size_t want = bytes + bytes / 4;
+            want = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+            if (posix_memalign(&g_conv_arena, 64, want) != 0) {
+                g_conv_arena = NULL;
+                __atomic_clear(&g_conv_arena_busy, __ATOMIC_RELEASE);
+                return NULL;
+            }
+            g_conv_arena_size = want;
+        }
+        *from_arena = 1;
+        return g_conv_arena;
+    }
+    void *p = NULL;
+    *from_arena = 0;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    return p;
+}
+
+static void nk_conv_ws_release(void *p, int from_arena)
+{
+    if (from_arena)
+        __atomic_clear(&g_conv_arena_busy, __ATOMIC_RELEASE);
+    else
+        free(p);
+}
+
+void nk_conv_release_workspace(void)
+{
+    if (!__atomic_test_and_set(&g_conv_arena_busy, __ATOMIC_ACQUIRE)) {
+        free(g_conv_arena);
+        g_conv_arena = NULL;
+        g_conv_arena_size = 0;
+        __atomic_clear(&g_conv_arena_busy, __ATOMIC_RELEASE);
+    }
+}
+
+int64_t nk_conv_workspace_bytes(void) { return (int64_t)g_conv_arena_size; }
+
+static int64_t g_col_budget = NK_CONV_COL_BUDGET;
+void nk_conv_set_col_budget(int64_t bytes) { g_col_budget = bytes > 0 ? bytes : NK_CONV_COL_BUDGET; }
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Window-packing context (see pack_win in nk_conv_body.h). */
+typedef struct {
+    const nk_conv_shape *s;    /* pack_wt only */
+    const void *src, *mask;
+    int64_t ga, gb;            /* row grid per image */
+    int64_t sh, sw, sc;        /* source image (height, width, channels) */
+    int64_t kw;
+    int64_t sa, sb, oa, ob, ka, kb;
+    int64_t p_off;             /* pack_wt: first pixel of this GEMM's k range */
+} nk_conv_win;
+
+static int nk_conv_is_pointwise(const nk_conv_shape *s)
+{
+    return s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->pt == 0 && s->pl == 0 &&
+           s->oh == s->h && s->ow == s->w;
+}
+
+static void nk_conv_win_fwd(nk_conv_win *cw, const nk_conv_shape *s, const void *x)
+{
+    memset(cw, 0, sizeof *cw);
+    cw->s = s;
+    cw->src = x;
+    cw->ga = s->oh; cw->gb = s->ow;
+    cw->sh = s->h; cw->sw = s->w; cw->sc = s->c; cw->kw = s->kw;
+    cw->sa = s->sh; cw->sb = s->sw; cw->oa = -s->pt; cw->ob = -s->pl;
+    cw->ka = s->dh; cw->kb = s->dw;
+}
+
+static void nk_conv_zero(void *p, size_t bytes, int nt)
+{
+    (void)nt;
+#ifdef _OPENMP
+    if (nt > 1 && bytes >= ((size_t)1 << 20)) {
+        const size_t chunk = (bytes / (size_t)nt + 4095) & ~(size_t)4095;
+#pragma omp parallel num_threads(nt)
+        {
+            const size_t a = chunk * (size_t)omp_get_thread_num();
+            if (a < bytes) memset((char *)p + a, 0, bytes - a < chunk ? bytes - a : chunk);
+        }
+        return;
+    }
+#endif
+    memset(p, 0, bytes);
+}
+
+/* Threads for our own parallel loops: the package setting, 1 inside another
+ * team, and no more than one per ~1 MFLOP of work. */
+static int nk_conv_threads(const nk_conv_shape *s, int nt, int pass)
+{
+    (void)pass;
+    if (nt <= 0) nt = nk_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel()) return 1;
+#else
+    return 1;
+#endif
+    const double work = 2.0 * (double)s->n * (double)s->oh * (double)s->ow * (double)s->kh *
+                        (double)s->kw * (double)s->c * (double)s->f;
+    const double by_work = work / 1.0e6;
+    if ((double)nt > by_work) nt = by_work < 1.0 ? 1 : (int)by_work;
+    return nt < 1 ? 1 : nt;
+}
+
+/* algo="auto" heuristic (static, documented in nnkernels.conv2d):
+ *  - few input channels (C < 8): direct for every product.  With C*KH*KW
+ *    this small the GEMM's k (forward) or n (= C, data gradient) is a
+ *    fraction of a register tile, so the GEMM wastes most of its work on
+ *    packing and padding; the direct loops vectorise over F instead.
+ *  - otherwise the implicit-im2col GEMM. */
+int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
+{
+    (void)dbl;
+    (void)pass;
+    if (s->c < 8) return NK_CONV_DIRECT;
+    return NK_CONV_IM2COL;
+}
+
+#define NK_CONV_WGRAD_BLOCKS 16
+#define NK_CONV_WGRAD_KBLOCK 8192 /* min pixels per k-block of the im2col dW */
+
+/* -------------------------------------------- direct kernels, per ISA */
+#define ISA generic
+#define T float
+#define S s
+#define FB 32
+#include "nk_conv_direct.h"
+#undef T
+#undef S
+#undef FB
+#define T double
+#define S d
+#define FB 16
+#include "nk_conv_direct.h"
+#undef T
+#undef S
+#undef FB
+#undef ISA
+
+#if NK_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define ISA avx2
+#define T float
+#define S s
+#define FB 32
+#include "nk_conv_direct.h"
+#undef T
+#undef S
+#undef FB
+#define T double
+#define S d
+#define FB 16
+#include "nk_conv_direct.h"
+#undef T
+#undef S
+#undef FB
+#undef ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
+#endif
+#define ISA avx512
+#define T float
+#define S s
+#define FB 32
+#include "nk_conv_direct.h"
+#undef T
+#undef S
+#undef FB
+#define T double
+#define S d
+#define FB 16
+#include "nk_conv_direct.h"
+#undef T
+#undef S
+#undef FB
+#undef ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+#endif /* NK_X86 */
+
+/* ------------------------------- float window packing, MR = 8, AVX2
+ * pack_win's layout (see nk_conv_body.h) for 8-row slivers: per tap, the 8
+ * rows' channel runs are loaded 8 channels at a time and transposed in
+ * registers (8x8), instead of 64 scalar strided stores. */
+#if NK_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#include <immintrin.h>
+static inline void nk_tr8x8_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4,
+                                  __m256 r5, __m256 r6, __m256 r7, float *dst)
+{
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 32, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 40, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 48, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 56, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+static const float nk_zero8[8] __attribute__((aligned(32))) = {0};
+
+static inline __m256 nk_ld8(const float *p, const float *m)
+{
+    __m256 v = _mm256_loadu_ps(p);
+    if (m) v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_loadu_ps(m), _mm256_setzero_ps(), _CMP_GT_OQ));
+    return v;
+}
+
+/* One full 8-row sliver (all rows < mc), columns [p0, p0+kc). */
+static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0, int64_t kc,
+                                float *restrict dst)
+{
+    const float *src = (const float *)cw->src, *msk = (const float *)cw->mask;
+    const int64_t SH = cw->sh, SW = cw->sw, SC = cw->sc, KW = cw->kw;
+    const int64_t gab = cw->ga * cw->gb, img = SH * SW * SC;
+    int64_t ha[8], wb[8], nb[8];
+    for (int i = 0; i < 8; i++) {
+        const int64_t row = row0 + i, n = row / gab, rem = row - n * gab;
+        const int64_t a = rem / cw->gb, b = rem - a * cw->gb;
+        ha[i] = a * cw->sa + cw->oa;
+        wb[i] = b * cw->sb + cw->ob;
+        nb[i] = n * img;
+    }
+    const int64_t kk0 = p0 / SC;
+    int64_t kh = kk0 / KW, kw = kk0 - kh * KW, ch = p0 - kk0 * SC, p = 0;
+    while (p < kc) {
+        const int64_t run = SC - ch < kc - p ? SC - ch : kc - p;
+        const float *sp[8], *mp[8];
+        for (int i = 0; i < 8; i++) {
+            const int64_t ih = ha[i] + kh * cw->ka, iw = wb[i] + kw * cw->kb;
+            if ((uint64_t)ih < (uint64_t)SH && (uint64_t)iw < (uint64_t)SW) {
+                const int64_t off = nb[i] + (ih * SW + iw) * SC + ch;
+                sp[i] = src + off;
+                mp[i] = msk ? msk + off : NULL;
+            } else {
+                sp[i] = NULL;
+                mp[i] = NULL;
+            }
+        }
+        float *d = dst + p * 8;
+        int64_t q = 0;
+        for (; q + 8 <= run; q += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = sp[i] ? nk_ld8(sp[i] + q, mp[i] ? mp[i] + q : NULL) : _mm256_setzero_ps();
+            nk_tr8x8_store(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], d + q * 8);
+        }
+        for (; q < run; q++)
+            for (int i = 0; i < 8; i++) {
+                float v = 0.0f;
+                if (sp[i]) {
+                    v = sp[i][q];
+                    if (mp[i] && !(mp[i][q] > 0.0f)) v = 0.0f;
+                }
+                d[q * 8 + i] = v;
+            }
+        p += run;
+        ch = 0;
+        if (++kw == KW) { kw = 0; kh++; }
+    }
+}
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+#endif /* NK_X86 */
+
+/* ------------------------------------------------- per-dtype drivers */
+#define T float
+#define S s
+#define ARGS nk_sgemm_args
+#define GEMM nk_sgemm
+#define NK_CONV_FLOAT 1
+#include "nk_conv_body.h"
+#undef NK_CONV_FLOAT
+#undef T
+#undef S
+#undef ARGS
+#undef GEMM
+#define T double
+#define S d
+#define ARGS nk_dgemm_args
+#define GEMM nk_dgemm
+#include "nk_conv_body.h"
+#undef T
+#undef S
+#undef ARGS
+#undef GEMM
+
+int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo, const void *x_nhwc,
+                      const void *w_hwcf, const void *bias_f, int act, void *y_nhwf,
+                      int nthreads)
+{
+    if (dbl)
+        return forward_d(s, algo, (const double *)x_nhwc, (const double *)w_hwcf,
+                         (const double *)bias_f, act, (double *)y_nhwf, nthreads);
+    return forward_s(s, algo, (const float *)x_nhwc, (const float *)w_hwcf,
+                     (const float *)bias_f, act, (float *)y_nhwf, nthreads);
+}
+
+int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo, const void *dy_nhwf,
+                       const void *x_nhwc, const void *w_hwcf, int act, const void *y_nhwf,
+                       void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads)
+{
+    if (dbl)
+        return backward_d(s, algo, (const double *)dy_nhwf, (const double *)x_nhwc,
+                          (const double *)w_hwcf, act, (const double *)y_nhwf,
+                          (double *)dx_nhwc, (double *)dw_hwcf, (double *)db_f, nthreads);
+    return backward_s(s, algo, (const float *)dy_nhwf, (const float *)x_nhwc,
+                      (const float *)w_hwcf, act, (const float *)y_nhwf, (float *)dx_nhwc,
+                      (float *)dw_hwcf, (float *)db_f, nthreads);
+}

@@ -1,0 +1,80 @@
+/* nnkernels: 2-D convolution, NHWC activations, (KH, KW, C, F) kernels.
+ *
+ *   y[n,oh,ow,f] = act(bias[f] + sum_{kh,kw,c} x[n, oh*sh - pt + kh*dh,
+ *                                                ow*sw - pl + kw*dw, c]
+ *                                        * w[kh,kw,c,f])
+ * (positions outside the image read as zero).
+ *
+ * Two algorithms:
+ *  - NK_CONV_IM2COL: the convolution as a GEMM over the im2col matrix
+ *    (rows N*OH*OW, columns KH*KW*C), but *implicit*: the GEMM's A operand
+ *    is packed straight from the image through the driver's pack_a hook, so
+ *    no column buffer exists.  Forward: y = cols @ w (+bias, act in the
+ *    epilogue).  dW = cols^T @ dz with cols^T packed from x, dz = dy*act'
+ *    masked while B is packed, db from the same packing (bcolsum).
+ *    dX: stride 1 -> implicit GEMM over the zero-padded dz with the
+ *    transposed kernel (a "full" convolution, dz masked while packed);
+ *    stride > 1 -> dcols = dz @ w^T per batch tile (<= NK_CONV_COL_BUDGET
+ *    bytes of columns), then col2im.  1x1 stride-1 unpadded convolutions
+ *    use x as the matrix directly.
+ *  - NK_CONV_DIRECT: loops over the window, vectorised over output channels
+ *    (forward, dW) or over the dot product along F (dX, gather form: every
+ *    dx element written once); parallel over output rows / input rows /
+ *    fixed image blocks.  Best when C is small (first layers).
+ *
+ * Determinism: every output element is produced by one thread with a fixed
+ * summation order; dW/db of the direct algorithm sum fixed image blocks in
+ * block order.  Results are identical for any thread count (given an ISA
+ * path and algorithm).
+ *
+ * Workspaces (transposed kernel, column tiles, dW partials) live in a
+ * process-wide arena that grows once and is reused.
+ */
+#ifndef NK_CONV_H
+#define NK_CONV_H
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2 };
+/* which product, for nk_conv_choose */
+enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
+
+#define NK_CONV_COL_BUDGET ((int64_t)64 << 20) /* bytes of column workspace */
+
+typedef struct {
+    int64_t n, h, w, c;    /* x_nhwc */
+    int64_t kh, kw, f;     /* w_hwcf: (kh, kw, c, f) */
+    int64_t sh, sw, dh, dw;
+    int64_t pt, pl;        /* top / left zero padding (bottom/right follow from oh, ow) */
+    int64_t oh, ow;        /* output size */
+} nk_conv_shape;
+
+/* All return 0, or -1 when workspace memory could not be obtained.
+ * nthreads <= 0: nk_get_num_threads().  act: NK_ACT_NONE / NK_ACT_RELU. */
+int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
+                      const void *x_nhwc, const void *w_hwcf, const void *bias_f,
+                      int act, void *y_nhwf, int nthreads);
+
+/* dz = dy * act'(y) (y: forward output, needed for relu).  dx_nhwc and db_f
+ * may be NULL (not wanted); dw_hwcf is always computed. */
+int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
+                       const void *dy_nhwf, const void *x_nhwc, const void *w_hwcf,
+                       int act, const void *y_nhwf,
+                       void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads);
+
+/* The algorithm algo=AUTO uses for one product (NK_CONV_FWD, ...). */
+int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass);
+
+/* Column-workspace budget in bytes (tests shrink it to exercise tiling);
+ * <= 0 restores NK_CONV_COL_BUDGET. */
+void nk_conv_set_col_budget(int64_t bytes);
+void nk_conv_release_workspace(void);
+int64_t nk_conv_workspace_bytes(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,494 @@
+/* Per-dtype convolution drivers, included by nk_conv.c with T, S (s|d),
+ * ARGS (nk_sgemm_args|nk_dgemm_args) and GEMM (nk_sgemm|nk_dgemm) set. */
+#define CFN_(name, s) name##_##s
+#define CFNX(name, s) CFN_(name, s)
+#define CFN(name) CFNX(name, S)
+
+/* ---------------------------------------------------------------- packing
+ * Window packing, the GEMM's pack_a hook (layout: see nk_pack_a_fn).
+ * Rows i = (n, a, b) on a grid n x ga x gb; columns p = (kh, kw, ch), ch < sc;
+ * element = src[n, a*sa + oa + kh*ka, b*sb + ob + kw*kb, ch] (zero outside
+ * the sh x sw source image), masked by mask > 0 at the same place if mask. */
+static inline __attribute__((always_inline)) void
+CFN(pack_win_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                 const int MRc, T *restrict pk)
+{
+    const T *src = (const T *)cw->src, *msk = (const T *)cw->mask;
+    const int64_t SH = cw->sh, SW = cw->sw, SC = cw->sc, KW = cw->kw;
+    const int64_t gab = cw->ga * cw->gb, img = SH * SW * SC;
+    const int64_t kk0 = p0 / SC, ch0 = p0 - kk0 * SC;
+    for (int64_t r0 = 0; r0 < mc; r0 += MRc) {
+        T *restrict dst = pk + r0 * kc;
+        const int mr = mc - r0 < MRc ? (int)(mc - r0) : MRc;
+        for (int i = 0; i < MRc; i++) {
+            if (i >= mr) {
+                for (int64_t p = 0; p < kc; p++) dst[p * MRc + i] = (T)0;
+                continue;
+            }
+            const int64_t row = i0 + r0 + i;
+            const int64_t n = row / gab, rem = row - n * gab;
+            const int64_t a = rem / cw->gb, b = rem - a * cw->gb;
+            const int64_t ha = a * cw->sa + cw->oa, wb = b * cw->sb + cw->ob;
+            const T *sn = src + n * img;
+            const T *mn = msk ? msk + n * img : NULL;
+            int64_t kh = kk0 / KW, kw = kk0 - kh * KW, ch = ch0, p = 0;
+            while (p < kc) {
+                const int64_t run = SC - ch < kc - p ? SC - ch : kc - p;
+                const int64_t ih = ha + kh * cw->ka, iw = wb + kw * cw->kb;
+                T *restrict d = dst + p * MRc + i;
+                if ((uint64_t)ih < (uint64_t)SH && (uint64_t)iw < (uint64_t)SW) {
+                    const int64_t off = (ih * SW + iw) * SC + ch;
+                    const T *sp = sn + off;
+                    if (mn) {
+                        const T *mp = mn + off;
+                        for (int64_t q = 0; q < run; q++) {
+                            const T v = sp[q]; /* unconditional load, see nk_conv_direct.h */
+                            d[q * MRc] = mp[q] > (T)0 ? v : (T)0;
+                        }
+                    } else {
+                        for (int64_t q = 0; q < run; q++) d[q * MRc] = sp[q];
+                    }
+                } else {
+                    for (int64_t q = 0; q < run; q++) d[q * MRc] = (T)0;
+                }
+                p += run;
+                ch = 0;
+                if (++kw == KW) { kw = 0; kh++; }
+            }
+        }
+    }
+}
+
+static void CFN(pack_win)(const void *ctx, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                          int mr, void *a_pk)
+{
+    const nk_conv_win *cw = (const nk_conv_win *)ctx;
+#if defined(NK_CONV_FLOAT) && NK_X86
+    if (mr == 8 && nk_get_isa() >= NK_ISA_AVX2) {
+        const int64_t full = mc / 8 * 8;
+        for (int64_t r0 = 0; r0 < full; r0 += 8)
+            nk_pack_win8_s_avx2(cw, i0 + r0, p0, kc, (float *)a_pk + r0 * kc);
+        if (full < mc)
+            CFN(pack_win_mr)(cw, i0 + full, mc - full, p0, kc, 8, (float *)a_pk + full * kc);
+        return;
+    }
+#endif
+    switch (mr) {
+    case 8: CFN(pack_win_mr)(cw, i0, mc, p0, kc, 8, (T *)a_pk); break;
+    case 6: CFN(pack_win_mr)(cw, i0, mc, p0, kc, 6, (T *)a_pk); break;
+    case 4: CFN(pack_win_mr)(cw, i0, mc, p0, kc, 4, (T *)a_pk); break;
+    default: CFN(pack_win_mr)(cw, i0, mc, p0, kc, mr, (T *)a_pk); break;
+    }
+}
+
+/* Transposed window packing for dW = cols^T @ dz: rows r = (kh, kw, c) of
+ * cols^T, columns p = output pixels (n, oh, ow); element = x[n, oh*sh - pt +
+ * kh*dh, ow*sw - pl + kw*dw, c] or 0. */
+static inline __attribute__((always_inline)) void
+CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                const int MRc, T *restrict pk)
+{
+    const nk_conv_shape *s = cw->s;
+    const T *x = (const T *)cw->src;
+    const int64_t H = s->h, W = s->w, C = s->c, KW = s->kw, OH = s->oh, OW = s->ow;
+    const int64_t img = H * W * C;
+    for (int64_t r0 = 0; r0 < mc; r0 += MRc) {
+        T *restrict dst = pk + r0 * kc;
+        const int mr = mc - r0 < MRc ? (int)(mc - r0) : MRc;
+        const int64_t rf = i0 + r0, rl = rf + mr - 1;
+        const int64_t kkf = rf / C, kkl = rl / C;
+        /* pixel index decomposition, advanced incrementally */
+        const int64_t pp = p0 + cw->p_off;
+        int64_t n = pp / (OH * OW), rem = pp - n * (OH * OW);
+        int64_t oh = rem / OW, ow = rem - oh * OW;
+        if (mr == MRc && kkf == kkl) {
+            /* all rows: one tap, consecutive channels */
+            const int64_t kh = kkf / KW, kw = kkf - kh * KW, c0 = rf - kkf * C;
+            const int64_t offh = kh * s->dh - s->pt, offw = kw * s->dw - s->pl;
+            for (int64_t p = 0; p < kc; p++) {
+                const int64_t ih = oh * s->sh + offh, iw = ow * s->sw + offw;
+                T *restrict d = dst + p * MRc;
+                if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W) {
+                    const T *xp = x + n * img + (ih * W + iw) * C + c0;
+                    for (int i = 0; i < MRc; i++) d[i] = xp[i];
+                } else {
+                    for (int i = 0; i < MRc; i++) d[i] = (T)0;
+                }
+                if (++ow == OW) { ow = 0; if (++oh == OH) { oh = 0; n++; } }
+            }
+        } else {
+            int64_t offh[64], offw[64], cc[64];
+            const int lim = MRc < 64 ? MRc : 64;
+            for (int i = 0; i < mr && i < lim; i++) {
+                const int64_t r = rf + i, kk = r / C, kh = kk / KW, kw = kk - kh * KW;
+                cc[i] = r - kk * C;
+                offh[i] = kh * s->dh - s->pt;
+                offw[i] = kw * s->dw - s->pl;
+            }
+            for (int64_t p = 0; p < kc; p++) {
+                T *restrict d = dst + p * MRc;
+                const T *xn = x + n * img;
+                for (int i = 0; i < MRc; i++) {
+                    T v = (T)0;
+                    if (i < mr) {
+                        int64_t ih, iw, c;
+                        if (i < lim) {
+                            ih = oh * s->sh + offh[i]; iw = ow * s->sw + offw[i]; c = cc[i];
+                        } else { /* mr > 64: never with the kernels we have */
+                            const int64_t r = rf + i, kk = r / C, kh = kk / KW, kw = kk - kh * KW;
+                            c = r - kk * C;
+                            ih = oh * s->sh + kh * s->dh - s->pt;
+                            iw = ow * s->sw + kw * s->dw - s->pl;
+                        }
+                        if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W)
+                            v = xn[(ih * W + iw) * C + c];
+                    }
+                    d[i] = v;
+                }
+                if (++ow == OW) { ow = 0; if (++oh == OH) { oh = 0; n++; } }
+            }
+        }
+    }
+}
+
+static void CFN(pack_wt)(const void *ctx, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                         int mr, void *a_pk)
+{
+    const nk_conv_win *cw = (const nk_conv_win *)ctx;
+    switch (mr) {
+    case 8: CFN(pack_wt_mr)(cw, i0, mc, p0, kc, 8, (T *)a_pk); break;
+    case 6: CFN(pack_wt_mr)(cw, i0, mc, p0, kc, 6, (T *)a_pk); break;
+    case 4: CFN(pack_wt_mr)(cw, i0, mc, p0, kc, 4, (T *)a_pk); break;
+    default: CFN(pack_wt_mr)(cw, i0, mc, p0, kc, mr, (T *)a_pk); break;
+    }
+}
+
+static void CFN(gemm_init)(ARGS *g, int nt)
+{
+    memset(g, 0, sizeof *g);
+    g->alpha = (T)1;
+    g->nthreads = nt;
+}
+
+/* ----------------------------------------------------------------- im2col */
+
+static int CFN(im2col_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias,
+                           int act, T *y, int nt)
+{
+    ARGS g;
+    nk_conv_win cw;
+    CFN(gemm_init)(&g, nt);
+    g.n = s->f;
+    g.k = s->kh * s->kw * s->c;
+    g.b = w; g.rsb = s->f; g.csb = 1;
+    g.out = y; g.ldo = s->f;
+    g.bias = bias;
+    g.act = act;
+    if (nk_conv_is_pointwise(s)) {
+        g.m = s->n * s->h * s->w;
+        g.a = x; g.rsa = s->c; g.csa = 1;
+    } else {
+        g.m = s->n * s->oh * s->ow;
+        nk_conv_win_fwd(&cw, s, x);
+        g.pack_a = CFN(pack_win);
+        g.pack_a_ctx = &cw;
+    }
+    return GEMM(&g);
+}
+
+/* dW (+ db) over output pixels [k0, k1) into out_w (and out_b) with one
+ * GEMM of nt threads. */
+static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
+                                  const T *x, int64_t k0, int64_t k1, T *out_w, T *out_b, int nt)
+{
+    ARGS g;
+    nk_conv_win cw;
+    CFN(gemm_init)(&g, nt);
+    g.m = s->kh * s->kw * s->c;
+    g.n = s->f;
+    g.k = k1 - k0;
+    if (nk_conv_is_pointwise(s)) {
+        g.a = x + k0 * s->c; g.rsa = 1; g.csa = s->c;     /* x^T viewed as (C, N*H*W) */
+    } else {
+        memset(&cw, 0, sizeof cw);
+        cw.s = s;
+        cw.src = x;
+        cw.p_off = k0;
+        g.pack_a = CFN(pack_wt);
+        g.pack_a_ctx = &cw;
+    }
+    g.b = dy + k0 * s->f; g.rsb = s->f; g.csb = 1;
+    if (ymask) {
+        g.bmask = ymask + k0 * s->f; g.rsbm = s->f; g.csbm = 1; g.bdact = act;
+    }
+    g.out = out_w; g.ldo = s->f;
+    g.bcolsum = out_b;
+    return GEMM(&g);
+}
+
+/* dW = cols^T @ dz.  The pixel (k) range is cut into a fixed number of
+ * blocks (by shape only, so results do not depend on the thread count),
+ * each a single-threaded GEMM, run in parallel, partial sums added in block
+ * order.  One barrier-free GEMM per thread instead of one team that must
+ * synchronise once per KC pixels: m = KH*KW*C is small here and k huge. */
+static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
+                             const T *x, T *dw, T *db, int nt)
+{
+    const int64_t K = s->n * s->oh * s->ow, kkcf = s->kh * s->kw * s->c * s->f, F = s->f;
+    const int64_t nbk = K >= 4 * NK_CONV_WGRAD_KBLOCK ? 4 : K >= 2 * NK_CONV_WGRAD_KBLOCK ? 2 : 1;
+    if (nt <= 0) nt = nk_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel()) nt = 1;
+#endif
+    if (nbk == 1) return CFN(im2col_wgrad_part)(s, dy, ymask, act, x, 0, K, dw, db, nt);
+    const int64_t per = kkcf + F;
+    int from_arena = 0;
+    T *part = (T *)nk_conv_ws_acquire((size_t)((nbk - 1) * per) * sizeof(T), &from_arena);
+    if (!part) return -1;
+    int rc = 0;
+    const int team = nt < nbk ? nt : (int)nbk;
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(team) schedule(dynamic, 1) reduction(| : rc) if (team > 1)
+#endif
+    for (int64_t b = 0; b < nbk; b++) {
+        T *ow = b == 0 ? dw : part + (b - 1) * per;
+        T *ob = db ? (b == 0 ? db : part + (b - 1) * per + kkcf) : NULL;
+        rc |= CFN(im2col_wgrad_part)(s, dy, ymask, act, x, K * b / nbk, K * (b + 1) / nbk, ow,
+                                     ob, 1);
+    }
+    if (rc == 0) {
+        for (int64_t b = 1; b < nbk; b++) {
+            const T *pw = part + (b - 1) * per;
+            for (int64_t e = 0; e < kkcf; e++) dw[e] += pw[e];
+            if (db)
+                for (int64_t f = 0; f < F; f++) db[f] += pw[kkcf + f];
+        }
+    }
+    nk_conv_ws_release(part, from_arena);
+    return rc ? -1 : 0;
+}
+
+/* col2im for output pixels [q0, q1): dx[...] += dcols[q - q0, (kh, kw, c)].
+ * Parallel over the images the range touches (no two threads write the
+ * same image). */
+static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int64_t q1, T *dx,
+                        int nt)
+{
+    const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
+    const int64_t ohw = s->oh * s->ow, kkc = KH * KW * C;
+    const int64_t n0 = q0 / ohw, n1 = (q1 - 1) / ohw + 1;
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && n1 - n0 > 1)
+#endif
+    for (int64_t n = n0; n < n1; n++) {
+        int64_t a = n * ohw, b = a + ohw;
+        if (a < q0) a = q0;
+        if (b > q1) b = q1;
+        T *dxn = dx + n * H * W * C;
+        for (int64_t q = a; q < b; q++) {
+            const int64_t rem = q - n * ohw, oh = rem / s->ow, ow = rem - oh * s->ow;
+            const T *dc = dcols + (q - q0) * kkc;
+            for (int64_t kh = 0; kh < KH; kh++) {
+                const int64_t ih = oh * s->sh - s->pt + kh * s->dh;
+                if ((uint64_t)ih >= (uint64_t)H) continue;
+                for (int64_t kw = 0; kw < KW; kw++) {
+                    const int64_t iw = ow * s->sw - s->pl + kw * s->dw;
+                    if ((uint64_t)iw >= (uint64_t)W) continue;
+                    T *d = dxn + (ih * W + iw) * C;
+                    const T *src = dc + (kh * KW + kw) * C;
+                    for (int64_t c = 0; c < C; c++) d[c] += src[c];
+                }
+            }
+        }
+    }
+}
+
+static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
+                             const T *w, T *dx, int nt)
+{
+    const int64_t KK = s->kh * s->kw, C = s->c, F = s->f;
+    ARGS g;
+    nk_conv_win cw;
+    CFN(gemm_init)(&g, nt);
+    if (nk_conv_is_pointwise(s)) {
+        /* dx = dz @ w^T, w^T (F, C) read through strides */
+        g.m = s->n * s->h * s->w; g.n = C; g.k = F;
+        g.a = dy; g.rsa = F; g.csa = 1;
+        if (ymask) { g.amask = ymask; g.rsam = F; g.csam = 1; g.adact = act; }
+        g.b = w; g.rsb = 1; g.csb = F;
+        g.out = dx; g.ldo = C;
+        return GEMM(&g);
+    }
+    if (s->sh == 1 && s->sw == 1) {
+        /* "full" convolution of dz with the kernel, transposed to (KK*F, C) */
+        int from_arena = 0;
+        T *wt = (T *)nk_conv_ws_acquire((size_t)(KK * F * C) * sizeof(T), &from_arena);
+        if (!wt) return -1;
+        for (int64_t kk = 0; kk < KK; kk++)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t f = 0; f < F; f++) wt[(kk * F + f) * C + c] = w[(kk * C + c) * F + f];
+        g.m = s->n * s->h * s->w; g.n = C; g.k = KK * F;
+        memset(&cw, 0, sizeof cw);
+        cw.src = dy; cw.mask = ymask;
+        cw.ga = s->h; cw.gb = s->w;
+        cw.sh = s->oh; cw.sw = s->ow; cw.sc = F; cw.kw = s->kw;
+        cw.sa = 1; cw.sb = 1; cw.oa = s->pt; cw.ob = s->pl; cw.ka = -s->dh; cw.kb = -s->dw;
+        g.pack_a = CFN(pack_win);
+        g.pack_a_ctx = &cw;
+        g.b = wt; g.rsb = C; g.csb = 1;
+        g.out = dx; g.ldo = C;
+        const int rc = GEMM(&g);
+        nk_conv_ws_release(wt, from_arena);
+        return rc;
+    }
+    /* strided: dcols = dz @ w^T per tile of output pixels, then col2im */
+    const int64_t kkc = KK * C, npix = s->n * s->oh * s->ow;
+    int64_t tile = g_col_budget / ((int64_t)sizeof(T) * kkc);
+    if (tile < 1) tile = 1;
+    if (tile > npix) tile = npix;
+    {
+        /* whole images per tile when they fit, so col2im splits by image */
+        const int64_t ohw = s->oh * s->ow;
+        if (tile >= ohw) tile = tile / ohw * ohw;
+    }
+    int from_arena = 0;
+    T *cols = (T *)nk_conv_ws_acquire((size_t)(tile * kkc) * sizeof(T), &from_arena);
+    if (!cols) return -1;
+    nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * C) * sizeof(T), nt);
+    int rc = 0;
+    for (int64_t q0 = 0; q0 < npix && rc == 0; q0 += tile) {
+        const int64_t q1 = npix - q0 < tile ? npix : q0 + tile;
+        CFN(gemm_init)(&g, nt);
+        g.m = q1 - q0; g.n = kkc; g.k = F;
+        g.a = dy + q0 * F; g.rsa = F; g.csa = 1;
+        if (ymask) { g.amask = ymask + q0 * F; g.rsam = F; g.csam = 1; g.adact = act; }
+        g.b = w; g.rsb = 1; g.csb = F;   /* w^T: (F, KK*C) */
+        g.out = cols; g.ldo = kkc;
+        rc = GEMM(&g);
+        if (rc == 0) CFN(col2im)(s, cols, q0, q1, dx, nt);
+    }
+    nk_conv_ws_release(cols, from_arena);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- direct */
+
+static void CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias,
+                            int act, T *y, int nt)
+{
+    switch (nk_get_isa()) {
+#if NK_X86
+    case NK_ISA_AVX512: CFNX(direct_fwd, CFNX(S, avx512))(s, x, w, bias, act, y, nt); return;
+    case NK_ISA_AVX2: CFNX(direct_fwd, CFNX(S, avx2))(s, x, w, bias, act, y, nt); return;
+#endif
+    default: CFNX(direct_fwd, CFNX(S, generic))(s, x, w, bias, act, y, nt);
+    }
+}
+
+static void CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
+                              T *dx, int nt)
+{
+    switch (nk_get_isa()) {
+#if NK_X86
+    case NK_ISA_AVX512: CFNX(direct_dgrad, CFNX(S, avx512))(s, dy, ymask, w, dx, nt); return;
+    case NK_ISA_AVX2: CFNX(direct_dgrad, CFNX(S, avx2))(s, dy, ymask, w, dx, nt); return;
+#endif
+    default: CFNX(direct_dgrad, CFNX(S, generic))(s, dy, ymask, w, dx, nt);
+    }
+}
+
+/* dW, db: fixed blocks of images (count independent of threads), partial
+ * sums in the arena, reduced in block order -> deterministic. */
+static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
+                             T *dw, T *db, int nt)
+{
+    const int64_t kkcf = s->kh * s->kw * s->c * s->f, F = s->f;
+    int64_t nb = s->n < NK_CONV_WGRAD_BLOCKS ? s->n : NK_CONV_WGRAD_BLOCKS;
+    if (nb < 1) nb = 1;
+    const int64_t per = kkcf + 2 * F; /* partial dw, partial db, dz scratch */
+    int from_arena = 0;
+    T *part = (T *)nk_conv_ws_acquire((size_t)(nb * per) * sizeof(T), &from_arena);
+    if (!part) return -1;
+    void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, T *,
+                T *, T *);
+    switch (nk_get_isa()) {
+#if NK_X86
+    case NK_ISA_AVX512: blk = CFNX(direct_wgrad_block, CFNX(S, avx512)); break;
+    case NK_ISA_AVX2: blk = CFNX(direct_wgrad_block, CFNX(S, avx2)); break;
+#endif
+    default: blk = CFNX(direct_wgrad_block, CFNX(S, generic));
+    }
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t b = 0; b < nb; b++) {
+            T *pw = part + b * per;
+            blk(s, dy, ymask, x, s->n * b / nb, s->n * (b + 1) / nb, pw, pw + kkcf,
+                pw + kkcf + F);
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t e = 0; e < kkcf + F; e++) {
+            T acc = part[e];
+            for (int64_t b = 1; b < nb; b++) acc += part[b * per + e];
+            if (e < kkcf) dw[e] = acc;
+            else if (db) db[e - kkcf] = acc;
+        }
+    }
+    nk_conv_ws_release(part, from_arena);
+    return 0;
+}
+
+/* ------------------------------------------------------------- top level */
+
+static int CFN(forward)(const nk_conv_shape *s, int algo, const T *x, const T *w, const T *bias,
+                        int act, T *y, int nt)
+{
+    if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
+    if (algo == NK_CONV_AUTO) algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
+    if (algo == NK_CONV_DIRECT) {
+        CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt, 1));
+        return 0;
+    }
+    return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
+}
+
+static int CFN(backward)(const nk_conv_shape *s, int algo, const T *dy, const T *x, const T *w,
+                         int act, const T *y, T *dx, T *dw, T *db, int nt)
+{
+    const T *ymask = act == NK_ACT_NONE ? NULL : y;
+    const int64_t kkcf = s->kh * s->kw * s->c * s->f;
+    if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) {
+        /* no outputs: every gradient is zero */
+        for (int64_t e = 0; e < kkcf; e++) dw[e] = (T)0;
+        if (db)
+            for (int64_t f = 0; f < s->f; f++) db[f] = (T)0;
+        if (dx) nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * s->c) * sizeof(T), 1);
+        return 0;
+    }
+    int a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
+    int rc;
+    if (a == NK_CONV_DIRECT)
+        rc = CFN(direct_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt, 1));
+    else
+        rc = CFN(im2col_wgrad)(s, dy, ymask, act, x, dw, db, nt);
+    if (rc || !dx) return rc;
+    a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA) : algo;
+    if (a == NK_CONV_DIRECT) {
+        CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt, 1));
+        return 0;
+    }
+    return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, nt);
+}
+
+#undef CFN_
+#undef CFNX
+#undef CFN

@@ -1,0 +1,491 @@
+"""Tests of nnkernels.conv2d / conv2d_backward against plain NumPy references.
+
+The references loop over the KH x KW taps and use einsum over each tap's
+window (no im2col), so they share no code or idea with the kernels beyond the
+definition of a convolution."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import nnkernels as nk
+
+ISAS = nk.available_isas()
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---------------------------------------------------------------- references
+
+def ref_pads(H, W, KH, KW, strides, padding, dilation):
+    sh, sw = strides
+    dh, dw = dilation
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":  # TensorFlow's rule
+        oh, ow = -(-H // sh), -(-W // sw)
+        th = max((oh - 1) * sh + (KH - 1) * dh + 1 - H, 0)
+        tw = max((ow - 1) * sw + (KW - 1) * dw + 1 - W, 0)
+        return (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+    return tuple(padding[0]), tuple(padding[1])
+
+
+def _windows(xp, kh, kw, OH, OW, strides, dilation):
+    (sh, sw), (dh, dw) = strides, dilation
+    return (slice(None), slice(kh * dh, kh * dh + (OH - 1) * sh + 1, sh),
+            slice(kw * dw, kw * dw + (OW - 1) * sw + 1, sw))
+
+
+def ref_conv(x, w, b, strides, padding, dilation, act=None):
+    N, H, W, C = x.shape
+    KH, KW, _, F = w.shape
+    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, strides, padding, dilation)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    OH = (H + pt + pb - (KH - 1) * dilation[0] - 1) // strides[0] + 1
+    OW = (W + pl + pr - (KW - 1) * dilation[1] - 1) // strides[1] + 1
+    y = np.zeros((N, OH, OW, F), x.dtype)
+    for kh in range(KH):
+        for kw in range(KW):
+            win = xp[_windows(xp, kh, kw, OH, OW, strides, dilation)]
+            y += np.einsum("nhwc,cf->nhwf", win, w[kh, kw])
+    if b is not None:
+        y += b
+    if act == "relu":
+        y = np.maximum(y, 0)
+    return y
+
+
+def ref_conv_backward(dy, x, w, strides, padding, dilation, act=None, y=None):
+    N, H, W, C = x.shape
+    KH, KW, _, F = w.shape
+    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, strides, padding, dilation)
+    dz = dy * (y > 0) if act == "relu" else dy
+    OH, OW = dy.shape[1:3]
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for kh in range(KH):
+        for kw in range(KW):
+            sl = _windows(xp, kh, kw, OH, OW, strides, dilation)
+            dw[kh, kw] = np.einsum("nhwc,nhwf->cf", xp[sl], dz)
+            dxp[sl] += np.einsum("nhwf,cf->nhwc", dz, w[kh, kw])
+    return dxp[:, pt:pt + H, pl:pl + W], dw, dz.sum(axis=(0, 1, 2))
+
+
+def ref_conv_loops(x, w, b, strides, padding, dilation):
+    """Scalar loops, for a tiny shape: the definition, written out."""
+    N, H, W, C = x.shape
+    KH, KW, _, F = w.shape
+    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, strides, padding, dilation)
+    OH = (H + pt + pb - (KH - 1) * dilation[0] - 1) // strides[0] + 1
+    OW = (W + pl + pr - (KW - 1) * dilation[1] - 1) // strides[1] + 1
+    y = np.zeros((N, OH, OW, F))
+    for n in range(N):
+        for oh in range(OH):
+            for ow in range(OW):
+                for f in range(F):
+                    acc = b[f]
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            ih = oh * strides[0] - pt + kh * dilation[0]
+                            iw = ow * strides[1] - pl + kw * dilation[1]
+                            if 0 <= ih < H and 0 <= iw < W:
+                                acc += x[n, ih, iw, :] @ w[kh, kw, :, f]
+                    y[n, oh, ow, f] = acc
+    return y
+
+
+def tol(dt, k):
+    return (2e-5 if dt == np.float32 else 1e-12) * max(1, k) ** 0.5
+
+
+def close(a, r, dt, k):
+    scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
+    err = float(np.abs(a - r).max()) / scale if r.size else 0.0
+    assert err <= tol(dt, k), f"max rel error {err} > {tol(dt, k)}"
+
+
+# ---------------------------------------------------------------- strategies
+
+@st.composite
+def conv_case(draw, max_c=20, max_f=40):
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.sampled_from([1, 1, 2, 3])), draw(st.sampled_from([1, 1, 2]))
+    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
+    if kind == "explicit":
+        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
+    else:
+        padding = kind
+    H, W = draw(st.integers(1, 11)), draw(st.integers(1, 13))
+    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, (sh, sw), padding, (dh, dw))
+    assume(H + pt + pb >= (KH - 1) * dh + 1 and W + pl + pr >= (KW - 1) * dw + 1)
+    return dict(N=draw(st.integers(1, 3)), H=H, W=W,
+                C=draw(st.sampled_from([1, 2, 3, 5, 8, 13, max_c])),
+                F=draw(st.sampled_from([1, 3, 16, 17, 33, max_f])),
+                KH=KH, KW=KW, strides=(sh, sw), dilation=(dh, dw), padding=padding)
+
+
+def make(case, dt, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["N"], case["H"], case["W"], case["C"])).astype(dt)
+    w = rng.standard_normal((case["KH"], case["KW"], case["C"], case["F"])).astype(dt)
+    b = rng.standard_normal(case["F"]).astype(dt)
+    return rng, x, w, b
+
+
+class use_isa:
+    def __init__(self, isa):
+        self.isa = isa
+
+    def __enter__(self):
+        self.old = nk.get_isa()
+        nk.set_isa(self.isa)
+
+    def __exit__(self, *exc):
+        nk.set_isa(self.old)
+
+
+def geo(case):
+    return dict(strides=case["strides"], padding=case["padding"], dilation=case["dilation"])
+
+
+# ---------------------------------------------------------------- correctness
+
+@settings(max_examples=150, **SETTINGS)
+@given(case=conv_case(), dt=st.sampled_from([np.float32, np.float64]),
+       act=st.sampled_from([None, "relu"]), isa=st.sampled_from(ISAS),
+       seed=st.integers(0, 2**31 - 1), use_bias=st.booleans())
+def test_forward_backward_vs_reference(case, dt, act, isa, seed, use_bias):
+    rng, x, w, b = make(case, dt, seed)
+    b = b if use_bias else None
+    g = geo(case)
+    k = case["KH"] * case["KW"] * case["C"]
+    yr = ref_conv(x, w, b, act=act, **g)
+    dy = rng.standard_normal(yr.shape).astype(dt)
+    dxr, dwr, dbr = ref_conv_backward(dy, x, w, act=act, y=yr, **g)
+    assert nk.conv2d_output_shape(x.shape, w.shape, **g) == yr.shape
+    with use_isa(isa):
+        for algo in ("im2col", "direct", "auto"):
+            y = nk.conv2d(x, w, b, activation=act, algo=algo, **g)
+            assert y.shape == yr.shape and y.dtype == dt
+            close(y, yr, dt, k)
+            dx, dw, db = nk.conv2d_backward(dy, x, w, activation=act, y=yr, algo=algo, **g)
+            close(dx, dxr, dt, case["KH"] * case["KW"] * case["F"])
+            close(dw, dwr, dt, dy.size // case["F"])
+            close(db, dbr, dt, dy.size // case["F"])
+
+
+def test_forward_scalar_loops():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 6, 3))
+    w = rng.standard_normal((3, 2, 3, 4))
+    b = rng.standard_normal(4)
+    for g in [dict(strides=(2, 1), padding="same", dilation=(1, 2)),
+              dict(strides=(1, 3), padding=((2, 0), (1, 3)), dilation=(2, 1)),
+              dict(strides=1, padding="valid", dilation=1)]:
+        yr = ref_conv_loops(x, w, b, **{k: (v, v) if isinstance(v, int) else v for k, v in g.items()})
+        for algo in ("im2col", "direct"):
+            np.testing.assert_allclose(nk.conv2d(x, w, b, algo=algo, **g), yr, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_pointwise_and_first_layer_shapes(padding):
+    rng = np.random.default_rng(2)
+    for (N, H, W, C, F, K, s) in [(3, 7, 5, 40, 70, 1, 1), (2, 9, 9, 64, 33, 1, 2),
+                                  (4, 12, 12, 1, 32, 3, 1), (2, 11, 9, 3, 24, 5, 2)]:
+        for dt in (np.float32, np.float64):
+            x = rng.standard_normal((N, H, W, C)).astype(dt)
+            w = rng.standard_normal((K, K, C, F)).astype(dt)
+            b = rng.standard_normal(F).astype(dt)
+            g = dict(strides=(s, s), padding=padding, dilation=(1, 1))
+            yr = ref_conv(x, w, b, act="relu", **g)
+            dy = rng.standard_normal(yr.shape).astype(dt)
+            ref = ref_conv_backward(dy, x, w, act="relu", y=yr, **g)
+            for algo in ("im2col", "direct"):
+                close(nk.conv2d(x, w, b, activation="relu", algo=algo, **g), yr, dt, K * K * C)
+                got = nk.conv2d_backward(dy, x, w, activation="relu", y=yr, algo=algo, **g)
+                for a, r in zip(got, ref):
+                    close(a, r, dt, 4 * N * H * W)
+
+
+def test_keras_output_sizes():
+    # TensorFlow: same -> ceil(H/s), valid -> ceil((H - (K-1)*d) / s)
+    for H in range(1, 12):
+        for K in range(1, 5):
+            for s in range(1, 4):
+                for d in range(1, 3):
+                    shp = nk.conv2d_output_shape((1, H, H + 1, 2), (K, K, 2, 3), strides=s,
+                                                 padding="same", dilation=d)
+                    assert shp == (1, -(-H // s), -(-(H + 1) // s), 3)
+                    ek = (K - 1) * d + 1
+                    if ek <= H:
+                        shp = nk.conv2d_output_shape((1, H, H, 2), (K, K, 2, 3), strides=s,
+                                                     padding="valid", dilation=d)
+                        assert shp[1] == -(-(H - ek + 1) // s)
+
+
+def test_column_tiling_strided_dx():
+    """Stride > 1 dX goes through column tiles; shrink the budget so tiles
+    split images (and hold less than one image)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 9, 10, 5))
+    w = rng.standard_normal((3, 2, 5, 7))
+    g = dict(strides=(2, 3), padding="same", dilation=(1, 1))
+    yr = ref_conv(x, w, None, **g)
+    dy = rng.standard_normal(yr.shape)
+    dxr = ref_conv_backward(dy, x, w, **g)[0]
+    try:
+        for budget in (8 * 30 * 7, 8 * 30 * 40, 8 * 30 * 1000):
+            nk._core._set_conv_col_budget(budget)
+            dx = nk.conv2d_backward(dy, x, w, algo="im2col", **g)[0]
+            np.testing.assert_allclose(dx, dxr, rtol=1e-12, atol=1e-12)
+    finally:
+        nk._core._set_conv_col_budget(0)
+
+
+def test_thread_count_determinism():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 12, 12, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 24)).astype(np.float32)
+    x1 = rng.standard_normal((8, 12, 12, 2)).astype(np.float32)
+    w1 = rng.standard_normal((3, 3, 2, 24)).astype(np.float32)
+    old = nk.get_num_threads()
+    try:
+        for xx, ww in ((x, w), (x1, w1)):
+            for algo in ("im2col", "direct"):
+                res = []
+                for t in (1, 2):
+                    nk.set_num_threads(t)
+                    y = nk.conv2d(xx, ww, activation="relu", padding="same", algo=algo)
+                    dy = np.ones_like(y)
+                    res.append((y,) + nk.conv2d_backward(dy, xx, ww, activation="relu", y=y,
+                                                         padding="same", algo=algo))
+                for a, b in zip(*res):
+                    assert np.array_equal(a, b)
+    finally:
+        nk.set_num_threads(old)
+
+
+def test_noncontiguous_inputs_and_out_buffers():
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((4, 14, 12, 10)).astype(np.float32)
+    x = big[::2, 1:13:1, ::2, 1:8]                     # strided view (2, 12, 6, 7)
+    w = np.asfortranarray(rng.standard_normal((3, 2, 7, 9)).astype(np.float32))
+    b = rng.standard_normal(18).astype(np.float32)[::2]
+    g = dict(strides=(1, 2), padding="same", dilation=(2, 1))
+    yr = ref_conv(np.ascontiguousarray(x), np.ascontiguousarray(w), b, **g)
+    out = np.full(yr.shape, np.nan, np.float32)
+    y = nk.conv2d(x, w, b, out=out, **g)
+    assert y is out
+    close(y, yr, np.float32, 42)
+    dy = rng.standard_normal((yr.shape[0], yr.shape[1], yr.shape[2] * 2, yr.shape[3])).astype(np.float32)[:, :, ::2]
+    dxr, dwr, dbr = ref_conv_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x),
+                                      np.ascontiguousarray(w), **g)
+    dx, dw, db = np.empty(x.shape, np.float32), np.empty(w.shape, np.float32), np.empty(9, np.float32)
+    r = nk.conv2d_backward(dy, x, w, dx=dx, dw=dw, db=db, **g)
+    assert r[0] is dx and r[1] is dw and r[2] is db
+    close(dx, dxr, np.float32, 100)
+    close(dw, dwr, np.float32, 100)
+    close(db, dbr, np.float32, 100)
+    dx2, dw2, db2 = nk.conv2d_backward(dy, x, w, need_dx=False, need_db=False, **g)
+    assert dx2 is None and db2 is None
+    close(dw2, dwr, np.float32, 100)
+
+
+def test_empty_batch():
+    x = np.zeros((0, 5, 5, 3), np.float32)
+    w = np.ones((3, 3, 3, 4), np.float32)
+    y = nk.conv2d(x, w, padding="same")
+    assert y.shape == (0, 5, 5, 4)
+    dx, dw, db = nk.conv2d_backward(y, x, w, padding="same")
+    assert dx.shape == x.shape and not dw.any() and not db.any()
+
+
+# ----------------------------------------------------- gradient checks (fp64)
+
+def _loss(x, w, b, g, act, gy, algo):
+    return float(np.sum(nk.conv2d(x, w, b, activation=act, algo=algo, **g) * gy))
+
+
+def _away_from_kink(x, w, b, g, act, margin=1e-3):
+    if act != "relu":
+        return True
+    z = ref_conv(x, w, b, **g)
+    return np.abs(z).min() > margin
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(case=conv_case(max_c=6, max_f=7), act=st.sampled_from([None, "relu"]),
+       algo=st.sampled_from(["im2col", "direct"]), seed=st.integers(0, 2**31 - 1))
+def test_directional_finite_differences(case, act, algo, seed):
+    rng, x, w, b = make(case, np.float64, seed)
+    g = geo(case)
+    assume(_away_from_kink(x, w, b, g, act))
+    y = nk.conv2d(x, w, b, activation=act, algo=algo, **g)
+    gy = rng.standard_normal(y.shape)
+    dx, dw, db = nk.conv2d_backward(gy, x, w, activation=act, y=y, algo=algo, **g)
+    vx, vw, vb = (rng.standard_normal(a.shape) for a in (x, w, b))
+    eps = 1e-6
+    lp = _loss(x + eps * vx, w + eps * vw, b + eps * vb, g, act, gy, algo)
+    lm = _loss(x - eps * vx, w - eps * vw, b - eps * vb, g, act, gy, algo)
+    fd = (lp - lm) / (2 * eps)
+    an = np.sum(dx * vx) + np.sum(dw * vw) + np.sum(db * vb)
+    assert abs(fd - an) <= 1e-6 * max(1.0, abs(an)), (fd, an)
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+@pytest.mark.parametrize("g", [dict(strides=(1, 1), padding="same", dilation=(1, 1)),
+                               dict(strides=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2))])
+def test_exhaustive_finite_differences(algo, g):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 4, 5, 2))
+    w = rng.standard_normal((2, 3, 2, 3))
+    b = rng.standard_normal(3)
+    y = nk.conv2d(x, w, b, algo=algo, **g)
+    gy = rng.standard_normal(y.shape)
+    dx, dw, db = nk.conv2d_backward(gy, x, w, algo=algo, **g)
+    eps = 1e-6
+    for arr, grad in ((x, dx), (w, dw), (b, db)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            lp = _loss(x, w, b, g, None, gy, algo)
+            arr[idx] = old - eps
+            lm = _loss(x, w, b, g, None, gy, algo)
+            arr[idx] = old
+            num[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- errors
+
+def _xw(dt=np.float32):
+    return np.zeros((2, 6, 6, 3), dt), np.zeros((3, 3, 3, 4), dt)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(strides=0), ValueError, "strides"),
+    (dict(strides=-1), ValueError, "strides"),
+    (dict(strides=(1, 2, 3)), ValueError, "strides"),
+    (dict(strides=1.5), TypeError, "strides"),
+    (dict(strides=True), TypeError, "strides"),
+    (dict(strides=2**40), ValueError, "strides"),
+    (dict(dilation=0), ValueError, "dilation"),
+    (dict(dilation=10**30), ValueError, "dilation"),
+    (dict(dilation=(1, 4)), ValueError, "does not fit"),
+    (dict(padding="full"), ValueError, "padding"),
+    (dict(padding=((1, -1), (0, 0))), ValueError, "padding"),
+    (dict(padding=((1, 1),)), ValueError, "padding"),
+    (dict(padding=((2**62, 0), (0, 0))), ValueError, "padding"),
+    (dict(padding=3), ValueError, "padding"),
+    (dict(activation="tanh"), ValueError, "activation"),
+    (dict(algo="fft"), ValueError, "algo"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    x, w = _xw()
+    with pytest.raises(exc, match=match):
+        nk.conv2d(x, w, **kwargs)
+    dy = np.zeros((2, 4, 4, 4), np.float32)
+    with pytest.raises(exc, match=match):
+        nk.conv2d_backward(dy, x, w, **kwargs)
+
+
+def test_bad_shapes_and_dtypes():
+    x, w = _xw()
+    with pytest.raises(ValueError, match=r"input channels.*\(2, 6, 6, 3\).*\(3, 3, 2, 4\)"):
+        nk.conv2d(x, np.zeros((3, 3, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="4-D"):
+        nk.conv2d(x[0], w)
+    with pytest.raises(ValueError, match="4-D"):
+        nk.conv2d(x, w[0])
+    with pytest.raises(TypeError, match="same dtype"):
+        nk.conv2d(x, w.astype(np.float64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nk.conv2d(x.astype(np.int32), w)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nk.conv2d(x.astype(np.float16), w.astype(np.float16))
+    with pytest.raises(ValueError, match="does not fit"):
+        nk.conv2d(x, np.zeros((7, 3, 3, 4), np.float32))
+    with pytest.raises(ValueError, match=">= 1"):
+        nk.conv2d(x, np.zeros((3, 3, 3, 0), np.float32))
+    with pytest.raises(ValueError, match=">= 1"):
+        nk.conv2d(np.zeros((2, 0, 6, 3), np.float32), w)
+    with pytest.raises(ValueError, match="bias"):
+        nk.conv2d(x, w, np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match="bias"):
+        nk.conv2d(x, w, np.zeros(4, np.float64))
+    # out buffers
+    with pytest.raises(ValueError, match=r"out has shape"):
+        nk.conv2d(x, w, out=np.zeros((2, 4, 4, 5), np.float32))
+    with pytest.raises(TypeError, match="out has dtype"):
+        nk.conv2d(x, w, out=np.zeros((2, 4, 4, 4), np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        nk.conv2d(x, w, out=np.zeros((2, 4, 4, 8), np.float32)[..., ::2])
+    ro = np.zeros((2, 4, 4, 4), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        nk.conv2d(x, w, out=ro)
+    with pytest.raises(TypeError, match="ndarray"):
+        nk.conv2d(x, w, out=[0])
+    buf = np.zeros(400, np.float32)
+    with pytest.raises(ValueError, match="overlaps x"):
+        nk.conv2d(buf[:216].reshape(x.shape), w, out=buf[200:328].reshape(2, 4, 4, 4))
+    # overflow of dimension products
+    with pytest.raises(ValueError):
+        nk.conv2d_output_shape((2**29, 2**29, 2**29, 2**29), (1, 1, 2**29, 1))
+    with pytest.raises(ValueError):
+        nk.conv2d_output_shape((1, -5, 5, 1), (1, 1, 1, 1))
+    with pytest.raises(ValueError):
+        nk.conv2d_output_shape((1, 2**40, 5, 1), (1, 1, 1, 1))
+
+
+def test_backward_errors():
+    x, w = _xw()
+    dy = np.zeros((2, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"dy has shape \(2, 4, 4, 5\), expected \(2, 4, 4, 4\)"):
+        nk.conv2d_backward(np.zeros((2, 4, 4, 5), np.float32), x, w)
+    with pytest.raises(ValueError, match="needs the forward output y"):
+        nk.conv2d_backward(dy, x, w, activation="relu")
+    with pytest.raises(ValueError, match="y has shape"):
+        nk.conv2d_backward(dy, x, w, activation="relu", y=dy[:1])
+    with pytest.raises(TypeError, match="same dtype"):
+        nk.conv2d_backward(dy.astype(np.float64), x, w)
+    with pytest.raises(ValueError, match="dx has shape"):
+        nk.conv2d_backward(dy, x, w, dx=np.zeros((2, 6, 6, 4), np.float32))
+    with pytest.raises(ValueError, match="dw has shape"):
+        nk.conv2d_backward(dy, x, w, dw=np.zeros((3, 3, 3, 5), np.float32))
+    with pytest.raises(ValueError, match="db has shape"):
+        nk.conv2d_backward(dy, x, w, db=np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="overlaps"):
+        nk.conv2d_backward(dy, x, w, dx=x)
+    buf = np.zeros(1000, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        nk.conv2d_backward(dy, x, w, dw=buf[:108].reshape(w.shape), db=buf[100:104])
+
+
+def test_auto_heuristic_documented():
+    assert nk.conv2d_algo((32, 28, 28, 1), (3, 3, 1, 32)) == "direct"
+    assert nk.conv2d_algo((32, 26, 26, 32), (3, 3, 32, 64)) == "im2col"
+    for p in ("forward", "backward_data", "backward_filter"):
+        assert nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product=p) in ("im2col", "direct")
+    with pytest.raises(ValueError, match="product"):
+        nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product="sideways")
+
+
+def test_large_pixel_count_wgrad_blocks():
+    """dW over >= 32768 output pixels is cut into fixed k-blocks (partial sums)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 66, 66, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    g = dict(strides=(1, 1), padding="valid", dilation=(1, 1))
+    yr = ref_conv(x, w, None, act="relu", **g)
+    dy = rng.standard_normal(yr.shape).astype(np.float32)
+    ref = ref_conv_backward(dy, x, w, act="relu", y=yr, **g)
+    for n in (8, 5):  # 4 and 2 blocks
+        got = nk.conv2d_backward(dy[:n], x[:n], w, activation="relu", y=yr[:n], algo="im2col", **g)
+        refn = ref_conv_backward(dy[:n], x[:n], w, act="relu", y=yr[:n], **g)
+        for a, r in zip(got, refn):
+            close(a, r, np.float32, 4 * dy[:n].size // 8)
+    assert ref[1].shape == w.shape
