@@ -439,3 +439,6 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
         d.ldo = _ld(dx)
         _run(&d, dbl)
     return dx, dw, db
+
+
+include "_pool.pxi"
