@@ -299,35 +299,31 @@ static void drop_d_avx512(const double *x, double *y, int64_t e0, int64_t e1,
 NK_RELU_BODY(float, s_generic)
 NK_RELU_BODY(double, d_generic)
 
-/* Thread count and per-thread range (multiple of NK_EW_ALIGN elements). */
-static int ew_threads(int64_t n, int64_t bytes, int64_t *chunk)
+/* Work is split into chunks of NK_EW_CHUNK elements (a multiple of
+ * NK_EW_ALIGN) handed out dynamically: on a shared machine a descheduled
+ * thread delays the call by one chunk, not by half of the work.  Results
+ * do not depend on the split (dropout's counter is the element index). */
+#define NK_EW_CHUNK (16 * 1024)
+_Static_assert(NK_EW_CHUNK % NK_EW_ALIGN == 0, "chunks must keep SIMD blocks whole");
+
+static int ew_threads(int64_t n, int64_t bytes)
 {
     int nt = nk_get_num_threads();
     if (bytes < NK_EW_PAR_BYTES || nt < 1) nt = 1;
-    int64_t ch = (n + nt - 1) / nt;
-    ch = (ch + NK_EW_ALIGN - 1) / NK_EW_ALIGN * NK_EW_ALIGN;
-    if (ch < NK_EW_ALIGN) ch = NK_EW_ALIGN;
-    *chunk = ch;
-    const int64_t need = (n + ch - 1) / ch;
-    return need < nt ? (int)(need > 0 ? need : 1) : nt;
+    const int64_t nch = (n + NK_EW_CHUNK - 1) / NK_EW_CHUNK;
+    return nch < nt ? (int)(nch > 0 ? nch : 1) : nt;
 }
 
-#ifdef _OPENMP
-#define NK_TID() omp_get_thread_num()
-#else
-#define NK_TID() 0
-#endif
-
-/* Run BODY(e0, e1) over [0, n) split into per-thread ranges. */
+/* Run BODY(e0, e1) over [0, n) in chunks. */
 #define NK_EW_PARALLEL(n, bytes, BODY)                                                \
     do {                                                                              \
-        int64_t chunk_;                                                               \
-        const int nt_ = ew_threads((n), (bytes), &chunk_);                            \
-        _Pragma("omp parallel num_threads(nt_) if (nt_ > 1)")                         \
-        {                                                                             \
-            const int64_t e0 = (int64_t)NK_TID() * chunk_;                            \
-            const int64_t e1 = e0 + chunk_ < (n) ? e0 + chunk_ : (n);                 \
-            if (e0 < e1) { BODY; }                                                    \
+        const int nt_ = ew_threads((n), (bytes));                                     \
+        const int64_t nch_ = ((n) + NK_EW_CHUNK - 1) / NK_EW_CHUNK;                   \
+        _Pragma("omp parallel for num_threads(nt_) schedule(dynamic, 1) if (nt_ > 1)") \
+        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                    \
+            const int64_t e0 = ch_ * NK_EW_CHUNK;                                     \
+            const int64_t e1 = e0 + NK_EW_CHUNK < (n) ? e0 + NK_EW_CHUNK : (n);       \
+            BODY;                                                                     \
         }                                                                             \
     } while (0)
 
