@@ -88,9 +88,12 @@ static inline int64_t win_hi(int64_t i, int64_t p, int64_t s) { return (i + p) /
         const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);                             \
         const int64_t ohh = imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);                 \
         int64_t cnt = 0;                                                                 \
+        int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);                                 \
         for (int64_t iw = 0; iw < W; iw++) {                                             \
-            const int64_t owl = win_lo(iw, g->pl, g->pw, g->sw);                         \
-            const int64_t owh = imin64(win_hi(iw, g->pl, g->sw), OW - 1);                \
+            /* windows containing iw, updated without divisions */                      \
+            while (owl * g->sw - g->pl + g->pw <= iw) owl++;                             \
+            while ((owh_ + 1) * g->sw - g->pl <= iw) owh_++;                             \
+            const int64_t owh = imin64(owh_, OW - 1);                                    \
             const int32_t pos = (int32_t)(ih * W + iw);                                  \
             T *restrict d = dx_wc + iw * C;                                              \
             for (int64_t c = 0; c < C; c++) d[c] = (T)0;                                 \
@@ -201,22 +204,34 @@ static int64_t gather_row_s_avx512(const nk_pool_geom *g, const float *restrict 
     const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);
     const int64_t ohh = imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
     int64_t cnt = 0;
+    int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);
     for (int64_t iw = 0; iw < W; iw++) {
-        const int64_t owl = win_lo(iw, g->pl, g->pw, g->sw);
-        const int64_t owh = imin64(win_hi(iw, g->pl, g->sw), OW - 1);
+        /* windows containing iw, updated without divisions */
+        while (owl * g->sw - g->pl + g->pw <= iw) owl++;
+        while ((owh_ + 1) * g->sw - g->pl <= iw) owh_++;
+        const int64_t owh = imin64(owh_, OW - 1);
         const __m512i pos = _mm512_set1_epi32((int32_t)(ih * W + iw));
         for (int64_t c = 0; c < C; c += 16) {
-            const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+            const int full = C - c >= 16;
+            const __mmask16 m = full ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
             __m512 acc = _mm512_setzero_ps();
             for (int64_t oh = ohl; oh <= ohh; oh++)
                 for (int64_t ow = owl; ow <= owh; ow++) {
                     const int64_t o = (oh * OW + ow) * C + c;
-                    const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(
-                        m, _mm512_maskz_loadu_epi32(m, i_n + o), pos);
-                    acc = _mm512_mask_add_ps(acc, hit, acc, _mm512_maskz_loadu_ps(hit, dy_n + o));
+                    __mmask16 hit;
+                    if (full) {
+                        hit = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512((const void *)(i_n + o)), pos);
+                        acc = _mm512_mask_add_ps(acc, hit, acc, _mm512_loadu_ps(dy_n + o));
+                    } else {
+                        hit = _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, i_n + o), pos);
+                        acc = _mm512_mask_add_ps(acc, hit, acc, _mm512_maskz_loadu_ps(hit, dy_n + o));
+                    }
                     cnt += __builtin_popcount((unsigned)hit);
                 }
-            _mm512_mask_storeu_ps(dx_wc + iw * C + c, m, acc);
+            if (full)
+                _mm512_storeu_ps(dx_wc + iw * C + c, acc);
+            else
+                _mm512_mask_storeu_ps(dx_wc + iw * C + c, m, acc);
         }
     }
     return cnt;
@@ -229,22 +244,34 @@ static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict
     const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);
     const int64_t ohh = imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
     int64_t cnt = 0;
+    int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);
     for (int64_t iw = 0; iw < W; iw++) {
-        const int64_t owl = win_lo(iw, g->pl, g->pw, g->sw);
-        const int64_t owh = imin64(win_hi(iw, g->pl, g->sw), OW - 1);
+        /* windows containing iw, updated without divisions */
+        while (owl * g->sw - g->pl + g->pw <= iw) owl++;
+        while ((owh_ + 1) * g->sw - g->pl <= iw) owh_++;
+        const int64_t owh = imin64(owh_, OW - 1);
         const __m256i pos = _mm256_set1_epi32((int32_t)(ih * W + iw));
         for (int64_t c = 0; c < C; c += 8) {
-            const __mmask8 m = C - c >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (C - c)) - 1);
+            const int full = C - c >= 8;
+            const __mmask8 m = full ? (__mmask8)0xFF : (__mmask8)((1u << (C - c)) - 1);
             __m512d acc = _mm512_setzero_pd();
             for (int64_t oh = ohl; oh <= ohh; oh++)
                 for (int64_t ow = owl; ow <= owh; ow++) {
                     const int64_t o = (oh * OW + ow) * C + c;
-                    const __mmask8 hit = _mm256_mask_cmpeq_epi32_mask(
-                        m, _mm256_maskz_loadu_epi32(m, i_n + o), pos);
-                    acc = _mm512_mask_add_pd(acc, hit, acc, _mm512_maskz_loadu_pd(hit, dy_n + o));
+                    __mmask8 hit;
+                    if (full) {
+                        hit = _mm256_cmpeq_epi32_mask(_mm256_loadu_si256((const void *)(i_n + o)), pos);
+                        acc = _mm512_mask_add_pd(acc, hit, acc, _mm512_loadu_pd(dy_n + o));
+                    } else {
+                        hit = _mm256_mask_cmpeq_epi32_mask(m, _mm256_maskz_loadu_epi32(m, i_n + o), pos);
+                        acc = _mm512_mask_add_pd(acc, hit, acc, _mm512_maskz_loadu_pd(hit, dy_n + o));
+                    }
                     cnt += __builtin_popcount((unsigned)hit);
                 }
-            _mm512_mask_storeu_pd(dx_wc + iw * C + c, m, acc);
+            if (full)
+                _mm512_storeu_pd(dx_wc + iw * C + c, acc);
+            else
+                _mm512_mask_storeu_pd(dx_wc + iw * C + c, m, acc);
         }
     }
     return cnt;
