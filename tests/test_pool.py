@@ -339,3 +339,32 @@ def test_backward_errors():
     nk.max_pool2d_backward(dy, i2, x.shape)  # scatter accepts any in-range index
     with pytest.raises(ValueError, match="window"):
         nk.max_pool2d_backward(dy, i2, x.shape, pool_size=2)
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool,padding,shape", [
+    ((2, 2), "valid", (3, 7, 9, 17)),    # remainder row/col not covered by windows
+    ((3, 2), "same", (2, 7, 5, 33)),
+    ((2, 3), "valid", (1, 4, 12, 8)),
+    ((1, 1), "valid", (2, 3, 3, 5)),
+    ((4, 4), "same", (2, 5, 6, 16)),
+])
+def test_non_overlapping_gather(isa_name, dtype, pool, padding, shape):
+    """strides == pool_size (the common case, with its own AVX-512 kernel)."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-3, 3, size=shape).astype(dtype)
+    x.flat[::7] = -0.0
+    with isa(isa_name):
+        y, idx = nk.max_pool2d(x, pool, padding=padding)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dy.flat[::5] = -0.0
+        dx = np.full(shape, np.nan, dtype)
+        nk.max_pool2d_backward(dy, idx, shape, out=dx, pool_size=pool, padding=padding)
+        ref = ref_backward(dy, idx, shape)
+        np.testing.assert_array_equal(dx, ref)
+        assert not np.signbit(dx).any() or np.array_equal(np.signbit(dx), np.signbit(ref))
+        bad = idx.copy()
+        bad.flat[len(bad.flat) // 2] = -5
+        with pytest.raises(ValueError, match="window"):
+            nk.max_pool2d_backward(dy, bad, shape, pool_size=pool, padding=padding)

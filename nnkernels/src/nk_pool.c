@@ -276,6 +276,93 @@ static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict
     }
     return cnt;
 }
+
+#define ICMP16(m, ix, p) _mm512_mask_cmpeq_epi32_mask((m), (ix), _mm512_set1_epi32(p))
+#define ICMP8(m, ix, p) _mm256_mask_cmpeq_epi32_mask((m), (ix), _mm256_set1_epi32(p))
+
+/* Non-overlapping windows (strides == pool size): one task per output row
+ * (n, oh) writes the dx rows of its windows; idx and dy are loaded once per
+ * window.  dx rows / columns that no window covers ("valid" remainders) are
+ * zeroed.  Same bits as the general gather (0 + dy where the index hits). */
+static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict dy_n,
+                                     const int32_t *restrict i_n, int64_t oh,
+                                     float *restrict dx_n)
+{
+    const int64_t W = g->w, C = g->c, OW = g->ow;
+    const int64_t h0 = oh * g->sh - g->pt;
+    const int64_t hs = imax64(h0, 0), he = imin64(h0 + g->ph, g->h);
+    const int64_t wcov = imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
+    int64_t cnt = 0;
+    const __m512 zero = _mm512_setzero_ps();
+    /* dx row by row (one sequential write stream); the output row's idx
+     * and dy are re-read from L1 for the window's later rows. */
+    for (int64_t h = hs; h < he; h++)
+        for (int64_t ow = 0; ow < OW; ow++) {
+            const int64_t w0 = ow * g->sw - g->pl;
+            const int64_t ws = imax64(w0, 0), we = imin64(w0 + g->pw, W);
+            const int64_t o = (oh * OW + ow) * C;
+            for (int64_t c = 0; c < C; c += 16) {
+                const int full = C - c >= 16;
+                const __mmask16 m = full ? (__mmask16)-1 : (__mmask16)((1u << (C - c)) - 1);
+                const __m512i ix = full ? _mm512_loadu_si512((const void *)(i_n + o + c)) : _mm512_maskz_loadu_epi32(m, i_n + o + c);
+                const __m512 gy = full ? _mm512_loadu_ps(dy_n + o + c) : _mm512_maskz_loadu_ps(m, dy_n + o + c);
+                for (int64_t w = ws; w < we; w++) {
+                    const __mmask16 hit = ICMP16(m, ix, (int32_t)(h * W + w));
+                    const __m512 v = _mm512_maskz_add_ps(hit, zero, gy);
+                    float *d = dx_n + (h * W + w) * C + c;
+                    if (full) _mm512_storeu_ps(d, v); else _mm512_mask_storeu_ps(d, m, v);
+                    cnt += __builtin_popcount((unsigned)hit);
+                }
+            }
+        }
+    if (wcov < W)
+        for (int64_t h = hs; h < he; h++)
+            memset(dx_n + (h * W + imax64(wcov, 0)) * C, 0,
+                   sizeof(float) * (size_t)((W - imax64(wcov, 0)) * C));
+    if (oh == g->oh - 1 && he < g->h)
+        memset(dx_n + he * W * C, 0, sizeof(float) * (size_t)((g->h - he) * W * C));
+    return cnt;
+}
+
+static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict dy_n,
+                                     const int32_t *restrict i_n, int64_t oh,
+                                     double *restrict dx_n)
+{
+    const int64_t W = g->w, C = g->c, OW = g->ow;
+    const int64_t h0 = oh * g->sh - g->pt;
+    const int64_t hs = imax64(h0, 0), he = imin64(h0 + g->ph, g->h);
+    const int64_t wcov = imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
+    int64_t cnt = 0;
+    const __m512d zero = _mm512_setzero_pd();
+    /* dx row by row (one sequential write stream); the output row's idx
+     * and dy are re-read from L1 for the window's later rows. */
+    for (int64_t h = hs; h < he; h++)
+        for (int64_t ow = 0; ow < OW; ow++) {
+            const int64_t w0 = ow * g->sw - g->pl;
+            const int64_t ws = imax64(w0, 0), we = imin64(w0 + g->pw, W);
+            const int64_t o = (oh * OW + ow) * C;
+            for (int64_t c = 0; c < C; c += 8) {
+                const int full = C - c >= 8;
+                const __mmask8 m = full ? (__mmask8)-1 : (__mmask8)((1u << (C - c)) - 1);
+                const __m256i ix = full ? _mm256_loadu_si256((const __m256i *)(i_n + o + c)) : _mm256_maskz_loadu_epi32(m, i_n + o + c);
+                const __m512d gy = full ? _mm512_loadu_pd(dy_n + o + c) : _mm512_maskz_loadu_pd(m, dy_n + o + c);
+                for (int64_t w = ws; w < we; w++) {
+                    const __mmask8 hit = ICMP8(m, ix, (int32_t)(h * W + w));
+                    const __m512d v = _mm512_maskz_add_pd(hit, zero, gy);
+                    double *d = dx_n + (h * W + w) * C + c;
+                    if (full) _mm512_storeu_pd(d, v); else _mm512_mask_storeu_pd(d, m, v);
+                    cnt += __builtin_popcount((unsigned)hit);
+                }
+            }
+        }
+    if (wcov < W)
+        for (int64_t h = hs; h < he; h++)
+            memset(dx_n + (h * W + imax64(wcov, 0)) * C, 0,
+                   sizeof(double) * (size_t)((W - imax64(wcov, 0)) * C));
+    if (oh == g->oh - 1 && he < g->h)
+        memset(dx_n + he * W * C, 0, sizeof(double) * (size_t)((g->h - he) * W * C));
+    return cnt;
+}
 #if defined(__clang__)
 #pragma clang attribute pop
 #elif defined(__GNUC__)
@@ -343,6 +430,32 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
     if (rows <= 0 || g->w <= 0 || g->c <= 0) return nout; /* nothing to gather into */
     const size_t es = dbl ? sizeof(double) : sizeof(float);
     const int64_t yplane = g->oh * g->ow * g->c, xrow = g->w * g->c;
+#if NK_X86
+    if (nk_get_isa() == NK_ISA_AVX512 && g->sh == g->ph && g->sw == g->pw) {
+        const int64_t orows = g->n * g->oh;
+        const int64_t xplane = g->h * xrow;
+        const int nt = pool_threads((int64_t)es * g->n * xplane, orows);
+        const char *dy = (const char *)dy_nhwc;
+        char *dx = (char *)dx_nhwc;
+        int64_t matched = 0;
+        if (orows <= 0) { /* no windows at all: dx is zero */
+            memset(dx_nhwc, 0, es * (size_t)(g->n * xplane));
+            return nout;
+        }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4) reduction(+ : matched) if (nt > 1)
+        for (int64_t r = 0; r < orows; r++) {
+            const int64_t n = r / g->oh, oh = r % g->oh;
+            if (dbl)
+                matched += gather_nov_d_avx512(g, (const double *)dy + n * yplane, idx_nhwc + n * yplane,
+                                               oh, (double *)dx + n * xplane);
+            else
+                matched += gather_nov_s_avx512(g, (const float *)dy + n * yplane, idx_nhwc + n * yplane,
+                                               oh, (float *)dx + n * xplane);
+        }
+        (void)dy; (void)dx;
+        return nout - matched;
+    }
+#endif
     const gather_row_fn fn = pick_gather(dbl);
     const int nt = pool_threads((int64_t)es * g->n * g->h * xrow, rows);
     const char *dy = (const char *)dy_nhwc;
