@@ -35,7 +35,7 @@ def threads(n):
 
 # ------------------------------------------------------------------ ReLU --
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=60)
 @given(n=st.sampled_from([0, 1, 3, 15, 16, 17, 63, 64, 65, 1000, 100_003]),
        dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS),
        seed=st.integers(0, 2**32 - 1))
@@ -153,7 +153,7 @@ def mask_numpy(n, rate, seed, offset):
 
 # --------------------------------------------------------------- dropout --
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=60)
 @given(n=st.sampled_from([0, 1, 3, 4, 5, 63, 64, 65, 127, 1000, 4099]),
        rate=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 0.999]),
        seed=st.integers(0, 2**64 - 1), offset=st.integers(0, 2**64 - 1),

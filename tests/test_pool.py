@@ -100,7 +100,7 @@ def pool_cases(draw):
     return (N, H, W, C), pool, strides, padding, dtype, isa_name
 
 
-@settings(deadline=None, max_examples=80)
+@settings(deadline=None, max_examples=150)
 @given(case=pool_cases(), seed=st.integers(0, 2**32 - 1), ties=st.booleans())
 def test_forward_backward_match_reference(case, seed, ties):
     shape, pool, strides, padding, dtype, isa_name = case
