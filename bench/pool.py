@@ -1,6 +1,6 @@
 """Max pooling and dropout: nnkernels vs PyTorch (CPU) vs NumPy.
 
-    python -m bench.pool [--threads 1,2] [--repeats 15] [--out bench/results]
+    python -m bench.pool [--threads 1,2] [--repeats 15] [--only maxpool,128x] [--out bench/results]
 
 Workloads (float32, NHWC for ours, both NCHW and channels_last for torch):
   * MaxPool 2x2 / stride 2, forward + backward, x = (N, 24, 24, 64), N = 32, 128
@@ -226,10 +226,15 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--only", default=None,
+                    help="comma-separated substrings of the cases to run (e.g. 'maxpool,128x')")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     cases = [("maxpool2x2 fwd+bwd", f"{n}x24x24x64", lambda n=n: maxpool_impls(n)) for n in (32, 128)]
     cases.append(("dropout0.25 fwd+bwd", "128x12x12x64", dropout_impls))
+    if args.only:
+        keys = [k for k in args.only.split(",") if k]
+        cases = [c for c in cases if all(k in f"{c[0]} {c[1]}" for k in keys)]
     rows = []
     for op, shape, make in cases:
         impls, checks, ref, nbytes = make()
