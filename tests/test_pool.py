@@ -368,3 +368,27 @@ def test_non_overlapping_gather(isa_name, dtype, pool, padding, shape):
         bad.flat[len(bad.flat) // 2] = -5
         with pytest.raises(ValueError, match="window"):
             nk.max_pool2d_backward(dy, bad, shape, pool_size=pool, padding=padding)
+
+
+@pytest.mark.parametrize("isa_name", ISAS)
+def test_scatter_guess_falls_back(isa_name):
+    """The index-only backward first tries non-overlapping (H/OH)x(W/OW)
+    windows; an in-range index outside its guessed window (past the sampled
+    first row) must make it fall back to the true scatter."""
+    rng = np.random.default_rng(5)
+    shape = (3, 8, 6, 19)
+    x = rng.standard_normal(shape)
+    y, idx = nk.max_pool2d(x, 2)
+    dy = rng.standard_normal(y.shape)
+    idx = idx.copy()
+    idx[2, 3, 1, 4] = 0            # in range, far from its window
+    idx[1, 2, 2, 18] = idx[1, 2, 1, 18]  # two outputs pointing at one element
+    with isa(isa_name):
+        dx = nk.max_pool2d_backward(dy, idx, shape)
+    np.testing.assert_array_equal(dx, ref_backward(dy, idx, shape))
+    # overlapping windows (3x3 / 2): the guess is rejected, the scatter sums
+    y, idx = nk.max_pool2d(x, 3, 2, "same")
+    dy = rng.standard_normal(y.shape)
+    with isa(isa_name):
+        dx = nk.max_pool2d_backward(dy, idx, shape)
+    np.testing.assert_array_equal(dx, ref_backward(dy, idx, shape))

@@ -497,12 +497,40 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
         }                                                                                \
     } while (0)
 
+/* Do the indices of output row 0 of item 0 lie in the windows of g? */
+static int sample_in_windows(const nk_pool_geom *g, const int32_t *idx_nhwc)
+{
+    for (int64_t ow = 0; ow < g->ow; ow++) {
+        const int64_t w0 = ow * g->sw;
+        for (int64_t k = 0; k < g->c; k++) {
+            const int64_t p = idx_nhwc[ow * g->c + k];
+            if (p < 0 || p >= g->ph * g->w) return 0;
+            const int64_t wp = p % g->w;
+            if (wp < w0 || wp >= w0 + g->pw) return 0;
+        }
+    }
+    return 1;
+}
+
 int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
                           int64_t ow, const void *dy_nhwc, const int32_t *idx_nhwc,
                           void *dx_nhwc, int dbl)
 {
     const int64_t hw = h * w, ohw = oh * ow;
     if (n <= 0 || hw <= 0 || c <= 0) return 0;
+    /* Fast path: guess the common geometry, non-overlapping "valid" windows
+     * of (h / oh) x (w / ow) with strides equal to them.  If every index lies
+     * inside its guessed window, each dx element is hit from at most one
+     * window, so the gather's result (0 + dy where the index points) is the
+     * scatter's, bit for bit.  A quick look at one output row rejects most
+     * wrong guesses (e.g. 3x3 / stride 2) before the full pass; if the full
+     * pass still finds a stray index, the scatter below redoes dx. */
+    if (oh > 0 && ow > 0 && h / oh >= 1 && w / ow >= 1) {
+        const nk_pool_geom g = {n, h, w, c, oh, ow, h / oh, w / ow, h / oh, w / ow, 0, 0};
+        if (sample_in_windows(&g, idx_nhwc) &&
+            nk_max_pool2d_bwd_geom(&g, dy_nhwc, idx_nhwc, dx_nhwc, dbl) == 0)
+            return 0;
+    }
     const size_t es = dbl ? sizeof(double) : sizeof(float);
     int nt = pool_threads((int64_t)es * n * hw * c, n * c);
     /* Items: batch entries, split into channel blocks when there are fewer

@@ -45,6 +45,9 @@ void nk_max_pool2d_fwd(const nk_pool_geom *g, const void *x_nhwc, void *y_nhwc,
  * output element, item by item (each batch item's plane is zeroed and
  * scattered into while it is in cache: one pass over dx in memory).
  * Deterministic: fixed order within an item, items owned by one thread.
+ * When every index lies in a non-overlapping (h/oh) x (w/ow) window (the
+ * usual k x k / stride k pooling) this runs as the gather below instead,
+ * with the same result bit for bit.
  * Indices outside [0, h*w) are skipped (never written) and counted; returns
  * that count (0 when all are valid). */
 int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c,
