@@ -6,7 +6,9 @@ Workloads (float32, NHWC for ours, both NCHW and channels_last for torch):
   * MaxPool 2x2 / stride 2, forward + backward, x = (N, 24, 24, 64), N = 32, 128
   * Dropout(0.25) forward + backward, x = (128, 12, 12, 64)
 Ours runs on preallocated outputs (out=, indices=): a training step reuses its
-buffers.  PyTorch runs as a training step would (autograd), plus ATen calls
+buffers.  "nnkernels" passes pool_size to the backward (gather kernel);
+"nnkernels (bwd, indices only)" calls max_pool2d_backward(dy, indices,
+x_shape, out=dx) without it.  PyTorch runs as a training step would (autograd), plus ATen calls
 with out= where they exist; the fastest PyTorch variant is the peer.  NumPy
 (single-threaded, vectorised) is the plain baseline.  Every implementation is
 timed call by call, best-of-N (and median) with rounds interleaved across
@@ -97,8 +99,8 @@ def maxpool_impls(N, H=24, W=24, C=64):
     def ours_scatter():
         nk.max_pool2d(x, (2, 2), out=y, indices=idx)
         nk.max_pool2d_backward(dy, idx, x.shape, out=dx)
-    impls["nnkernels (scatter bwd)"] = ours_scatter
-    checks["nnkernels (scatter bwd)"] = checks["nnkernels"]
+    impls["nnkernels (bwd, indices only)"] = ours_scatter
+    checks["nnkernels (bwd, indices only)"] = checks["nnkernels"]
 
     def numpy_impl():
         xw = x.reshape(N, OH, 2, OW, 2, C).transpose(0, 1, 3, 5, 2, 4).reshape(N, OH, OW, C, 4)

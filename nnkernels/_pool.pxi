@@ -189,8 +189,11 @@ def max_pool2d_backward(dy, indices, x_shape, out=None, *, pool_size=None, strid
     returned by max_pool2d.  x_shape: the forward input's (N, H, W, C).
     Overlapping windows (strides < pool_size) accumulate, always in output
     order (n, oh, ow), so the result is deterministic and thread-count
-    independent.  Without pool_size, dx is computed as a scatter (each batch
-    item zeroed and scattered into while in cache).  With the forward's
+    independent.  Without pool_size, the kernel first tries non-overlapping
+    (H // OH) x (W // OW) windows (k x k pooling with stride k), checking
+    every index against its window, and otherwise computes dx as a scatter
+    (each batch item zeroed and scattered into while in cache); both give
+    the same bits.  With the forward's
     pool_size (strides, padding), as a gather: each dx element written once;
     this checks too that each index lies inside its own window.  Indices that
     are out of range (or outside their window) raise ValueError after the
