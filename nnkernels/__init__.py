@@ -2,7 +2,8 @@
 
 Packed SIMD GEMM (AVX-512 / AVX2+FMA / portable, chosen at run time) with
 fused epilogues, dense-layer forward/backward, 2-D convolution (NHWC,
-implicit-im2col GEMM or direct), OpenMP threads.
+implicit-im2col GEMM or direct), NHWC max pooling with int32 argmax indices,
+ReLU, and dropout from a Philox4x32-10 counter-based stream; OpenMP threads.
 
 Environment:
   NNKERNELS_ISA=avx512|avx2|generic   force a kernel path (error if the CPU
@@ -22,12 +23,22 @@ from ._core import (
     dense_backward,
     dense_forward,
     fma_peak,
+    dropout,
+    dropout_backward,
+    dropout_mask,
+    dropout_threshold,
     gemm,
     get_isa,
     get_num_threads,
     isa_supported,
+    max_pool2d,
+    max_pool2d_backward,
+    max_pool2d_output_shape,
     openmp_enabled,
+    philox4x32,
     release_workspace,
+    relu,
+    relu_backward,
     set_isa,
 )
 
@@ -38,6 +49,8 @@ __all__ = [
     "conv2d_output_shape", "conv2d_algo", "conv_workspace_bytes", "info", "set_num_threads",
     "get_num_threads", "get_isa", "set_isa", "available_isas", "isa_supported",
     "fma_peak", "openmp_enabled", "release_workspace", "default_num_threads",
+    "max_pool2d", "max_pool2d_backward", "max_pool2d_output_shape", "relu", "relu_backward",
+    "dropout", "dropout_backward", "dropout_mask", "dropout_threshold", "philox4x32",
 ]
 
 

@@ -1,0 +1,256 @@
+"""ReLU and dropout kernels; Philox4x32-10 against Random123's known-answer
+vectors and an independent NumPy implementation."""
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nnkernels as nk
+
+ISAS = nk.available_isas()
+DTYPES = [np.float32, np.float64]
+
+
+@contextlib.contextmanager
+def isa(name):
+    old = nk.get_isa()
+    nk.set_isa(name)
+    try:
+        yield
+    finally:
+        nk.set_isa(old)
+
+
+@contextlib.contextmanager
+def threads(n):
+    old = nk.get_num_threads()
+    nk.set_num_threads(n)
+    try:
+        yield
+    finally:
+        nk.set_num_threads(old)
+
+
+# ------------------------------------------------------------------ ReLU --
+
+@settings(deadline=None, max_examples=60)
+@given(n=st.sampled_from([0, 1, 3, 15, 16, 17, 63, 64, 65, 1000, 100_003]),
+       dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS),
+       seed=st.integers(0, 2**32 - 1))
+def test_relu_forward_backward(n, dtype, isa_name, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(dtype)
+    x[rng.random(n) < 0.05] = 0.0
+    x[rng.random(n) < 0.02] = np.nan
+    dy = rng.standard_normal(n).astype(dtype)
+    with isa(isa_name):
+        y = nk.relu(x)
+        dx = nk.relu_backward(dy, y)
+    y_ref = np.where((x > 0) | np.isnan(x), x, 0).astype(dtype)
+    np.testing.assert_array_equal(y, y_ref)
+    assert not np.signbit(y[~np.isnan(y)]).any()  # -0.0 -> +0.0
+    np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_in_place_shapes_and_threads(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 13, 11, 9)).astype(dtype)
+    ref = np.maximum(x, 0)
+    with threads(1):
+        a = nk.relu(x)
+    with threads(2):
+        b = nk.relu(x)
+    np.testing.assert_array_equal(a, ref)
+    np.testing.assert_array_equal(b, ref)
+    xc = x.copy()
+    assert nk.relu(xc, out=xc) is xc
+    np.testing.assert_array_equal(xc, ref)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    exp = np.where(ref > 0, dy, 0)
+    assert nk.relu_backward(dy, ref, out=dy) is dy
+    np.testing.assert_array_equal(dy, exp)
+    v = x[:, ::2, :, 1:]  # non-contiguous input
+    np.testing.assert_array_equal(nk.relu(v), np.maximum(v, 0))
+
+
+def test_relu_errors():
+    x = np.zeros((4, 5), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nk.relu(np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="dtype"):
+        nk.relu(x, out=np.empty((4, 5), np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        nk.relu(x, out=np.empty((5, 4), np.float32))
+    with pytest.raises(ValueError, match="overlaps"):
+        big = np.zeros(21, np.float32)
+        nk.relu(big[1:], out=big[:-1])
+    with pytest.raises(ValueError, match="shape"):
+        nk.relu_backward(x, np.zeros((4, 6), np.float32))
+    with pytest.raises(TypeError, match="same dtype"):
+        nk.relu_backward(x, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="overlaps"):
+        y = np.zeros((4, 5), np.float32)
+        nk.relu_backward(x, y, out=y)
+
+
+# ---------------------------------------------------------------- Philox --
+
+KAT = [  # Random123 kat_vectors, philox4x32 10 rounds
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("ctr,key,expected", KAT)
+def test_philox_known_answers(ctr, key, expected):
+    out = nk.philox4x32(np.array([ctr], np.uint32), np.array(key, np.uint32))
+    assert out.dtype == np.uint32 and out.shape == (1, 4)
+    assert tuple(int(v) for v in out[0]) == expected
+
+
+def philox_numpy(ctr, key):
+    """Independent Philox4x32-10 in NumPy (uint64 products)."""
+    c = [ctr[:, i].astype(np.uint64) for i in range(4)]
+    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+    m32 = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c[0]
+        p1 = np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & m32, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & m32]
+        k0 = (k0 + np.uint64(0x9E3779B9)) & m32
+        k1 = (k1 + np.uint64(0xBB67AE85)) & m32
+    return np.stack(c, axis=1).astype(np.uint32)
+
+
+def test_philox_matches_numpy():
+    rng = np.random.default_rng(5)
+    ctr = rng.integers(0, 2**32, size=(257, 4), dtype=np.uint32)
+    key = rng.integers(0, 2**32, size=2, dtype=np.uint32)
+    np.testing.assert_array_equal(nk.philox4x32(ctr, key), philox_numpy(ctr, key))
+    with pytest.raises(TypeError, match="uint32"):
+        nk.philox4x32(ctr.astype(np.int64), key)
+    with pytest.raises(ValueError, match="shape"):
+        nk.philox4x32(ctr[:, :3], key)
+    with pytest.raises(ValueError, match="shape"):
+        nk.philox4x32(ctr, key[:1])
+
+
+def mask_numpy(n, rate, seed, offset):
+    """The documented stream: element e -> word e % 4 of block e // 4."""
+    b = np.arange((n + 3) // 4, dtype=np.uint64)
+    ctr = np.stack([b & 0xFFFFFFFF, b >> np.uint64(32),
+                    np.full_like(b, offset & 0xFFFFFFFF), np.full_like(b, offset >> 32)],
+                   axis=1).astype(np.uint32)
+    key = np.array([seed & 0xFFFFFFFF, seed >> 32], np.uint32)
+    words = nk.philox4x32(ctr, key).ravel()[:n]
+    return words >= nk.dropout_threshold(rate)
+
+
+# --------------------------------------------------------------- dropout --
+
+@settings(deadline=None, max_examples=60)
+@given(n=st.sampled_from([0, 1, 3, 4, 5, 63, 64, 65, 127, 1000, 4099]),
+       rate=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 0.999]),
+       seed=st.integers(0, 2**64 - 1), offset=st.integers(0, 2**64 - 1),
+       dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS))
+def test_dropout_matches_stream(n, rate, seed, offset, dtype, isa_name):
+    rng = np.random.default_rng(seed % 2**32)
+    x = rng.standard_normal(n).astype(dtype)
+    m = mask_numpy(n, rate, seed, offset)
+    np.testing.assert_array_equal(nk.dropout_mask(n, rate, seed, offset=offset), m)
+    scale = dtype(1.0 / (1.0 - rate))
+    with isa(isa_name):
+        y = nk.dropout(x, rate, seed, offset=offset)
+        dx = nk.dropout_backward(x, rate, seed, offset=offset)
+    if rate == 0:
+        np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(y, np.where(m, x * scale, 0).astype(dtype))
+    np.testing.assert_array_equal(dx, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_isa_threads_tiling_identical(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((128, 12, 12, 64)).astype(dtype)
+    outs = []
+    for name in ISAS:
+        for nt in (1, 2):
+            with isa(name), threads(nt):
+                outs.append(nk.dropout(x, 0.25, 1234, offset=17))
+    for o in outs[1:]:
+        np.testing.assert_array_equal(outs[0], o)
+    # counter = element index: a prefix of the tensor gets the prefix of the mask
+    flat = x.reshape(-1)
+    part = nk.dropout(flat[:100_001], 0.25, 1234, offset=17)
+    np.testing.assert_array_equal(part, outs[0].reshape(-1)[:100_001])
+
+
+def test_dropout_seeds_offsets_differ_and_statistics():
+    n = 1_000_000
+    rate = 0.25
+    m = nk.dropout_mask(n, rate, 42)
+    np.testing.assert_array_equal(m, nk.dropout_mask(n, rate, 42))
+    for other in (nk.dropout_mask(n, rate, 43), nk.dropout_mask(n, rate, 42, offset=1),
+                  nk.dropout_mask(n, rate, 42 + 2**32)):
+        agree = np.mean(other == m)
+        assert abs(agree - 0.625) < 0.005  # independent masks agree on p^2 + q^2
+    p = 1 - rate
+    sd = np.sqrt(p * (1 - p) / n)
+    for seed in range(5):
+        frac = nk.dropout_mask(n, rate, seed, offset=seed * 7).mean()
+        assert abs(frac - p) < 5 * sd
+    # expectation preserved
+    x = np.random.default_rng(0).uniform(1, 2, n).astype(np.float64)
+    y = nk.dropout(x, rate, 9)
+    assert abs(y.mean() - x.mean()) < 5 * np.sqrt(rate / p * np.mean(x**2) / n)
+    # runs of words: no correlation between neighbouring elements
+    a, b = m[:-1].astype(float), m[1:].astype(float)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(n)
+
+
+def test_dropout_backward_matches_forward_mask_and_in_place():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(1, 2, (32, 7, 5, 3)).astype(np.float32)
+    y = nk.dropout(x, 0.4, 77, offset=3)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx = nk.dropout_backward(dy, 0.4, 77, offset=3)
+    np.testing.assert_array_equal(dx != 0, y != 0)
+    np.testing.assert_array_equal(dx, np.where(y != 0, dy * np.float32(1 / 0.6), 0))
+    xc = x.copy()
+    assert nk.dropout(xc, 0.4, 77, offset=3, out=xc) is xc
+    np.testing.assert_array_equal(xc, y)
+    v = x[:, ::2]
+    np.testing.assert_array_equal(nk.dropout(v, 0.4, 5), nk.dropout(np.ascontiguousarray(v), 0.4, 5))
+    out = np.empty_like(x)
+    assert nk.dropout(x, 0.0, 1, out=out) is out
+    np.testing.assert_array_equal(out, x)
+
+
+def test_dropout_errors():
+    x = np.ones(10, np.float32)
+    for rate in (1.0, 1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="rate"):
+            nk.dropout(x, rate, 0)
+        with pytest.raises(ValueError, match="rate"):
+            nk.dropout_backward(x, rate, 0)
+    with pytest.raises(TypeError, match="rate"):
+        nk.dropout(x, "0.5", 0)
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match="seed"):
+            nk.dropout(x, 0.5, seed)
+    with pytest.raises(TypeError, match="seed"):
+        nk.dropout(x, 0.5, 1.5)
+    with pytest.raises(ValueError, match="offset"):
+        nk.dropout(x, 0.5, 1, offset=-3)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nk.dropout(np.ones(3, np.int32), 0.5, 1)
+    with pytest.raises(ValueError, match="shape"):
+        nk.dropout(x, 0.5, 1, out=np.empty(11, np.float32))
+    with pytest.raises(ValueError, match="overlaps"):
+        big = np.ones(11, np.float32)
+        nk.dropout(big[1:], 0.5, 1, out=big[:-1])
