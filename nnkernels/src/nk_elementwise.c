@@ -11,6 +11,7 @@
  */
 #include <string.h>
 #include "nk_internal.h"
+#include "nk_target.h"
 #include "nk_elementwise.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -99,12 +100,7 @@ NK_DROP_SCALAR(double, d)
 
 #if NK_X86
 /* ---------------------------------------------------------------- AVX2 -- */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+NK_TARGET_AVX2_BEGIN
 #include <immintrin.h>
 NK_RELU_BODY(float, s_avx2)
 NK_RELU_BODY(double, d_avx2)
@@ -193,19 +189,10 @@ static void drop_d_avx2(const double *x, double *y, int64_t e0, int64_t e1,
     }
     drop_scalar_d(x, y, e, e1, k, scale);
 }
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 
 /* ------------------------------------------------------------- AVX-512 -- */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
-#endif
+NK_TARGET_AVX512_BEGIN
 NK_RELU_BODY(float, s_avx512)
 NK_RELU_BODY(double, d_avx512)
 
@@ -288,11 +275,7 @@ static void drop_d_avx512(const double *x, double *y, int64_t e0, int64_t e1,
     }
     drop_scalar_d(x, y, e, e1, k, scale);
 }
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 #endif /* NK_X86 */
 
 /* ------------------------------------------------------------ portable -- */

@@ -1,13 +1,9 @@
 /* AVX-512F kernels (compiled for AVX-512 whatever the build's -march;
  * only called when CPUID and the OS say AVX-512 state is usable). */
 #include "nk_internal.h"
+#include "nk_target.h"
 #if NK_X86
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
-#endif
+NK_TARGET_AVX512_BEGIN
 #include <immintrin.h>
 
 #define ISA avx512
@@ -64,9 +60,5 @@ double nk_fma_peak_avx512(int dbl, int64_t iters)
     return dbl ? fma_peak_d_avx512(iters) : fma_peak_s_avx512(iters);
 }
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 #endif /* NK_X86 */

@@ -17,6 +17,7 @@
  */
 #include <string.h>
 #include "nk_internal.h"
+#include "nk_target.h"
 #include "nk_pool.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -117,27 +118,13 @@ static inline int64_t win_hi(int64_t i, int64_t p, int64_t s) { return (i + p) /
 
 #if NK_X86
 /* ---------------------------------------------------------------- AVX2 -- */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+NK_TARGET_AVX2_BEGIN
 NK_POOL_C_BODY(float, s_avx2)
 NK_POOL_C_BODY(double, d_avx2)
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 
 /* ------------------------------------------------------------- AVX-512 -- */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,popcnt"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma,popcnt")
-#endif
+NK_TARGET_AVX512_BEGIN
 #include <immintrin.h>
 
 static void fwd_row_s_avx512(const nk_pool_geom *g, const float *restrict x_hwc, int64_t oh,
@@ -364,11 +351,7 @@ static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict
         memset(dx_n + he * W * C, 0, sizeof(double) * (size_t)((g->h - he) * W * C));
     return cnt;
 }
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 #endif /* NK_X86 */
 
 /* ------------------------------------------------------------ portable -- */
