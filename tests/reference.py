@@ -1,0 +1,119 @@
+"""NumPy float64 references for the kernels and the comparison used by every
+numerical test.
+
+Tolerances are per element and scaled by the magnitude of what was summed
+(|alpha| * |op(a)| @ |op(b)| + |beta * c| + |bias|), so a wrong element
+(wrong index, missing term, stray read) is off by O(scale) and always caught,
+while rounding in any summation order stays far inside:
+  float32: 1e-5 * sqrt(K) * scale    (worst-case rounding is ~6e-8 * K * scale)
+  float64: 1e-12 * scale             (worst-case ~1.1e-16 * K * scale)
+"""
+import math
+
+import numpy as np
+
+F64 = np.float64
+
+
+def rtol_for(dtype, k):
+    if np.dtype(dtype) == np.float32:
+        return 1e-5 * math.sqrt(max(int(k), 1))
+    return 1e-12
+
+
+def as_dtype_scalar(x, dtype):
+    """alpha/beta as the kernel sees them (rounded to the operands' dtype)."""
+    return float(np.dtype(dtype).type(x))
+
+
+def gemm_ref(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None,
+             bias=None, activation=None, dtype=None):
+    """(reference, scale) in float64 for act(alpha op(a) op(b) + beta c + bias)."""
+    dtype = np.dtype(dtype if dtype is not None else np.asarray(a).dtype)
+    # contiguous float64 copies: NumPy's matmul is only fast (BLAS) on those
+    A = np.array(a, dtype=F64, order="C")
+    B = np.array(b, dtype=F64, order="C")
+    if trans_a:
+        A = A.T
+    if trans_b:
+        B = B.T
+    al = as_dtype_scalar(alpha, dtype)
+    be = as_dtype_scalar(beta, dtype)
+    ref = al * (A @ B)
+    scale = abs(al) * (np.abs(A) @ np.abs(B))
+    if be != 0.0:
+        C = np.asarray(c, dtype=F64)
+        ref = ref + be * C
+        scale = scale + np.abs(be * C)
+    if bias is not None:
+        bb = np.asarray(bias, dtype=F64)
+        ref = ref + bb
+        scale = scale + np.abs(bb)
+    if activation == "relu":
+        ref = np.maximum(ref, 0.0)  # NaN propagates, like the kernels
+    return ref, scale
+
+
+def assert_close(got, ref, scale, dtype, k, what="result"):
+    """Every element of `got` within rtol_for(dtype, k) * scale of `ref`.
+    Where `ref` is NaN, `got` must be NaN too; elsewhere NaN is a failure."""
+    got = np.asarray(got)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
+    g = got.astype(F64)
+    # relative to the magnitudes summed, plus a floor for results that
+    # underflow (subnormal spacing per operation)
+    tol = (rtol_for(dtype, k) * np.asarray(scale, dtype=F64)
+           + 4 * (int(k) + 3) * np.finfo(dtype).smallest_subnormal)
+    ref_nan = np.isnan(ref)
+    with np.errstate(invalid="ignore"):
+        ok = np.where(ref_nan, np.isnan(g), np.abs(g - ref) <= tol)
+    if not ok.all():
+        bad = np.argwhere(~ok)
+        i = tuple(bad[0])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.abs(g - ref) / np.asarray(scale, dtype=F64)
+        rel = np.nan_to_num(rel[~ok], nan=np.inf, posinf=np.inf)
+        worst = tuple(bad[int(np.argmax(rel))])
+        raise AssertionError(
+            f"{what}: {len(bad)} of {ref.size} elements wrong (dtype {np.dtype(dtype)}, "
+            f"K={k}, rtol={rtol_for(dtype, k):.3g}); first at {i}: got {g[i]!r}, "
+            f"expected {ref[i]!r} (scale {np.asarray(scale)[i]!r}); worst at {worst}: "
+            f"got {g[worst]!r}, expected {ref[worst]!r}; wrong rows "
+            f"{sorted(set(bad[:, 0].tolist()))[:20]}"
+            + (f", wrong cols {sorted(set(bad[:, 1].tolist()))[:20]}" if bad.shape[1] > 1 else ""))
+
+
+def dense_backward_ref(dy, x, w, y=None, activation=None):
+    """(dx, dw, db) and their scales (|dz| @ |w|.T, |x|.T @ |dz|, |dz|.sum(0))
+    in float64; relu' is taken from the forward output: y > 0."""
+    DY = np.array(dy, dtype=F64, order="C")
+    X = np.array(x, dtype=F64, order="C")
+    W = np.array(w, dtype=F64, order="C")
+    if activation == "relu":
+        DZ = DY * (np.asarray(y) > 0)
+    else:
+        DZ = DY
+    aDZ = np.abs(DZ)
+    return (
+        (DZ @ W.T, aDZ @ np.abs(W).T),
+        (X.T @ DZ, np.abs(X).T @ aDZ),
+        (DZ.sum(axis=0), aDZ.sum(axis=0)),
+    )
+
+
+def bits(x):
+    """Raw bytes of an array's values (for bitwise comparisons; -0.0 != 0.0
+    and NaN payloads count)."""
+    x = np.ascontiguousarray(x)
+    return x.view(np.uint32 if x.dtype == np.float32 else np.uint64)
+
+
+def assert_bitwise_equal(x, y, what="result"):
+    bx, by = bits(x), bits(y)
+    assert bx.shape == by.shape, f"{what}: shapes {bx.shape} vs {by.shape}"
+    if not np.array_equal(bx, by):
+        bad = np.argwhere(bx != by)
+        i = tuple(bad[0])
+        raise AssertionError(
+            f"{what}: {len(bad)} of {bx.size} elements differ bitwise; first at {i}: "
+            f"{np.asarray(x)[i]!r} vs {np.asarray(y)[i]!r}")
