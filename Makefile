@@ -21,7 +21,7 @@ test: install
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
 
 bench: install
-	$(VPY) -m pip install -q matplotlib 'torch==2.13.0' || true
+	$(VPY) -m pip install -q matplotlib threadpoolctl 'torch==2.13.0' || true
 	$(VPY) -m bench.gemm
 
 clean:
