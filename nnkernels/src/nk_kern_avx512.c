@@ -14,8 +14,8 @@ NK_TARGET_AVX512_BEGIN
 #define VL 16
 #define NV 2
 #define MR 8
-#define MC 192
-#define KC 384
+#define MC 192 /* A block 384 KiB: in the 1 MiB L2 of Zen 4 */
+#define KC 512 /* measured: +3-4 % over 384 on 1024^3/2048^3 */
 #define NC 3072
 #define KERN nk_skern_avx512
 #define V_ZERO() _mm512_setzero_ps()
