@@ -375,77 +375,127 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 
 /* ----------------------------------------------------------------- direct */
 
-static void CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias,
-                            int act, T *y, int nt)
-{
-    switch (nk_get_isa()) {
 #if NK_X86
-    case NK_ISA_AVX512: CFNX(direct_fwd, CFNX(S, avx512))(s, x, w, bias, act, y, nt); return;
-    case NK_ISA_AVX2: CFNX(direct_fwd, CFNX(S, avx2))(s, x, w, bias, act, y, nt); return;
+#define CFN_ISA(name)                                                                   \
+    (nk_get_isa() == NK_ISA_AVX512 ? CFNX(name, CFNX(S, avx512))                         \
+     : nk_get_isa() == NK_ISA_AVX2 ? CFNX(name, CFNX(S, avx2))                           \
+                                   : CFNX(name, CFNX(S, generic)))
+#else
+#define CFN_ISA(name) CFNX(name, CFNX(S, generic))
 #endif
-    default: CFNX(direct_fwd, CFNX(S, generic))(s, x, w, bias, act, y, nt);
+
+/* Operands of the direct kernels, in one workspace: the weights (KH*KW*C,
+ * Fp) and bias (Fp) zero-padded to Fp = F rounded up to a channel block
+ * (only when F is not a multiple of it; else used in place; w = NULL: no
+ * weights), then `nt` per-thread scratch areas of `per` elements each
+ * (64-byte aligned), then `extra` elements. */
+typedef struct {
+    const T *w, *b;
+    T *scr;
+    int64_t fp, scr_per;
+    void *ws;
+    int from_arena;
+} CFN(direct_ops);
+
+static int CFN(direct_ops_get)(CFN(direct_ops) *o, const nk_conv_shape *s, const T *w,
+                               const T *bias, int64_t per, int64_t extra, int nt)
+{
+    const int64_t fbk = (int64_t)(128 / sizeof(T)), F = s->f, R = s->kh * s->kw * s->c;
+    const int64_t Fp = (F + fbk - 1) / fbk * fbk, ve = 64 / (int64_t)sizeof(T);
+    const int64_t wlen = w && Fp != F ? (R + 1) * Fp : 0;
+    o->fp = Fp;
+    o->scr_per = (per + ve - 1) / ve * ve;
+    o->ws = nk_conv_ws_acquire((size_t)(wlen + nt * o->scr_per + extra) * sizeof(T),
+                               &o->from_arena);
+    if (!o->ws) return -1;
+    T *base = (T *)o->ws;
+    o->w = w;
+    o->b = bias;
+    if (wlen) {
+        T *wp = base, *bp = base + R * Fp;
+        for (int64_t r = 0; r < R; r++) {
+            memcpy(wp + r * Fp, w + r * F, (size_t)F * sizeof(T));
+            memset(wp + r * Fp + F, 0, (size_t)(Fp - F) * sizeof(T));
+        }
+        memset(bp, 0, (size_t)Fp * sizeof(T));
+        if (bias) memcpy(bp, bias, (size_t)F * sizeof(T));
+        o->w = wp;
+        o->b = bias ? bp : NULL;
     }
+    o->scr = base + wlen;
+    return 0;
 }
 
-static void CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
-                              T *dx, int nt)
+static int CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias,
+                           int act, T *y, int nt)
 {
-    switch (nk_get_isa()) {
-#if NK_X86
-    case NK_ISA_AVX512: CFNX(direct_dgrad, CFNX(S, avx512))(s, dy, ymask, w, dx, nt); return;
-    case NK_ISA_AVX2: CFNX(direct_dgrad, CFNX(S, avx2))(s, dy, ymask, w, dx, nt); return;
-#endif
-    default: CFNX(direct_dgrad, CFNX(S, generic))(s, dy, ymask, w, dx, nt);
-    }
+    CFN(direct_ops) o;
+    if (CFN(direct_ops_get)(&o, s, w, bias, s->kh * nk_conv_xrow_px(s) * s->c, 0, nt))
+        return -1;
+    CFN_ISA(direct_fwd)(s, x, o.w, o.fp, o.b, act, y, o.scr, o.scr_per, nt);
+    nk_conv_ws_release(o.ws, o.from_arena);
+    return 0;
 }
 
-/* dW, db: fixed blocks of images (count independent of threads), partial
- * sums in the arena, reduced in block order -> deterministic. */
+static int CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
+                             T *dx, int nt)
+{
+    CFN(direct_ops) o;
+    const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (s->f + fbk - 1) / fbk * fbk;
+    if (CFN(direct_ops_get)(&o, s, w, NULL, nk_conv_dz_slots(s) * nk_conv_dz_row_px(s) * Fp, 0,
+                            nt))
+        return -1;
+    CFN_ISA(direct_dgrad)(s, dy, ymask, o.w, o.fp, dx, o.scr, o.scr_per, nt);
+    nk_conv_ws_release(o.ws, o.from_arena);
+    return 0;
+}
+
+/* dW, db: a fixed number of blocks of output rows (by shape only, not by
+ * thread count), partial sums reduced in block order -> deterministic. */
 static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
                              T *dw, T *db, int nt)
 {
-    const int64_t kkcf = s->kh * s->kw * s->c * s->f, F = s->f;
-    int64_t nb = s->n < NK_CONV_WGRAD_BLOCKS ? s->n : NK_CONV_WGRAD_BLOCKS;
-    if (nb < 1) nb = 1;
-    const int64_t per = kkcf + 2 * F; /* partial dw, partial db, dz scratch */
-    int from_arena = 0;
-    T *part = (T *)nk_conv_ws_acquire((size_t)(nb * per) * sizeof(T), &from_arena);
-    if (!part) return -1;
-    void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, T *,
-                T *, T *);
-    switch (nk_get_isa()) {
-#if NK_X86
-    case NK_ISA_AVX512: blk = CFNX(direct_wgrad_block, CFNX(S, avx512)); break;
-    case NK_ISA_AVX2: blk = CFNX(direct_wgrad_block, CFNX(S, avx2)); break;
-#endif
-    default: blk = CFNX(direct_wgrad_block, CFNX(S, generic));
-    }
+    const int64_t R = s->kh * s->kw * s->c, F = s->f, rows = s->n * s->oh;
+    const int64_t nb = rows < NK_CONV_WGRAD_BLOCKS ? rows : NK_CONV_WGRAD_BLOCKS;
+    const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (F + fbk - 1) / fbk * fbk;
+    const int64_t per = (R + 1) * Fp; /* partial dw rows, partial db */
+    CFN(direct_ops) o;
+    if (CFN(direct_ops_get)(&o, s, NULL, NULL, s->kh * nk_conv_xrow_px(s) * s->c, nb * per, nt))
+        return -1;
+    T *part = o.scr + nt * o.scr_per;
+    void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, int64_t,
+                T *, T *, T *) = CFN_ISA(direct_wgrad_block);
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
 #ifdef _OPENMP
+        T *scr = o.scr + o.scr_per * omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
+#else
+        T *scr = o.scr;
 #endif
         for (int64_t b = 0; b < nb; b++) {
             T *pw = part + b * per;
-            blk(s, dy, ymask, x, s->n * b / nb, s->n * (b + 1) / nb, pw, pw + kkcf,
-                pw + kkcf + F);
+            blk(s, dy, ymask, x, rows * b / nb, rows * (b + 1) / nb, Fp, pw, pw + R * Fp, scr);
         }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t e = 0; e < kkcf + F; e++) {
-            T acc = part[e];
-            for (int64_t b = 1; b < nb; b++) acc += part[b * per + e];
-            if (e < kkcf) dw[e] = acc;
-            else if (db) db[e - kkcf] = acc;
+        for (int64_t e = 0; e < (R + 1) * F; e++) {
+            const int64_t r = e / F, f = e - r * F;
+            T acc = part[r * Fp + f];
+            for (int64_t b = 1; b < nb; b++) acc += part[b * per + r * Fp + f];
+            if (r < R) dw[e] = acc;
+            else if (db) db[f] = acc;
         }
     }
-    nk_conv_ws_release(part, from_arena);
+    nk_conv_ws_release(o.ws, o.from_arena);
     return 0;
 }
+
+#undef CFN_ISA
 
 /* ------------------------------------------------------------- top level */
 
@@ -455,8 +505,7 @@ static int CFN(forward)(const nk_conv_shape *s, int algo, const T *x, const T *w
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
     if (algo == NK_CONV_AUTO) algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
     if (algo == NK_CONV_DIRECT) {
-        CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt, 1));
-        return 0;
+        return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt, 1));
     }
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
 }
@@ -483,8 +532,7 @@ static int CFN(backward)(const nk_conv_shape *s, int algo, const T *dy, const T 
     if (rc || !dx) return rc;
     a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA) : algo;
     if (a == NK_CONV_DIRECT) {
-        CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt, 1));
-        return 0;
+        return CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt, 1));
     }
     return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, nt);
 }
