@@ -92,7 +92,37 @@ CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64
     const T *x = (const T *)cw->src;
     const int64_t H = s->h, W = s->w, C = s->c, KW = s->kw, OH = s->oh, OW = s->ow;
     const int64_t img = H * W * C;
-    for (int64_t r0 = 0; r0 < mc; r0 += MRc) {
+    /* C a multiple of MR: every full sliver is MR consecutive channels of
+     * one tap.  Per tap, pixel-major: each pixel's channel run is read once,
+     * contiguously, and split over that tap's slivers (sliver-major would
+     * re-read the kc pixels once per sliver). */
+    const int64_t full = C % MRc == 0 ? mc / MRc * MRc : 0;
+    const int64_t pp0 = p0 + cw->p_off;
+    for (int64_t g0 = 0; g0 < full;) {
+        const int64_t r = i0 + g0, kk = r / C, kh = kk / KW, kw = kk - kh * KW;
+        const int64_t c0 = r - kk * C;
+        int64_t g1 = g0 + (C - c0);
+        if (g1 > full) g1 = full;
+        const int64_t nsl = (g1 - g0) / MRc;
+        const int64_t offh = kh * s->dh - s->pt, offw = kw * s->dw - s->pl;
+        int64_t n = pp0 / (OH * OW), rem = pp0 - n * (OH * OW);
+        int64_t oh = rem / OW, ow = rem - oh * OW;
+        T *restrict dst = pk + g0 * kc;
+        for (int64_t p = 0; p < kc; p++) {
+            const int64_t ih = oh * s->sh + offh, iw = ow * s->sw + offw;
+            T *restrict d = dst + p * MRc;
+            if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W) {
+                const T *xp = x + n * img + (ih * W + iw) * C + c0;
+                for (int64_t sl = 0; sl < nsl; sl++)
+                    memcpy(d + sl * MRc * kc, xp + sl * MRc, MRc * sizeof(T));
+            } else {
+                for (int64_t sl = 0; sl < nsl; sl++) memset(d + sl * MRc * kc, 0, MRc * sizeof(T));
+            }
+            if (++ow == OW) { ow = 0; if (++oh == OH) { oh = 0; n++; } }
+        }
+        g0 = g1;
+    }
+    for (int64_t r0 = full; r0 < mc; r0 += MRc) {
         T *restrict dst = pk + r0 * kc;
         const int mr = mc - r0 < MRc ? (int)(mc - r0) : MRc;
         const int64_t rf = i0 + r0, rl = rf + mr - 1;
