@@ -27,6 +27,11 @@
 #define VI DCAT(veci, S, ISA)
 #define VL ((int)(64 / sizeof(T)))
 #define AI static inline __attribute__((always_inline))
+/* Register tiles are spelled as separate variables a0_<j>, a1_<j>, one
+ * statement per j guarded by the (compile-time) tile size: GCC keeps
+ * accumulator *arrays* in memory across the outer loops. */
+#define TILE12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define ACC_DECL(j) V a0_##j = (V){0}, a1_##j = (V){0};
 
 typedef T V __attribute__((vector_size(64)));
 typedef TI VI __attribute__((vector_size(64)));
@@ -122,15 +127,31 @@ static void DFN(xrows)(const nk_conv_shape *s, const T *x, int64_t n, int64_t oh
 
 /* ------------------------------------------------------------- forward */
 
+/* act(r) into yp[0..fb) */
+AI void DFN(fwd_store)(V r0, V r1, int act, int64_t fb, T *yp)
+{
+    if (act == NK_ACT_RELU) { /* v < 0 ? 0 : v (NaN and -0 kept) */
+        r0 = (V)((VI)r0 & ~(VI)(r0 < (T)0));
+        r1 = (V)((VI)r1 & ~(VI)(r1 < (T)0));
+    }
+    if (fb == FB) {
+        DFN(vst)(yp, r0);
+        DFN(vst)(yp + VL, r1);
+    } else {
+        T t[FB];
+        DFN(vst)(t, r0);
+        DFN(vst)(t + VL, r1);
+        memcpy(yp, t, (size_t)fb * sizeof(T));
+    }
+}
+
 /* OB output pixels [ow0, ow0+OB) x channels [f0, f0+fb) of one output row. */
 AI void DFN(fwd_tile)(const nk_conv_shape *s, const T *const *xr, const T *wp, int64_t Fp,
                       const T *bp, int act, int64_t ow0, int64_t f0, int64_t fb, const int OB,
                       T *yrow)
 {
     const int64_t C = s->c, KW = s->kw, xs = s->sw * C, F = s->f;
-    V a0[OB], a1[OB];
-    #pragma GCC unroll 16
-    for (int j = 0; j < OB; j++) a0[j] = a1[j] = (V){0};
+    TILE12(ACC_DECL)
     for (int64_t kh = 0; kh < s->kh; kh++) {
         const T *xk = xr[kh] + ow0 * xs;
         for (int64_t kw = 0; kw < KW; kw++) {
@@ -138,12 +159,14 @@ AI void DFN(fwd_tile)(const nk_conv_shape *s, const T *const *xr, const T *wp, i
             const T *wk = wp + (kh * KW + kw) * C * Fp + f0;
             for (int64_t c = 0; c < C; c++) {
                 const V w0 = DFN(vld)(wk + c * Fp), w1 = DFN(vld)(wk + c * Fp + VL);
-                #pragma GCC unroll 16
-                for (int j = 0; j < OB; j++) {
-                    const T xv = xp[j * xs + c];
-                    a0[j] += xv * w0;
-                    a1[j] += xv * w1;
-                }
+#define FWD_STEP(j)                                                                        \
+    if ((j) < OB) {                                                                        \
+        const T xv = xp[(j) * xs + c];                                                     \
+        a0_##j += xv * w0;                                                                 \
+        a1_##j += xv * w1;                                                                 \
+    }
+                TILE12(FWD_STEP)
+#undef FWD_STEP
             }
         }
     }
@@ -152,24 +175,10 @@ AI void DFN(fwd_tile)(const nk_conv_shape *s, const T *const *xr, const T *wp, i
         b0 = DFN(vld)(bp + f0);
         b1 = DFN(vld)(bp + f0 + VL);
     }
-    #pragma GCC unroll 16
-    for (int j = 0; j < OB; j++) {
-        V r0 = a0[j] + b0, r1 = a1[j] + b1;
-        if (act == NK_ACT_RELU) { /* v < 0 ? 0 : v (NaN and -0 kept) */
-            r0 = (V)((VI)r0 & ~(VI)(r0 < (T)0));
-            r1 = (V)((VI)r1 & ~(VI)(r1 < (T)0));
-        }
-        T *yp = yrow + (ow0 + j) * F + f0;
-        if (fb == FB) {
-            DFN(vst)(yp, r0);
-            DFN(vst)(yp + VL, r1);
-        } else {
-            T t[FB];
-            DFN(vst)(t, r0);
-            DFN(vst)(t + VL, r1);
-            memcpy(yp, t, (size_t)fb * sizeof(T));
-        }
-    }
+#define FWD_OUT(j)                                                                         \
+    if ((j) < OB) DFN(fwd_store)(a0_##j + b0, a1_##j + b1, act, fb, yrow + (ow0 + (j)) * F + f0);
+    TILE12(FWD_OUT)
+#undef FWD_OUT
 }
 
 /* y = act(bias + conv(x, w)); parallel over output rows (n, oh).
@@ -223,31 +232,37 @@ static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *wp, int
 AI void DFN(wg_tile)(const T *const *xb, int64_t xs, const T *dzr, const T *mr, int64_t F,
                      int64_t fb, int64_t OW, const int MB, T *pw, int64_t Fp, T *pb)
 {
-    V a0[MB], a1[MB], s0 = (V){0}, s1 = (V){0};
-    const T *xq[MB];
-    #pragma GCC unroll 16
-    for (int i = 0; i < MB; i++) {
-        a0[i] = DFN(vld)(pw + i * Fp);
-        a1[i] = DFN(vld)(pw + i * Fp + VL);
-        xq[i] = xb[i];
+    V s0 = (V){0}, s1 = (V){0};
+#define WG_DECL(i)                                                                         \
+    V a0_##i = (V){0}, a1_##i = (V){0};                                                    \
+    const T *xq_##i = (i) < MB ? xb[i] : NULL;                                             \
+    if ((i) < MB) {                                                                        \
+        a0_##i = DFN(vld)(pw + (i) * Fp);                                                  \
+        a1_##i = DFN(vld)(pw + (i) * Fp + VL);                                             \
     }
+    TILE12(WG_DECL)
+#undef WG_DECL
     for (int64_t ow = 0; ow < OW; ow++) {
         V d0, d1;
         DFN(load_dz)(dzr + ow * F, mr ? mr + ow * F : NULL, fb, &d0, &d1);
         s0 += d0;
         s1 += d1;
-        #pragma GCC unroll 16
-        for (int i = 0; i < MB; i++) {
-            const T xv = xq[i][ow * xs];
-            a0[i] += xv * d0;
-            a1[i] += xv * d1;
-        }
+#define WG_STEP(i)                                                                         \
+    if ((i) < MB) {                                                                        \
+        const T xv = xq_##i[ow * xs];                                                      \
+        a0_##i += xv * d0;                                                                 \
+        a1_##i += xv * d1;                                                                 \
     }
-    #pragma GCC unroll 16
-    for (int i = 0; i < MB; i++) {
-        DFN(vst)(pw + i * Fp, a0[i]);
-        DFN(vst)(pw + i * Fp + VL, a1[i]);
+        TILE12(WG_STEP)
+#undef WG_STEP
     }
+#define WG_OUT(i)                                                                          \
+    if ((i) < MB) {                                                                        \
+        DFN(vst)(pw + (i) * Fp, a0_##i);                                                   \
+        DFN(vst)(pw + (i) * Fp + VL, a1_##i);                                              \
+    }
+    TILE12(WG_OUT)
+#undef WG_OUT
     if (pb) {
         DFN(vst)(pb, DFN(vld)(pb) + s0);
         DFN(vst)(pb + VL, DFN(vld)(pb + VL) + s1);
@@ -302,9 +317,7 @@ AI void DFN(dg_tile)(const nk_conv_shape *s, const T *const *zr, const T *wp, in
                      int64_t w0, int64_t c, const int OB, T *dxrow)
 {
     const int64_t C = s->c, KW = s->kw;
-    V a0[OB], a1[OB];
-    #pragma GCC unroll 16
-    for (int j = 0; j < OB; j++) a0[j] = a1[j] = (V){0};
+    TILE12(ACC_DECL)
     for (int64_t kh = 0; kh < s->kh; kh++) {
         if (!zr[kh]) continue;
         for (int64_t kw = 0; kw < KW; kw++) {
@@ -312,16 +325,20 @@ AI void DFN(dg_tile)(const nk_conv_shape *s, const T *const *zr, const T *wp, in
             const T *wk = wp + ((kh * KW + kw) * C + c) * Fp;
             for (int64_t f0 = 0; f0 < Fp; f0 += FB) {
                 const V w_0 = DFN(vld)(wk + f0), w_1 = DFN(vld)(wk + f0 + VL);
-                #pragma GCC unroll 16
-                for (int j = 0; j < OB; j++) {
-                    a0[j] += DFN(vld)(zp + j * Fp + f0) * w_0;
-                    a1[j] += DFN(vld)(zp + j * Fp + f0 + VL) * w_1;
-                }
+#define DG_STEP(j)                                                                         \
+    if ((j) < OB) {                                                                        \
+        a0_##j += DFN(vld)(zp + (j) * Fp + f0) * w_0;                                      \
+        a1_##j += DFN(vld)(zp + (j) * Fp + f0 + VL) * w_1;                                 \
+    }
+                TILE12(DG_STEP)
+#undef DG_STEP
             }
         }
     }
-    #pragma GCC unroll 16
-    for (int j = 0; j < OB; j++) dxrow[(w0 + j) * C + c] = DFN(hsum)(a0[j] + a1[j]);
+#define DG_OUT(j)                                                                          \
+    if ((j) < OB) dxrow[(w0 + (j)) * C + c] = DFN(hsum)(a0_##j + a1_##j);
+    TILE12(DG_OUT)
+#undef DG_OUT
 }
 
 /* dx[n,h,w,c] = sum over the outputs (oh, ow) and taps (kh, kw) with
@@ -399,6 +416,8 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
 }
 
 #undef AI
+#undef TILE12
+#undef ACC_DECL
 #undef VL
 #undef V
 #undef VI
