@@ -355,6 +355,15 @@ static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0,
         }
         float *d = dst + p * 8;
         int64_t q = 0;
+        if (!msk && sp[0] && sp[1] && sp[2] && sp[3] && sp[4] && sp[5] && sp[6] && sp[7]) {
+            /* all eight rows inside the image, no mask: no per-block tests */
+            for (; q + 8 <= run; q += 8)
+                nk_tr8x8_store(_mm256_loadu_ps(sp[0] + q), _mm256_loadu_ps(sp[1] + q),
+                               _mm256_loadu_ps(sp[2] + q), _mm256_loadu_ps(sp[3] + q),
+                               _mm256_loadu_ps(sp[4] + q), _mm256_loadu_ps(sp[5] + q),
+                               _mm256_loadu_ps(sp[6] + q), _mm256_loadu_ps(sp[7] + q),
+                               d + q * 8);
+        }
         for (; q + 8 <= run; q += 8) {
             __m256 r[8];
             for (int i = 0; i < 8; i++)
