@@ -335,6 +335,43 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
     }
 }
 
+/* col2im in gather form for the whole images [n0, n1) whose columns are in
+ * dcols: every dx element is written once (no zeroing pass), summing its
+ * taps in (kh, kw) order; parallel over input rows. */
+static void CFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n0, int64_t n1,
+                               T *dx, int nt)
+{
+    const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
+    const int64_t OH = s->oh, OW = s->ow, kkc = KH * KW * C, rows = (n1 - n0) * H;
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t nl = r / H, h = r - nl * H;
+        T *d = dx + ((n0 + nl) * H + h) * W * C;
+        memset(d, 0, (size_t)(W * C) * sizeof(T));
+        for (int64_t kh = 0; kh < KH; kh++) {
+            const int64_t th = h + s->pt - kh * s->dh;
+            if (th < 0) break; /* th decreases with kh */
+            const int64_t oh = th / s->sh;
+            if (oh * s->sh != th || oh >= OH) continue;
+            const T *crow = dcols + (nl * OH + oh) * OW * kkc;
+            for (int64_t iw = 0; iw < W; iw++) {
+                T *restrict dp = d + iw * C;
+                for (int64_t kw = 0; kw < KW; kw++) {
+                    const int64_t tw = iw + s->pl - kw * s->dw;
+                    if (tw < 0) break;
+                    const int64_t ow = tw / s->sw;
+                    if (ow * s->sw != tw || ow >= OW) continue;
+                    const T *src = crow + ow * kkc + (kh * KW + kw) * C;
+                    for (int64_t c = 0; c < C; c++) dp[c] += src[c];
+                }
+            }
+        }
+    }
+}
+
 static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
                              const T *w, T *dx, int nt)
 {
@@ -351,7 +388,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         g.out = dx; g.ldo = C;
         return GEMM(&g);
     }
-    if (s->sh == 1 && s->sw == 1) {
+    if (s->sh == 1 && s->sw == 1 && C * (int64_t)sizeof(T) >= 256) {
         /* "full" convolution of dz with the kernel, transposed to (KK*F, C) */
         int from_arena = 0;
         T *wt = (T *)nk_conv_ws_acquire((size_t)(KK * F * C) * sizeof(T), &from_arena);
@@ -373,34 +410,68 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         nk_conv_ws_release(wt, from_arena);
         return rc;
     }
-    /* strided: dcols = dz @ w^T per tile of output pixels, then col2im */
-    const int64_t kkc = KK * C, npix = s->n * s->oh * s->ow;
-    int64_t tile = g_col_budget / ((int64_t)sizeof(T) * kkc);
-    if (tile < 1) tile = 1;
-    if (tile > npix) tile = npix;
-    {
-        /* whole images per tile when they fit, so col2im splits by image */
-        const int64_t ohw = s->oh * s->ow;
-        if (tile >= ohw) tile = tile / ohw * ohw;
+    /* dcols = dz @ w^T per tile of output pixels, then col2im.  Tiles are
+     * whole images of about NK_CONV_COL_TILE bytes of columns (cache-sized:
+     * written by the GEMM, read back by col2im while still cached), col2im
+     * in gather form; when one image's columns exceed the budget, tiles
+     * split images and col2im scatters into a zeroed dx. */
+    const int64_t kkc = KK * C, ohw = s->oh * s->ow, npix = s->n * ohw;
+    const int64_t img_bytes = (int64_t)sizeof(T) * kkc * ohw;
+    int64_t tile;
+    const int whole = img_bytes <= g_col_budget;
+    if (whole) {
+        const int64_t want = g_col_budget < NK_CONV_COL_TILE ? g_col_budget : NK_CONV_COL_TILE;
+        int64_t imgs = want / img_bytes;
+        if (imgs < 1) imgs = 1;
+        if (imgs > s->n) imgs = s->n;
+        tile = imgs * ohw;
+    } else {
+        tile = g_col_budget / ((int64_t)sizeof(T) * kkc);
+        if (tile < 1) tile = 1;
     }
+    /* whole-image tiles: with enough of them, each thread runs its own
+     * tiles (single-threaded GEMM and col2im, no barriers), else the tiles
+     * run in turn, each with the whole team */
+    const int64_t ntiles = (npix + tile - 1) / tile;
+    int outer = 1;
+    if (nt <= 0) nt = nk_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel()) nt = 1;
+#endif
+    if (whole && nt > 1 && ntiles >= 2 * (int64_t)nt) outer = nt;
+    const int inner = outer > 1 ? 1 : nt;
     int from_arena = 0;
-    T *cols = (T *)nk_conv_ws_acquire((size_t)(tile * kkc) * sizeof(T), &from_arena);
+    T *cols = (T *)nk_conv_ws_acquire((size_t)(outer * tile * kkc) * sizeof(T), &from_arena);
     if (!cols) return -1;
-    nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * C) * sizeof(T), nt);
+    if (!whole) nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * C) * sizeof(T), nt);
     int rc = 0;
-    for (int64_t q0 = 0; q0 < npix && rc == 0; q0 += tile) {
-        const int64_t q1 = npix - q0 < tile ? npix : q0 + tile;
-        CFN(gemm_init)(&g, nt);
-        g.m = q1 - q0; g.n = kkc; g.k = F;
-        g.a = dy + q0 * F; g.rsa = F; g.csa = 1;
-        if (ymask) { g.amask = ymask + q0 * F; g.rsam = F; g.csam = 1; g.adact = act; }
-        g.b = w; g.rsb = 1; g.csb = F;   /* w^T: (F, KK*C) */
-        g.out = cols; g.ldo = kkc;
-        rc = GEMM(&g);
-        if (rc == 0) CFN(col2im)(s, cols, q0, q1, dx, nt);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(outer) schedule(static) reduction(| : rc) if (outer > 1)
+#endif
+    for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t q0 = t * tile, q1 = npix - q0 < tile ? npix : q0 + tile;
+#ifdef _OPENMP
+        T *mine = cols + (outer > 1 ? omp_get_thread_num() : 0) * tile * kkc;
+#else
+        T *mine = cols;
+#endif
+        ARGS gt;
+        CFN(gemm_init)(&gt, inner);
+        gt.m = q1 - q0; gt.n = kkc; gt.k = F;
+        gt.a = dy + q0 * F; gt.rsa = F; gt.csa = 1;
+        if (ymask) { gt.amask = ymask + q0 * F; gt.rsam = F; gt.csam = 1; gt.adact = act; }
+        gt.b = w; gt.rsb = 1; gt.csb = F;   /* w^T: (F, KK*C) */
+        gt.out = mine; gt.ldo = kkc;
+        const int r = GEMM(&gt);
+        rc |= r;
+        if (r != 0) continue;
+        if (whole)
+            CFN(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, inner);
+        else
+            CFN(col2im)(s, mine, q0, q1, dx, inner);
     }
     nk_conv_ws_release(cols, from_arena);
-    return rc;
+    return rc ? -1 : 0;
 }
 
 /* ----------------------------------------------------------------- direct */
