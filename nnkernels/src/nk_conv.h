@@ -24,15 +24,18 @@
  *    NK_CONV_COL_BUDGET are split across tiles (col2im scatters into a
  *    zeroed dx).  1x1 stride-1 unpadded convolutions use x as the matrix
  *    directly.
- *  - NK_CONV_DIRECT: loops over the window, vectorised over output channels
- *    (forward, dW) or over the dot product along F (dX, gather form: every
- *    dx element written once); parallel over output rows / input rows /
- *    fixed image blocks.  Best when C is small (first layers).
+ *  - NK_CONV_DIRECT: loops over the window with register tiles (see
+ *    nk_conv_direct.h), vectorised over output channels (forward: pixels x
+ *    channels; dW: kernel rows x channels) or over the dot product along F
+ *    (dX, gather form: every dx element written once, dz rows masked and
+ *    zero-padded once into a per-thread ring); parallel over output rows /
+ *    input rows / fixed blocks of output rows.  Best when C is small (first
+ *    layers).
  *
  * Determinism: every output element is produced by one thread with a fixed
- * summation order; dW/db of the direct algorithm sum fixed image blocks in
- * block order.  Results are identical for any thread count (given an ISA
- * path and algorithm).
+ * summation order; dW/db sum fixed blocks (of output rows for the direct
+ * algorithm, of pixels for im2col) in block order.  Results are identical
+ * for any thread count (given an ISA path and algorithm).
  *
  * Workspaces (transposed kernel, column tiles, dW partials) live in a
  * process-wide arena that grows once and is reused.

@@ -335,42 +335,15 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
     }
 }
 
-/* col2im in gather form for the whole images [n0, n1) whose columns are in
- * dcols: every dx element is written once (no zeroing pass), summing its
- * taps in (kh, kw) order; parallel over input rows. */
-static void CFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n0, int64_t n1,
-                               T *dx, int nt)
-{
-    const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
-    const int64_t OH = s->oh, OW = s->ow, kkc = KH * KW * C, rows = (n1 - n0) * H;
-    (void)nt;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+/* per-ISA kernels (nk_conv_direct.h) for the running ISA */
+#if NK_X86
+#define CFN_ISA(name)                                                                   \
+    (nk_get_isa() == NK_ISA_AVX512 ? CFNX(name, CFNX(S, avx512))                         \
+     : nk_get_isa() == NK_ISA_AVX2 ? CFNX(name, CFNX(S, avx2))                           \
+                                   : CFNX(name, CFNX(S, generic)))
+#else
+#define CFN_ISA(name) CFNX(name, CFNX(S, generic))
 #endif
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t nl = r / H, h = r - nl * H;
-        T *d = dx + ((n0 + nl) * H + h) * W * C;
-        memset(d, 0, (size_t)(W * C) * sizeof(T));
-        for (int64_t kh = 0; kh < KH; kh++) {
-            const int64_t th = h + s->pt - kh * s->dh;
-            if (th < 0) break; /* th decreases with kh */
-            const int64_t oh = th / s->sh;
-            if (oh * s->sh != th || oh >= OH) continue;
-            const T *crow = dcols + (nl * OH + oh) * OW * kkc;
-            for (int64_t iw = 0; iw < W; iw++) {
-                T *restrict dp = d + iw * C;
-                for (int64_t kw = 0; kw < KW; kw++) {
-                    const int64_t tw = iw + s->pl - kw * s->dw;
-                    if (tw < 0) break;
-                    const int64_t ow = tw / s->sw;
-                    if (ow * s->sw != tw || ow >= OW) continue;
-                    const T *src = crow + ow * kkc + (kh * KW + kw) * C;
-                    for (int64_t c = 0; c < C; c++) dp[c] += src[c];
-                }
-            }
-        }
-    }
-}
 
 static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
                              const T *w, T *dx, int nt)
@@ -466,7 +439,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         rc |= r;
         if (r != 0) continue;
         if (whole)
-            CFN(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, inner);
+            CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, inner);
         else
             CFN(col2im)(s, mine, q0, q1, dx, inner);
     }
@@ -475,15 +448,6 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 }
 
 /* ----------------------------------------------------------------- direct */
-
-#if NK_X86
-#define CFN_ISA(name)                                                                   \
-    (nk_get_isa() == NK_ISA_AVX512 ? CFNX(name, CFNX(S, avx512))                         \
-     : nk_get_isa() == NK_ISA_AVX2 ? CFNX(name, CFNX(S, avx2))                           \
-                                   : CFNX(name, CFNX(S, generic)))
-#else
-#define CFN_ISA(name) CFNX(name, CFNX(S, generic))
-#endif
 
 /* Operands of the direct kernels, in one workspace: the weights (KH*KW*C,
  * Fp) and bias (Fp) zero-padded to Fp = F rounded up to a channel block

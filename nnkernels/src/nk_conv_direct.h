@@ -1,4 +1,5 @@
-/* Direct convolution kernels, included by nk_conv.c once per (ISA, dtype)
+/* Direct convolution kernels (and the column dX's col2im), included by
+ * nk_conv.c once per (ISA, dtype)
  * with T, TI (same-width integer), S (s|d), ISA, FB (channels per block: two
  * 64-byte vectors) and the register-block sizes RB_FWD / RB_WG / RB_DG
  * defined, inside a `#pragma GCC target` region for the ISA.
@@ -410,6 +411,45 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
                     w0 += 2;
                 }
                 for (; w0 < W; w0++) DFN(dg_tile)(s, zr, wp, Fp, w0, c, 1, dxrow);
+            }
+        }
+    }
+}
+
+/* ----------------------------------------------- col2im (column dX) */
+
+/* col2im in gather form for the whole images [n0, n1) whose columns are in
+ * dcols: every dx element is written once (no zeroing pass), summing its
+ * taps in (kh, kw) order; parallel over input rows. */
+static void DFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n0, int64_t n1,
+                               T *dx, int nt)
+{
+    const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
+    const int64_t OH = s->oh, OW = s->ow, kkc = KH * KW * C, rows = (n1 - n0) * H;
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t nl = r / H, h = r - nl * H;
+        T *d = dx + ((n0 + nl) * H + h) * W * C;
+        memset(d, 0, (size_t)(W * C) * sizeof(T));
+        for (int64_t kh = 0; kh < KH; kh++) {
+            const int64_t th = h + s->pt - kh * s->dh;
+            if (th < 0) break; /* th decreases with kh */
+            const int64_t oh = th / s->sh;
+            if (oh * s->sh != th || oh >= OH) continue;
+            const T *crow = dcols + (nl * OH + oh) * OW * kkc;
+            for (int64_t iw = 0; iw < W; iw++) {
+                T *restrict dp = d + iw * C;
+                for (int64_t kw = 0; kw < KW; kw++) {
+                    const int64_t tw = iw + s->pl - kw * s->dw;
+                    if (tw < 0) break;
+                    const int64_t ow = tw / s->sw;
+                    if (ow * s->sw != tw || ow >= OW) continue;
+                    const T *src = crow + ow * kkc + (kh * KW + kw) * C;
+                    for (int64_t c = 0; c < C; c++) dp[c] += src[c];
+                }
             }
         }
     }
