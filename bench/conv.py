@@ -50,15 +50,25 @@ def best_of(fn, repeat, warmup=2):
     return t
 
 
-def best_of_interleaved(fns, repeat, warmup=2):
+SETTLE_S = 0.05
+
+
+def best_of_interleaved(fns, repeat, warmup=2, settle=SETTLE_S):
     """{name: best seconds}: one run of each contender per round, so a
-    neighbour's load hits all of them alike (the machine is shared)."""
+    neighbour's load hits all of them alike (the machine is shared).  Before
+    each timed run, sleep `settle` seconds: the previous contender's worker
+    threads (OpenBLAS, OpenMP) keep spinning for a while after a call and
+    would otherwise steal the next contender's cores (measured here: our
+    2-thread conv2 forward 37 ms right after a NumPy matmul, 14-22 ms after
+    a pause)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     best = {k: float("inf") for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             fn()
             best[k] = min(best[k], time.perf_counter() - t0)
