@@ -413,9 +413,15 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 #endif
     if (whole && nt > 1 && ntiles >= 2 * (int64_t)nt) outer = nt;
     const int inner = outer > 1 ? 1 : nt;
+    /* w^T (F, KK*C) transposed once, so every tile's GEMM packs B with
+     * contiguous vector loads */
     int from_arena = 0;
-    T *cols = (T *)nk_conv_ws_acquire((size_t)(outer * tile * kkc) * sizeof(T), &from_arena);
+    T *cols = (T *)nk_conv_ws_acquire((size_t)(outer * tile * kkc + F * kkc) * sizeof(T),
+                                      &from_arena);
     if (!cols) return -1;
+    T *w_fk = cols + outer * tile * kkc;
+    for (int64_t j = 0; j < kkc; j++)
+        for (int64_t f = 0; f < F; f++) w_fk[f * kkc + j] = w[j * F + f];
     if (!whole) nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * C) * sizeof(T), nt);
     int rc = 0;
 #ifdef _OPENMP
@@ -433,7 +439,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         gt.m = q1 - q0; gt.n = kkc; gt.k = F;
         gt.a = dy + q0 * F; gt.rsa = F; gt.csa = 1;
         if (ymask) { gt.amask = ymask + q0 * F; gt.rsam = F; gt.csam = 1; gt.adact = act; }
-        gt.b = w; gt.rsb = 1; gt.csb = F;   /* w^T: (F, KK*C) */
+        gt.b = w_fk; gt.rsb = kkc; gt.csb = 1;
         gt.out = mine; gt.ldo = kkc;
         const int r = GEMM(&gt);
         rc |= r;
