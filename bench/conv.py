@@ -50,15 +50,29 @@ def best_of(fn, repeat, warmup=2):
     return t
 
 
-def best_of_interleaved(fns, repeat, warmup=2):
+SETTLE_S = 0.05
+
+
+def best_of_interleaved(fns, repeat, warmup=2, settle=SETTLE_S):
     """{name: best seconds}: one run of each contender per round, so a
-    neighbour's load hits all of them alike (the machine is shared)."""
+    neighbour's load hits all of them alike (the machine is shared).  Before
+    each timed run, sleep `settle` seconds and then make one untimed call:
+    the previous contender's worker threads (OpenBLAS, OpenMP) keep spinning
+    for a while after a call and would otherwise steal the next contender's
+    cores (measured here: our 2-thread conv2 forward 37 ms right after a
+    NumPy matmul, 14-22 ms after a pause), and the untimed call wakes the
+    contender's own pool, so each run is timed back to back as in a
+    training loop rather than including a thread wake-up (several ms when a
+    neighbour holds the other core)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     best = {k: float("inf") for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
+            if settle:
+                time.sleep(settle)
+                fn()
             t0 = time.perf_counter()
             fn()
             best[k] = min(best[k], time.perf_counter() - t0)

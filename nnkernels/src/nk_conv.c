@@ -147,22 +147,59 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 #define NK_CONV_WGRAD_BLOCKS 16
 #define NK_CONV_WGRAD_KBLOCK 8192 /* min pixels per k-block of the im2col dW */
 
-/* -------------------------------------------- direct kernels, per ISA */
+/* Geometry of the direct kernels' scratch rows (see nk_conv_direct.h). */
+/* input pixels an output row's windows span (zero-padded input row) */
+static inline int64_t nk_conv_xrow_px(const nk_conv_shape *s)
+{
+    return (s->ow - 1) * s->sw + (s->kw - 1) * s->dw + 1;
+}
+/* dz rows one input row can need: output rows oh with oh*sh in an
+ * interval of length (KH-1)*dh */
+static inline int64_t nk_conv_dz_slots(const nk_conv_shape *s)
+{
+    return (s->kh - 1) * s->dh / s->sh + 1;
+}
+/* zero pixels left of a dz ring row (dx column w reads pixel w + pl - kw*dw) */
+static inline int64_t nk_conv_dz_lp(const nk_conv_shape *s)
+{
+    const int64_t l = (s->kw - 1) * s->dw - s->pl;
+    return l > 0 ? l : 0;
+}
+static inline int64_t nk_conv_dz_row_px(const nk_conv_shape *s)
+{
+    const int64_t a = s->w + s->pl, b = (s->ow - 1) * s->sw + 1;
+    return nk_conv_dz_lp(s) + (a > b ? a : b);
+}
+
+/* -------------------------------------------- direct kernels, per ISA
+ * FB: channels per block (two 64-byte vectors); RB_*: register tile sizes
+ * (pixels for forward and dX, kernel rows for dW; <= 12 for dW), chosen so
+ * that the accumulators (2 * RB vectors) fit the ISA's register file. */
 #define ISA generic
+#define RB_FWD 2
+#define RB_WG 2
+#define RB_DG 2
 #define T float
+#define TI int32_t
 #define S s
 #define FB 32
 #include "nk_conv_direct.h"
 #undef T
+#undef TI
 #undef S
 #undef FB
 #define T double
+#define TI int64_t
 #define S d
 #define FB 16
 #include "nk_conv_direct.h"
 #undef T
+#undef TI
 #undef S
 #undef FB
+#undef RB_FWD
+#undef RB_WG
+#undef RB_DG
 #undef ISA
 
 #if NK_X86
@@ -173,20 +210,30 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 #pragma GCC target("avx2,fma")
 #endif
 #define ISA avx2
+#define RB_FWD 3
+#define RB_WG 3
+#define RB_DG 3
 #define T float
+#define TI int32_t
 #define S s
 #define FB 32
 #include "nk_conv_direct.h"
 #undef T
+#undef TI
 #undef S
 #undef FB
 #define T double
+#define TI int64_t
 #define S d
 #define FB 16
 #include "nk_conv_direct.h"
 #undef T
+#undef TI
 #undef S
 #undef FB
+#undef RB_FWD
+#undef RB_WG
+#undef RB_DG
 #undef ISA
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -201,20 +248,30 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
 #endif
 #define ISA avx512
+#define RB_FWD 8
+#define RB_WG 12
+#define RB_DG 8
 #define T float
+#define TI int32_t
 #define S s
 #define FB 32
 #include "nk_conv_direct.h"
 #undef T
+#undef TI
 #undef S
 #undef FB
 #define T double
+#define TI int64_t
 #define S d
 #define FB 16
 #include "nk_conv_direct.h"
 #undef T
+#undef TI
 #undef S
 #undef FB
+#undef RB_FWD
+#undef RB_WG
+#undef RB_DG
 #undef ISA
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -298,6 +355,15 @@ static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0,
         }
         float *d = dst + p * 8;
         int64_t q = 0;
+        if (!msk && sp[0] && sp[1] && sp[2] && sp[3] && sp[4] && sp[5] && sp[6] && sp[7]) {
+            /* all eight rows inside the image, no mask: no per-block tests */
+            for (; q + 8 <= run; q += 8)
+                nk_tr8x8_store(_mm256_loadu_ps(sp[0] + q), _mm256_loadu_ps(sp[1] + q),
+                               _mm256_loadu_ps(sp[2] + q), _mm256_loadu_ps(sp[3] + q),
+                               _mm256_loadu_ps(sp[4] + q), _mm256_loadu_ps(sp[5] + q),
+                               _mm256_loadu_ps(sp[6] + q), _mm256_loadu_ps(sp[7] + q),
+                               d + q * 8);
+        }
         for (; q + 8 <= run; q += 8) {
             __m256 r[8];
             for (int i = 0; i < 8; i++)

@@ -12,20 +12,30 @@
  *    no column buffer exists.  Forward: y = cols @ w (+bias, act in the
  *    epilogue).  dW = cols^T @ dz with cols^T packed from x, dz = dy*act'
  *    masked while B is packed, db from the same packing (bcolsum).
- *    dX: stride 1 -> implicit GEMM over the zero-padded dz with the
- *    transposed kernel (a "full" convolution, dz masked while packed);
- *    stride > 1 -> dcols = dz @ w^T per batch tile (<= NK_CONV_COL_BUDGET
- *    bytes of columns), then col2im.  1x1 stride-1 unpadded convolutions
- *    use x as the matrix directly.
- *  - NK_CONV_DIRECT: loops over the window, vectorised over output channels
- *    (forward, dW) or over the dot product along F (dX, gather form: every
- *    dx element written once); parallel over output rows / input rows /
- *    fixed image blocks.  Best when C is small (first layers).
+ *    dX: stride 1 and C >= 256 bytes of channels -> implicit GEMM over the
+ *    zero-padded dz with the transposed kernel (a "full" convolution, dz
+ *    masked while packed); otherwise dcols = dz @ w^T per tile of whole
+ *    images (about NK_CONV_COL_TILE bytes of columns, so col2im reads them
+ *    from cache), then col2im in gather form (each dx element written once).
+ *    With few channels the full convolution's GEMM has N = C, a single
+ *    register tile wide, so packing its A (every dz element, KH*KW times)
+ *    costs as much as a column pass, and it also multiplies the zero border
+ *    (H*W rows instead of OH*OW).  Images whose columns exceed
+ *    NK_CONV_COL_BUDGET are split across tiles (col2im scatters into a
+ *    zeroed dx).  1x1 stride-1 unpadded convolutions use x as the matrix
+ *    directly.
+ *  - NK_CONV_DIRECT: loops over the window with register tiles (see
+ *    nk_conv_direct.h), vectorised over output channels (forward: pixels x
+ *    channels; dW: kernel rows x channels) or over the dot product along F
+ *    (dX, gather form: every dx element written once, dz rows masked and
+ *    zero-padded once into a per-thread ring); parallel over output rows /
+ *    input rows / fixed blocks of output rows.  Best when C is small (first
+ *    layers).
  *
  * Determinism: every output element is produced by one thread with a fixed
- * summation order; dW/db of the direct algorithm sum fixed image blocks in
- * block order.  Results are identical for any thread count (given an ISA
- * path and algorithm).
+ * summation order; dW/db sum fixed blocks (of output rows for the direct
+ * algorithm, of pixels for im2col) in block order.  Results are identical
+ * for any thread count (given an ISA path and algorithm).
  *
  * Workspaces (transposed kernel, column tiles, dW partials) live in a
  * process-wide arena that grows once and is reused.
@@ -43,6 +53,7 @@ enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2 };
 enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
 
 #define NK_CONV_COL_BUDGET ((int64_t)64 << 20) /* bytes of column workspace */
+#define NK_CONV_COL_TILE ((int64_t)1 << 20)    /* column tile target (cache-sized) */
 
 typedef struct {
     int64_t n, h, w, c;    /* x_nhwc */

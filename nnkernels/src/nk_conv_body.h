@@ -92,7 +92,37 @@ CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64
     const T *x = (const T *)cw->src;
     const int64_t H = s->h, W = s->w, C = s->c, KW = s->kw, OH = s->oh, OW = s->ow;
     const int64_t img = H * W * C;
-    for (int64_t r0 = 0; r0 < mc; r0 += MRc) {
+    /* C a multiple of MR: every full sliver is MR consecutive channels of
+     * one tap.  Per tap, pixel-major: each pixel's channel run is read once,
+     * contiguously, and split over that tap's slivers (sliver-major would
+     * re-read the kc pixels once per sliver). */
+    const int64_t full = C % MRc == 0 ? mc / MRc * MRc : 0;
+    const int64_t pp0 = p0 + cw->p_off;
+    for (int64_t g0 = 0; g0 < full;) {
+        const int64_t r = i0 + g0, kk = r / C, kh = kk / KW, kw = kk - kh * KW;
+        const int64_t c0 = r - kk * C;
+        int64_t g1 = g0 + (C - c0);
+        if (g1 > full) g1 = full;
+        const int64_t nsl = (g1 - g0) / MRc;
+        const int64_t offh = kh * s->dh - s->pt, offw = kw * s->dw - s->pl;
+        int64_t n = pp0 / (OH * OW), rem = pp0 - n * (OH * OW);
+        int64_t oh = rem / OW, ow = rem - oh * OW;
+        T *restrict dst = pk + g0 * kc;
+        for (int64_t p = 0; p < kc; p++) {
+            const int64_t ih = oh * s->sh + offh, iw = ow * s->sw + offw;
+            T *restrict d = dst + p * MRc;
+            if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W) {
+                const T *xp = x + n * img + (ih * W + iw) * C + c0;
+                for (int64_t sl = 0; sl < nsl; sl++)
+                    memcpy(d + sl * MRc * kc, xp + sl * MRc, MRc * sizeof(T));
+            } else {
+                for (int64_t sl = 0; sl < nsl; sl++) memset(d + sl * MRc * kc, 0, MRc * sizeof(T));
+            }
+            if (++ow == OW) { ow = 0; if (++oh == OH) { oh = 0; n++; } }
+        }
+        g0 = g1;
+    }
+    for (int64_t r0 = full; r0 < mc; r0 += MRc) {
         T *restrict dst = pk + r0 * kc;
         const int mr = mc - r0 < MRc ? (int)(mc - r0) : MRc;
         const int64_t rf = i0 + r0, rl = rf + mr - 1;
@@ -305,6 +335,16 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
     }
 }
 
+/* per-ISA kernels (nk_conv_direct.h) for the running ISA */
+#if NK_X86
+#define CFN_ISA(name)                                                                   \
+    (nk_get_isa() == NK_ISA_AVX512 ? CFNX(name, CFNX(S, avx512))                         \
+     : nk_get_isa() == NK_ISA_AVX2 ? CFNX(name, CFNX(S, avx2))                           \
+                                   : CFNX(name, CFNX(S, generic)))
+#else
+#define CFN_ISA(name) CFNX(name, CFNX(S, generic))
+#endif
+
 static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
                              const T *w, T *dx, int nt)
 {
@@ -321,7 +361,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         g.out = dx; g.ldo = C;
         return GEMM(&g);
     }
-    if (s->sh == 1 && s->sw == 1) {
+    if (s->sh == 1 && s->sw == 1 && C * (int64_t)sizeof(T) >= 256) {
         /* "full" convolution of dz with the kernel, transposed to (KK*F, C) */
         int from_arena = 0;
         T *wt = (T *)nk_conv_ws_acquire((size_t)(KK * F * C) * sizeof(T), &from_arena);
@@ -343,109 +383,190 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         nk_conv_ws_release(wt, from_arena);
         return rc;
     }
-    /* strided: dcols = dz @ w^T per tile of output pixels, then col2im */
-    const int64_t kkc = KK * C, npix = s->n * s->oh * s->ow;
-    int64_t tile = g_col_budget / ((int64_t)sizeof(T) * kkc);
-    if (tile < 1) tile = 1;
-    if (tile > npix) tile = npix;
-    {
-        /* whole images per tile when they fit, so col2im splits by image */
-        const int64_t ohw = s->oh * s->ow;
-        if (tile >= ohw) tile = tile / ohw * ohw;
+    /* dcols = dz @ w^T per tile of output pixels, then col2im.  Tiles are
+     * whole images of about NK_CONV_COL_TILE bytes of columns (cache-sized:
+     * written by the GEMM, read back by col2im while still cached), col2im
+     * in gather form; when one image's columns exceed the budget, tiles
+     * split images and col2im scatters into a zeroed dx. */
+    const int64_t kkc = KK * C, ohw = s->oh * s->ow, npix = s->n * ohw;
+    const int64_t img_bytes = (int64_t)sizeof(T) * kkc * ohw;
+    int64_t tile;
+    const int whole = img_bytes <= g_col_budget;
+    if (whole) {
+        const int64_t want = g_col_budget < NK_CONV_COL_TILE ? g_col_budget : NK_CONV_COL_TILE;
+        int64_t imgs = want / img_bytes;
+        if (imgs < 1) imgs = 1;
+        if (imgs > s->n) imgs = s->n;
+        tile = imgs * ohw;
+    } else {
+        tile = g_col_budget / ((int64_t)sizeof(T) * kkc);
+        if (tile < 1) tile = 1;
     }
+    /* whole-image tiles: with enough of them, each thread runs its own
+     * tiles (single-threaded GEMM and col2im, no barriers), else the tiles
+     * run in turn, each with the whole team */
+    const int64_t ntiles = (npix + tile - 1) / tile;
+    int outer = 1;
+    if (nt <= 0) nt = nk_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel()) nt = 1;
+#endif
+    if (whole && nt > 1 && ntiles >= 2 * (int64_t)nt) outer = nt;
+    const int inner = outer > 1 ? 1 : nt;
+    /* w^T (F, KK*C) transposed once, so every tile's GEMM packs B with
+     * contiguous vector loads */
     int from_arena = 0;
-    T *cols = (T *)nk_conv_ws_acquire((size_t)(tile * kkc) * sizeof(T), &from_arena);
+    T *cols = (T *)nk_conv_ws_acquire((size_t)(outer * tile * kkc + F * kkc) * sizeof(T),
+                                      &from_arena);
     if (!cols) return -1;
-    nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * C) * sizeof(T), nt);
+    T *w_fk = cols + outer * tile * kkc;
+    for (int64_t j = 0; j < kkc; j++)
+        for (int64_t f = 0; f < F; f++) w_fk[f * kkc + j] = w[j * F + f];
+    if (!whole) nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * C) * sizeof(T), nt);
     int rc = 0;
-    for (int64_t q0 = 0; q0 < npix && rc == 0; q0 += tile) {
-        const int64_t q1 = npix - q0 < tile ? npix : q0 + tile;
-        CFN(gemm_init)(&g, nt);
-        g.m = q1 - q0; g.n = kkc; g.k = F;
-        g.a = dy + q0 * F; g.rsa = F; g.csa = 1;
-        if (ymask) { g.amask = ymask + q0 * F; g.rsam = F; g.csam = 1; g.adact = act; }
-        g.b = w; g.rsb = 1; g.csb = F;   /* w^T: (F, KK*C) */
-        g.out = cols; g.ldo = kkc;
-        rc = GEMM(&g);
-        if (rc == 0) CFN(col2im)(s, cols, q0, q1, dx, nt);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(outer) schedule(static) reduction(| : rc) if (outer > 1)
+#endif
+    for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t q0 = t * tile, q1 = npix - q0 < tile ? npix : q0 + tile;
+#ifdef _OPENMP
+        T *mine = cols + (outer > 1 ? omp_get_thread_num() : 0) * tile * kkc;
+#else
+        T *mine = cols;
+#endif
+        ARGS gt;
+        CFN(gemm_init)(&gt, inner);
+        gt.m = q1 - q0; gt.n = kkc; gt.k = F;
+        gt.a = dy + q0 * F; gt.rsa = F; gt.csa = 1;
+        if (ymask) { gt.amask = ymask + q0 * F; gt.rsam = F; gt.csam = 1; gt.adact = act; }
+        gt.b = w_fk; gt.rsb = kkc; gt.csb = 1;
+        gt.out = mine; gt.ldo = kkc;
+        const int r = GEMM(&gt);
+        rc |= r;
+        if (r != 0) continue;
+        if (whole)
+            CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, inner);
+        else
+            CFN(col2im)(s, mine, q0, q1, dx, inner);
     }
     nk_conv_ws_release(cols, from_arena);
-    return rc;
+    return rc ? -1 : 0;
 }
 
 /* ----------------------------------------------------------------- direct */
 
-static void CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias,
-                            int act, T *y, int nt)
+/* Operands of the direct kernels, in one workspace: the weights (KH*KW*C,
+ * Fp) and bias (Fp) zero-padded to Fp = F rounded up to a channel block
+ * (only when F is not a multiple of it; else used in place; w = NULL: no
+ * weights), then `nt` per-thread scratch areas of `per` elements each
+ * (64-byte aligned), then `extra` elements. */
+typedef struct {
+    const T *w, *b;
+    T *scr;
+    int64_t fp, scr_per;
+    void *ws;
+    int from_arena;
+} CFN(direct_ops);
+
+static int CFN(direct_ops_get)(CFN(direct_ops) *o, const nk_conv_shape *s, const T *w,
+                               const T *bias, int64_t per, int64_t extra, int nt)
 {
-    switch (nk_get_isa()) {
-#if NK_X86
-    case NK_ISA_AVX512: CFNX(direct_fwd, CFNX(S, avx512))(s, x, w, bias, act, y, nt); return;
-    case NK_ISA_AVX2: CFNX(direct_fwd, CFNX(S, avx2))(s, x, w, bias, act, y, nt); return;
-#endif
-    default: CFNX(direct_fwd, CFNX(S, generic))(s, x, w, bias, act, y, nt);
+    const int64_t fbk = (int64_t)(128 / sizeof(T)), F = s->f, R = s->kh * s->kw * s->c;
+    const int64_t Fp = (F + fbk - 1) / fbk * fbk, ve = 64 / (int64_t)sizeof(T);
+    const int64_t wlen = w && Fp != F ? (R + 1) * Fp : 0;
+    o->fp = Fp;
+    o->scr_per = (per + ve - 1) / ve * ve;
+    o->ws = nk_conv_ws_acquire((size_t)(wlen + nt * o->scr_per + extra) * sizeof(T),
+                               &o->from_arena);
+    if (!o->ws) return -1;
+    T *base = (T *)o->ws;
+    o->w = w;
+    o->b = bias;
+    if (wlen) {
+        T *wp = base, *bp = base + R * Fp;
+        for (int64_t r = 0; r < R; r++) {
+            memcpy(wp + r * Fp, w + r * F, (size_t)F * sizeof(T));
+            memset(wp + r * Fp + F, 0, (size_t)(Fp - F) * sizeof(T));
+        }
+        memset(bp, 0, (size_t)Fp * sizeof(T));
+        if (bias) memcpy(bp, bias, (size_t)F * sizeof(T));
+        o->w = wp;
+        o->b = bias ? bp : NULL;
     }
+    o->scr = base + wlen;
+    return 0;
 }
 
-static void CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
-                              T *dx, int nt)
+static int CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias,
+                           int act, T *y, int nt)
 {
-    switch (nk_get_isa()) {
-#if NK_X86
-    case NK_ISA_AVX512: CFNX(direct_dgrad, CFNX(S, avx512))(s, dy, ymask, w, dx, nt); return;
-    case NK_ISA_AVX2: CFNX(direct_dgrad, CFNX(S, avx2))(s, dy, ymask, w, dx, nt); return;
-#endif
-    default: CFNX(direct_dgrad, CFNX(S, generic))(s, dy, ymask, w, dx, nt);
-    }
+    CFN(direct_ops) o;
+    if (CFN(direct_ops_get)(&o, s, w, bias, s->kh * nk_conv_xrow_px(s) * s->c, 0, nt))
+        return -1;
+    CFN_ISA(direct_fwd)(s, x, o.w, o.fp, o.b, act, y, o.scr, o.scr_per, nt);
+    nk_conv_ws_release(o.ws, o.from_arena);
+    return 0;
 }
 
-/* dW, db: fixed blocks of images (count independent of threads), partial
- * sums in the arena, reduced in block order -> deterministic. */
+static int CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
+                             T *dx, int nt)
+{
+    CFN(direct_ops) o;
+    const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (s->f + fbk - 1) / fbk * fbk;
+    if (CFN(direct_ops_get)(&o, s, w, NULL, nk_conv_dz_slots(s) * nk_conv_dz_row_px(s) * Fp, 0,
+                            nt))
+        return -1;
+    CFN_ISA(direct_dgrad)(s, dy, ymask, o.w, o.fp, dx, o.scr, o.scr_per, nt);
+    nk_conv_ws_release(o.ws, o.from_arena);
+    return 0;
+}
+
+/* dW, db: a fixed number of blocks of output rows (by shape only, not by
+ * thread count), partial sums reduced in block order -> deterministic. */
 static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
                              T *dw, T *db, int nt)
 {
-    const int64_t kkcf = s->kh * s->kw * s->c * s->f, F = s->f;
-    int64_t nb = s->n < NK_CONV_WGRAD_BLOCKS ? s->n : NK_CONV_WGRAD_BLOCKS;
-    if (nb < 1) nb = 1;
-    const int64_t per = kkcf + 2 * F; /* partial dw, partial db, dz scratch */
-    int from_arena = 0;
-    T *part = (T *)nk_conv_ws_acquire((size_t)(nb * per) * sizeof(T), &from_arena);
-    if (!part) return -1;
-    void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, T *,
-                T *, T *);
-    switch (nk_get_isa()) {
-#if NK_X86
-    case NK_ISA_AVX512: blk = CFNX(direct_wgrad_block, CFNX(S, avx512)); break;
-    case NK_ISA_AVX2: blk = CFNX(direct_wgrad_block, CFNX(S, avx2)); break;
-#endif
-    default: blk = CFNX(direct_wgrad_block, CFNX(S, generic));
-    }
+    const int64_t R = s->kh * s->kw * s->c, F = s->f, rows = s->n * s->oh;
+    const int64_t nb = rows < NK_CONV_WGRAD_BLOCKS ? rows : NK_CONV_WGRAD_BLOCKS;
+    const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (F + fbk - 1) / fbk * fbk;
+    const int64_t per = (R + 1) * Fp; /* partial dw rows, partial db */
+    CFN(direct_ops) o;
+    if (CFN(direct_ops_get)(&o, s, NULL, NULL, s->kh * nk_conv_xrow_px(s) * s->c, nb * per, nt))
+        return -1;
+    T *part = o.scr + nt * o.scr_per;
+    void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, int64_t,
+                T *, T *, T *) = CFN_ISA(direct_wgrad_block);
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
 #ifdef _OPENMP
+        T *scr = o.scr + o.scr_per * omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
+#else
+        T *scr = o.scr;
 #endif
         for (int64_t b = 0; b < nb; b++) {
             T *pw = part + b * per;
-            blk(s, dy, ymask, x, s->n * b / nb, s->n * (b + 1) / nb, pw, pw + kkcf,
-                pw + kkcf + F);
+            blk(s, dy, ymask, x, rows * b / nb, rows * (b + 1) / nb, Fp, pw, pw + R * Fp, scr);
         }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t e = 0; e < kkcf + F; e++) {
-            T acc = part[e];
-            for (int64_t b = 1; b < nb; b++) acc += part[b * per + e];
-            if (e < kkcf) dw[e] = acc;
-            else if (db) db[e - kkcf] = acc;
+        for (int64_t e = 0; e < (R + 1) * F; e++) {
+            const int64_t r = e / F, f = e - r * F;
+            T acc = part[r * Fp + f];
+            for (int64_t b = 1; b < nb; b++) acc += part[b * per + r * Fp + f];
+            if (r < R) dw[e] = acc;
+            else if (db) db[f] = acc;
         }
     }
-    nk_conv_ws_release(part, from_arena);
+    nk_conv_ws_release(o.ws, o.from_arena);
     return 0;
 }
+
+#undef CFN_ISA
 
 /* ------------------------------------------------------------- top level */
 
@@ -455,8 +576,7 @@ static int CFN(forward)(const nk_conv_shape *s, int algo, const T *x, const T *w
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
     if (algo == NK_CONV_AUTO) algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
     if (algo == NK_CONV_DIRECT) {
-        CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt, 1));
-        return 0;
+        return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt, 1));
     }
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
 }
@@ -483,8 +603,7 @@ static int CFN(backward)(const nk_conv_shape *s, int algo, const T *dy, const T 
     if (rc || !dx) return rc;
     a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA) : algo;
     if (a == NK_CONV_DIRECT) {
-        CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt, 1));
-        return 0;
+        return CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt, 1));
     }
     return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, nt);
 }

@@ -1,180 +1,466 @@
-/* Direct convolution kernels, included by nk_conv.c once per (ISA, dtype)
- * with T, S (s|d), ISA and FB (channels per register block: two 64-byte
- * vectors) defined, inside a `#pragma GCC target` region for the ISA.
- * Plain C loops over fixed-width channel blocks: the compiler vectorises
- * them for the target, so every ISA runs the same algorithm. */
+/* Direct convolution kernels (and the column dX's col2im), included by
+ * nk_conv.c once per (ISA, dtype)
+ * with T, TI (same-width integer), S (s|d), ISA, FB (channels per block: two
+ * 64-byte vectors) and the register-block sizes RB_FWD / RB_WG / RB_DG
+ * defined, inside a `#pragma GCC target` region for the ISA.
+ *
+ * Written with GCC vector extensions (64-byte vectors V, two per channel
+ * block) so every ISA runs the same code: the compiler maps a V onto one
+ * zmm, two ymm or four xmm registers.  Each kernel keeps a register tile of
+ * accumulators (RB pixels or kernel rows x FB channels) so every vector
+ * loaded from memory feeds several FMAs:
+ *   forward: RB_FWD output pixels x FB output channels, one weight vector
+ *            pair per (tap, c) reused by all pixels;
+ *   dW:      RB_WG kernel rows (kh, kw, c) x FB channels, one dz vector pair
+ *            per output pixel reused by all rows (the GEMM cols^T @ dz with
+ *            the columns read straight from the image);
+ *   dX:      RB_DG input pixels, dot products along F (gather form: every dx
+ *            element is written once), against rows of dz that are masked
+ *            (relu), zero-padded and, for strides > 1, zero-upsampled once
+ *            into a small per-thread ring, so the inner loop has no bounds
+ *            checks and no masking.
+ * Kernels whose F is not a multiple of FB read weights from a zero-padded
+ * copy (Fp columns) and never store the padding channels. */
 #define DCAT_(a, b, c) a##_##b##_##c
 #define DCAT(a, b, c) DCAT_(a, b, c)
 #define DFN(name) DCAT(name, S, ISA)
+#define V DCAT(vec, S, ISA)
+#define VI DCAT(veci, S, ISA)
+#define VL ((int)(64 / sizeof(T)))
+#define AI static inline __attribute__((always_inline))
+/* Register tiles are spelled as separate variables a0_<j>, a1_<j>, one
+ * statement per j guarded by the (compile-time) tile size: GCC keeps
+ * accumulator *arrays* in memory across the outer loops. */
+#define TILE12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define ACC_DECL(j) V a0_##j = (V){0}, a1_##j = (V){0};
 
-/* y = act(bias + conv(x, w)); parallel over output rows (n, oh). */
-static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w,
-                            const T *bias, int act, T *y, int nt)
+typedef T V __attribute__((vector_size(64)));
+typedef TI VI __attribute__((vector_size(64)));
+
+AI V DFN(vld)(const T *p)
 {
-    const int64_t H = s->h, W = s->w, C = s->c, F = s->f, KH = s->kh, KW = s->kw;
-    const int64_t OH = s->oh, OW = s->ow, rows = s->n * s->oh;
+    V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+AI void DFN(vst)(T *p, V v) { memcpy(p, &v, sizeof v); }
+
+/* m > 0 ? d : 0 (an and, so a NaN d is zeroed where the mask is off) */
+AI V DFN(vmask)(V d, V m) { return (V)((VI)d & (VI)(m > (T)0)); }
+
+/* fixed-order (pairwise) sum of the lanes: halves added until 16 bytes */
+typedef T DCAT(vec32, S, ISA) __attribute__((vector_size(32)));
+typedef T DCAT(vec16, S, ISA) __attribute__((vector_size(16)));
+AI T DFN(hsum)(V v)
+{
+    DCAT(vec32, S, ISA) a, b;
+    DCAT(vec16, S, ISA) c, d;
+    memcpy(&a, &v, 32);
+    memcpy(&b, (const char *)&v + 32, 32);
+    a += b;
+    memcpy(&c, &a, 16);
+    memcpy(&d, (const char *)&a + 16, 16);
+    c += d;
+    T t[16 / sizeof(T)];
+    memcpy(t, &c, 16);
+    if (sizeof(T) == 4) return (t[0] + t[2]) + (t[1] + t[3]);
+    return t[0] + t[1];
+}
+
+/* dz[0..FB) = (mask) dy[0..fb), zero beyond fb */
+AI void DFN(load_dz)(const T *dp, const T *mp, int64_t fb, V *d0, V *d1)
+{
+    if (fb == FB) {
+        *d0 = DFN(vld)(dp);
+        *d1 = DFN(vld)(dp + VL);
+        if (mp) {
+            *d0 = DFN(vmask)(*d0, DFN(vld)(mp));
+            *d1 = DFN(vmask)(*d1, DFN(vld)(mp + VL));
+        }
+        return;
+    }
+    T t[FB], m[FB];
+    memset(t, 0, sizeof t);
+    memset(m, 0, sizeof m);
+    memcpy(t, dp, (size_t)fb * sizeof(T));
+    if (mp) memcpy(m, mp, (size_t)fb * sizeof(T));
+    *d0 = DFN(vld)(t);
+    *d1 = DFN(vld)(t + VL);
+    if (mp) {
+        *d0 = DFN(vmask)(*d0, DFN(vld)(m));
+        *d1 = DFN(vmask)(*d1, DFN(vld)(m + VL));
+    }
+}
+
+/* Input rows for output row (n, oh): xr[kh][(ow*sw + kw*dw)*C + c] is
+ * x[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, c], zero outside the image,
+ * for ow < OW, kw < KW.  Rows point into x where no padding is involved,
+ * else into scr (KH * nk_conv_xrow_len(s) elements). */
+static void DFN(xrows)(const nk_conv_shape *s, const T *x, int64_t n, int64_t oh, T *scr,
+                       const T **xr)
+{
+    const int64_t H = s->h, W = s->w, C = s->c, WX = nk_conv_xrow_px(s);
+    const int inside_w = s->pl == 0 && WX <= W;
+    for (int64_t kh = 0; kh < s->kh; kh++) {
+        const int64_t ih = oh * s->sh - s->pt + kh * s->dh;
+        const int in_h = (uint64_t)ih < (uint64_t)H;
+        if (in_h && inside_w) {
+            xr[kh] = x + (n * H + ih) * W * C;
+            continue;
+        }
+        T *d = scr + kh * WX * C;
+        if (!in_h) {
+            memset(d, 0, (size_t)(WX * C) * sizeof(T));
+        } else {
+            const T *xrow = x + (n * H + ih) * W * C;
+            for (int64_t u = 0; u < WX; u++) {
+                const int64_t iw = u - s->pl;
+                if ((uint64_t)iw < (uint64_t)W)
+                    memcpy(d + u * C, xrow + iw * C, (size_t)C * sizeof(T));
+                else
+                    memset(d + u * C, 0, (size_t)C * sizeof(T));
+            }
+        }
+        xr[kh] = d;
+    }
+}
+
+/* ------------------------------------------------------------- forward */
+
+/* act(r) into yp[0..fb) */
+AI void DFN(fwd_store)(V r0, V r1, int act, int64_t fb, T *yp)
+{
+    if (act == NK_ACT_RELU) { /* v < 0 ? 0 : v (NaN and -0 kept) */
+        r0 = (V)((VI)r0 & ~(VI)(r0 < (T)0));
+        r1 = (V)((VI)r1 & ~(VI)(r1 < (T)0));
+    }
+    if (fb == FB) {
+        DFN(vst)(yp, r0);
+        DFN(vst)(yp + VL, r1);
+    } else {
+        T t[FB];
+        DFN(vst)(t, r0);
+        DFN(vst)(t + VL, r1);
+        memcpy(yp, t, (size_t)fb * sizeof(T));
+    }
+}
+
+/* OB output pixels [ow0, ow0+OB) x channels [f0, f0+fb) of one output row. */
+AI void DFN(fwd_tile)(const nk_conv_shape *s, const T *const *xr, const T *wp, int64_t Fp,
+                      const T *bp, int act, int64_t ow0, int64_t f0, int64_t fb, const int OB,
+                      T *yrow)
+{
+    const int64_t C = s->c, KW = s->kw, xs = s->sw * C, F = s->f;
+    TILE12(ACC_DECL)
+    for (int64_t kh = 0; kh < s->kh; kh++) {
+        const T *xk = xr[kh] + ow0 * xs;
+        for (int64_t kw = 0; kw < KW; kw++) {
+            const T *xp = xk + kw * s->dw * C;
+            const T *wk = wp + (kh * KW + kw) * C * Fp + f0;
+            for (int64_t c = 0; c < C; c++) {
+                const V w0 = DFN(vld)(wk + c * Fp), w1 = DFN(vld)(wk + c * Fp + VL);
+#define FWD_STEP(j)                                                                        \
+    if ((j) < OB) {                                                                        \
+        const T xv = xp[(j) * xs + c];                                                     \
+        a0_##j += xv * w0;                                                                 \
+        a1_##j += xv * w1;                                                                 \
+    }
+                TILE12(FWD_STEP)
+#undef FWD_STEP
+            }
+        }
+    }
+    V b0 = (V){0}, b1 = (V){0};
+    if (bp) {
+        b0 = DFN(vld)(bp + f0);
+        b1 = DFN(vld)(bp + f0 + VL);
+    }
+#define FWD_OUT(j)                                                                         \
+    if ((j) < OB) DFN(fwd_store)(a0_##j + b0, a1_##j + b1, act, fb, yrow + (ow0 + (j)) * F + f0);
+    TILE12(FWD_OUT)
+#undef FWD_OUT
+}
+
+/* y = act(bias + conv(x, w)); parallel over output rows (n, oh).
+ * wp: weights (KH*KW*C, Fp), bp: bias (Fp) or NULL, scr: per-thread
+ * scratch of scr_per elements. */
+static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *wp, int64_t Fp,
+                            const T *bp, int act, T *y, T *scr, int64_t scr_per, int nt)
+{
+    const int64_t F = s->f, OH = s->oh, OW = s->ow, rows = s->n * s->oh;
     (void)nt;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t n = r / OH, oh = r - n * OH;
-        const T *xn = x + n * H * W * C;
-        for (int64_t ow = 0; ow < OW; ow++) {
-            T *yp = y + (r * OW + ow) * F;
+    {
+#ifdef _OPENMP
+        T *my = scr + scr_per * omp_get_thread_num();
+#else
+        T *my = scr;
+#endif
+        const T *xr[s->kh];
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t n = r / OH, oh = r - n * OH;
+            DFN(xrows)(s, x, n, oh, my, xr);
+            T *yrow = y + r * OW * F;
             for (int64_t f0 = 0; f0 < F; f0 += FB) {
                 const int64_t fb = F - f0 < FB ? F - f0 : FB;
-                T acc[FB];
-                for (int j = 0; j < FB; j++) acc[j] = (T)0;
-                for (int64_t kh = 0; kh < KH; kh++) {
-                    const int64_t ih = oh * s->sh - s->pt + kh * s->dh;
-                    if ((uint64_t)ih >= (uint64_t)H) continue;
-                    for (int64_t kw = 0; kw < KW; kw++) {
-                        const int64_t iw = ow * s->sw - s->pl + kw * s->dw;
-                        if ((uint64_t)iw >= (uint64_t)W) continue;
-                        const T *xp = xn + (ih * W + iw) * C;
-                        const T *wp = w + (kh * KW + kw) * C * F + f0;
-                        if (fb == FB) {
-                            for (int64_t c = 0; c < C; c++) {
-                                const T xv = xp[c];
-#pragma GCC unroll 32
-                                for (int j = 0; j < FB; j++) acc[j] += xv * wp[c * F + j];
-                            }
-                        } else {
-                            for (int64_t c = 0; c < C; c++) {
-                                const T xv = xp[c];
-                                for (int j = 0; j < fb; j++) acc[j] += xv * wp[c * F + j];
-                            }
-                        }
-                    }
+                int64_t ow0 = 0;
+                for (; ow0 + RB_FWD <= OW; ow0 += RB_FWD)
+                    DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, RB_FWD, yrow);
+                if (RB_FWD > 4 && ow0 + 4 <= OW) {
+                    DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 4, yrow);
+                    ow0 += 4;
                 }
-                for (int j = 0; j < fb; j++) {
-                    T v = acc[j];
-                    if (bias) v += bias[f0 + j];
-                    if (act == NK_ACT_RELU) v = v < (T)0 ? (T)0 : v;
-                    yp[f0 + j] = v;
+                if (RB_FWD > 2 && ow0 + 2 <= OW) {
+                    DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 2, yrow);
+                    ow0 += 2;
+                }
+                for (; ow0 < OW; ow0++) DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 1, yrow);
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- dW */
+
+/* MB kernel rows x channels [f0, f0+fb) over one output row: pw (row stride
+ * Fp) += sum_ow xb[i][ow*xs] * dz[ow]; pb (if not NULL) += sum_ow dz[ow]. */
+AI void DFN(wg_tile)(const T *const *xb, int64_t xs, const T *dzr, const T *mr, int64_t F,
+                     int64_t fb, int64_t OW, const int MB, T *pw, int64_t Fp, T *pb)
+{
+    V s0 = (V){0}, s1 = (V){0};
+#define WG_DECL(i)                                                                         \
+    V a0_##i = (V){0}, a1_##i = (V){0};                                                    \
+    const T *xq_##i = (i) < MB ? xb[i] : NULL;                                             \
+    if ((i) < MB) {                                                                        \
+        a0_##i = DFN(vld)(pw + (i) * Fp);                                                  \
+        a1_##i = DFN(vld)(pw + (i) * Fp + VL);                                             \
+    }
+    TILE12(WG_DECL)
+#undef WG_DECL
+    for (int64_t ow = 0; ow < OW; ow++) {
+        V d0, d1;
+        DFN(load_dz)(dzr + ow * F, mr ? mr + ow * F : NULL, fb, &d0, &d1);
+        s0 += d0;
+        s1 += d1;
+#define WG_STEP(i)                                                                         \
+    if ((i) < MB) {                                                                        \
+        const T xv = xq_##i[ow * xs];                                                      \
+        a0_##i += xv * d0;                                                                 \
+        a1_##i += xv * d1;                                                                 \
+    }
+        TILE12(WG_STEP)
+#undef WG_STEP
+    }
+#define WG_OUT(i)                                                                          \
+    if ((i) < MB) {                                                                        \
+        DFN(vst)(pw + (i) * Fp, a0_##i);                                                   \
+        DFN(vst)(pw + (i) * Fp + VL, a1_##i);                                              \
+    }
+    TILE12(WG_OUT)
+#undef WG_OUT
+    if (pb) {
+        DFN(vst)(pb, DFN(vld)(pb) + s0);
+        DFN(vst)(pb + VL, DFN(vld)(pb + VL) + s1);
+    }
+}
+
+/* dW, db over output rows [r0, r1) (rows = (n, oh)) into part_w (KH*KW*C
+ * rows of Fp) and part_b (Fp), overwritten.  scr: KH * nk_conv_xrow_len. */
+static void DFN(direct_wgrad_block)(const nk_conv_shape *s, const T *dy, const T *ymask,
+                                    const T *x, int64_t r0, int64_t r1, int64_t Fp, T *part_w,
+                                    T *part_b, T *scr)
+{
+    const int64_t C = s->c, F = s->f, KW = s->kw, OH = s->oh, OW = s->ow;
+    const int64_t R = s->kh * KW * C, xs = s->sw * C;
+    const int64_t ng = (R + RB_WG - 1) / RB_WG;
+    memset(part_w, 0, (size_t)(R * Fp) * sizeof(T));
+    memset(part_b, 0, (size_t)Fp * sizeof(T));
+    const T *xr[s->kh];
+    const T *xb[RB_WG];
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t n = r / OH, oh = r - n * OH;
+        DFN(xrows)(s, x, n, oh, scr, xr);
+        const T *dzr = dy + r * OW * F, *mr = ymask ? ymask + r * OW * F : NULL;
+        for (int64_t g = 0; g < ng; g++) {
+            const int64_t i0 = R * g / ng, i1 = R * (g + 1) / ng;
+            for (int64_t i = i0; i < i1; i++) {
+                const int64_t kk = i / C, c = i - kk * C, kh = kk / KW, kw = kk - kh * KW;
+                xb[i - i0] = xr[kh] + kw * s->dw * C + c;
+            }
+            for (int64_t f0 = 0; f0 < F; f0 += FB) {
+                const int64_t fb = F - f0 < FB ? F - f0 : FB;
+                T *pw = part_w + i0 * Fp + f0, *pb = g == 0 ? part_b + f0 : NULL;
+                const T *dz = dzr + f0, *m = mr ? mr + f0 : NULL;
+                switch ((int)(i1 - i0)) {
+#define WG_CASE(k) \
+    case k: DFN(wg_tile)(xb, xs, dz, m, F, fb, OW, (k) <= RB_WG ? (k) : 1, pw, Fp, pb); break;
+                WG_CASE(1) WG_CASE(2) WG_CASE(3) WG_CASE(4) WG_CASE(5) WG_CASE(6)
+                WG_CASE(7) WG_CASE(8) WG_CASE(9) WG_CASE(10) WG_CASE(11) WG_CASE(12)
+#undef WG_CASE
+                default: break; /* groups never exceed RB_WG <= 12 rows */
                 }
             }
         }
     }
 }
 
-/* dx[n,h,w,c] = sum over the outputs (oh, ow, kh, kw) that read (h, w) of
- * dot(w[kh,kw,c,:], dz[n,oh,ow,:]); gather form: each dx element written
- * once, parallel over input rows (n, h), no zeroing pass. */
-static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask,
-                              const T *w, T *dx, int nt)
+/* ---------------------------------------------------------------- dX */
+
+/* OB input pixels [w0, w0+OB) of channel c: dx = sum over taps and F of
+ * w[kh,kw,c,:] . dzrow_kh[w + pl - kw*dw], dz rows from the ring. */
+AI void DFN(dg_tile)(const nk_conv_shape *s, const T *const *zr, const T *wp, int64_t Fp,
+                     int64_t w0, int64_t c, const int OB, T *dxrow)
 {
-    const int64_t H = s->h, W = s->w, C = s->c, F = s->f, KH = s->kh, KW = s->kw;
-    const int64_t OH = s->oh, OW = s->ow, rows = s->n * s->h;
-    const int64_t sh = s->sh, sw = s->sw;
+    const int64_t C = s->c, KW = s->kw;
+    TILE12(ACC_DECL)
+    for (int64_t kh = 0; kh < s->kh; kh++) {
+        if (!zr[kh]) continue;
+        for (int64_t kw = 0; kw < KW; kw++) {
+            const T *zp = zr[kh] + (w0 - kw * s->dw) * Fp;
+            const T *wk = wp + ((kh * KW + kw) * C + c) * Fp;
+            for (int64_t f0 = 0; f0 < Fp; f0 += FB) {
+                const V w_0 = DFN(vld)(wk + f0), w_1 = DFN(vld)(wk + f0 + VL);
+#define DG_STEP(j)                                                                         \
+    if ((j) < OB) {                                                                        \
+        a0_##j += DFN(vld)(zp + (j) * Fp + f0) * w_0;                                      \
+        a1_##j += DFN(vld)(zp + (j) * Fp + f0 + VL) * w_1;                                 \
+    }
+                TILE12(DG_STEP)
+#undef DG_STEP
+            }
+        }
+    }
+#define DG_OUT(j)                                                                          \
+    if ((j) < OB) dxrow[(w0 + (j)) * C + c] = DFN(hsum)(a0_##j + a1_##j);
+    TILE12(DG_OUT)
+#undef DG_OUT
+}
+
+/* dx[n,h,w,c] = sum over the outputs (oh, ow) and taps (kh, kw) with
+ * oh*sh - pt + kh*dh = h, ow*sw - pl + kw*dw = w of w[kh,kw,c,:] . dz[n,oh,ow,:].
+ * Parallel over input rows (n, h), contiguous per thread.  Each thread keeps
+ * a ring of nk_conv_dz_slots(s) dz rows, each laid out as
+ * nk_conv_dz_row_px(s) pixels of Fp channels: pixel LP + ow*sw holds
+ * mask(dz[n,oh,ow,:]), every other pixel and channel >= F is zero. */
+static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *wp,
+                              int64_t Fp, T *dx, T *scr, int64_t scr_per, int nt)
+{
+    const int64_t H = s->h, W = s->w, C = s->c, F = s->f, OH = s->oh, OW = s->ow;
+    const int64_t rows = s->n * H, KH = s->kh;
+    const int64_t nslots = nk_conv_dz_slots(s), WB = nk_conv_dz_row_px(s);
+    const int64_t LP = nk_conv_dz_lp(s), slot = WB * Fp;
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        T *ring = scr + scr_per * omp_get_thread_num();
+#else
+        T *ring = scr;
+#endif
+        int64_t tag[nslots];
+        const T *zr[KH];
+        for (int64_t k = 0; k < nslots; k++) tag[k] = -1;
+        memset(ring, 0, (size_t)(nslots * slot) * sizeof(T));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t n = r / H, h = r - n * H;
+            for (int64_t kh = 0; kh < KH; kh++) {
+                const int64_t t = h + s->pt - kh * s->dh;
+                const int64_t oh = t >= 0 ? t / s->sh : -1;
+                zr[kh] = NULL;
+                if (t < 0 || oh * s->sh != t || oh >= OH) continue;
+                const int64_t k = oh % nslots, id = n * OH + oh;
+                T *zs = ring + k * slot;
+                if (tag[k] != id) {
+                    const T *dp = dy + id * OW * F, *mp = ymask ? ymask + id * OW * F : NULL;
+                    for (int64_t ow = 0; ow < OW; ow++) {
+                        T *d = zs + (LP + ow * s->sw) * Fp;
+                        for (int64_t f0 = 0; f0 < F; f0 += FB) {
+                            V d0, d1;
+                            DFN(load_dz)(dp + ow * F + f0, mp ? mp + ow * F + f0 : NULL,
+                                         F - f0 < FB ? F - f0 : FB, &d0, &d1);
+                            DFN(vst)(d + f0, d0);
+                            DFN(vst)(d + f0 + VL, d1);
+                        }
+                    }
+                    tag[k] = id;
+                }
+                zr[kh] = zs + (LP + s->pl) * Fp;
+            }
+            T *dxrow = dx + r * W * C;
+            for (int64_t c = 0; c < C; c++) {
+                int64_t w0 = 0;
+                for (; w0 + RB_DG <= W; w0 += RB_DG)
+                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, RB_DG, dxrow);
+                if (RB_DG > 4 && w0 + 4 <= W) {
+                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, 4, dxrow);
+                    w0 += 4;
+                }
+                if (RB_DG > 2 && w0 + 2 <= W) {
+                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, 2, dxrow);
+                    w0 += 2;
+                }
+                for (; w0 < W; w0++) DFN(dg_tile)(s, zr, wp, Fp, w0, c, 1, dxrow);
+            }
+        }
+    }
+}
+
+/* ----------------------------------------------- col2im (column dX) */
+
+/* col2im in gather form for the whole images [n0, n1) whose columns are in
+ * dcols: every dx element is written once (no zeroing pass), summing its
+ * taps in (kh, kw) order; parallel over input rows. */
+static void DFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n0, int64_t n1,
+                               T *dx, int nt)
+{
+    const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
+    const int64_t OH = s->oh, OW = s->ow, kkc = KH * KW * C, rows = (n1 - n0) * H;
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
 #endif
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t n = r / H, h = r - n * H;
-        for (int64_t iw = 0; iw < W; iw++) {
-            T *dxp = dx + (r * W + iw) * C;
-            for (int64_t c = 0; c < C; c++) {
-                T lanes[FB];
-                for (int j = 0; j < FB; j++) lanes[j] = (T)0;
-                for (int64_t kh = 0; kh < KH; kh++) {
-                    const int64_t th = h + s->pt - kh * s->dh;
-                    if (th < 0) break; /* th decreases with kh */
-                    const int64_t oh = th / sh;
-                    if (oh * sh != th || oh >= OH) continue;
-                    for (int64_t kw = 0; kw < KW; kw++) {
-                        const int64_t tw = iw + s->pl - kw * s->dw;
-                        if (tw < 0) break;
-                        const int64_t ow = tw / sw;
-                        if (ow * sw != tw || ow >= OW) continue;
-                        const int64_t o = ((n * OH + oh) * OW + ow) * F;
-                        const T *dzp = dy + o;
-                        const T *mp = ymask ? ymask + o : NULL;
-                        const T *wp = w + ((kh * KW + kw) * C + c) * F;
-                        int64_t f = 0;
-                        /* d is loaded unconditionally: with `mp > 0 ? dzp[f+j] : 0`
-                         * GCC 12 mis-vectorised this loop for AVX2/AVX-512 */
-                        if (mp) {
-                            for (; f + FB <= F; f += FB) {
-#pragma GCC unroll 32
-                                for (int j = 0; j < FB; j++) {
-                                    const T d = dzp[f + j];
-                                    lanes[j] += wp[f + j] * (mp[f + j] > (T)0 ? d : (T)0);
-                                }
-                            }
-                            for (int j = 0; f + j < F; j++) {
-                                const T d = dzp[f + j];
-                                lanes[j] += wp[f + j] * (mp[f + j] > (T)0 ? d : (T)0);
-                            }
-                        } else {
-                            for (; f + FB <= F; f += FB)
-#pragma GCC unroll 32
-                                for (int j = 0; j < FB; j++) lanes[j] += wp[f + j] * dzp[f + j];
-                            for (int j = 0; f + j < F; j++) lanes[j] += wp[f + j] * dzp[f + j];
-                        }
-                    }
+        const int64_t nl = r / H, h = r - nl * H;
+        T *d = dx + ((n0 + nl) * H + h) * W * C;
+        memset(d, 0, (size_t)(W * C) * sizeof(T));
+        for (int64_t kh = 0; kh < KH; kh++) {
+            const int64_t th = h + s->pt - kh * s->dh;
+            if (th < 0) break; /* th decreases with kh */
+            const int64_t oh = th / s->sh;
+            if (oh * s->sh != th || oh >= OH) continue;
+            const T *crow = dcols + (nl * OH + oh) * OW * kkc;
+            for (int64_t iw = 0; iw < W; iw++) {
+                T *restrict dp = d + iw * C;
+                for (int64_t kw = 0; kw < KW; kw++) {
+                    const int64_t tw = iw + s->pl - kw * s->dw;
+                    if (tw < 0) break;
+                    const int64_t ow = tw / s->sw;
+                    if (ow * s->sw != tw || ow >= OW) continue;
+                    const T *src = crow + ow * kkc + (kh * KW + kw) * C;
+                    for (int64_t c = 0; c < C; c++) dp[c] += src[c];
                 }
-                /* fixed-order lane reduction (pairwise) */
-                for (int half = FB / 2; half > 0; half /= 2)
-                    for (int j = 0; j < half; j++) lanes[j] += lanes[j + half];
-                dxp[c] = lanes[0];
             }
         }
     }
 }
 
-/* dW, db over images [n0, n1) into part_w (KH*KW*C*F) and part_b (F),
- * overwritten.  dzb: F scratch elements. */
-static void DFN(direct_wgrad_block)(const nk_conv_shape *s, const T *dy, const T *ymask,
-                                    const T *x, int64_t n0, int64_t n1,
-                                    T *part_w, T *part_b, T *dzb)
-{
-    const int64_t H = s->h, W = s->w, C = s->c, F = s->f, KH = s->kh, KW = s->kw;
-    const int64_t OH = s->oh, OW = s->ow;
-    for (int64_t e = 0; e < KH * KW * C * F; e++) part_w[e] = (T)0;
-    if (part_b)
-        for (int64_t f = 0; f < F; f++) part_b[f] = (T)0;
-    for (int64_t n = n0; n < n1; n++) {
-        const T *xn = x + n * H * W * C;
-        for (int64_t oh = 0; oh < OH; oh++)
-            for (int64_t ow = 0; ow < OW; ow++) {
-                const int64_t o = ((n * OH + oh) * OW + ow) * F;
-                const T *dzp = dy + o;
-                if (ymask) {
-                    const T *mp = ymask + o;
-                    for (int64_t f = 0; f < F; f++) {
-                        const T d = dzp[f];
-                        dzb[f] = mp[f] > (T)0 ? d : (T)0;
-                    }
-                    dzp = dzb;
-                }
-                if (part_b)
-                    for (int64_t f = 0; f < F; f++) part_b[f] += dzp[f];
-                for (int64_t kh = 0; kh < KH; kh++) {
-                    const int64_t ih = oh * s->sh - s->pt + kh * s->dh;
-                    if ((uint64_t)ih >= (uint64_t)H) continue;
-                    for (int64_t kw = 0; kw < KW; kw++) {
-                        const int64_t iw = ow * s->sw - s->pl + kw * s->dw;
-                        if ((uint64_t)iw >= (uint64_t)W) continue;
-                        const T *xp = xn + (ih * W + iw) * C;
-                        T *pw = part_w + (kh * KW + kw) * C * F;
-                        for (int64_t c = 0; c < C; c++) {
-                            const T xv = xp[c];
-                            T *restrict pr = pw + c * F;
-                            int64_t f = 0;
-                            for (; f + FB <= F; f += FB)
-#pragma GCC unroll 32
-                                for (int j = 0; j < FB; j++) pr[f + j] += xv * dzp[f + j];
-                            for (; f < F; f++) pr[f] += xv * dzp[f];
-                        }
-                    }
-                }
-            }
-    }
-}
-
+#undef AI
+#undef TILE12
+#undef ACC_DECL
+#undef VL
+#undef V
+#undef VI
 #undef DCAT_
 #undef DCAT
 #undef DFN

@@ -1,4 +1,4 @@
-/* GEMM drivers (float32, float64) and the packing-workspace arena. */
+/* GEMM drivers (float32, float64) and the packing-workspace arenas. */
 #include <stdlib.h>
 #include <string.h>
 #include "nk_internal.h"
@@ -9,12 +9,15 @@
 #include <sys/mman.h>
 #endif
 
-/* One process-wide arena, grown when a call needs more and then reused, so
- * steady-state calls touch no fresh pages.  A call that finds it busy (a
- * concurrent call from another Python thread) gets a temporary buffer. */
-static void *g_arena = NULL;
-static size_t g_arena_size = 0;
-static int g_arena_busy = 0;
+/* A few process-wide arenas, each grown when a call needs more and then
+ * reused, so steady-state calls touch no fresh pages.  Concurrent calls
+ * (single-threaded GEMMs run side by side by the convolution's dW, or calls
+ * from several Python threads) take different arenas; a call that finds all
+ * busy gets a temporary buffer. */
+#define NK_ARENAS 4
+static void *g_arena[NK_ARENAS];
+static size_t g_arena_size[NK_ARENAS];
+static int g_arena_busy[NK_ARENAS];
 
 static void *nk_aligned_alloc(size_t bytes)
 {
@@ -29,22 +32,23 @@ static void *nk_aligned_alloc(size_t bytes)
 
 static void *nk_workspace_acquire(size_t bytes, int *from_arena)
 {
-    if (!__atomic_test_and_set(&g_arena_busy, __ATOMIC_ACQUIRE)) {
-        if (g_arena_size < bytes) {
-            free(g_arena);
-            g_arena_size = 0;
+    for (int i = 0; i < NK_ARENAS; i++) {
+        if (__atomic_test_and_set(&g_arena_busy[i], __ATOMIC_ACQUIRE)) continue;
+        if (g_arena_size[i] < bytes) {
+            free(g_arena[i]);
+            g_arena_size[i] = 0;
             /* grow geometrically (and to whole 2 MiB units) */
             size_t want = bytes + bytes / 4;
             want = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
-            g_arena = nk_aligned_alloc(want);
-            if (!g_arena) {
-                __atomic_clear(&g_arena_busy, __ATOMIC_RELEASE);
+            g_arena[i] = nk_aligned_alloc(want);
+            if (!g_arena[i]) {
+                __atomic_clear(&g_arena_busy[i], __ATOMIC_RELEASE);
                 return NULL;
             }
-            g_arena_size = want;
+            g_arena_size[i] = want;
         }
-        *from_arena = 1;
-        return g_arena;
+        *from_arena = i + 1;
+        return g_arena[i];
     }
     *from_arena = 0;
     return nk_aligned_alloc(bytes);
@@ -53,18 +57,20 @@ static void *nk_workspace_acquire(size_t bytes, int *from_arena)
 static void nk_workspace_release(void *p, int from_arena)
 {
     if (from_arena)
-        __atomic_clear(&g_arena_busy, __ATOMIC_RELEASE);
+        __atomic_clear(&g_arena_busy[from_arena - 1], __ATOMIC_RELEASE);
     else
         free(p);
 }
 
 void nk_release_workspace(void)
 {
-    if (!__atomic_test_and_set(&g_arena_busy, __ATOMIC_ACQUIRE)) {
-        free(g_arena);
-        g_arena = NULL;
-        g_arena_size = 0;
-        __atomic_clear(&g_arena_busy, __ATOMIC_RELEASE);
+    for (int i = 0; i < NK_ARENAS; i++) {
+        if (!__atomic_test_and_set(&g_arena_busy[i], __ATOMIC_ACQUIRE)) {
+            free(g_arena[i]);
+            g_arena[i] = NULL;
+            g_arena_size[i] = 0;
+            __atomic_clear(&g_arena_busy[i], __ATOMIC_RELEASE);
+        }
     }
 }
 
