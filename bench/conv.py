@@ -252,7 +252,7 @@ def mem_probe(name, batch, threads):
         nk.conv2d_backward(dy, x, w, padding=pad, dx=dx, dw=dw, db=db)
     hwm = _status_kb("VmHWM")
     print(json.dumps(dict(extra_mib=(hwm - base) / 1024.0,
-                          conv_arena_mib=nk.conv_workspace_bytes() / 2**20,
+                          arena_mib=nk.workspace_bytes() / 2**20,
                           inputs_outputs_mib=sum(a.nbytes for a in (x, w, b, y, dy, dx, dw, db)) / 2**20)))
 
 
@@ -303,7 +303,7 @@ def main(argv=None):
         if "error" in v:
             print(f"  {k}: error {v['error']}")
         else:
-            print(f"  {k}: +{v['extra_mib']:.1f} MiB (conv arena {v['conv_arena_mib']:.1f} MiB; "
+            print(f"  {k}: +{v['extra_mib']:.1f} MiB (workspace arenas {v['arena_mib']:.1f} MiB; "
                   f"inputs+outputs {v['inputs_outputs_mib']:.1f} MiB, allocated before)")
     os.makedirs(RESULTS, exist_ok=True)
     meta = dict(machine=platform.machine(), processor=platform.processor(), python=sys.version,

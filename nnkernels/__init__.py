@@ -19,7 +19,6 @@ from ._core import (
     conv2d_algo,
     conv2d_backward,
     conv2d_output_shape,
-    conv_workspace_bytes,
     dense_backward,
     dense_forward,
     fma_peak,
@@ -37,6 +36,7 @@ from ._core import (
     openmp_enabled,
     philox4x32,
     release_workspace,
+    workspace_bytes,
     relu,
     relu_backward,
     set_isa,
@@ -46,9 +46,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "gemm", "dense_forward", "dense_backward", "conv2d", "conv2d_backward",
-    "conv2d_output_shape", "conv2d_algo", "conv_workspace_bytes", "info", "set_num_threads",
+    "conv2d_output_shape", "conv2d_algo", "info", "set_num_threads",
     "get_num_threads", "get_isa", "set_isa", "available_isas", "isa_supported",
-    "fma_peak", "openmp_enabled", "release_workspace", "default_num_threads",
+    "fma_peak", "openmp_enabled", "release_workspace", "workspace_bytes", "default_num_threads",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_output_shape", "relu", "relu_backward",
     "dropout", "dropout_backward", "dropout_mask", "dropout_threshold", "philox4x32",
 ]

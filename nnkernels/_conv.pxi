@@ -22,9 +22,7 @@ cdef extern from "nk_conv.h" nogil:
                            int act, const void *y_nhwf,
                            void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads)
     int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass_)
-    void nk_conv_release_workspace()
     void nk_conv_set_col_budget(int64_t nbytes)
-    int64_t nk_conv_workspace_bytes()
 
 _CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT}
 _CONV_ALGO_NAMES = {NK_CONV_IM2COL: "im2col", NK_CONV_DIRECT: "direct"}
@@ -293,16 +291,6 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     if rc != 0:
         raise MemoryError("nnkernels.conv2d_backward: could not allocate the workspace")
     return dx, dw, db
-
-
-def conv_workspace_bytes():
-    """Bytes held by the convolution workspace arena (the GEMM packing arena
-    is separate)."""
-    return nk_conv_workspace_bytes()
-
-
-def release_conv_workspace():
-    nk_conv_release_workspace()
 
 
 def _set_conv_col_budget(nbytes):

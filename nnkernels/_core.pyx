@@ -51,6 +51,7 @@ cdef extern from "nk_gemm.h" nogil:
     int nk_openmp_enabled()
     int nk_omp_max_threads()
     void nk_release_workspace()
+    int64_t nk_workspace_bytes()
     double nk_fma_peak_run(int isa, int dbl, int nt, int64_t iters, double *flops)
     const char *nk_compiler()
 
@@ -114,8 +115,14 @@ def _omp_max_threads():
 
 
 def release_workspace():
-    """Free the packing arena (it is re-created on the next call)."""
+    """Free the workspace arenas (GEMM packing, convolution scratch); they
+    are re-created, and touched afresh, by the next calls."""
     nk_release_workspace()
+
+
+def workspace_bytes():
+    """Bytes the workspace arenas hold now."""
+    return nk_workspace_bytes()
 
 
 def build_info():

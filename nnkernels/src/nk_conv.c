@@ -4,63 +4,10 @@
 #include <string.h>
 #include "nk_internal.h"
 #include "nk_conv.h"
+#include "nk_target.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-/* ------------------------------------------------------------- workspace
- * Process-wide arena (separate from the GEMM's, which is in use while our
- * GEMM calls run), grown when needed and then reused so steady-state calls
- * touch no fresh pages.  A concurrent caller that finds it busy gets a
- * temporary buffer. */
-static void *g_conv_arena = NULL;
-static size_t g_conv_arena_size = 0;
-static int g_conv_arena_busy = 0;
-
-static void *nk_conv_ws_acquire(size_t bytes, int *from_arena)
-{
-    if (!__atomic_test_and_set(&g_conv_arena_busy, __ATOMIC_ACQUIRE)) {
-        if (g_conv_arena_size < bytes) {
-            free(g_conv_arena);
-            g_conv_arena = NULL;
-            g_conv_arena_size = 0;
-            size_t want = bytes + bytes / 4;
-            want = (want + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
-            if (posix_memalign(&g_conv_arena, 64, want) != 0) {
-                g_conv_arena = NULL;
-                __atomic_clear(&g_conv_arena_busy, __ATOMIC_RELEASE);
-                return NULL;
-            }
-            g_conv_arena_size = want;
-        }
-        *from_arena = 1;
-        return g_conv_arena;
-    }
-    void *p = NULL;
-    *from_arena = 0;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
-    return p;
-}
-
-static void nk_conv_ws_release(void *p, int from_arena)
-{
-    if (from_arena)
-        __atomic_clear(&g_conv_arena_busy, __ATOMIC_RELEASE);
-    else
-        free(p);
-}
-
-void nk_conv_release_workspace(void)
-{
-    if (!__atomic_test_and_set(&g_conv_arena_busy, __ATOMIC_ACQUIRE)) {
-        free(g_conv_arena);
-        g_conv_arena = NULL;
-        g_conv_arena_size = 0;
-        __atomic_clear(&g_conv_arena_busy, __ATOMIC_RELEASE);
-    }
-}
-
-int64_t nk_conv_workspace_bytes(void) { return (int64_t)g_conv_arena_size; }
 
 static int64_t g_col_budget = NK_CONV_COL_BUDGET;
 void nk_conv_set_col_budget(int64_t bytes) { g_col_budget = bytes > 0 ? bytes : NK_CONV_COL_BUDGET; }
@@ -203,12 +150,7 @@ static inline int64_t nk_conv_dz_row_px(const nk_conv_shape *s)
 #undef ISA
 
 #if NK_X86
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+NK_TARGET_AVX2_BEGIN
 #define ISA avx2
 #define RB_FWD 3
 #define RB_WG 3
@@ -235,18 +177,9 @@ static inline int64_t nk_conv_dz_row_px(const nk_conv_shape *s)
 #undef RB_WG
 #undef RB_DG
 #undef ISA
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx2,fma")
-#endif
+NK_TARGET_AVX512_BEGIN
 #define ISA avx512
 #define RB_FWD 8
 #define RB_WG 12
@@ -273,11 +206,7 @@ static inline int64_t nk_conv_dz_row_px(const nk_conv_shape *s)
 #undef RB_WG
 #undef RB_DG
 #undef ISA
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 #endif /* NK_X86 */
 
 /* ------------------------------- float window packing, MR = 8, AVX2
@@ -285,12 +214,7 @@ static inline int64_t nk_conv_dz_row_px(const nk_conv_shape *s)
  * rows' channel runs are loaded 8 channels at a time and transposed in
  * registers (8x8), instead of 64 scalar strided stores. */
 #if NK_X86
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+NK_TARGET_AVX2_BEGIN
 #include <immintrin.h>
 static inline void nk_tr8x8_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4,
                                   __m256 r5, __m256 r6, __m256 r7, float *dst)
@@ -384,11 +308,7 @@ static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0,
         if (++kw == KW) { kw = 0; kh++; }
     }
 }
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+NK_TARGET_END
 #endif /* NK_X86 */
 
 /* ------------------------------------------------- per-dtype drivers */

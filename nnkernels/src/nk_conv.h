@@ -82,8 +82,6 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass);
 /* Column-workspace budget in bytes (tests shrink it to exercise tiling);
  * <= 0 restores NK_CONV_COL_BUDGET. */
 void nk_conv_set_col_budget(int64_t bytes);
-void nk_conv_release_workspace(void);
-int64_t nk_conv_workspace_bytes(void);
 
 #ifdef __cplusplus
 }

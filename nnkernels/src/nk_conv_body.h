@@ -273,7 +273,7 @@ static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     if (nbk == 1) return CFN(im2col_wgrad_part)(s, dy, ymask, act, x, 0, K, dw, db, nt);
     const int64_t per = kkcf + F;
     int from_arena = 0;
-    T *part = (T *)nk_conv_ws_acquire((size_t)((nbk - 1) * per) * sizeof(T), &from_arena);
+    T *part = (T *)nk_ws_acquire((size_t)((nbk - 1) * per) * sizeof(T), &from_arena);
     if (!part) return -1;
     int rc = 0;
     const int team = nt < nbk ? nt : (int)nbk;
@@ -295,7 +295,7 @@ static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
                 for (int64_t f = 0; f < F; f++) db[f] += pw[kkcf + f];
         }
     }
-    nk_conv_ws_release(part, from_arena);
+    nk_ws_release(part, from_arena);
     return rc ? -1 : 0;
 }
 
@@ -364,7 +364,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     if (s->sh == 1 && s->sw == 1 && C * (int64_t)sizeof(T) >= 256) {
         /* "full" convolution of dz with the kernel, transposed to (KK*F, C) */
         int from_arena = 0;
-        T *wt = (T *)nk_conv_ws_acquire((size_t)(KK * F * C) * sizeof(T), &from_arena);
+        T *wt = (T *)nk_ws_acquire((size_t)(KK * F * C) * sizeof(T), &from_arena);
         if (!wt) return -1;
         for (int64_t kk = 0; kk < KK; kk++)
             for (int64_t c = 0; c < C; c++)
@@ -380,7 +380,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         g.b = wt; g.rsb = C; g.csb = 1;
         g.out = dx; g.ldo = C;
         const int rc = GEMM(&g);
-        nk_conv_ws_release(wt, from_arena);
+        nk_ws_release(wt, from_arena);
         return rc;
     }
     /* dcols = dz @ w^T per tile of output pixels, then col2im.  Tiles are
@@ -416,7 +416,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     /* w^T (F, KK*C) transposed once, so every tile's GEMM packs B with
      * contiguous vector loads */
     int from_arena = 0;
-    T *cols = (T *)nk_conv_ws_acquire((size_t)(outer * tile * kkc + F * kkc) * sizeof(T),
+    T *cols = (T *)nk_ws_acquire((size_t)(outer * tile * kkc + F * kkc) * sizeof(T),
                                       &from_arena);
     if (!cols) return -1;
     T *w_fk = cols + outer * tile * kkc;
@@ -449,7 +449,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         else
             CFN(col2im)(s, mine, q0, q1, dx, inner);
     }
-    nk_conv_ws_release(cols, from_arena);
+    nk_ws_release(cols, from_arena);
     return rc ? -1 : 0;
 }
 
@@ -476,7 +476,7 @@ static int CFN(direct_ops_get)(CFN(direct_ops) *o, const nk_conv_shape *s, const
     const int64_t wlen = w && Fp != F ? (R + 1) * Fp : 0;
     o->fp = Fp;
     o->scr_per = (per + ve - 1) / ve * ve;
-    o->ws = nk_conv_ws_acquire((size_t)(wlen + nt * o->scr_per + extra) * sizeof(T),
+    o->ws = nk_ws_acquire((size_t)(wlen + nt * o->scr_per + extra) * sizeof(T),
                                &o->from_arena);
     if (!o->ws) return -1;
     T *base = (T *)o->ws;
@@ -504,7 +504,7 @@ static int CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
     if (CFN(direct_ops_get)(&o, s, w, bias, s->kh * nk_conv_xrow_px(s) * s->c, 0, nt))
         return -1;
     CFN_ISA(direct_fwd)(s, x, o.w, o.fp, o.b, act, y, o.scr, o.scr_per, nt);
-    nk_conv_ws_release(o.ws, o.from_arena);
+    nk_ws_release(o.ws, o.from_arena);
     return 0;
 }
 
@@ -517,7 +517,7 @@ static int CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
                             nt))
         return -1;
     CFN_ISA(direct_dgrad)(s, dy, ymask, o.w, o.fp, dx, o.scr, o.scr_per, nt);
-    nk_conv_ws_release(o.ws, o.from_arena);
+    nk_ws_release(o.ws, o.from_arena);
     return 0;
 }
 
@@ -562,7 +562,7 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
             else if (db) db[f] = acc;
         }
     }
-    nk_conv_ws_release(o.ws, o.from_arena);
+    nk_ws_release(o.ws, o.from_arena);
     return 0;
 }
 

@@ -107,8 +107,9 @@ int nk_get_num_threads(void);
 int nk_openmp_enabled(void);
 int nk_omp_max_threads(void);
 
-/* Release the packing arena (tests/benchmarks). */
+/* Free the workspace arenas (tests/benchmarks); bytes they hold now. */
 void nk_release_workspace(void);
+int64_t nk_workspace_bytes(void);
 
 /* Per-ISA FMA throughput loop: runs `iters` iterations of a chain of
  * independent FMAs, returns the number of flops executed. */

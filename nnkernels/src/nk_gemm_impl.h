@@ -217,7 +217,7 @@ int FN(nk_gemm)(const ARGS *g)
                         : coop   ? 2 * b_sz + nt * a_sz
                                  : nt * (a_sz + b_sz);
     int from_arena = 0;
-    T *ws = (T *)nk_workspace_acquire((size_t)total * sizeof(T), &from_arena);
+    T *ws = (T *)nk_ws_acquire((size_t)total * sizeof(T), &from_arena);
     if (!ws) return -1;
 
     if (direct) {
@@ -273,7 +273,7 @@ int FN(nk_gemm)(const ARGS *g)
         }
 #endif
     }
-    nk_workspace_release(ws, from_arena);
+    nk_ws_release(ws, from_arena);
     return 0;
 }
 

@@ -47,6 +47,13 @@ double nk_fma_peak_generic(int dbl, int64_t iters);
 double nk_fma_peak_avx2(int dbl, int64_t iters);
 double nk_fma_peak_avx512(int dbl, int64_t iters);
 
+/* Workspace (nk_workspace.c): a buffer of at least `bytes`, 64-byte aligned,
+ * from one of a few reused arenas (*slot > 0) or, when all are busy, freshly
+ * allocated (*slot == 0); NULL if memory is exhausted.  Give it back with
+ * nk_ws_release(p, slot). */
+void *nk_ws_acquire(size_t bytes, int *slot);
+void nk_ws_release(void *p, int slot);
+
 #if defined(__x86_64__) || defined(_M_X64)
 #define NK_X86 1
 #else
