@@ -199,15 +199,19 @@ def autorange(fn, min_time: float) -> int:
 
 
 def bench_interleaved(fns: dict, repeats: int = 10, min_time: float = 0.05,
-                      warmup: int = 2) -> dict:
+                      warmup: int = 2, settle: float = 0.03) -> dict:
     """Time several functions, interleaved.
 
     Each function is warmed up (`warmup` calls plus a calibration run), then
     for `repeats` rounds every function runs one repeat of ``inner`` calls
     (enough for >= `min_time` seconds); the order rotates each round so that
     noise on the shared machine hits all of them alike.  The garbage
-    collector is off while timing.  Returns ``{name: Timing}`` (seconds per
-    call; use ``.best`` for the best-of-N figure).
+    collector is off while timing.  Before each timed repeat the machine
+    settles for `settle` seconds and the function makes one untimed call:
+    OpenBLAS's worker threads keep spinning for a while after a NumPy call and
+    would otherwise steal a core from whichever contender runs next.
+    Returns ``{name: Timing}`` (seconds per call; use ``.best`` for the
+    best-of-N figure).
     """
     names = list(fns)
     gc_was = gc.isenabled()
@@ -220,6 +224,9 @@ def bench_interleaved(fns: dict, repeats: int = 10, min_time: float = 0.05,
         for r in range(repeats):
             k = r % len(names)
             for name in names[k:] + names[:k]:
+                if settle > 0:
+                    time.sleep(settle)
+                fns[name]()
                 res[name].times.append(_run(fns[name], res[name].inner) / res[name].inner)
     finally:
         if gc_was:
