@@ -1,6 +1,6 @@
 """Convolution benchmark: nnkernels vs torch.nn.functional.conv2d vs NumPy im2col.
 
-    python -m bench.conv [--threads 1 2] [--batches 32 128] [--repeat 7] [--quick]
+    python -m bench.conv [--threads 1 2] [--batches 32 128] [--repeat 7] [--no-pool]
 
 Per layer: forward, and forward+backward (dx, dW, db), ours with
 preallocated outputs, PyTorch (NCHW and channels_last; the faster is the
@@ -13,8 +13,8 @@ largest batch is measured in a fresh subprocess (VmHWM - VmRSS before the
 first call, inputs and outputs already allocated).  Writes
 bench/results/conv.json and conv.png and prints a table.
 
-Other layer kinds (max pooling, dropout) plug in through KINDS: add a
-function (spec, batch, threads, repeat) -> row dict and layers using it.
+Then (unless --no-pool) the default CNN's MaxPool 2x2 and Dropout layers
+through bench/pool.py, in the same run and with the same threads.
 """
 import argparse
 import json
@@ -265,6 +265,8 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--layers", nargs="+", default=list(LAYERS))
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--no-pool", action="store_true",
+                    help="skip the default model's MaxPool 2x2 and Dropout layers (bench/pool.py)")
     ap.add_argument("--mem-probe", nargs=3, metavar=("LAYER", "BATCH", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.mem_probe:
@@ -312,6 +314,11 @@ def main(argv=None):
     with open(os.path.join(RESULTS, "conv.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows, memory=mem), f, indent=1)
     plot(rows, os.path.join(RESULTS, "conv.png"))
+    if not args.no_pool:
+        # the default CNN's other layers: MaxPool 2x2 on 24x24x64, Dropout
+        from bench import pool
+        print()
+        pool.main(["--threads", ",".join(str(t) for t in args.threads)])
 
 
 def fmt_row(r):

@@ -56,7 +56,9 @@ def bench_interleaved(fns, repeats, min_time=0.02):
     Each round runs every implementation for about min_time seconds, timing
     each call on its own; best = fastest single call over all rounds.  (The
     machine is shared: a call that lost its core to another process says
-    nothing about the kernel, so the median is reported next to the best.)"""
+    nothing about the kernel, so the median is reported next to the best.)
+    Before each contender's round the machine settles for 30 ms and the
+    contender makes one untimed call."""
     inner = {}
     for name, fn in fns.items():  # warm-up and calls per round
         fn(); fn()
@@ -68,6 +70,10 @@ def bench_interleaved(fns, repeats, min_time=0.02):
     faults = {k: 0 for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            # let the previous contender's spinning worker threads (OpenMP,
+            # OpenBLAS) go to sleep, as bench._common does
+            time.sleep(0.03)
+            fn()
             f0 = minflt()
             ts = times[name]
             for _ in range(inner[name]):
