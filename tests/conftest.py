@@ -37,7 +37,7 @@ _COMMON = dict(
         HealthCheck.data_too_large,
     ],
 )
-settings.register_profile("ci", max_examples=25, **_COMMON)
+settings.register_profile("ci", max_examples=60, **_COMMON)
 settings.register_profile("dev", max_examples=300, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

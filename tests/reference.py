@@ -8,9 +8,12 @@ while rounding in any summation order stays far inside:
   float32: 1e-5 * sqrt(K) * scale    (worst-case rounding is ~6e-8 * K * scale)
   float64: 1e-12 * scale             (worst-case ~1.1e-16 * K * scale)
 """
+import contextlib
 import math
 
 import numpy as np
+
+import nnkernels as nk
 
 F64 = np.float64
 
@@ -117,3 +120,24 @@ def assert_bitwise_equal(x, y, what="result"):
         raise AssertionError(
             f"{what}: {len(bad)} of {bx.size} elements differ bitwise; first at {i}: "
             f"{np.asarray(x)[i]!r} vs {np.asarray(y)[i]!r}")
+
+
+# Kernel state for one block of a test (hypothesis examples run inside it).
+@contextlib.contextmanager
+def isa(name):
+    old = nk.get_isa()
+    nk.set_isa(name)
+    try:
+        yield
+    finally:
+        nk.set_isa(old)
+
+
+@contextlib.contextmanager
+def threads(n):
+    old = nk.get_num_threads()
+    nk.set_num_threads(n)
+    try:
+        yield
+    finally:
+        nk.set_num_threads(old)

@@ -1,6 +1,5 @@
 """ReLU and dropout kernels; Philox4x32-10 against Random123's known-answer
 vectors and an independent NumPy implementation."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -8,29 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nnkernels as nk
+from reference import isa, threads
 
 ISAS = nk.available_isas()
 DTYPES = [np.float32, np.float64]
-
-
-@contextlib.contextmanager
-def isa(name):
-    old = nk.get_isa()
-    nk.set_isa(name)
-    try:
-        yield
-    finally:
-        nk.set_isa(old)
-
-
-@contextlib.contextmanager
-def threads(n):
-    old = nk.get_num_threads()
-    nk.set_num_threads(n)
-    try:
-        yield
-    finally:
-        nk.set_num_threads(old)
 
 
 # ------------------------------------------------------------------ ReLU --

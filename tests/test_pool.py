@@ -1,6 +1,5 @@
 """Max pooling (NHWC): forward values and argmax indices, backward (scatter and
 gather), against plain NumPy loops over windows, on every ISA path."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -8,29 +7,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import nnkernels as nk
+from reference import isa, threads
 
 ISAS = nk.available_isas()
 DTYPES = [np.float32, np.float64]
-
-
-@contextlib.contextmanager
-def isa(name):
-    old = nk.get_isa()
-    nk.set_isa(name)
-    try:
-        yield
-    finally:
-        nk.set_isa(old)
-
-
-@contextlib.contextmanager
-def threads(n):
-    old = nk.get_num_threads()
-    nk.set_num_threads(n)
-    try:
-        yield
-    finally:
-        nk.set_num_threads(old)
 
 
 # ------------------------------------------------------------ references --
