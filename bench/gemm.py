@@ -335,8 +335,9 @@ def main(argv=None) -> int:
         with tc.limit(t) as eff:
             results = []
             for i, case in enumerate(cases):
-                print(f"  threads={t}: {i + 1}/{len(cases)} {case['label']:<24}",
-                      end="\r", file=sys.stderr, flush=True)
+                if sys.stderr.isatty():  # a progress line on terminals only
+                    print(f"  threads={t}: {i + 1}/{len(cases)} {case['label']:<24}",
+                          end="\r", file=sys.stderr, flush=True)
                 results.append(guard.run(case, torch, repeats, args.min_time))
         print(f"  threads={t}: {len(cases)} cases in {time.perf_counter() - t_block:.0f} s"
               + " " * 20, file=sys.stderr, flush=True)
