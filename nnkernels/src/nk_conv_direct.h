@@ -427,32 +427,53 @@ static void DFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n
     const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
     const int64_t OH = s->oh, OW = s->ow, kkc = KH * KW * C, rows = (n1 - n0) * H;
     (void)nt;
+    /* Each dx element is summed in registers over its taps (kh, then kw,
+     * ascending, from zero) and stored once.  ADD runs for every tap of
+     * input pixel (h, iw), src pointing at its columns. */
+#define C2I_TAPS(ADD)                                                                   \
+    for (int64_t kh = 0; kh < KH; kh++) {                                               \
+        const int64_t th = h + s->pt - kh * s->dh;                                      \
+        if (th < 0) break; /* th decreases with kh */                                   \
+        const int64_t oh = th / s->sh;                                                  \
+        if (oh * s->sh != th || oh >= OH) continue;                                     \
+        const T *crow = dcols + (nl * OH + oh) * OW * kkc + kh * KW * C;                \
+        for (int64_t kw = 0; kw < KW; kw++) {                                           \
+            const int64_t tw = iw + s->pl - kw * s->dw;                                 \
+            if (tw < 0) break;                                                          \
+            const int64_t ow = tw / s->sw;                                              \
+            if (ow * s->sw != tw || ow >= OW) continue;                                 \
+            const T *src = crow + ow * kkc + kw * C;                                    \
+            ADD;                                                                        \
+        }                                                                               \
+    }
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
 #endif
     for (int64_t r = 0; r < rows; r++) {
         const int64_t nl = r / H, h = r - nl * H;
         T *d = dx + ((n0 + nl) * H + h) * W * C;
-        memset(d, 0, (size_t)(W * C) * sizeof(T));
-        for (int64_t kh = 0; kh < KH; kh++) {
-            const int64_t th = h + s->pt - kh * s->dh;
-            if (th < 0) break; /* th decreases with kh */
-            const int64_t oh = th / s->sh;
-            if (oh * s->sh != th || oh >= OH) continue;
-            const T *crow = dcols + (nl * OH + oh) * OW * kkc;
-            for (int64_t iw = 0; iw < W; iw++) {
-                T *restrict dp = d + iw * C;
-                for (int64_t kw = 0; kw < KW; kw++) {
-                    const int64_t tw = iw + s->pl - kw * s->dw;
-                    if (tw < 0) break;
-                    const int64_t ow = tw / s->sw;
-                    if (ow * s->sw != tw || ow >= OW) continue;
-                    const T *src = crow + ow * kkc + (kh * KW + kw) * C;
-                    for (int64_t c = 0; c < C; c++) dp[c] += src[c];
-                }
+        for (int64_t iw = 0; iw < W; iw++) {
+            T *restrict dp = d + iw * C;
+            int64_t c = 0;
+            for (; c + 2 * VL <= C; c += 2 * VL) {
+                V a0 = (V){0}, a1 = (V){0};
+                C2I_TAPS(a0 += DFN(vld)(src + c); a1 += DFN(vld)(src + c + VL))
+                DFN(vst)(dp + c, a0);
+                DFN(vst)(dp + c + VL, a1);
+            }
+            for (; c + VL <= C; c += VL) {
+                V a0 = (V){0};
+                C2I_TAPS(a0 += DFN(vld)(src + c))
+                DFN(vst)(dp + c, a0);
+            }
+            for (; c < C; c++) {
+                T a0 = (T)0;
+                C2I_TAPS(a0 += src[c])
+                dp[c] = a0;
             }
         }
     }
+#undef C2I_TAPS
 }
 
 #undef AI

@@ -116,8 +116,21 @@ static void FN(pack_b)(int64_t kc, int64_t nc, const T *b, int64_t rsb,
         if (colsum) {
             /* ascending p per column: same order whatever the blocking */
             T *restrict cs = colsum + j0;
-            for (int64_t p = 0; p < kc; p++)
-                for (int j = 0; j < nr; j++) cs[j] += dst[p * NR + j];
+            if (nr == NR) {
+                /* full sliver: the sums stay in registers across p */
+                V acc[NV];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[v] = V_LOADU(cs + v * VL);
+                for (int64_t p = 0; p < kc; p++) {
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++) acc[v] = V_ADD(acc[v], V_LOADU(dst + p * NR + v * VL));
+                }
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) V_STOREU(cs + v * VL, acc[v]);
+            } else {
+                for (int64_t p = 0; p < kc; p++)
+                    for (int j = 0; j < nr; j++) cs[j] += dst[p * NR + j];
+            }
         }
     }
 }
