@@ -61,9 +61,8 @@ static void nk_conv_zero(void *p, size_t bytes, int nt)
 
 /* Threads for our own parallel loops: the package setting, 1 inside another
  * team, and no more than one per ~1 MFLOP of work. */
-static int nk_conv_threads(const nk_conv_shape *s, int nt, int pass)
+static int nk_conv_threads(const nk_conv_shape *s, int nt)
 {
-    (void)pass;
     if (nt <= 0) nt = nk_get_num_threads();
 #ifdef _OPENMP
     if (omp_in_parallel()) return 1;
@@ -126,28 +125,7 @@ static inline int64_t nk_conv_dz_row_px(const nk_conv_shape *s)
 #define RB_FWD 2
 #define RB_WG 2
 #define RB_DG 2
-#define T float
-#define TI int32_t
-#define S s
-#define FB 32
-#include "nk_conv_direct.h"
-#undef T
-#undef TI
-#undef S
-#undef FB
-#define T double
-#define TI int64_t
-#define S d
-#define FB 16
-#include "nk_conv_direct.h"
-#undef T
-#undef TI
-#undef S
-#undef FB
-#undef RB_FWD
-#undef RB_WG
-#undef RB_DG
-#undef ISA
+#include "nk_conv_direct_inst.h"
 
 #if NK_X86
 NK_TARGET_AVX2_BEGIN
@@ -155,28 +133,7 @@ NK_TARGET_AVX2_BEGIN
 #define RB_FWD 3
 #define RB_WG 3
 #define RB_DG 3
-#define T float
-#define TI int32_t
-#define S s
-#define FB 32
-#include "nk_conv_direct.h"
-#undef T
-#undef TI
-#undef S
-#undef FB
-#define T double
-#define TI int64_t
-#define S d
-#define FB 16
-#include "nk_conv_direct.h"
-#undef T
-#undef TI
-#undef S
-#undef FB
-#undef RB_FWD
-#undef RB_WG
-#undef RB_DG
-#undef ISA
+#include "nk_conv_direct_inst.h"
 NK_TARGET_END
 
 NK_TARGET_AVX512_BEGIN
@@ -184,28 +141,7 @@ NK_TARGET_AVX512_BEGIN
 #define RB_FWD 8
 #define RB_WG 12
 #define RB_DG 8
-#define T float
-#define TI int32_t
-#define S s
-#define FB 32
-#include "nk_conv_direct.h"
-#undef T
-#undef TI
-#undef S
-#undef FB
-#define T double
-#define TI int64_t
-#define S d
-#define FB 16
-#include "nk_conv_direct.h"
-#undef T
-#undef TI
-#undef S
-#undef FB
-#undef RB_FWD
-#undef RB_WG
-#undef RB_DG
-#undef ISA
+#include "nk_conv_direct_inst.h"
 NK_TARGET_END
 #endif /* NK_X86 */
 

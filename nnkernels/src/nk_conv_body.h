@@ -576,7 +576,7 @@ static int CFN(forward)(const nk_conv_shape *s, int algo, const T *x, const T *w
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
     if (algo == NK_CONV_AUTO) algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
     if (algo == NK_CONV_DIRECT) {
-        return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt, 1));
+        return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
     }
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
 }
@@ -597,13 +597,13 @@ static int CFN(backward)(const nk_conv_shape *s, int algo, const T *dy, const T 
     int a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
     int rc;
     if (a == NK_CONV_DIRECT)
-        rc = CFN(direct_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt, 1));
+        rc = CFN(direct_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
     else
         rc = CFN(im2col_wgrad)(s, dy, ymask, act, x, dw, db, nt);
     if (rc || !dx) return rc;
     a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA) : algo;
     if (a == NK_CONV_DIRECT) {
-        return CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt, 1));
+        return CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt));
     }
     return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, nt);
 }
