@@ -1,0 +1,1 @@
+"""Datasets in IDX format (MNIST, Fashion-MNIST)."""
