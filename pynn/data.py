@@ -425,11 +425,13 @@ def batch_indices(n, batch_size, shuffle=True, seed=0, epoch=0, start_step=0,
       the shards are disjoint and, reshuffled every epoch, each rank sees
       different samples each epoch.  All ranks get the same number of samples,
       hence of steps: with ``pad=True`` (default, like PyTorch's
-      ``DistributedSampler``) the permutation is extended by its own first
-      ``ceil(n/size)*size - n`` entries, so every sample is used each epoch and
-      at most ``size-1`` of them twice; with ``pad=False`` the last
-      ``n % size`` entries of the permutation are dropped (different ones each
-      epoch when shuffling).  ``batch_size`` is per rank.
+      ``DistributedSampler``) the permutation is extended cyclically to
+      ``ceil(n/size)*size`` entries (by its own first ``ceil(n/size)*size - n``
+      entries when ``size <= n``), so every sample is used each epoch and at
+      most ``size-1`` padding entries repeat samples; with ``pad=False`` the
+      last ``n % size`` entries of the permutation are dropped (different ones
+      each epoch when shuffling; no steps at all when ``n < size``).
+      ``batch_size`` is per rank: the global batch is ``batch_size * size``.
     - Every batch has ``batch_size`` indices except the last of the epoch,
       which has the rest (never empty).
     - ``start_step`` skips the first batches: a run resumed at step ``k`` of an
