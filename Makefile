@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 PYTEST_ARGS ?=
+TRAIN_ARGS  ?=
+FASHION_PKG := dataset-fashion-mnist
 
-.PHONY: test install venv bench clean
+.PHONY: test install venv bench clean train data
 
 venv: $(VPY)
 $(VPY):
@@ -19,6 +21,28 @@ install: $(VPY)
 # `python -m pytest`) does not put the source tree on sys.path.
 test: install
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
+
+# Makes sure Fashion-MNIST is where pynn looks for it (PYNN_DATA, PYNN_DATA/fashion-mnist
+# or /usr/share/datasets/fashion-mnist): if not, installs the Debian package as root,
+# or says what to run otherwise.  The check is pynn's own lookup (-I: the installed
+# package, not the source tree).
+data: install
+	@if $(VPY) -I -c 'from pynn.data import find_dataset_dir; find_dataset_dir()' >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "Fashion-MNIST not found: apt-get install -y $(FASHION_PKG)"; \
+	  apt-get install -y $(FASHION_PKG) || { apt-get update && apt-get install -y $(FASHION_PKG); }; \
+	else \
+	  echo "Fashion-MNIST not found (looked in \$$PYNN_DATA and /usr/share/datasets/fashion-mnist)." >&2; \
+	  echo "Install it as root:   apt-get install -y $(FASHION_PKG)" >&2; \
+	  echo "or put train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte," >&2; \
+	  echo "t10k-labels-idx1-ubyte (raw or .gz) in a directory DIR and run: make train PYNN_DATA=DIR" >&2; \
+	  exit 1; \
+	fi
+
+# One epoch of the default model on Fashion-MNIST; extra CLI arguments in TRAIN_ARGS.
+train: data
+	$(VENV)/bin/pynn train --epochs 1 $(TRAIN_ARGS)
 
 bench: install
 	$(VPY) -m pip install -q matplotlib threadpoolctl 'torch==2.13.0' || true
