@@ -1,2 +1,15 @@
-"""pynn: a Keras-like layer API over the nnkernels compiled kernels."""
+"""pynn: a Keras-like layer API over the nnkernels compiled kernels.
+
+``import pynn as keras`` runs Keras Sequential scripts: layers, optimizers,
+losses, callbacks, datasets and utils keep their Keras names, arguments and
+defaults.  See README.md.
+"""
+from . import activations, backend, callbacks, data, datasets, initializers, layers, losses, metrics, \
+    models, optimizers, utils, zoo
+from .layers import Input
+from .model import Sequential, load_model
+
 __version__ = "0.1.0"
+
+__all__ = ["Sequential", "Input", "load_model", "layers", "optimizers", "losses", "metrics",
+           "callbacks", "datasets", "utils", "activations", "initializers", "models", "backend"]

@@ -1,0 +1,565 @@
+"""The one interface every layer, loss and optimizer computes through.
+
+``Ops`` is the pure NumPy reference: vectorised, written to be read, and the
+specification the compiled kernels are tested against.  ``CPUOps`` overrides
+the hot operations with ``nnkernels`` (fused GEMM epilogues, implicit-im2col
+convolution, pooling, Philox dropout, fused softmax cross-entropy, optimizer
+updates, batch norm) and falls back to ``Ops`` for anything it does not
+handle (e.g. float16, unusual activations).
+
+Conventions (see DESIGN.md §2): NHWC activations, conv kernels
+(KH, KW, C_in, C_out), dense kernels (in, out).  Gradients of ``<op>`` are
+``<op>_backward``.  Every op takes optional ``out=`` style buffers so that a
+training step allocates nothing after the first one; ops write into them and
+return them.
+"""
+import math
+
+import numpy as np
+
+# ------------------------------------------------------------------ helpers --
+
+
+def _pair(v, what):
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    t = tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
+    return t
+
+
+def conv_padding(size, k, s, d, padding):
+    """(out_size, pad_before, pad_after) along one axis, Keras/TF rules."""
+    ke = (k - 1) * d + 1
+    if padding == "valid":
+        if size < ke:
+            return 0, 0, 0
+        return (size - ke) // s + 1, 0, 0
+    if padding == "same":
+        o = -(-size // s)
+        total = max((o - 1) * s + ke - size, 0)
+        return o, total // 2, total - total // 2
+    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+
+
+def conv_geometry(x_shape, w_shape, strides, padding, dilation):
+    n, h, w_, c = x_shape
+    kh, kw, ci, f = w_shape
+    if ci != c:
+        raise ValueError(f"x has {c} channels but the kernel expects {ci}")
+    sh, sw = _pair(strides, "strides")
+    dh, dw = _pair(dilation, "dilation")
+    if isinstance(padding, str):
+        oh, pt, pb = conv_padding(h, kh, sh, dh, padding)
+        ow, pl, pr = conv_padding(w_, kw, sw, dw, padding)
+    else:
+        (pt, pb), (pl, pr) = padding
+        oh = max((h + pt + pb - (kh - 1) * dh - 1) // sh + 1, 0)
+        ow = max((w_ + pl + pr - (kw - 1) * dw - 1) // sw + 1, 0)
+    return dict(n=n, h=h, w=w_, c=c, kh=kh, kw=kw, f=f, sh=sh, sw=sw, dh=dh, dw=dw,
+                oh=oh, ow=ow, pt=pt, pb=pb, pl=pl, pr=pr)
+
+
+def _windows(xp_, g):
+    """(N, OH, OW, KH, KW, C) strided view of the padded input."""
+    n, c = xp_.shape[0], xp_.shape[3]
+    s = xp_.strides
+    shape = (n, g["oh"], g["ow"], g["kh"], g["kw"], c)
+    strides = (s[0], s[1] * g["sh"], s[2] * g["sw"], s[1] * g["dh"], s[2] * g["dw"], s[3])
+    return np.lib.stride_tricks.as_strided(xp_, shape, strides, writeable=False)
+
+
+def _out(out, shape, dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out has shape {out.shape} {out.dtype}, expected {tuple(shape)} {np.dtype(dtype)}")
+    return out
+
+
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu")
+
+
+def philox4x32(ctr, key):
+    """Philox4x32-10 of each row of ctr ((n, 4) uint32) under key (2 uint32)."""
+    c = [ctr[:, i].astype(np.uint64) for i in range(4)]
+    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+    m32 = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c[0]
+        p1 = np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & m32, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & m32]
+        k0 = (k0 + np.uint64(0x9E3779B9)) & m32
+        k1 = (k1 + np.uint64(0xBB67AE85)) & m32
+    return np.stack(c, axis=1).astype(np.uint32)
+
+
+def dropout_keep_mask(shape, rate, seed, offset):
+    """The documented dropout stream (same as nnkernels.dropout and the GPU):
+    element e (flat C order) takes word e % 4 of Philox block e // 4 with
+    counter (e // 4 low, high, offset low, high) and key (seed low, high), and
+    is kept iff that word >= floor(rate * 2**32)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    b = np.arange((n + 3) // 4, dtype=np.uint64)
+    m32 = np.uint64(0xFFFFFFFF)
+    off, sd = np.uint64(offset), np.uint64(seed)
+    ctr = np.stack([b & m32, b >> np.uint64(32), np.full_like(b, off & m32),
+                    np.full_like(b, off >> np.uint64(32))], axis=1).astype(np.uint32)
+    key = np.array([int(sd & m32), int(sd >> np.uint64(32))], np.uint32)
+    words = philox4x32(ctr, key).ravel()[:n]
+    thr = min(int(math.floor(rate * 4294967296.0)), 4294967295)
+    return (words >= thr).reshape(shape)
+
+
+# ----------------------------------------------------------------- the spec --
+
+
+class Ops:
+    """Reference implementation in NumPy (``xp``): the readable spec."""
+
+    name = "numpy"
+    xp = np
+
+    # -- memory -------------------------------------------------------------
+    def alloc(self, shape, dtype=np.float32, zeros=False):
+        return (self.xp.zeros if zeros else self.xp.empty)(shape, dtype=dtype)
+
+    def asarray(self, x, dtype=None):
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    # -- activations --------------------------------------------------------
+    def activation(self, name, x, out=None, alpha=None):
+        """out = act(x); out may be x."""
+        xp = self.xp
+        out = x.copy() if out is None else out
+        if name in (None, "linear"):
+            if out is not x:
+                out[...] = x
+        elif name == "relu":
+            xp.maximum(x, 0, out=out)
+        elif name == "sigmoid":
+            # 1 / (1 + exp(-x)) without overflow warnings
+            e = xp.exp(-xp.abs(x))
+            out[...] = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        elif name == "tanh":
+            xp.tanh(x, out=out)
+        elif name == "softmax":
+            z = x - x.max(axis=-1, keepdims=True)
+            e = xp.exp(z)
+            out[...] = e / e.sum(axis=-1, keepdims=True)
+        elif name == "leaky_relu":
+            a = 0.2 if alpha is None else alpha
+            out[...] = xp.where(x > 0, x, a * x)
+        elif name == "elu":
+            a = 1.0 if alpha is None else alpha
+            out[...] = xp.where(x > 0, x, a * xp.expm1(xp.minimum(x, 0)))
+        else:
+            raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+        return out
+
+    def activation_backward(self, name, dy, y, out=None, alpha=None):
+        """dx given dy and the forward OUTPUT y (every activation here has a
+        derivative expressible in y); out may be dy."""
+        xp = self.xp
+        out = xp.empty_like(dy) if out is None else out
+        if name in (None, "linear"):
+            if out is not dy:
+                out[...] = dy
+        elif name == "relu":
+            xp.multiply(dy, y > 0, out=out)
+        elif name == "sigmoid":
+            out[...] = dy * y * (1 - y)
+        elif name == "tanh":
+            out[...] = dy * (1 - y * y)
+        elif name == "softmax":
+            out[...] = y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+        elif name == "leaky_relu":
+            a = 0.2 if alpha is None else alpha
+            out[...] = xp.where(y > 0, dy, a * dy)
+        elif name == "elu":
+            a = 1.0 if alpha is None else alpha
+            out[...] = xp.where(y > 0, dy, dy * (y + a))
+        else:
+            raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+        return out
+
+    # -- dense --------------------------------------------------------------
+    def dense_forward(self, x, w, b=None, activation=None, out=None):
+        """out = act(x @ w + b); activation None/"linear"/"relu" fused."""
+        out = _out(out, (x.shape[0], w.shape[1]), x.dtype)
+        self.xp.matmul(x, w, out=out)
+        if b is not None:
+            out += b
+        if activation == "relu":
+            self.xp.maximum(out, 0, out=out)
+        return out
+
+    def dense_backward(self, dy, x, w, y=None, activation=None, *, need_dx=True,
+                       dx=None, dw=None, db=None):
+        """(dx or None, dw, db or None) of y = act(x @ w + b)."""
+        dz = dy * (y > 0) if activation == "relu" else dy
+        dw = _out(dw, w.shape, x.dtype)
+        self.xp.matmul(x.T, dz, out=dw)
+        if db is not None:
+            db[...] = dz.sum(axis=0)
+        if need_dx:
+            dx = _out(dx, x.shape, x.dtype)
+            self.xp.matmul(dz, w.T, out=dx)
+        else:
+            dx = None
+        return dx, dw, db
+
+    # -- convolution --------------------------------------------------------
+    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+                       activation=None, out=None):
+        g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
+        xp_ = np.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
+        win = _windows(xp_, g)
+        out = _out(out, (g["n"], g["oh"], g["ow"], g["f"]), x.dtype)
+        out[...] = np.tensordot(win, w, axes=([3, 4, 5], [0, 1, 2]))
+        if b is not None:
+            out += b
+        if activation == "relu":
+            np.maximum(out, 0, out=out)
+        return out
+
+    def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
+                        dilation=1, need_dx=True, dx=None, dw=None, db=None):
+        g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
+        dz = dy * (y > 0) if activation == "relu" else dy
+        xp_ = np.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
+        win = _windows(xp_, g)
+        dw = _out(dw, w.shape, x.dtype)
+        dw[...] = np.tensordot(win, dz, axes=([0, 1, 2], [0, 1, 2]))
+        if db is not None:
+            db[...] = dz.sum(axis=(0, 1, 2))
+        if not need_dx:
+            return None, dw, db
+        dxp = np.zeros_like(xp_)
+        dcols = np.tensordot(dz, w, axes=([3], [3]))  # (N, OH, OW, KH, KW, C)
+        for i in range(g["kh"]):
+            for j in range(g["kw"]):
+                h0, w0 = i * g["dh"], j * g["dw"]
+                dxp[:, h0:h0 + g["sh"] * (g["oh"] - 1) + 1:g["sh"],
+                    w0:w0 + g["sw"] * (g["ow"] - 1) + 1:g["sw"], :] += dcols[:, :, :, i, j, :]
+        dx = _out(dx, x.shape, x.dtype)
+        dx[...] = dxp[:, g["pt"]:g["pt"] + g["h"], g["pl"]:g["pl"] + g["w"], :]
+        return dx, dw, db
+
+    # -- pooling ------------------------------------------------------------
+    def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
+        """(y, int32 indices h*W+w of the winner in its plane); first max wins."""
+        ph, pw = _pair(pool_size, "pool_size")
+        sh, sw = _pair(strides if strides is not None else (ph, pw), "strides")
+        n, h, w_, c = x.shape
+        oh, pt, pb = conv_padding(h, ph, sh, 1, padding)
+        ow, pl, pr = conv_padding(w_, pw, sw, 1, padding)
+        xp_ = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-np.inf)
+        g = dict(oh=oh, ow=ow, kh=ph, kw=pw, sh=sh, sw=sw, dh=1, dw=1)
+        win = _windows(xp_, g).reshape(n, oh, ow, ph * pw, c)
+        arg = np.argmax(win, axis=3)  # first maximum wins (NaN wins too)
+        out = _out(out, (n, oh, ow, c), x.dtype)
+        out[...] = np.take_along_axis(win, arg[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+        kh_, kw_ = arg // pw, arg % pw
+        hh = np.arange(oh)[None, :, None, None] * sh + kh_ - pt
+        ww = np.arange(ow)[None, None, :, None] * sw + kw_ - pl
+        idx = (hh * w_ + ww).astype(np.int32)
+        if indices is None:
+            indices = idx
+        else:
+            indices[...] = idx
+        return out, indices
+
+    def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
+        n, h, w_, c = x_shape
+        out = _out(out, tuple(x_shape), dy.dtype)
+        out[...] = 0
+        flat = out.reshape(n, h * w_, c)
+        ni = np.arange(n)[:, None, None, None]
+        ci = np.arange(c)[None, None, None, :]
+        np.add.at(flat, (np.broadcast_to(ni, indices.shape), indices,
+                         np.broadcast_to(ci, indices.shape)), dy)
+        return out
+
+    # -- dropout ------------------------------------------------------------
+    def dropout(self, x, rate, seed, offset=0, out=None):
+        out = _out(out, x.shape, x.dtype) if out is not x else x
+        keep = dropout_keep_mask(x.shape, rate, seed, offset)
+        np.multiply(x, keep, out=out)
+        out *= x.dtype.type(1.0 / (1.0 - rate))
+        return out
+
+    def dropout_backward(self, dy, rate, seed, offset=0, out=None):
+        return Ops.dropout(self, dy, rate, seed, offset, out)
+
+    # -- losses -------------------------------------------------------------
+    def softmax_xent(self, logits, labels, *, dlogits=None, probs=None, from_logits=True,
+                     grad_scale=None):
+        """Fused softmax + cross-entropy.  labels: int (N,) or float (N, K).
+        Returns (loss summed over rows as float, number of rows whose argmax
+        matches); writes dlogits = (softmax - target) * grad_scale (default
+        1/N) and probs = softmax when given.  from_logits=False: the inputs
+        are probabilities (clipped to [1e-7, 1 - 1e-7], rows renormalised for
+        categorical targets, as Keras does); dlogits is then d loss / d p."""
+        n, k = logits.shape
+        sparse = labels.ndim == 1
+        if sparse:
+            lab = labels.astype(np.int64)
+            if n and (lab.min() < 0 or lab.max() >= k):
+                raise ValueError(f"labels must lie in [0, {k}), got values in [{lab.min()}, {lab.max()}]")
+            target = np.zeros((n, k), dtype=logits.dtype)
+            target[np.arange(n), lab] = 1
+            want = lab
+        else:
+            if labels.shape != logits.shape:
+                raise ValueError(f"targets have shape {labels.shape}, expected {logits.shape}")
+            target = labels.astype(logits.dtype)
+            want = np.argmax(target, axis=1)
+        scale = (1.0 / n if n else 0.0) if grad_scale is None else grad_scale
+        correct = int(np.count_nonzero(np.argmax(logits, axis=1) == want)) if n else 0
+        if from_logits:
+            z = logits - logits.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
+            logp = z - lse
+            loss = float(-(target.astype(np.float64) * logp).sum())
+            if probs is not None:
+                probs[...] = np.exp(logp)
+            if dlogits is not None:
+                dlogits[...] = (np.exp(logp) - target) * scale
+        else:
+            eps = 1e-7
+            p = logits
+            if not sparse:
+                p = p / p.sum(axis=1, keepdims=True)
+            pc = np.clip(p, eps, 1 - eps)
+            loss = float(-(target.astype(np.float64) * np.log(pc)).sum())
+            if probs is not None:
+                probs[...] = p
+            if dlogits is not None:
+                inside = (p >= eps) & (p <= 1 - eps)
+                g = -target / pc * inside
+                if not sparse:  # through the renormalisation p / sum(p)
+                    s = logits.sum(axis=1, keepdims=True)
+                    g = (g - (g * p).sum(axis=1, keepdims=True)) / s
+                dlogits[...] = g * scale
+        return loss, correct
+
+    # -- batch normalisation -----------------------------------------------
+    def batchnorm_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
+                          momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None):
+        c = x.shape[-1]
+        x2 = x.reshape(-1, c)
+        out = _out(out, x.shape, x.dtype)
+        if training:
+            mean = x2.mean(axis=0, dtype=np.float64)
+            var = ((x2 - mean) ** 2).mean(axis=0)
+            moving_mean *= momentum
+            moving_mean += (mean * (1 - momentum)).astype(moving_mean.dtype)
+            moving_var *= momentum
+            moving_var += (var * (1 - momentum)).astype(moving_var.dtype)
+        else:
+            mean, var = moving_mean.astype(np.float64), moving_var.astype(np.float64)
+        invstd = 1.0 / np.sqrt(var + epsilon)
+        g = gamma if gamma is not None else 1.0
+        b = beta if beta is not None else 0.0
+        out.reshape(-1, c)[...] = (x2 - mean) * (invstd * g) + b
+        if save_mean is not None:
+            save_mean[...] = mean
+        if save_invstd is not None:
+            save_invstd[...] = invstd
+        return out
+
+    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, dx=None, dgamma=None,
+                           dbeta=None):
+        c = x.shape[-1]
+        x2 = x.reshape(-1, c).astype(np.float64)
+        dy2 = dy.reshape(-1, c).astype(np.float64)
+        m = x2.shape[0]
+        xhat = (x2 - save_mean) * save_invstd
+        db_ = dy2.sum(axis=0)
+        dg_ = (dy2 * xhat).sum(axis=0)
+        g = gamma.astype(np.float64) if gamma is not None else 1.0
+        dx = _out(dx, x.shape, x.dtype)
+        dx.reshape(-1, c)[...] = g * save_invstd / m * (m * dy2 - db_ - xhat * dg_)
+        if dgamma is not None:
+            dgamma[...] = dg_
+        if dbeta is not None:
+            dbeta[...] = db_
+        return dx, dgamma, dbeta
+
+    # -- optimizer updates (in place; Keras 3 formulas) ---------------------
+    def sum_squares(self, x):
+        return float(np.dot(x.astype(np.float64).ravel(), x.astype(np.float64).ravel()))
+
+    def sgd_update(self, p, g, lr, momentum=0.0, nesterov=False, m=None):
+        if momentum == 0:
+            p -= p.dtype.type(lr) * g
+            return
+        m *= m.dtype.type(momentum)
+        m -= m.dtype.type(lr) * g
+        if nesterov:
+            p += m.dtype.type(momentum) * m - m.dtype.type(lr) * g
+        else:
+            p += m
+
+    def adam_update(self, p, g, m, v, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1):
+        t = p.dtype.type
+        alpha = lr * math.sqrt(1 - beta_2 ** step) / (1 - beta_1 ** step)
+        m += (g - m) * t(1 - beta_1)
+        v += (g * g - v) * t(1 - beta_2)
+        p -= t(alpha) * m / (np.sqrt(v) + t(epsilon))
+
+    def rmsprop_update(self, p, g, v, lr, rho=0.9, epsilon=1e-7, momentum=0.0, m=None,
+                       centered=False, mg=None):
+        t = p.dtype.type
+        v[...] = t(rho) * v + t(1 - rho) * g * g
+        if centered:
+            mg[...] = t(rho) * mg + t(1 - rho) * g
+            denom = v - mg * mg + t(epsilon)
+        else:
+            denom = v + t(epsilon)
+        inc = t(lr) * g / np.sqrt(denom)
+        if momentum > 0:
+            m[...] = t(momentum) * m + inc
+            p -= m
+        else:
+            p -= inc
+
+    def adadelta_update(self, p, g, acc_g, acc_d, lr, rho=0.95, epsilon=1e-7):
+        t = p.dtype.type
+        acc_g[...] = t(rho) * acc_g + t(1 - rho) * g * g
+        delta = -np.sqrt(acc_d + t(epsilon)) / np.sqrt(acc_g + t(epsilon)) * g
+        acc_d[...] = t(rho) * acc_d + t(1 - rho) * delta * delta
+        p += t(lr) * delta
+
+
+# ------------------------------------------------------------ the CPU kernels --
+
+
+class CPUOps(Ops):
+    """Ops with the hot paths in nnkernels (float32 / float64, C-contiguous)."""
+
+    name = "cpu"
+
+    def __init__(self):
+        import nnkernels
+        self.nk = nnkernels
+
+    def _has(self, fn):
+        return hasattr(self.nk, fn)
+
+    def dense_forward(self, x, w, b=None, activation=None, out=None):
+        if activation in (None, "linear", "relu"):
+            return self.nk.dense_forward(x, w, b, activation=activation, out=out)
+        return super().dense_forward(x, w, b, activation, out)
+
+    def dense_backward(self, dy, x, w, y=None, activation=None, *, need_dx=True,
+                       dx=None, dw=None, db=None):
+        return self.nk.dense_backward(dy, x, w, y=y, activation=activation, need_dx=need_dx,
+                                      need_db=db is not None, dx=dx, dw=dw, db=db)
+
+    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+                       activation=None, out=None):
+        return self.nk.conv2d(x, w, b, strides=strides, padding=padding, dilation=dilation,
+                              activation=activation, out=out)
+
+    def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
+                        dilation=1, need_dx=True, dx=None, dw=None, db=None):
+        return self.nk.conv2d_backward(dy, x, w, strides=strides, padding=padding,
+                                       dilation=dilation, activation=activation, y=y,
+                                       need_dx=need_dx, need_db=db is not None, dx=dx, dw=dw, db=db)
+
+    def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
+        return self.nk.max_pool2d(x, pool_size, strides, padding, out=out, indices=indices)
+
+    def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
+        return self.nk.max_pool2d_backward(dy, indices, x_shape, out=out, **geometry)
+
+    def activation(self, name, x, out=None, alpha=None):
+        if name == "relu":
+            return self.nk.relu(x, out=out)
+        fn = getattr(self.nk, name, None) if name in ("sigmoid", "tanh") else None
+        if fn is not None:
+            return fn(x, out=out)
+        return super().activation(name, x, out, alpha)
+
+    def activation_backward(self, name, dy, y, out=None, alpha=None):
+        if name == "relu":
+            return self.nk.relu_backward(dy, y, out=out)
+        fn = getattr(self.nk, name + "_backward", None) if name in ("sigmoid", "tanh") else None
+        if fn is not None:
+            return fn(dy, y, out=out)
+        return super().activation_backward(name, dy, y, out, alpha)
+
+    def dropout(self, x, rate, seed, offset=0, out=None):
+        return self.nk.dropout(x, rate, seed, offset=offset, out=out)
+
+    def dropout_backward(self, dy, rate, seed, offset=0, out=None):
+        return self.nk.dropout_backward(dy, rate, seed, offset=offset, out=out)
+
+    def softmax_xent(self, logits, labels, *, dlogits=None, probs=None, from_logits=True,
+                     grad_scale=None):
+        if not self._has("softmax_xent"):
+            return super().softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
+                                        from_logits=from_logits, grad_scale=grad_scale)
+        return self.nk.softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
+                                    from_logits=from_logits, grad_scale=grad_scale)
+
+    def batchnorm_forward(self, x, gamma, beta, **kw):
+        if not self._has("batchnorm_forward"):
+            return super().batchnorm_forward(x, gamma, beta, **kw)
+        return self.nk.batchnorm_forward(x, gamma, beta, **kw)
+
+    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, **kw):
+        if not self._has("batchnorm_backward"):
+            return super().batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
+        return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
+
+    def sum_squares(self, x):
+        if not self._has("sum_squares"):
+            return super().sum_squares(x)
+        return self.nk.sum_squares(x)
+
+    def sgd_update(self, p, g, lr, momentum=0.0, nesterov=False, m=None):
+        if not self._has("sgd_update"):
+            return super().sgd_update(p, g, lr, momentum, nesterov, m)
+        self.nk.sgd_update(p, g, lr, momentum=momentum, nesterov=nesterov, m=m)
+
+    def adam_update(self, p, g, m, v, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1):
+        if not self._has("adam_update"):
+            return super().adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, step)
+        self.nk.adam_update(p, g, m, v, lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
+
+    def rmsprop_update(self, p, g, v, lr, rho=0.9, epsilon=1e-7, momentum=0.0, m=None,
+                       centered=False, mg=None):
+        if not self._has("rmsprop_update"):
+            return super().rmsprop_update(p, g, v, lr, rho, epsilon, momentum, m, centered, mg)
+        self.nk.rmsprop_update(p, g, v, lr, rho=rho, epsilon=epsilon, momentum=momentum, m=m,
+                               centered=centered, mg=mg)
+
+    def adadelta_update(self, p, g, acc_g, acc_d, lr, rho=0.95, epsilon=1e-7):
+        if not self._has("adadelta_update"):
+            return super().adadelta_update(p, g, acc_g, acc_d, lr, rho, epsilon)
+        self.nk.adadelta_update(p, g, acc_g, acc_d, lr, rho=rho, epsilon=epsilon)
+
+
+_DEFAULT = None
+
+
+def get_ops(name=None):
+    """The Ops for a device name: "cpu" (default; the compiled kernels) or
+    "numpy" (the pure reference).  "gpu" is added by the GPU backend."""
+    global _DEFAULT
+    if name in (None, "cpu"):
+        if _DEFAULT is None:
+            _DEFAULT = CPUOps()
+        return _DEFAULT
+    if name == "numpy":
+        return Ops()
+    if name == "gpu":
+        raise RuntimeError("the GPU backend (CuPy) is not available in this build")
+    raise ValueError(f"unknown device {name!r}: expected 'cpu', 'numpy' or 'gpu'")

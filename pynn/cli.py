@@ -1,0 +1,182 @@
+"""The `pynn` command: `pynn train` and `pynn info`."""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _add_train_args(p):
+    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn",
+                   help="cnn: the Keras MNIST CNN (SGD 0.01, momentum 0.9); mlp: Dense 512-512-10 (Adam)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128, help="per process (MPI: per rank)")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "rmsprop", "adadelta"), default=None,
+                   help="default: sgd (momentum 0.9) for cnn, adam for mlp")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="kernel threads (default: OMP_NUM_THREADS, else the usable cores)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="folder with the IDX files (default: $PYNN_DATA, then "
+                        "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="train on the first N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="write a checkpoint (weights, optimizer, position) here every epoch "
+                        "(or every --save-every steps)")
+    p.add_argument("--save-every", type=int, default=None, metavar="STEPS")
+    p.add_argument("--resume", action="store_true", help="resume from --checkpoint if it exists")
+    p.add_argument("--out", metavar="DIR", default="pynn_out",
+                   help="where history.json and curves.png go (default: ./pynn_out)")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                   help="1: progress bar, 2: one line per epoch (default: 1 on a terminal, else 2)")
+
+
+def _load(args):
+    from . import datasets
+    mod = getattr(datasets, args.dataset)
+    (x, y), (xt, yt) = mod.load_data(args.data)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise SystemExit("pynn train: --limit must be >= 1")
+        x, y = x[:args.limit], y[:args.limit]
+
+    def prep(a):
+        a = a.astype(np.float32)
+        a *= np.float32(1.0 / 255.0)
+        return a.reshape(len(a), -1) if args.model == "mlp" else a.reshape(a.shape + (1,))
+    return (prep(x), y.astype(np.int32)), (prep(xt), yt.astype(np.int32))
+
+
+def _write_outputs(out_dir, result, history):
+    from .callbacks import _write_text_atomic
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "history.json")
+    _write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    written = [path]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no curves.png; pip install matplotlib)")
+        return written
+    h = history
+    epochs = np.arange(1, len(h.get("loss", [])) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        if key in h:
+            ax.plot(epochs, h[key], "o-", label="train")
+        if "val_" + key in h:
+            ax.plot(epochs, h["val_" + key], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png = os.path.join(out_dir, "curves.png")
+    tmp = png + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+    written.append(png)
+    return written
+
+
+def cmd_train(args):
+    import pynn
+    from . import callbacks, zoo
+    dist = pynn.distributed.init(threads=args.threads) if hasattr(pynn, "distributed") else None
+    chief = dist is None or dist.rank == 0
+    if dist is None and args.threads is not None:
+        pynn.utils.set_num_threads(args.threads)
+    pynn.utils.set_random_seed(args.seed)
+    (x, y), (xt, yt) = _load(args)
+    model = zoo.MODELS[args.model]()
+    opt_name = args.optimizer or zoo.DEFAULT_OPTIMIZER[args.model][0]
+    lr = args.lr
+    if dist is not None and dist.size > 1 and getattr(args, "scale_lr", False):
+        lr = (lr if lr is not None else zoo.make_optimizer(opt_name).learning_rate) * dist.size
+    model.compile(optimizer=zoo.make_optimizer(opt_name, lr),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if dist is not None:
+        dist.attach(model)
+    if chief:
+        model.summary()
+        import nnkernels
+        where = f", {dist.size} MPI ranks" if dist is not None and dist.size > 1 else ""
+        print(f"{len(x)} training / {len(xt)} test images; batch {args.batch_size}; "
+              f"{opt_name} lr {model.optimizer.learning_rate}; {nnkernels.get_num_threads()} threads "
+              f"({nnkernels.get_isa()}){where}", flush=True)
+    cbs = []
+    if args.checkpoint:
+        cbs.append(callbacks.BackupAndRestore(args.checkpoint, save_freq=args.save_every or "epoch",
+                                              delete_checkpoint=False, resume=args.resume))
+        if args.resume and not os.path.exists(cbs[-1].path) and chief:
+            print(f"(no checkpoint at {cbs[-1].path} yet: starting from scratch)")
+    elif args.resume:
+        raise SystemExit("pynn train: --resume needs --checkpoint PATH")
+    verbose = "auto" if args.verbose is None else args.verbose
+    if not chief:
+        verbose = 0
+    t0 = time.perf_counter()
+    hist = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=verbose,
+                     validation_data=(xt, yt), callbacks=cbs)
+    train_s = time.perf_counter() - t0
+    test_loss, test_acc = model.evaluate(xt, yt, batch_size=1000, verbose=0)
+    if chief:
+        print(f"test loss {test_loss:.4f} - test accuracy {test_acc:.4f} "
+              f"({train_s:.1f} s of training)", flush=True)
+        result = {"model": args.model, "args": vars(args), "history": hist.history,
+                  "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_s,
+                  "threads": pynn.utils.get_num_threads(),
+                  "ranks": 1 if dist is None else dist.size}
+        for p in _write_outputs(args.out, result, hist.history):
+            print(f"wrote {p}")
+    return 0
+
+
+def cmd_info(args):
+    import nnkernels
+    import pynn
+    from . import data
+    print(f"pynn {pynn.__version__}")
+    for k, v in nnkernels.info().items():
+        print(f"  {k}: {v}")
+    print(f"  threads: {nnkernels.get_num_threads()}")
+    if hasattr(pynn, "distributed"):
+        d = pynn.distributed.describe()
+        print(f"  mpi: {d}")
+    for name, folder in (("fashion_mnist", "fashion-mnist"), ("mnist", "mnist")):
+        try:
+            where = data.find_dataset_dir(args.data, name=folder)
+            print(f"  {name}: {where}")
+        except FileNotFoundError as e:
+            first = str(e).splitlines()[0]
+            print(f"  {name}: not found ({first})")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="pynn", description="Train and inspect pynn models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a default model on (Fashion-)MNIST")
+    _add_train_args(t)
+    i = sub.add_parser("info", help="kernels, threads, data found")
+    i.add_argument("--data", metavar="DIR", default=None)
+    args = p.parse_args(argv)
+    try:
+        return {"train": cmd_train, "info": cmd_info}[args.cmd](args)
+    except FileNotFoundError as e:
+        print(f"pynn {args.cmd}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

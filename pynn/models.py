@@ -1,0 +1,2 @@
+"""keras.models equivalents."""
+from .model import Sequential, load_model  # noqa: F401
