@@ -3,7 +3,9 @@
 Packed SIMD GEMM (AVX-512 / AVX2+FMA / portable, chosen at run time) with
 fused epilogues, dense-layer forward/backward, 2-D convolution (NHWC,
 implicit-im2col GEMM or direct), NHWC max pooling with int32 argmax indices,
-ReLU, and dropout from a Philox4x32-10 counter-based stream; OpenMP threads.
+ReLU, dropout from a Philox4x32-10 counter-based stream, fused softmax
+cross-entropy, optimizer updates (SGD, Adam, RMSprop, Adadelta) and batch
+normalisation; OpenMP threads.
 
 Environment:
   NNKERNELS_ISA=avx512|avx2|generic   force a kernel path (error if the CPU
@@ -41,6 +43,16 @@ from ._core import (
     relu_backward,
     set_isa,
 )
+from ._core import (
+    adadelta_update,
+    adam_update,
+    batchnorm_backward,
+    batchnorm_forward,
+    rmsprop_update,
+    sgd_update,
+    softmax_xent,
+    sum_squares,
+)
 
 __version__ = "0.1.0"
 
@@ -51,6 +63,8 @@ __all__ = [
     "fma_peak", "openmp_enabled", "release_workspace", "workspace_bytes", "default_num_threads",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_output_shape", "relu", "relu_backward",
     "dropout", "dropout_backward", "dropout_mask", "dropout_threshold", "philox4x32",
+    "softmax_xent", "sgd_update", "adam_update", "rmsprop_update", "adadelta_update",
+    "sum_squares", "batchnorm_forward", "batchnorm_backward",
 ]
 
 

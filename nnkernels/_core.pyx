@@ -485,3 +485,4 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
 
 include "_conv.pxi"
 include "_pool.pxi"
+include "_train.pxi"

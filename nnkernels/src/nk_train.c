@@ -1,0 +1,672 @@
+/* Training kernels: softmax cross-entropy (loss, accuracy count, gradient),
+ * optimizer updates (SGD, Adam, RMSprop, Adadelta), sum of squares, batch
+ * normalisation forward/backward.  See nk_train.h.
+ *
+ * One plain-C body per dtype (macros below), auto-vectorised by -O3 (the
+ * build passes -fno-math-errno so that sqrt vectorises).  These kernels are
+ * memory bound (one pass over the arrays), so there are no per-ISA variants:
+ * the results are the same on every ISA path.
+ *
+ * Threads: fixed blocks, handed to OpenMP threads; a reduction combines the
+ * block sums in block order, so results do not depend on the thread count.
+ */
+#include <math.h>
+#include <string.h>
+#include "nk_internal.h"
+#include "nk_train.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Most blocks a reduction is split into (block sums live on the stack). */
+#define NK_TR_MAXBLK 256
+/* Batch norm keeps nb x 2 x c double partial sums: fewer, larger blocks. */
+#define NK_BN_MAXBLK 64
+/* Elementwise updates: chunks of this many elements, threads from 4 chunks. */
+#define NK_TR_CHUNK (16 * 1024)
+/* No threading below this many bytes touched. */
+#define NK_TR_PAR_BYTES (256 * 1024)
+
+/* Split [0, n) into nb <= maxblk blocks of bs items (bs a multiple of
+ * align, at least min_bs): a function of n only. */
+static void tr_blocks(int64_t n, int64_t min_bs, int64_t align, int64_t maxblk, int64_t *nb,
+                      int64_t *bs)
+{
+    int64_t b = min_bs < 1 ? 1 : min_bs;
+    if ((n + b - 1) / b > maxblk) b = (n + maxblk - 1) / maxblk;
+    b = (b + align - 1) / align * align;
+    *bs = b;
+    *nb = n > 0 ? (n + b - 1) / b : 0;
+}
+
+static int tr_threads(int64_t bytes, int64_t items)
+{
+    int nt = nk_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel()) nt = 1;
+#endif
+    if (bytes < NK_TR_PAR_BYTES || nt < 1) nt = 1;
+    if (items < nt) nt = (int)(items > 0 ? items : 1);
+    return nt;
+}
+
+static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ============================================== softmax cross-entropy == */
+
+int64_t nk_labels_first_bad(int64_t n, const void *labels, int label_kind, int64_t k)
+{
+    if (label_kind == NK_LABELS_I32) {
+        const int32_t *l = (const int32_t *)labels;
+        for (int64_t i = 0; i < n; i++)
+            if ((uint64_t)(int64_t)l[i] >= (uint64_t)k) return i;
+    } else if (label_kind == NK_LABELS_I64) {
+        const int64_t *l = (const int64_t *)labels;
+        for (int64_t i = 0; i < n; i++)
+            if ((uint64_t)l[i] >= (uint64_t)k) return i;
+    }
+    return -1;
+}
+
+/* Keras' epsilon for probabilities (from_logits = False). */
+#define NK_XENT_EPS 1e-7
+
+/* Per-row kernels.  `lab` >= 0: sparse class id; else `t` is the target row.
+ * Returns the row's loss; *hit = argmax(x) == label.  The row of x is read
+ * completely (max, sums, x[lab]) before dl / pr (which may be x) are
+ * written, and the write loop reads x[j] before writing index j.
+ *
+ * argmax: `!(v <= best) && best == best` -- v > best, or v is NaN and best is
+ * not: the first maximum wins, the first NaN wins over numbers (numpy). */
+#define NK_XENT_BODY(T, SUF)                                                             \
+    static inline int64_t argmax_##SUF(const T *x, int64_t k)                            \
+    {                                                                                    \
+        int64_t am = 0;                                                                  \
+        T best = x[0];                                                                   \
+        for (int64_t j = 1; j < k; j++) {                                                \
+            const T v = x[j];                                                            \
+            if (!(v <= best) && best == best) {                                          \
+                best = v;                                                                \
+                am = j;                                                                  \
+            }                                                                            \
+        }                                                                                \
+        return am;                                                                       \
+    }                                                                                    \
+    /* from logits: log-softmax with the row maximum subtracted */                       \
+    static double xent_logits_row_##SUF(const T *x, int64_t k, int64_t lab, const T *t,  \
+                                        T *dl, T *pr, double gs, int *hit)               \
+    {                                                                                    \
+        const int64_t am = argmax_##SUF(x, k);                                           \
+        const double mx = (double)x[am];                                                 \
+        double s = 0.0, st = 0.0, stx = 0.0;                                             \
+        for (int64_t j = 0; j < k; j++) {                                                \
+            const double z = (double)x[j] - mx;                                          \
+            s += exp(z);                                                                 \
+            if (t) {                                                                     \
+                const double tj = (double)t[j];                                          \
+                st += tj;                                                                \
+                if (tj != 0.0) stx += tj * z; /* 0 * log(0) = 0 */                                                           \
+            }                                                                            \
+        }                                                                                \
+        const double ls = log(s);                                                        \
+        double loss;                                                                     \
+        if (t) {                                                                         \
+            loss = ls * st - stx; /* -sum t_j (z_j - log s) */                           \
+            *hit = argmax_##SUF(t, k) == am;                                             \
+        } else {                                                                         \
+            loss = ls - ((double)x[lab] - mx);                                           \
+            *hit = am == lab;                                                            \
+        }                                                                                \
+        if (dl || pr) {                                                                  \
+            const double inv = 1.0 / s;                                                  \
+            for (int64_t j = 0; j < k; j++) {                                            \
+                const double p = exp((double)x[j] - mx) * inv;                           \
+                const double tj = t ? (double)t[j] : (double)(j == lab);                 \
+                if (pr) pr[j] = (T)p;                                                    \
+                if (dl) dl[j] = (T)((p - tj) * gs);                                      \
+            }                                                                            \
+        }                                                                                \
+        return loss;                                                                     \
+    }                                                                                    \
+    /* from probabilities: q = p / sum(p), loss = -sum t_j log(clip(q_j));     \
+     * gradient wrt p: (R - r_j) / S with r_j = t_j/q_j inside the clip range \
+     * (0 outside), R = sum_j r_j q_j, S = sum p. */                                     \
+    static double xent_probs_row_##SUF(const T *x, int64_t k, int64_t lab, const T *t,   \
+                                       T *dl, T *pr, double gs, int *hit)                \
+    {                                                                                    \
+        const int64_t am = argmax_##SUF(x, k);                                           \
+        *hit = (t ? argmax_##SUF(t, k) : lab) == am;                                     \
+        double S = 0.0;                                                                  \
+        for (int64_t j = 0; j < k; j++) S += (double)x[j];                               \
+        const double inv = 1.0 / S, lo = NK_XENT_EPS, hi = 1.0 - NK_XENT_EPS;            \
+        double loss = 0.0, R = 0.0;                                                      \
+        const int64_t j0 = t ? 0 : lab, j1 = t ? k : lab + 1;                            \
+        for (int64_t j = j0; j < j1; j++) {                                              \
+            const double tj = t ? (double)t[j] : 1.0;                                    \
+            const double q = (double)x[j] * inv;                                         \
+            const double qc = q < lo ? lo : (q > hi ? hi : q); /* keeps NaN */           \
+            if (tj != 0.0) loss -= tj * log(qc);                                         \
+            if (q >= lo && q <= hi) R += tj; /* r_j q_j */                               \
+        }                                                                                \
+        if (dl || pr) {                                                                  \
+            for (int64_t j = 0; j < k; j++) {                                            \
+                const double q = (double)x[j] * inv;                                     \
+                const double tj = t ? (double)t[j] : (double)(j == lab);                 \
+                const double r = (q >= lo && q <= hi && tj != 0.0) ? tj / q : 0.0;       \
+                if (pr) pr[j] = (T)q;                                                    \
+                if (dl) dl[j] = (T)((R - r) * inv * gs);                                 \
+            }                                                                            \
+        }                                                                                \
+        return loss;                                                                     \
+    }                                                                                    \
+    static void xent_block_##SUF(const nk_xent_desc *d, int64_t r0, int64_t r1,          \
+                                 double *loss, int64_t *correct)                         \
+    {                                                                                    \
+        const int64_t k = d->k;                                                          \
+        const T *x = (const T *)d->logits_nk;                                            \
+        T *dl = (T *)d->dlogits_nk, *pr = (T *)d->probs_nk;                              \
+        double acc = 0.0;                                                                \
+        int64_t hits = 0;                                                                \
+        for (int64_t i = r0; i < r1; i++) {                                              \
+            int64_t lab = -1;                                                            \
+            const T *t = NULL;                                                           \
+            if (d->label_kind == NK_LABELS_I32) lab = ((const int32_t *)d->labels)[i];   \
+            else if (d->label_kind == NK_LABELS_I64) lab = ((const int64_t *)d->labels)[i]; \
+            else t = (const T *)d->labels + i * k;                                       \
+            int hit = 0;                                                                 \
+            T *dli = dl ? dl + i * k : NULL, *pri = pr ? pr + i * k : NULL;              \
+            acc += d->from_logits                                                        \
+                       ? xent_logits_row_##SUF(x + i * k, k, lab, t, dli, pri, d->grad_scale, &hit) \
+                       : xent_probs_row_##SUF(x + i * k, k, lab, t, dli, pri, d->grad_scale, &hit); \
+            hits += hit;                                                                 \
+        }                                                                                \
+        *loss = acc;                                                                     \
+        *correct = hits;                                                                 \
+    }
+
+NK_XENT_BODY(float, s)
+NK_XENT_BODY(double, d)
+
+double nk_softmax_xent(const nk_xent_desc *d, int64_t *n_correct, int dbl)
+{
+    *n_correct = 0;
+    if (d->n <= 0 || d->k <= 0) return 0.0;
+    double bl[NK_TR_MAXBLK];
+    int64_t bc[NK_TR_MAXBLK];
+    int64_t nb, bs;
+    tr_blocks(d->n, 64, 1, NK_TR_MAXBLK, &nb, &bs);
+    const int64_t es = dbl ? 8 : 4;
+    const int nt = tr_threads(3 * es * d->n * d->k * 8 /* exp: weigh compute */, nb);
+    const int64_t n = d->n;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, n);
+        if (dbl) xent_block_d(d, r0, r1, &bl[b], &bc[b]);
+        else xent_block_s(d, r0, r1, &bl[b], &bc[b]);
+    }
+    double loss = 0.0;
+    int64_t hits = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        loss += bl[b];
+        hits += bc[b];
+    }
+    *n_correct = hits;
+    return loss;
+}
+
+/* ========================================================= optimizers == */
+
+/* Run BODY(e0, e1) over [0, n) in fixed chunks (elementwise: any split
+ * gives the same bits). */
+#define NK_TR_PARALLEL(n, bytes, BODY)                                                   \
+    do {                                                                                 \
+        const int64_t nch_ = ((n) + NK_TR_CHUNK - 1) / NK_TR_CHUNK;                      \
+        const int nt_ = tr_threads((bytes), nch_);                                       \
+        _Pragma("omp parallel for num_threads(nt_) schedule(dynamic, 1) if (nt_ > 1)")   \
+        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                       \
+            const int64_t e0 = ch_ * NK_TR_CHUNK;                                        \
+            const int64_t e1 = imin64(e0 + NK_TR_CHUNK, (n));                            \
+            BODY;                                                                        \
+        }                                                                                \
+    } while (0)
+
+#define NK_OPT_BODY(T, SUF, SQRT)                                                        \
+    static void sgd_##SUF(T *restrict p, const T *restrict g, int64_t e0, int64_t e1,    \
+                          T lr)                                                          \
+    {                                                                                    \
+        for (int64_t i = e0; i < e1; i++) p[i] -= g[i] * lr;                             \
+    }                                                                                    \
+    static void sgdm_##SUF(T *restrict p, const T *restrict g, T *restrict m, int64_t e0, \
+                           int64_t e1, T lr, T mom, int nesterov)                        \
+    {                                                                                    \
+        if (nesterov) {                                                                  \
+            for (int64_t i = e0; i < e1; i++) {                                          \
+                const T gl = g[i] * lr;                                                  \
+                const T mi = m[i] * mom - gl;                                            \
+                m[i] = mi;                                                               \
+                p[i] += mi * mom - gl;                                                   \
+            }                                                                            \
+        } else {                                                                         \
+            for (int64_t i = e0; i < e1; i++) {                                          \
+                const T mi = m[i] * mom - g[i] * lr;                                     \
+                m[i] = mi;                                                               \
+                p[i] += mi;                                                              \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+    static void adam_##SUF(T *restrict p, const T *restrict g, T *restrict m,            \
+                           T *restrict v, int64_t e0, int64_t e1, T alpha, T omb1,       \
+                           T omb2, T eps)                                                \
+    {                                                                                    \
+        for (int64_t i = e0; i < e1; i++) {                                              \
+            const T gi = g[i];                                                           \
+            const T mi = m[i] + (gi - m[i]) * omb1;                                      \
+            const T vi = v[i] + (gi * gi - v[i]) * omb2;                                 \
+            m[i] = mi;                                                                   \
+            v[i] = vi;                                                                   \
+            p[i] -= (mi * alpha) / (SQRT(vi) + eps);                                     \
+        }                                                                                \
+    }                                                                                    \
+    static void rmsprop_##SUF(T *restrict p, const T *restrict g, T *restrict v,         \
+                              T *restrict m, T *restrict mg, int64_t e0, int64_t e1,     \
+                              T lr, T rho, T omr, T eps, T mom)                          \
+    {                                                                                    \
+        /* four loop versions, so that each one is a plain vectorisable loop */          \
+        if (mg && m) {                                                                   \
+            for (int64_t i = e0; i < e1; i++) {                                          \
+                const T gi = g[i];                                                       \
+                const T vi = rho * v[i] + omr * (gi * gi);                               \
+                const T ai = rho * mg[i] + omr * gi;                                     \
+                v[i] = vi;                                                               \
+                mg[i] = ai;                                                              \
+                const T inc = (lr * gi) / SQRT(vi - ai * ai + eps);                      \
+                const T mi = mom * m[i] + inc;                                           \
+                m[i] = mi;                                                               \
+                p[i] -= mi;                                                              \
+            }                                                                            \
+        } else if (mg) {                                                                 \
+            for (int64_t i = e0; i < e1; i++) {                                          \
+                const T gi = g[i];                                                       \
+                const T vi = rho * v[i] + omr * (gi * gi);                               \
+                const T ai = rho * mg[i] + omr * gi;                                     \
+                v[i] = vi;                                                               \
+                mg[i] = ai;                                                              \
+                p[i] -= (lr * gi) / SQRT(vi - ai * ai + eps);                            \
+            }                                                                            \
+        } else if (m) {                                                                  \
+            for (int64_t i = e0; i < e1; i++) {                                          \
+                const T gi = g[i];                                                       \
+                const T vi = rho * v[i] + omr * (gi * gi);                               \
+                v[i] = vi;                                                               \
+                const T mi = mom * m[i] + (lr * gi) / SQRT(vi + eps);                    \
+                m[i] = mi;                                                               \
+                p[i] -= mi;                                                              \
+            }                                                                            \
+        } else {                                                                         \
+            for (int64_t i = e0; i < e1; i++) {                                          \
+                const T gi = g[i];                                                       \
+                const T vi = rho * v[i] + omr * (gi * gi);                               \
+                v[i] = vi;                                                               \
+                p[i] -= (lr * gi) / SQRT(vi + eps);                                      \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+    static void adadelta_##SUF(T *restrict p, const T *restrict g, T *restrict ag,       \
+                               T *restrict ad, int64_t e0, int64_t e1, T lr, T rho,      \
+                               T omr, T eps)                                             \
+    {                                                                                    \
+        for (int64_t i = e0; i < e1; i++) {                                              \
+            const T gi = g[i];                                                           \
+            const T agi = rho * ag[i] + omr * (gi * gi);                                 \
+            ag[i] = agi;                                                                 \
+            const T delta = -((SQRT(ad[i] + eps) * gi) / SQRT(agi + eps));               \
+            ad[i] = rho * ad[i] + omr * (delta * delta);                                 \
+            p[i] += lr * delta;                                                          \
+        }                                                                                \
+    }                                                                                    \
+    /* 8 independent double accumulators (fixed order, vectorisable) */                  \
+    static double sumsq_##SUF(const T *restrict x, int64_t e0, int64_t e1)               \
+    {                                                                                    \
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                          \
+        int64_t i = e0;                                                                  \
+        for (; i + 8 <= e1; i += 8)                                                      \
+            for (int j = 0; j < 8; j++) {                                                \
+                const double v = (double)x[i + j];                                       \
+                a[j] += v * v;                                                           \
+            }                                                                            \
+        for (int j = 0; i < e1; i++, j++) {                                              \
+            const double v = (double)x[i];                                               \
+            a[j] += v * v;                                                               \
+        }                                                                                \
+        return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));        \
+    }
+
+NK_OPT_BODY(float, s, sqrtf)
+NK_OPT_BODY(double, d, sqrt)
+
+void nk_sgd_update(int64_t n, void *p, const void *g, void *m, double lr, double momentum,
+                   int nesterov, int dbl)
+{
+    if (n <= 0) return;
+    const int64_t es = dbl ? 8 : 4, arrays = momentum != 0.0 ? 5 : 3;
+    if (dbl) {
+        if (momentum == 0.0)
+            NK_TR_PARALLEL(n, arrays * es * n, sgd_d((double *)p, (const double *)g, e0, e1, lr));
+        else
+            NK_TR_PARALLEL(n, arrays * es * n,
+                           sgdm_d((double *)p, (const double *)g, (double *)m, e0, e1, lr,
+                                  momentum, nesterov));
+    } else {
+        const float flr = (float)lr, fmom = (float)momentum;
+        if (momentum == 0.0)
+            NK_TR_PARALLEL(n, arrays * es * n, sgd_s((float *)p, (const float *)g, e0, e1, flr));
+        else
+            NK_TR_PARALLEL(n, arrays * es * n,
+                           sgdm_s((float *)p, (const float *)g, (float *)m, e0, e1, flr, fmom,
+                                  nesterov));
+    }
+}
+
+void nk_adam_update(int64_t n, void *p, const void *g, void *m, void *v, double alpha,
+                    double beta_1, double beta_2, double epsilon, int dbl)
+{
+    if (n <= 0) return;
+    const double omb1 = 1.0 - beta_1, omb2 = 1.0 - beta_2;
+    if (dbl)
+        NK_TR_PARALLEL(n, 56 * n,
+                       adam_d((double *)p, (const double *)g, (double *)m, (double *)v, e0, e1,
+                              alpha, omb1, omb2, epsilon));
+    else
+        NK_TR_PARALLEL(n, 28 * n,
+                       adam_s((float *)p, (const float *)g, (float *)m, (float *)v, e0, e1,
+                              (float)alpha, (float)omb1, (float)omb2, (float)epsilon));
+}
+
+void nk_rmsprop_update(int64_t n, void *p, const void *g, void *v, void *m, void *mg,
+                       double lr, double rho, double epsilon, double momentum, int dbl)
+{
+    if (n <= 0) return;
+    const double omr = 1.0 - rho;
+    const int64_t es = dbl ? 8 : 4;
+    const int64_t bytes = es * n * (4 + (m ? 2 : 0) + (mg ? 2 : 0));
+    if (dbl)
+        NK_TR_PARALLEL(n, bytes,
+                       rmsprop_d((double *)p, (const double *)g, (double *)v, (double *)m,
+                                 (double *)mg, e0, e1, lr, rho, omr, epsilon, momentum));
+    else
+        NK_TR_PARALLEL(n, bytes,
+                       rmsprop_s((float *)p, (const float *)g, (float *)v, (float *)m,
+                                 (float *)mg, e0, e1, (float)lr, (float)rho, (float)omr,
+                                 (float)epsilon, (float)momentum));
+}
+
+void nk_adadelta_update(int64_t n, void *p, const void *g, void *acc_g, void *acc_d,
+                        double lr, double rho, double epsilon, int dbl)
+{
+    if (n <= 0) return;
+    const double omr = 1.0 - rho;
+    if (dbl)
+        NK_TR_PARALLEL(n, 56 * n,
+                       adadelta_d((double *)p, (const double *)g, (double *)acc_g,
+                                  (double *)acc_d, e0, e1, lr, rho, omr, epsilon));
+    else
+        NK_TR_PARALLEL(n, 28 * n,
+                       adadelta_s((float *)p, (const float *)g, (float *)acc_g, (float *)acc_d,
+                                  e0, e1, (float)lr, (float)rho, (float)omr, (float)epsilon));
+}
+
+double nk_sum_squares(int64_t n, const void *x, int dbl)
+{
+    if (n <= 0) return 0.0;
+    double part[NK_TR_MAXBLK];
+    int64_t nb, bs;
+    tr_blocks(n, 8192, 64, NK_TR_MAXBLK, &nb, &bs);
+    const int nt = tr_threads((dbl ? 8 : 4) * n, nb);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t e0 = b * bs, e1 = imin64(e0 + bs, n);
+        part[b] = dbl ? sumsq_d((const double *)x, e0, e1) : sumsq_s((const float *)x, e0, e1);
+    }
+    double s = 0.0;
+    for (int64_t b = 0; b < nb; b++) s += part[b];
+    return s;
+}
+
+/* ================================================ batch normalisation == */
+
+/* Row blocks of a (m, c) array: at least ~16k elements each, at most
+ * NK_BN_MAXBLK blocks; a function of (m, c) only. */
+static void bn_blocks(int64_t m, int64_t c, int64_t *nb, int64_t *bs)
+{
+    const int64_t min_rows = c > 0 ? (16384 + c - 1) / c : 16384;
+    tr_blocks(m, min_rows, 1, NK_BN_MAXBLK, nb, bs);
+}
+
+#define NK_BN_BODY(T, SUF)                                                               \
+    /* s[c] += x - k, q[c] += (x - k)^2 over rows [r0, r1), in double */                 \
+    static void bn_sums_##SUF(const T *restrict x, int64_t c, int64_t r0, int64_t r1,    \
+                              const double *restrict k, double *restrict s,              \
+                              double *restrict q)                                        \
+    {                                                                                    \
+        for (int64_t j = 0; j < c; j++) s[j] = q[j] = 0.0;                               \
+        for (int64_t r = r0; r < r1; r++) {                                              \
+            const T *restrict xr = x + r * c;                                            \
+            for (int64_t j = 0; j < c; j++) {                                            \
+                const double d = (double)xr[j] - k[j];                                   \
+                s[j] += d;                                                               \
+                q[j] += d * d;                                                           \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+    /* y = (x - mu) * sc + sh on rows [r0, r1); y may be x */                            \
+    static void bn_apply_##SUF(const T *x, T *y, int64_t c, int64_t r0, int64_t r1,      \
+                               const T *restrict mu, const T *restrict sc,               \
+                               const T *restrict sh)                                     \
+    {                                                                                    \
+        for (int64_t r = r0; r < r1; r++) {                                              \
+            const T *xr = x + r * c;                                                     \
+            T *yr = y + r * c;                                                           \
+            for (int64_t j = 0; j < c; j++) yr[j] = (xr[j] - mu[j]) * sc[j] + sh[j];     \
+        }                                                                                \
+    }                                                                                    \
+    /* sd[c] += dy, sx[c] += dy * (x - mu) over rows [r0, r1), in double */              \
+    static void bn_bsums_##SUF(const T *restrict dy, const T *restrict x, int64_t c,     \
+                               int64_t r0, int64_t r1, const double *restrict mu,        \
+                               double *restrict sd, double *restrict sx)                 \
+    {                                                                                    \
+        for (int64_t j = 0; j < c; j++) sd[j] = sx[j] = 0.0;                             \
+        for (int64_t r = r0; r < r1; r++) {                                              \
+            const T *restrict dr = dy + r * c, *restrict xr = x + r * c;                 \
+            for (int64_t j = 0; j < c; j++) {                                            \
+                const double g = (double)dr[j];                                          \
+                sd[j] += g;                                                              \
+                sx[j] += g * ((double)xr[j] - mu[j]);                                    \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+    /* dx = a*(dy - e) + b*(x - mu) on rows [r0, r1); dx may be dy */                      \
+    static void bn_dx_##SUF(const T *dy, const T *restrict x, T *dx, int64_t c,          \
+                            int64_t r0, int64_t r1, const T *restrict mu,                \
+                            const T *restrict a, const T *restrict b,                    \
+                            const T *restrict e)                                         \
+    {                                                                                    \
+        for (int64_t r = r0; r < r1; r++) {                                              \
+            const T *dr = dy + r * c, *xr = x + r * c;                                   \
+            T *o = dx + r * c;                                                           \
+            for (int64_t j = 0; j < c; j++)                                              \
+                o[j] = a[j] * (dr[j] - e[j]) + b[j] * (xr[j] - mu[j]);                     \
+        }                                                                                \
+    }
+
+NK_BN_BODY(float, s)
+NK_BN_BODY(double, d)
+
+static inline double ld(const void *p, int64_t i, int dbl)
+{
+    return dbl ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+static inline void st(void *p, int64_t i, double v, int dbl)
+{
+    if (dbl) ((double *)p)[i] = v;
+    else ((float *)p)[i] = (float)v;
+}
+
+/* y = (x - mu) * sc + sh with per-channel T vectors, over row blocks. */
+static void bn_apply_all(int64_t m, int64_t c, const void *x, void *y, const void *mu,
+                         const void *sc, const void *sh, int dbl)
+{
+    int64_t nb, bs;
+    bn_blocks(m, c, &nb, &bs);
+    const int nt = tr_threads((dbl ? 16 : 8) * m * c, nb);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        if (dbl)
+            bn_apply_d((const double *)x, (double *)y, c, r0, r1, (const double *)mu,
+                       (const double *)sc, (const double *)sh);
+        else
+            bn_apply_s((const float *)x, (float *)y, c, r0, r1, (const float *)mu,
+                       (const float *)sc, (const float *)sh);
+    }
+}
+
+int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *gamma,
+                           const void *beta, void *y_mc, double eps, double momentum,
+                           void *moving_mean, void *moving_var, void *save_mean,
+                           void *save_invstd, int dbl)
+{
+    if (m <= 0 || c <= 0) return 0;
+    int64_t nb, bs;
+    bn_blocks(m, c, &nb, &bs);
+    const int64_t es = dbl ? 8 : 4;
+    /* doubles: shift k (c), partial sums (2 c per block); T: mu, sc, sh (3 c) */
+    const size_t bytes = sizeof(double) * (size_t)c * (size_t)(1 + 2 * nb) + (size_t)(3 * es * c) + 64;
+    int slot;
+    double *ws = (double *)nk_ws_acquire(bytes, &slot);
+    if (!ws) return -1;
+    double *k = ws, *part = ws + c;
+    void *mu = part + 2 * nb * c;
+    void *sc = (char *)mu + es * c, *sh = (char *)sc + es * c;
+    /* shift by the first row: sums of (x - x0) lose nothing to cancellation
+     * when |mean| >> std */
+    for (int64_t j = 0; j < c; j++) k[j] = ld(x_mc, j, dbl);
+    const int nt = tr_threads(es * m * c, nb);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        double *s = part + 2 * b * c, *q = s + c;
+        if (dbl) bn_sums_d((const double *)x_mc, c, r0, r1, k, s, q);
+        else bn_sums_s((const float *)x_mc, c, r0, r1, k, s, q);
+    }
+    const double dm = (double)m;
+    for (int64_t j = 0; j < c; j++) {
+        double s = 0.0, q = 0.0;
+        for (int64_t b = 0; b < nb; b++) {
+            s += part[2 * b * c + j];
+            q += part[(2 * b + 1) * c + j];
+        }
+        const double mean = k[j] + s / dm;
+        double var = (q - s * (s / dm)) / dm;
+        if (var < 0.0) var = 0.0; /* rounding; NaN stays NaN */
+        const double invstd = 1.0 / sqrt(var + eps);
+        const double gj = gamma ? ld(gamma, j, dbl) : 1.0;
+        st(mu, j, mean, dbl);
+        st(sc, j, gj * invstd, dbl);
+        st(sh, j, beta ? ld(beta, j, dbl) : 0.0, dbl);
+        if (save_mean) st(save_mean, j, mean, dbl);
+        if (save_invstd) st(save_invstd, j, invstd, dbl);
+        if (moving_mean)
+            st(moving_mean, j, ld(moving_mean, j, dbl) * momentum + mean * (1.0 - momentum), dbl);
+        if (moving_var)
+            st(moving_var, j, ld(moving_var, j, dbl) * momentum + var * (1.0 - momentum), dbl);
+    }
+    bn_apply_all(m, c, x_mc, y_mc, mu, sc, sh, dbl);
+    nk_ws_release(ws, slot);
+    return 0;
+}
+
+int nk_batchnorm_fwd_infer(int64_t m, int64_t c, const void *x_mc, const void *gamma,
+                           const void *beta, const void *moving_mean,
+                           const void *moving_var, double eps, void *y_mc, int dbl)
+{
+    if (m <= 0 || c <= 0) return 0;
+    const int64_t es = dbl ? 8 : 4;
+    int slot;
+    char *ws = (char *)nk_ws_acquire((size_t)(2 * es * c) + 64, &slot);
+    if (!ws) return -1;
+    void *sc = ws, *sh = ws + es * c;
+    for (int64_t j = 0; j < c; j++) {
+        const double is = 1.0 / sqrt(ld(moving_var, j, dbl) + eps);
+        st(sc, j, (gamma ? ld(gamma, j, dbl) : 1.0) * is, dbl);
+        st(sh, j, beta ? ld(beta, j, dbl) : 0.0, dbl);
+    }
+    bn_apply_all(m, c, x_mc, y_mc, moving_mean, sc, sh, dbl);
+    nk_ws_release(ws, slot);
+    return 0;
+}
+
+int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
+                     const void *gamma, const void *save_mean, const void *save_invstd,
+                     void *dx_mc, void *dgamma, void *dbeta, int dbl)
+{
+    if (c <= 0) return 0;
+    if (m <= 0) {
+        for (int64_t j = 0; j < c; j++) {
+            st(dgamma, j, 0.0, dbl);
+            st(dbeta, j, 0.0, dbl);
+        }
+        return 0;
+    }
+    int64_t nb, bs;
+    bn_blocks(m, c, &nb, &bs);
+    const int64_t es = dbl ? 8 : 4;
+    const size_t bytes = sizeof(double) * (size_t)c * (size_t)(1 + 2 * nb) + (size_t)(3 * es * c) + 64;
+    int slot;
+    double *ws = (double *)nk_ws_acquire(bytes, &slot);
+    if (!ws) return -1;
+    double *mud = ws, *part = ws + c;
+    void *a = part + 2 * nb * c;
+    void *bb = (char *)a + es * c, *e = (char *)bb + es * c;
+    for (int64_t j = 0; j < c; j++) mud[j] = ld(save_mean, j, dbl);
+    int nt = tr_threads(2 * es * m * c, nb);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        double *sd = part + 2 * b * c, *sx = sd + c;
+        if (dbl) bn_bsums_d((const double *)dy_mc, (const double *)x_mc, c, r0, r1, mud, sd, sx);
+        else bn_bsums_s((const float *)dy_mc, (const float *)x_mc, c, r0, r1, mud, sd, sx);
+    }
+    const double dm = (double)m;
+    for (int64_t j = 0; j < c; j++) {
+        double sd = 0.0, sx = 0.0;
+        for (int64_t b = 0; b < nb; b++) {
+            sd += part[2 * b * c + j];
+            sx += part[(2 * b + 1) * c + j];
+        }
+        const double is = ld(save_invstd, j, dbl);
+        const double gj = gamma ? ld(gamma, j, dbl) : 1.0;
+        const double dg = sx * is; /* sum dy * xhat */
+        st(dbeta, j, sd, dbl);
+        st(dgamma, j, dg, dbl);
+        const double gi = gj * is;
+        st(a, j, gi, dbl);
+        st(bb, j, -gi * is * dg / dm, dbl);
+        st(e, j, sd / dm, dbl); /* mean of dy: subtracted before scaling */
+    }
+    /* save_mean as T: the pass below subtracts it in T */
+    nt = tr_threads(3 * es * m * c, nb);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        if (dbl)
+            bn_dx_d((const double *)dy_mc, (const double *)x_mc, (double *)dx_mc, c, r0, r1,
+                    (const double *)save_mean, (const double *)a, (const double *)bb,
+                    (const double *)e);
+        else
+            bn_dx_s((const float *)dy_mc, (const float *)x_mc, (float *)dx_mc, c, r0, r1,
+                    (const float *)save_mean, (const float *)a, (const float *)bb,
+                    (const float *)e);
+    }
+    nk_ws_release(ws, slot);
+    return 0;
+}

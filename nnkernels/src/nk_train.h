@@ -1,0 +1,110 @@
+/* nnkernels: training kernels -- softmax cross-entropy, optimizer updates,
+ * batch normalisation -- float32 ("dbl" = 0) / float64 ("dbl" = 1).
+ *
+ * All arrays are C-contiguous and validated by the caller (shapes, dtypes,
+ * aliasing).  Kernels never allocate except batch normalisation's small
+ * per-block partial sums, which come from the reused workspace arenas.
+ *
+ * Determinism: every reduction (loss, n_correct, sum of squares, batch-norm
+ * sums) splits its range into blocks whose size depends only on the problem
+ * size -- never on the thread count -- sums each block in a fixed order and
+ * combines the block sums in block order, in double.  Elementwise updates
+ * touch each element once.  So every result is bitwise the same for any
+ * thread count.  The code is portable C (auto-vectorised, no per-ISA
+ * variants), so the ISA setting does not change the results either.
+ */
+#ifndef NK_TRAIN_H
+#define NK_TRAIN_H
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------ softmax cross-entropy -- */
+
+enum { NK_LABELS_I32 = 0, NK_LABELS_I64 = 1, NK_LABELS_DENSE = 2 };
+
+typedef struct {
+    int64_t n, k;             /* rows (batch), classes */
+    const void *logits_nk;    /* (n, k) logits, or probabilities when !from_logits */
+    const void *labels;       /* (n,) int32/int64 class ids, or (n, k) targets (dtype of logits) */
+    int label_kind;           /* NK_LABELS_* */
+    int from_logits;
+    void *dlogits_nk;         /* (n, k) or NULL; may equal logits_nk (in place) */
+    void *probs_nk;           /* (n, k) or NULL; may equal logits_nk; != dlogits_nk */
+    double grad_scale;
+} nk_xent_desc;
+
+/* Index of the first class id outside [0, k), or -1 when all are valid. */
+int64_t nk_labels_first_bad(int64_t n, const void *labels, int label_kind, int64_t k);
+
+/* Sum over rows of the cross-entropy (see _train.pxi for the exact
+ * definitions) and the number of rows whose argmax (first maximum wins, NaN
+ * counts as the maximum like numpy.argmax) equals the label (dense targets:
+ * the target row's argmax).  Writes dlogits and probs when given.  Class ids
+ * must be valid (nk_labels_first_bad); rows are read entirely before the row
+ * is written, so in-place use is safe. */
+double nk_softmax_xent(const nk_xent_desc *d, int64_t *n_correct, int dbl);
+
+/* ---------------------------------------------------------- optimizers -- */
+/* In place on n contiguous elements; no two arrays overlap.  Formulas of
+ * Keras 3, evaluated in the arrays' dtype with the hyper-parameters rounded
+ * to it. */
+
+/* momentum == 0 (m unused, may be NULL): p -= lr*g.  Else
+ * m = momentum*m - lr*g; p += nesterov ? momentum*m - lr*g : m. */
+void nk_sgd_update(int64_t n, void *p, const void *g, void *m, double lr, double momentum,
+                   int nesterov, int dbl);
+
+/* m += (g - m)*(1 - beta_1); v += (g*g - v)*(1 - beta_2);
+ * p -= (m*alpha) / (sqrt(v) + epsilon); alpha includes the bias correction. */
+void nk_adam_update(int64_t n, void *p, const void *g, void *m, void *v, double alpha,
+                    double beta_1, double beta_2, double epsilon, int dbl);
+
+/* v = rho*v + (1-rho)*g*g; mg (centered, else NULL) = rho*mg + (1-rho)*g;
+ * inc = lr*g / sqrt(v - mg*mg + eps  |  v + eps);
+ * m (momentum > 0, else NULL) = momentum*m + inc, p -= m  |  p -= inc. */
+void nk_rmsprop_update(int64_t n, void *p, const void *g, void *v, void *m, void *mg,
+                       double lr, double rho, double epsilon, double momentum, int dbl);
+
+/* acc_g = rho*acc_g + (1-rho)*g*g;
+ * delta = -(sqrt(acc_d + eps)*g) / sqrt(acc_g + eps);
+ * acc_d = rho*acc_d + (1-rho)*delta*delta; p += lr*delta. */
+void nk_adadelta_update(int64_t n, void *p, const void *g, void *acc_g, void *acc_d,
+                        double lr, double rho, double epsilon, int dbl);
+
+/* sum x*x in double, blocked (deterministic). */
+double nk_sum_squares(int64_t n, const void *x, int dbl);
+
+/* ------------------------------------------------- batch normalisation -- */
+/* x_mc: (m, c) rows (NHWC viewed as (N*H*W, C)).  gamma, beta may be NULL
+ * (1 and 0).  Per-channel vectors are of the data's dtype. */
+
+/* Training: mean, biased var over the m rows (m >= 1); y = (x - mean) *
+ * (gamma*invstd) + beta, invstd = 1/sqrt(var + eps); moving_mean/var (may be
+ * NULL) = moving*momentum + batch*(1 - momentum); save_mean/save_invstd (may
+ * be NULL) written.  y may equal x.  Returns 0, or -1 if the workspace could
+ * not be allocated (nothing written then). */
+int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *gamma,
+                           const void *beta, void *y_mc, double eps, double momentum,
+                           void *moving_mean, void *moving_var, void *save_mean,
+                           void *save_invstd, int dbl);
+
+/* Inference: y = (x - moving_mean) * (gamma / sqrt(moving_var + eps)) + beta.
+ * y may equal x.  Returns 0 or -1 (workspace). */
+int nk_batchnorm_fwd_infer(int64_t m, int64_t c, const void *x_mc, const void *gamma,
+                           const void *beta, const void *moving_mean,
+                           const void *moving_var, double eps, void *y_mc, int dbl);
+
+/* dbeta = sum dy, dgamma = sum dy*xhat (xhat = (x - mean)*invstd),
+ * dx = gamma*invstd/m * (m*dy - dbeta - xhat*dgamma): one reduction pass and
+ * one write pass.  dx may equal dy.  Returns 0 or -1 (workspace). */
+int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
+                     const void *gamma, const void *save_mean, const void *save_invstd,
+                     void *dx_mc, void *dgamma, void *dbeta, int dbl);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
