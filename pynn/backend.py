@@ -303,8 +303,8 @@ class Ops:
         Returns (loss summed over rows as float, number of rows whose argmax
         matches); writes dlogits = (softmax - target) * grad_scale (default
         1/N) and probs = softmax when given.  from_logits=False: the inputs
-        are probabilities (clipped to [1e-7, 1 - 1e-7], rows renormalised for
-        categorical targets, as Keras does); dlogits is then d loss / d p."""
+        are probabilities (rows renormalised to sum 1, then clipped to
+        [1e-7, 1 - 1e-7], as Keras does); dlogits is then d loss / d p."""
         n, k = logits.shape
         sparse = labels.ndim == 1
         if sparse:
@@ -332,19 +332,16 @@ class Ops:
                 dlogits[...] = (np.exp(logp) - target) * scale
         else:
             eps = 1e-7
-            p = logits
-            if not sparse:
-                p = p / p.sum(axis=1, keepdims=True)
+            s_ = logits.sum(axis=1, keepdims=True)
+            p = logits / s_                      # rows renormalised, as Keras does
             pc = np.clip(p, eps, 1 - eps)
             loss = float(-(target.astype(np.float64) * np.log(pc)).sum())
             if probs is not None:
                 probs[...] = p
             if dlogits is not None:
                 inside = (p >= eps) & (p <= 1 - eps)
-                g = -target / pc * inside
-                if not sparse:  # through the renormalisation p / sum(p)
-                    s = logits.sum(axis=1, keepdims=True)
-                    g = (g - (g * p).sum(axis=1, keepdims=True)) / s
+                g = -target / pc * inside       # d loss / d p, then through p = logits / sum
+                g = (g - (g * p).sum(axis=1, keepdims=True)) / s_
                 dlogits[...] = g * scale
         return loss, correct
 
@@ -449,9 +446,6 @@ class CPUOps(Ops):
         import nnkernels
         self.nk = nnkernels
 
-    def _has(self, fn):
-        return hasattr(self.nk, fn)
-
     def dense_forward(self, x, w, b=None, activation=None, out=None):
         if activation in (None, "linear", "relu"):
             return self.nk.dense_forward(x, w, b, activation=activation, out=out)
@@ -503,47 +497,30 @@ class CPUOps(Ops):
 
     def softmax_xent(self, logits, labels, *, dlogits=None, probs=None, from_logits=True,
                      grad_scale=None):
-        if not self._has("softmax_xent"):
-            return super().softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
-                                        from_logits=from_logits, grad_scale=grad_scale)
         return self.nk.softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
                                     from_logits=from_logits, grad_scale=grad_scale)
 
     def batchnorm_forward(self, x, gamma, beta, **kw):
-        if not self._has("batchnorm_forward"):
-            return super().batchnorm_forward(x, gamma, beta, **kw)
         return self.nk.batchnorm_forward(x, gamma, beta, **kw)
 
     def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, **kw):
-        if not self._has("batchnorm_backward"):
-            return super().batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
         return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
 
     def sum_squares(self, x):
-        if not self._has("sum_squares"):
-            return super().sum_squares(x)
         return self.nk.sum_squares(x)
 
     def sgd_update(self, p, g, lr, momentum=0.0, nesterov=False, m=None):
-        if not self._has("sgd_update"):
-            return super().sgd_update(p, g, lr, momentum, nesterov, m)
         self.nk.sgd_update(p, g, lr, momentum=momentum, nesterov=nesterov, m=m)
 
     def adam_update(self, p, g, m, v, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1):
-        if not self._has("adam_update"):
-            return super().adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, step)
         self.nk.adam_update(p, g, m, v, lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
 
     def rmsprop_update(self, p, g, v, lr, rho=0.9, epsilon=1e-7, momentum=0.0, m=None,
                        centered=False, mg=None):
-        if not self._has("rmsprop_update"):
-            return super().rmsprop_update(p, g, v, lr, rho, epsilon, momentum, m, centered, mg)
         self.nk.rmsprop_update(p, g, v, lr, rho=rho, epsilon=epsilon, momentum=momentum, m=m,
                                centered=centered, mg=mg)
 
     def adadelta_update(self, p, g, acc_g, acc_d, lr, rho=0.95, epsilon=1e-7):
-        if not self._has("adadelta_update"):
-            return super().adadelta_update(p, g, acc_g, acc_d, lr, rho, epsilon)
         self.nk.adadelta_update(p, g, acc_g, acc_d, lr, rho=rho, epsilon=epsilon)
 
 

@@ -538,8 +538,8 @@ class BatchNormalization(Layer):
     def forward(self, x, training=False):
         c = x.shape[-1]
         y = self._buf("y", x.shape)
-        sm = self._buf("mean", (c,), np.float64)
-        si = self._buf("invstd", (c,), np.float64)
+        sm = self._buf("mean", (c,))
+        si = self._buf("invstd", (c,))
         self.ops.batchnorm_forward(x, self.w.get("gamma"), self.w.get("beta"), training=training,
                                    moving_mean=self.w["moving_mean"],
                                    moving_var=self.w["moving_variance"], momentum=self.momentum,
@@ -552,8 +552,8 @@ class BatchNormalization(Layer):
         dx = self._buf("dx", dy.shape)
         dgamma = self.g.get("gamma", self._buf("dgamma_unused", (c,)))
         dbeta = self.g.get("beta", self._buf("dbeta_unused", (c,)))
-        self.ops.batchnorm_backward(dy, self._x, self.w.get("gamma"), self._buf("mean", (c,), np.float64),
-                                    self._buf("invstd", (c,), np.float64), dx=dx, dgamma=dgamma,
+        self.ops.batchnorm_backward(dy, self._x, self.w.get("gamma"), self._buf("mean", (c,)),
+                                    self._buf("invstd", (c,)), dx=dx, dgamma=dgamma,
                                     dbeta=dbeta)
         return dx if need_dx else None
 
