@@ -1,0 +1,347 @@
+"""Keras-on-TensorFlow contender of bench/train.py, and what all contenders share.
+
+Run by bench/train.py in a subprocess, with the Python of an environment that
+has TensorFlow (TensorFlow lives in its own venv: it must not share a process
+with torch and nnkernels)::
+
+    <tf-python> -m bench._tf_train --json --model cnn --threads 2 --data DATA.npz ...
+
+It builds the same model as the other contenders (Keras defaults:
+glorot_uniform kernels, zero biases), sets TensorFlow's intra- and inter-op
+thread pools to --threads before the runtime starts, runs the measurements of
+:func:`measure` and prints one JSON line.  XLA is off (``jit_compile=False``,
+which is also Keras's "auto" on a CPU-only machine).  The steady state is
+measured with ``model.fit`` on a fixed array of --steps batches (one compiled
+``tf.function`` per step, no per-call Python conversion; ``shuffle=False``) by
+default, or ``model.train_on_batch`` per step with ``--steady-mode
+train_on_batch``.
+
+This module imports neither nnkernels nor torch (the TF venv has neither):
+the model description, FLOP counts, data preparation and the measurement loop
+that bench/train.py uses for every contender live here.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+# --------------------------------------------------------------------------
+# the models
+# --------------------------------------------------------------------------
+MODELS = ("cnn", "mlp")
+INPUT_SHAPE = {"cnn": (28, 28, 1), "mlp": (784,)}
+# cnn: Conv2D(32,3,relu) Conv2D(64,3,relu) MaxPool2 Dropout(.25) Flatten
+#      Dense(128,relu) Dropout(.5) Dense(10,softmax); SGD(0.01, momentum 0.9)
+# mlp: Dense(512,relu) Dense(512,relu) Dense(10,softmax); Adam(1e-3, eps 1e-7)
+OPTIMIZER = {"cnn": "SGD(lr=0.01, momentum=0.9)", "mlp": "Adam(lr=1e-3, eps=1e-7)"}
+
+
+def train_flops(model: str) -> dict:
+    """FLOPs per image (multiply-add = 2) of the layers' GEMM/convolution
+    work: forward, and backward = dW for every layer + dX for every layer
+    but the first (its input gradient is not needed).  Elementwise work
+    (bias, ReLU, pooling, dropout, softmax, optimizer) is not counted."""
+    if model == "cnn":
+        # (forward flops, first layer?)
+        layers = [(2 * 26 * 26 * 32 * 3 * 3 * 1, True),
+                  (2 * 24 * 24 * 64 * 3 * 3 * 32, False),
+                  (2 * 9216 * 128, False),
+                  (2 * 128 * 10, False)]
+    elif model == "mlp":
+        layers = [(2 * 784 * 512, True), (2 * 512 * 512, False), (2 * 512 * 10, False)]
+    else:
+        raise ValueError(model)
+    fwd = sum(f for f, _ in layers)
+    bwd = sum(f if first else 2 * f for f, first in layers)
+    return {"forward": float(fwd), "train": float(fwd + bwd)}
+
+
+# --------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------
+def prepare(raw: dict, model: str, batch: int, epoch_size: int, steps: int,
+            warmup: int, predict_size: int) -> dict:
+    """Float inputs (x/255, NHWC or flat) and int64 labels for each measurement.
+
+    raw: uint8 x_train (N,28,28), y_train (N,), x_test, y_test.
+    epoch: the first epoch_size training images (fit shuffles them);
+    epoch_warm: 2 batches + the epoch's last partial batch (so a warm-up fit
+    meets both batch shapes); steady: warmup + steps distinct batches, from
+    the start of the training set (cycled if too short); predict: the first
+    predict_size test images (cycled if too short)."""
+    shape = INPUT_SHAPE[model]
+
+    def f(x):
+        return (x.reshape((x.shape[0],) + shape).astype(np.float32) / np.float32(255.0))
+
+    def take(x, y, n):
+        if n <= len(x):
+            return x[:n], y[:n]
+        return np.resize(x, (n,) + x.shape[1:]), np.resize(y, n)
+
+    xtr, ytr = raw["x_train"], raw["y_train"].astype(np.int64)
+    xte, yte = raw["x_test"], raw["y_test"].astype(np.int64)
+    ne = min(epoch_size, len(xtr)) if epoch_size else len(xtr)
+    nw = 2 * batch + ne % batch
+    ns = (warmup + steps) * batch
+    d = {}
+    d["epoch_x"], d["epoch_y"] = f(xtr[:ne]), ytr[:ne].copy()
+    d["epoch_warm_x"], d["epoch_warm_y"] = (a.copy() for a in take(d["epoch_x"], d["epoch_y"], nw))
+    sx, sy = take(xtr, ytr, ns)
+    d["steady_x"], d["steady_y"] = f(sx), sy.copy()
+    px, py = take(xte, yte, predict_size)
+    d["predict_x"], d["predict_y"] = f(px), py.copy()
+    return d
+
+
+def batches(x, y, batch, start, count):
+    """`count` contiguous (views) batches starting at batch index `start`."""
+    return [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
+            for i in range(start, start + count)]
+
+
+# --------------------------------------------------------------------------
+# measurement (used for every contender)
+# --------------------------------------------------------------------------
+def minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class OtherLoad:
+    """CPU used by other processes (cores) since creation: busy time of all
+    CPUs (/proc/stat) minus this process's CPU time (a copy of
+    bench._common.OtherLoad, which imports nnkernels)."""
+
+    def __init__(self):
+        try:
+            self.hz = os.sysconf("SC_CLK_TCK")
+        except (AttributeError, ValueError, OSError):
+            self.hz = 100
+        self.t0 = self._read()
+
+    def _read(self):
+        t = os.times()
+        try:
+            with open("/proc/stat") as fh:
+                v = [int(a) for a in fh.readline().split()[1:9]]
+            busy = (sum(v) - v[3] - v[4]) / self.hz
+        except (OSError, ValueError, IndexError):
+            busy = float("nan")
+        return time.perf_counter(), busy, t.user + t.system
+
+    def cores(self) -> float:
+        (w0, b0, s0), (w1, b1, s1) = self.t0, self._read()
+        return max(0.0, ((b1 - b0) - (s1 - s0)) / (w1 - w0)) if w1 > w0 else float("nan")
+
+
+def _floats(v):
+    """History / train_on_batch results -> JSON-able floats."""
+    if isinstance(v, dict):
+        return {k: _floats(a) for k, a in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_floats(a) for a in v]
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def measure(impl, d: dict, batch: int, steps: int, repeats: int, log=None) -> dict:
+    """The three measurements of one contender, in this order.
+
+    `impl` has: ``warmup_steady()``, ``run_steady()`` (the --steps steps
+    once; returns the last step's result), ``fit_epoch(x, y)`` (one epoch,
+    shuffled; returns a history dict) and ``predict(x)`` (probabilities).
+
+    * steady: after the warm-up steps, `repeats` runs of `steps` training
+      steps on fixed batches; img/s from the best run; garbage collector off
+      while timing; minor page faults per step over all runs.
+    * epoch: a warm-up fit on a few batches (first-call costs such as graph
+      tracing; its time is reported as ``warm_fit_s``), then one timed fit of
+      one epoch (garbage collector on, as a user's fit runs).
+    * predict: one warm-up batch, then the best of `repeats` predicts.
+    """
+    log = log or (lambda *a: None)
+    out = {}
+    t0 = time.perf_counter()
+    impl.warmup_steady()
+    out["steady_warmup_s"] = time.perf_counter() - t0
+    times, faults, loads, last = [], [], [], None
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            mon, f0 = OtherLoad(), minflt()
+            t0 = time.perf_counter()
+            last = impl.run_steady()
+            dt = time.perf_counter() - t0
+            faults.append(minflt() - f0)
+            loads.append(mon.cores())
+        finally:
+            gc.enable()
+        times.append(dt)
+    best = min(times)
+    out["steady"] = {
+        "steps": steps, "batch": batch, "repeats": repeats, "times_s": times,
+        "best_s": best, "img_per_s": steps * batch / best,
+        "img_per_s_median": steps * batch / float(np.median(times)),
+        "ms_per_step": 1e3 * best / steps,
+        "minflt_per_step": sum(faults) / (steps * repeats), "minflt_runs": faults,
+        "other_load_cores": loads, "last_result": _floats(last),
+    }
+    log(f"steady {out['steady']['img_per_s']:.0f} img/s")
+
+    t0 = time.perf_counter()
+    impl.fit_epoch(d["epoch_warm_x"], d["epoch_warm_y"])
+    warm = time.perf_counter() - t0
+    n = len(d["epoch_x"])
+    gc.collect()
+    mon, f0 = OtherLoad(), minflt()
+    t0 = time.perf_counter()
+    hist = impl.fit_epoch(d["epoch_x"], d["epoch_y"])
+    dt = time.perf_counter() - t0
+    out["epoch"] = {"images": n, "batch": batch, "warm_fit_images": len(d["epoch_warm_x"]),
+                    "warm_fit_s": warm, "time_s": dt, "img_per_s": n / dt,
+                    "minflt_per_step": (minflt() - f0) / -(-n // batch),
+                    "other_load_cores": mon.cores(), "history": _floats(hist)}
+    log(f"epoch {out['epoch']['img_per_s']:.0f} img/s")
+
+    xp, yp = d["predict_x"], d["predict_y"]
+    impl.predict(xp[:impl.predict_batch])
+    times, loads, p = [], [], None
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            mon = OtherLoad()
+            t0 = time.perf_counter()
+            p = impl.predict(xp)
+            times.append(time.perf_counter() - t0)
+            loads.append(mon.cores())
+        finally:
+            gc.enable()
+    p = np.asarray(p)
+    out["predict"] = {"images": len(xp), "batch": impl.predict_batch, "times_s": times,
+                      "best_s": min(times), "img_per_s": len(xp) / min(times),
+                      "other_load_cores": loads,
+                      # proof of work: probabilities sum to 1 per row; accuracy
+                      "prob_sum_mean": float(p.sum(axis=1).mean()),
+                      "accuracy": float((p.argmax(axis=1) == yp).mean())}
+    log(f"predict {out['predict']['img_per_s']:.0f} img/s")
+    return out
+
+
+# --------------------------------------------------------------------------
+# Keras on TensorFlow
+# --------------------------------------------------------------------------
+class KerasImpl:
+    def __init__(self, model: str, threads: int, d: dict, batch: int, steps: int, warmup: int,
+                 predict_batch: int, seed: int, steady_mode: str = "fit"):
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        import keras
+        from keras import layers as L
+        keras.utils.set_random_seed(seed)
+        self.tf, self.keras = tf, keras
+        if model == "cnn":
+            ls = [keras.Input(INPUT_SHAPE[model]),
+                  L.Conv2D(32, 3, activation="relu"), L.Conv2D(64, 3, activation="relu"),
+                  L.MaxPooling2D(2), L.Dropout(0.25), L.Flatten(),
+                  L.Dense(128, activation="relu"), L.Dropout(0.5),
+                  L.Dense(10, activation="softmax")]
+            opt = keras.optimizers.SGD(0.01, momentum=0.9)
+        else:
+            ls = [keras.Input(INPUT_SHAPE[model]),
+                  L.Dense(512, activation="relu"), L.Dense(512, activation="relu"),
+                  L.Dense(10, activation="softmax")]
+            opt = keras.optimizers.Adam(1e-3, epsilon=1e-7)
+        self.m = keras.Sequential(ls)
+        self.m.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
+                       metrics=["accuracy"], jit_compile=False)
+        self.batch, self.predict_batch, self.mode = batch, predict_batch, steady_mode
+        n0 = warmup * batch
+        self.warm_x, self.warm_y = d["steady_x"][:n0], d["steady_y"][:n0]
+        self.st_x, self.st_y = d["steady_x"][n0:], d["steady_y"][n0:]
+        self.warm_b = batches(d["steady_x"], d["steady_y"], batch, 0, warmup)
+        self.st_b = batches(d["steady_x"], d["steady_y"], batch, warmup, steps)
+
+    def _fit(self, x, y, shuffle):
+        h = self.m.fit(x, y, batch_size=self.batch, epochs=1, verbose=0, shuffle=shuffle)
+        return {k: v[-1] for k, v in h.history.items()}
+
+    def warmup_steady(self):
+        if self.mode == "fit":
+            return self._fit(self.warm_x, self.warm_y, False)
+        for xb, yb in self.warm_b:
+            r = self.m.train_on_batch(xb, yb)
+        return r
+
+    def run_steady(self):
+        if self.mode == "fit":
+            return self._fit(self.st_x, self.st_y, False)
+        for xb, yb in self.st_b:
+            r = self.m.train_on_batch(xb, yb)
+        return r
+
+    def fit_epoch(self, x, y):
+        return self._fit(x, y, True)
+
+    def predict(self, x):
+        return self.m.predict(x, batch_size=self.predict_batch, verbose=0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    ap.add_argument("--model", choices=MODELS, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--data", required=True, help=".npz with uint8 x_train, y_train, x_test, y_test")
+    ap.add_argument("--epoch-size", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--predict-size", type=int, default=10000)
+    ap.add_argument("--predict-batch", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steady-mode", choices=("fit", "train_on_batch"), default="fit")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log = (lambda s: print(f"[tf {a.model} t={a.threads}] {s}", file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    import tensorflow as tf
+    import keras
+    import_s = time.perf_counter() - t0
+    with np.load(a.data) as z:
+        raw = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    d = prepare(raw, a.model, a.batch, a.epoch_size, a.steps, a.warmup, a.predict_size)
+    del raw
+    impl = KerasImpl(a.model, a.threads, d, a.batch, a.steps, a.warmup, a.predict_batch,
+                     a.seed, a.steady_mode)
+    res = measure(impl, d, a.batch, a.steps, a.repeats, log)
+    res["info"] = {
+        "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+        "python": sys.version.split()[0], "executable": sys.executable,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "jit_compile": False, "steady_mode": a.steady_mode, "import_s": import_s,
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "devices": [x.device_type for x in tf.config.list_physical_devices()],
+    }
+    if a.json:
+        print(json.dumps(res), flush=True)
+    else:
+        print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
