@@ -303,8 +303,9 @@ class Ops:
         Returns (loss summed over rows as float, number of rows whose argmax
         matches); writes dlogits = (softmax - target) * grad_scale (default
         1/N) and probs = softmax when given.  from_logits=False: the inputs
-        are probabilities (clipped to [1e-7, 1 - 1e-7], rows renormalised for
-        categorical targets, as Keras does); dlogits is then d loss / d p."""
+        are probabilities (rows renormalised to sum 1, then clipped to
+        [1e-7, 1 - 1e-7], as Keras 3 does for sparse and categorical targets
+        alike); dlogits is then d loss / d p."""
         n, k = logits.shape
         sparse = labels.ndim == 1
         if sparse:
@@ -332,9 +333,7 @@ class Ops:
                 dlogits[...] = (np.exp(logp) - target) * scale
         else:
             eps = 1e-7
-            p = logits
-            if not sparse:
-                p = p / p.sum(axis=1, keepdims=True)
+            p = logits / logits.sum(axis=1, keepdims=True)
             pc = np.clip(p, eps, 1 - eps)
             loss = float(-(target.astype(np.float64) * np.log(pc)).sum())
             if probs is not None:
@@ -342,9 +341,9 @@ class Ops:
             if dlogits is not None:
                 inside = (p >= eps) & (p <= 1 - eps)
                 g = -target / pc * inside
-                if not sparse:  # through the renormalisation p / sum(p)
-                    s = logits.sum(axis=1, keepdims=True)
-                    g = (g - (g * p).sum(axis=1, keepdims=True)) / s
+                # through the renormalisation p / sum(p)
+                s = logits.sum(axis=1, keepdims=True)
+                g = (g - (g * p).sum(axis=1, keepdims=True)) / s
                 dlogits[...] = g * scale
         return loss, correct
 
