@@ -441,7 +441,8 @@ def test_batchnorm_counts_and_trainability():
 
 
 def naive_xent(p_or_z, labels, from_logits, sparse):
-    """Mean cross-entropy in float64, as Keras defines it."""
+    """Mean cross-entropy in float64, as Keras 3 defines it (probabilities are
+    renormalised to sum 1 for sparse and categorical targets alike)."""
     a = np.asarray(p_or_z, F64)
     n, k = a.shape
     t = np.eye(k)[labels] if sparse else np.asarray(labels, F64)
@@ -449,7 +450,7 @@ def naive_xent(p_or_z, labels, from_logits, sparse):
         z = a - a.max(1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     else:
-        p = a if sparse else a / a.sum(1, keepdims=True)
+        p = a / a.sum(1, keepdims=True)
         logp = np.log(np.clip(p, 1e-7, 1 - 1e-7))
     return float(-(t * logp).sum() / n)
 
@@ -464,8 +465,8 @@ def _xent_inputs(rng, n, k, from_logits, sparse):
     if from_logits:
         a = rng.standard_normal((n, k)) * 3
     else:
+        # positive outputs that need not sum to 1 (e.g. sigmoid units)
         a = rng.uniform(0.05, 1.0, (n, k))
-        a /= a.sum(1, keepdims=True)
     return a, target
 
 
@@ -528,7 +529,8 @@ def test_softmax_xent_rejects_bad_labels():
 
 
 def test_losses_functions_match_naive():
-    """pynn.losses.* functions (Keras per-sample API) on probability rows."""
+    """pynn.losses.* functions (Keras per-sample API) agree with the kernel's
+    definition, also on rows that do not sum to 1."""
     from pynn import losses
     rng = np.random.default_rng(1)
     for from_logits in (True, False):

@@ -355,6 +355,29 @@ def test_to_categorical_and_categorical_crossentropy():
     assert hc.history["accuracy"] == hs.history["accuracy"]
 
 
+def test_sparse_and_categorical_agree_on_unnormalised_outputs():
+    """A sigmoid output layer with a cross-entropy: the outputs do not sum to
+    1 and Keras renormalises them for sparse and categorical targets alike;
+    evaluate, the loss object and training agree between the two."""
+    x, y = _blobs(30)
+    t = pynn.utils.to_categorical(y, 3)
+
+    def make(loss):
+        pynn.utils.set_random_seed(5)
+        m = pynn.Sequential([layers.Dense(3, activation="sigmoid", input_shape=(5,))],
+                            dtype="float64")
+        m.compile(optimizers.SGD(0.1), loss)
+        return m
+    ms, mc = make("sparse_categorical_crossentropy"), make("categorical_crossentropy")
+    ls, lc = ms.evaluate(x, y, verbose=0), mc.evaluate(x, t, verbose=0)
+    assert ls == pytest.approx(lc, rel=1e-12)
+    assert ls == pytest.approx(ms.loss(y, ms.predict(x, verbose=0)), rel=1e-12)
+    ms.fit(x, y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    mc.fit(x, t, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(ms.get_weights(), mc.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_loss_function_objects_in_compile():
     x, y = _blobs(30)
     m = pynn.Sequential([layers.Dense(3, activation="softmax", input_shape=(5,))])
