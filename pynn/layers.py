@@ -253,6 +253,7 @@ class Dense(_Activated):
                                activation=self._kernel_act(), out=z)
         y = self._post_activation(z)
         self._x, self._z, self._y = x2, z, y
+        self._xshape = x.shape
         return y.reshape(x.shape[:-1] + (self.units,))
 
     def backward(self, dy, need_dx=True):
@@ -263,7 +264,7 @@ class Dense(_Activated):
         self.ops.dense_backward(dz, self._x, self.w["kernel"], y=self._z if act else None,
                                 activation=act, need_dx=need_dx, dx=dx, dw=self.g["kernel"],
                                 db=self.g.get("bias"))
-        return dx
+        return None if dx is None else dx.reshape(self._xshape)
 
     def get_config(self):
         c = super().get_config()

@@ -344,7 +344,9 @@ class Sequential:
         steps = data.steps_per_epoch(n, batch_size, dist.size)
         verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
         history = cbks.History()
-        cb_list = [history] + list(callbacks or [])
+        # History after the user callbacks (as Keras): it records what they add to
+        # the logs (e.g. LearningRateScheduler's learning_rate)
+        cb_list = list(callbacks or []) + [history]
         if verbose:
             cb_list.append(cbks.ProgbarLogger(verbose))
         params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "verbose": verbose,
@@ -473,6 +475,8 @@ class Sequential:
         return sum(l.count_params() for l in self.layers)
 
     def get_weights(self):
+        if not self.built and self._declared_input_shape() is not None:
+            self.build()
         return [w for l in self.layers for w in l.get_weights()]
 
     def set_weights(self, weights):
