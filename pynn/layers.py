@@ -545,7 +545,7 @@ class BatchNormalization(Layer):
                                    moving_mean=self.w["moving_mean"],
                                    moving_var=self.w["moving_variance"], momentum=self.momentum,
                                    epsilon=self.epsilon, out=y, save_mean=sm, save_invstd=si)
-        self._x = x
+        self._x, self._training = x, training
         return y
 
     def backward(self, dy, need_dx=True):
@@ -553,6 +553,17 @@ class BatchNormalization(Layer):
         dx = self._buf("dx", dy.shape)
         dgamma = self.g.get("gamma", self._buf("dgamma_unused", (c,)))
         dbeta = self.g.get("beta", self._buf("dbeta_unused", (c,)))
+        if not self._training:
+            # after an inference-mode forward the statistics are constants:
+            # y = gamma * (x - mm) * invstd + beta
+            xp = self.ops.xp
+            invstd = 1.0 / xp.sqrt(self.w["moving_variance"] + self.dtype.type(self.epsilon))
+            xhat = (self._x - self.w["moving_mean"]) * invstd
+            dbeta[...] = dy.reshape(-1, c).sum(axis=0)
+            dgamma[...] = (dy * xhat).reshape(-1, c).sum(axis=0)
+            gamma = self.w["gamma"] if "gamma" in self.w else 1.0
+            xp.multiply(dy, gamma * invstd, out=dx)
+            return dx if need_dx else None
         self.ops.batchnorm_backward(dy, self._x, self.w.get("gamma"), self._buf("mean", (c,)),
                                     self._buf("invstd", (c,)), dx=dx, dgamma=dgamma,
                                     dbeta=dbeta)

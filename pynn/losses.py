@@ -87,7 +87,7 @@ class Loss:
             raise NotImplementedError("sample_weight is not supported")
         return float(np.mean(self.fn(y_true, y_pred)))
 
-    def check_targets(self, y, n_out):
+    def check_targets(self, y, n_out, dtype=np.float32):
         """Validate the whole target array once, before training."""
         return y
 
@@ -119,7 +119,7 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     def fn(self, y_true, y_pred):
         return sparse_categorical_crossentropy(y_true, y_pred, self.from_logits)
 
-    def check_targets(self, y, n_out):
+    def check_targets(self, y, n_out, dtype=np.float32):
         y = _labels(y, len(y), "labels")
         if y.size and (y.min() < 0 or y.max() >= n_out):
             raise ValueError(f"labels must lie in [0, {n_out}) for a model with {n_out} outputs; "
@@ -134,20 +134,20 @@ class CategoricalCrossentropy(_CrossEntropy):
     def fn(self, y_true, y_pred):
         return categorical_crossentropy(y_true, y_pred, self.from_logits)
 
-    def check_targets(self, y, n_out):
+    def check_targets(self, y, n_out, dtype=np.float32):
         y = np.asarray(y)
         if y.ndim != 2 or y.shape[1] != n_out:
             raise ValueError(f"categorical targets must have shape (N, {n_out}), got {y.shape}")
         if not np.all(np.isfinite(y)):
             raise ValueError("targets contain NaN or inf")
-        return np.ascontiguousarray(y, dtype=np.float32)
+        return np.ascontiguousarray(y, dtype=dtype)
 
 
 class _Elementwise(Loss):
     """Losses averaged over the last axis then the batch: BCE, MSE."""
 
-    def check_targets(self, y, n_out):
-        y = np.asarray(y, dtype=np.float32)
+    def check_targets(self, y, n_out, dtype=np.float32):
+        y = np.asarray(y, dtype=dtype)
         if y.ndim == 1 and n_out == 1:
             y = y[:, None]
         if y.ndim != 2 or y.shape[1] != n_out:

@@ -251,7 +251,7 @@ class Sequential:
             raise ValueError(f"x has {x.shape[0]} samples but y has {len(y)}")
         if not hasattr(self, "_n_out"):
             self._configure_output()
-        return x, self.loss.check_targets(y, self._n_out)
+        return x, self.loss.check_targets(y, self._n_out, self.dtype)
 
     def _buf(self, key, shape, dtype):
         k = (key, tuple(shape), np.dtype(dtype).str)
