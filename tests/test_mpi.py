@@ -219,8 +219,11 @@ def tiny_data(tmp_path):
 
 
 def _train_args(data_dir, ckpt, out, epochs):
+    # 192 images, batch 16 per rank: 6 steps per epoch under 2 ranks, 12 under 1;
+    # a checkpoint every 4 steps, so the 1-epoch run leaves one in mid-epoch (step 4)
     return ["--model", "mlp", "--data", str(data_dir), "--batch-size", "16", "--epochs",
-            str(epochs), "--checkpoint", str(ckpt), "--resume", "--out", str(out), "--seed", "5"]
+            str(epochs), "--checkpoint", str(ckpt), "--save-every", "4", "--resume",
+            "--out", str(out), "--seed", "5"]
 
 
 def _weights(path):
@@ -237,12 +240,16 @@ def test_cli_checkpoint_under_two_ranks_resumes_under_two_and_one(tmp_path, tiny
     assert p.stdout.count("test loss") == 1, p.stdout            # rank 0 prints, alone
     assert "2 MPI ranks" in p.stdout and "global batch 32" in p.stdout
     assert (tmp_path / "o1" / "history.json").exists()
-    # interrupted after epoch 1, then resumed under 2 ranks and under 1 process
+    # interrupted: the last checkpoint of a 1-epoch run is at step 4 of 6; resumed
+    # under 2 ranks (must match the uninterrupted run bitwise) and under 1 process
     run_mpi(pynn_cli + _train_args(tiny_data, tmp_path / "cut.npz", tmp_path / "o2", 1), cwd=tmp_path)
+    _, mcut = _weights(tmp_path / "cut.npz")
+    assert (mcut["position"]["epoch"], mcut["position"]["step"], mcut["position"]["ranks"]) == \
+        (0, 4, 2)
     shutil.copy(tmp_path / "cut.npz", tmp_path / "cut1.npz")
     p = run_mpi(pynn_cli + _train_args(tiny_data, tmp_path / "cut.npz", tmp_path / "o3", 2),
                 cwd=tmp_path)
-    assert "Epoch 2/2" in p.stdout and "Epoch 1/2" not in p.stdout, p.stdout
+    assert "Epoch 2/2" in p.stdout, p.stdout
     full, mfull = _weights(tmp_path / "full.npz")
     resumed, mres = _weights(tmp_path / "cut.npz")
     assert sorted(full) == sorted(resumed)
@@ -254,10 +261,12 @@ def test_cli_checkpoint_under_two_ranks_resumes_under_two_and_one(tmp_path, tiny
     p = subprocess.run(pynn_cli + _train_args(tiny_data, tmp_path / "cut1.npz", tmp_path / "o4", 2),
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "Epoch 2/2" in p.stdout and "Epoch 1/2" not in p.stdout, p.stdout
+    assert "Epoch 2/2" in p.stdout and "seen twice" not in p.stderr, p.stdout + p.stderr
     one, mone = _weights(tmp_path / "cut1.npz")
-    assert mone["compile"]["iterations"] == 192 // 32 + 192 // 16   # 6 steps of 2 ranks + 12 of 1
-    assert mone["position"]["ranks"] == 1 and mone["position"]["epoch"] == 2
+    # 4 steps of 2 ranks = 128 samples = 8 steps of 1: the epoch ends after 4 more, then 12
+    assert mone["compile"]["iterations"] == 4 + 4 + 12
+    assert (mone["position"]["epoch"], mone["position"]["step"], mone["position"]["ranks"]) == \
+        (1, 12, 1)
 
 
 @needs_mpi
