@@ -213,7 +213,7 @@ class Group:
 
     def sync_state_(self, flat):
         """In place: ``flat`` <- its mean over the ranks (batch-norm moving
-        statistics).  Exact for 1, 2 and every power-of-two rank count."""
+        statistics); the same bits on every rank."""
         if flat.size:
             self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
             flat *= flat.dtype.type(1.0 / self.size)
