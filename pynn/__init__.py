@@ -6,10 +6,12 @@ defaults.  See README.md.
 """
 from . import activations, backend, callbacks, data, datasets, initializers, layers, losses, metrics, \
     models, optimizers, utils, zoo
+from . import distributed   # imports mpi4py only under an MPI launch
 from .layers import Input
 from .model import Sequential, load_model
 
 __version__ = "0.1.0"
 
 __all__ = ["Sequential", "Input", "load_model", "layers", "optimizers", "losses", "metrics",
-           "callbacks", "datasets", "utils", "activations", "initializers", "models", "backend"]
+           "callbacks", "datasets", "utils", "activations", "initializers", "models", "backend",
+           "distributed"]

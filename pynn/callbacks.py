@@ -330,7 +330,7 @@ class BackupAndRestore(Callback):
     ending in .npz.  delete_checkpoint: remove it when training completes
     (Keras' default).  resume=False ignores an existing checkpoint (it is
     overwritten at the first save)."""
-    chief_only = False   # every rank restores; only rank 0 writes
+    chief_only = False   # rank 0 reads and writes; fit broadcasts what it read (MPI)
 
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True, resume=True,
                  double_checkpoint=False):
@@ -342,7 +342,9 @@ class BackupAndRestore(Callback):
         self.save_freq, self.delete_checkpoint, self.resume = save_freq, delete_checkpoint, resume
 
     def on_train_begin(self, logs=None):
-        if self.resume and os.path.exists(self.path):
+        # under MPI only rank 0 reads the file (it need not be on a shared
+        # file system): fit then broadcasts rank 0's state to every rank
+        if self.resume and self.model._is_chief() and os.path.exists(self.path):
             self.model._restore_checkpoint(self.path)
 
     def on_train_batch_end(self, batch, logs=None):

@@ -17,7 +17,11 @@ def _add_train_args(p):
                    help="default: sgd (momentum 0.9) for cnn, adam for mlp")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
     p.add_argument("--threads", type=int, default=None,
-                   help="kernel threads (default: OMP_NUM_THREADS, else the usable cores)")
+                   help="kernel threads per process (default: OMP_NUM_THREADS, else the usable "
+                        "cores; under MPI the node's usable cores // ranks on the node)")
+    p.add_argument("--scale-lr", action="store_true",
+                   help="under MPI, multiply the learning rate by the number of ranks (linear "
+                        "scaling rule: the global batch is batch-size x ranks)")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="folder with the IDX files (default: $PYNN_DATA, then "
                         "/usr/share/datasets/fashion-mnist)")
@@ -89,6 +93,7 @@ def _write_outputs(out_dir, result, history):
 def cmd_train(args):
     import pynn
     from . import callbacks, zoo
+    # under MPI: rank/size, threads per rank, abort-on-exception hook
     dist = pynn.distributed.init(threads=args.threads) if hasattr(pynn, "distributed") else None
     chief = dist is None or dist.rank == 0
     if dist is None and args.threads is not None:
@@ -107,7 +112,10 @@ def cmd_train(args):
     if chief:
         model.summary()
         import nnkernels
-        where = f", {dist.size} MPI ranks" if dist is not None and dist.size > 1 else ""
+        where = ""
+        if dist is not None and dist.size > 1:
+            where = (f", {dist.size} MPI ranks on {dist.nodes} node(s), global batch "
+                     f"{args.batch_size * dist.size}")
         print(f"{len(x)} training / {len(xt)} test images; batch {args.batch_size}; "
               f"{opt_name} lr {model.optimizer.learning_rate}; {nnkernels.get_num_threads()} threads "
               f"({nnkernels.get_isa()}){where}", flush=True)
@@ -120,6 +128,8 @@ def cmd_train(args):
     elif args.resume:
         raise SystemExit("pynn train: --resume needs --checkpoint PATH")
     verbose = "auto" if args.verbose is None else args.verbose
+    if verbose == "auto" and dist is not None and dist.size > 1:
+        verbose = 2   # mpiexec gives ranks a pseudo-terminal even when its output is a file
     if not chief:
         verbose = 0
     t0 = time.perf_counter()
@@ -143,13 +153,18 @@ def cmd_info(args):
     import nnkernels
     import pynn
     from . import data
+    lines = None
+    if hasattr(pynn, "distributed"):
+        dist = pynn.distributed.init()   # under MPI: this rank's share of the node's cores
+        lines = dist.allgather(pynn.distributed.describe())
+        if dist.rank != 0:
+            return 0
     print(f"pynn {pynn.__version__}")
     for k, v in nnkernels.info().items():
         print(f"  {k}: {v}")
     print(f"  threads: {nnkernels.get_num_threads()}")
-    if hasattr(pynn, "distributed"):
-        d = pynn.distributed.describe()
-        print(f"  mpi: {d}")
+    for r, line in enumerate(lines or ()):
+        print(f"  mpi: {line}" if r == 0 else f"       {line}")
     for name, folder in (("fashion_mnist", "fashion-mnist"), ("mnist", "mnist")):
         try:
             where = data.find_dataset_dir(args.data, name=folder)
@@ -165,17 +180,33 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a default model on (Fashion-)MNIST")
     _add_train_args(t)
-    i = sub.add_parser("info", help="kernels, threads, data found")
+    i = sub.add_parser("info", help="kernels, threads, MPI rank/size, data found")
     i.add_argument("--data", metavar="DIR", default=None)
     args = p.parse_args(argv)
     try:
-        return {"train": cmd_train, "info": cmd_info}[args.cmd](args)
+        rc = {"train": cmd_train, "info": cmd_info}[args.cmd](args)
     except FileNotFoundError as e:
         print(f"pynn {args.cmd}: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        rc = 130
+    except SystemExit as e:
+        rc = e.code
+        if rc and not isinstance(rc, int):
+            print(rc, file=sys.stderr)
+            rc = 1
+    _abort_other_ranks(rc)
+    return rc
+
+
+def _abort_other_ranks(rc):
+    """Under MPI, a rank that fails must take the others down with it: they
+    would otherwise wait forever in their next collective call."""
+    if rc:
+        import pynn
+        if hasattr(pynn, "distributed"):
+            pynn.distributed.abort(rc)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ parameter buffer, every gradient a view into ONE flat gradient buffer (same
 offsets), and non-trainable weights (batch-norm moving statistics) live in a
 third flat buffer.  The optimizer updates all parameters with one fused
 kernel call per step, and data-parallel training allreduces the gradient
-buffer with one call.  Layer outputs, gradients, the input batch and the
+buffer with one call (``model._dist``, see pynn/distributed.py).  Layer outputs, gradients, the input batch and the
 loss gradient are buffers allocated at the first step of each batch shape
 and reused, so steady-state steps allocate no fresh memory.
 
 Determinism: weights are initialised from generators derived from the seed
 (``pynn.utils.set_random_seed``), each epoch's order is a function of
 (seed, epoch), the dropout mask of a step is a function of (seed, layer,
-step), and every kernel reduction has a fixed order: the same seed and
+step) (under MPI: step*size + rank), and every kernel reduction has a fixed order: the same seed and
 thread count give bitwise-identical weights, and a run resumed from a
 checkpoint continues exactly as the uninterrupted one would have.
 """
@@ -32,11 +32,21 @@ def _snake(name):
 
 
 class _Single:
-    """The process group of a non-distributed run."""
+    """The process group of a non-distributed run (``model._dist``); the MPI
+    group with the same methods is ``pynn.distributed.Group``."""
     rank, size = 0, 1
     active = False
 
-    def allreduce_mean_(self, flat):
+    def allreduce_sum_(self, flat):
+        """In place: ``flat`` <- its sum over the ranks (one rank: itself)."""
+        pass
+
+    def sync_state_(self, flat):
+        """In place: ``flat`` <- its mean over the ranks."""
+        pass
+
+    def sync_model(self, model):
+        """Every rank <- rank 0's seed, weights, optimizer state, position."""
         pass
 
     def sum_scalars(self, values):
@@ -272,15 +282,22 @@ class Sequential:
             d = self.layers[i].backward(d, need_dx=i > first)
 
     def _train_step(self, xb, yb, grad_scale):
-        step = self.optimizer.iterations
+        """One step on this rank's batch.  ``grad_scale`` is
+        1/(global batch), so the SUM over the ranks of the gradient buffer
+        is the global-batch mean gradient."""
+        dist = self._dist
+        # dropout stream counter: step*size + rank (independent masks per rank)
+        step = self.optimizer.iterations * dist.size + dist.rank
         for layer in self._dropouts:
             layer.step = step
         out = self._forward(xb, True)
         dout = self._buf("dout", out.shape, self.dtype)
         loss, correct = self.loss.compute(self.ops, out, yb, dout, grad_scale, self._logits)
         self._backward(dout)
-        self._dist.allreduce_mean_(self._grads)
+        dist.allreduce_sum_(self._grads)
         self.optimizer.apply(self.ops, self._params, self._grads, self._segments)
+        if dist.active and self._state.size:
+            dist.sync_state_(self._state)   # batch-norm moving statistics: mean over ranks
         return loss, correct
 
     def _metric_logs(self, loss_sum, correct, seen):
@@ -358,6 +375,11 @@ class Sequential:
                      "n": n, "ranks": dist.size}
         self._resume = None
         cbl.on_train_begin()
+        if dist.active:
+            # rank 0's seed, weights, optimizer state and resume position everywhere
+            dist.check_same((n, batch_size, epochs, initial_epoch, bool(shuffle)),
+                            "(samples, batch_size, epochs, initial_epoch, shuffle)")
+            dist.sync_model(self)
         start_epoch, start_step, sums = initial_epoch, 0, (0.0, 0.0, 0)
         if self._resume is not None:
             r = self._resume
@@ -366,7 +388,18 @@ class Sequential:
                                  f"batch_size {r['batch_size']}, shuffle {r['shuffle']}; this run has "
                                  f"{n}, {batch_size}, {bool(shuffle)}")
             start_epoch, start_step = r["epoch"], r["step"]
+            old = int(r.get("ranks", 1))
+            if start_step and old != dist.size:
+                # the steps done cover the first step*batch*ranks entries of the
+                # epoch's permutation; continue from there with this rank count
+                done = start_step * batch_size * old
+                start_step = done // (batch_size * dist.size)
+                if done % (batch_size * dist.size) and dist.rank == 0:
+                    print(f"(resuming a checkpoint of {old} ranks under {dist.size}: "
+                          f"{done % (batch_size * dist.size)} samples of epoch {start_epoch + 1} "
+                          "are seen twice)", file=sys.stderr)
             sums = (r["loss_sum"], r["correct"], r["seen"])
+            self._pos["ranks"] = dist.size   # the checkpoint's count was converted above
             if start_step >= steps:
                 start_epoch, start_step, sums = start_epoch + 1, 0, (0.0, 0.0, 0)
         batcher = data.Batcher((x, y), batch_size, shuffle=shuffle, seed=self.seed,
@@ -633,6 +666,13 @@ class Sequential:
             v[...] = arrays[f"optimizer/{k}"]
         self.optimizer.iterations = int(comp.get("iterations", 0))
 
+    def _set_seed(self, seed):
+        """Adopt ``seed`` (shuffling, dropout streams) after the weights exist."""
+        self.seed = int(seed)
+        for li, layer in enumerate(self.layers):
+            if isinstance(layer, L.Dropout) and layer.seed is None:
+                layer.stream_seed = utils.derive_seed(self.seed, li, 0xD509)
+
     # checkpoints (BackupAndRestore): model file + training position
     def _is_chief(self):
         return self._dist.rank == 0
@@ -652,15 +692,11 @@ class Sequential:
         pos = meta.get("position")
         if not pos:
             raise io.FileFormatError(f"{path}: checkpoint has no training position")
-        if pos.get("ranks", 1) != self._dist.size:
-            pass  # allowed: resuming under another rank count changes the batch split
+        # resuming under another rank count is allowed: fit converts the step
         self._assign_weights(arrays)
         self._load_optimizer(arrays, meta, path)
         if int(meta["seed"]) != int(self.seed):
-            self.seed = int(meta["seed"])
-            for li, layer in enumerate(self.layers):
-                if isinstance(layer, L.Dropout) and layer.seed is None:
-                    layer.stream_seed = utils.derive_seed(self.seed, li, 0xD509)
+            self._set_seed(int(meta["seed"]))
         self._resume = pos
         self._pos.update(pos)
 

