@@ -94,26 +94,23 @@ def cmd_train(args):
     import pynn
     from . import callbacks, zoo
     # under MPI: rank/size, threads per rank, abort-on-exception hook
-    dist = pynn.distributed.init(threads=args.threads) if hasattr(pynn, "distributed") else None
-    chief = dist is None or dist.rank == 0
-    if dist is None and args.threads is not None:
-        pynn.utils.set_num_threads(args.threads)
+    dist = pynn.distributed.init(threads=args.threads)
+    chief = dist.rank == 0
     pynn.utils.set_random_seed(args.seed)
     (x, y), (xt, yt) = _load(args)
     model = zoo.MODELS[args.model]()
     opt_name = args.optimizer or zoo.DEFAULT_OPTIMIZER[args.model][0]
     lr = args.lr
-    if dist is not None and dist.size > 1 and getattr(args, "scale_lr", False):
+    if dist.size > 1 and args.scale_lr:
         lr = (lr if lr is not None else zoo.make_optimizer(opt_name).learning_rate) * dist.size
     model.compile(optimizer=zoo.make_optimizer(opt_name, lr),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    if dist is not None:
-        dist.attach(model)
+    dist.attach(model)
     if chief:
         model.summary()
         import nnkernels
         where = ""
-        if dist is not None and dist.size > 1:
+        if dist.size > 1:
             where = (f", {dist.size} MPI ranks on {dist.nodes} node(s), global batch "
                      f"{args.batch_size * dist.size}")
         print(f"{len(x)} training / {len(xt)} test images; batch {args.batch_size}; "
@@ -128,7 +125,7 @@ def cmd_train(args):
     elif args.resume:
         raise SystemExit("pynn train: --resume needs --checkpoint PATH")
     verbose = "auto" if args.verbose is None else args.verbose
-    if verbose == "auto" and dist is not None and dist.size > 1:
+    if verbose == "auto" and dist.size > 1:
         verbose = 2   # mpiexec gives ranks a pseudo-terminal even when its output is a file
     if not chief:
         verbose = 0
@@ -143,7 +140,7 @@ def cmd_train(args):
         result = {"model": args.model, "args": vars(args), "history": hist.history,
                   "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_s,
                   "threads": pynn.utils.get_num_threads(),
-                  "ranks": 1 if dist is None else dist.size}
+                  "ranks": dist.size}
         for p in _write_outputs(args.out, result, hist.history):
             print(f"wrote {p}")
     return 0
@@ -153,12 +150,10 @@ def cmd_info(args):
     import nnkernels
     import pynn
     from . import data
-    lines = None
-    if hasattr(pynn, "distributed"):
-        dist = pynn.distributed.init()   # under MPI: this rank's share of the node's cores
-        lines = dist.allgather(pynn.distributed.describe())
-        if dist.rank != 0:
-            return 0
+    dist = pynn.distributed.init()   # under MPI: this rank's share of the node's cores
+    lines = dist.allgather(pynn.distributed.describe())
+    if dist.rank != 0:
+        return 0
     print(f"pynn {pynn.__version__}")
     for k, v in nnkernels.info().items():
         print(f"  {k}: {v}")
@@ -205,8 +200,7 @@ def _abort_other_ranks(rc):
     would otherwise wait forever in their next collective call."""
     if rc:
         import pynn
-        if hasattr(pynn, "distributed"):
-            pynn.distributed.abort(rc)
+        pynn.distributed.abort(rc)
 
 
 if __name__ == "__main__":
