@@ -131,6 +131,11 @@ class Ops:
     def to_numpy(self, x):
         return np.asarray(x)
 
+    def batch_to_device(self, x, key="x"):
+        """A host batch ready for the layers (the GPU backend copies it into
+        a reused device buffer; ``key`` names the stream of batches)."""
+        return x
+
     # -- activations --------------------------------------------------------
     def activation(self, name, x, out=None, alpha=None):
         """out = act(x); out may be x."""
@@ -528,8 +533,9 @@ _DEFAULT = None
 
 
 def get_ops(name=None):
-    """The Ops for a device name: "cpu" (default; the compiled kernels) or
-    "numpy" (the pure reference).  "gpu" is added by the GPU backend."""
+    """The Ops for a device name: "cpu" (default; the compiled kernels),
+    "numpy" (the pure reference) or "gpu" (CuPy; RuntimeError naming what is
+    missing when CuPy or a CUDA device is not there)."""
     global _DEFAULT
     if name in (None, "cpu"):
         if _DEFAULT is None:
@@ -538,5 +544,6 @@ def get_ops(name=None):
     if name == "numpy":
         return Ops()
     if name == "gpu":
-        raise RuntimeError("the GPU backend (CuPy) is not available in this build")
+        from .backend_gpu import get_gpu_ops
+        return get_gpu_ops()
     raise ValueError(f"unknown device {name!r}: expected 'cpu', 'numpy' or 'gpu'")

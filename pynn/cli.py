@@ -28,6 +28,8 @@ def _add_train_args(p):
     p.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="train on the first N images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="gpu: train on the CUDA GPU through CuPy (pip install 'nnkernels[gpu]')")
     p.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="write a checkpoint (weights, optimizer, position) here every epoch "
                         "(or every --save-every steps)")
@@ -99,6 +101,11 @@ def cmd_train(args):
     pynn.utils.set_random_seed(args.seed)
     (x, y), (xt, yt) = _load(args)
     model = zoo.MODELS[args.model]()
+    if getattr(args, "device", "cpu") != "cpu":
+        try:
+            model.to_device(args.device)
+        except RuntimeError as e:
+            raise SystemExit(f"pynn train: --device {args.device}: {e}")
     opt_name = args.optimizer or zoo.DEFAULT_OPTIMIZER[args.model][0]
     lr = args.lr
     if dist.size > 1 and args.scale_lr:

@@ -145,7 +145,7 @@ class Layer:
         return [self.w[s.name] for s in self.specs]
 
     def get_weights(self):
-        return [np.array(self.w[s.name]) for s in self.specs]
+        return [np.array(self.ops.to_numpy(self.w[s.name])) for s in self.specs]
 
     def set_weights(self, values):
         if len(values) != len(self.specs):
@@ -154,7 +154,7 @@ class Layer:
             v = np.asarray(v)
             if v.shape != s.shape:
                 raise ValueError(f"{self.name}/{s.name}: expected shape {s.shape}, got {v.shape}")
-            self.w[s.name][...] = v
+            self.w[s.name][...] = self.ops.asarray(v)
 
     def __call__(self, x, training=False):
         return self.forward(x, training)

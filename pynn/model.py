@@ -84,6 +84,33 @@ class Sequential:
         for layer in layers or ():
             self.add(layer)
 
+    # ---------------------------------------------------------------- device --
+    def to_device(self, device):
+        """Move the model (weights, optimizer state) to "cpu", "gpu" or
+        "numpy"; returns self.  Buffers are reallocated on the new device."""
+        ops = backend.get_ops(device)
+        if ops is self.ops:
+            return self
+        old, self.ops = self.ops, ops
+        if self.built:
+            weights = [old.to_numpy(w) for l in self.layers for w in l.weights]
+            for layer in self.layers:
+                layer.ops = ops
+                layer.w, layer.g = {}, {}
+                layer.release_buffers()
+            self._allocate()
+            self.set_weights(weights)
+            if self.optimizer is not None and self.optimizer.state:
+                self.optimizer.state = {k: ops.asarray(old.to_numpy(v))
+                                        for k, v in self.optimizer.state.items()}
+        return self
+
+    def to_gpu(self):
+        return self.to_device("gpu")
+
+    def to_cpu(self):
+        return self.to_device("cpu")
+
     # ---------------------------------------------------------------- layers --
     def add(self, layer):
         if not isinstance(layer, L.Layer):
@@ -290,6 +317,7 @@ class Sequential:
         step = self.optimizer.iterations * dist.size + dist.rank
         for layer in self._dropouts:
             layer.step = step
+        xb, yb = self.ops.batch_to_device(xb, "x"), self.ops.batch_to_device(yb, "y")
         out = self._forward(xb, True)
         dout = self._buf("dout", out.shape, self.dtype)
         loss, correct = self.loss.compute(self.ops, out, yb, dout, grad_scale, self._logits)
@@ -317,8 +345,9 @@ class Sequential:
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         self._require_ready(x)
         x, y = self._check_xy(x, y)
-        out = self._forward(x, False)
-        loss, correct = self.loss.compute(self.ops, out, y, None, 1.0, self._logits)
+        out = self._forward(self.ops.batch_to_device(x, "x"), False)
+        loss, correct = self.loss.compute(self.ops, out, self.ops.batch_to_device(y, "y"), None,
+                                          1.0, self._logits)
         return self._result(self._metric_logs(loss, correct, x.shape[0]), return_dict)
 
     def _result(self, logs, return_dict):
@@ -454,8 +483,9 @@ class Sequential:
         loss_sum = correct = 0.0
         for s in range(lo, hi, batch_size):
             e = min(s + batch_size, hi)
-            out = self._forward(x[s:e], False)
-            l_, c_ = self.loss.compute(self.ops, out, y[s:e], None, 1.0, self._logits)
+            out = self._forward(self.ops.batch_to_device(x[s:e], "x"), False)
+            l_, c_ = self.loss.compute(self.ops, out, self.ops.batch_to_device(y[s:e], "y"), None,
+                                       1.0, self._logits)
             loss_sum += l_
             correct += c_
         if dist.active:
@@ -486,11 +516,11 @@ class Sequential:
             raise ValueError(f"batch_size must be >= 1, got {bs}")
         res = np.empty((x.shape[0],) + tuple(self.output_shape[1:]), dtype=self.dtype)
         for s in range(0, x.shape[0], bs):
-            out = self._forward(x[s:s + bs], False)
+            out = self._forward(self.ops.batch_to_device(x[s:s + bs], "x"), False)
             if self._final_act is not None:
-                self.ops.activation(self._final_act, out, out=res[s:s + bs])
-            else:
-                res[s:s + bs] = self.ops.to_numpy(out)
+                out = self.ops.activation(self._final_act, out,
+                                          out=self._buf("pred", out.shape, self.dtype))
+            res[s:s + bs] = self.ops.to_numpy(out)
         return res
 
     def predict_on_batch(self, x):
@@ -596,7 +626,7 @@ class Sequential:
         return m
 
     def _weight_arrays(self):
-        return {f"weights/{i}/{l.name}/{s.name}": np.asarray(l.w[s.name])
+        return {f"weights/{i}/{l.name}/{s.name}": self.ops.to_numpy(l.w[s.name])
                 for i, l in enumerate(self.layers) for s in l.specs}
 
     def _meta(self, fmt, include_optimizer):
@@ -611,7 +641,7 @@ class Sequential:
     def _opt_arrays(self):
         if not self.compiled:
             return {}
-        return {f"optimizer/{k}": np.asarray(v) for k, v in self.optimizer.state.items()}
+        return {f"optimizer/{k}": self.ops.to_numpy(v) for k, v in self.optimizer.state.items()}
 
     def save_weights(self, filepath, overwrite=True):
         if not self.built:
@@ -642,7 +672,7 @@ class Sequential:
     def _assign_weights(self, arrays):
         for i, l in enumerate(self.layers):
             for s in l.specs:
-                l.w[s.name][...] = arrays[f"weights/{i}/{l.name}/{s.name}"]
+                l.w[s.name][...] = self.ops.asarray(arrays[f"weights/{i}/{l.name}/{s.name}"])
 
     def load_weights(self, filepath):
         arrays, meta = io.read(filepath, expect=("pynn.weights", "pynn.model", "pynn.checkpoint"))
@@ -663,7 +693,7 @@ class Sequential:
             if a is None or a.shape != v.shape:
                 raise ValueError(f"{path}: optimizer slot {k!r} missing or of the wrong shape")
         for k, v in self.optimizer.state.items():
-            v[...] = arrays[f"optimizer/{k}"]
+            v[...] = self.ops.asarray(arrays[f"optimizer/{k}"])
         self.optimizer.iterations = int(comp.get("iterations", 0))
 
     def _set_seed(self, seed):
