@@ -102,7 +102,8 @@ def test_sources_ship_and_instantiations_match():
 def test_importing_never_imports_cupy():
     code = ("import sys, nnkernels, nnkernels.cuda, pynn, pynn.backend_gpu; "
             "pynn.backend.get_ops('cpu'); assert 'cupy' not in sys.modules, 'cupy imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # -I: the installed package, not the source tree of the current folder
+    subprocess.run([sys.executable, "-I", "-c", code], check=True)
 
 
 @pytest.mark.skipif(_OK, reason="a GPU is available")
