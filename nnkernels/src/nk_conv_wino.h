@@ -92,18 +92,9 @@ WAI void WFN(tr8)(const WV *r, T *dst)
 #undef WINO_SH3
 #undef WINO_SH3H
 
-/* Input transform V = B^T d B of tiles [t0, t0 + cnt) into the packed-A
- * operand of the 16 GEMMs of one block of tb tiles (local tile j = sliver
- * j / mr, row j % mr): plane xi at v_pk + xi * v_xs, k-block [pc, pc + kcur)
- * of the channels at + pc * tb, sliver s at + s * mr * kcur, element
- * (channel pc + kk, row i) at + kk * mr + i.  Tiles j >= cnt (up to the
- * block's last sliver) are zero.  src: (N, H, W, C); mask (or NULL): same
- * shape, d = mask > 0 ? src : 0 (relu derivative); zero: C zeros.
- * Per sliver and chunk of WVL channels, the mr tiles' V are computed into
- * registers / a small buffer (channels in lanes), then transposed into the
- * sliver's contiguous (channel, row) run. mr <= WINO_MR_MAX. */
-/* Source pixels of tile t's 4x4 patch (zero outside the image). */
-WAI void WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, int64_t t,
+/* Source pixels of tile t's 4x4 patch (zero outside the image); returns
+ * whether tile t - 1 is its left neighbour (its columns 2, 3 are t's 0, 1). */
+WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, int64_t t,
                          const T **px, const T **pm)
 {
     const int64_t H = g->h, W = g->w, C = g->c, tpi = g->th * g->tw;
@@ -120,8 +111,38 @@ WAI void WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T 
                 pm[a * 4 + b] = zero;
             }
         }
+    return tw > 0;
 }
 
+/* Column b of the row stage B^T d (B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
+ * 0 1 0 -1]) for channels [c0, c0 + cn): u[4a + b], a < 4. */
+WAI void WFN(wino_col)(const T *const *px, const T *const *pm, int masked, int64_t c0,
+                       int64_t cn, const int b, WV *u)
+{
+    WV d[4];
+#pragma GCC unroll 4
+    for (int a = 0; a < 4; a++) {
+        d[a] = WFN(wld)(px[4 * a + b] + c0, cn);
+        if (masked) d[a] = (WV)((WVI)d[a] & (WVI)(WFN(wld)(pm[4 * a + b] + c0, cn) > (T)0));
+    }
+    u[b] = d[0] - d[2];
+    u[4 + b] = d[1] + d[2];
+    u[8 + b] = d[2] - d[1];
+    u[12 + b] = d[1] - d[3];
+}
+
+/* Input transform V = B^T d B of tiles [t0, t0 + cnt) into the packed-A
+ * operand of the 16 GEMMs of one block of tb tiles (local tile j = sliver
+ * j / mr, row j % mr): plane xi at v_pk + xi * v_xs, k-block [pc, pc + kcur)
+ * of the channels at + pc * tb, sliver s at + s * mr * kcur, element
+ * (channel pc + kk, row i) at + kk * mr + i.  Tiles j >= cnt (up to the
+ * block's last sliver) are zero.  src: (N, H, W, C); mask (or NULL): same
+ * shape, d = mask > 0 ? src : 0 (relu derivative); zero: C zeros.
+ * Per sliver and chunk of WVL channels, the mr tiles' V are computed into
+ * registers / a small buffer (channels in lanes), then transposed into the
+ * sliver's contiguous (channel, row) run. mr <= WINO_MR_MAX.  A tile whose
+ * left neighbour precedes it in the sliver reuses that tile's row stage of
+ * their two shared columns (same operations, so same results). */
 static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t t0, int64_t cnt,
                          T *restrict v_pk, const T *zero)
 {
@@ -131,27 +152,30 @@ static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t 
     const T *px[WINO_MR_MAX][16], *pm[WINO_MR_MAX][16];
     for (int64_t s = 0; s < nsl; s++) {
         const int64_t rows = cnt - s * mr < mr ? cnt - s * mr : mr;
+        int left[WINO_MR_MAX];
         for (int64_t i = 0; i < rows; i++)
-            WFN(wino_patch)(g, src, mask, zero, t0 + s * mr + i, px[i], pm[i]);
+            left[i] = WFN(wino_patch)(g, src, mask, zero, t0 + s * mr + i, px[i], pm[i]);
         for (int64_t i = rows; i < mr; i++)
             for (int xi = 0; xi < 16; xi++) vt[xi][i] = (WV){0};
         for (int64_t c0 = 0; c0 < C; c0 += WVL) {
             const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
             const int64_t pc = c0 / kc * kc, kcur = C - pc < kc ? C - pc : kc;
+            WV u[16]; /* row stage of the current tile, u[4 * row + column] */
             for (int64_t i = 0; i < rows; i++) {
-                WV d[16], u[16];
-                for (int k = 0; k < 16; k++) {
-                    d[k] = WFN(wld)(px[i][k] + c0, cn);
-                    if (mask) d[k] = (WV)((WVI)d[k] & (WVI)(WFN(wld)(pm[i][k] + c0, cn) > (T)0));
+                if (i > 0 && left[i]) { /* columns 0, 1 = the left tile's 2, 3 */
+#pragma GCC unroll 4
+                    for (int a = 0; a < 4; a++) {
+                        u[4 * a] = u[4 * a + 2];
+                        u[4 * a + 1] = u[4 * a + 3];
+                    }
+                } else {
+                    WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 0, u);
+                    WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 1, u);
                 }
-                /* rows: B^T d, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] */
-                for (int b = 0; b < 4; b++) {
-                    u[0 + b] = d[0 + b] - d[8 + b];
-                    u[4 + b] = d[4 + b] + d[8 + b];
-                    u[8 + b] = d[8 + b] - d[4 + b];
-                    u[12 + b] = d[4 + b] - d[12 + b];
-                }
+                WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 2, u);
+                WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 3, u);
                 /* columns: (B^T d) B */
+#pragma GCC unroll 4
                 for (int a = 0; a < 4; a++) {
                     const WV *q = u + 4 * a;
                     vt[4 * a + 0][i] = q[0] - q[2];
@@ -197,21 +221,26 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
             const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
             WV m[16], u[8], o[4];
+#pragma GCC unroll 16
             for (int k = 0; k < 16; k++) m[k] = WFN(wld)(mp + k * m_xs + f0, fn);
             /* rows: A^T m */
+#pragma GCC unroll 16
             for (int b = 0; b < 4; b++) {
                 u[b] = m[b] + m[4 + b] + m[8 + b];
                 u[4 + b] = m[4 + b] - m[8 + b] - m[12 + b];
             }
             /* columns: (A^T m) A */
+#pragma GCC unroll 16
             for (int a = 0; a < 2; a++) {
                 o[2 * a] = u[4 * a] + u[4 * a + 1] + u[4 * a + 2];
                 o[2 * a + 1] = u[4 * a + 1] - u[4 * a + 2] - u[4 * a + 3];
             }
             if (bias) {
                 const WV bv = WFN(wld)(bias + f0, fn);
+#pragma GCC unroll 16
                 for (int k = 0; k < 4; k++) o[k] += bv;
             }
+#pragma GCC unroll 16
             for (int k = 0; k < 4; k++) {
                 if (act == NK_ACT_RELU) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0)); /* NaN kept */
             }
