@@ -611,7 +611,9 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     g->m_xs = (tb * F + ve - 1) / ve * ve + ve;
     const int64_t nblk = (ntiles + tb - 1) / tb;
     if (nt > nblk) nt = (int)nblk;
-    const int64_t u_len = 16 * C * F, upk_len = 16 * C * Fp, z_len = (C + ve - 1) / ve * ve;
+    /* each part 64-byte aligned (ws is) */
+    const int64_t u_len = (16 * C * F + ve - 1) / ve * ve, upk_len = (16 * C * Fp + ve - 1) / ve * ve;
+    const int64_t z_len = (C + ve - 1) / ve * ve;
     const int64_t per = 16 * (g->v_xs + g->m_xs);
     int from_arena = 0;
     T *ws = (T *)nk_ws_acquire((size_t)(u_len + upk_len + z_len + nt * per) * sizeof(T),
