@@ -5,6 +5,7 @@ cdef extern from "nk_conv.h" nogil:
         NK_CONV_AUTO
         NK_CONV_IM2COL
         NK_CONV_DIRECT
+        NK_CONV_WINOGRAD
         NK_CONV_FWD
         NK_CONV_BWD_DATA
         NK_CONV_BWD_FILTER
@@ -24,8 +25,10 @@ cdef extern from "nk_conv.h" nogil:
     int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass_)
     void nk_conv_set_col_budget(int64_t nbytes)
 
-_CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT}
-_CONV_ALGO_NAMES = {NK_CONV_IM2COL: "im2col", NK_CONV_DIRECT: "direct"}
+_CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT,
+               "winograd": NK_CONV_WINOGRAD}
+_CONV_ALGO_NAMES = {NK_CONV_IM2COL: "im2col", NK_CONV_DIRECT: "direct",
+                    NK_CONV_WINOGRAD: "winograd"}
 # Every size, stride, dilation and padding must stay below this, so that all
 # index arithmetic in the kernels (products of two such numbers plus a few
 # more) fits in int64 with room to spare.
@@ -166,6 +169,16 @@ cdef int _conv_algo(object algo) except -1:
         raise ValueError(f"algo must be one of {sorted(_CONV_ALGOS)}, got {algo!r}") from None
 
 
+cdef int _conv_check_algo(int algo_id, nk_conv_shape *s) except -1:
+    """Winograd F(2x2, 3x3) needs a 3x3 kernel, strides 1 and dilation 1."""
+    if algo_id == NK_CONV_WINOGRAD and not (
+            s.kh == 3 and s.kw == 3 and s.sh == 1 and s.sw == 1 and s.dh == 1 and s.dw == 1):
+        raise ValueError(
+            f"algo='winograd' needs a 3x3 kernel with strides 1 and dilation 1, got kernel "
+            f"{(s.kh, s.kw)}, strides {(s.sh, s.sw)}, dilation {(s.dh, s.dw)}")
+    return 0
+
+
 def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1)):
     """(N, OH, OW, C_out) of conv2d for these shapes (Keras/TensorFlow sizes)."""
     cdef nk_conv_shape s
@@ -180,7 +193,10 @@ def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilat
 def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1),
                 dtype="float32", str product="forward"):
     """The algorithm algo="auto" picks for one product ("forward",
-    "backward_data" or "backward_filter") of this convolution."""
+    "backward_data" or "backward_filter") of this convolution: "direct"
+    when C_in < 8; "winograd" for the forward pass and the data gradient of
+    float32 3x3 convolutions with strides 1, dilation 1 and C_in, C_out >= 16;
+    else "im2col"."""
     cdef nk_conv_shape s
     xs = tuple(int(d) for d in x_shape)
     ws = tuple(int(d) for d in w_shape)
@@ -204,8 +220,13 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     padding: "valid", "same" (TensorFlow/Keras: OH = ceil(H / sh), extra
     padding row/column at the bottom/right) or ((top, bottom), (left, right)).
     activation: None, "linear" or "relu" (fused).  algo: "im2col" (implicit
-    im2col GEMM, no column buffer), "direct", or "auto" (direct when
-    C_in < 8, else im2col; see conv2d_algo).  out: optional preallocated
+    im2col GEMM, no column buffer), "direct", "winograd" (F(2x2, 3x3): 3x3
+    kernels, strides 1 and dilation 1 only, else ValueError; 2.25x fewer
+    multiplications, results within a few ulps of the magnitude of the
+    sums of |x|*|w| of direct summation; conv2d_backward uses it for dx,
+    im2col for dw) or "auto" (direct when C_in < 8, winograd for float32
+    3x3 stride-1 convolutions with C_in, C_out >= 16, else im2col; see
+    conv2d_algo).  out: optional preallocated
     (N, OH, OW, C_out) C-contiguous array of the same dtype; it must not
     overlap the inputs.  Non-contiguous x / w / bias are copied first.
     Returns y.
@@ -217,6 +238,7 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     cdef int act = _act_id(activation)
     cdef int algo_id = _conv_algo(algo)
     _conv_geometry(x.shape, w.shape, strides, padding, dilation, &s)
+    _conv_check_algo(algo_id, &s)
     if bias is not None:
         bias = _vector(bias, s.f, dt, "bias")
     out = _conv_out(out, (s.n, s.oh, s.ow, s.f), dt, "out",
@@ -262,6 +284,7 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
         y = None
     dt = _same_dtype(named)
     _conv_geometry(x.shape, w.shape, strides, padding, dilation, &s)
+    _conv_check_algo(algo_id, &s)
     yshape = (s.n, s.oh, s.ow, s.f)
     if dy.shape != yshape:
         raise ValueError(f"dy has shape {dy.shape}, expected {yshape} for x{x.shape}, w{w.shape}")

@@ -176,6 +176,148 @@ def test_forward_backward_vs_reference(case, dt, act, isa, seed, use_bias):
             close(db, dbr, dt, dy.size // case["F"])
 
 
+# ------------------------------------------------------------- winograd
+#
+# F(2x2, 3x3) computes each 2x2 output tile as A^T [sum_c U_c .* V_c] A with
+# U_c = G g_c G^T (g_c: the 3x3 kernel of input channel c) and V_c = B^T d_c B
+# (d_c: the tile's 4x4 input patch).  The transforms only add, subtract and
+# halve, so every rounding error is eps times a sum of |g| |d| products, but
+# over the whole kernel and the whole patch (the transforms mix them before
+# the cancellation that leaves the window's products), plus the k-sum over
+# channels.  Hence, per output in tile (th, tw):
+#   |y - y_exact| <= WINO_C * eps * (sum_c P_c K_c + |b|),
+#   P_c = sum of |d_c| over the 4x4 patch, K_c = sum of |g_c| over the kernel.
+# Observed ratios are below ~0.5 for random data; WINO_C = 8 leaves margin,
+# while a wrong transform, tile or padding gives errors of order 1 / eps.
+WINO_C = 8
+
+
+def wino_scale(x, w, b, pt, pl, OH, OW):
+    """sum_c P_c K_c (+ |b|) per output, for source x (N, H, W, C) read at
+    (2th - pt + a, 2tw - pl + b) (zero outside; pt, pl may be negative) and
+    kernel w (3, 3, C, F)."""
+    N, H, W, C = x.shape
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    M = 4 + max(abs(pt), abs(pl))
+    xp = np.zeros((N, H + 2 * M + 2 * TH, W + 2 * M + 2 * TW, C))
+    xp[:, M:M + H, M:M + W] = np.abs(x)
+    P = np.zeros((N, TH, TW, C))
+    for a in range(4):
+        for bb in range(4):
+            r0, c0 = M - pt + a, M - pl + bb
+            P += xp[:, r0:r0 + 2 * TH:2, c0:c0 + 2 * TW:2]
+    S = np.einsum("nhwc,cf->nhwf", P, np.abs(w).sum(axis=(0, 1)))
+    S = S.repeat(2, axis=1).repeat(2, axis=2)[:, :OH, :OW]
+    return S + (np.abs(b) if b is not None else 0)
+
+
+def _wino_bound(got, exact, scale, dt):
+    err = np.abs(got.astype(np.float64) - exact)
+    lim = WINO_C * np.finfo(dt).eps * scale + np.finfo(dt).tiny
+    worst = float((err / lim).max()) if err.size else 0.0
+    assert worst <= 1.0, f"error {worst:.3g} x the Winograd bound"
+
+
+@st.composite
+def wino_case(draw):
+    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
+    if kind == "explicit":  # padding > 2 makes dX's padding negative (cropping)
+        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
+    else:
+        padding = kind
+    sizes = [1, 2, 3, 4, 5, 7, 8, 11, 13]
+    H, W = draw(st.sampled_from(sizes)), draw(st.sampled_from(sizes))
+    (pt, pb), (pl, pr) = ref_pads(H, W, 3, 3, (1, 1), padding, (1, 1))
+    assume(H + pt + pb >= 3 and W + pl + pr >= 3)
+    # 300 and 520 channels: more than one k-block of every kernel (kc 256 / 512)
+    C = draw(st.sampled_from([1, 2, 3, 5, 13, 16, 17, 32, 300, 520]))
+    F = draw(st.sampled_from([1, 3, 16, 17, 33, 64] + ([] if C > 32 else [300, 520])))
+    return dict(N=draw(st.sampled_from([1, 1, 2, 3])), H=H, W=W, C=C, F=F, KH=3, KW=3,
+                strides=(1, 1), dilation=(1, 1), padding=padding)
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(case=wino_case(), dt=st.sampled_from([np.float32, np.float64]),
+       act=st.sampled_from([None, "relu"]), isa=st.sampled_from(ISAS),
+       seed=st.integers(0, 2**31 - 1), use_bias=st.booleans())
+def test_winograd_vs_reference(case, dt, act, isa, seed, use_bias):
+    rng, x, w, b = make(case, dt, seed)
+    b = b if use_bias else None
+    g = geo(case)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    b64 = b.astype(np.float64) if b is not None else None
+    yr = ref_conv(x64, w64, b64, act=act, **g)
+    N, OH, OW, F = yr.shape
+    (pt, pb), (pl, pr) = ref_pads(case["H"], case["W"], 3, 3, (1, 1), case["padding"], (1, 1))
+    scale = wino_scale(x64, w64, b64, pt, pl, OH, OW)
+    # relu: the mask is the forward output the caller holds, in dt
+    y_dt = ref_conv(x, w, b, act=act, **g)
+    dy = rng.standard_normal(yr.shape).astype(dt)
+    dz = dy.astype(np.float64) * ((y_dt > 0) if act == "relu" else 1)
+    dxr = ref_conv_backward(dz, x64, w64, **g)[0]
+    # dX: the full correlation of dz with the rotated, transposed kernel
+    dscale = wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 2 - pt, 2 - pl,
+                        case["H"], case["W"])
+    with use_isa(isa):
+        y = nk.conv2d(x, w, b, activation=act, algo="winograd", **g)
+        assert y.shape == yr.shape and y.dtype == dt
+        _wino_bound(y, yr, scale, dt)
+        dx, dw, db = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="winograd", **g)
+        assert dx.dtype == dt
+        _wino_bound(dx, dxr, dscale, dt)
+        # dW / db take the im2col path: identical to algo="im2col"
+        _, dw2, db2 = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="im2col", **g)
+        assert np.array_equal(dw, dw2) and np.array_equal(db, db2)
+
+
+def test_winograd_many_blocks_and_threads():
+    """Enough tiles for several blocks per thread; bitwise equal for 1 and 2
+    threads; the CNN's second convolution (auto picks winograd)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((16, 26, 26, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 32, 64)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    g = dict(strides=(1, 1), padding="valid", dilation=(1, 1))
+    assert nk.conv2d_algo(x.shape, w.shape, **g) == "winograd"
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    yr = ref_conv(x64, w64, b.astype(np.float64), act="relu", **g)
+    dy = rng.standard_normal(yr.shape).astype(np.float32)
+    old = nk.get_num_threads()
+    try:
+        res = []
+        for t in (1, 2):
+            nk.set_num_threads(t)
+            y = nk.conv2d(x, w, b, activation="relu", **g)
+            dx = nk.conv2d_backward(dy, x, w, activation="relu", y=y, **g)[0]
+            res.append((y, dx))
+        assert np.array_equal(res[0][0], res[1][0]) and np.array_equal(res[0][1], res[1][1])
+    finally:
+        nk.set_num_threads(old)
+    y, dx = res[0]
+    _wino_bound(y, yr, wino_scale(x64, w64, b, 0, 0, 24, 24), np.float32)
+    dz = dy.astype(np.float64) * (y > 0)
+    dxr = ref_conv_backward(dz, x64, w64, **g)[0]
+    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 2, 2, 26, 26),
+                np.float32)
+
+
+@pytest.mark.parametrize("kw, w_shape", [
+    (dict(), (5, 5, 3, 4)),
+    (dict(), (3, 2, 3, 4)),
+    (dict(strides=(1, 2)), (3, 3, 3, 4)),
+    (dict(dilation=2), (3, 3, 3, 4)),
+])
+def test_winograd_unsupported(kw, w_shape):
+    x = np.zeros((2, 9, 9, 3), np.float32)
+    w = np.zeros(w_shape, np.float32)
+    with pytest.raises(ValueError, match="winograd.*3x3.*strides 1.*dilation 1"):
+        nk.conv2d(x, w, algo="winograd", **kw)
+    y = nk.conv2d(x, w, **kw)
+    with pytest.raises(ValueError, match="winograd"):
+        nk.conv2d_backward(y, x, w, algo="winograd", **kw)
+
+
 def test_forward_scalar_loops():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 6, 3))
@@ -253,7 +395,7 @@ def test_thread_count_determinism():
     old = nk.get_num_threads()
     try:
         for xx, ww in ((x, w), (x1, w1)):
-            for algo in ("im2col", "direct"):
+            for algo in ("im2col", "direct", "winograd"):
                 res = []
                 for t in (1, 2):
                     nk.set_num_threads(t)
@@ -467,7 +609,18 @@ def test_backward_errors():
 
 def test_auto_heuristic_documented():
     assert nk.conv2d_algo((32, 28, 28, 1), (3, 3, 1, 32)) == "direct"
-    assert nk.conv2d_algo((32, 26, 26, 32), (3, 3, 32, 64)) == "im2col"
+    cnn2 = ((32, 26, 26, 32), (3, 3, 32, 64))
+    assert nk.conv2d_algo(*cnn2) == "winograd"
+    assert nk.conv2d_algo(*cnn2, product="backward_data") == "winograd"
+    assert nk.conv2d_algo(*cnn2, product="backward_filter") == "im2col"
+    assert nk.conv2d_algo(*cnn2, padding="same") == "winograd"
+    for p in ("forward", "backward_data"):
+        assert nk.conv2d_algo(*cnn2, dtype="float64", product=p) == "im2col"
+    assert nk.conv2d_algo(*cnn2, strides=2) == "im2col"
+    assert nk.conv2d_algo(*cnn2, dilation=2) == "im2col"
+    assert nk.conv2d_algo((32, 26, 26, 8), (3, 3, 8, 64)) == "im2col"    # C_in < 16
+    assert nk.conv2d_algo((32, 26, 26, 32), (3, 3, 32, 8)) == "im2col"   # C_out < 16
+    assert nk.conv2d_algo((32, 26, 26, 32), (5, 5, 32, 64)) == "im2col"
     for p in ("forward", "backward_data", "backward_filter"):
         assert nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product=p) in ("im2col", "direct")
     with pytest.raises(ValueError, match="product"):

@@ -5,7 +5,7 @@
  *                                        * w[kh,kw,c,f])
  * (positions outside the image read as zero).
  *
- * Two algorithms:
+ * Three algorithms:
  *  - NK_CONV_IM2COL: the convolution as a GEMM over the im2col matrix
  *    (rows N*OH*OW, columns KH*KW*C), but *implicit*: the GEMM's A operand
  *    is packed straight from the image through the driver's pack_a hook, so
@@ -31,6 +31,13 @@
  *    zero-padded once into a per-thread ring); parallel over output rows /
  *    input rows / fixed blocks of output rows.  Best when C is small (first
  *    layers).
+ *  - NK_CONV_WINOGRAD (3x3, stride 1, dilation 1): Winograd F(2x2, 3x3) for
+ *    the forward pass and dX (the "full" correlation of dz with the rotated,
+ *    channel-swapped kernel, dz masked while transformed); dW uses im2col.
+ *    Per block of 2x2-output tiles: input transform written straight in the
+ *    micro-kernel's packed-A format, 16 GEMMs (tiles x C) @ (C x F) against
+ *    the transformed kernel packed once per call, output transform with
+ *    bias and activation (see nk_conv_body.h, nk_conv_wino.h).
  *
  * Determinism: every output element is produced by one thread with a fixed
  * summation order; dW/db sum fixed blocks (of output rows for the direct
@@ -48,7 +55,7 @@
 extern "C" {
 #endif
 
-enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2 };
+enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2, NK_CONV_WINOGRAD = 3 };
 /* which product, for nk_conv_choose */
 enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
 

@@ -1,5 +1,7 @@
 /* Per-dtype convolution drivers, included by nk_conv.c with T, S (s|d),
- * ARGS (nk_sgemm_args|nk_dgemm_args) and GEMM (nk_sgemm|nk_dgemm) set. */
+ * ARGS (nk_sgemm_args|nk_dgemm_args), GEMM (nk_sgemm|nk_dgemm), and the
+ * micro-kernel table type, getter and epilogue type KTAB (nk_skern|nk_dkern),
+ * KCUR (nk_skern_current|nk_dkern_current), EPT (nk_sep|nk_dep) set. */
 #define CFN_(name, s) name##_##s
 #define CFNX(name, s) CFN_(name, s)
 #define CFN(name) CFNX(name, S)
@@ -566,6 +568,166 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     return 0;
 }
 
+/* --------------------------------------------------------------- winograd
+ * Winograd F(2x2, 3x3): each 2x2 block of outputs ("tile") from its 4x4
+ * input patch d as Y = A^T [ sum_c (G g_c G^T) .* (B^T d_c B) ] A: per tile
+ * 16 products of length C instead of 36, i.e. 16 GEMMs (one per transformed
+ * position xi) of (tiles x C) @ (C x F).  The weight transform U = G g G^T
+ * is done once per call and each of its 16 (C, F) planes packed once in the
+ * micro-kernel's B format.  Tiles are processed in blocks of tb (a multiple
+ * of mr, V and M of a block sized for L2): the input transform writes V
+ * straight in the packed-A format (no pack_a), the micro-kernel computes
+ * M = V @ U per plane, the output transform writes act(bias + A^T M A).
+ * Parallel over blocks; every tile is computed by one thread the same way
+ * whatever the block or thread count, so results are bitwise identical for
+ * any thread count.
+ *
+ * src (N, H, W, C) with optional relu mask; w: the (3, 3, C, F) kernel, or
+ * with flip, the forward kernel (3, 3, F, C) rotated by 180 degrees with
+ * its channel axes swapped (the data gradient).  Tiles of the output plane
+ * (oh, ow) read src at (2th - pt + a, 2tw - pl + b). */
+#define WINO_L2_BYTES ((int64_t)256 << 10) /* V + M of one block */
+
+static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int flip,
+                     const T *bias, int act, T *y, int nt)
+{
+    const KTAB *kr = KCUR();
+    const int64_t C = g->c, F = g->f, mr = kr->mr, nr = kr->nr, kc = kr->kc;
+    const int64_t Fp = (F + nr - 1) / nr * nr, ve = 64 / (int64_t)sizeof(T);
+    g->th = (g->oh + 1) / 2;
+    g->tw = (g->ow + 1) / 2;
+    g->mr = mr;
+    g->kc = kc;
+    const int64_t ntiles = g->n * g->th * g->tw;
+    /* tiles per block: V + M of a block in WINO_L2_BYTES, [mr, 32 mr] */
+    int64_t tb = WINO_L2_BYTES / (16 * (C + F) * (int64_t)sizeof(T)) / mr * mr;
+    if (tb < mr) tb = mr;
+    if (tb > 32 * mr) tb = 32 * mr;
+    if (tb > (ntiles + mr - 1) / mr * mr) tb = (ntiles + mr - 1) / mr * mr;
+    g->tb = tb;
+    /* plane strides padded by a cache line so the 16 planes' streams do not
+     * all map to the same L1 sets */
+    g->v_xs = (tb * C + ve - 1) / ve * ve + ve;
+    g->m_xs = (tb * F + ve - 1) / ve * ve + ve;
+    const int64_t nblk = (ntiles + tb - 1) / tb;
+    if (nt > nblk) nt = (int)nblk;
+    /* each part 64-byte aligned (ws is) */
+    const int64_t u_len = (16 * C * F + ve - 1) / ve * ve, upk_len = (16 * C * Fp + ve - 1) / ve * ve;
+    const int64_t z_len = (C + ve - 1) / ve * ve;
+    const int64_t per = 16 * (g->v_xs + g->m_xs);
+    int from_arena = 0;
+    T *ws = (T *)nk_ws_acquire((size_t)(u_len + upk_len + z_len + nt * per) * sizeof(T),
+                               &from_arena);
+    if (!ws) return -1;
+    T *u_xcf = ws, *u_pk = u_xcf + u_len, *zero = u_pk + upk_len, *scr = zero + z_len;
+    memset(zero, 0, (size_t)z_len * sizeof(T));
+
+    /* U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] */
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t f = 0; f < F; f++) {
+            T gk[3][3], t[4][3];
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++)
+                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * C + c]
+                                    : w[((a * 3 + b) * C + c) * F + f];
+            for (int b = 0; b < 3; b++) {
+                t[0][b] = gk[0][b];
+                t[1][b] = (T)0.5 * (gk[0][b] + gk[1][b] + gk[2][b]);
+                t[2][b] = (T)0.5 * (gk[0][b] - gk[1][b] + gk[2][b]);
+                t[3][b] = gk[2][b];
+            }
+            for (int a = 0; a < 4; a++) {
+                T *u = u_xcf + (a * 4) * C * F + c * F + f;
+                u[0] = t[a][0];
+                u[C * F] = (T)0.5 * (t[a][0] + t[a][1] + t[a][2]);
+                u[2 * C * F] = (T)0.5 * (t[a][0] - t[a][1] + t[a][2]);
+                u[3 * C * F] = t[a][2];
+            }
+        }
+    /* plane xi, k-block [pc, pc + kcur): u_pk + xi*C*Fp + pc*Fp, nr-column
+     * sliver j0 at + j0*kcur */
+    for (int64_t xi = 0; xi < 16; xi++)
+        for (int64_t pc = 0; pc < C; pc += kc) {
+            const int64_t kcur = C - pc < kc ? C - pc : kc;
+            kr->pack_b(kcur, F, u_xcf + (xi * C + pc) * F, F, 1, NULL, 0, 0, 0, NULL,
+                       u_pk + xi * C * Fp + pc * Fp);
+        }
+
+    void (*in)(const nk_wino *, const T *, const T *, int64_t, int64_t, T *, const T *) =
+        CFN_ISA(wino_in);
+    void (*out)(const nk_wino *, const T *, int64_t, int64_t, const T *, int, T *) =
+        CFN_ISA(wino_out);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        T *v_pk = scr + per * omp_get_thread_num();
+#else
+        T *v_pk = scr;
+#endif
+        T *m_blk = v_pk + 16 * g->v_xs;
+        EPT ep;
+        memset(&ep, 0, sizeof ep);
+        ep.alpha = (T)1;
+        ep.act = NK_ACT_NONE;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            const int64_t t0 = blk * tb, cnt = ntiles - t0 < tb ? ntiles - t0 : tb;
+            in(g, src, mask, t0, cnt, v_pk, zero);
+            for (int64_t xi = 0; xi < 16; xi++) {
+                const T *v_x = v_pk + xi * g->v_xs, *u_x = u_pk + xi * C * Fp;
+                T *m_x = m_blk + xi * g->m_xs;
+                for (int64_t pc = 0; pc < C; pc += kc) {
+                    const int64_t kcur = C - pc < kc ? C - pc : kc;
+                    ep.accum = pc > 0;
+                    for (int64_t j0 = 0; j0 < F; j0 += nr) {
+                        const int nn = (int)(F - j0 < nr ? F - j0 : nr);
+                        const T *b = u_x + pc * Fp + j0 * kcur;
+                        for (int64_t i0 = 0; i0 < cnt; i0 += mr) {
+                            const int mm = (int)(cnt - i0 < mr ? cnt - i0 : mr);
+                            (nn <= nr / 2 ? kr->ukr_half : kr->ukr)(
+                                kcur, v_x + pc * tb + i0 * kcur, b, nr, m_x + i0 * F + j0, F,
+                                &ep, mm, nn);
+                        }
+                    }
+                }
+            }
+            out(g, m_blk, t0, cnt, bias, act, y);
+        }
+    }
+    nk_ws_release(ws, from_arena);
+    return 0;
+}
+
+static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias, int act,
+                         T *y, int nt)
+{
+    nk_wino g;
+    memset(&g, 0, sizeof g);
+    g.n = s->n; g.h = s->h; g.w = s->w; g.c = s->c;
+    g.f = s->f; g.oh = s->oh; g.ow = s->ow;
+    g.pt = s->pt; g.pl = s->pl;
+    return CFN(wino)(&g, x, NULL, w, 0, bias, act, y, nk_conv_threads(s, nt));
+}
+
+/* dX: the "full" correlation of dz (OH x OW, F channels) with the rotated,
+ * channel-swapped kernel: dx[h, w] reads dz[h + pt - 2 + a, w + pl - 2 + b],
+ * i.e. padding 2 - pt (negative: cropping); dz = dy masked while read. */
+static int CFN(wino_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
+                           T *dx, int nt)
+{
+    nk_wino g;
+    memset(&g, 0, sizeof g);
+    g.n = s->n; g.h = s->oh; g.w = s->ow; g.c = s->f;
+    g.f = s->c; g.oh = s->h; g.ow = s->w;
+    g.pt = 2 - s->pt; g.pl = 2 - s->pl;
+    return CFN(wino)(&g, dy, ymask, w, 1, NULL, NK_ACT_NONE, dx, nk_conv_threads(s, nt));
+}
+
 #undef CFN_ISA
 
 /* ------------------------------------------------------------- top level */
@@ -578,6 +740,8 @@ static int CFN(forward)(const nk_conv_shape *s, int algo, const T *x, const T *w
     if (algo == NK_CONV_DIRECT) {
         return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
     }
+    if (algo == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
+        return CFN(wino_fwd)(s, x, w, bias, act, y, nt);
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
 }
 
@@ -605,6 +769,8 @@ static int CFN(backward)(const nk_conv_shape *s, int algo, const T *dy, const T 
     if (a == NK_CONV_DIRECT) {
         return CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt));
     }
+    if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
+        return CFN(wino_dgrad)(s, dy, ymask, w, dx, nt);
     return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, nt);
 }
 

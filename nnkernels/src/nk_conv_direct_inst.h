@@ -1,4 +1,5 @@
-/* Instantiate nk_conv_direct.h for float32 and float64 under the ISA and
+/* Instantiate nk_conv_direct.h (and the Winograd transforms,
+ * nk_conv_wino.h) for float32 and float64 under the ISA and
  * register-tile sizes the includer has defined (ISA, RB_FWD, RB_WG, RB_DG);
  * undefines them afterwards.  FB: channels per block (two 64-byte vectors). */
 #define T float
@@ -6,6 +7,7 @@
 #define S s
 #define FB 32
 #include "nk_conv_direct.h"
+#include "nk_conv_wino.h"
 #undef T
 #undef TI
 #undef S
@@ -15,6 +17,7 @@
 #define S d
 #define FB 16
 #include "nk_conv_direct.h"
+#include "nk_conv_wino.h"
 #undef T
 #undef TI
 #undef S

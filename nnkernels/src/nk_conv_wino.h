@@ -1,0 +1,263 @@
+/* Winograd F(2x2, 3x3) transforms (see nk_conv_wino in nk_conv_body.h for
+ * the algorithm), included by nk_conv_direct_inst.h once per (ISA, dtype)
+ * with T, TI, S and ISA defined, inside the ISA's `#pragma GCC target`
+ * region.  Vectorised over channels (contiguous in NHWC) with 64-byte GCC
+ * vectors, like nk_conv_direct.h.
+ *
+ * Tile t = (n, th, tw) on the N x TH x TW grid covers outputs (2th + a,
+ * 2tw + b), a, b < 2, and reads the 4x4 source patch whose top-left pixel
+ * is (2th - pt, 2tw - pl) (zero outside the source image).  The 16
+ * transformed planes are indexed xi = 4 * row + col. */
+#define WCAT_(a, b, c) a##_##b##_##c
+#define WCAT(a, b, c) WCAT_(a, b, c)
+#define WFN(name) WCAT(name, S, ISA)
+#define WV WCAT(wvec, S, ISA)
+#define WVI WCAT(wveci, S, ISA)
+#define WVL ((int64_t)(64 / sizeof(T)))
+#define WAI static inline __attribute__((always_inline))
+
+typedef T WV __attribute__((vector_size(64)));
+typedef TI WVI __attribute__((vector_size(64)));
+
+/* n (<= WVL) elements from p, zero beyond */
+WAI WV WFN(wld)(const T *p, int64_t n)
+{
+    WV v;
+    if (n == WVL) {
+        memcpy(&v, p, sizeof v);
+    } else {
+        T t[64 / sizeof(T)];
+        memset(t, 0, sizeof t);
+        memcpy(t, p, (size_t)n * sizeof(T));
+        memcpy(&v, t, sizeof v);
+    }
+    return v;
+}
+
+WAI void WFN(wst)(T *p, WV v, int64_t n)
+{
+    if (n == WVL) {
+        memcpy(p, &v, sizeof v);
+    } else {
+        T t[64 / sizeof(T)];
+        memcpy(t, &v, sizeof v);
+        memcpy(p, t, (size_t)n * sizeof(T));
+    }
+}
+
+/* dst[kk * 8 + i] = r[i][kk] for kk < WVL (an 8 x WVL transpose): three
+ * rounds of two-input shuffles, each moving one bit of the row index i into
+ * the lane index and one bit of kk out of it. */
+#if FB == 32 /* float: 16 lanes */
+#define WINO_SH1 {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#define WINO_SH1H {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
+#define WINO_SH2 {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23}
+#define WINO_SH2H {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31}
+#define WINO_SH3 {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23}
+#define WINO_SH3H {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31}
+#else /* double: 8 lanes */
+#define WINO_SH1 {0, 8, 1, 9, 2, 10, 3, 11}
+#define WINO_SH1H {4, 12, 5, 13, 6, 14, 7, 15}
+#define WINO_SH2 {0, 1, 8, 9, 2, 3, 10, 11}
+#define WINO_SH2H {4, 5, 12, 13, 6, 7, 14, 15}
+#define WINO_SH3 {0, 1, 2, 3, 8, 9, 10, 11}
+#define WINO_SH3H {4, 5, 6, 7, 12, 13, 14, 15}
+#endif
+WAI void WFN(tr8)(const WV *r, T *dst)
+{
+    const WVI m1 = WINO_SH1, m1h = WINO_SH1H, m2 = WINO_SH2, m2h = WINO_SH2H;
+    const WVI m3 = WINO_SH3, m3h = WINO_SH3H;
+    WV x[8], z[8];
+    for (int p = 0; p < 4; p++) { /* rows 2p, 2p+1 -> x[2p + top bit of kk] */
+        x[2 * p] = __builtin_shuffle(r[2 * p], r[2 * p + 1], m1);
+        x[2 * p + 1] = __builtin_shuffle(r[2 * p], r[2 * p + 1], m1h);
+    }
+    for (int i2 = 0; i2 < 2; i2++) /* rows differing in bit 1 */
+        for (int h = 0; h < 2; h++) {
+            const WV a = x[4 * i2 + h], b = x[4 * i2 + 2 + h];
+            z[4 * i2 + 2 * h] = __builtin_shuffle(a, b, m2);
+            z[4 * i2 + 2 * h + 1] = __builtin_shuffle(a, b, m2h);
+        }
+    for (int q = 0; q < 4; q++) { /* rows differing in bit 2 */
+        const WV a = z[q], b = z[4 + q];
+        const WV lo = __builtin_shuffle(a, b, m3), hi = __builtin_shuffle(a, b, m3h);
+        memcpy(dst + (2 * q) * WVL, &lo, sizeof lo);
+        memcpy(dst + (2 * q + 1) * WVL, &hi, sizeof hi);
+    }
+}
+#undef WINO_SH1
+#undef WINO_SH1H
+#undef WINO_SH2
+#undef WINO_SH2H
+#undef WINO_SH3
+#undef WINO_SH3H
+
+/* Source pixels of tile t's 4x4 patch (zero outside the image); returns
+ * whether tile t - 1 is its left neighbour (its columns 2, 3 are t's 0, 1). */
+WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, int64_t t,
+                         const T **px, const T **pm)
+{
+    const int64_t H = g->h, W = g->w, C = g->c, tpi = g->th * g->tw;
+    const int64_t n = t / tpi, r = t - n * tpi, th = r / g->tw, tw = r - th * g->tw;
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++) {
+            const int64_t ih = 2 * th - g->pt + a, iw = 2 * tw - g->pl + b;
+            if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W) {
+                const int64_t off = ((n * H + ih) * W + iw) * C;
+                px[a * 4 + b] = src + off;
+                pm[a * 4 + b] = mask ? mask + off : zero;
+            } else {
+                px[a * 4 + b] = zero;
+                pm[a * 4 + b] = zero;
+            }
+        }
+    return tw > 0;
+}
+
+/* Column b of the row stage B^T d (B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
+ * 0 1 0 -1]) for channels [c0, c0 + cn): u[4a + b], a < 4. */
+WAI void WFN(wino_col)(const T *const *px, const T *const *pm, int masked, int64_t c0,
+                       int64_t cn, const int b, WV *u)
+{
+    WV d[4];
+#pragma GCC unroll 4
+    for (int a = 0; a < 4; a++) {
+        d[a] = WFN(wld)(px[4 * a + b] + c0, cn);
+        if (masked) d[a] = (WV)((WVI)d[a] & (WVI)(WFN(wld)(pm[4 * a + b] + c0, cn) > (T)0));
+    }
+    u[b] = d[0] - d[2];
+    u[4 + b] = d[1] + d[2];
+    u[8 + b] = d[2] - d[1];
+    u[12 + b] = d[1] - d[3];
+}
+
+/* Input transform V = B^T d B of tiles [t0, t0 + cnt) into the packed-A
+ * operand of the 16 GEMMs of one block of tb tiles (local tile j = sliver
+ * j / mr, row j % mr): plane xi at v_pk + xi * v_xs, k-block [pc, pc + kcur)
+ * of the channels at + pc * tb, sliver s at + s * mr * kcur, element
+ * (channel pc + kk, row i) at + kk * mr + i.  Tiles j >= cnt (up to the
+ * block's last sliver) are zero.  src: (N, H, W, C); mask (or NULL): same
+ * shape, d = mask > 0 ? src : 0 (relu derivative); zero: C zeros.
+ * Per sliver and chunk of WVL channels, the mr tiles' V are computed into
+ * registers / a small buffer (channels in lanes), then transposed into the
+ * sliver's contiguous (channel, row) run. mr <= WINO_MR_MAX.  A tile whose
+ * left neighbour precedes it in the sliver reuses that tile's row stage of
+ * their two shared columns (same operations, so same results). */
+static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t t0, int64_t cnt,
+                         T *restrict v_pk, const T *zero)
+{
+    const int64_t C = g->c, mr = g->mr, kc = g->kc, tb = g->tb;
+    const int64_t v_xs = g->v_xs, nsl = (cnt + mr - 1) / mr;
+    WV vt[16][WINO_MR_MAX];
+    const T *px[WINO_MR_MAX][16], *pm[WINO_MR_MAX][16];
+    for (int64_t s = 0; s < nsl; s++) {
+        const int64_t rows = cnt - s * mr < mr ? cnt - s * mr : mr;
+        int left[WINO_MR_MAX];
+        for (int64_t i = 0; i < rows; i++)
+            left[i] = WFN(wino_patch)(g, src, mask, zero, t0 + s * mr + i, px[i], pm[i]);
+        for (int64_t i = rows; i < mr; i++)
+            for (int xi = 0; xi < 16; xi++) vt[xi][i] = (WV){0};
+        for (int64_t c0 = 0; c0 < C; c0 += WVL) {
+            const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
+            const int64_t pc = c0 / kc * kc, kcur = C - pc < kc ? C - pc : kc;
+            WV u[16]; /* row stage of the current tile, u[4 * row + column] */
+            for (int64_t i = 0; i < rows; i++) {
+                if (i > 0 && left[i]) { /* columns 0, 1 = the left tile's 2, 3 */
+#pragma GCC unroll 4
+                    for (int a = 0; a < 4; a++) {
+                        u[4 * a] = u[4 * a + 2];
+                        u[4 * a + 1] = u[4 * a + 3];
+                    }
+                } else {
+                    WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 0, u);
+                    WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 1, u);
+                }
+                WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 2, u);
+                WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 3, u);
+                /* columns: (B^T d) B */
+#pragma GCC unroll 4
+                for (int a = 0; a < 4; a++) {
+                    const WV *q = u + 4 * a;
+                    vt[4 * a + 0][i] = q[0] - q[2];
+                    vt[4 * a + 1][i] = q[1] + q[2];
+                    vt[4 * a + 2][i] = q[2] - q[1];
+                    vt[4 * a + 3][i] = q[1] - q[3];
+                }
+            }
+            T *restrict run = v_pk + pc * tb + s * mr * kcur + (c0 - pc) * mr;
+            for (int xi = 0; xi < 16; xi++) {
+                T *restrict dst = run + xi * v_xs;
+                if (mr == 8 && cn == WVL) {
+                    WFN(tr8)(vt[xi], dst);
+                } else if (mr == 8) {
+                    T tmp[8 * (64 / sizeof(T))];
+                    WFN(tr8)(vt[xi], tmp);
+                    memcpy(dst, tmp, (size_t)(cn * 8) * sizeof(T));
+                } else {
+                    T lane[WINO_MR_MAX][64 / sizeof(T)];
+                    memcpy(lane, vt[xi], (size_t)mr * sizeof(WV));
+                    for (int64_t l = 0; l < cn; l++)
+                        for (int64_t i = 0; i < mr; i++) dst[l * mr + i] = lane[i][l];
+                }
+            }
+        }
+    }
+}
+
+/* Output transform y = act(bias + A^T m A) of tiles [t0, t0 + cnt); m: the
+ * 16 GEMM products, plane xi at m_blk + xi * m_xs, local tile j's F values
+ * at + j * F.  Only the tile's outputs inside OH x OW are stored. */
+static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t cnt,
+                          const T *bias, int act, T *y)
+{
+    const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs;
+    for (int64_t j = 0; j < cnt; j++) {
+        const int64_t t = t0 + j, n = t / (g->th * g->tw), r = t - n * (g->th * g->tw);
+        const int64_t th = r / g->tw, tw = r - th * g->tw;
+        const int64_t oh = 2 * th, ow = 2 * tw;
+        const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
+        T *yp = y + ((n * OH + oh) * OW + ow) * F;
+        const T *mp = m_blk + j * F;
+        for (int64_t f0 = 0; f0 < F; f0 += WVL) {
+            const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
+            WV m[16], u[8], o[4];
+#pragma GCC unroll 16
+            for (int k = 0; k < 16; k++) m[k] = WFN(wld)(mp + k * m_xs + f0, fn);
+            /* rows: A^T m */
+#pragma GCC unroll 16
+            for (int b = 0; b < 4; b++) {
+                u[b] = m[b] + m[4 + b] + m[8 + b];
+                u[4 + b] = m[4 + b] - m[8 + b] - m[12 + b];
+            }
+            /* columns: (A^T m) A */
+#pragma GCC unroll 16
+            for (int a = 0; a < 2; a++) {
+                o[2 * a] = u[4 * a] + u[4 * a + 1] + u[4 * a + 2];
+                o[2 * a + 1] = u[4 * a + 1] - u[4 * a + 2] - u[4 * a + 3];
+            }
+            if (bias) {
+                const WV bv = WFN(wld)(bias + f0, fn);
+#pragma GCC unroll 16
+                for (int k = 0; k < 4; k++) o[k] += bv;
+            }
+#pragma GCC unroll 16
+            for (int k = 0; k < 4; k++) {
+                if (act == NK_ACT_RELU) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0)); /* NaN kept */
+            }
+            WFN(wst)(yp + f0, o[0], fn);
+            if (cols == 2) WFN(wst)(yp + F + f0, o[1], fn);
+            if (rows == 2) {
+                WFN(wst)(yp + OW * F + f0, o[2], fn);
+                if (cols == 2) WFN(wst)(yp + (OW + 1) * F + f0, o[3], fn);
+            }
+        }
+    }
+}
+
+#undef WAI
+#undef WVL
+#undef WV
+#undef WVI
+#undef WFN
+#undef WCAT
+#undef WCAT_
