@@ -140,7 +140,11 @@ def cmd_train(args):
     hist = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=verbose,
                      validation_data=(xt, yt), callbacks=cbs)
     train_s = time.perf_counter() - t0
-    test_loss, test_acc = model.evaluate(xt, yt, batch_size=1000, verbose=0)
+    h = hist.history
+    if h.get("val_loss"):   # the test set was the validation data of the last epoch
+        test_loss, test_acc = h["val_loss"][-1], h["val_accuracy"][-1]
+    else:                   # e.g. resumed from a checkpoint written after the last epoch
+        test_loss, test_acc = model.evaluate(xt, yt, batch_size=1000, verbose=0)
     if chief:
         print(f"test loss {test_loss:.4f} - test accuracy {test_acc:.4f} "
               f"({train_s:.1f} s of training)", flush=True)
