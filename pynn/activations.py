@@ -9,8 +9,8 @@ _ops = Ops()
 
 def _make(name):
     def f(x, **kw):
-        return _ops.activation(name, np.asarray(x, dtype=np.float64 if np.asarray(x).dtype == np.float64
-                                                else np.float32), **kw)
+        x = np.asarray(x)
+        return _ops.activation(name, x if x.dtype == np.float64 else x.astype(np.float32), **kw)
     f.__name__ = name
     return f
 

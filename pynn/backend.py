@@ -481,17 +481,11 @@ class CPUOps(Ops):
     def activation(self, name, x, out=None, alpha=None):
         if name == "relu":
             return self.nk.relu(x, out=out)
-        fn = getattr(self.nk, name, None) if name in ("sigmoid", "tanh") else None
-        if fn is not None:
-            return fn(x, out=out)
-        return super().activation(name, x, out, alpha)
+        return super().activation(name, x, out, alpha)   # no kernels for the others yet
 
     def activation_backward(self, name, dy, y, out=None, alpha=None):
         if name == "relu":
             return self.nk.relu_backward(dy, y, out=out)
-        fn = getattr(self.nk, name + "_backward", None) if name in ("sigmoid", "tanh") else None
-        if fn is not None:
-            return fn(dy, y, out=out)
         return super().activation_backward(name, dy, y, out, alpha)
 
     def dropout(self, x, rate, seed, offset=0, out=None):

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from .io import write_text_atomic
+
 
 class Callback:
     chief_only = False   # True: runs on MPI rank 0 only (writes files / prints)
@@ -300,24 +302,7 @@ class CSVLogger(Callback):
         w = csv.writer(buf, delimiter=self.sep, lineterminator="\n")
         w.writerow(["epoch"] + self.keys)
         w.writerows(self.rows)
-        _write_text_atomic(self.filename, buf.getvalue())
-
-
-def _write_text_atomic(path, text):
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        write_text_atomic(self.filename, buf.getvalue())
 
 
 class BackupAndRestore(Callback):

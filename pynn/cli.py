@@ -58,10 +58,9 @@ def _load(args):
 
 
 def _write_outputs(out_dir, result, history):
-    from .callbacks import _write_text_atomic
-    os.makedirs(out_dir, exist_ok=True)
+    from . import io
     path = os.path.join(out_dir, "history.json")
-    _write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    io.write_text_atomic(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     written = [path]
     try:
         import matplotlib
@@ -84,10 +83,8 @@ def _write_outputs(out_dir, result, history):
         ax.legend()
     fig.tight_layout()
     png = os.path.join(out_dir, "curves.png")
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    io.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, png)
     written.append(png)
     return written
 

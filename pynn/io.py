@@ -27,17 +27,18 @@ class FileFormatError(ValueError):
     """A file that is not a valid pynn file (truncated, corrupt, wrong kind)."""
 
 
-def write_atomic(path, arrays, meta):
+def atomic_write(path, write):
+    """Write a file atomically: write(f) fills a temporary file (binary) in
+    the same folder, which is flushed, fsync'ed and renamed over path; the
+    folder is fsync'ed too.  On any error the temporary file is removed and
+    the old path, if any, is left untouched."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    meta = dict(meta, version=FORMAT_VERSION)
-    payload = dict(arrays)
-    payload[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +56,18 @@ def write_atomic(path, arrays, meta):
             os.close(dfd)
     except OSError:
         pass
+
+
+def write_text_atomic(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_atomic(path, arrays, meta):
+    """The arrays plus the JSON metadata as one .npz, written atomically."""
+    meta = dict(meta, version=FORMAT_VERSION)
+    payload = dict(arrays)
+    payload[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **payload))
 
 
 def read(path, expect=None):

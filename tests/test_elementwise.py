@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 import nnkernels as nk
 from reference import isa, threads
 
+# the NumPy spec of the stream (pynn's reference Ops): uint64 products, no kernel code
+from pynn.backend import dropout_keep_mask, philox4x32 as philox4x32_numpy
+
 ISAS = nk.available_isas()
 DTYPES = [np.float32, np.float64]
 
@@ -93,42 +96,17 @@ def test_philox_known_answers(ctr, key, expected):
     assert tuple(int(v) for v in out[0]) == expected
 
 
-def philox_numpy(ctr, key):
-    """Independent Philox4x32-10 in NumPy (uint64 products)."""
-    c = [ctr[:, i].astype(np.uint64) for i in range(4)]
-    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
-    m32 = np.uint64(0xFFFFFFFF)
-    for _ in range(10):
-        p0 = np.uint64(0xD2511F53) * c[0]
-        p1 = np.uint64(0xCD9E8D57) * c[2]
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & m32, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & m32]
-        k0 = (k0 + np.uint64(0x9E3779B9)) & m32
-        k1 = (k1 + np.uint64(0xBB67AE85)) & m32
-    return np.stack(c, axis=1).astype(np.uint32)
-
-
 def test_philox_matches_numpy():
     rng = np.random.default_rng(5)
     ctr = rng.integers(0, 2**32, size=(257, 4), dtype=np.uint32)
     key = rng.integers(0, 2**32, size=2, dtype=np.uint32)
-    np.testing.assert_array_equal(nk.philox4x32(ctr, key), philox_numpy(ctr, key))
+    np.testing.assert_array_equal(nk.philox4x32(ctr, key), philox4x32_numpy(ctr, key))
     with pytest.raises(TypeError, match="uint32"):
         nk.philox4x32(ctr.astype(np.int64), key)
     with pytest.raises(ValueError, match="shape"):
         nk.philox4x32(ctr[:, :3], key)
     with pytest.raises(ValueError, match="shape"):
         nk.philox4x32(ctr, key[:1])
-
-
-def mask_numpy(n, rate, seed, offset):
-    """The documented stream: element e -> word e % 4 of block e // 4."""
-    b = np.arange((n + 3) // 4, dtype=np.uint64)
-    ctr = np.stack([b & 0xFFFFFFFF, b >> np.uint64(32),
-                    np.full_like(b, offset & 0xFFFFFFFF), np.full_like(b, offset >> 32)],
-                   axis=1).astype(np.uint32)
-    key = np.array([seed & 0xFFFFFFFF, seed >> 32], np.uint32)
-    words = nk.philox4x32(ctr, key).ravel()[:n]
-    return words >= nk.dropout_threshold(rate)
 
 
 # --------------------------------------------------------------- dropout --
@@ -141,7 +119,7 @@ def mask_numpy(n, rate, seed, offset):
 def test_dropout_matches_stream(n, rate, seed, offset, dtype, isa_name):
     rng = np.random.default_rng(seed % 2**32)
     x = rng.standard_normal(n).astype(dtype)
-    m = mask_numpy(n, rate, seed, offset)
+    m = dropout_keep_mask((n,), rate, seed, offset)
     np.testing.assert_array_equal(nk.dropout_mask(n, rate, seed, offset=offset), m)
     scale = dtype(1.0 / (1.0 - rate))
     with isa(isa_name):

@@ -282,13 +282,6 @@ NK_TARGET_END
 #define NK_CONV_FLOAT 1
 #include "nk_conv_body.h"
 #undef NK_CONV_FLOAT
-#undef T
-#undef S
-#undef ARGS
-#undef GEMM
-#undef KTAB
-#undef KCUR
-#undef EPT
 #define T double
 #define S d
 #define ARGS nk_dgemm_args
@@ -297,13 +290,6 @@ NK_TARGET_END
 #define KCUR nk_dkern_current
 #define EPT nk_dep
 #include "nk_conv_body.h"
-#undef T
-#undef S
-#undef ARGS
-#undef GEMM
-#undef KTAB
-#undef KCUR
-#undef EPT
 
 int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo, const void *x_nhwc,
                       const void *w_hwcf, const void *bias_f, int act, void *y_nhwf,

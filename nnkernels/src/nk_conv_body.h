@@ -777,3 +777,11 @@ static int CFN(backward)(const nk_conv_shape *s, int algo, const T *dy, const T 
 #undef CFN_
 #undef CFNX
 #undef CFN
+/* the including file defines these per dtype before each inclusion */
+#undef T
+#undef S
+#undef ARGS
+#undef GEMM
+#undef KTAB
+#undef KCUR
+#undef EPT
