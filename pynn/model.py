@@ -52,6 +52,11 @@ class _Single:
     def sum_scalars(self, values):
         return values
 
+    def grads_ready(self, flat, start):
+        """Backward has finished ``flat[start:]`` (a hook for overlapping
+        the reduction with the rest of backward)."""
+        pass
+
     def broadcast_(self, arr):
         pass
 
@@ -177,6 +182,7 @@ class Sequential:
         self._state = ops.alloc((nn,), self.dtype, zeros=True)
         self._segments = []
         ot = on = 0
+        starts = {}
         for wi, (li, layer, s) in enumerate(specs):
             rng = np.random.default_rng(utils.derive_seed(self.seed, li, wi))
             init = s.initializer(s.shape, rng, self.dtype)
@@ -184,6 +190,7 @@ class Sequential:
                 view = self._params[ot:ot + s.size].reshape(s.shape)
                 layer.g[s.name] = self._grads[ot:ot + s.size].reshape(s.shape)
                 self._segments.append((ot, s.size))
+                starts.setdefault(li, ot)
                 ot += s.size
             else:
                 view = self._state[on:on + s.size].reshape(s.shape)
@@ -199,6 +206,11 @@ class Sequential:
         # layers before the first one with weights need no backward at all
         self._first_grad = next((i for i, l in enumerate(self.layers)
                                  if any(s.trainable for s in l.specs)), len(self.layers))
+        # after layer i's backward, self._grads[self._grad_ready[i]:] is final (the buffer
+        # is in layer order and backward runs from the last layer to the first)
+        self._grad_ready = [nt] * (len(self.layers) + 1)
+        for i in range(len(self.layers) - 1, -1, -1):
+            self._grad_ready[i] = starts.get(i, self._grad_ready[i + 1])
         self._bufs = {}
 
     # ---------------------------------------------------------------- compile --
@@ -304,9 +316,10 @@ class Sequential:
         return x
 
     def _backward(self, d):
-        first = self._first_grad
+        first, ready, g, dist = self._first_grad, self._grad_ready, self._grads, self._dist
         for i in range(len(self.layers) - 1, first - 1, -1):
             d = self.layers[i].backward(d, need_dx=i > first)
+            dist.grads_ready(g, ready[i])    # g[ready[i]:] is final: its allreduce may start
 
     def _train_step(self, xb, yb, grad_scale):
         """One step on this rank's batch.  ``grad_scale`` is

@@ -85,7 +85,8 @@ def main():
         m.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=True, verbose=0, callbacks=[rec])
         np.savez(os.path.join(out, f"{name}_rank{dist.rank}.npz"), params=np.stack(rec.weights),
                  state=np.stack(rec.state), logs=np.array(rec.logs), seed=m.seed,
-                 allreduce_calls=dist.stats.allreduce_calls)
+                 allreduce_calls=dist.stats.allreduce_calls,
+                 overlapped_calls=dist.stats.overlapped_calls, overlap=dist.overlap)
         dist.stats.reset()
 
 

@@ -43,14 +43,14 @@ def _env():
     return env
 
 
-def run_mpi(args, n=2, timeout=60, cwd=None, check=True):
+def run_mpi(args, n=2, timeout=60, cwd=None, check=True, env=None):
     cmd = [_mpiexec(), "-n", str(n)]
     if n > len(os.sched_getaffinity(0)):
         cmd.append("--oversubscribe")
     cmd += list(args)
     t0 = time.monotonic()
     try:
-        p = subprocess.run(cmd, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, env={**_env(), **(env or {})}, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{' '.join(cmd)} hung for {timeout} s:\n{e.stdout}\n{e.stderr}")
     p.elapsed = time.monotonic() - t0
@@ -158,8 +158,14 @@ def reference_fit(w, make):
 
 
 @needs_mpi
-def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
-    run_mpi([sys.executable, "-I", WORKER, "train", str(tmp_path)])
+@pytest.mark.parametrize("bucket_mb", [None, "0"], ids=["one-allreduce", "bucket-per-layer"])
+def test_two_ranks_identical_and_equal_to_one_process(tmp_path, bucket_mb):
+    """Default: the tiny models' gradients (< 1 MB) are one Allreduce after
+    backward.  PYNN_MPI_BUCKET_MB=0: every layer's gradients start their own
+    Iallreduce as soon as that layer's backward is done (overlapped with the
+    backward of the layers before it), the last one a blocking Allreduce."""
+    env = {} if bucket_mb is None else {"PYNN_MPI_BUCKET_MB": bucket_mb}
+    run_mpi([sys.executable, "-I", WORKER, "train", str(tmp_path)], env=env)
     w = _worker_module()
     steps = w.EPOCHS * pdata.steps_per_epoch(w.N, w.BATCH, 2)
     threads = nnkernels.get_num_threads()
@@ -173,7 +179,12 @@ def test_two_ranks_identical_and_equal_to_one_process(tmp_path):
         r0, r1 = (np.load(tmp_path / f"{name}_rank{r}.npz") for r in (0, 1))
         assert r0["params"].shape[0] == steps
         assert int(r0["seed"]) == int(r1["seed"]) == w.SEED          # rank 0's seed won
-        assert int(r0["allreduce_calls"]) == steps                  # one allreduce per step
+        assert int(r0["allreduce_calls"]) == steps                  # one reduction per step
+        if bucket_mb is None:
+            assert int(r0["overlapped_calls"]) == 0
+        else:
+            assert bool(r0["overlap"]), "overlap needs MPI_THREAD_MULTIPLE (mpi4py asks for it)"   # buckets started during backward: a: Dense, BatchNorm (Conv2D last); b: Dense 2
+            assert int(r0["overlapped_calls"]) == steps * {"a": 2, "b": 1}[name]
         # bitwise identical on both ranks after every step (weights and BN state)
         assert np.array_equal(r0["params"], r1["params"]), name
         assert np.array_equal(r0["state"], r1["state"]), name

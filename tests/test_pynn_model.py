@@ -783,3 +783,42 @@ def test_verbose_output(capsys):
     assert "Epoch 1/2" in out and "Epoch 2/2" in out and "loss:" in out
     m.fit(x, y, epochs=1, batch_size=20, verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_backward_reports_each_final_gradient_suffix():
+    """The hook that lets MPI start reducing gradients during backward: after
+    layer i's backward, ``grads[start:]`` must already hold its final values
+    (nothing later in backward writes there), the starts shrink to 0, and
+    layers without weights (pool, dropout, flatten) add nothing new."""
+    pynn.utils.set_random_seed(5)
+    m = pynn.Sequential([
+        layers.Conv2D(3, 3, activation="relu", input_shape=(7, 7, 2)),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D(2),
+        layers.Dropout(0.2),
+        layers.Flatten(),
+        layers.Dense(5, activation="relu"),
+        layers.Dense(4, activation="softmax"),
+    ])
+    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 7, 7, 2)).astype(np.float32)
+    y = rng.integers(0, 4, 6)
+    calls = []
+
+    class Spy(type(m._dist)):
+        def grads_ready(self, flat, start):
+            assert flat is m._grads
+            calls.append((start, flat[start:].copy()))
+
+    m._dist = Spy()
+    m.train_on_batch(x, y)
+    final = m._grads
+    starts = [s for s, _ in calls]
+    assert starts == sorted(starts, reverse=True) and starts[-1] == 0
+    sizes = [sum(s.size for s in l.specs if s.trainable) for l in m.layers]
+    expect = [sum(sizes[i:]) for i in range(len(m.layers))]      # suffix of layer i..end
+    assert starts == [final.size - e for e in expect[::-1]]
+    for start, snap in calls:
+        np.testing.assert_array_equal(snap, final[start:])
+    assert np.abs(final).sum() > 0
