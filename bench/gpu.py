@@ -71,7 +71,7 @@ def bench_pynn(batch, steps, cp):
     total = [0.0]
 
     def step():
-        loss, _ = m._train_step(x, y, 1.0 / batch)
+        loss, _, _ = m._train_step(x, y, 1.0 / batch)
         total[0] += loss          # the one read per step, as fit does
 
     train = _best(step, steps, sync)

@@ -56,8 +56,9 @@ What happens, step by step:
   the moving average of the ranks' mean batch statistics, and the state is
   bitwise identical on all ranks at every save, evaluation and prediction.
 - **Metrics**: the per-step loss sum, correct count and sample count are
-  summed over the ranks (one 3-double ``Allreduce``), so every rank sees the
-  global figures and callbacks such as EarlyStopping decide alike;
+  summed over the ranks (one 3-double ``Iallreduce``, started before backward
+  and completed during it; a blocking ``Allreduce`` after the step when
+  overlap is off), so every rank sees the global figures and callbacks such as EarlyStopping decide alike;
   evaluation is sharded the same way.  Progress, logs, history and
   checkpoints are written by rank 0 only (``Callback.chief_only``).
 - **Failure**: an uncaught exception on any rank prints its traceback and
@@ -221,6 +222,12 @@ def _env_float(name, default):
         raise ValueError(f"{name}={v!r} is not a number") from None
 
 
+def _like(values, sums):
+    """``sums`` (float64) as a tuple of numbers of the kinds of ``values``."""
+    return tuple(int(round(s)) if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                 else float(s) for v, s in zip(values, sums))
+
+
 class _Progress:
     """A daemon thread that completes the non-blocking allreduces started
     during backward: Open MPI advances them only inside MPI calls, and the
@@ -363,11 +370,28 @@ class Group:
         buf = self._scalars if k <= self._scalars.size else np.zeros(k, np.float64)
         buf[:k] = values
         self.comm.Allreduce(self.MPI.IN_PLACE, buf[:k], op=self.MPI.SUM)
-        out = tuple(int(round(s)) if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                    else float(s) for v, s in zip(values, buf[:k]))
         self.stats.scalars_s += time.perf_counter() - t0
         self.stats.scalars_calls += 1
-        return out
+        return _like(values, buf)
+
+    def sum_scalars_async(self, values):
+        """Start :meth:`sum_scalars`; returns a function giving the sums.
+        With overlap on, an ``Iallreduce`` that the progress thread completes
+        during backward (the step's loss and accuracy are known before it),
+        so a step has a single blocking collective; without, the function
+        does the blocking call."""
+        if self._progress is None:
+            return lambda: self.sum_scalars(values)
+        buf = np.array(values, dtype=np.float64)
+        self._progress.add(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
+
+        def result():
+            t0 = time.perf_counter()
+            self._progress.wait()
+            self.stats.scalars_s += time.perf_counter() - t0
+            self.stats.scalars_calls += 1
+            return _like(values, buf)
+        return result
 
     def broadcast_(self, arr):
         """In place: every rank's ``arr`` <- rank 0's (contiguous array)."""

@@ -52,6 +52,9 @@ class _Single:
     def sum_scalars(self, values):
         return values
 
+    def sum_scalars_async(self, values):
+        return lambda: values
+
     def grads_ready(self, flat, start):
         """Backward has finished ``flat[start:]`` (a hook for overlapping
         the reduction with the rest of backward)."""
@@ -321,10 +324,12 @@ class Sequential:
             d = self.layers[i].backward(d, need_dx=i > first)
             dist.grads_ready(g, ready[i])    # g[ready[i]:] is final: its allreduce may start
 
-    def _train_step(self, xb, yb, grad_scale):
+    def _train_step(self, xb, yb, grad_scale, global_metrics=False):
         """One step on this rank's batch.  ``grad_scale`` is
         1/(global batch), so the SUM over the ranks of the gradient buffer
-        is the global-batch mean gradient."""
+        is the global-batch mean gradient.  Returns (loss sum, correct,
+        samples): this rank's, or with ``global_metrics`` their sums over
+        the ranks (reduced while backward runs)."""
         dist = self._dist
         # dropout stream counter: step*size + rank (independent masks per rank)
         step = self.optimizer.iterations * dist.size + dist.rank
@@ -334,12 +339,14 @@ class Sequential:
         out = self._forward(xb, True)
         dout = self._buf("dout", out.shape, self.dtype)
         loss, correct = self.loss.compute(self.ops, out, yb, dout, grad_scale, self._logits)
+        n = int(xb.shape[0])
+        sums = dist.sum_scalars_async((loss, correct, n)) if global_metrics else None
         self._backward(dout)
         dist.allreduce_sum_(self._grads)
         self.optimizer.apply(self.ops, self._params, self._grads, self._segments)
         if dist.active and self._state.size:
             dist.sync_state_(self._state)   # batch-norm moving statistics: mean over ranks
-        return loss, correct
+        return sums() if sums is not None else (loss, correct, n)
 
     def _metric_logs(self, loss_sum, correct, seen):
         logs = {"loss": loss_sum / seen if seen else float("nan")}
@@ -352,7 +359,7 @@ class Sequential:
             raise NotImplementedError("sample_weight / class_weight are not supported")
         self._require_ready(x)
         x, y = self._check_xy(x, y)
-        loss, correct = self._train_step(x, y, 1.0 / x.shape[0])
+        loss, correct, _ = self._train_step(x, y, 1.0 / x.shape[0])
         return self._result(self._metric_logs(loss, correct, x.shape[0]), return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
@@ -461,9 +468,7 @@ class Sequential:
                 cbl.on_train_batch_begin(step)
                 nb = xb.shape[0]
                 gscale = 1.0 / (nb * dist.size)
-                l_, c_ = self._train_step(xb, yb, gscale)
-                if dist.active:
-                    l_, c_, nb = dist.sum_scalars((l_, c_, nb))
+                l_, c_, nb = self._train_step(xb, yb, gscale, global_metrics=dist.active)
                 loss_sum += l_
                 correct += c_
                 seen += nb

@@ -158,13 +158,16 @@ def reference_fit(w, make):
 
 
 @needs_mpi
-@pytest.mark.parametrize("bucket_mb", [None, "0"], ids=["one-allreduce", "bucket-per-layer"])
-def test_two_ranks_identical_and_equal_to_one_process(tmp_path, bucket_mb):
-    """Default: the tiny models' gradients (< 1 MB) are one Allreduce after
-    backward.  PYNN_MPI_BUCKET_MB=0: every layer's gradients start their own
-    Iallreduce as soon as that layer's backward is done (overlapped with the
-    backward of the layers before it), the last one a blocking Allreduce."""
-    env = {} if bucket_mb is None else {"PYNN_MPI_BUCKET_MB": bucket_mb}
+@pytest.mark.parametrize("mode", ["default", "bucket-per-layer", "no-overlap"])
+def test_two_ranks_identical_and_equal_to_one_process(tmp_path, mode):
+    """default: the tiny models' gradients (< 1 MB) are one Allreduce after
+    backward, the metrics an Iallreduce during it.  PYNN_MPI_BUCKET_MB=0:
+    every layer's gradients start their own Iallreduce as soon as that
+    layer's backward is done (overlapped with the backward of the layers
+    before it), the last one a blocking Allreduce.  PYNN_MPI_OVERLAP=0: one
+    blocking Allreduce of the gradients and one of the metrics per step."""
+    env = {"default": {}, "bucket-per-layer": {"PYNN_MPI_BUCKET_MB": "0"},
+           "no-overlap": {"PYNN_MPI_OVERLAP": "0"}}[mode]
     run_mpi([sys.executable, "-I", WORKER, "train", str(tmp_path)], env=env)
     w = _worker_module()
     steps = w.EPOCHS * pdata.steps_per_epoch(w.N, w.BATCH, 2)
@@ -180,10 +183,11 @@ def test_two_ranks_identical_and_equal_to_one_process(tmp_path, bucket_mb):
         assert r0["params"].shape[0] == steps
         assert int(r0["seed"]) == int(r1["seed"]) == w.SEED          # rank 0's seed won
         assert int(r0["allreduce_calls"]) == steps                  # one reduction per step
-        if bucket_mb is None:
+        assert bool(r0["overlap"]) == (mode != "no-overlap"), \
+            "overlap needs MPI_THREAD_MULTIPLE (mpi4py asks for it)"
+        if mode != "bucket-per-layer":
             assert int(r0["overlapped_calls"]) == 0
-        else:
-            assert bool(r0["overlap"]), "overlap needs MPI_THREAD_MULTIPLE (mpi4py asks for it)"   # buckets started during backward: a: Dense, BatchNorm (Conv2D last); b: Dense 2
+        else:   # buckets started during backward: a: Dense, BatchNorm (Conv2D last); b: Dense 2
             assert int(r0["overlapped_calls"]) == steps * {"a": 2, "b": 1}[name]
         # bitwise identical on both ranks after every step (weights and BN state)
         assert np.array_equal(r0["params"], r1["params"]), name
