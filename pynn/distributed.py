@@ -543,7 +543,10 @@ def describe():
     import mpi4py
     return (f"rank {group.rank}/{group.size} on {group.host} (local {group.local_rank}/"
             f"{group.local_size}, {group.nodes} node(s)), {threads} threads "
-            f"({getattr(group, 'threads_source', 'default')}); launched by {group.launcher}; "
+            f"({getattr(group, 'threads_source', 'default')}); gradient allreduce "
+            + (f"overlapped with backward ({group.bucket_bytes / 1e6:g} MB buckets)" if group.overlap
+               else "after backward (no overlap)")
+            + f"; launched by {group.launcher}; "
             f"{lib}, mpi4py {mpi4py.__version__}")
 
 
