@@ -26,6 +26,12 @@ source "${PYNN_VENV:-$HOME/pynn-venv}/bin/activate"
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
 export OMP_PROC_BIND=close OMP_PLACES=cores
 
+# The gradient allreduce overlaps with backward (each rank runs a small MPI
+# progress thread; needs MPI_THREAD_MULTIPLE, which mpi4py asks for and
+# `pynn info` reports).  PYNN_MPI_OVERLAP=0 reduces after backward instead;
+# PYNN_MPI_BUCKET_MB (default 1) is the smallest part reduced early.
+# export PYNN_MPI_OVERLAP=0
+
 # Checkpoints and outputs on a file system that survives the job (only rank 0
 # writes; only rank 0 reads the checkpoint when resuming and broadcasts it).
 RUN_DIR="${RUN_DIR:-$SLURM_SUBMIT_DIR/runs/pynn-cnn}"

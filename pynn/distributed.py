@@ -292,9 +292,10 @@ class Group:
     """Ranks of ``COMM_WORLD`` (a private duplicate of it) training together.
 
     ``model._dist`` API used by ``Sequential.fit``: ``rank``, ``size``,
-    ``active``, ``allreduce_sum_(flat)``, ``sum_scalars(values)``,
-    ``broadcast_(arr)``, ``check_same(value, what)``, ``sync_model(model)``,
-    ``sync_state_(flat)``."""
+    ``active``, ``grads_ready(flat, start)`` (after each layer's backward),
+    ``allreduce_sum_(flat)`` (after backward), ``sum_scalars(values)``,
+    ``sum_scalars_async(values)``, ``broadcast_(arr)``,
+    ``check_same(value, what)``, ``sync_model(model)``, ``sync_state_(flat)``."""
     active = True
 
     def __init__(self, MPI, launcher):
