@@ -51,8 +51,9 @@ What happens, step by step:
 - **BatchNormalization**: training normalises with each rank's own batch
   statistics (like Horovod/PyTorch DDP without SyncBatchNorm); the moving
   mean and variance (the non-trainable buffer) are averaged over the ranks
-  after every step with one more small ``Allreduce``, only for models that
-  have such state.  Because the moving-average update is linear, this equals
+  at every step with one more small reduction (an ``Iallreduce`` started
+  after forward and completed during backward; a blocking ``Allreduce``
+  when overlap is off), only for models that have such state.  Because the moving-average update is linear, this equals
   the moving average of the ranks' mean batch statistics, and the state is
   bitwise identical on all ranks at every save, evaluation and prediction.
 - **Metrics**: the per-step loss sum, correct count and sample count are
@@ -295,7 +296,8 @@ class Group:
     ``active``, ``grads_ready(flat, start)`` (after each layer's backward),
     ``allreduce_sum_(flat)`` (after backward), ``sum_scalars(values)``,
     ``sum_scalars_async(values)``, ``broadcast_(arr)``,
-    ``check_same(value, what)``, ``sync_model(model)``, ``sync_state_(flat)``."""
+    ``check_same(value, what)``, ``sync_model(model)``, ``sync_state_(flat)``,
+    ``sync_state_async(flat)``."""
     active = True
 
     def __init__(self, MPI, launcher):
@@ -363,6 +365,19 @@ class Group:
         if flat.size:
             self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
             flat *= flat.dtype.type(1.0 / self.size)
+
+    def sync_state_async(self, flat):
+        """Start :meth:`sync_state_`; returns the function that finishes it.
+        With overlap on, an ``Iallreduce`` started after forward (the moving
+        statistics are final then) and completed during backward."""
+        if self._progress is None or not flat.size:
+            return lambda: self.sync_state_(flat)
+        self._progress.add(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM))
+
+        def finish():
+            self._progress.wait()
+            np.multiply(flat, flat.dtype.type(1.0 / self.size), out=flat)
+        return finish
 
     def sum_scalars(self, values):
         """The sums over the ranks of a few numbers (ints stay ints)."""

@@ -45,6 +45,10 @@ class _Single:
         """In place: ``flat`` <- its mean over the ranks."""
         pass
 
+    def sync_state_async(self, flat):
+        """Start :meth:`sync_state_`; returns the function that finishes it."""
+        return lambda: None
+
     def sync_model(self, model):
         """Every rank <- rank 0's seed, weights, optimizer state, position."""
         pass
@@ -337,6 +341,8 @@ class Sequential:
             layer.step = step
         xb, yb = self.ops.batch_to_device(xb, "x"), self.ops.batch_to_device(yb, "y")
         out = self._forward(xb, True)
+        # batch-norm moving statistics (final after forward): mean over the ranks
+        state = dist.sync_state_async(self._state) if dist.active and self._state.size else None
         dout = self._buf("dout", out.shape, self.dtype)
         loss, correct = self.loss.compute(self.ops, out, yb, dout, grad_scale, self._logits)
         n = int(xb.shape[0])
@@ -344,8 +350,8 @@ class Sequential:
         self._backward(dout)
         dist.allreduce_sum_(self._grads)
         self.optimizer.apply(self.ops, self._params, self._grads, self._segments)
-        if dist.active and self._state.size:
-            dist.sync_state_(self._state)   # batch-norm moving statistics: mean over ranks
+        if state is not None:
+            state()
         return sums() if sums is not None else (loss, correct, n)
 
     def _metric_logs(self, loss_sum, correct, seen):
