@@ -1,4 +1,5 @@
-"""Run by tests/test_mpi.py under ``mpiexec -n 2 python mpi_worker.py MODE OUT``.
+"""Run by tests/test_mpi.py under ``mpiexec -n 2 python mpi_worker.py MODE OUT``
+(``-n N`` with ``PYNN_TEST_RANKS=N`` for another number of ranks).
 
 train: trains the two tiny models of test_mpi.py (model_a: conv + batch norm
        + dropout, manual gradient-accumulation reference; model_b: dense, fit
@@ -69,7 +70,8 @@ class FailOnRank1(pynn.callbacks.Callback):
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     dist = pynn.distributed.init(threads=1)
-    assert dist.size == 2 and dist.active, (dist.size, dist.active)
+    want = int(os.environ.get("PYNN_TEST_RANKS", "2"))
+    assert dist.size == want and dist.active, (dist.size, want, dist.active)
     x, y = data()
     if mode == "fail":
         pynn.utils.set_random_seed(SEED)

@@ -106,18 +106,18 @@ def _shards(w, seed, epoch, size=2):
             for r in range(size)]
 
 
-def reference_accumulate(w, make):
-    """One process doing what 2 ranks do: per step, each rank's batch (with
-    that rank's dropout stream) forward/backward, gradients summed, batch-norm
-    state averaged, one optimizer update."""
+def reference_accumulate(w, make, size=2):
+    """One process doing what ``size`` ranks do: per step, each rank's batch
+    (with that rank's dropout stream) forward/backward, gradients summed,
+    batch-norm state averaged, one optimizer update."""
     x, y = w.data()
     pynn.utils.set_random_seed(w.SEED)
     m = make()
     x, y = m._check_xy(x, y)
     m._require_ready(x)
-    size, params, state = 2, [], []
+    params, state = [], []
     for epoch in range(w.EPOCHS):
-        shards = _shards(w, m.seed, epoch)
+        shards = _shards(w, m.seed, epoch, size)
         for s in range(len(shards[0])):
             acc = np.zeros_like(m._grads)
             st0, states = m._state.copy(), []
@@ -136,52 +136,55 @@ def reference_accumulate(w, make):
             m._grads[...] = acc
             m.optimizer.apply(m.ops, m._params, m._grads, m._segments)
             if m._state.size:
-                m._state[...] = (states[0] + states[1]) * np.float32(0.5)
+                m._state[...] = np.sum(states, axis=0) * np.float32(1.0 / size)
             params.append(m._params.copy())
             state.append(m._state.copy())
     return np.stack(params), np.stack(state)
 
 
-def reference_fit(w, make):
+def reference_fit(w, make, size=2):
     """A single process fitting on the global batches: each step's batch is
-    rank 0's batch followed by rank 1's (batch_size 2*BATCH, no shuffle)."""
+    rank 0's batch followed by rank 1's... (batch_size size*BATCH, no shuffle)."""
     x, y = w.data()
     pynn.utils.set_random_seed(w.SEED)
     m = make()
     rec = w.Record()
     for epoch in range(w.EPOCHS):
-        shards = _shards(w, w.SEED, epoch)
-        order = np.concatenate([np.concatenate([a, b]) for a, b in zip(*shards)])
-        m.fit(x[order], y[order], batch_size=2 * w.BATCH, epochs=epoch + 1, initial_epoch=epoch,
+        shards = _shards(w, w.SEED, epoch, size)
+        order = np.concatenate([np.concatenate(parts) for parts in zip(*shards)])
+        m.fit(x[order], y[order], batch_size=size * w.BATCH, epochs=epoch + 1, initial_epoch=epoch,
               shuffle=False, verbose=0, callbacks=[rec])
     return np.stack(rec.weights), np.stack(rec.logs)
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode", ["default", "bucket-per-layer", "no-overlap"])
-def test_two_ranks_identical_and_equal_to_one_process(tmp_path, mode):
+@pytest.mark.parametrize("mode,ranks", [("default", 2), ("bucket-per-layer", 2),
+                                        ("no-overlap", 2), ("bucket-per-layer", 3)])
+def test_ranks_identical_and_equal_to_one_process(tmp_path, mode, ranks):
     """default: the tiny models' gradients (< 1 MB) are one Allreduce after
     backward, the metrics an Iallreduce during it.  PYNN_MPI_BUCKET_MB=0:
     every layer's gradients start their own Iallreduce as soon as that
     layer's backward is done (overlapped with the backward of the layers
     before it), the last one a blocking Allreduce.  PYNN_MPI_OVERLAP=0: one
-    blocking Allreduce of the gradients and one of the metrics per step."""
+    blocking Allreduce of the gradients and one of the metrics per step.
+    3 ranks (oversubscribed here): a size that is not a power of two."""
     env = {"default": {}, "bucket-per-layer": {"PYNN_MPI_BUCKET_MB": "0"},
            "no-overlap": {"PYNN_MPI_OVERLAP": "0"}}[mode]
-    run_mpi([sys.executable, "-I", WORKER, "train", str(tmp_path)], env=env)
+    run_mpi([sys.executable, "-I", WORKER, "train", str(tmp_path)], n=ranks,
+            env={**env, "PYNN_TEST_RANKS": str(ranks)}, timeout=120)
     w = _worker_module()
-    steps = w.EPOCHS * pdata.steps_per_epoch(w.N, w.BATCH, 2)
+    steps = w.EPOCHS * pdata.steps_per_epoch(w.N, w.BATCH, ranks)
     threads = nnkernels.get_num_threads()
     nnkernels.set_num_threads(1)          # the ranks ran 1 thread each
     try:
-        ref_a = reference_accumulate(w, w.model_a)
-        ref_b, ref_b_logs = reference_fit(w, w.model_b)
+        ref_a = reference_accumulate(w, w.model_a, ranks)
+        ref_b, ref_b_logs = reference_fit(w, w.model_b, ranks)
     finally:
         nnkernels.set_num_threads(threads)
     for name, ref in (("a", ref_a[0]), ("b", ref_b)):
-        r0, r1 = (np.load(tmp_path / f"{name}_rank{r}.npz") for r in (0, 1))
+        r0, *rest = (np.load(tmp_path / f"{name}_rank{r}.npz") for r in range(ranks))
         assert r0["params"].shape[0] == steps
-        assert int(r0["seed"]) == int(r1["seed"]) == w.SEED          # rank 0's seed won
+        assert all(int(r["seed"]) == w.SEED for r in [r0] + rest)    # rank 0's seed won
         assert int(r0["allreduce_calls"]) == steps                  # one reduction per step
         assert bool(r0["overlap"]) == (mode != "no-overlap"), \
             "overlap needs MPI_THREAD_MULTIPLE (mpi4py asks for it)"
@@ -189,10 +192,11 @@ def test_two_ranks_identical_and_equal_to_one_process(tmp_path, mode):
             assert int(r0["overlapped_calls"]) == 0
         else:   # buckets started during backward: a: Dense, BatchNorm (Conv2D last); b: Dense 2
             assert int(r0["overlapped_calls"]) == steps * {"a": 2, "b": 1}[name]
-        # bitwise identical on both ranks after every step (weights and BN state)
-        assert np.array_equal(r0["params"], r1["params"]), name
-        assert np.array_equal(r0["state"], r1["state"]), name
-        assert np.array_equal(r0["logs"], r1["logs"]), name        # same global metrics
+        # bitwise identical on all ranks after every step (weights and BN state)
+        for r1 in rest:
+            assert np.array_equal(r0["params"], r1["params"]), name
+            assert np.array_equal(r0["state"], r1["state"]), name
+            assert np.array_equal(r0["logs"], r1["logs"]), name    # same global metrics
         # and the single-process training on the same global batches
         np.testing.assert_allclose(r0["params"], ref, rtol=2e-5, atol=2e-6, err_msg=name)
     r0 = np.load(tmp_path / "a_rank0.npz")
