@@ -2,7 +2,7 @@
 
 For every (ranks, threads) combination with ranks * threads <= cores (default
 here: 1x1, 1x2, 2x1, ...), trains the default CNN (``pynn.zoo.cnn``, SGD with
-momentum 0.9) on synthetic 28x28x1 images at ``--batch`` (128) images per
+momentum 0.9; ``--model mlp``: the 784-512-512-10 MLP with Adam, as ``pynn train``) on synthetic 28x28x1 images at ``--batch`` (128) images per
 rank, ``--warmup`` steps not timed, then ``--steps`` timed steps, and reports
 
 - images/s of the whole job (global batch x steps / wall time of the timed
@@ -63,10 +63,10 @@ def worker(args):
     steps, warm = args.steps, args.warmup
     n = args.batch * dist.size * (steps + warm)
     rng = np.random.default_rng(dist.rank)        # the data values do not matter for speed
-    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    x = rng.random((n, 28, 28, 1) if args.model == "cnn" else (n, 784), dtype=np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
-    model = pynn.zoo.cnn()
-    model.compile(optimizer=pynn.optimizers.SGD(0.01, momentum=0.9),
+    model = pynn.zoo.MODELS[args.model]()
+    model.compile(optimizer=pynn.zoo.make_optimizer(*pynn.zoo.DEFAULT_OPTIMIZER[args.model]),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     dist.attach(model)
     dist.stats.keep_trace()
@@ -156,13 +156,18 @@ def find_mpiexec():
     return None
 
 
+def pynn_default_optimizer(model):
+    from pynn import zoo
+    return zoo.DEFAULT_OPTIMIZER[model]
+
+
 def label(r, t, overlap):
     return f"{r}x{t}" + ("" if overlap or r == 1 else " no-overlap")
 
 
 def run_config(r, t, overlap, args, tmp):
     out = os.path.join(tmp, f"r{r}t{t}o{int(overlap)}.json")
-    cmd = [sys.executable, "-m", "bench.scaling", "--worker", "--threads", str(t),
+    cmd = [sys.executable, "-m", "bench.scaling", "--worker", "--threads", str(t), "--model", args.model,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
            "--json", out]
     env = dict(os.environ)
@@ -198,7 +203,7 @@ def plot(data, path):
     ax.bar(labels, [r["images_per_s"] for r in rows], color="tab:blue")
     ax.set_ylabel("images/s (whole job, best run)")
     ax.set_xlabel("ranks x threads")
-    ax.set_title(f"default CNN, batch {data['batch_per_rank']}/rank")
+    ax.set_title(f"{data['model']}, batch {data['batch_per_rank']}/rank")
     ax.tick_params(axis="x", labelrotation=20)
     ax = axes[1]
     wait = [r["wait_ms_per_step"] for r in rows]
@@ -222,6 +227,7 @@ def main(argv=None):
     p.add_argument("--configs", default=None,
                    help="e.g. 1x1,1x2,2x1 (ranks x threads; default: powers of 2 with "
                         "ranks*threads <= cores)")
+    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
     p.add_argument("--batch", type=int, default=128, help="images per rank and step")
     p.add_argument("--steps", type=int, default=60, help="timed steps")
     p.add_argument("--warmup", type=int, default=3)
@@ -266,7 +272,8 @@ def main(argv=None):
     for x in results:
         x["speedup_vs_1x1"] = x["images_per_s"] / base["images_per_s"] if base else None
         x["efficiency"] = x["speedup_vs_1x1"] / (x["ranks"] * x["threads"]) if base else None
-    data = {"benchmark": "scaling", "model": "pynn.zoo.cnn", "optimizer": "SGD(0.01, momentum=0.9)",
+    data = {"benchmark": "scaling", "model": f"pynn.zoo.{args.model}",
+            "optimizer": "{} lr {}".format(*pynn_default_optimizer(args.model)),
             "batch_per_rank": args.batch, "steps": args.steps, "warmup": args.warmup,
             "repeats": args.repeats, "overlap": args.overlap,
             "cores": cores, "other_load_cores_at_start": load, "machine": C.machine_info(),
