@@ -2,7 +2,8 @@
 
 For every (ranks, threads) combination with ranks * threads <= cores (default
 here: 1x1, 1x2, 2x1, ...), trains the default CNN (``pynn.zoo.cnn``, SGD with
-momentum 0.9; ``--model mlp``: the 784-512-512-10 MLP with Adam, as ``pynn train``) on synthetic 28x28x1 images at ``--batch`` (128) images per
+momentum 0.9; ``--model mlp``: the 784-512-512-10 MLP with Adam, as
+``pynn train`` does) on synthetic 28x28 images at ``--batch`` (128) images per
 rank, ``--warmup`` steps not timed, then ``--steps`` timed steps, and reports
 
 - images/s of the whole job (global batch x steps / wall time of the timed
@@ -156,18 +157,14 @@ def find_mpiexec():
     return None
 
 
-def pynn_default_optimizer(model):
-    from pynn import zoo
-    return zoo.DEFAULT_OPTIMIZER[model]
-
-
 def label(r, t, overlap):
     return f"{r}x{t}" + ("" if overlap or r == 1 else " no-overlap")
 
 
 def run_config(r, t, overlap, args, tmp):
     out = os.path.join(tmp, f"r{r}t{t}o{int(overlap)}.json")
-    cmd = [sys.executable, "-m", "bench.scaling", "--worker", "--threads", str(t), "--model", args.model,
+    cmd = [sys.executable, "-m", "bench.scaling", "--worker", "--threads", str(t),
+           "--model", args.model,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
            "--json", out]
     env = dict(os.environ)
@@ -245,6 +242,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
+    from pynn import zoo
     cores = C.all_cores()
     modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.overlap]
     cfgs = [(r, t, o) for r, t in configs(cores, args.configs) for o in modes
@@ -273,7 +271,7 @@ def main(argv=None):
         x["speedup_vs_1x1"] = x["images_per_s"] / base["images_per_s"] if base else None
         x["efficiency"] = x["speedup_vs_1x1"] / (x["ranks"] * x["threads"]) if base else None
     data = {"benchmark": "scaling", "model": f"pynn.zoo.{args.model}",
-            "optimizer": "{} lr {}".format(*pynn_default_optimizer(args.model)),
+            "optimizer": "{} lr {}".format(*zoo.DEFAULT_OPTIMIZER[args.model]),
             "batch_per_rank": args.batch, "steps": args.steps, "warmup": args.warmup,
             "repeats": args.repeats, "overlap": args.overlap,
             "cores": cores, "other_load_cores_at_start": load, "machine": C.machine_info(),

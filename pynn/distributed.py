@@ -53,15 +53,17 @@ What happens, step by step:
   mean and variance (the non-trainable buffer) are averaged over the ranks
   at every step with one more small reduction (an ``Iallreduce`` started
   after forward and completed during backward; a blocking ``Allreduce``
-  when overlap is off), only for models that have such state.  Because the moving-average update is linear, this equals
-  the moving average of the ranks' mean batch statistics, and the state is
-  bitwise identical on all ranks at every save, evaluation and prediction.
+  when overlap is off), only for models that have such state.  Because the
+  moving-average update is linear, this equals the moving average of the
+  ranks' mean batch statistics, and the state is bitwise identical on all
+  ranks at every save, evaluation and prediction.
 - **Metrics**: the per-step loss sum, correct count and sample count are
   summed over the ranks (one 3-double ``Iallreduce``, started before backward
   and completed during it; a blocking ``Allreduce`` after the step when
-  overlap is off), so every rank sees the global figures and callbacks such as EarlyStopping decide alike;
-  evaluation is sharded the same way.  Progress, logs, history and
-  checkpoints are written by rank 0 only (``Callback.chief_only``).
+  overlap is off), so every rank sees the global figures and callbacks such
+  as EarlyStopping decide alike; evaluation is sharded the same way.
+  Progress, logs, history and checkpoints are written by rank 0 only
+  (``Callback.chief_only``).
 - **Failure**: an uncaught exception on any rank prints its traceback and
   calls ``COMM_WORLD.Abort(1)`` (chainermn's global_except_hook), so the
   launcher kills every rank and exits non-zero instead of hanging in the
@@ -560,8 +562,8 @@ def describe():
     return (f"rank {group.rank}/{group.size} on {group.host} (local {group.local_rank}/"
             f"{group.local_size}, {group.nodes} node(s)), {threads} threads "
             f"({getattr(group, 'threads_source', 'default')}); gradient allreduce "
-            + (f"overlapped with backward ({group.bucket_bytes / 1e6:g} MB buckets)" if group.overlap
-               else "after backward (no overlap)")
+            + (f"overlapped with backward ({group.bucket_bytes / 1e6:g} MB buckets)"
+               if group.overlap else "after backward (no overlap)")
             + f"; launched by {group.launcher}; "
             f"{lib}, mpi4py {mpi4py.__version__}")
 
