@@ -61,6 +61,7 @@ __all__ = [
     "conv2d_output_shape", "conv2d_algo", "info", "set_num_threads",
     "get_num_threads", "get_isa", "set_isa", "available_isas", "isa_supported",
     "fma_peak", "openmp_enabled", "release_workspace", "workspace_bytes", "default_num_threads",
+    "env_num_threads",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_output_shape", "relu", "relu_backward",
     "dropout", "dropout_backward", "dropout_mask", "dropout_threshold", "philox4x32",
     "softmax_xent", "sgd_update", "adam_update", "rmsprop_update", "adadelta_update",
@@ -68,12 +69,18 @@ __all__ = [
 ]
 
 
+def env_num_threads():
+    """OMP_NUM_THREADS (its first entry) if it is a positive integer, else None."""
+    env = _os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
 def default_num_threads():
     """The thread count used when none is set: OMP_NUM_THREADS if it is a
     positive integer, else the CPUs this process may run on."""
-    env = _os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    env = env_num_threads()
+    if env is not None:
+        return env
     try:
         return max(1, len(_os.sched_getaffinity(0)))
     except (AttributeError, OSError):

@@ -14,8 +14,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from .io import write_text_atomic
 
 
@@ -334,11 +332,11 @@ class BackupAndRestore(Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if isinstance(self.save_freq, int) and self.model.optimizer.iterations % self.save_freq == 0:
-            self.model._save_checkpoint(self.path, end_of_epoch=False)
+            self.model._save_checkpoint(self.path)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
-            self.model._save_checkpoint(self.path, end_of_epoch=True)
+            self.model._save_checkpoint(self.path)
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and not self.model.stop_training and os.path.exists(self.path):

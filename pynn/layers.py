@@ -60,9 +60,12 @@ def _channels_last(data_format):
 class Weight:
     """A declared weight: where it lives is decided by the model."""
 
-    def __init__(self, name, shape, initializer, trainable):
+    def __init__(self, name, shape, initializer, trainable, averaged=False):
         self.name, self.shape = name, tuple(int(s) for s in shape)
         self.initializer, self.trainable = initializer, trainable
+        # non-trainable state that training's forward updates (batch-norm moving
+        # statistics): averaged over MPI ranks at every step
+        self.averaged = bool(averaged) and not trainable
         self.size = int(np.prod(self.shape, dtype=np.int64))
 
 
@@ -94,8 +97,9 @@ class Layer:
         self._bufs = {}
 
     # -- declared by subclasses ---------------------------------------------
-    def add_weight(self, name, shape, initializer="zeros", trainable=True):
-        spec = Weight(name, shape, initializers.get(initializer), trainable and self.trainable)
+    def add_weight(self, name, shape, initializer="zeros", trainable=True, averaged=False):
+        spec = Weight(name, shape, initializers.get(initializer), trainable and self.trainable,
+                      averaged)
         self.specs.append(spec)
         return spec
 
@@ -533,8 +537,10 @@ class BatchNormalization(Layer):
             self.add_weight("gamma", (c,), self._inits["gamma"])
         if self.center:
             self.add_weight("beta", (c,), self._inits["beta"])
-        self.add_weight("moving_mean", (c,), self._inits["moving_mean"], trainable=False)
-        self.add_weight("moving_variance", (c,), self._inits["moving_variance"], trainable=False)
+        self.add_weight("moving_mean", (c,), self._inits["moving_mean"], trainable=False,
+                        averaged=True)
+        self.add_weight("moving_variance", (c,), self._inits["moving_variance"], trainable=False,
+                        averaged=True)
 
     def forward(self, x, training=False):
         c = x.shape[-1]

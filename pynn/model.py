@@ -92,6 +92,7 @@ class Sequential:
         self.seed = None
         self._dist = _Single()
         self._resume = None
+        self._dist_synced = False   # set by the MPI group's sync_model (rank 0's weights)
         self._pos = {}
         for layer in layers or ():
             self.add(layer)
@@ -187,8 +188,12 @@ class Sequential:
         self._params = ops.alloc((nt,), self.dtype, zeros=True)
         self._grads = ops.alloc((nt,), self.dtype, zeros=True)
         self._state = ops.alloc((nn,), self.dtype, zeros=True)
+        # the state that forward updates (batch-norm moving statistics) comes first:
+        # self._state[:self._n_averaged] is what MPI ranks average at every step; frozen
+        # weights (trainable=False) follow and are never reduced
+        self._n_averaged = sum(s.size for _, _, s in specs if s.averaged)
         self._segments = []
-        ot = on = 0
+        ot, on, oa = 0, self._n_averaged, 0
         starts = {}
         for wi, (li, layer, s) in enumerate(specs):
             rng = np.random.default_rng(utils.derive_seed(self.seed, li, wi))
@@ -200,16 +205,17 @@ class Sequential:
                 starts.setdefault(li, ot)
                 ot += s.size
             else:
-                view = self._state[on:on + s.size].reshape(s.shape)
+                o = oa if s.averaged else on
+                view = self._state[o:o + s.size].reshape(s.shape)
                 layer.g[s.name] = ops.alloc(s.shape, self.dtype, zeros=True)  # scratch
-                on += s.size
+                if s.averaged:
+                    oa += s.size
+                else:
+                    on += s.size
             view[...] = ops.asarray(init, self.dtype)
             layer.w[s.name] = view
         self._dropouts = [l for l in self.layers if isinstance(l, L.Dropout)]
-        for li, layer in enumerate(self.layers):
-            if isinstance(layer, L.Dropout):
-                layer.stream_seed = layer.seed if layer.seed is not None else \
-                    utils.derive_seed(self.seed, li, 0xD509)
+        self._set_seed(self.seed)
         # layers before the first one with weights need no backward at all
         self._first_grad = next((i for i, l in enumerate(self.layers)
                                  if any(s.trainable for s in l.specs)), len(self.layers))
@@ -342,7 +348,8 @@ class Sequential:
         xb, yb = self.ops.batch_to_device(xb, "x"), self.ops.batch_to_device(yb, "y")
         out = self._forward(xb, True)
         # batch-norm moving statistics (final after forward): mean over the ranks
-        state = dist.sync_state_async(self._state) if dist.active and self._state.size else None
+        state = (dist.sync_state_async(self._state[:self._n_averaged])
+                 if dist.active and self._n_averaged else None)
         dout = self._buf("dout", out.shape, self.dtype)
         loss, correct = self.loss.compute(self.ops, out, yb, dout, grad_scale, self._logits)
         n = int(xb.shape[0])
@@ -365,8 +372,14 @@ class Sequential:
             raise NotImplementedError("sample_weight / class_weight are not supported")
         self._require_ready(x)
         x, y = self._check_xy(x, y)
-        loss, correct, _ = self._train_step(x, y, 1.0 / x.shape[0])
-        return self._result(self._metric_logs(loss, correct, x.shape[0]), return_dict)
+        # under MPI every rank passes its own batch of the same size: one step on their union,
+        # from rank 0's weights
+        dist = self._dist
+        if dist.active and not self._dist_synced:
+            dist.sync_model(self)
+        loss, correct, n = self._train_step(x, y, 1.0 / (x.shape[0] * dist.size),
+                                            global_metrics=dist.active)
+        return self._result(self._metric_logs(loss, correct, n), return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         self._require_ready(x)
@@ -674,12 +687,17 @@ class Sequential:
 
     def save(self, filepath, overwrite=True, include_optimizer=True):
         """Architecture + weights + optimizer state in one .npz (see pynn.io)."""
+        self._write_model(filepath, "pynn.model", include_optimizer)
+
+    def _write_model(self, path, fmt, include_optimizer, **extra_meta):
         if not self.built:
             self.build()
         arrays = self._weight_arrays()
         if include_optimizer:
             arrays.update(self._opt_arrays())
-        io.write_atomic(filepath, arrays, self._meta("pynn.model", include_optimizer))
+        meta = self._meta(fmt, include_optimizer)
+        meta.update(extra_meta)
+        io.write_atomic(path, arrays, meta)
 
     def _check_weight_arrays(self, arrays, path):
         want = self._weight_arrays()
@@ -724,21 +742,17 @@ class Sequential:
         """Adopt ``seed`` (shuffling, dropout streams) after the weights exist."""
         self.seed = int(seed)
         for li, layer in enumerate(self.layers):
-            if isinstance(layer, L.Dropout) and layer.seed is None:
-                layer.stream_seed = utils.derive_seed(self.seed, li, 0xD509)
+            if isinstance(layer, L.Dropout):
+                layer.stream_seed = layer.seed if layer.seed is not None else \
+                    utils.derive_seed(self.seed, li, 0xD509)
 
     # checkpoints (BackupAndRestore): model file + training position
     def _is_chief(self):
         return self._dist.rank == 0
 
-    def _save_checkpoint(self, path, end_of_epoch):
-        if not self._is_chief():
-            return
-        meta = self._meta("pynn.checkpoint", True)
-        meta["position"] = dict(self._pos)
-        arrays = self._weight_arrays()
-        arrays.update(self._opt_arrays())
-        io.write_atomic(path, arrays, meta)
+    def _save_checkpoint(self, path):
+        if self._is_chief():
+            self._write_model(path, "pynn.checkpoint", True, position=dict(self._pos))
 
     def _restore_checkpoint(self, path):
         arrays, meta = io.read(path, expect=("pynn.checkpoint",))

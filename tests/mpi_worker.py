@@ -2,7 +2,7 @@
 (``-n N`` with ``PYNN_TEST_RANKS=N`` for another number of ranks).
 
 train: trains the two tiny models of test_mpi.py (model_a: conv + batch norm
-       + dropout, manual gradient-accumulation reference; model_b: dense, fit
+       + dropout + a frozen dense, manual gradient-accumulation reference; model_b: dense, fit
        reference on the global batches) and writes each rank's weights and
        batch-norm state after every step to OUT/<model>_rank<r>.npz.
 fail:  rank 1 raises inside fit (at its third step) while rank 0 waits in
@@ -17,6 +17,7 @@ import pynn
 from pynn import layers as L
 
 SEED, N, BATCH, EPOCHS = 3, 48, 8, 2
+TOB_STEPS = 2          # global batches of BATCH * ranks rows: 2 * 8 * 3 <= N
 
 
 def data():
@@ -32,7 +33,8 @@ def model_a():
         L.BatchNormalization(),
         L.Flatten(),
         L.Dropout(0.3),
-        L.Dense(10, activation="softmax"),
+        L.Dense(12, activation="relu", trainable=False),   # frozen: in the state buffer, not
+        L.Dense(10, activation="softmax"),                  # averaged, read by backward
     ])
     m.compile(optimizer=pynn.optimizers.SGD(0.05, momentum=0.9),
               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -90,6 +92,16 @@ def main():
                  allreduce_calls=dist.stats.allreduce_calls,
                  overlapped_calls=dist.stats.overlapped_calls, overlap=dist.overlap)
         dist.stats.reset()
+    # train_on_batch: rank r passes rows r::size of each global batch of 2*BATCH
+    pynn.utils.set_random_seed(SEED + 100 * dist.rank)
+    m = dist.attach(model_b())
+    params, logs = [], []
+    for s in range(TOB_STEPS):
+        rows = slice(s * BATCH * dist.size + dist.rank, (s + 1) * BATCH * dist.size, dist.size)
+        logs.append(m.train_on_batch(x[rows], y[rows]))
+        params.append(np.array(m._params))
+    np.savez(os.path.join(out, f"tob_rank{dist.rank}.npz"), params=np.stack(params),
+             logs=np.array(logs))
 
 
 if __name__ == "__main__":
