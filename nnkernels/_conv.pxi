@@ -23,6 +23,7 @@ cdef extern from "nk_conv.h" nogil:
                            int act, const void *y_nhwf,
                            void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads)
     int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass_)
+    int nk_conv_wino_ok(const nk_conv_shape *s)
     void nk_conv_set_col_budget(int64_t nbytes)
 
 _CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT,
@@ -171,8 +172,7 @@ cdef int _conv_algo(object algo) except -1:
 
 cdef int _conv_check_algo(int algo_id, nk_conv_shape *s) except -1:
     """Winograd F(2x2, 3x3) needs a 3x3 kernel, strides 1 and dilation 1."""
-    if algo_id == NK_CONV_WINOGRAD and not (
-            s.kh == 3 and s.kw == 3 and s.sh == 1 and s.sw == 1 and s.dh == 1 and s.dw == 1):
+    if algo_id == NK_CONV_WINOGRAD and not nk_conv_wino_ok(s):
         raise ValueError(
             f"algo='winograd' needs a 3x3 kernel with strides 1 and dilation 1, got kernel "
             f"{(s.kh, s.kw)}, strides {(s.sh, s.sw)}, dilation {(s.dh, s.dw)}")

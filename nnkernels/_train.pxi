@@ -198,6 +198,9 @@ def softmax_xent(logits, labels, *, dlogits=None, probs=None, from_logits=True,
     if probs is not None:
         probs = _c_out(probs, x.shape, dt, "probs",
                        [("logits", x), ("dlogits", dlogits)] + lab_in, inplace_ok=x)
+        # both may be `logits` itself (each alone is fine), but not the same memory
+        if dlogits is not None and np.may_share_memory(probs, dlogits):
+            raise ValueError("probs and dlogits must not overlap each other")
     cdef nk_xent_desc d
     d.n = n
     d.k = k

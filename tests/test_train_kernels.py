@@ -187,6 +187,10 @@ def test_softmax_xent_errors():
     t = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match="overlaps"):
         nk.softmax_xent(x, t, dlogits=t)
+    # each of them may be the logits themselves, but not both at once
+    xx = x.copy()
+    with pytest.raises(ValueError, match="overlap"):
+        nk.softmax_xent(xx, np.zeros(4, np.int64), dlogits=xx, probs=xx)
     # (N, 1) class ids, uint8 ids and N = 0 are fine
     assert nk.softmax_xent(x, np.zeros((4, 1), np.int64))[1] == 4
     assert nk.softmax_xent(x, np.zeros(4, np.uint8))[1] == 4

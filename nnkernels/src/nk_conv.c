@@ -92,7 +92,7 @@ typedef struct {
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
 /* Winograd applies: 3x3, stride 1, dilation 1. */
-static int nk_conv_wino_ok(const nk_conv_shape *s)
+int nk_conv_wino_ok(const nk_conv_shape *s)
 {
     return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->dh == 1 && s->dw == 1;
 }

@@ -83,6 +83,8 @@ int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
                        int act, const void *y_nhwf,
                        void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads);
 
+/* Whether Winograd F(2x2, 3x3) applies: a 3x3 kernel, strides 1, dilation 1. */
+int nk_conv_wino_ok(const nk_conv_shape *s);
 /* The algorithm algo=AUTO uses for one product (NK_CONV_FWD, ...). */
 int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass);
 

@@ -431,11 +431,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 #endif
     for (int64_t t = 0; t < ntiles; t++) {
         const int64_t q0 = t * tile, q1 = npix - q0 < tile ? npix : q0 + tile;
-#ifdef _OPENMP
-        T *mine = cols + (outer > 1 ? omp_get_thread_num() : 0) * tile * kkc;
-#else
-        T *mine = cols;
-#endif
+        T *mine = cols + (outer > 1 ? nk_thread_num() : 0) * tile * kkc;
         ARGS gt;
         CFN(gemm_init)(&gt, inner);
         gt.m = q1 - q0; gt.n = kkc; gt.k = F;
@@ -543,11 +539,9 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
+        T *scr = o.scr + o.scr_per * nk_thread_num();
 #ifdef _OPENMP
-        T *scr = o.scr + o.scr_per * omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
-#else
-        T *scr = o.scr;
 #endif
         for (int64_t b = 0; b < nb; b++) {
             T *pw = part + b * per;
@@ -662,11 +656,7 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-#ifdef _OPENMP
-        T *v_pk = scr + per * omp_get_thread_num();
-#else
-        T *v_pk = scr;
-#endif
+        T *v_pk = scr + per * nk_thread_num();
         T *m_blk = v_pk + 16 * g->v_xs;
         EPT ep;
         memset(&ep, 0, sizeof ep);

@@ -194,11 +194,7 @@ static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *wp, int
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-#ifdef _OPENMP
-        T *my = scr + scr_per * omp_get_thread_num();
-#else
-        T *my = scr;
-#endif
+        T *my = scr + scr_per * nk_thread_num();
         const T *xr[s->kh];
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -360,11 +356,7 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-#ifdef _OPENMP
-        T *ring = scr + scr_per * omp_get_thread_num();
-#else
-        T *ring = scr;
-#endif
+        T *ring = scr + scr_per * nk_thread_num();
         int64_t tag[nslots];
         const T *zr[KH];
         for (int64_t k = 0; k < nslots; k++) tag[k] = -1;

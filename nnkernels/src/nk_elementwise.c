@@ -22,8 +22,6 @@
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
 
-/* Below this many bytes touched, one thread. */
-#define NK_EW_PAR_BYTES (256 * 1024)
 /* Thread ranges (and SIMD blocks) are multiples of this many elements. */
 #define NK_EW_ALIGN 64
 
@@ -282,33 +280,9 @@ NK_TARGET_END
 NK_RELU_BODY(float, s_generic)
 NK_RELU_BODY(double, d_generic)
 
-/* Work is split into chunks of NK_EW_CHUNK elements (a multiple of
- * NK_EW_ALIGN) handed out dynamically: on a shared machine a descheduled
- * thread delays the call by one chunk, not by half of the work.  Results
- * do not depend on the split (dropout's counter is the element index). */
-#define NK_EW_CHUNK (16 * 1024)
-_Static_assert(NK_EW_CHUNK % NK_EW_ALIGN == 0, "chunks must keep SIMD blocks whole");
-
-static int ew_threads(int64_t n, int64_t bytes)
-{
-    int nt = nk_get_num_threads();
-    if (bytes < NK_EW_PAR_BYTES || nt < 1) nt = 1;
-    const int64_t nch = (n + NK_EW_CHUNK - 1) / NK_EW_CHUNK;
-    return nch < nt ? (int)(nch > 0 ? nch : 1) : nt;
-}
-
-/* Run BODY(e0, e1) over [0, n) in chunks. */
-#define NK_EW_PARALLEL(n, bytes, BODY)                                                \
-    do {                                                                              \
-        const int nt_ = ew_threads((n), (bytes));                                     \
-        const int64_t nch_ = ((n) + NK_EW_CHUNK - 1) / NK_EW_CHUNK;                   \
-        _Pragma("omp parallel for num_threads(nt_) schedule(dynamic, 1) if (nt_ > 1)") \
-        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                    \
-            const int64_t e0 = ch_ * NK_EW_CHUNK;                                     \
-            const int64_t e1 = e0 + NK_EW_CHUNK < (n) ? e0 + NK_EW_CHUNK : (n);       \
-            BODY;                                                                     \
-        }                                                                             \
-    } while (0)
+/* Work runs in NK_CHUNKED_PARALLEL's chunks (nk_internal.h); results do
+ * not depend on the split (dropout's counter is the element index). */
+_Static_assert(NK_PAR_CHUNK % NK_EW_ALIGN == 0, "chunks must keep SIMD blocks whole");
 
 typedef void (*relu_s_fn)(const float *, float *, int64_t, int64_t);
 typedef void (*relu_d_fn)(const double *, double *, int64_t, int64_t);
@@ -326,14 +300,14 @@ void nk_relu(int64_t n, const void *x, void *y, int dbl)
         if (isa == NK_ISA_AVX512) f = relu_d_avx512;
         else if (isa == NK_ISA_AVX2) f = relu_d_avx2;
 #endif
-        NK_EW_PARALLEL(n, 16 * n, f((const double *)x, (double *)y, e0, e1));
+        NK_CHUNKED_PARALLEL(n, 16 * n, f((const double *)x, (double *)y, e0, e1));
     } else {
         relu_s_fn f = relu_s_generic;
 #if NK_X86
         if (isa == NK_ISA_AVX512) f = relu_s_avx512;
         else if (isa == NK_ISA_AVX2) f = relu_s_avx2;
 #endif
-        NK_EW_PARALLEL(n, 8 * n, f((const float *)x, (float *)y, e0, e1));
+        NK_CHUNKED_PARALLEL(n, 8 * n, f((const float *)x, (float *)y, e0, e1));
     }
 }
 
@@ -348,14 +322,14 @@ void nk_relu_backward(int64_t n, const void *dy, const void *y, void *dx, int db
         if (isa == NK_ISA_AVX512) f = relu_bwd_d_avx512;
         else if (isa == NK_ISA_AVX2) f = relu_bwd_d_avx2;
 #endif
-        NK_EW_PARALLEL(n, 24 * n, f((const double *)dy, (const double *)y, (double *)dx, e0, e1));
+        NK_CHUNKED_PARALLEL(n, 24 * n, f((const double *)dy, (const double *)y, (double *)dx, e0, e1));
     } else {
         relub_s_fn f = relu_bwd_s_generic;
 #if NK_X86
         if (isa == NK_ISA_AVX512) f = relu_bwd_s_avx512;
         else if (isa == NK_ISA_AVX2) f = relu_bwd_s_avx2;
 #endif
-        NK_EW_PARALLEL(n, 12 * n, f((const float *)dy, (const float *)y, (float *)dx, e0, e1));
+        NK_CHUNKED_PARALLEL(n, 12 * n, f((const float *)dy, (const float *)y, (float *)dx, e0, e1));
     }
 }
 
@@ -386,7 +360,7 @@ void nk_dropout(int64_t n, const void *x, void *y, uint32_t threshold, double sc
         else if (isa == NK_ISA_AVX2) f = drop_d_avx2;
 #endif
         const double sc = scale;
-        NK_EW_PARALLEL(n, bytes, f((const double *)x, (double *)y, e0, e1, k, sc));
+        NK_CHUNKED_PARALLEL(n, bytes, f((const double *)x, (double *)y, e0, e1, k, sc));
     } else {
         drop_s_fn f = drop_scalar_s;
 #if NK_X86
@@ -394,7 +368,7 @@ void nk_dropout(int64_t n, const void *x, void *y, uint32_t threshold, double sc
         else if (isa == NK_ISA_AVX2) f = drop_s_avx2;
 #endif
         const float sc = (float)scale;
-        NK_EW_PARALLEL(n, bytes, f((const float *)x, (float *)y, e0, e1, k, sc));
+        NK_CHUNKED_PARALLEL(n, bytes, f((const float *)x, (float *)y, e0, e1, k, sc));
     }
 }
 

@@ -4,6 +4,9 @@
 #include <stdint.h>
 #include <stddef.h>
 #include "nk_gemm.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define NK_KERN_DECL(T, S)                                                     \
     typedef struct {                                                           \
@@ -59,5 +62,56 @@ void nk_ws_release(void *p, int slot);
 #else
 #define NK_X86 0
 #endif
+
+/* This thread's number in the enclosing OpenMP team (0 without OpenMP). */
+static inline int nk_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline int64_t nk_imin64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t nk_imax64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Memory-bound passes (elementwise, pooling, training updates and
+ * reductions): no threading below this many bytes touched, where the
+ * fork/join costs more than the work. */
+#define NK_PAR_BYTES (256 * 1024)
+/* Elements per chunk of NK_CHUNKED_PARALLEL. */
+#define NK_PAR_CHUNK (16 * 1024)
+
+/* Threads for such a pass over `bytes` split into `items` pieces: 1 when it
+ * is small or already runs inside a parallel region, never more than the
+ * pieces. */
+static inline int nk_par_threads(int64_t bytes, int64_t items)
+{
+    int nt = nk_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel()) nt = 1;
+#endif
+    if (bytes < NK_PAR_BYTES || nt < 1) nt = 1;
+    if (items < nt) nt = (int)(items > 0 ? items : 1);
+    return nt;
+}
+
+/* Run BODY over [0, n) in chunks [e0, e1) of NK_PAR_CHUNK elements handed
+ * out dynamically (on a shared machine a descheduled thread delays the call
+ * by one chunk, not by half of the work); for elementwise work whose result
+ * does not depend on the split. */
+#define NK_CHUNKED_PARALLEL(n, bytes, BODY)                                              \
+    do {                                                                                 \
+        const int64_t nch_ = ((n) + NK_PAR_CHUNK - 1) / NK_PAR_CHUNK;                    \
+        const int nt_ = nk_par_threads((bytes), nch_);                                   \
+        (void)nt_; /* only read by the pragma */                                        \
+        _Pragma("omp parallel for num_threads(nt_) schedule(dynamic, 1) if (nt_ > 1)")   \
+        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                       \
+            const int64_t e0 = ch_ * NK_PAR_CHUNK;                                       \
+            const int64_t e1 = nk_imin64(e0 + NK_PAR_CHUNK, (n));                        \
+            BODY;                                                                        \
+        }                                                                                \
+    } while (0)
 
 #endif

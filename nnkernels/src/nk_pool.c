@@ -23,20 +23,6 @@
 #include <omp.h>
 #endif
 
-/* No threading below this many bytes touched: the fork/join costs more. */
-#define NK_POOL_PAR_BYTES (256 * 1024)
-
-static int pool_threads(int64_t bytes, int64_t items)
-{
-    int nt = nk_get_num_threads();
-    if (bytes < NK_POOL_PAR_BYTES) nt = 1;
-    if (items < nt) nt = (int)(items > 0 ? items : 1);
-    return nt < 1 ? 1 : nt;
-}
-
-static inline int64_t imax64(int64_t a, int64_t b) { return a > b ? a : b; }
-static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 /* First output row/col whose window [o*s - p, o*s - p + k) contains i. */
 static inline int64_t win_lo(int64_t i, int64_t p, int64_t k, int64_t s)
 {
@@ -56,10 +42,10 @@ static inline int64_t win_hi(int64_t i, int64_t p, int64_t s) { return (i + p) /
     {                                                                                    \
         const int64_t W = g->w, C = g->c;                                                \
         const int64_t h0 = oh * g->sh - g->pt;                                           \
-        const int64_t hs = imax64(h0, 0), he = imin64(h0 + g->ph, g->h);                 \
+        const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);                 \
         for (int64_t ow = 0; ow < g->ow; ow++) {                                         \
             const int64_t w0 = ow * g->sw - g->pl;                                       \
-            const int64_t ws = imax64(w0, 0), we = imin64(w0 + g->pw, W);                \
+            const int64_t ws = nk_imax64(w0, 0), we = nk_imin64(w0 + g->pw, W);                \
             T *restrict yo = y_wc + ow * C;                                              \
             int32_t *restrict io = i_wc + ow * C;                                        \
             const int32_t p0 = (int32_t)(hs * W + ws);                                   \
@@ -88,14 +74,14 @@ static inline int64_t win_hi(int64_t i, int64_t p, int64_t s) { return (i + p) /
     {                                                                                    \
         const int64_t W = g->w, C = g->c, OW = g->ow;                                    \
         const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);                             \
-        const int64_t ohh = imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);                 \
+        const int64_t ohh = nk_imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);                 \
         int64_t cnt = 0;                                                                 \
         int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);                                 \
         for (int64_t iw = 0; iw < W; iw++) {                                             \
             /* windows containing iw, updated without divisions */                      \
             while (owl * g->sw - g->pl + g->pw <= iw) owl++;                             \
             while ((owh_ + 1) * g->sw - g->pl <= iw) owh_++;                             \
-            const int64_t owh = imin64(owh_, OW - 1);                                    \
+            const int64_t owh = nk_imin64(owh_, OW - 1);                                    \
             const int32_t pos = (int32_t)(ih * W + iw);                                  \
             T *restrict d = dx_wc + iw * C;                                              \
             for (int64_t c = 0; c < C; c++) d[c] = (T)0;                                 \
@@ -132,10 +118,10 @@ static void fwd_row_s_avx512(const nk_pool_geom *g, const float *restrict x_hwc,
 {
     const int64_t W = g->w, C = g->c;
     const int64_t h0 = oh * g->sh - g->pt;
-    const int64_t hs = imax64(h0, 0), he = imin64(h0 + g->ph, g->h);
+    const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
     for (int64_t ow = 0; ow < g->ow; ow++) {
         const int64_t w0 = ow * g->sw - g->pl;
-        const int64_t ws = imax64(w0, 0), we = imin64(w0 + g->pw, W);
+        const int64_t ws = nk_imax64(w0, 0), we = nk_imin64(w0 + g->pw, W);
         const int32_t p0 = (int32_t)(hs * W + ws);
         for (int64_t c = 0; c < C; c += 16) {
             const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
@@ -161,10 +147,10 @@ static void fwd_row_d_avx512(const nk_pool_geom *g, const double *restrict x_hwc
 {
     const int64_t W = g->w, C = g->c;
     const int64_t h0 = oh * g->sh - g->pt;
-    const int64_t hs = imax64(h0, 0), he = imin64(h0 + g->ph, g->h);
+    const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
     for (int64_t ow = 0; ow < g->ow; ow++) {
         const int64_t w0 = ow * g->sw - g->pl;
-        const int64_t ws = imax64(w0, 0), we = imin64(w0 + g->pw, W);
+        const int64_t ws = nk_imax64(w0, 0), we = nk_imin64(w0 + g->pw, W);
         const int32_t p0 = (int32_t)(hs * W + ws);
         for (int64_t c = 0; c < C; c += 8) {
             const __mmask8 m = C - c >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (C - c)) - 1);
@@ -190,14 +176,14 @@ static int64_t gather_row_s_avx512(const nk_pool_geom *g, const float *restrict 
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);
-    const int64_t ohh = imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
+    const int64_t ohh = nk_imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
     int64_t cnt = 0;
     int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);
     for (int64_t iw = 0; iw < W; iw++) {
         /* windows containing iw, updated without divisions */
         while (owl * g->sw - g->pl + g->pw <= iw) owl++;
         while ((owh_ + 1) * g->sw - g->pl <= iw) owh_++;
-        const int64_t owh = imin64(owh_, OW - 1);
+        const int64_t owh = nk_imin64(owh_, OW - 1);
         const __m512i pos = _mm512_set1_epi32((int32_t)(ih * W + iw));
         for (int64_t c = 0; c < C; c += 16) {
             const int full = C - c >= 16;
@@ -230,14 +216,14 @@ static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);
-    const int64_t ohh = imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
+    const int64_t ohh = nk_imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
     int64_t cnt = 0;
     int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);
     for (int64_t iw = 0; iw < W; iw++) {
         /* windows containing iw, updated without divisions */
         while (owl * g->sw - g->pl + g->pw <= iw) owl++;
         while ((owh_ + 1) * g->sw - g->pl <= iw) owh_++;
-        const int64_t owh = imin64(owh_, OW - 1);
+        const int64_t owh = nk_imin64(owh_, OW - 1);
         const __m256i pos = _mm256_set1_epi32((int32_t)(ih * W + iw));
         for (int64_t c = 0; c < C; c += 8) {
             const int full = C - c >= 8;
@@ -278,8 +264,8 @@ static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict 
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t h0 = oh * g->sh - g->pt;
-    const int64_t hs = imax64(h0, 0), he = imin64(h0 + g->ph, g->h);
-    const int64_t wcov = imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
+    const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
+    const int64_t wcov = nk_imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
     int64_t cnt = 0;
     const __m512 zero = _mm512_setzero_ps();
     /* dx row by row (one sequential write stream); the output row's idx
@@ -287,7 +273,7 @@ static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict 
     for (int64_t h = hs; h < he; h++)
         for (int64_t ow = 0; ow < OW; ow++) {
             const int64_t w0 = ow * g->sw - g->pl;
-            const int64_t ws = imax64(w0, 0), we = imin64(w0 + g->pw, W);
+            const int64_t ws = nk_imax64(w0, 0), we = nk_imin64(w0 + g->pw, W);
             const int64_t o = (oh * OW + ow) * C;
             for (int64_t c = 0; c < C; c += 16) {
                 const int full = C - c >= 16;
@@ -305,8 +291,8 @@ static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict 
         }
     if (wcov < W)
         for (int64_t h = hs; h < he; h++)
-            memset(dx_n + (h * W + imax64(wcov, 0)) * C, 0,
-                   sizeof(float) * (size_t)((W - imax64(wcov, 0)) * C));
+            memset(dx_n + (h * W + nk_imax64(wcov, 0)) * C, 0,
+                   sizeof(float) * (size_t)((W - nk_imax64(wcov, 0)) * C));
     if (oh == g->oh - 1 && he < g->h)
         memset(dx_n + he * W * C, 0, sizeof(float) * (size_t)((g->h - he) * W * C));
     return cnt;
@@ -318,8 +304,8 @@ static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t h0 = oh * g->sh - g->pt;
-    const int64_t hs = imax64(h0, 0), he = imin64(h0 + g->ph, g->h);
-    const int64_t wcov = imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
+    const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
+    const int64_t wcov = nk_imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
     int64_t cnt = 0;
     const __m512d zero = _mm512_setzero_pd();
     /* dx row by row (one sequential write stream); the output row's idx
@@ -327,7 +313,7 @@ static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict
     for (int64_t h = hs; h < he; h++)
         for (int64_t ow = 0; ow < OW; ow++) {
             const int64_t w0 = ow * g->sw - g->pl;
-            const int64_t ws = imax64(w0, 0), we = imin64(w0 + g->pw, W);
+            const int64_t ws = nk_imax64(w0, 0), we = nk_imin64(w0 + g->pw, W);
             const int64_t o = (oh * OW + ow) * C;
             for (int64_t c = 0; c < C; c += 8) {
                 const int full = C - c >= 8;
@@ -345,8 +331,8 @@ static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict
         }
     if (wcov < W)
         for (int64_t h = hs; h < he; h++)
-            memset(dx_n + (h * W + imax64(wcov, 0)) * C, 0,
-                   sizeof(double) * (size_t)((W - imax64(wcov, 0)) * C));
+            memset(dx_n + (h * W + nk_imax64(wcov, 0)) * C, 0,
+                   sizeof(double) * (size_t)((W - nk_imax64(wcov, 0)) * C));
     if (oh == g->oh - 1 && he < g->h)
         memset(dx_n + he * W * C, 0, sizeof(double) * (size_t)((g->h - he) * W * C));
     return cnt;
@@ -396,7 +382,7 @@ void nk_max_pool2d_fwd(const nk_pool_geom *g, const void *x_nhwc, void *y_nhwc,
     const size_t es = dbl ? sizeof(double) : sizeof(float);
     const int64_t xplane = g->h * g->w * g->c, yrow = g->ow * g->c;
     const fwd_row_fn fn = pick_fwd(dbl);
-    const int nt = pool_threads((int64_t)es * g->n * xplane, rows);
+    const int nt = nk_par_threads((int64_t)es * g->n * xplane, rows);
     const char *x = (const char *)x_nhwc;
     char *y = (char *)y_nhwc;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 4) if (nt > 1)
@@ -418,7 +404,7 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
     if (nk_get_isa() == NK_ISA_AVX512 && g->sh == g->ph && g->sw == g->pw) {
         const int64_t orows = g->n * g->oh;
         const int64_t xplane = g->h * xrow;
-        const int nt = pool_threads((int64_t)es * g->n * xplane, orows);
+        const int nt = nk_par_threads((int64_t)es * g->n * xplane, orows);
         const char *dy = (const char *)dy_nhwc;
         char *dx = (char *)dx_nhwc;
         int64_t matched = 0;
@@ -441,7 +427,7 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
     }
 #endif
     const gather_row_fn fn = pick_gather(dbl);
-    const int nt = pool_threads((int64_t)es * g->n * g->h * xrow, rows);
+    const int nt = nk_par_threads((int64_t)es * g->n * g->h * xrow, rows);
     const char *dy = (const char *)dy_nhwc;
     char *dx = (char *)dx_nhwc;
     int64_t matched = 0;
@@ -460,7 +446,7 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
         T *dxp = (T *)dx_nhwc;                                                           \
         _Pragma("omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : bad) if (nt > 1)") \
         for (int64_t it = 0; it < items; it++) {                                         \
-            const int64_t b = it / nblk, c0 = (it % nblk) * cbs, c1 = imin64(c0 + cbs, c); \
+            const int64_t b = it / nblk, c0 = (it % nblk) * cbs, c1 = nk_imin64(c0 + cbs, c); \
             T *restrict d = dxp + b * hw * c;                                            \
             const T *restrict gy = dyp + b * ohw * c;                                    \
             const int32_t *restrict ix = idx_nhwc + b * ohw * c;                         \
@@ -515,12 +501,12 @@ int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh
             return 0;
     }
     const size_t es = dbl ? sizeof(double) : sizeof(float);
-    int nt = pool_threads((int64_t)es * n * hw * c, n * c);
+    int nt = nk_par_threads((int64_t)es * n * hw * c, n * c);
     /* Items: batch entries, split into channel blocks when there are fewer
      * entries than threads (each block then owns a disjoint slice of dx). */
     int64_t nblk = 1, cbs = c;
     if (n < nt) {
-        nblk = imin64((nt + n - 1) / n, c);
+        nblk = nk_imin64((nt + n - 1) / n, c);
         cbs = (c + nblk - 1) / nblk;
         nblk = (c + cbs - 1) / cbs;
     }

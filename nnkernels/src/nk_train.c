@@ -11,7 +11,6 @@
  * block sums in block order, so results do not depend on the thread count.
  */
 #include <math.h>
-#include <string.h>
 #include "nk_internal.h"
 #include "nk_train.h"
 #ifdef _OPENMP
@@ -22,10 +21,6 @@
 #define NK_TR_MAXBLK 256
 /* Batch norm keeps nb x 2 x c double partial sums: fewer, larger blocks. */
 #define NK_BN_MAXBLK 64
-/* Elementwise updates: chunks of this many elements, threads from 4 chunks. */
-#define NK_TR_CHUNK (16 * 1024)
-/* No threading below this many bytes touched. */
-#define NK_TR_PAR_BYTES (256 * 1024)
 
 /* Split [0, n) into nb <= maxblk blocks of bs items (bs a multiple of
  * align, at least min_bs): a function of n only. */
@@ -38,19 +33,6 @@ static void tr_blocks(int64_t n, int64_t min_bs, int64_t align, int64_t maxblk, 
     *bs = b;
     *nb = n > 0 ? (n + b - 1) / b : 0;
 }
-
-static int tr_threads(int64_t bytes, int64_t items)
-{
-    int nt = nk_get_num_threads();
-#ifdef _OPENMP
-    if (omp_in_parallel()) nt = 1;
-#endif
-    if (bytes < NK_TR_PAR_BYTES || nt < 1) nt = 1;
-    if (items < nt) nt = (int)(items > 0 ? items : 1);
-    return nt;
-}
-
-static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* ============================================== softmax cross-entropy == */
 
@@ -196,11 +178,11 @@ double nk_softmax_xent(const nk_xent_desc *d, int64_t *n_correct, int dbl)
     int64_t nb, bs;
     tr_blocks(d->n, 64, 1, NK_TR_MAXBLK, &nb, &bs);
     const int64_t es = dbl ? 8 : 4;
-    const int nt = tr_threads(3 * es * d->n * d->k * 8 /* exp: weigh compute */, nb);
+    const int nt = nk_par_threads(3 * es * d->n * d->k * 8 /* exp: weigh compute */, nb);
     const int64_t n = d->n;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, n);
+        const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, n);
         if (dbl) xent_block_d(d, r0, r1, &bl[b], &bc[b]);
         else xent_block_s(d, r0, r1, &bl[b], &bc[b]);
     }
@@ -215,20 +197,6 @@ double nk_softmax_xent(const nk_xent_desc *d, int64_t *n_correct, int dbl)
 }
 
 /* ========================================================= optimizers == */
-
-/* Run BODY(e0, e1) over [0, n) in fixed chunks (elementwise: any split
- * gives the same bits). */
-#define NK_TR_PARALLEL(n, bytes, BODY)                                                   \
-    do {                                                                                 \
-        const int64_t nch_ = ((n) + NK_TR_CHUNK - 1) / NK_TR_CHUNK;                      \
-        const int nt_ = tr_threads((bytes), nch_);                                       \
-        _Pragma("omp parallel for num_threads(nt_) schedule(dynamic, 1) if (nt_ > 1)")   \
-        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                       \
-            const int64_t e0 = ch_ * NK_TR_CHUNK;                                        \
-            const int64_t e1 = imin64(e0 + NK_TR_CHUNK, (n));                            \
-            BODY;                                                                        \
-        }                                                                                \
-    } while (0)
 
 #define NK_OPT_BODY(T, SUF, SQRT)                                                        \
     static void sgd_##SUF(T *restrict p, const T *restrict g, int64_t e0, int64_t e1,    \
@@ -351,17 +319,17 @@ void nk_sgd_update(int64_t n, void *p, const void *g, void *m, double lr, double
     const int64_t es = dbl ? 8 : 4, arrays = momentum != 0.0 ? 5 : 3;
     if (dbl) {
         if (momentum == 0.0)
-            NK_TR_PARALLEL(n, arrays * es * n, sgd_d((double *)p, (const double *)g, e0, e1, lr));
+            NK_CHUNKED_PARALLEL(n, arrays * es * n, sgd_d((double *)p, (const double *)g, e0, e1, lr));
         else
-            NK_TR_PARALLEL(n, arrays * es * n,
+            NK_CHUNKED_PARALLEL(n, arrays * es * n,
                            sgdm_d((double *)p, (const double *)g, (double *)m, e0, e1, lr,
                                   momentum, nesterov));
     } else {
         const float flr = (float)lr, fmom = (float)momentum;
         if (momentum == 0.0)
-            NK_TR_PARALLEL(n, arrays * es * n, sgd_s((float *)p, (const float *)g, e0, e1, flr));
+            NK_CHUNKED_PARALLEL(n, arrays * es * n, sgd_s((float *)p, (const float *)g, e0, e1, flr));
         else
-            NK_TR_PARALLEL(n, arrays * es * n,
+            NK_CHUNKED_PARALLEL(n, arrays * es * n,
                            sgdm_s((float *)p, (const float *)g, (float *)m, e0, e1, flr, fmom,
                                   nesterov));
     }
@@ -373,11 +341,11 @@ void nk_adam_update(int64_t n, void *p, const void *g, void *m, void *v, double 
     if (n <= 0) return;
     const double omb1 = 1.0 - beta_1, omb2 = 1.0 - beta_2;
     if (dbl)
-        NK_TR_PARALLEL(n, 56 * n,
+        NK_CHUNKED_PARALLEL(n, 56 * n,
                        adam_d((double *)p, (const double *)g, (double *)m, (double *)v, e0, e1,
                               alpha, omb1, omb2, epsilon));
     else
-        NK_TR_PARALLEL(n, 28 * n,
+        NK_CHUNKED_PARALLEL(n, 28 * n,
                        adam_s((float *)p, (const float *)g, (float *)m, (float *)v, e0, e1,
                               (float)alpha, (float)omb1, (float)omb2, (float)epsilon));
 }
@@ -390,11 +358,11 @@ void nk_rmsprop_update(int64_t n, void *p, const void *g, void *v, void *m, void
     const int64_t es = dbl ? 8 : 4;
     const int64_t bytes = es * n * (4 + (m ? 2 : 0) + (mg ? 2 : 0));
     if (dbl)
-        NK_TR_PARALLEL(n, bytes,
+        NK_CHUNKED_PARALLEL(n, bytes,
                        rmsprop_d((double *)p, (const double *)g, (double *)v, (double *)m,
                                  (double *)mg, e0, e1, lr, rho, omr, epsilon, momentum));
     else
-        NK_TR_PARALLEL(n, bytes,
+        NK_CHUNKED_PARALLEL(n, bytes,
                        rmsprop_s((float *)p, (const float *)g, (float *)v, (float *)m,
                                  (float *)mg, e0, e1, (float)lr, (float)rho, (float)omr,
                                  (float)epsilon, (float)momentum));
@@ -406,11 +374,11 @@ void nk_adadelta_update(int64_t n, void *p, const void *g, void *acc_g, void *ac
     if (n <= 0) return;
     const double omr = 1.0 - rho;
     if (dbl)
-        NK_TR_PARALLEL(n, 56 * n,
+        NK_CHUNKED_PARALLEL(n, 56 * n,
                        adadelta_d((double *)p, (const double *)g, (double *)acc_g,
                                   (double *)acc_d, e0, e1, lr, rho, omr, epsilon));
     else
-        NK_TR_PARALLEL(n, 28 * n,
+        NK_CHUNKED_PARALLEL(n, 28 * n,
                        adadelta_s((float *)p, (const float *)g, (float *)acc_g, (float *)acc_d,
                                   e0, e1, (float)lr, (float)rho, (float)omr, (float)epsilon));
 }
@@ -421,10 +389,10 @@ double nk_sum_squares(int64_t n, const void *x, int dbl)
     double part[NK_TR_MAXBLK];
     int64_t nb, bs;
     tr_blocks(n, 8192, 64, NK_TR_MAXBLK, &nb, &bs);
-    const int nt = tr_threads((dbl ? 8 : 4) * n, nb);
+    const int nt = nk_par_threads((dbl ? 8 : 4) * n, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t e0 = b * bs, e1 = imin64(e0 + bs, n);
+        const int64_t e0 = b * bs, e1 = nk_imin64(e0 + bs, n);
         part[b] = dbl ? sumsq_d((const double *)x, e0, e1) : sumsq_s((const float *)x, e0, e1);
     }
     double s = 0.0;
@@ -440,6 +408,42 @@ static void bn_blocks(int64_t m, int64_t c, int64_t *nb, int64_t *bs)
 {
     const int64_t min_rows = c > 0 ? (16384 + c - 1) / c : 16384;
     tr_blocks(m, min_rows, 1, NK_BN_MAXBLK, nb, bs);
+}
+
+/* The workspace of the training forward and of the backward: c doubles (per
+ * channel), then 2 c doubles of partial sums per row block, then three
+ * per-channel vectors of T. */
+typedef struct {
+    int64_t nb, bs; /* row blocks and their size (bn_blocks) */
+    int slot;
+    double *vec, *part;
+    void *t[3];
+} bn_ws;
+
+static int bn_ws_get(int64_t m, int64_t c, int dbl, bn_ws *w)
+{
+    bn_blocks(m, c, &w->nb, &w->bs);
+    const size_t es = dbl ? 8 : 4;
+    const size_t bytes =
+        sizeof(double) * (size_t)c * (size_t)(1 + 2 * w->nb) + 3 * es * (size_t)c + 64;
+    w->vec = (double *)nk_ws_acquire(bytes, &w->slot);
+    if (!w->vec) return -1;
+    w->part = w->vec + c;
+    char *t = (char *)(w->part + 2 * w->nb * c);
+    for (int i = 0; i < 3; i++) w->t[i] = t + (size_t)i * es * (size_t)c;
+    return 0;
+}
+
+/* Channel j's two partial sums added over the blocks, in block order. */
+static void bn_totals(const bn_ws *w, int64_t c, int64_t j, double *s, double *q)
+{
+    double a = 0.0, b = 0.0;
+    for (int64_t k = 0; k < w->nb; k++) {
+        a += w->part[2 * k * c + j];
+        b += w->part[(2 * k + 1) * c + j];
+    }
+    *s = a;
+    *q = b;
 }
 
 #define NK_BN_BODY(T, SUF)                                                               \
@@ -517,10 +521,10 @@ static void bn_apply_all(int64_t m, int64_t c, const void *x, void *y, const voi
 {
     int64_t nb, bs;
     bn_blocks(m, c, &nb, &bs);
-    const int nt = tr_threads((dbl ? 16 : 8) * m * c, nb);
+    const int nt = nk_par_threads((dbl ? 16 : 8) * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         if (dbl)
             bn_apply_d((const double *)x, (double *)y, c, r0, r1, (const double *)mu,
                        (const double *)sc, (const double *)sh);
@@ -536,35 +540,27 @@ int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *g
                            void *save_invstd, int dbl)
 {
     if (m <= 0 || c <= 0) return 0;
-    int64_t nb, bs;
-    bn_blocks(m, c, &nb, &bs);
     const int64_t es = dbl ? 8 : 4;
-    /* doubles: shift k (c), partial sums (2 c per block); T: mu, sc, sh (3 c) */
-    const size_t bytes = sizeof(double) * (size_t)c * (size_t)(1 + 2 * nb) + (size_t)(3 * es * c) + 64;
-    int slot;
-    double *ws = (double *)nk_ws_acquire(bytes, &slot);
-    if (!ws) return -1;
-    double *k = ws, *part = ws + c;
-    void *mu = part + 2 * nb * c;
-    void *sc = (char *)mu + es * c, *sh = (char *)sc + es * c;
+    bn_ws w; /* vec: the shift k; T vectors: mu, sc, sh */
+    if (bn_ws_get(m, c, dbl, &w)) return -1;
+    const int64_t nb = w.nb, bs = w.bs;
+    double *k = w.vec, *part = w.part;
+    void *mu = w.t[0], *sc = w.t[1], *sh = w.t[2];
     /* shift by the first row: sums of (x - x0) lose nothing to cancellation
      * when |mean| >> std */
     for (int64_t j = 0; j < c; j++) k[j] = ld(x_mc, j, dbl);
-    const int nt = tr_threads(es * m * c, nb);
+    const int nt = nk_par_threads(es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         double *s = part + 2 * b * c, *q = s + c;
         if (dbl) bn_sums_d((const double *)x_mc, c, r0, r1, k, s, q);
         else bn_sums_s((const float *)x_mc, c, r0, r1, k, s, q);
     }
     const double dm = (double)m;
     for (int64_t j = 0; j < c; j++) {
-        double s = 0.0, q = 0.0;
-        for (int64_t b = 0; b < nb; b++) {
-            s += part[2 * b * c + j];
-            q += part[(2 * b + 1) * c + j];
-        }
+        double s, q;
+        bn_totals(&w, c, j, &s, &q);
         const double mean = k[j] + s / dm;
         double var = (q - s * (s / dm)) / dm;
         if (var < 0.0) var = 0.0; /* rounding; NaN stays NaN */
@@ -581,7 +577,7 @@ int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *g
             st(moving_var, j, ld(moving_var, j, dbl) * momentum + var * (1.0 - momentum), dbl);
     }
     bn_apply_all(m, c, x_mc, y_mc, mu, sc, sh, dbl);
-    nk_ws_release(ws, slot);
+    nk_ws_release(w.vec, w.slot);
     return 0;
 }
 
@@ -617,32 +613,25 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
         }
         return 0;
     }
-    int64_t nb, bs;
-    bn_blocks(m, c, &nb, &bs);
     const int64_t es = dbl ? 8 : 4;
-    const size_t bytes = sizeof(double) * (size_t)c * (size_t)(1 + 2 * nb) + (size_t)(3 * es * c) + 64;
-    int slot;
-    double *ws = (double *)nk_ws_acquire(bytes, &slot);
-    if (!ws) return -1;
-    double *mud = ws, *part = ws + c;
-    void *a = part + 2 * nb * c;
-    void *bb = (char *)a + es * c, *e = (char *)bb + es * c;
+    bn_ws w; /* vec: save_mean in double; T vectors: a, bb, e */
+    if (bn_ws_get(m, c, dbl, &w)) return -1;
+    const int64_t nb = w.nb, bs = w.bs;
+    double *mud = w.vec, *part = w.part;
+    void *a = w.t[0], *bb = w.t[1], *e = w.t[2];
     for (int64_t j = 0; j < c; j++) mud[j] = ld(save_mean, j, dbl);
-    int nt = tr_threads(2 * es * m * c, nb);
+    int nt = nk_par_threads(2 * es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         double *sd = part + 2 * b * c, *sx = sd + c;
         if (dbl) bn_bsums_d((const double *)dy_mc, (const double *)x_mc, c, r0, r1, mud, sd, sx);
         else bn_bsums_s((const float *)dy_mc, (const float *)x_mc, c, r0, r1, mud, sd, sx);
     }
     const double dm = (double)m;
     for (int64_t j = 0; j < c; j++) {
-        double sd = 0.0, sx = 0.0;
-        for (int64_t b = 0; b < nb; b++) {
-            sd += part[2 * b * c + j];
-            sx += part[(2 * b + 1) * c + j];
-        }
+        double sd, sx;
+        bn_totals(&w, c, j, &sd, &sx);
         const double is = ld(save_invstd, j, dbl);
         const double gj = gamma ? ld(gamma, j, dbl) : 1.0;
         const double dg = sx * is; /* sum dy * xhat */
@@ -654,10 +643,10 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
         st(e, j, sd / dm, dbl); /* mean of dy: subtracted before scaling */
     }
     /* save_mean as T: the pass below subtracts it in T */
-    nt = tr_threads(3 * es * m * c, nb);
+    nt = nk_par_threads(3 * es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t r0 = b * bs, r1 = imin64(r0 + bs, m);
+        const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         if (dbl)
             bn_dx_d((const double *)dy_mc, (const double *)x_mc, (double *)dx_mc, c, r0, r1,
                     (const double *)save_mean, (const double *)a, (const double *)bb,
@@ -667,6 +656,6 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
                     (const float *)save_mean, (const float *)a, (const float *)bb,
                     (const float *)e);
     }
-    nk_ws_release(ws, slot);
+    nk_ws_release(w.vec, w.slot);
     return 0;
 }

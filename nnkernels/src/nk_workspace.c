@@ -6,12 +6,14 @@
 #include <sys/mman.h>
 #endif
 
-/* A few process-wide arenas, each grown when a call needs more and then
- * reused, so steady-state calls touch no fresh pages.  Concurrent calls
- * (single-threaded GEMMs run side by side by the convolution's dW, or calls
- * from several Python threads) take different arenas; a call that finds all
- * busy gets a temporary buffer. */
-#define NK_ARENAS 4
+/* Process-wide arenas, each grown when a call needs more and then reused, so
+ * steady-state calls touch no fresh pages.  Concurrent calls (one
+ * single-threaded GEMM per thread run side by side by the convolution's dX
+ * and dW, plus the convolution's own scratch, or calls from several Python
+ * threads) take different arenas; an arena costs memory only once used, so
+ * there are enough for a many-core node; a call that finds all busy gets a
+ * temporary buffer. */
+#define NK_ARENAS 64
 static void *g_arena[NK_ARENAS];
 static size_t g_arena_size[NK_ARENAS];
 static int g_arena_busy[NK_ARENAS];
