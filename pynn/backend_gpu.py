@@ -98,7 +98,7 @@ def gpu_available():
         import cupy
     except ImportError as e:
         return False, (f"CuPy is not installed ({e}); install the extra: pip install "
-                       "'nnkernels[gpu]' (cupy-cuda13x), or cupy-cuda12x for CUDA 12")
+                       "'.[gpu]' in the checkout (cupy-cuda13x), or cupy-cuda12x for CUDA 12")
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:   # CUDARuntimeError: no driver / no device
@@ -123,10 +123,11 @@ class DeviceResult:
     def values(self):
         if self._vals is None:
             self._event.synchronize()
-            self._vals = tuple(float(v) for v in self._host)
-            self._host = self._event = None
+            vals = tuple(float(v) for v in self._host)
             if self._check is not None:
-                self._check(self._vals)
+                self._check(vals)          # raises again on every read, not only the first
+            self._vals = vals
+            self._host = self._event = None
         return self._vals
 
 
@@ -267,6 +268,12 @@ class GPUOps(Ops):
         if len(set(dts.values())) > 1:
             raise TypeError(f"arrays of different dtypes: {dts}")
 
+    @staticmethod
+    def _per_channel(named, c):
+        for nm, a in named:
+            if a is not None and a.shape != (c,):
+                raise ValueError(f"{nm} must have shape ({c},), got {a.shape}")
+
     def _out(self, out, shape, dtype):
         out = _out_cupy(self.xp, out, shape, dtype)
         if not out.flags.c_contiguous:
@@ -346,6 +353,7 @@ class GPUOps(Ops):
         if b is None and not act:
             return
         c = y.shape[-1]
+        self._per_channel((("bias", b),), c)
         self._launch("conv", "nk_bias_act", y.dtype, y.size,
                      (y, b if b is not None else np.uint64(0), np.int64(y.size), np.int32(c),
                       np.int32(act)))
@@ -403,8 +411,10 @@ class GPUOps(Ops):
                                            g["ow"]))
 
     def _check_int32(self, g):
-        if g["n"] * max(g["h"] * g["w"] * g["c"], g["oh"] * g["ow"] * g["f"]) > _INT_MAX:
-            # per-tile kernels index with int; whole-batch ones need this too
+        # per-tile kernels index with int (im2col: at least one image's column block per
+        # tile); whole-batch ones need the tensors below 2**31 elements too
+        if max(g["n"] * g["h"] * g["w"] * g["c"], g["n"] * g["oh"] * g["ow"] * g["f"],
+               g["oh"] * g["ow"] * g["kh"] * g["kw"] * g["c"]) > _INT_MAX:
             raise ValueError(f"tensor too large for the GPU kernels (> 2**31 elements): {g}")
 
     def _tiles(self, g, dtype):
@@ -444,6 +454,10 @@ class GPUOps(Ops):
         cp = self.xp
         g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
         f, k = g["f"], g["kh"] * g["kw"] * g["c"]
+        want = (g["n"], g["oh"], g["ow"], f)
+        for nm, a in (("dy", dy), ("y", y)):
+            if a is not None and a.shape != want:
+                raise ValueError(f"{nm} must have the output's shape {want}, got {a.shape}")
         dw = self._out(dw, w.shape, x.dtype)
         dx = self._out(dx, x.shape, x.dtype) if need_dx else None
         if dy.size == 0:
@@ -620,7 +634,9 @@ class GPUOps(Ops):
     def batchnorm_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
                           momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None):
         x, gamma, beta = self._c(x, "x"), self._c(gamma, "gamma"), self._c(beta, "beta")
+        self._same_dtype((("x", x), ("gamma", gamma), ("beta", beta)))
         c = x.shape[-1]
+        self._per_channel((("gamma", gamma), ("beta", beta)), c)
         for nm, a in (("moving_mean", moving_mean), ("moving_var", moving_var),
                       ("save_mean", save_mean), ("save_invstd", save_invstd)):
             if a is not None:          # (C,) state written in place: must be usable as is
@@ -659,7 +675,15 @@ class GPUOps(Ops):
                            dbeta=None):
         dy, x, gamma = self._c(dy, "dy"), self._c(x, "x"), self._c(gamma, "gamma")
         save_mean, save_invstd = self._c(save_mean, "save_mean"), self._c(save_invstd, "save_invstd")
+        if save_mean is None or save_invstd is None:
+            raise ValueError("batchnorm_backward needs the forward's save_mean and save_invstd")
+        self._same_dtype((("dy", dy), ("x", x), ("gamma", gamma), ("save_mean", save_mean),
+                          ("save_invstd", save_invstd)))
+        if dy.shape != x.shape:
+            raise ValueError(f"dy must have x's shape {x.shape}, got {dy.shape}")
         c = x.shape[-1]
+        self._per_channel((("gamma", gamma), ("save_mean", save_mean),
+                           ("save_invstd", save_invstd)), c)
         for nm, a in (("dgamma", dgamma), ("dbeta", dbeta)):
             if a is not None:
                 self._out(a, (c,), x.dtype)

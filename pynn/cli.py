@@ -29,7 +29,7 @@ def _add_train_args(p):
     p.add_argument("--limit", type=int, default=None, metavar="N", help="train on the first N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                   help="gpu: train on the CUDA GPU through CuPy (pip install 'nnkernels[gpu]')")
+                   help="gpu: train on the CUDA GPU through CuPy (pip install '.[gpu]' in the checkout)")
     p.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="write a checkpoint (weights, optimizer, position) here every epoch "
                         "(or every --save-every steps)")
