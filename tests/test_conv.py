@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import nnkernels as nk
+from reference import isa as use_isa
 
 ISAS = nk.available_isas()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -132,18 +133,6 @@ def make(case, dt, seed):
     w = rng.standard_normal((case["KH"], case["KW"], case["C"], case["F"])).astype(dt)
     b = rng.standard_normal(case["F"]).astype(dt)
     return rng, x, w, b
-
-
-class use_isa:
-    def __init__(self, isa):
-        self.isa = isa
-
-    def __enter__(self):
-        self.old = nk.get_isa()
-        nk.set_isa(self.isa)
-
-    def __exit__(self, *exc):
-        nk.set_isa(self.old)
 
 
 def geo(case):

@@ -337,6 +337,26 @@ def test_flatten():
     grad_check(layer, x)
 
 
+def test_reshape():
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 5))
+    layer = build(lambda: L.Reshape((5, 8)), (2, 4, 5), CPU_OPS)
+    assert layer.output_shape == (5, 8)
+    np.testing.assert_array_equal(fwd(layer, x, True), x.reshape(3, 5, 8))
+    grad_check(layer, x)
+    with pytest.raises(ValueError):
+        build(lambda: L.Reshape((3, 3)), (2, 4, 5), CPU_OPS)
+
+
+def test_relu_layer():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 3, 5))
+    x[np.abs(x) < 1e-3] = 0.5   # away from the kink
+    compare_ops(L.ReLU, (3, 5), x)
+    layer = build(L.ReLU, (3, 5), CPU_OPS)
+    np.testing.assert_array_equal(fwd(layer, x, True), np.maximum(x, 0.0))
+    grad_check(layer, x)
+
+
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 0.9])
 def test_dropout(rate):
     shape = (4, 3, 5)

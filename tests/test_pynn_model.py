@@ -135,12 +135,12 @@ OPT_CASES = [
     ("adadelta", lambda: optimizers.Adadelta(1.0), lambda p, g, s, t: _keras_adadelta(p, g, s, t, 1.0)),
     ("sgd-clipnorm", lambda: optimizers.SGD(0.5, clipnorm=0.05),
      lambda p, g, s, t: p - 0.5 * g * min(1.0, 0.05 / np.linalg.norm(g))),
-    ("sgd-global-clipnorm", None, None),
+    ("sgd-clipvalue", lambda: optimizers.SGD(0.5, clipvalue=0.01),
+     lambda p, g, s, t: p - 0.5 * np.clip(g, -0.01, 0.01)),
 ]
 
 
-@pytest.mark.parametrize("name,make,ref", [c for c in OPT_CASES if c[1] is not None],
-                         ids=[c[0] for c in OPT_CASES if c[1] is not None])
+@pytest.mark.parametrize("name,make,ref", OPT_CASES, ids=[c[0] for c in OPT_CASES])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-11), ("float32", 2e-5)])
 def test_optimizer_steps_match_keras_formulas(name, make, ref, dtype, tol):
     model = tiny_model(dtype)
@@ -152,6 +152,8 @@ def test_optimizer_steps_match_keras_formulas(name, make, ref, dtype, tol):
         _, grads = numpy_loss_and_grads(ws, x, y)
         if name == "sgd-clipnorm":  # the test is only meaningful if clipping happens
             assert all(np.linalg.norm(g) > 0.05 for g in grads)
+        if name == "sgd-clipvalue":
+            assert any(np.abs(g).max() > 0.01 for g in grads)
         model.train_on_batch(x.astype(dtype), y)
         ws = [ref(w, g, s, t) for w, g, s in zip(ws, grads, states)]
         for got, want in zip(model.get_weights(), ws):
@@ -428,10 +430,26 @@ def test_same_seed_bitwise_identical():
     assert any(not np.array_equal(a, c) for a, c in zip(wa, wc))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_same_seed_same_threads_identical(threads):
-    wa, _ = _fit_weights(3, threads=threads)
-    wb, _ = _fit_weights(3, threads=threads)
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_thread_count_does_not_change_the_result(name):
+    """Bitwise the same weights and losses with 1 and 2 threads, on the default
+    models at batch 32-128: big enough that the kernels do split the work
+    (the dense layers' GEMMs and the convolutions run on 2 threads)."""
+    rng = np.random.default_rng(0)
+    n, shape = (256, (784,)) if name == "mlp" else (64, (28, 28, 1))
+    x = rng.random((n,) + shape, dtype=np.float32)
+    y = rng.integers(0, 10, n)
+    runs = []
+    for t in (1, 2):
+        pynn.utils.set_num_threads(t)
+        pynn.utils.set_random_seed(7)
+        m = pynn.zoo.MODELS[name]()
+        m.compile(optimizer=pynn.zoo.make_optimizer(pynn.zoo.DEFAULT_OPTIMIZER[name][0]),
+                  loss="sparse_categorical_crossentropy")
+        h = m.fit(x, y, batch_size=128 if name == "mlp" else 32, epochs=1, verbose=0)
+        runs.append((m.get_weights(), h.history["loss"]))
+    (wa, la), (wb, lb) = runs
+    assert la == lb
     for a, b in zip(wa, wb):
         np.testing.assert_array_equal(a, b)
 
@@ -822,3 +840,51 @@ def test_backward_reports_each_final_gradient_suffix():
     for start, snap in calls:
         np.testing.assert_array_equal(snap, final[start:])
     assert np.abs(final).sum() > 0
+
+
+@pytest.mark.parametrize("name,logits", [("binary_crossentropy", False),
+                                         ("binary_crossentropy", True), ("mse", False)])
+def test_elementwise_losses_value_gradient_and_accuracy(name, logits):
+    """BCE (on probabilities or logits) and MSE against their formulas: the
+    loss sum over the batch of the mean over the outputs, its gradient (times
+    grad_scale) by central differences, and the 0.5-threshold accuracy."""
+    from pynn import backend, losses
+    rng = np.random.default_rng(3)
+    n, k, gs = 6, 3, 1.0 / 6
+    out = rng.standard_normal((n, k)) if logits else rng.uniform(0.05, 0.95, (n, k))
+    t = rng.integers(0, 2, (n, k)).astype(F64)
+
+    def ref(o):
+        if name == "mse":
+            per = (o - t) ** 2
+        else:
+            p = 1 / (1 + np.exp(-o)) if logits else o
+            per = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+        return per.sum() / k
+
+    loss = losses.get(name)
+    dout = np.empty_like(out)
+    got, correct = loss.compute(backend.Ops(), out, t, dout, gs, logits)
+    assert got == pytest.approx(ref(out), rel=1e-12)
+    h, fd = 1e-6, np.empty_like(out)
+    for i in np.ndindex(out.shape):
+        e = np.zeros_like(out)
+        e[i] = h
+        fd[i] = gs * (ref(out + e) - ref(out - e)) / (2 * h)
+    np.testing.assert_allclose(dout, fd, rtol=1e-6, atol=1e-9)
+    pred = out > (0.0 if logits else 0.5)
+    assert correct == pytest.approx(np.count_nonzero(pred == (t > 0.5)) / k)
+
+
+def test_test_on_batch_equals_evaluate():
+    model = tiny_model()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = tiny_data(12, seed=4)
+    loss, acc = model.test_on_batch(x, y)
+    ev = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    assert loss == pytest.approx(ev["loss"], rel=1e-12)
+    assert acc == pytest.approx(ev["accuracy"], rel=1e-12)
+    w0 = [w.copy() for w in model.get_weights()]
+    model.test_on_batch(x, y)
+    for a, b in zip(w0, model.get_weights()):
+        np.testing.assert_array_equal(a, b)           # no training step
