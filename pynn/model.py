@@ -17,6 +17,7 @@ thread count give bitwise-identical weights, and a run resumed from a
 checkpoint continues exactly as the uninterrupted one would have.
 """
 import math
+import os
 import re
 import sys
 import time
@@ -681,15 +682,18 @@ class Sequential:
         return {f"optimizer/{k}": self.ops.to_numpy(v) for k, v in self.optimizer.state.items()}
 
     def save_weights(self, filepath, overwrite=True):
-        if not self.built:
-            self.build()
-        io.write_atomic(filepath, self._weight_arrays(), self._meta("pynn.weights", False))
+        """The weights alone in one .npz (see pynn.io); overwrite=False: an
+        existing file raises FileExistsError instead of being replaced."""
+        self._write_model(filepath, "pynn.weights", False, overwrite=overwrite)
 
     def save(self, filepath, overwrite=True, include_optimizer=True):
-        """Architecture + weights + optimizer state in one .npz (see pynn.io)."""
-        self._write_model(filepath, "pynn.model", include_optimizer)
+        """Architecture + weights + optimizer state in one .npz (see pynn.io);
+        overwrite=False: an existing file raises FileExistsError."""
+        self._write_model(filepath, "pynn.model", include_optimizer, overwrite=overwrite)
 
-    def _write_model(self, path, fmt, include_optimizer, **extra_meta):
+    def _write_model(self, path, fmt, include_optimizer, overwrite=True, **extra_meta):
+        if not overwrite and os.path.exists(path):
+            raise FileExistsError(f"{path} exists (overwrite=False)")
         if not self.built:
             self.build()
         arrays = self._weight_arrays()

@@ -372,3 +372,17 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         m2.fit(x, y, batch_size=4, epochs=2, verbose=0,
                callbacks=[pynn.callbacks.BackupAndRestore(tmp_path)])
+
+
+@pytest.mark.parametrize("method", ["save", "save_weights"])
+def test_overwrite_false_keeps_an_existing_file(tmp_path, method):
+    m = trained()
+    path = tmp_path / "m.npz"
+    getattr(m, method)(path, overwrite=False)            # a new file is fine
+    before = path.read_bytes()
+    m.fit(*data(), batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(FileExistsError):
+        getattr(m, method)(path, overwrite=False)
+    assert path.read_bytes() == before
+    getattr(m, method)(path)                             # the default replaces it
+    assert path.read_bytes() != before
