@@ -158,7 +158,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "results"))
     args = ap.parse_args(argv)
-    from pynn.backend_gpu import gpu_available
+    from pynn.backend.gpu import gpu_available
     ok, why = gpu_available()
     if not ok:
         print(f"bench/gpu.py: no usable GPU: {why}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """pynn: a Keras-like layer API over the nnkernels compiled kernels.
 
-``import pynn as keras`` runs Keras Sequential scripts: layers, optimizers,
+``import pynn as keras`` runs Keras scripts (Sequential and functional models): layers, optimizers,
 losses, callbacks, datasets and utils keep their Keras names, arguments and
 defaults.  See README.md.
 """
@@ -8,10 +8,11 @@ from . import activations, backend, callbacks, data, datasets, initializers, lay
     models, optimizers, utils, zoo
 from . import distributed   # imports mpi4py only under an MPI launch
 from .layers import Input
-from .model import Sequential, load_model
+from .models import Model, Sequential, clone_model, load_model
+from .symbolic import KerasTensor
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "Input", "load_model", "layers", "optimizers", "losses", "metrics",
+__all__ = ["Model", "Sequential", "Input", "KerasTensor", "load_model", "clone_model", "layers", "optimizers", "losses", "metrics",
            "callbacks", "datasets", "utils", "activations", "initializers", "models", "backend",
            "distributed"]

@@ -88,7 +88,7 @@ import traceback
 import numpy as np
 
 from . import utils
-from .model import _Single
+from .models.training import LocalGroup as _Single
 
 __all__ = ["init", "attach", "describe", "launch_info", "threads_per_rank", "abort",
            "get_group", "Group", "SingleGroup"]

@@ -64,3 +64,10 @@ def to_categorical(x, num_classes=None, dtype="float32"):
     out = np.zeros(x.shape + (num_classes,), dtype=dtype)
     np.put_along_axis(out, x[..., None].astype(np.int64), 1, axis=-1)
     return out
+
+
+def clear_session():
+    """Reset the automatic layer and model names (dense, dense_1, ... start
+    again), as keras.backend.clear_session / keras.utils.clear_session do."""
+    from .layers.base import reset_names
+    reset_names()

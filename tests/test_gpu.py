@@ -1,4 +1,4 @@
-"""The GPU backend (pynn.backend_gpu.GPUOps, nnkernels.cuda).
+"""The GPU backend (pynn.backend.gpu.GPUOps, nnkernels.cuda).
 
 Without a GPU: the CUDA sources compile with nvcc (skipped when nvcc is not
 on PATH), the pure-Python glue (tiling, block splits, lazy numbers,
@@ -22,8 +22,9 @@ import pytest
 import nnkernels as nk
 import pynn
 from nnkernels import cuda as nkcuda
-from pynn import backend, backend_gpu, layers
-from pynn.backend_gpu import (DeviceResult, LazyNumber, blocks_for, colsum_blocks,
+from pynn import backend, layers
+from pynn.backend import gpu as backend_gpu
+from pynn.backend.gpu import (DeviceResult, LazyNumber, blocks_for, colsum_blocks,
                               conv_batch_tile, dropout_params, sumsq_blocks)
 
 # ------------------------------------------------------------ GPU fixtures --
@@ -100,7 +101,7 @@ def test_sources_ship_and_instantiations_match():
 
 
 def test_importing_never_imports_cupy():
-    code = ("import sys, nnkernels, nnkernels.cuda, pynn, pynn.backend_gpu; "
+    code = ("import sys, nnkernels, nnkernels.cuda, pynn, pynn.backend.gpu; "
             "pynn.backend.get_ops('cpu'); assert 'cupy' not in sys.modules, 'cupy imported'")
     # -I: the installed package, not the source tree of the current folder
     subprocess.run([sys.executable, "-I", "-c", code], check=True)

@@ -223,6 +223,7 @@ def summary_text(model):
 
 
 def test_cnn_summary():
+    pynn.utils.clear_session()
     model = pynn.zoo.cnn()
     assert model.count_params() == 1_199_882
     text = summary_text(model)
@@ -286,11 +287,12 @@ def test_keras_positional_arguments():
                          layers.Dense(10, "relu"),
                          layers.Dense(3, "softmax")])
     m.build()
-    assert m.layers[1].kernel_size == (3, 3) and m.layers[1].filters == 4
-    assert m.layers[2].pool_size == (2, 2) and m.layers[2].strides == (2, 2)
-    assert m.layers[4].activation == "relu"
+    # Keras 3: Sequential.layers leaves out the Input
+    assert m.layers[0].kernel_size == (3, 3) and m.layers[0].filters == 4
+    assert m.layers[1].pool_size == (2, 2) and m.layers[1].strides == (2, 2)
+    assert m.layers[3].activation == "relu"
     assert m.output_shape == (None, 3)
-    assert m.layers[3].output_shape == (3 * 3 * 4,)
+    assert m.layers[2].output_shape == (3 * 3 * 4,)
     assert m.count_params() == (9 * 4 + 4) + (36 * 10 + 10) + (10 * 3 + 3)
 
 

@@ -30,7 +30,8 @@ import operator
 
 import numpy as np
 
-from .backend import Ops, _out, _pair, conv_geometry, conv_padding
+from .geometry import conv_geometry, conv_padding, pair as _pair
+from .ops import Ops, _out
 
 # Bound of the im2col column buffer of one convolution call (the batch is
 # tiled to stay under it).
@@ -426,8 +427,10 @@ class GPUOps(Ops):
             b1 = min(g["n"], b0 + tile)
             yield b0, b1, cols[:(b1 - b0) * rows * k].reshape((b1 - b0) * rows, k)
 
-    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
                        activation=None, out=None):
+        if groups != 1:
+            raise NotImplementedError("grouped convolution is not implemented on the GPU yet")
         x, w, b = self._c(x, "x"), self._c(w, "w"), self._c(b, "b")
         self._same_dtype((("x", x), ("w", w), ("b", b)))
         g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
@@ -448,7 +451,11 @@ class GPUOps(Ops):
         return out
 
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
-                        dilation=1, need_dx=True, dx=None, dw=None, db=None):
+                        dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
+                        db=None):
+        if groups != 1 or not need_dw:
+            raise NotImplementedError("grouped convolution and data-only gradients are not "
+                                      "implemented on the GPU yet")
         dy, x, w, y = self._c(dy, "dy"), self._c(x, "x"), self._c(w, "w"), self._c(y, "y")
         self._same_dtype((("dy", dy), ("x", x), ("w", w), ("y", y)))
         cp = self.xp

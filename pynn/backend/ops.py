@@ -1,4 +1,4 @@
-"""The one interface every layer, loss and optimizer computes through.
+"""``Ops``: the reference implementation of the one interface every layer, loss and optimizer computes through.
 
 ``Ops`` is the pure NumPy reference: vectorised, written to be read, and the
 specification the compiled kernels are tested against.  ``CPUOps`` overrides
@@ -17,48 +17,7 @@ import math
 
 import numpy as np
 
-# ------------------------------------------------------------------ helpers --
-
-
-def _pair(v, what):
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    t = tuple(int(a) for a in v)
-    if len(t) != 2:
-        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
-    return t
-
-
-def conv_padding(size, k, s, d, padding):
-    """(out_size, pad_before, pad_after) along one axis, Keras/TF rules."""
-    ke = (k - 1) * d + 1
-    if padding == "valid":
-        if size < ke:
-            return 0, 0, 0
-        return (size - ke) // s + 1, 0, 0
-    if padding == "same":
-        o = -(-size // s)
-        total = max((o - 1) * s + ke - size, 0)
-        return o, total // 2, total - total // 2
-    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
-
-
-def conv_geometry(x_shape, w_shape, strides, padding, dilation):
-    n, h, w_, c = x_shape
-    kh, kw, ci, f = w_shape
-    if ci != c:
-        raise ValueError(f"x has {c} channels but the kernel expects {ci}")
-    sh, sw = _pair(strides, "strides")
-    dh, dw = _pair(dilation, "dilation")
-    if isinstance(padding, str):
-        oh, pt, pb = conv_padding(h, kh, sh, dh, padding)
-        ow, pl, pr = conv_padding(w_, kw, sw, dw, padding)
-    else:
-        (pt, pb), (pl, pr) = padding
-        oh = max((h + pt + pb - (kh - 1) * dh - 1) // sh + 1, 0)
-        ow = max((w_ + pl + pr - (kw - 1) * dw - 1) // sw + 1, 0)
-    return dict(n=n, h=h, w=w_, c=c, kh=kh, kw=kw, f=f, sh=sh, sw=sw, dh=dh, dw=dw,
-                oh=oh, ow=ow, pt=pt, pb=pb, pl=pl, pr=pr)
+from .geometry import conv_geometry, conv_padding, pair as _pair
 
 
 def _windows(xp_, g):
@@ -219,8 +178,13 @@ class Ops:
         return dx, dw, db
 
     # -- convolution --------------------------------------------------------
-    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
                        activation=None, out=None):
+        """out = act(conv(x, w) + b); groups: w is (KH, KW, C/groups, F) and
+        output block j (F/groups channels) sees input block j."""
+        if groups != 1:
+            return self._grouped(self.conv2d_forward, x, w, b, groups, strides, padding,
+                                 dilation, activation, out)
         g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
         xp_ = np.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
         win = _windows(xp_, g)
@@ -232,28 +196,132 @@ class Ops:
             np.maximum(out, 0, out=out)
         return out
 
+    def _grouped(self, fn, x, w, b, groups, strides, padding, dilation, activation, out):
+        c, f = x.shape[-1], w.shape[-1]
+        if c % groups or f % groups or w.shape[2] * groups != c:
+            raise ValueError(f"groups={groups}: x has {c} channels, w has shape {w.shape}")
+        cg, fg = c // groups, f // groups
+        parts = [fn(np.ascontiguousarray(x[..., j * cg:(j + 1) * cg]),
+                    np.ascontiguousarray(w[..., j * fg:(j + 1) * fg]),
+                    None if b is None else b[j * fg:(j + 1) * fg], strides=strides,
+                    padding=padding, dilation=dilation, activation=activation)
+                 for j in range(groups)]
+        y = np.concatenate(parts, axis=-1)
+        out = _out(out, y.shape, x.dtype)
+        out[...] = y
+        return out
+
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
-                        dilation=1, need_dx=True, dx=None, dw=None, db=None):
-        g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
+                        dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
+                        db=None):
+        """(dx or None, dw or None, db or None) of y = act(conv(x, w) + b)."""
         dz = dy * (y > 0) if activation == "relu" else dy
-        xp_ = np.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
-        win = _windows(xp_, g)
-        dw = _out(dw, w.shape, x.dtype)
-        dw[...] = np.tensordot(win, dz, axes=([0, 1, 2], [0, 1, 2]))
         if db is not None:
             db[...] = dz.sum(axis=(0, 1, 2))
+        if groups != 1:
+            c, f = x.shape[-1], w.shape[-1]
+            cg, fg = c // groups, f // groups
+            if need_dw:
+                dw = _out(dw, w.shape, x.dtype)
+            if need_dx:
+                dx = _out(dx, x.shape, x.dtype)
+            for j in range(groups):
+                dxj, dwj, _ = self.conv2d_backward(
+                    np.ascontiguousarray(dz[..., j * fg:(j + 1) * fg]),
+                    np.ascontiguousarray(x[..., j * cg:(j + 1) * cg]),
+                    np.ascontiguousarray(w[..., j * fg:(j + 1) * fg]), strides=strides,
+                    padding=padding, dilation=dilation, need_dx=need_dx, need_dw=need_dw)
+                if need_dw:
+                    dw[..., j * fg:(j + 1) * fg] = dwj
+                if need_dx:
+                    dx[..., j * cg:(j + 1) * cg] = dxj
+            return (dx if need_dx else None), (dw if need_dw else None), db
+        g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
+        xp_ = np.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
+        win = _windows(xp_, g)
+        if need_dw:
+            dw = _out(dw, w.shape, x.dtype)
+            dw[...] = np.tensordot(win, dz, axes=([0, 1, 2], [0, 1, 2]))
+        else:
+            dw = None
         if not need_dx:
             return None, dw, db
-        dxp = np.zeros_like(xp_)
-        dcols = np.tensordot(dz, w, axes=([3], [3]))  # (N, OH, OW, KH, KW, C)
+        dx = self.conv2d_backward_data(dz, w, x.shape, strides=strides, padding=padding,
+                                       dilation=dilation, out=dx)
+        return dx, dw, db
+
+    def conv2d_backward_data(self, dy, w, x_shape, *, strides=1, padding="valid", dilation=1,
+                             groups=1, out=None):
+        """dx of a convolution of inputs of shape x_shape (the forward pass
+        of a transposed convolution)."""
+        x_shape = tuple(int(d) for d in x_shape)
+        if groups != 1:
+            c, f = x_shape[-1], w.shape[-1]
+            cg, fg = c // groups, f // groups
+            out = _out(out, x_shape, dy.dtype)
+            for j in range(groups):
+                out[..., j * cg:(j + 1) * cg] = self.conv2d_backward_data(
+                    np.ascontiguousarray(dy[..., j * fg:(j + 1) * fg]),
+                    np.ascontiguousarray(w[..., j * fg:(j + 1) * fg]), x_shape[:3] + (cg,),
+                    strides=strides, padding=padding, dilation=dilation)
+            return out
+        g = conv_geometry(x_shape, w.shape, strides, padding, dilation)
+        if dy.shape != (g["n"], g["oh"], g["ow"], g["f"]):
+            raise ValueError(f"dy has shape {dy.shape}, expected {(g['n'], g['oh'], g['ow'], g['f'])}")
+        n, h, w_, c = x_shape
+        dxp = np.zeros((n, h + g["pt"] + g["pb"], w_ + g["pl"] + g["pr"], c), dy.dtype)
+        dcols = np.tensordot(dy, w, axes=([3], [3]))  # (N, OH, OW, KH, KW, C)
         for i in range(g["kh"]):
             for j in range(g["kw"]):
                 h0, w0 = i * g["dh"], j * g["dw"]
                 dxp[:, h0:h0 + g["sh"] * (g["oh"] - 1) + 1:g["sh"],
                     w0:w0 + g["sw"] * (g["ow"] - 1) + 1:g["sw"], :] += dcols[:, :, :, i, j, :]
-        dx = _out(dx, x.shape, x.dtype)
-        dx[...] = dxp[:, g["pt"]:g["pt"] + g["h"], g["pl"]:g["pl"] + g["w"], :]
-        return dx, dw, db
+        out = _out(out, x_shape, dy.dtype)
+        out[...] = dxp[:, g["pt"]:g["pt"] + h, g["pl"]:g["pl"] + w_, :]
+        return out
+
+    def depthwise_conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+                                 activation=None, out=None):
+        """Depthwise convolution, w (KH, KW, C, M): output channel c*M + m
+        convolves input channel c with w[:, :, c, m] (groups = C)."""
+        kh, kw, c, m = w.shape
+        return self.conv2d_forward(x, w.reshape(kh, kw, 1, c * m), b, strides=strides,
+                                   padding=padding, dilation=dilation, groups=c,
+                                   activation=activation, out=out)
+
+    def depthwise_conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1,
+                                  padding="valid", dilation=1, need_dx=True, dx=None, dw=None,
+                                  db=None):
+        kh, kw, c, m = w.shape
+        dw2 = None if dw is None else dw.reshape(kh, kw, 1, c * m)
+        dx, dw2, db = self.conv2d_backward(dy, x, w.reshape(kh, kw, 1, c * m), y, activation,
+                                           strides=strides, padding=padding, dilation=dilation,
+                                           groups=c, need_dx=need_dx, dx=dx, dw=dw2, db=db)
+        return dx, dw2.reshape(w.shape), db
+
+    # -- element-wise helpers of the graph ----------------------------------
+    def add_n(self, xs, out=None):
+        """out = sum of xs (broadcasting as NumPy does)."""
+        xp = self.xp
+        out = xp.empty(np.broadcast_shapes(*[x.shape for x in xs]), xs[0].dtype) if out is None else out
+        xp.add(xs[0], xs[1], out=out)
+        for x in xs[2:]:
+            out += x
+        return out
+
+    def bias_add(self, y, b):
+        """In place: y += b along the last axis."""
+        y += b
+        return y
+
+    def bias_grad(self, dy, out=None):
+        """Sum of dy over every axis but the last."""
+        xp = self.xp
+        s = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+        if out is None:
+            return s
+        out[...] = s
+        return out
 
     # -- pooling ------------------------------------------------------------
     def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
@@ -288,6 +356,105 @@ class Ops:
         ci = np.arange(c)[None, None, None, :]
         np.add.at(flat, (np.broadcast_to(ni, indices.shape), indices,
                          np.broadcast_to(ci, indices.shape)), dy)
+        return out
+
+    def avg_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None):
+        """Mean over each window; "same" padding: only in-bounds elements
+        count (TensorFlow/Keras)."""
+        ph, pw = _pair(pool_size, "pool_size")
+        sh, sw = _pair(strides if strides is not None else (ph, pw), "strides")
+        n, h, w_, c = x.shape
+        oh, pt, pb = conv_padding(h, ph, sh, 1, padding)
+        ow, pl, pr = conv_padding(w_, pw, sw, 1, padding)
+        g = dict(oh=oh, ow=ow, kh=ph, kw=pw, sh=sh, sw=sw, dh=1, dw=1)
+        xp_ = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        ones = np.pad(np.ones((1, h, w_, 1), x.dtype), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        s_ = _windows(xp_, g).sum(axis=(3, 4))
+        cnt = _windows(ones, g).sum(axis=(3, 4))
+        out = _out(out, (n, oh, ow, c), x.dtype)
+        out[...] = s_ / cnt
+        return out
+
+    def avg_pool2d_backward(self, dy, x_shape, pool_size=(2, 2), strides=None, padding="valid",
+                            out=None):
+        ph, pw = _pair(pool_size, "pool_size")
+        sh, sw = _pair(strides if strides is not None else (ph, pw), "strides")
+        n, h, w_, c = x_shape
+        oh, pt, pb = conv_padding(h, ph, sh, 1, padding)
+        ow, pl, pr = conv_padding(w_, pw, sw, 1, padding)
+        g = dict(oh=oh, ow=ow, kh=ph, kw=pw, sh=sh, sw=sw, dh=1, dw=1)
+        ones = np.pad(np.ones((1, h, w_, 1), dy.dtype), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        cnt = _windows(ones, g).sum(axis=(3, 4))
+        d = dy / cnt
+        dxp = np.zeros((n, h + pt + pb, w_ + pl + pr, c), dy.dtype)
+        for i in range(ph):
+            for j in range(pw):
+                dxp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += d
+        out = _out(out, tuple(x_shape), dy.dtype)
+        out[...] = dxp[:, pt:pt + h, pl:pl + w_, :]
+        return out
+
+    def global_avg_pool2d(self, x, out=None):
+        out = _out(out, (x.shape[0], x.shape[3]), x.dtype)
+        out[...] = x.mean(axis=(1, 2), dtype=np.float64)
+        return out
+
+    def global_avg_pool2d_backward(self, dy, x_shape, out=None):
+        n, h, w_, c = x_shape
+        out = _out(out, tuple(x_shape), dy.dtype)
+        out[...] = (dy / (h * w_))[:, None, None, :]
+        return out
+
+    def global_max_pool2d(self, x, out=None, indices=None):
+        """(y (N, C), int32 index h*W + w of the first maximum)."""
+        n, h, w_, c = x.shape
+        flat = x.reshape(n, h * w_, c)
+        arg = np.argmax(flat, axis=1)
+        out = _out(out, (n, c), x.dtype)
+        out[...] = np.take_along_axis(flat, arg[:, None, :], axis=1)[:, 0, :]
+        if indices is None:
+            indices = arg.astype(np.int32)
+        else:
+            indices[...] = arg
+        return out, indices
+
+    def global_max_pool2d_backward(self, dy, indices, x_shape, out=None):
+        n, h, w_, c = x_shape
+        out = _out(out, tuple(x_shape), dy.dtype)
+        out[...] = 0
+        flat = out.reshape(n, h * w_, c)
+        np.put_along_axis(flat, indices[:, None, :].astype(np.int64), dy[:, None, :], axis=1)
+        return out
+
+    def upsample2d(self, x, size, out=None):
+        sh, sw = _pair(size, "size")
+        y = np.repeat(np.repeat(x, sh, axis=1), sw, axis=2)
+        out = _out(out, y.shape, x.dtype)
+        out[...] = y
+        return out
+
+    def upsample2d_backward(self, dy, size, out=None):
+        sh, sw = _pair(size, "size")
+        n, h, w_, c = dy.shape
+        out = _out(out, (n, h // sh, w_ // sw, c), dy.dtype)
+        out[...] = dy.reshape(n, h // sh, sh, w_ // sw, sw, c).sum(axis=(2, 4))
+        return out
+
+    def pad2d(self, x, padding, out=None):
+        """Zero padding ((top, bottom), (left, right)) of an NHWC array."""
+        (t, b), (l, r) = padding
+        n, h, w_, c = x.shape
+        out = _out(out, (n, h + t + b, w_ + l + r, c), x.dtype)
+        out[...] = 0
+        out[:, t:t + h, l:l + w_, :] = x
+        return out
+
+    def crop2d(self, x, cropping, out=None):
+        """The inverse of pad2d: drop ((top, bottom), (left, right))."""
+        (t, b), (l, r) = cropping
+        n, h, w_, c = x.shape
+        out = _out(out, (n, h - t - b, w_ - l - r, c), x.dtype)
+        out[...] = x[:, t:h - b, l:w_ - r, :]
         return out
 
     # -- dropout ------------------------------------------------------------
@@ -393,6 +560,25 @@ class Ops:
             dbeta[...] = db_
         return dx, dgamma, dbeta
 
+    def batchnorm_backward_inference(self, dy, x, gamma, moving_mean, moving_var, epsilon, *,
+                                     dx=None, dgamma=None, dbeta=None):
+        """Backward of batch norm with constant statistics (an inference-mode
+        forward, e.g. a frozen layer): y = gamma * (x - mm) * invstd + beta,
+        invstd = 1 / sqrt(mv + epsilon)."""
+        c = x.shape[-1]
+        xp = self.xp
+        mean = moving_mean
+        invstd = 1.0 / xp.sqrt(moving_var + x.dtype.type(epsilon))
+        xhat = (x - mean) * invstd
+        if dbeta is not None:
+            dbeta[...] = dy.reshape(-1, c).sum(axis=0)
+        if dgamma is not None:
+            dgamma[...] = (dy * xhat).reshape(-1, c).sum(axis=0)
+        g = gamma if gamma is not None else 1.0
+        dx = _out(dx, x.shape, x.dtype) if xp is np else (dx if dx is not None else xp.empty_like(x))
+        xp.multiply(dy, g * invstd, out=dx)
+        return dx, dgamma, dbeta
+
     # -- optimizer updates (in place; Keras 3 formulas) ---------------------
     def sum_squares(self, x):
         return float(np.dot(x.astype(np.float64).ravel(), x.astype(np.float64).ravel()))
@@ -439,105 +625,3 @@ class Ops:
         p += t(lr) * delta
 
 
-# ------------------------------------------------------------ the CPU kernels --
-
-
-class CPUOps(Ops):
-    """Ops with the hot paths in nnkernels (float32 / float64, C-contiguous)."""
-
-    name = "cpu"
-
-    def __init__(self):
-        import nnkernels
-        self.nk = nnkernels
-
-    def dense_forward(self, x, w, b=None, activation=None, out=None):
-        if activation in (None, "linear", "relu"):
-            return self.nk.dense_forward(x, w, b, activation=activation, out=out)
-        return super().dense_forward(x, w, b, activation, out)
-
-    def dense_backward(self, dy, x, w, y=None, activation=None, *, need_dx=True,
-                       dx=None, dw=None, db=None):
-        return self.nk.dense_backward(dy, x, w, y=y, activation=activation, need_dx=need_dx,
-                                      need_db=db is not None, dx=dx, dw=dw, db=db)
-
-    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
-                       activation=None, out=None):
-        return self.nk.conv2d(x, w, b, strides=strides, padding=padding, dilation=dilation,
-                              activation=activation, out=out)
-
-    def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
-                        dilation=1, need_dx=True, dx=None, dw=None, db=None):
-        return self.nk.conv2d_backward(dy, x, w, strides=strides, padding=padding,
-                                       dilation=dilation, activation=activation, y=y,
-                                       need_dx=need_dx, need_db=db is not None, dx=dx, dw=dw, db=db)
-
-    def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
-        return self.nk.max_pool2d(x, pool_size, strides, padding, out=out, indices=indices)
-
-    def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
-        return self.nk.max_pool2d_backward(dy, indices, x_shape, out=out, **geometry)
-
-    def activation(self, name, x, out=None, alpha=None):
-        if name == "relu":
-            return self.nk.relu(x, out=out)
-        return super().activation(name, x, out, alpha)   # no kernels for the others yet
-
-    def activation_backward(self, name, dy, y, out=None, alpha=None):
-        if name == "relu":
-            return self.nk.relu_backward(dy, y, out=out)
-        return super().activation_backward(name, dy, y, out, alpha)
-
-    def dropout(self, x, rate, seed, offset=0, out=None):
-        return self.nk.dropout(x, rate, seed, offset=offset, out=out)
-
-    def dropout_backward(self, dy, rate, seed, offset=0, out=None):
-        return self.nk.dropout_backward(dy, rate, seed, offset=offset, out=out)
-
-    def softmax_xent(self, logits, labels, *, dlogits=None, probs=None, from_logits=True,
-                     grad_scale=None):
-        return self.nk.softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
-                                    from_logits=from_logits, grad_scale=grad_scale)
-
-    def batchnorm_forward(self, x, gamma, beta, **kw):
-        return self.nk.batchnorm_forward(x, gamma, beta, **kw)
-
-    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, **kw):
-        return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
-
-    def sum_squares(self, x):
-        return self.nk.sum_squares(x)
-
-    def sgd_update(self, p, g, lr, momentum=0.0, nesterov=False, m=None):
-        self.nk.sgd_update(p, g, lr, momentum=momentum, nesterov=nesterov, m=m)
-
-    def adam_update(self, p, g, m, v, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1):
-        self.nk.adam_update(p, g, m, v, lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
-
-    def rmsprop_update(self, p, g, v, lr, rho=0.9, epsilon=1e-7, momentum=0.0, m=None,
-                       centered=False, mg=None):
-        self.nk.rmsprop_update(p, g, v, lr, rho=rho, epsilon=epsilon, momentum=momentum, m=m,
-                               centered=centered, mg=mg)
-
-    def adadelta_update(self, p, g, acc_g, acc_d, lr, rho=0.95, epsilon=1e-7):
-        self.nk.adadelta_update(p, g, acc_g, acc_d, lr, rho=rho, epsilon=epsilon)
-
-
-_DEFAULT = None
-
-
-def get_ops(name=None):
-    """The Ops for a device name: "cpu" (default; the compiled kernels),
-    "numpy" (the pure reference) or "gpu" (CuPy; RuntimeError naming what is
-    missing when CuPy or a CUDA device is not there)."""
-    global _DEFAULT
-    if name in (None, "cpu"):
-        if _DEFAULT is None:
-            _DEFAULT = CPUOps()
-        return _DEFAULT
-    if name == "numpy":
-        return Ops()
-    if name == "gpu":
-        from .backend_gpu import get_gpu_ops
-        return get_gpu_ops()
-    raise ValueError(f"unknown device {name!r}: expected 'cpu', 'numpy' or 'gpu'")

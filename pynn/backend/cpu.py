@@ -1,0 +1,110 @@
+"""``CPUOps``: the hot operations on the compiled kernels of nnkernels."""
+from .ops import Ops
+
+
+class CPUOps(Ops):
+    """Ops with the hot paths in nnkernels (float32 / float64, C-contiguous)."""
+
+    name = "cpu"
+
+    def __init__(self):
+        import nnkernels
+        self.nk = nnkernels
+
+    def dense_forward(self, x, w, b=None, activation=None, out=None):
+        if activation in (None, "linear", "relu"):
+            return self.nk.dense_forward(x, w, b, activation=activation, out=out)
+        return super().dense_forward(x, w, b, activation, out)
+
+    def dense_backward(self, dy, x, w, y=None, activation=None, *, need_dx=True,
+                       dx=None, dw=None, db=None):
+        return self.nk.dense_backward(dy, x, w, y=y, activation=activation, need_dx=need_dx,
+                                      need_db=db is not None, dx=dx, dw=dw, db=db)
+
+    def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
+                       activation=None, out=None):
+        if groups != 1 and not self._has("conv2d_backward_data"):
+            return super().conv2d_forward(x, w, b, strides=strides, padding=padding,
+                                          dilation=dilation, groups=groups,
+                                          activation=activation, out=out)
+        kw = {} if groups == 1 else {"groups": groups}
+        return self.nk.conv2d(x, w, b, strides=strides, padding=padding, dilation=dilation,
+                              activation=activation, out=out, **kw)
+
+    def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
+                        dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
+                        db=None):
+        if (groups != 1 or not need_dw) and not self._has("conv2d_backward_data"):
+            return super().conv2d_backward(dy, x, w, y, activation, strides=strides,
+                                           padding=padding, dilation=dilation, groups=groups,
+                                           need_dx=need_dx, need_dw=need_dw, dx=dx, dw=dw, db=db)
+        kw = {} if groups == 1 else {"groups": groups}
+        if not need_dw:
+            kw["need_dw"] = False
+        return self.nk.conv2d_backward(dy, x, w, strides=strides, padding=padding,
+                                       dilation=dilation, activation=activation, y=y,
+                                       need_dx=need_dx, need_db=db is not None, dx=dx, dw=dw, db=db,
+                                       **kw)
+
+    def conv2d_backward_data(self, dy, w, x_shape, *, strides=1, padding="valid", dilation=1,
+                             groups=1, out=None):
+        if not self._has("conv2d_backward_data"):
+            return super().conv2d_backward_data(dy, w, x_shape, strides=strides, padding=padding,
+                                                dilation=dilation, groups=groups, out=out)
+        return self.nk.conv2d_backward_data(dy, w, x_shape, strides=strides, padding=padding,
+                                            dilation=dilation, groups=groups, out=out)
+
+    def _has(self, name):
+        return hasattr(self.nk, name)
+
+    def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
+        return self.nk.max_pool2d(x, pool_size, strides, padding, out=out, indices=indices)
+
+    def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
+        return self.nk.max_pool2d_backward(dy, indices, x_shape, out=out, **geometry)
+
+    def activation(self, name, x, out=None, alpha=None):
+        if name == "relu":
+            return self.nk.relu(x, out=out)
+        return super().activation(name, x, out, alpha)   # no kernels for the others yet
+
+    def activation_backward(self, name, dy, y, out=None, alpha=None):
+        if name == "relu":
+            return self.nk.relu_backward(dy, y, out=out)
+        return super().activation_backward(name, dy, y, out, alpha)
+
+    def dropout(self, x, rate, seed, offset=0, out=None):
+        return self.nk.dropout(x, rate, seed, offset=offset, out=out)
+
+    def dropout_backward(self, dy, rate, seed, offset=0, out=None):
+        return self.nk.dropout_backward(dy, rate, seed, offset=offset, out=out)
+
+    def softmax_xent(self, logits, labels, *, dlogits=None, probs=None, from_logits=True,
+                     grad_scale=None):
+        return self.nk.softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
+                                    from_logits=from_logits, grad_scale=grad_scale)
+
+    def batchnorm_forward(self, x, gamma, beta, **kw):
+        return self.nk.batchnorm_forward(x, gamma, beta, **kw)
+
+    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, **kw):
+        return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
+
+    def sum_squares(self, x):
+        return self.nk.sum_squares(x)
+
+    def sgd_update(self, p, g, lr, momentum=0.0, nesterov=False, m=None):
+        self.nk.sgd_update(p, g, lr, momentum=momentum, nesterov=nesterov, m=m)
+
+    def adam_update(self, p, g, m, v, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1):
+        self.nk.adam_update(p, g, m, v, lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step)
+
+    def rmsprop_update(self, p, g, v, lr, rho=0.9, epsilon=1e-7, momentum=0.0, m=None,
+                       centered=False, mg=None):
+        self.nk.rmsprop_update(p, g, v, lr, rho=rho, epsilon=epsilon, momentum=momentum, m=m,
+                               centered=centered, mg=mg)
+
+    def adadelta_update(self, p, g, acc_g, acc_d, lr, rho=0.95, epsilon=1e-7):
+        self.nk.adadelta_update(p, g, acc_g, acc_d, lr, rho=rho, epsilon=epsilon)
+
+
