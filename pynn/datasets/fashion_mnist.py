@@ -11,6 +11,12 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
+def find_data_dir(path=None):
+    """The directory holding the four IDX files of Fashion-MNIST, as a ``Path``
+    (see :func:`pynn.data.find_dataset_dir`; ``FileNotFoundError`` if none)."""
+    return data.find_dataset_dir(path, name=NAME)
+
+
 def load_data(path=None):
     """Loads Fashion-MNIST from local IDX files.
 
@@ -29,4 +35,4 @@ def load_data(path=None):
     files are not found, and :class:`pynn.data.IDXError` (a ``ValueError``)
     when they are invalid.
     """
-    return data.load_idx_dataset(data.find_dataset_dir(path, name=NAME))
+    return data.load_idx_dataset(find_data_dir(path))

@@ -5,6 +5,12 @@ from .. import data
 NAME = "mnist"
 
 
+def find_data_dir(path=None):
+    """The directory holding the four IDX files of MNIST, as a ``Path``
+    (see :func:`pynn.data.find_dataset_dir`; ``FileNotFoundError`` if none)."""
+    return data.find_dataset_dir(path, name=NAME)
+
+
 def load_data(path=None):
     """Loads MNIST from local IDX files.
 
@@ -22,4 +28,4 @@ def load_data(path=None):
     Raises ``FileNotFoundError`` when the files are not found and
     :class:`pynn.data.IDXError` (a ``ValueError``) when they are invalid.
     """
-    return data.load_idx_dataset(data.find_dataset_dir(path, name=NAME))
+    return data.load_idx_dataset(find_data_dir(path))
