@@ -63,6 +63,37 @@ class CPUOps(Ops):
     def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
         return self.nk.max_pool2d_backward(dy, indices, x_shape, out=out, **geometry)
 
+    def avg_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None):
+        return self.nk.avg_pool2d(x, pool_size, strides, padding, out=out)
+
+    def avg_pool2d_backward(self, dy, x_shape, pool_size=(2, 2), strides=None, padding="valid",
+                            out=None):
+        return self.nk.avg_pool2d_backward(dy, x_shape, pool_size, strides, padding, out=out)
+
+    def global_avg_pool2d(self, x, out=None):
+        return self.nk.global_avg_pool2d(x, out=out)
+
+    def global_avg_pool2d_backward(self, dy, x_shape, out=None):
+        return self.nk.global_avg_pool2d_backward(dy, x_shape, out=out)
+
+    def global_max_pool2d(self, x, out=None, indices=None):
+        return self.nk.global_max_pool2d(x, out=out, indices=indices)
+
+    def global_max_pool2d_backward(self, dy, indices, x_shape, out=None):
+        return self.nk.global_max_pool2d_backward(dy, indices, x_shape, out=out)
+
+    def upsample2d(self, x, size, out=None):
+        return self.nk.upsample2d_nearest(x, size, out=out)
+
+    def upsample2d_backward(self, dy, size, out=None):
+        return self.nk.upsample2d_nearest_backward(dy, size, out=out)
+
+    def pad2d(self, x, padding, out=None):
+        return self.nk.pad2d(x, padding, out=out)
+
+    def crop2d(self, x, cropping, out=None):
+        return self.nk.crop2d(x, cropping, out=out)
+
     def activation(self, name, x, out=None, alpha=None):
         if name == "relu":
             return self.nk.relu(x, out=out)

@@ -182,8 +182,18 @@ class Layer:
     def count_params(self):
         return sum(s.size for s in self.specs)
 
+    def _need_weights(self):
+        """A layer of a model whose weights are placed lazily (Sequential)."""
+        if self.specs and not self.w:
+            owner = getattr(self, "_graph_owner", None)
+            if owner is None:
+                raise RuntimeError(f"layer {self.name!r} has no weights yet: build its model "
+                                   "(or call the layer on data)")
+            owner._ensure_allocated()
+
     @property
     def weights(self):
+        self._need_weights()
         return [self.w[s.name] for s in self.specs]
 
     @property
@@ -195,9 +205,11 @@ class Layer:
         return [self.w[s.name] for s in self.specs if not (s.trainable and self.trainable)]
 
     def get_weights(self):
+        self._need_weights()
         return [np.array(self.ops.to_numpy(self.w[s.name])) for s in self.specs]
 
     def set_weights(self, values):
+        self._need_weights()
         values = list(values)
         if len(values) != len(self.specs):
             raise ValueError(f"{self.name}: expected {len(self.specs)} arrays, got {len(values)}")

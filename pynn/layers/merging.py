@@ -152,12 +152,12 @@ class Concatenate(_Merge):
 
     def compute_output_shape(self, input_shape):
         self._check_count(input_shape)
-        rank = len(input_shape[0])
-        ax = self.axis + 1 if self.axis < 0 else self.axis - 1   # batch-less axis
-        ax = ax + rank if self.axis < 0 else ax
-        if not 0 <= ax < rank or self.axis == 0 or self.axis == -(rank + 1):
+        rank = len(input_shape[0])           # batch-less rank
+        full = self.axis if self.axis >= 0 else self.axis + rank + 1
+        if not 1 <= full <= rank:
             raise ValueError(f"Concatenate(axis={self.axis}) is out of range for inputs of rank "
                              f"{rank + 1} (the batch axis cannot be concatenated)")
+        ax = full - 1
         out = list(input_shape[0])
         for s in input_shape[1:]:
             if len(s) != rank or any(a != b for i, (a, b) in enumerate(zip(out, s)) if i != ax):

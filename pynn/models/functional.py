@@ -345,10 +345,12 @@ class Model(training.Trainer, saving.Saving, Layer):
 
     def get_weights(self):
         self._ensure_graph()
+        self._ensure_allocated()
         return [w for l in self._leaves() for w in l.get_weights()]
 
     def set_weights(self, weights):
         self._ensure_graph()
+        self._ensure_allocated()
         weights = list(weights)
         want = [(l, s) for l in self._leaves() for s in l.specs]
         if len(weights) != len(want):
@@ -367,17 +369,20 @@ class Model(training.Trainer, saving.Saving, Layer):
     @property
     def weights(self):
         self._ensure_graph()
+        self._ensure_allocated()
         return [w for l in self._leaves() for w in l.weights]
 
     @property
     def trainable_weights(self):
         self._ensure_graph()
+        self._ensure_allocated()
         eff = self._effective_trainable()
         return [l.w[s.name] for l in self._leaves() for s in l.specs if s.trainable and eff[l]]
 
     @property
     def non_trainable_weights(self):
         self._ensure_graph()
+        self._ensure_allocated()
         eff = self._effective_trainable()
         return [l.w[s.name] for l in self._leaves() for s in l.specs
                 if not (s.trainable and eff[l])]

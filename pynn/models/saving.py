@@ -167,6 +167,7 @@ class Saving:
 
     def _weight_arrays(self):
         self._ensure_graph()
+        self._ensure_allocated()
         return {f"weights/{i}/{l.name}/{s.name}": self.ops.to_numpy(l.w[s.name])
                 for i, l in enumerate(self._leaves()) for s in l.specs}
 

@@ -23,7 +23,9 @@ class Sequential(Model):
         self._layers = []
         self.built = False
         for layer in layers or ():
-            self.add(layer)
+            self.add(layer, rebuild=False)
+        if self._can_build():
+            self._ensure_graph()     # the graph now; the weights when first needed
 
     # ---------------------------------------------------------------- layers --
     def add(self, layer, rebuild=True):
@@ -37,12 +39,12 @@ class Sequential(Model):
             self._input_layer = layer
         else:
             self._stack.append(layer)
-        if self._graph_built:
+        self._layers = self._stack_layers()
+        if self._graph_built or (rebuild and self._can_build()):
             self._graph_built = False
             self.built = False
             if rebuild:
                 self._ensure_graph()
-        self._layers = self._stack_layers()
 
     def pop(self, rebuild=True):
         if not self._stack:
@@ -107,7 +109,9 @@ class Sequential(Model):
                                  "middle of a Sequential")
         self._set_graph(inp, x)
         self._layers = self._stack_layers()
-        self._allocate()
+        self._allocated = False
+        for layer in self._leaves():
+            layer._graph_owner = self
 
     def _ensure_graph(self, x=None):
         if self._graph_built:
