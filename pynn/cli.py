@@ -9,8 +9,10 @@ import numpy as np
 
 
 def _add_train_args(p):
-    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn",
-                   help="cnn: the Keras MNIST CNN (SGD 0.01, momentum 0.9); mlp: Dense 512-512-10 (Adam)")
+    p.add_argument("--model", choices=("cnn", "mlp", "resnet20"), default="cnn",
+                   help="cnn: the Keras MNIST CNN (SGD 0.01, momentum 0.9); mlp: Dense 512-512-10 "
+                        "(Adam); resnet20: ResNet-20 v1 (SGD 0.01, momentum 0.9; use it with "
+                        "--dataset cifar10)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128, help="per process (MPI: per rank)")
     p.add_argument("--optimizer", choices=("sgd", "adam", "rmsprop", "adadelta"), default=None,
@@ -23,9 +25,11 @@ def _add_train_args(p):
                    help="under MPI, multiply the learning rate by the number of ranks (linear "
                         "scaling rule: the global batch is batch-size x ranks)")
     p.add_argument("--data", metavar="DIR", default=None,
-                   help="folder with the IDX files (default: $PYNN_DATA, then "
-                        "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist")
+                   help="folder with the data set's files (default: $PYNN_DATA, then "
+                        "/usr/share/datasets/<data set>)")
+    p.add_argument("--dataset", choices=("fashion_mnist", "mnist", "cifar10", "cifar100"),
+                   default="fashion_mnist",
+                   help="cifar10/cifar100: the CIFAR binary version (data_batch_1.bin ...)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="train on the first N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
@@ -41,10 +45,14 @@ def _add_train_args(p):
                    help="1: progress bar, 2: one line per epoch (default: 1 on a terminal, else 2)")
 
 
+_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
 def _load(args):
     from . import datasets
     mod = getattr(datasets, args.dataset)
-    (x, y), (xt, yt) = mod.load_data(args.data)
+    (x, y), (xt, yt) = mod.load_data(path=args.data)
+    y, yt = y.reshape(-1), yt.reshape(-1)
     if args.limit is not None:
         if args.limit < 1:
             raise SystemExit("pynn train: --limit must be >= 1")
@@ -53,7 +61,9 @@ def _load(args):
     def prep(a):
         a = a.astype(np.float32)
         a *= np.float32(1.0 / 255.0)
-        return a.reshape(len(a), -1) if args.model == "mlp" else a.reshape(a.shape + (1,))
+        if args.model == "mlp":
+            return a.reshape(len(a), -1)
+        return a if a.ndim == 4 else a.reshape(a.shape + (1,))
     return (prep(x), y.astype(np.int32)), (prep(xt), yt.astype(np.int32))
 
 
@@ -97,7 +107,9 @@ def cmd_train(args):
     chief = dist.rank == 0
     pynn.utils.set_random_seed(args.seed)
     (x, y), (xt, yt) = _load(args)
-    model = zoo.MODELS[args.model]()
+    classes = _CLASSES[args.dataset]
+    model = zoo.mlp(x.shape[1], classes) if args.model == "mlp" else \
+        zoo.MODELS[args.model](x.shape[1:], classes)
     if getattr(args, "device", "cpu") != "cpu":
         try:
             model.to_device(args.device)

@@ -1,9 +1,9 @@
 """Run by tests/test_mpi.py under ``mpiexec -n 2 python mpi_worker.py MODE OUT``
 (``-n N`` with ``PYNN_TEST_RANKS=N`` for another number of ranks).
 
-train: trains the two tiny models of test_mpi.py (model_a: conv + batch norm
+train: trains the tiny models of test_mpi.py (model_a: conv + batch norm
        + dropout + a frozen dense, manual gradient-accumulation reference; model_b: dense, fit
-       reference on the global batches) and writes each rank's weights and
+       reference on the global batches; model_c: a residual graph, accumulation reference) and writes each rank's weights and
        batch-norm state after every step to OUT/<model>_rank<r>.npz.
 fail:  rank 1 raises inside fit (at its third step) while rank 0 waits in
        the gradient allreduce: the job must abort, not hang.
@@ -52,6 +52,20 @@ def model_b():
     return m
 
 
+def model_c():
+    """A graph: a residual block with batch norm and a strided 1x1 projection."""
+    inp = L.Input((6, 6, 1))
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    y = L.BatchNormalization()(L.Conv2D(4, 3, strides=2, padding="same")(h))
+    s = L.Conv2D(4, 1, strides=2)(h)
+    x = L.Activation("relu")(L.add([y, s]))
+    out = L.Dense(10, activation="softmax")(L.GlobalAveragePooling2D()(x))
+    m = pynn.Model(inp, out)
+    m.compile(optimizer=pynn.optimizers.SGD(0.05, momentum=0.9),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return m
+
+
 class Record(pynn.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -80,7 +94,7 @@ def main():
         m = dist.attach(model_b())
         m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[FailOnRank1()])
         return
-    for name, make in (("a", model_a), ("b", model_b)):
+    for name, make in (("a", model_a), ("b", model_b), ("c", model_c)):
         # each rank starts from its own seed: attach/fit must broadcast rank 0's
         pynn.utils.set_random_seed(SEED + 100 * dist.rank)
         m = make()

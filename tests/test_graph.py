@@ -407,3 +407,35 @@ def test_resnet20_parameters_and_training():
     y = rng.integers(0, 10, 32)
     h = m.fit(x, y, batch_size=16, epochs=3, verbose=0)
     assert np.isfinite(h.history["loss"]).all() and h.history["loss"][-1] < h.history["loss"][0]
+
+
+def test_fused_plan_equals_unfused():
+    """BN -> ReLU and BN -> Add -> ReLU run as one node: same outputs,
+    gradients and training as the layer-by-layer plan."""
+    from pynn.models import fusion
+    pynn.utils.set_random_seed(11)
+    inp = L.Input((6, 6, 3))
+    x = L.Activation("relu")(L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(inp)))
+    y = L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(x))
+    x = L.Activation("relu")(L.add([x, y]))                    # fused with the shortcut
+    z = L.BatchNormalization()(L.Conv2D(4, 1)(x))
+    tap = L.Activation("relu")(z)
+    out = L.Dense(3, activation="softmax")(L.Flatten()(L.add([tap, z])))  # z has 2 consumers
+    m = compiled(pynn.Model(inp, out, dtype="float64"))
+    kinds = [type(n.layer).__name__ for n in m._exec.nodes]
+    assert kinds.count("FusedBatchNorm") == 2 and "Add" in kinds
+    assert len(m._exec.nodes) == len(m._plan.nodes) - 3
+    x_, y_ = data(6)
+    check_grads(m, x_, y_)
+    ref = pynn.Model(inp, out, dtype="float64")
+    old, fusion.ENABLED = fusion.ENABLED, False
+    try:
+        ref = compiled(pynn.Model(inp, out, dtype="float64"))
+    finally:
+        fusion.ENABLED = old
+    assert len(ref._exec.nodes) == len(ref._plan.nodes)
+    ref.set_weights(m.get_weights())
+    la, ga = loss_and_grad(m, x_, y_)
+    lb, gb = loss_and_grad(ref, x_, y_)
+    assert la == pytest.approx(lb, rel=1e-12)
+    np.testing.assert_allclose(ga, gb, rtol=1e-10, atol=1e-12)

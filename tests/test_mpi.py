@@ -114,7 +114,7 @@ def reference_accumulate(w, make, size=2):
     x, y = w.data()
     pynn.utils.set_random_seed(w.SEED)
     m = make()
-    x, y = m._check_xy(x, y)
+    (x,), (y,) = m._check_xy(x, y)
     m._require_ready(x)
     params, state = [], []
     for epoch in range(w.EPOCHS):
@@ -125,13 +125,13 @@ def reference_accumulate(w, make, size=2):
             it = m.optimizer.iterations
             for r in range(size):
                 m._state[...] = st0
-                for layer in m._dropouts:
+                for _, layer in m._rng_layers:
                     layer.step = it * size + r
                 idx = shards[r][s]
-                out = m._forward(x[idx], True)
-                dout = np.empty_like(out)
-                m.loss.compute(m.ops, out, y[idx], dout, 1.0 / (len(idx) * size), m._logits)
-                m._backward(dout)
+                outs = m._forward([x[idx]], True, logits=True)
+                douts = [np.empty_like(outs[0])]
+                m._losses_sums(outs, [y[idx]], 1.0 / (len(idx) * size), douts)
+                m._backward(douts)
                 acc += m._grads
                 states.append(m._state.copy())
             m._grads[...] = acc
@@ -181,9 +181,10 @@ def test_ranks_identical_and_equal_to_one_process(tmp_path, mode, ranks):
     try:
         ref_a = reference_accumulate(w, w.model_a, ranks)
         ref_b, ref_b_logs = reference_fit(w, w.model_b, ranks)
+        ref_c = reference_accumulate(w, w.model_c, ranks)
     finally:
         nnkernels.set_num_threads(threads)
-    for name, ref in (("a", ref_a[0]), ("b", ref_b)):
+    for name, ref in (("a", ref_a[0]), ("b", ref_b), ("c", ref_c[0])):
         r0, *rest = (np.load(tmp_path / f"{name}_rank{r}.npz") for r in range(ranks))
         assert r0["params"].shape[0] == steps
         assert all(int(r["seed"]) == w.SEED for r in [r0] + rest)    # rank 0's seed won
@@ -192,8 +193,9 @@ def test_ranks_identical_and_equal_to_one_process(tmp_path, mode, ranks):
             "overlap needs MPI_THREAD_MULTIPLE (mpi4py asks for it)"
         if mode != "bucket-per-layer":
             assert int(r0["overlapped_calls"]) == 0
-        else:   # buckets started during backward: a: Dense, BatchNorm (Conv2D last); b: Dense 2
-            assert int(r0["overlapped_calls"]) == steps * {"a": 2, "b": 1}[name]
+        else:   # buckets started during backward: a: Dense, BatchNorm (Conv2D last); b: Dense 2;
+            # c (a graph): Dense, BatchNorm, the 1x1 shortcut conv (the first conv last)
+            assert int(r0["overlapped_calls"]) == steps * {"a": 2, "b": 1, "c": 3}[name]
         # bitwise identical on all ranks after every step (weights and BN state)
         for r1 in rest:
             assert np.array_equal(r0["params"], r1["params"]), name

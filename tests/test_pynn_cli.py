@@ -196,3 +196,19 @@ def test_real_fashion_mnist(tmp_path):
     assert acc > 0.5, line[0]
     hist = json.loads((tmp_path / "history.json").read_text())
     assert hist["test_accuracy"] == pytest.approx(acc, abs=1e-4)
+
+
+def test_train_resnet20_on_cifar10_files(tmp_path):
+    """pynn train --model resnet20 --dataset cifar10 on small files in the
+    CIFAR binary format."""
+    from test_datasets_cifar import write_cifar10
+    folder = tmp_path / "cifar-10-batches-bin"
+    write_cifar10(folder, counts=(12, 12, 12, 12, 12, 20))
+    out = tmp_path / "out"
+    r = run(["train", "--model", "resnet20", "--dataset", "cifar10", "--data", str(tmp_path),
+             "--epochs", "1", "--batch-size", "16", "--out", str(out), "--verbose", "2"],
+            env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["model"] == "resnet20" and len(hist["history"]["loss"]) == 1
+    assert np.isfinite(hist["history"]["loss"][0])

@@ -115,11 +115,44 @@ class CPUOps(Ops):
         return self.nk.softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
                                     from_logits=from_logits, grad_scale=grad_scale)
 
-    def batchnorm_forward(self, x, gamma, beta, **kw):
-        return self.nk.batchnorm_forward(x, gamma, beta, **kw)
+    def batchnorm_forward(self, x, gamma, beta, *, residual=None, activation=None, **kw):
+        if residual is None and activation in (None, "linear"):
+            return self.nk.batchnorm_forward(x, gamma, beta, **kw)
+        if self._bn_fused:
+            return self.nk.batchnorm_forward(x, gamma, beta, residual=residual,
+                                             activation=activation, **kw)
+        out = self.nk.batchnorm_forward(x, gamma, beta, **kw)
+        if residual is not None:
+            out += residual
+        if activation == "relu":
+            self.nk.relu(out, out=out)
+        return out
 
-    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, **kw):
+    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
+                           dresidual=None, **kw):
+        if activation in (None, "linear") and dresidual is None:
+            return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
+        if self._bn_fused:
+            return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, y=y,
+                                              activation=activation, dresidual=dresidual, **kw)
+        if activation == "relu":
+            dy = self.nk.relu_backward(dy, y)
+        if dresidual is not None:
+            dresidual[...] = dy
         return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
+
+    @property
+    def _bn_fused(self):
+        import inspect
+        f = self.__dict__.get("_bn_fused_cache")
+        if f is None:
+            try:
+                f = "residual" in (self.nk.batchnorm_forward.__doc__ or "") and \
+                    "dresidual" in (self.nk.batchnorm_backward.__doc__ or "")
+            except Exception:
+                f = False
+            self.__dict__["_bn_fused_cache"] = f
+        return f
 
     def sum_squares(self, x):
         return self.nk.sum_squares(x)

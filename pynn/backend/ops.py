@@ -519,7 +519,10 @@ class Ops:
 
     # -- batch normalisation -----------------------------------------------
     def batchnorm_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
-                          momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None):
+                          momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None,
+                          residual=None, activation=None):
+        """out = act(BN(x) + residual) (residual optional, act None or "relu");
+        the statistics are those of x."""
         c = x.shape[-1]
         x2 = x.reshape(-1, c)
         out = _out(out, x.shape, x.dtype)
@@ -535,15 +538,27 @@ class Ops:
         invstd = 1.0 / np.sqrt(var + epsilon)
         g = gamma if gamma is not None else 1.0
         b = beta if beta is not None else 0.0
-        out.reshape(-1, c)[...] = (x2 - mean) * (invstd * g) + b
+        z = (x2 - mean) * (invstd * g) + b
+        if residual is not None:
+            z = z + residual.reshape(-1, c)
+        if activation == "relu":
+            z = np.maximum(z, 0)
+        out.reshape(-1, c)[...] = z
         if save_mean is not None:
             save_mean[...] = mean
         if save_invstd is not None:
             save_invstd[...] = invstd
         return out
 
-    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, dx=None, dgamma=None,
-                           dbeta=None):
+    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
+                           dx=None, dgamma=None, dbeta=None, dresidual=None):
+        """Gradients of batchnorm_forward(training=True); with activation
+        "relu" (y: the forward output) dy is masked by y > 0 first, and
+        dresidual receives the gradient of the residual input."""
+        if activation == "relu":
+            dy = dy * (y > 0)
+        if dresidual is not None:
+            dresidual[...] = dy
         c = x.shape[-1]
         x2 = x.reshape(-1, c).astype(np.float64)
         dy2 = dy.reshape(-1, c).astype(np.float64)
@@ -561,12 +576,17 @@ class Ops:
         return dx, dgamma, dbeta
 
     def batchnorm_backward_inference(self, dy, x, gamma, moving_mean, moving_var, epsilon, *,
-                                     dx=None, dgamma=None, dbeta=None):
+                                     y=None, activation=None, dx=None, dgamma=None, dbeta=None,
+                                     dresidual=None):
         """Backward of batch norm with constant statistics (an inference-mode
         forward, e.g. a frozen layer): y = gamma * (x - mm) * invstd + beta,
         invstd = 1 / sqrt(mv + epsilon)."""
         c = x.shape[-1]
         xp = self.xp
+        if activation == "relu":
+            dy = dy * (y > 0)
+        if dresidual is not None:
+            dresidual[...] = dy
         mean = moving_mean
         invstd = 1.0 / xp.sqrt(moving_var + x.dtype.type(epsilon))
         xhat = (x - mean) * invstd

@@ -42,7 +42,9 @@ class BatchNormalization(Layer):
         self.add_weight("moving_variance", (c,), self._inits["moving_variance"], trainable=False,
                         averaged=True)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, residual=None, activation=None):
+        """y = BN(x); the graph may fuse what follows: act(BN(x) + residual)
+        (pynn/models/fusion.py)."""
         ctx = self.ctx
         c = x.shape[-1]
         training = bool(training) and self.trainable
@@ -52,25 +54,32 @@ class BatchNormalization(Layer):
         self.ops.batchnorm_forward(x, self.w.get("gamma"), self.w.get("beta"), training=training,
                                    moving_mean=self.w["moving_mean"],
                                    moving_var=self.w["moving_variance"], momentum=self.momentum,
-                                   epsilon=self.epsilon, out=y, save_mean=sm, save_invstd=si)
+                                   epsilon=self.epsilon, out=y, save_mean=sm, save_invstd=si,
+                                   residual=residual, activation=activation)
         ctx.x, ctx.training, ctx.mean, ctx.invstd = x, training, sm, si
+        ctx.y, ctx.activation, ctx.residual = y, activation, residual is not None
         return y
 
     def backward(self, dy, need_dx=True):
+        """dx; after a fused forward with a residual, (dx, d residual)."""
         ctx = self.ctx
         c = dy.shape[-1]
         dx = self._buf("dx", dy.shape)
         dgamma = self.g.get("gamma", self._buf("dgamma_unused", (c,)))
         dbeta = self.g.get("beta", self._buf("dbeta_unused", (c,)))
+        dres = self._buf("dres", dy.shape) if ctx.residual else None
+        fused = dict(y=ctx.y, activation=ctx.activation, dresidual=dres)
         if not ctx.training:
             # the statistics were constants: the moving ones
             self.ops.batchnorm_backward_inference(dy, ctx.x, self.w.get("gamma"),
                                                   self.w["moving_mean"],
                                                   self.w["moving_variance"], self.epsilon,
-                                                  dx=dx, dgamma=dgamma, dbeta=dbeta)
+                                                  dx=dx, dgamma=dgamma, dbeta=dbeta, **fused)
         else:
             self.ops.batchnorm_backward(dy, ctx.x, self.w.get("gamma"), ctx.mean, ctx.invstd,
-                                        dx=dx, dgamma=dgamma, dbeta=dbeta)
+                                        dx=dx, dgamma=dgamma, dbeta=dbeta, **fused)
+        if ctx.residual:
+            return [dx if need_dx else None, dres]
         return dx if need_dx else None
 
     def get_config(self):

@@ -29,6 +29,7 @@ from .. import backend, utils
 from ..layers.base import InputLayer, Layer, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
+from . import fusion
 from .graph import Plan, RunState, map_graph, new_ctx
 
 
@@ -80,7 +81,9 @@ class Model(training.Trainer, saving.Saving, Layer):
         self._outputs = flatten(outputs)
         nodes, layers = map_graph(self._inputs, self._outputs)
         self._layers = layers
-        self._plan = Plan(self._inputs, self._outputs, nodes)
+        self._plan = Plan(self._inputs, self._outputs, nodes)          # the graph
+        self._exec = Plan(self._inputs, self._outputs,                  # what runs
+                          fusion.fuse(nodes, self._outputs) if fusion.ENABLED else nodes)
         self._graph_built = True
         self.built = True
         self.input_shape = self._inputs[0].shape if len(self._inputs) == 1 else \
@@ -245,17 +248,19 @@ class Model(training.Trainer, saving.Saving, Layer):
             self._allocate()
 
     def _has_trainable(self, layer):
+        layer = getattr(layer, "fused_of", layer)
         if getattr(layer, "is_model", False):
             return any(l in self._trainable_leaves for l in layer._leaves())
         return layer in self._trainable_leaves
 
     def _plan_flags(self):
-        self._flags = self._plan.grad_flags(self._has_trainable, input_grads=False)
+        self._flags = self._exec.grad_flags(self._has_trainable, input_grads=False)
         # after the node at position p has run backward, grads[ready[p]:] is final
-        nodes = self._plan.nodes
+        nodes = self._exec.nodes
         last = {}
         for pos, node in enumerate(nodes):
-            lays = node.layer._leaves() if getattr(node.layer, "is_model", False) else [node.layer]
+            lay0 = getattr(node.layer, "fused_of", node.layer)
+            lays = lay0._leaves() if getattr(lay0, "is_model", False) else [lay0]
             for lay in lays:
                 last[lay] = min(last.get(lay, pos), pos)
         order = sorted(((off, last.get(lay, 0)) for lay, off in self._weight_offset.items()),
@@ -283,7 +288,7 @@ class Model(training.Trainer, saving.Saving, Layer):
         """Outputs (a list) of the model on device arrays ``xs``."""
         run = RunState(self._trainable_leaves, getattr(self, "_logit_layers", ()) if logits else ())
         self._run = run
-        return self._plan.forward(xs, training, self._store, run)
+        return self._exec.forward(xs, training, self._store, run)
 
     def _backward(self, douts):
         dist, g, ready = self._dist, self._grads, self._grad_ready
@@ -291,7 +296,7 @@ class Model(training.Trainer, saving.Saving, Layer):
         def hook(pos):
             dist.grads_ready(g, ready[pos])
         self._run.written.clear()
-        self._plan.backward(douts, self._store, self._run, self._flags, self.ops, hook)
+        self._exec.backward(douts, self._store, self._run, self._flags, self.ops, hook)
 
     # ------------------------------------------------------------ as a layer of another model --
     @property
@@ -322,15 +327,15 @@ class Model(training.Trainer, saving.Saving, Layer):
         ctx = self.ctx
         store = ctx.__dict__.setdefault("store", {})
         outer = getattr(self, "_outer_run", None) or RunState(set())
-        outs = self._plan.forward(xs, training, store, outer)
+        outs = self._exec.forward(xs, training, store, outer)
         return outs if self.returns_list else outs[0]
 
     def backward(self, dy, need_dx=True):
         ctx = self.ctx
         dys = dy if self.returns_list else [dy]
         run = getattr(self, "_outer_run", None) or RunState(set())
-        flags = self._plan.grad_flags(run.has_trainable, input_grads=need_dx)
-        dxs = self._plan.backward(dys, ctx.store, run, flags, self.ops)
+        flags = self._exec.grad_flags(run.has_trainable, input_grads=need_dx)
+        dxs = self._exec.backward(dys, ctx.store, run, flags, self.ops)
         if not need_dx:
             return None
         return dxs if self.takes_list else dxs[0]
@@ -386,6 +391,51 @@ class Model(training.Trainer, saving.Saving, Layer):
         eff = self._effective_trainable()
         return [l.w[s.name] for l in self._leaves() for s in l.specs
                 if not (s.trainable and eff[l])]
+
+    # ------------------------------------------------------------ data-parallel hooks --
+    # What a process group (pynn/distributed.py) needs of a model; nothing else
+    # of the model's insides is used there.
+    @property
+    def process_group(self):
+        """The group whose collectives fit/evaluate use (a LocalGroup alone)."""
+        return self._dist
+
+    @process_group.setter
+    def process_group(self, group):
+        self._dist = group
+        self._dist_synced = False
+
+    def replica_arrays(self):
+        """[(name, array)] that every rank must hold identically: the flat
+        weights, the flat non-trainable state and the optimizer's slots (the
+        arrays themselves, to broadcast into)."""
+        self._ensure_graph()
+        self._ensure_allocated()
+        out = [("params", self._params), ("state", self._state)]
+        opt = self.optimizer
+        if opt is not None and self.compiled:
+            opt.build(self.ops, self._params.shape[0], self._dtype)
+            out += [(f"optimizer/{k}", opt.state[k]) for k in sorted(opt.state)]
+        return out
+
+    def adopt_seed(self, seed):
+        """Take ``seed`` for shuffling and random layers (rank 0's, under MPI)."""
+        self._set_seed(seed)
+
+    @property
+    def resume_position(self):
+        """The training position read from a checkpoint, or None."""
+        return self._resume
+
+    @resume_position.setter
+    def resume_position(self, pos):
+        self._resume = pos
+        if pos is not None:
+            self._pos.update(pos)
+
+    def replicas_synced(self):
+        """Record that the ranks now hold rank 0's model."""
+        self._dist_synced = True
 
     # ------------------------------------------------------------ device --
     def to_device(self, device):

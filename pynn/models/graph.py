@@ -113,6 +113,7 @@ class RunState:
         self.written = set()                  # leaf layers whose gradients this step has written
 
     def has_trainable(self, layer):
+        layer = getattr(layer, "fused_of", layer)
         if getattr(layer, "is_model", False):
             return any(lay in self.trainable for lay in layer._leaves())
         return layer in self.trainable

@@ -1,0 +1,108 @@
+"""Fusing nodes of the execution plan (the graph itself is not changed).
+
+In residual CNNs a batch norm is followed by a ReLU, or by an Add of the
+shortcut and then a ReLU.  Run as written, each is its own memory-bound pass
+over the activations, forward and backward.  Here such chains become one
+node whose batch-norm kernel does ``relu(BN(x) [+ shortcut])`` in its write
+pass, and in backward masks the gradient and writes the shortcut's gradient
+in the same pass.  A chain is fused only when its intermediate tensors have
+no other consumer and are not outputs, so nothing observable changes (the
+values are the same up to float rounding order, which is identical here).
+"""
+import os
+
+from ..layers.core import Activation
+from ..layers.merging import Add
+from ..layers.normalization import BatchNormalization
+
+
+# PYNN_FUSE=0 runs every layer on its own (for comparisons and debugging)
+ENABLED = os.environ.get("PYNN_FUSE", "1") != "0"
+
+
+class PlanNode:
+    """A node of an execution plan that is not a node of the graph."""
+    is_input = False
+
+    def __init__(self, layer, input_tensors, output_tensors):
+        self.layer, self.input_tensors, self.output_tensors = layer, input_tensors, output_tensors
+
+
+class FusedBatchNorm:
+    """BN [+ residual] + ReLU as one plan node; the weights are the BN layer's."""
+    emit_logits = None
+
+    def __init__(self, bn, residual):
+        self.fused_of = bn
+        self.residual = residual
+        self.name = bn.name
+        self.takes_list = residual
+        self.ctx = None
+
+    @property
+    def ops(self):
+        return self.fused_of.ops
+
+    def forward(self, x, training=False):
+        bn = self.fused_of
+        bn.ctx = self.ctx
+        if self.residual:
+            return bn.forward(x[0], training, residual=x[1], activation="relu")
+        return bn.forward(x, training, activation="relu")
+
+    def backward(self, dy, need_dx=True):
+        bn = self.fused_of
+        bn.ctx = self.ctx
+        return bn.backward(dy, need_dx)
+
+
+def _is_relu(layer):
+    return isinstance(layer, Activation) and layer.activation == "relu" and \
+        not getattr(layer, "emit_logits", False)
+
+
+def fuse(nodes, outputs):
+    """The nodes of an execution plan with BN -> ReLU and
+    BN -> Add(shortcut) -> ReLU chains fused."""
+    consumers = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            consumers.setdefault(id(t), []).append(node)
+    for t in outputs:
+        consumers.setdefault(id(t), []).append(None)
+
+    def only_consumer(t):
+        c = consumers.get(id(t), [])
+        return c[0] if len(c) == 1 else None
+
+    drop, replace = set(), {}
+    for node in nodes:
+        bn = node.layer
+        if type(bn) is not BatchNormalization or len(bn._inbound_nodes) != 1 or node in drop:
+            continue
+        nxt = only_consumer(node.output_tensors[0])
+        if nxt is None or nxt in drop:
+            continue
+        if _is_relu(nxt.layer):
+            replace[node] = PlanNode(FusedBatchNorm(bn, False), list(node.input_tensors),
+                                     list(nxt.output_tensors))
+            drop.add(nxt)
+        elif type(nxt.layer) is Add and len(nxt.input_tensors) == 2:
+            a, b = nxt.input_tensors
+            other = b if a is node.output_tensors[0] else a
+            if other is node.output_tensors[0] or tuple(other.shape) != \
+                    tuple(node.output_tensors[0].shape):
+                continue
+            act = only_consumer(nxt.output_tensors[0])
+            if act is None or not _is_relu(act.layer):
+                continue
+            # the shortcut must be computed before the batch norm runs
+            pos = {id(n): i for i, n in enumerate(nodes)}
+            prod = getattr(other, "_keras_history", None)
+            src = prod[0]._inbound_nodes[prod[1]] if prod else None
+            if src is not None and not src.is_input and pos.get(id(src), -1) > pos[id(node)]:
+                continue
+            replace[node] = PlanNode(FusedBatchNorm(bn, True),
+                                     list(node.input_tensors) + [other], list(act.output_tensors))
+            drop.update((nxt, act))
+    return [replace.get(n, n) for n in nodes if n not in drop]
