@@ -439,3 +439,20 @@ def test_fused_plan_equals_unfused():
     lb, gb = loss_and_grad(ref, x_, y_)
     assert la == pytest.approx(lb, rel=1e-12)
     np.testing.assert_allclose(ga, gb, rtol=1e-10, atol=1e-12)
+
+
+def test_resnet20_weight_order_is_keras_order():
+    """The same ResNet-20 code gives Keras 3's layer names, weight order and
+    shapes (recorded from Keras 3.15 in tests/data), so get_weights /
+    set_weights move weights between Keras and pynn."""
+    import json
+    import os
+    ref = json.load(open(os.path.join(os.path.dirname(__file__), "data",
+                                      "resnet20_keras_weights.json")))
+    pynn.utils.clear_session()
+    m = pynn.zoo.resnet20()
+    paths = [f"{l.name}/{s.name}" for l in m._leaves() for s in l.specs]
+    assert paths == ref["weight_paths"]
+    assert [list(w.shape) for w in m.get_weights()] == ref["shapes"]
+    assert m.count_params() == ref["count_params"]
+    assert sum(w.size for w in m.trainable_weights) == ref["trainable_params"]
