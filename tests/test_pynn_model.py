@@ -398,7 +398,24 @@ def _det_data(n=50):
     return rng.standard_normal((n, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, n)
 
 
-def _det_model(seed):
+def _det_graph(seed):
+    """A graph with a shortcut, batch norm (fused with the ReLU) and dropout."""
+    pynn.utils.set_random_seed(seed)
+    inp = layers.Input((6, 6, 1))
+    h = layers.Conv2D(3, 3, padding="same", activation="relu")(inp)
+    y = layers.BatchNormalization()(layers.Conv2D(3, 3, padding="same")(h))
+    x = layers.Activation("relu")(layers.add([h, y]))
+    x = layers.Dropout(0.3)(layers.Flatten()(layers.MaxPooling2D(2)(x)))
+    out = layers.Dense(3, activation="softmax")(layers.concatenate([x, layers.Dense(4)(x)]))
+    m = pynn.Model(inp, out)
+    m.compile(optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+    return m
+
+
+def _det_model(seed, kind="sequential"):
+    if kind == "graph":
+        return _det_graph(seed)
     pynn.utils.set_random_seed(seed)
     m = pynn.Sequential([layers.Conv2D(3, 3, activation="relu", input_shape=(6, 6, 1)),
                          layers.MaxPooling2D(2),
@@ -495,21 +512,22 @@ RESUME_CASES = {
 }
 
 
+@pytest.mark.parametrize("kind", ["sequential", "graph"])
 @pytest.mark.parametrize("case", list(RESUME_CASES))
-def test_backup_and_restore_resume_is_exact(tmp_path, case):
+def test_backup_and_restore_resume_is_exact(tmp_path, case, kind):
     c = RESUME_CASES[case]
     x, y = _det_data(c["n"])
     xv, yv = _det_data(12)
     kw = dict(batch_size=8, epochs=2, shuffle=True, verbose=0, validation_data=(xv, yv))
 
-    ref = _det_model(0)
+    ref = _det_model(0, kind)
     h_ref = ref.fit(x, y, **kw)
 
     path = tmp_path / "ckpt"
 
     def bar():
         return callbacks.BackupAndRestore(path, save_freq=c["save_freq"], delete_checkpoint=False)
-    first = _det_model(0)
+    first = _det_model(0, kind)
     with pytest.raises(Interrupt):
         first.fit(x, y, callbacks=[bar(), InterruptAt(**c["stop"])], **kw)
     assert (path / "checkpoint.npz").exists()
@@ -519,7 +537,7 @@ def test_backup_and_restore_resume_is_exact(tmp_path, case):
     # A fresh model with ANOTHER seed: only a real resume (weights, optimizer
     # state, position, seed of the shuffles and dropout streams) can end
     # where the uninterrupted run ended; a restart from scratch could not.
-    second = _det_model(12345)
+    second = _det_model(12345, kind)
     counter = CountSteps()
     h = second.fit(x, y, callbacks=[bar(), counter], **kw)
     assert counter.steps == ref.optimizer.iterations - ckpt_iters
