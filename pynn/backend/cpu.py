@@ -23,39 +23,35 @@ class CPUOps(Ops):
 
     def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
                        activation=None, out=None):
-        if groups != 1 and not self._has("conv2d_backward_data"):
-            return super().conv2d_forward(x, w, b, strides=strides, padding=padding,
-                                          dilation=dilation, groups=groups,
-                                          activation=activation, out=out)
-        kw = {} if groups == 1 else {"groups": groups}
         return self.nk.conv2d(x, w, b, strides=strides, padding=padding, dilation=dilation,
-                              activation=activation, out=out, **kw)
+                              groups=groups, activation=activation, out=out)
 
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
-                        db=None):
-        if (groups != 1 or not need_dw) and not self._has("conv2d_backward_data"):
-            return super().conv2d_backward(dy, x, w, y, activation, strides=strides,
-                                           padding=padding, dilation=dilation, groups=groups,
-                                           need_dx=need_dx, need_dw=need_dw, dx=dx, dw=dw, db=db)
-        kw = {} if groups == 1 else {"groups": groups}
-        if not need_dw:
-            kw["need_dw"] = False
+                        db=None, accumulate_dx=False):
         return self.nk.conv2d_backward(dy, x, w, strides=strides, padding=padding,
-                                       dilation=dilation, activation=activation, y=y,
-                                       need_dx=need_dx, need_db=db is not None, dx=dx, dw=dw, db=db,
-                                       **kw)
+                                       dilation=dilation, groups=groups, activation=activation,
+                                       y=y, need_dx=need_dx, need_dw=need_dw,
+                                       need_db=db is not None, dx=dx, dw=dw, db=db,
+                                       accumulate_dx=accumulate_dx)
 
     def conv2d_backward_data(self, dy, w, x_shape, *, strides=1, padding="valid", dilation=1,
                              groups=1, out=None):
-        if not self._has("conv2d_backward_data"):
-            return super().conv2d_backward_data(dy, w, x_shape, strides=strides, padding=padding,
-                                                dilation=dilation, groups=groups, out=out)
         return self.nk.conv2d_backward_data(dy, w, x_shape, strides=strides, padding=padding,
                                             dilation=dilation, groups=groups, out=out)
 
-    def _has(self, name):
-        return hasattr(self.nk, name)
+    def depthwise_conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+                                 activation=None, out=None):
+        return self.nk.depthwise_conv2d(x, w, b, strides=strides, padding=padding,
+                                        dilation=dilation, activation=activation, out=out)
+
+    def depthwise_conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1,
+                                  padding="valid", dilation=1, need_dx=True, dx=None, dw=None,
+                                  db=None):
+        return self.nk.depthwise_conv2d_backward(dy, x, w, strides=strides, padding=padding,
+                                                 dilation=dilation, activation=activation, y=y,
+                                                 need_dx=need_dx, need_db=db is not None, dx=dx,
+                                                 dw=dw, db=db)
 
     def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
         return self.nk.max_pool2d(x, pool_size, strides, padding, out=out, indices=indices)
@@ -115,44 +111,11 @@ class CPUOps(Ops):
         return self.nk.softmax_xent(logits, labels, dlogits=dlogits, probs=probs,
                                     from_logits=from_logits, grad_scale=grad_scale)
 
-    def batchnorm_forward(self, x, gamma, beta, *, residual=None, activation=None, **kw):
-        if residual is None and activation in (None, "linear"):
-            return self.nk.batchnorm_forward(x, gamma, beta, **kw)
-        if self._bn_fused:
-            return self.nk.batchnorm_forward(x, gamma, beta, residual=residual,
-                                             activation=activation, **kw)
-        out = self.nk.batchnorm_forward(x, gamma, beta, **kw)
-        if residual is not None:
-            out += residual
-        if activation == "relu":
-            self.nk.relu(out, out=out)
-        return out
+    def batchnorm_forward(self, x, gamma, beta, **kw):
+        return self.nk.batchnorm_forward(x, gamma, beta, **kw)
 
-    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
-                           dresidual=None, **kw):
-        if activation in (None, "linear") and dresidual is None:
-            return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
-        if self._bn_fused:
-            return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, y=y,
-                                              activation=activation, dresidual=dresidual, **kw)
-        if activation == "relu":
-            dy = self.nk.relu_backward(dy, y)
-        if dresidual is not None:
-            dresidual[...] = dy
+    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, **kw):
         return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
-
-    @property
-    def _bn_fused(self):
-        import inspect
-        f = self.__dict__.get("_bn_fused_cache")
-        if f is None:
-            try:
-                f = "residual" in (self.nk.batchnorm_forward.__doc__ or "") and \
-                    "dresidual" in (self.nk.batchnorm_backward.__doc__ or "")
-            except Exception:
-                f = False
-            self.__dict__["_bn_fused_cache"] = f
-        return f
 
     def sum_squares(self, x):
         return self.nk.sum_squares(x)

@@ -639,7 +639,19 @@ class GPUOps(Ops):
 
     # -- batch normalisation -----------------------------------------------
     def batchnorm_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
-                          momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None):
+                          momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None,
+                          residual=None, activation=None):
+        out = self._bn_forward(x, gamma, beta, training=training, moving_mean=moving_mean,
+                               moving_var=moving_var, momentum=momentum, epsilon=epsilon, out=out,
+                               save_mean=save_mean, save_invstd=save_invstd)
+        if residual is not None:          # fused epilogue of the CPU kernel: extra passes here
+            out += self._c(residual, "residual")
+        if activation == "relu":
+            self.xp.maximum(out, 0, out=out)
+        return out
+
+    def _bn_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
+                    momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None):
         x, gamma, beta = self._c(x, "x"), self._c(gamma, "gamma"), self._c(beta, "beta")
         self._same_dtype((("x", x), ("gamma", gamma), ("beta", beta)))
         c = x.shape[-1]
@@ -678,8 +690,17 @@ class GPUOps(Ops):
                      (x, out, np.int64(x.size), np.int32(c), coef))
         return out
 
-    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, dx=None, dgamma=None,
-                           dbeta=None):
+    def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
+                           dx=None, dgamma=None, dbeta=None, dresidual=None):
+        if activation == "relu":
+            dy = dy * (self._c(y, "y") > 0)
+        if dresidual is not None:
+            dresidual[...] = dy
+        return self._bn_backward(dy, x, gamma, save_mean, save_invstd, dx=dx, dgamma=dgamma,
+                                 dbeta=dbeta)
+
+    def _bn_backward(self, dy, x, gamma, save_mean, save_invstd, *, dx=None, dgamma=None,
+                     dbeta=None):
         dy, x, gamma = self._c(dy, "dy"), self._c(x, "x"), self._c(gamma, "gamma")
         save_mean, save_invstd = self._c(save_mean, "save_mean"), self._c(save_invstd, "save_invstd")
         if save_mean is None or save_invstd is None:

@@ -213,8 +213,16 @@ class Ops:
 
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
-                        db=None):
-        """(dx or None, dw or None, db or None) of y = act(conv(x, w) + b)."""
+                        db=None, accumulate_dx=False):
+        """(dx or None, dw or None, db or None) of y = act(conv(x, w) + b);
+        accumulate_dx: dx += the data gradient (dx given)."""
+        if accumulate_dx:
+            acc = dx
+            dx, dw, db = self.conv2d_backward(dy, x, w, y, activation, strides=strides,
+                                              padding=padding, dilation=dilation, groups=groups,
+                                              need_dx=need_dx, need_dw=need_dw, dw=dw, db=db)
+            acc += dx
+            return acc, dw, db
         dz = dy * (y > 0) if activation == "relu" else dy
         if db is not None:
             db[...] = dz.sum(axis=(0, 1, 2))
@@ -300,6 +308,10 @@ class Ops:
         return dx, dw2.reshape(w.shape), db
 
     # -- element-wise helpers of the graph ----------------------------------
+    def add(self, a, b, out=None):
+        """out = a + b (out may be a or b)."""
+        return self.xp.add(a, b, out=out)
+
     def add_n(self, xs, out=None):
         """out = sum of xs (broadcasting as NumPy does)."""
         xp = self.xp

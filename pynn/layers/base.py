@@ -65,6 +65,8 @@ def _new_ctx():
 
 class Layer:
     _registry = {}
+    fresh_grads = False     # backward returns buffers of its own (not views of dy)
+    accumulates_dx = False  # backward(dy, need_dx, dx_into=g) adds its dx to g
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

@@ -18,6 +18,7 @@ def _out_hw(layer, h, w):
 class _Conv(_Activated):
     """What every 2-D convolution layer shares: geometry arguments, checks,
     activation and bias."""
+    fresh_grads = True      # its input gradients are buffers of its own
     kind = "Conv2D"
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", data_format=None,
@@ -111,14 +112,21 @@ class Conv2D(_Conv):
         c.x, c.z, c.y = x, z, y
         return y
 
-    def backward(self, dy, need_dx=True):
+    accumulates_dx = True
+
+    def backward(self, dy, need_dx=True, dx_into=None):
+        """dx; with dx_into (the gradient the input already has from another
+        consumer) the data gradient is added to it in the same pass."""
         c = self.ctx
         dz = self._pre_backward(dy, c.y)
         act = self._kernel_act()
-        dx = self._buf("dx", c.x.shape) if need_dx else None
+        if need_dx and dx_into is not None:
+            dx, acc = dx_into, True
+        else:
+            dx, acc = (self._buf("dx", c.x.shape) if need_dx else None), False
         self.ops.conv2d_backward(dz, c.x, self.w["kernel"], y=c.z if act else None,
                                  activation=act, need_dx=need_dx, dx=dx, dw=self.g["kernel"],
-                                 db=self.g.get("bias"), **self._geom())
+                                 db=self.g.get("bias"), accumulate_dx=acc, **self._geom())
         return dx
 
     def get_config(self):

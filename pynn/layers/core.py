@@ -12,6 +12,7 @@ def _refuse(layer, **options):
 
 
 class Dense(_Activated):
+    fresh_grads = True      # its input gradients are buffers of its own
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None, **kw):

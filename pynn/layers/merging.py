@@ -146,6 +146,7 @@ class Minimum(_Extremum):
 
 
 class Concatenate(_Merge):
+    fresh_grads = True      # its input gradients are buffers of its own
     def __init__(self, axis=-1, **kw):
         super().__init__(**kw)
         self.axis = int(axis)

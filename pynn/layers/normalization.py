@@ -7,6 +7,7 @@ class BatchNormalization(Layer):
     epsilon 1e-3, moving statistics updated with the biased batch variance.
     A non-trainable layer normalises with its moving statistics even in
     training (Keras 3), which is what fine-tuning a frozen base needs."""
+    fresh_grads = True      # its input gradients are buffers of its own
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",

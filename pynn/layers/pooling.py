@@ -6,6 +6,7 @@ from .base import Layer
 
 
 class _Pool2D(Layer):
+    fresh_grads = True      # its input gradients are buffers of its own
     kind = "Pooling2D"
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kw):
@@ -72,6 +73,7 @@ class AveragePooling2D(_Pool2D):
 
 
 class _GlobalPool2D(Layer):
+    fresh_grads = True      # its input gradients are buffers of its own
     kind = "GlobalPooling2D"
 
     def __init__(self, data_format=None, keepdims=False, **kw):

@@ -70,6 +70,7 @@ def _pads(v, what):
 
 
 class ZeroPadding2D(Layer):
+    fresh_grads = True      # its input gradients are buffers of its own
     def __init__(self, padding=(1, 1), data_format=None, **kw):
         super().__init__(**kw)
         check_channels_last(data_format)
@@ -100,6 +101,7 @@ class ZeroPadding2D(Layer):
 
 
 class Cropping2D(Layer):
+    fresh_grads = True      # its input gradients are buffers of its own
     def __init__(self, cropping=((0, 0), (0, 0)), data_format=None, **kw):
         super().__init__(**kw)
         check_channels_last(data_format)
@@ -134,6 +136,7 @@ class Cropping2D(Layer):
 
 class UpSampling2D(Layer):
     """Nearest-neighbour upsampling: each pixel repeated size[0] x size[1]."""
+    fresh_grads = True      # its input gradients are buffers of its own
 
     def __init__(self, size=(2, 2), data_format=None, interpolation="nearest", **kw):
         super().__init__(**kw)

@@ -31,6 +31,7 @@ class PlanNode:
 class FusedBatchNorm:
     """BN [+ residual] + ReLU as one plan node; the weights are the BN layer's."""
     emit_logits = None
+    fresh_grads = True
 
     def __init__(self, bn, residual):
         self.fused_of = bn

@@ -171,14 +171,37 @@ class Plan:
 
     def backward(self, douts, store, run, flags, ops, hook=None):
         """Input gradients (None where not wanted) given the output
-        gradients (None: zero); ``flags`` from :meth:`grad_flags`."""
+        gradients (None: zero); ``flags`` from :meth:`grad_flags`.
+
+        A tensor's second gradient is added to its first: by the consumer's
+        own kernel when it can accumulate (``accumulates_dx``: the
+        convolution's data gradient is added in its write pass) and the
+        first is a buffer that only this tensor holds (``fresh_grads``),
+        else in a buffer of the store."""
         nback, tgrad = flags
-        grads = {}
+        grads, owners, fresh = {}, {}, {}
         acc = store.setdefault("__acc__", {})
         shapes = store["__shapes__"]
+
+        def add(t, g, is_fresh):
+            prev = grads.get(id(t))
+            if prev is None:
+                grads[id(t)] = g
+                owners[id(g)] = owners.get(id(g), 0) + 1
+                fresh[id(g)] = is_fresh
+                return
+            key = ("acc", id(t), tuple(g.shape), str(g.dtype))
+            buf = acc.get(key)
+            if buf is None:
+                buf = acc[key] = ops.alloc(tuple(g.shape), g.dtype)
+            ops.add(prev, g, out=buf)
+            owners[id(prev)] -= 1
+            grads[id(t)] = buf
+            owners[id(buf)], fresh[id(buf)] = 1, True
+
         for t, g in zip(self.outputs, douts):
             if g is not None:
-                self._accumulate(grads, t, g, acc, ops)
+                add(t, g, False)
         for pos in range(len(self.nodes) - 1, -1, -1):
             node = self.nodes[pos]
             if nback[pos]:
@@ -197,26 +220,34 @@ class Plan:
                             g = acc[key] = ops.alloc(tuple(shape), dt, zeros=True)
                     dys.append(g)
                 need_dx = any(tgrad.get(id(t), False) for t in node.input_tensors)
-                dx = self._call_backward(layer, dys if len(dys) > 1 else dys[0], need_dx, run)
-                if need_dx:
+                into = None
+                if need_dx and getattr(layer, "accumulates_dx", False):
+                    prev = grads.get(id(node.input_tensors[0]))
+                    if prev is not None and fresh.get(id(prev)) and owners.get(id(prev)) == 1:
+                        into = prev
+                dx = self._call_backward(layer, dys if len(dys) > 1 else dys[0], need_dx, run,
+                                         into)
+                if need_dx and into is None:
                     dxs = dx if getattr(layer, "takes_list", False) else [dx]
+                    is_fresh = getattr(layer, "fresh_grads", False)
                     for t, g in zip(node.input_tensors, dxs):
                         if tgrad.get(id(t), False) and g is not None:
-                            self._accumulate(grads, t, g, acc, ops)
+                            add(t, g, is_fresh)
             if hook is not None:
                 hook(pos)
         return [grads.get(id(t)) for t in self.inputs]
 
     @staticmethod
-    def _call_backward(layer, dy, need_dx, run):
+    def _call_backward(layer, dy, need_dx, run, into=None):
+        kw = {} if into is None else {"dx_into": into}
         if getattr(layer, "is_model", False):
             layer._outer_run = run
             return layer.backward(dy, need_dx)
         if layer not in run.trainable:
-            return layer.backward(dy, need_dx)
+            return layer.backward(dy, need_dx, **kw)
         if layer not in run.written:
             run.written.add(layer)
-            return layer.backward(dy, need_dx)
+            return layer.backward(dy, need_dx, **kw)
         # a shared layer's later call: its gradients go to scratch, then add up
         scratch = layer.__dict__.setdefault("_scratch_g", {})
         real = layer.g
@@ -227,25 +258,9 @@ class Plan:
                 b = scratch[k] = layer.ops.alloc(v.shape, v.dtype)
             layer.g[k] = b
         try:
-            dx = layer.backward(dy, need_dx)
+            dx = layer.backward(dy, need_dx, **kw)
         finally:
             tmp, layer.g = layer.g, real
         for k, v in tmp.items():
             real[k] += v
         return dx
-
-    @staticmethod
-    def _accumulate(grads, t, g, acc, ops):
-        prev = grads.get(id(t))
-        if prev is None:
-            grads[id(t)] = g
-            return
-        key = ("acc", id(t), tuple(g.shape), str(g.dtype))
-        buf = acc.get(key)
-        if buf is None:
-            buf = acc[key] = ops.alloc(tuple(g.shape), g.dtype)
-        if prev is buf:
-            buf += g
-        else:
-            ops.xp.add(prev, g, out=buf)
-        grads[id(t)] = buf
