@@ -6,7 +6,9 @@ Per layer: forward, and forward+backward (dx, dW, db), ours with
 preallocated outputs, PyTorch (NCHW and channels_last; the faster is the
 peer; backward by autograd with requires_grad on input, weight and bias) and
 a NumPy im2col baseline (sliding_window_view copy + matmul, col2im by tap
-slices), same thread count for all (torch.set_num_threads, threadpoolctl).
+slices; for the depthwise layers, MobileNet's 3x3 DepthwiseConv2D, one
+broadcast multiply-add per tap, and torch's conv2d with groups=C), same
+thread count for all (torch.set_num_threads, threadpoolctl).
 Best of --repeat after warm-up; GFLOP/s and % of the FMA peak measured here
 (nnkernels.fma_peak).  Peak extra memory of our forward+backward at the
 largest batch is measured in a fresh subprocess (VmHWM - VmRSS before the
@@ -36,6 +38,10 @@ LAYERS = {
     "conv2_32to64_3x3_26": dict(kind="conv", H=26, W=26, C=32, F=64, K=3, padding="valid", batches=None),
     "vgg_64to64_3x3_56": dict(kind="conv", H=56, W=56, C=64, F=64, K=3, padding="same", batches=[8]),
     "pw_256to64_1x1_28": dict(kind="conv", H=28, W=28, C=256, F=64, K=1, padding="valid", batches=None),
+    # MobileNet depthwise 3x3 layers (depth multiplier M = 1): CIFAR-sized and ImageNet-sized
+    "dw_128_3x3_16": dict(kind="depthwise", H=16, W=16, C=128, M=1, K=3, padding="same", batches=None),
+    "dw_512_3x3_4": dict(kind="depthwise", H=4, W=4, C=512, M=1, K=3, padding="same", batches=None),
+    "dw_128_3x3_56": dict(kind="depthwise", H=56, W=56, C=128, M=1, K=3, padding="same", batches=[8]),
 }
 
 
@@ -225,6 +231,124 @@ def conv_row(name, spec, batch, threads, repeat, peak, have_torch):
     return row
 
 
+# ------------------------------------------------------------- depthwise
+
+def numpy_dw_fns(x, w, b, dy, pad):
+    """Depthwise baseline in NumPy: one broadcast multiply-add per tap
+    (M = 1, stride 1)."""
+    K = w.shape[0]
+    p = (K - 1) // 2 if pad == "same" else 0
+    N, H, W, C = x.shape
+    OH, OW = H + 2 * p - K + 1, W + 2 * p - K + 1
+    wk = w[:, :, :, 0]
+
+    def fwd():
+        xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        y = np.broadcast_to(b, (N, OH, OW, C)).copy()
+        for kh in range(K):
+            for kw in range(K):
+                y += xp[:, kh:kh + OH, kw:kw + OW] * wk[kh, kw]
+        return y
+
+    def fwd_bwd():
+        fwd()
+        xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        dxp = np.zeros_like(xp)
+        dw = np.empty_like(wk)
+        for kh in range(K):
+            for kw in range(K):
+                dxp[:, kh:kh + OH, kw:kw + OW] += dy * wk[kh, kw]
+                dw[kh, kw] = np.einsum("nhwc,nhwc->c", xp[:, kh:kh + OH, kw:kw + OW], dy)
+        return dxp[:, p:p + H, p:p + W], dw, dy.sum(axis=(0, 1, 2))
+
+    return fwd, fwd_bwd
+
+
+def torch_dw_fns(x, w, b, dy, pad, channels_last):
+    import torch
+    import torch.nn.functional as Fn
+    K, C = w.shape[0], x.shape[3]
+    p = (K - 1) // 2 if pad == "same" else 0
+    mf = torch.channels_last if channels_last else torch.contiguous_format
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=mf).requires_grad_(True)
+    wt = torch.from_numpy(w.reshape(K, K, 1, -1)).permute(3, 2, 0, 1).contiguous(
+        memory_format=mf).requires_grad_(True)
+    bt = torch.from_numpy(b).clone().requires_grad_(True)
+    dyt = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous(memory_format=mf)
+
+    def fwd():
+        with torch.no_grad():
+            return Fn.conv2d(xt, wt, bt, padding=p, groups=C)
+
+    def fwd_bwd():
+        xt.grad = wt.grad = bt.grad = None
+        y = Fn.conv2d(xt, wt, bt, padding=p, groups=C)
+        y.backward(dyt)
+        return y
+
+    return fwd, fwd_bwd
+
+
+def dw_row(name, spec, batch, threads, repeat, peak, have_torch):
+    """One depthwise layer (nnkernels.depthwise_conv2d / _backward) against
+    torch (groups=C, NCHW and channels_last) and NumPy."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    H, W, C, M, K, pad = spec["H"], spec["W"], spec["C"], spec["M"], spec["K"], spec["padding"]
+    x = rng.standard_normal((batch, H, W, C), dtype=np.float32)
+    w = (rng.standard_normal((K, K, C, M), dtype=np.float32) / K).astype(np.float32)
+    b = rng.standard_normal(C * M, dtype=np.float32)
+    y = nk.depthwise_conv2d(x, w, b, padding=pad)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+    f_fwd = 2.0 * y.size * K * K
+    f_all = 3.0 * f_fwd
+
+    def ours_fwd():
+        nk.depthwise_conv2d(x, w, b, padding=pad, out=y)
+
+    def ours_all():
+        nk.depthwise_conv2d(x, w, b, padding=pad, out=y)
+        nk.depthwise_conv2d_backward(dy, x, w, padding=pad, dx=dx, dw=dw, db=db)
+
+    nk.set_num_threads(threads)
+    row = dict(layer=name, batch=batch, threads=threads, gflop_fwd=f_fwd / 1e9,
+               gflop_fwd_bwd=f_all / 1e9, peak_gflops=peak, algo="depthwise")
+    row["machine_peak_now"] = wait_quiet(threads, peak)
+    fns = {"ours_fwd": ours_fwd, "ours_fwd_bwd": ours_all}
+    torch_fmts = []
+    if have_torch and M == 1:
+        import torch
+        torch.set_num_threads(threads)
+        for fmt, cl in (("nchw", False), ("channels_last", True)):
+            tf, ta = torch_dw_fns(x, w, b, dy, pad, cl)
+            fns[f"torch_{fmt}_fwd"], fns[f"torch_{fmt}_fwd_bwd"] = tf, ta
+            torch_fmts.append(fmt)
+    with threadpool_limits(limits=threads):
+        nf, na = numpy_dw_fns(x, w, b, dy, pad)
+        fns["numpy_fwd"], fns["numpy_fwd_bwd"] = nf, na
+        res = best_of_interleaved(fns, repeat)
+    for k, v in res.items():
+        row[k + "_ms"] = v * 1e3
+    ours_all()
+    row["checksum"] = float(np.sum(y, dtype=np.float64) + np.sum(dw, dtype=np.float64))
+    if torch_fmts:
+        for ph in ("fwd", "fwd_bwd"):
+            a, c = row[f"torch_nchw_{ph}_ms"], row[f"torch_channels_last_{ph}_ms"]
+            row[f"torch_{ph}_ms"] = min(a, c)
+            row[f"torch_{ph}_fmt"] = "nchw" if a <= c else "channels_last"
+    for who in ("ours", "numpy", "torch"):
+        for ph, fl in (("fwd", f_fwd), ("fwd_bwd", f_all)):
+            k = f"{who}_{ph}_ms"
+            if k in row:
+                row[f"{who}_{ph}_gflops"] = fl / (row[k] * 1e-3) / 1e9
+                row[f"{who}_{ph}_pct_peak"] = 100.0 * row[f"{who}_{ph}_gflops"] / peak
+    if "torch_fwd_bwd_ms" in row:
+        row["ours_vs_torch_fwd_bwd"] = row["ours_fwd_bwd_ms"] / row["torch_fwd_bwd_ms"]
+        row["ours_vs_torch_fwd"] = row["ours_fwd_ms"] / row["torch_fwd_ms"]
+    return row
+
+
 def _status_kb(key):
     with open("/proc/self/status") as f:
         for line in f:
@@ -237,26 +361,31 @@ def mem_probe(name, batch, threads):
     """Run in a fresh process: peak extra memory of our forward+backward."""
     spec = LAYERS[name]
     rng = np.random.default_rng(0)
-    H, W, C, F, K, pad = spec["H"], spec["W"], spec["C"], spec["F"], spec["K"], spec["padding"]
+    H, W, C, K, pad = spec["H"], spec["W"], spec["C"], spec["K"], spec["padding"]
+    dwise = spec["kind"] == "depthwise"
+    F = C * spec["M"] if dwise else spec["F"]
     nk.set_num_threads(threads)
     x = rng.standard_normal((batch, H, W, C), dtype=np.float32)
-    w = rng.standard_normal((K, K, C, F), dtype=np.float32)
+    w = rng.standard_normal((K, K, C, spec["M"] if dwise else F), dtype=np.float32)
     b = rng.standard_normal(F, dtype=np.float32)
-    shp = nk.conv2d_output_shape(x.shape, w.shape, padding=pad)
+    shp = nk.conv2d_output_shape(x.shape, w.reshape(K, K, 1, F).shape if dwise else w.shape,
+                                 padding=pad, groups=C if dwise else 1)
     y = np.ones(shp, np.float32)
     dy = np.ones(shp, np.float32)
     dx, dw, db = np.ones_like(x), np.ones_like(w), np.ones_like(b)
+    fwd = nk.depthwise_conv2d if dwise else nk.conv2d
+    bwd = nk.depthwise_conv2d_backward if dwise else nk.conv2d_backward
     base = _status_kb("VmRSS")
     for _ in range(3):
-        nk.conv2d(x, w, b, padding=pad, out=y)
-        nk.conv2d_backward(dy, x, w, padding=pad, dx=dx, dw=dw, db=db)
+        fwd(x, w, b, padding=pad, out=y)
+        bwd(dy, x, w, padding=pad, dx=dx, dw=dw, db=db)
     hwm = _status_kb("VmHWM")
     print(json.dumps(dict(extra_mib=(hwm - base) / 1024.0,
                           arena_mib=nk.workspace_bytes() / 2**20,
                           inputs_outputs_mib=sum(a.nbytes for a in (x, w, b, y, dy, dx, dw, db)) / 2**20)))
 
 
-KINDS = {"conv": conv_row}
+KINDS = {"conv": conv_row, "depthwise": dw_row}
 
 
 def main(argv=None):

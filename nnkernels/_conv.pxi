@@ -6,6 +6,7 @@ cdef extern from "nk_conv.h" nogil:
         NK_CONV_IM2COL
         NK_CONV_DIRECT
         NK_CONV_WINOGRAD
+        NK_CONV_DEPTHWISE
         NK_CONV_FWD
         NK_CONV_BWD_DATA
         NK_CONV_BWD_FILTER
@@ -15,21 +16,24 @@ cdef extern from "nk_conv.h" nogil:
         int64_t sh, sw, dh, dw
         int64_t pt, pl
         int64_t oh, ow
+        int64_t g
+        int64_t ldx, ldy, ldw
     int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
                           const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                           int act, void *y_nhwf, int nthreads)
     int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
                            const void *dy_nhwf, const void *x_nhwc, const void *w_hwcf,
                            int act, const void *y_nhwf,
-                           void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads)
+                           void *dx_nhwc, int dx_accumulate, void *dw_hwcf, void *db_f,
+                           int nthreads)
     int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass_)
     int nk_conv_wino_ok(const nk_conv_shape *s)
     void nk_conv_set_col_budget(int64_t nbytes)
 
 _CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT,
-               "winograd": NK_CONV_WINOGRAD}
+               "winograd": NK_CONV_WINOGRAD, "depthwise": NK_CONV_DEPTHWISE}
 _CONV_ALGO_NAMES = {NK_CONV_IM2COL: "im2col", NK_CONV_DIRECT: "direct",
-                    NK_CONV_WINOGRAD: "winograd"}
+                    NK_CONV_WINOGRAD: "winograd", NK_CONV_DEPTHWISE: "depthwise"}
 # Every size, stride, dilation and padding must stay below this, so that all
 # index arithmetic in the kernels (products of two such numbers plus a few
 # more) fits in int64 with room to spare.
@@ -122,19 +126,32 @@ cdef object _conv_out(object out, tuple shape, object dt, str name, list inputs)
     return out
 
 
+cdef int64_t _conv_groups(object groups) except -1:
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1 or groups > _CONV_MAX_DIM:
+        raise ValueError(f"groups must be in [1, {_CONV_MAX_DIM}], got {groups!r}")
+    return int(groups)
+
+
 cdef object _conv_geometry(tuple xs, tuple ws, object strides, object padding, object dilation,
-                           nk_conv_shape *s):
-    """Validate the geometry of x (N,H,W,C) and w (KH,KW,C,F); fill s.
-    Returns ((pt, pb), (pl, pr))."""
+                           object groups, nk_conv_shape *s):
+    """Validate the geometry of x (N,H,W,C) and w (KH,KW,C/groups,F); fill
+    s (per-group c and f, contiguous pitches).  Returns ((pt, pb), (pl, pr))."""
+    cdef int64_t G = _conv_groups(groups)
     for nm, shp in (("x", xs), ("w", ws)):
         for d in shp:
             if d < 0 or d > _CONV_MAX_DIM:
                 raise ValueError(f"{nm} has shape {shp}: dimensions must be in [0, {_CONV_MAX_DIM}]")
     N, H, W, C = (int(d) for d in xs)
     KH, KW, C2, F = (int(d) for d in ws)
-    if C2 != C:
+    if G == 1 and C2 != C:
         raise ValueError(f"input channels differ: x{xs} has C={C}, w{ws} has C_in={C2} "
                          f"(w must be (KH, KW, C_in, C_out))")
+    if G > 1 and (C2 * G != C or F % G):
+        raise ValueError(f"groups={G}: x{xs} must have C_in = groups * w.shape[2] channels and "
+                         f"w{ws} C_out divisible by groups (w must be (KH, KW, C_in/groups, "
+                         f"C_out))")
     if H < 1 or W < 1 or C < 1 or KH < 1 or KW < 1 or F < 1:
         raise ValueError(f"x{xs} and w{ws}: H, W, C, KH, KW and C_out must all be >= 1")
     sh, sw = _int_pair(strides, "strides", 1)
@@ -155,11 +172,12 @@ cdef object _conv_geometry(tuple xs, tuple ws, object strides, object padding, o
                     ("columns", N * oh * ow * KH * KW * C)):
         if v > _CONV_MAX_ELEMS:
             raise ValueError(f"x{xs}, w{ws}: {what} would have {v} elements, too many")
-    s.n, s.h, s.w, s.c = N, H, W, C
-    s.kh, s.kw, s.f = KH, KW, F
+    s.n, s.h, s.w, s.c = N, H, W, C // G
+    s.kh, s.kw, s.f = KH, KW, F // G
     s.sh, s.sw, s.dh, s.dw = sh, sw, dh, dw
     s.pt, s.pl = pt, pl
     s.oh, s.ow = oh, ow
+    s.g, s.ldx, s.ldy, s.ldw = G, C, F, F
     return pads
 
 
@@ -171,7 +189,12 @@ cdef int _conv_algo(object algo) except -1:
 
 
 cdef int _conv_check_algo(int algo_id, nk_conv_shape *s) except -1:
-    """Winograd F(2x2, 3x3) needs a 3x3 kernel, strides 1 and dilation 1."""
+    """Winograd F(2x2, 3x3) needs a 3x3 kernel, strides 1 and dilation 1;
+    the depthwise kernels one input channel per group."""
+    if algo_id == NK_CONV_DEPTHWISE and s.c != 1:
+        raise ValueError(
+            f"algo='depthwise' needs one input channel per group (groups == C_in), got "
+            f"{s.c} channels per group ({s.g} groups)")
     if algo_id == NK_CONV_WINOGRAD and not nk_conv_wino_ok(s):
         raise ValueError(
             f"algo='winograd' needs a 3x3 kernel with strides 1 and dilation 1, got kernel "
@@ -179,30 +202,32 @@ cdef int _conv_check_algo(int algo_id, nk_conv_shape *s) except -1:
     return 0
 
 
-def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1)):
+def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1),
+                        groups=1):
     """(N, OH, OW, C_out) of conv2d for these shapes (Keras/TensorFlow sizes)."""
     cdef nk_conv_shape s
     xs = tuple(int(d) for d in x_shape)
     ws = tuple(int(d) for d in w_shape)
     if len(xs) != 4 or len(ws) != 4:
         raise ValueError(f"x_shape must be (N, H, W, C) and w_shape (KH, KW, C, F), got {xs}, {ws}")
-    _conv_geometry(xs, ws, strides, padding, dilation, &s)
-    return (s.n, s.oh, s.ow, s.f)
+    _conv_geometry(xs, ws, strides, padding, dilation, groups, &s)
+    return (s.n, s.oh, s.ow, s.f * s.g)
 
 
 def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1),
-                dtype="float32", str product="forward"):
+                dtype="float32", str product="forward", groups=1):
     """The algorithm algo="auto" picks for one product ("forward",
     "backward_data" or "backward_filter") of this convolution: "direct"
     when C_in < 8; "winograd" for the forward pass and the data gradient of
     float32 3x3 convolutions with strides 1, dilation 1 and C_in, C_out >= 16;
-    else "im2col"."""
+    else "im2col".  With groups, C_in and C_out are those of one group
+    (each group is a convolution of its own)."""
     cdef nk_conv_shape s
     xs = tuple(int(d) for d in x_shape)
     ws = tuple(int(d) for d in w_shape)
     if len(xs) != 4 or len(ws) != 4:
         raise ValueError(f"x_shape must be (N, H, W, C) and w_shape (KH, KW, C, F), got {xs}, {ws}")
-    _conv_geometry(xs, ws, strides, padding, dilation, &s)
+    _conv_geometry(xs, ws, strides, padding, dilation, groups, &s)
     passes = {"forward": NK_CONV_FWD, "backward_data": NK_CONV_BWD_DATA,
               "backward_filter": NK_CONV_BWD_FILTER}
     if product not in passes:
@@ -212,7 +237,7 @@ def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 
 
 
 def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
-           activation=None, algo="auto", out=None):
+           groups=1, activation=None, algo="auto", out=None):
     """2-D convolution, NHWC: y = act(conv(x, w) + bias).
 
     x: (N, H, W, C_in); w: (KH, KW, C_in, C_out); bias: (C_out,) or None;
@@ -224,24 +249,40 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     kernels, strides 1 and dilation 1 only, else ValueError; 2.25x fewer
     multiplications, results within a few ulps of the magnitude of the
     sums of |x|*|w| of direct summation; conv2d_backward uses it for dx,
-    im2col for dw) or "auto" (direct when C_in < 8, winograd for float32
-    3x3 stride-1 convolutions with C_in, C_out >= 16, else im2col; see
-    conv2d_algo).  out: optional preallocated
+    im2col for dw), "depthwise" (one input channel per group only: see
+    depthwise_conv2d) or "auto" (depthwise when groups > 1 and each group
+    has one input channel; else per group: direct when C_in < 8, winograd
+    for float32 3x3 stride-1 convolutions with C_in, C_out >= 16, else
+    im2col; see conv2d_algo).  groups (Keras Conv2D(groups=g)): x has
+    C_in = g * C_g channels, w is (KH, KW, C_g, C_out) with C_out divisible
+    by g, and output channels [j*C_out/g, (j+1)*C_out/g) see input channels
+    [j*C_g, (j+1)*C_g) only; computed as g convolutions on channel windows
+    of x and y (no copies), each with the algorithm chosen for its own
+    channel counts (or, with C_g = 1, by the depthwise kernels in one pass).
+    out: optional preallocated
     (N, OH, OW, C_out) C-contiguous array of the same dtype; it must not
     overlap the inputs.  Non-contiguous x / w / bias are copied first.
     Returns y.
     """
-    cdef nk_conv_shape s
     x = _nhwc(x, "x")
     w = _nhwc(w, "w")
+    return _conv2d_fwd(x, w, bias, strides, padding, dilation, groups, activation, algo, out,
+                       "conv2d")
+
+
+cdef object _conv2d_fwd(object x, object w, object bias, object strides, object padding,
+                        object dilation, object groups, object activation, object algo,
+                        object out, str fname):
+    """conv2d on x, w already through _nhwc."""
+    cdef nk_conv_shape s
     dt = _same_dtype([("x", x), ("w", w)])
     cdef int act = _act_id(activation)
     cdef int algo_id = _conv_algo(algo)
-    _conv_geometry(x.shape, w.shape, strides, padding, dilation, &s)
+    _conv_geometry(x.shape, w.shape, strides, padding, dilation, groups, &s)
     _conv_check_algo(algo_id, &s)
     if bias is not None:
-        bias = _vector(bias, s.f, dt, "bias")
-    out = _conv_out(out, (s.n, s.oh, s.ow, s.f), dt, "out",
+        bias = _vector(bias, s.f * s.g, dt, "bias")
+    out = _conv_out(out, (s.n, s.oh, s.ow, s.f * s.g), dt, "out",
                     [("x", x), ("w", w), ("bias", bias)])
     cdef bint dbl = dt == _F64
     cdef const void *px = _p(x)
@@ -252,26 +293,44 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     with nogil:
         rc = nk_conv2d_forward(&s, dbl, algo_id, px, pw, pb, act, py, 0)
     if rc != 0:
-        raise MemoryError("nnkernels.conv2d: could not allocate the workspace")
+        raise MemoryError(f"nnkernels.{fname}: could not allocate the workspace")
     return out
 
 
 def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1),
-                    activation=None, y=None, bint need_dx=True, bint need_db=True,
-                    algo="auto", dx=None, dw=None, db=None):
+                    groups=1, activation=None, y=None, bint need_dx=True, bint need_dw=True,
+                    bint need_db=True, algo="auto", dx=None, dw=None, db=None,
+                    bint accumulate_dx=False):
     """Gradients of y = act(conv2d(x, w) + bias) given dy = dL/dy.
 
-    Same geometry arguments as conv2d.  With activation="relu" pass the
-    forward output y: dz = dy * (y > 0) is applied while the operands are
+    Same geometry arguments (and groups) as conv2d.  With activation="relu"
+    pass the forward output y: dz = dy * (y > 0) is applied while the operands are
     packed (never written out), and db = sum of dz is taken from the same
-    packing.  Returns (dx or None, dw, db or None), shaped like x, w and
-    (C_out,).  dx / dw / db may be preallocated C-contiguous arrays (they
-    must not overlap each other or the inputs); they are overwritten.
+    packing.  need_dx / need_dw / need_db=False skip that gradient (None is
+    returned in its place; with need_dw=False x is not read, and db, if
+    wanted, comes from its own pass over dz).  Returns (dx, dw, db), shaped
+    like x, w and (C_out,).  dx / dw / db may be preallocated C-contiguous
+    arrays (they must not overlap each other or the inputs); they are
+    overwritten, except dx with accumulate_dx=True: the data gradient is
+    added to it (dx += dL/dx, in the same pass; dx must be given), so that a
+    tensor with several consumers sums their gradients without a pass of its
+    own.
     """
-    cdef nk_conv_shape s
     dy = _nhwc(dy, "dy")
     x = _nhwc(x, "x")
     w = _nhwc(w, "w")
+    return _conv2d_bwd(dy, x, w, w.shape, strides, padding, dilation, groups, activation, y,
+                       need_dx, need_dw, need_db, algo, dx, dw, db, accumulate_dx,
+                       "conv2d_backward")
+
+
+cdef tuple _conv2d_bwd(object dy, object x, object w, tuple w_shape, object strides,
+                       object padding, object dilation, object groups, object activation,
+                       object y, bint need_dx, bint need_dw, bint need_db, object algo,
+                       object dx, object dw, object db, bint acc, str fname):
+    """conv2d_backward on dy, x, w already through _nhwc; dw is validated
+    against (and returned in) w_shape, the caller's view of w's memory."""
+    cdef nk_conv_shape s
     cdef int act = _act_id(activation)
     cdef int algo_id = _conv_algo(algo)
     named = [("dy", dy), ("x", x), ("w", w)]
@@ -283,37 +342,159 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     else:
         y = None
     dt = _same_dtype(named)
-    _conv_geometry(x.shape, w.shape, strides, padding, dilation, &s)
+    _conv_geometry(x.shape, w.shape, strides, padding, dilation, groups, &s)
     _conv_check_algo(algo_id, &s)
-    yshape = (s.n, s.oh, s.ow, s.f)
+    _conv_check_dy(dy, y, &s, f"x{x.shape}, w{w.shape}")
+    ins = [("dy", dy), ("x", x), ("w", w), ("y", y)]
+    if acc and (dx is None or not need_dx):
+        raise ValueError("accumulate_dx=True needs need_dx=True and dx= (the array to add to)")
+    dw = _conv_out(dw, w_shape, dt, "dw", ins) if need_dw else None
+    db = _conv_out(db, (s.f * s.g,), dt, "db", ins + [("dw", dw)]) if need_db else None
+    dx = _conv_out(dx, x.shape, dt, "dx", ins + [("dw", dw), ("db", db)]) if need_dx else None
+    _conv_backward_run(&s, dt, algo_id, dy, x if need_dw else None, w, act, y, dx, acc,
+                       None if dw is None else dw.reshape(w.shape), db, fname)
+    return dx, dw, db
+
+
+def conv2d_backward_data(dy, w, x_shape, *, strides=(1, 1), padding="valid", dilation=(1, 1),
+                         groups=1, activation=None, y=None, algo="auto", out=None,
+                         bint accumulate=False):
+    """The data gradient alone: dx = dL/dx of y = act(conv2d(x, w) + bias)
+    for an x of shape x_shape (N, H, W, C_in), given dy = dL/dy, without
+    computing dw or db (x itself is not needed).  This is also the forward
+    pass of a transposed convolution (Keras Conv2DTranspose) whose kernel is
+    w, mapping dy (N, OH, OW, C_out) to (N, H, W, C_in); x_shape settles the
+    size that strides > 1 leave ambiguous.
+
+    Same geometry arguments (and groups) as conv2d (padding may be
+    explicit); with
+    activation="relu" pass the forward output y (dz = dy * (y > 0)).
+    dy must have shape conv2d_output_shape(x_shape, w.shape, ...).  algo as
+    in conv2d (the data-gradient choice of conv2d_algo for "auto").  out: an
+    optional preallocated x_shape C-contiguous array, overwritten; with
+    accumulate=True (out required) the gradient is added to it instead.
+    Returns dx.
+    """
+    cdef nk_conv_shape s
+    dy = _nhwc(dy, "dy")
+    w = _nhwc(w, "w")
+    xs = _shape4(x_shape, "x_shape")
+    cdef int act = _act_id(activation)
+    cdef int algo_id = _conv_algo(algo)
+    named = [("dy", dy), ("w", w)]
+    if act != NK_ACT_NONE:
+        if y is None:
+            raise ValueError(f"activation={activation!r} needs the forward output y")
+        y = _nhwc(y, "y")
+        named.append(("y", y))
+    else:
+        y = None
+    dt = _same_dtype(named)
+    _conv_geometry(xs, w.shape, strides, padding, dilation, groups, &s)
+    _conv_check_algo(algo_id, &s)
+    _conv_check_dy(dy, y, &s, f"x_shape {xs}, w{w.shape}")
+    if accumulate and out is None:
+        raise ValueError("accumulate=True needs out= (the array to add to)")
+    out = _conv_out(out, xs, dt, "out", [("dy", dy), ("w", w), ("y", y)])
+    _conv_backward_run(&s, dt, algo_id, dy, None, w, act, y, out, accumulate, None, None,
+                       "conv2d_backward_data")
+    return out
+
+
+cdef tuple _shape4(object shape, str name):
+    """A 4-D shape as a tuple of Python ints (ValueError/TypeError otherwise)."""
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of 4 ints (N, H, W, C), got {shape!r}") from None
+    if len(items) != 4:
+        raise ValueError(f"{name} must be (N, H, W, C), got {shape!r}")
+    for d in items:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{name} must be a tuple of 4 ints (N, H, W, C), got {shape!r}")
+    return tuple(int(d) for d in items)
+
+
+cdef int _conv_check_dy(object dy, object y, nk_conv_shape *s, str what) except -1:
+    """dy (and y, when given) have the convolution's output shape."""
+    yshape = (s.n, s.oh, s.ow, s.f * s.g)
     if dy.shape != yshape:
-        raise ValueError(f"dy has shape {dy.shape}, expected {yshape} for x{x.shape}, w{w.shape}")
+        raise ValueError(f"dy has shape {dy.shape}, expected {yshape} for {what}")
     if y is not None and y.shape != yshape:
         raise ValueError(f"y has shape {y.shape}, expected {yshape} (the forward output)")
-    ins = [("dy", dy), ("x", x), ("w", w), ("y", y)]
-    dw = _conv_out(dw, w.shape, dt, "dw", ins)
-    if need_db:
-        db = _conv_out(db, (s.f,), dt, "db", ins + [("dw", dw)])
-    else:
-        db = None
-    if need_dx:
-        dx = _conv_out(dx, x.shape, dt, "dx", ins + [("dw", dw), ("db", db)])
-    else:
-        dx = None
+    return 0
+
+
+cdef int _conv_backward_run(nk_conv_shape *s, object dt, int algo_id, object dy, object x,
+                            object w, int act, object y, object dx, bint acc, object dw,
+                            object db, str fname) except -1:
+    """nk_conv2d_backward on validated arrays (None: NULL)."""
     cdef bint dbl = dt == _F64
     cdef const void *pdy = _p(dy)
-    cdef const void *px = _p(x)
+    cdef const void *px = _p(x) if x is not None else NULL
     cdef const void *pw = _p(w)
     cdef const void *py = _p(y) if y is not None else NULL
     cdef void *pdx = _p(dx) if dx is not None else NULL
-    cdef void *pdw = _p(dw)
+    cdef void *pdw = _p(dw) if dw is not None else NULL
     cdef void *pdb = _p(db) if db is not None else NULL
     cdef int rc
     with nogil:
-        rc = nk_conv2d_backward(&s, dbl, algo_id, pdy, px, pw, act, py, pdx, pdw, pdb, 0)
+        rc = nk_conv2d_backward(s, dbl, algo_id, pdy, px, pw, act, py, pdx, acc, pdw, pdb, 0)
     if rc != 0:
-        raise MemoryError("nnkernels.conv2d_backward: could not allocate the workspace")
-    return dx, dw, db
+        raise MemoryError(f"nnkernels.{fname}: could not allocate the workspace")
+    return 0
+
+
+cdef object _dw_kernel(object x, object w):
+    """The depthwise kernel w (KH, KW, C, M) as the grouped kernel
+    (KH, KW, 1, C*M) (a view: w is C-contiguous), after checking it against
+    x (N, H, W, C)."""
+    if w.shape[2] != x.shape[3]:
+        raise ValueError(f"depthwise: x{x.shape} has C={x.shape[3]} channels but w{w.shape} has "
+                         f"{w.shape[2]} (w must be (KH, KW, C, depth_multiplier))")
+    if w.shape[3] < 1:
+        raise ValueError(f"depthwise: w{w.shape} has depth multiplier {w.shape[3]}, must be >= 1")
+    return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2] * w.shape[3])
+
+
+def depthwise_conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
+                     activation=None, algo="auto", out=None):
+    """Depthwise 2-D convolution, NHWC (Keras DepthwiseConv2D):
+    y[..., c*M + m] = act(bias[c*M + m] + conv(x[..., c], w[:, :, c, m])).
+
+    x: (N, H, W, C); w: (KH, KW, C, M), M the depth multiplier; bias:
+    (C*M,) or None; y: (N, OH, OW, C*M).  Geometry arguments, activation and
+    out as in conv2d.  The same as conv2d(x, w.reshape(KH, KW, 1, C*M),
+    groups=C), computed by direct loops vectorised over the (contiguous)
+    channel axis, parallel over output rows; algo="auto"/"depthwise" picks
+    them, "im2col"/"direct"/"winograd" run C separate one-channel
+    convolutions instead (slow; for testing).  Results do not depend on the
+    thread count.
+    """
+    x = _nhwc(x, "x")
+    w = _nhwc(w, "w")
+    return _conv2d_fwd(x, _dw_kernel(x, w), bias, strides, padding, dilation, x.shape[3],
+                       activation, algo, out, "depthwise_conv2d")
+
+
+def depthwise_conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1),
+                              activation=None, y=None, bint need_dx=True, bint need_dw=True,
+                              bint need_db=True, algo="auto", dx=None, dw=None, db=None,
+                              bint accumulate_dx=False):
+    """Gradients of y = depthwise_conv2d(x, w, bias, activation=...) given
+    dy = dL/dy: (dx, dw, db) shaped like x, w (KH, KW, C, M) and (C*M,), or
+    None for a gradient not wanted.  Arguments as in conv2d_backward (relu:
+    pass the forward output y; dz = dy * (y > 0) is applied as dz is read;
+    accumulate_dx=True adds the data gradient to dx).
+    dW and db sum fixed blocks of output rows in a fixed order: bitwise the
+    same for any thread count.
+    """
+    dy = _nhwc(dy, "dy")
+    x = _nhwc(x, "x")
+    w = _nhwc(w, "w")
+    return _conv2d_bwd(dy, x, _dw_kernel(x, w), w.shape, strides, padding, dilation, x.shape[3],
+                       activation, y, need_dx, need_dw, need_db, algo, dx, dw, db,
+                       accumulate_dx, "depthwise_conv2d_backward")
 
 
 def _set_conv_col_budget(nbytes):

@@ -141,3 +141,102 @@ def threads(n):
         yield
     finally:
         nk.set_num_threads(old)
+
+
+# ----------------------------------------------------------- convolution --
+# The references loop over the KH x KW taps and use einsum over each tap's
+# window (no im2col), so they share no code or idea with the kernels beyond
+# the definition of a convolution.  Grouped and depthwise convolutions are
+# written as independent convolutions on channel slices.
+
+def ref_pads(H, W, KH, KW, strides, padding, dilation):
+    sh, sw = strides
+    dh, dw = dilation
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":  # TensorFlow's rule
+        oh, ow = -(-H // sh), -(-W // sw)
+        th = max((oh - 1) * sh + (KH - 1) * dh + 1 - H, 0)
+        tw = max((ow - 1) * sw + (KW - 1) * dw + 1 - W, 0)
+        return (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+    return tuple(padding[0]), tuple(padding[1])
+
+
+def _windows(xp, kh, kw, OH, OW, strides, dilation):
+    (sh, sw), (dh, dw) = strides, dilation
+    return (slice(None), slice(kh * dh, kh * dh + (OH - 1) * sh + 1, sh),
+            slice(kw * dw, kw * dw + (OW - 1) * sw + 1, sw))
+
+
+def ref_conv(x, w, b, strides, padding, dilation, act=None):
+    N, H, W, C = x.shape
+    KH, KW, _, F = w.shape
+    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, strides, padding, dilation)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    OH = (H + pt + pb - (KH - 1) * dilation[0] - 1) // strides[0] + 1
+    OW = (W + pl + pr - (KW - 1) * dilation[1] - 1) // strides[1] + 1
+    y = np.zeros((N, OH, OW, F), x.dtype)
+    for kh in range(KH):
+        for kw in range(KW):
+            win = xp[_windows(xp, kh, kw, OH, OW, strides, dilation)]
+            y += np.einsum("nhwc,cf->nhwf", win, w[kh, kw])
+    if b is not None:
+        y += b
+    if act == "relu":
+        y = np.maximum(y, 0)
+    return y
+
+
+def ref_conv_backward(dy, x, w, strides, padding, dilation, act=None, y=None):
+    N, H, W, C = x.shape
+    KH, KW, _, F = w.shape
+    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, strides, padding, dilation)
+    dz = dy * (y > 0) if act == "relu" else dy
+    OH, OW = dy.shape[1:3]
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for kh in range(KH):
+        for kw in range(KW):
+            sl = _windows(xp, kh, kw, OH, OW, strides, dilation)
+            dw[kh, kw] = np.einsum("nhwc,nhwf->cf", xp[sl], dz)
+            dxp[sl] += np.einsum("nhwf,cf->nhwc", dz, w[kh, kw])
+    return dxp[:, pt:pt + H, pl:pl + W], dw, dz.sum(axis=(0, 1, 2))
+
+
+def ref_conv_grouped(x, w, b, strides, padding, dilation, groups=1, act=None):
+    """Keras Conv2D(groups=g): output block j (F/g channels) is the
+    convolution of input block j (C/g channels) with w[..., block j]."""
+    C, F = x.shape[3], w.shape[3]
+    cg, fg = C // groups, F // groups
+    y = np.concatenate(
+        [ref_conv(x[..., j * cg:(j + 1) * cg], w[..., j * fg:(j + 1) * fg],
+                  None if b is None else b[j * fg:(j + 1) * fg], strides, padding, dilation)
+         for j in range(groups)], axis=3)
+    return np.maximum(y, 0) if act == "relu" else y
+
+
+def ref_conv_grouped_backward(dy, x, w, strides, padding, dilation, groups=1, act=None, y=None):
+    """(dx, dw, db) of ref_conv_grouped, group by group."""
+    C, F = x.shape[3], w.shape[3]
+    cg, fg = C // groups, F // groups
+    dz = dy * (y > 0) if act == "relu" else dy
+    parts = [ref_conv_backward(dz[..., j * fg:(j + 1) * fg], x[..., j * cg:(j + 1) * cg],
+                               w[..., j * fg:(j + 1) * fg], strides, padding, dilation)
+             for j in range(groups)]
+    return tuple(np.concatenate([p[i] for p in parts], axis=3 if i < 2 else 0) for i in range(3))
+
+
+def ref_depthwise(x, w, b, strides, padding, dilation, act=None):
+    """Keras DepthwiseConv2D, w (KH, KW, C, M): output channel c*M + m is
+    x[..., c] convolved with w[:, :, c, m], i.e. groups=C with C*M filters."""
+    KH, KW, C, M = w.shape
+    return ref_conv_grouped(x, w.reshape(KH, KW, 1, C * M), b, strides, padding, dilation,
+                            groups=C, act=act)
+
+
+def ref_depthwise_backward(dy, x, w, strides, padding, dilation, act=None, y=None):
+    KH, KW, C, M = w.shape
+    dx, dw, db = ref_conv_grouped_backward(dy, x, w.reshape(KH, KW, 1, C * M), strides, padding,
+                                           dilation, groups=C, act=act, y=y)
+    return dx, dw.reshape(w.shape), db

@@ -10,67 +10,13 @@ from hypothesis import strategies as st
 
 import nnkernels as nk
 from reference import isa as use_isa
+from reference import ref_conv, ref_conv_backward, ref_pads
 
 ISAS = nk.available_isas()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------- references
-
-def ref_pads(H, W, KH, KW, strides, padding, dilation):
-    sh, sw = strides
-    dh, dw = dilation
-    if padding == "valid":
-        return (0, 0), (0, 0)
-    if padding == "same":  # TensorFlow's rule
-        oh, ow = -(-H // sh), -(-W // sw)
-        th = max((oh - 1) * sh + (KH - 1) * dh + 1 - H, 0)
-        tw = max((ow - 1) * sw + (KW - 1) * dw + 1 - W, 0)
-        return (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
-    return tuple(padding[0]), tuple(padding[1])
-
-
-def _windows(xp, kh, kw, OH, OW, strides, dilation):
-    (sh, sw), (dh, dw) = strides, dilation
-    return (slice(None), slice(kh * dh, kh * dh + (OH - 1) * sh + 1, sh),
-            slice(kw * dw, kw * dw + (OW - 1) * sw + 1, sw))
-
-
-def ref_conv(x, w, b, strides, padding, dilation, act=None):
-    N, H, W, C = x.shape
-    KH, KW, _, F = w.shape
-    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, strides, padding, dilation)
-    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    OH = (H + pt + pb - (KH - 1) * dilation[0] - 1) // strides[0] + 1
-    OW = (W + pl + pr - (KW - 1) * dilation[1] - 1) // strides[1] + 1
-    y = np.zeros((N, OH, OW, F), x.dtype)
-    for kh in range(KH):
-        for kw in range(KW):
-            win = xp[_windows(xp, kh, kw, OH, OW, strides, dilation)]
-            y += np.einsum("nhwc,cf->nhwf", win, w[kh, kw])
-    if b is not None:
-        y += b
-    if act == "relu":
-        y = np.maximum(y, 0)
-    return y
-
-
-def ref_conv_backward(dy, x, w, strides, padding, dilation, act=None, y=None):
-    N, H, W, C = x.shape
-    KH, KW, _, F = w.shape
-    (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, strides, padding, dilation)
-    dz = dy * (y > 0) if act == "relu" else dy
-    OH, OW = dy.shape[1:3]
-    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    dxp = np.zeros_like(xp)
-    dw = np.zeros_like(w)
-    for kh in range(KH):
-        for kw in range(KW):
-            sl = _windows(xp, kh, kw, OH, OW, strides, dilation)
-            dw[kh, kw] = np.einsum("nhwc,nhwf->cf", xp[sl], dz)
-            dxp[sl] += np.einsum("nhwf,cf->nhwc", dz, w[kh, kw])
-    return dxp[:, pt:pt + H, pl:pl + W], dw, dz.sum(axis=(0, 1, 2))
-
 
 def ref_conv_loops(x, w, b, strides, padding, dilation):
     """Scalar loops, for a tiny shape: the definition, written out."""

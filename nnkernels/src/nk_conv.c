@@ -5,6 +5,7 @@
 #include "nk_internal.h"
 #include "nk_conv.h"
 #include "nk_target.h"
+_Static_assert(sizeof(void *) <= 8, "nk_conv_ptr_elems assumes pointers of at most 8 bytes");
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -20,10 +21,29 @@ typedef struct {
     const void *src, *mask;
     int64_t ga, gb;            /* row grid per image */
     int64_t sh, sw, sc;        /* source image (height, width, channels) */
+    int64_t sp;                /* elements between source pixels (>= sc) */
     int64_t kw;
     int64_t sa, sb, oa, ob, ka, kb;
     int64_t p_off;             /* pack_wt: first pixel of this GEMM's k range */
 } nk_conv_win;
+
+/* s with the group count and pitches filled in (see nk_conv_shape). */
+static nk_conv_shape nk_conv_norm(const nk_conv_shape *s)
+{
+    nk_conv_shape t = *s;
+    if (t.g < 1) t.g = 1;
+    if (t.ldx <= 0) t.ldx = t.g * t.c;
+    if (t.ldy <= 0) t.ldy = t.g * t.f;
+    if (t.ldw <= 0) t.ldw = t.g * t.f;
+    return t;
+}
+
+/* Whether the depthwise kernels run: one input channel per group, and
+ * algo DEPTHWISE, or AUTO with several groups. */
+static int nk_conv_use_dw(const nk_conv_shape *s, int algo)
+{
+    return s->c == 1 && (algo == NK_CONV_DEPTHWISE || (algo == NK_CONV_AUTO && s->g > 1));
+}
 
 static int nk_conv_is_pointwise(const nk_conv_shape *s)
 {
@@ -37,7 +57,7 @@ static void nk_conv_win_fwd(nk_conv_win *cw, const nk_conv_shape *s, const void 
     cw->s = s;
     cw->src = x;
     cw->ga = s->oh; cw->gb = s->ow;
-    cw->sh = s->h; cw->sw = s->w; cw->sc = s->c; cw->kw = s->kw;
+    cw->sh = s->h; cw->sw = s->w; cw->sc = s->c; cw->sp = s->ldx; cw->kw = s->kw;
     cw->sa = s->sh; cw->sb = s->sw; cw->oa = -s->pt; cw->ob = -s->pl;
     cw->ka = s->dh; cw->kb = s->dw;
 }
@@ -57,6 +77,22 @@ static void nk_conv_zero(void *p, size_t bytes, int nt)
     }
 #endif
     memset(p, 0, bytes);
+}
+
+/* Zero npx pixels of c elements (of elsz bytes) spaced ld apart. */
+static void nk_conv_zero_px(void *p, int64_t npx, int64_t c, int64_t ld, size_t elsz, int nt)
+{
+    if (ld == c) {
+        nk_conv_zero(p, (size_t)(npx * c) * elsz, nt);
+        return;
+    }
+    const int par = nt > 1 && npx * c * (int64_t)elsz >= ((int64_t)1 << 20);
+    (void)par;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+#endif
+    for (int64_t q = 0; q < npx; q++)
+        memset((char *)p + (size_t)(q * ld) * elsz, 0, (size_t)c * elsz);
 }
 
 /* Threads for our own parallel loops: the package setting, 1 inside another
@@ -82,6 +118,9 @@ static int nk_conv_threads(const nk_conv_shape *s, int nt)
 typedef struct {
     int64_t n, h, w, c;  /* source image (x or dz), c: GEMM k */
     int64_t f;           /* output channels (GEMM n) */
+    int64_t sp, op;      /* pixel pitches of the source and the output */
+    int64_t ldw;         /* row pitch of the kernel (see CFN(wino)) */
+    int accum;           /* add the output transform to y instead of storing it */
     int64_t oh, ow;      /* output size */
     int64_t pt, pl;      /* source pixel of output (0, 0): (-pt, -pl) */
     int64_t th, tw;      /* tile grid: ceil(oh / 2) x ceil(ow / 2) */
@@ -98,6 +137,8 @@ int nk_conv_wino_ok(const nk_conv_shape *s)
 }
 
 /* algo="auto" heuristic (static, documented in nnkernels.conv2d):
+ *  - groups of one input channel (depthwise): the depthwise kernels;
+ *    otherwise per group, with c and f those of one group:
  *  - few input channels (C < 8): direct for every product.  With C*KH*KW
  *    this small the GEMM's k (forward) or n (= C, data gradient) is a
  *    fraction of a register tile, so the GEMM wastes most of its work on
@@ -108,6 +149,7 @@ int nk_conv_wino_ok(const nk_conv_shape *s)
  *  - otherwise the implicit-im2col GEMM. */
 int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 {
+    if (s->g > 1 && s->c == 1) return NK_CONV_DEPTHWISE;
     if (s->c < 8) return NK_CONV_DIRECT;
     if (!dbl && pass != NK_CONV_BWD_FILTER && nk_conv_wino_ok(s) && s->c >= 16 && s->f >= 16)
         return NK_CONV_WINOGRAD;
@@ -116,6 +158,14 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 
 #define NK_CONV_WGRAD_BLOCKS 16
 #define NK_CONV_WGRAD_KBLOCK 8192 /* min pixels per k-block of the im2col dW */
+
+/* Elements of esz bytes that hold n pointers (or int64) in per-thread
+ * scratch (row pointers, ring tags: never arrays on the stack), in whole
+ * 64-byte lines. */
+static inline int64_t nk_conv_ptr_elems(int64_t n, size_t esz)
+{
+    return (n * 8 + 63) / 64 * 64 / (int64_t)esz;
+}
 
 /* Geometry of the direct kernels' scratch rows (see nk_conv_direct.h). */
 /* input pixels an output row's windows span (zero-padded input row) */
@@ -141,14 +191,41 @@ static inline int64_t nk_conv_dz_row_px(const nk_conv_shape *s)
     return nk_conv_dz_lp(s) + (a > b ? a : b);
 }
 
+/* Depthwise (nk_conv_dw.h): channels E = g*f rounded up to whole 64-byte
+ * vectors, the pitch of every scratch row. */
+static inline int64_t nk_conv_dw_ep(const nk_conv_shape *s, size_t esz)
+{
+    const int64_t vl = 64 / (int64_t)esz, e = s->g * s->f;
+    return (e + vl - 1) / vl * vl;
+}
+/* rows of x a window spans (the forward / dW ring: ih mod this is unique
+ * among the rows one output row reads) */
+static inline int64_t nk_conv_dw_xslots(const nk_conv_shape *s)
+{
+    return (s->kh - 1) * s->dh + 1;
+}
+/* Threads: as nk_conv_threads for the whole (all-group) work, and no more
+ * than `items` (rows). */
+static int nk_conv_dw_threads(const nk_conv_shape *s, int64_t items, int nt)
+{
+    nk_conv_shape t = *s;
+    t.f = s->g * s->f;
+    nt = nk_conv_threads(&t, nt);
+    return (int64_t)nt > items ? (int)(items > 0 ? items : 1) : nt;
+}
+
 /* -------------------------------------------- direct kernels, per ISA
  * FB: channels per block (two 64-byte vectors); RB_*: register tile sizes
  * (pixels for forward and dX, kernel rows for dW; <= 12 for dW), chosen so
- * that the accumulators (2 * RB vectors) fit the ISA's register file. */
+ * that the accumulators (2 * RB vectors) fit the ISA's register file;
+ * depthwise (one vector of channels per tile): RB_DW pixels (forward, dX),
+ * RB_DWW kernel taps (dW), both <= 12. */
 #define ISA generic
 #define RB_FWD 2
 #define RB_WG 2
 #define RB_DG 2
+#define RB_DW 2
+#define RB_DWW 2
 #include "nk_conv_direct_inst.h"
 
 #if NK_X86
@@ -157,6 +234,8 @@ NK_TARGET_AVX2_BEGIN
 #define RB_FWD 3
 #define RB_WG 3
 #define RB_DG 3
+#define RB_DW 4
+#define RB_DWW 4
 #include "nk_conv_direct_inst.h"
 NK_TARGET_END
 
@@ -165,6 +244,8 @@ NK_TARGET_AVX512_BEGIN
 #define RB_FWD 8
 #define RB_WG 12
 #define RB_DG 8
+#define RB_DW 12
+#define RB_DWW 12
 #include "nk_conv_direct_inst.h"
 NK_TARGET_END
 #endif /* NK_X86 */
@@ -197,8 +278,6 @@ static inline void nk_tr8x8_store(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __
     _mm256_storeu_ps(dst + 56, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
-static const float nk_zero8[8] __attribute__((aligned(32))) = {0};
-
 static inline __m256 nk_ld8(const float *p, const float *m)
 {
     __m256 v = _mm256_loadu_ps(p);
@@ -211,8 +290,8 @@ static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0,
                                 float *restrict dst)
 {
     const float *src = (const float *)cw->src, *msk = (const float *)cw->mask;
-    const int64_t SH = cw->sh, SW = cw->sw, SC = cw->sc, KW = cw->kw;
-    const int64_t gab = cw->ga * cw->gb, img = SH * SW * SC;
+    const int64_t SH = cw->sh, SW = cw->sw, SC = cw->sc, SP = cw->sp, KW = cw->kw;
+    const int64_t gab = cw->ga * cw->gb, img = SH * SW * SP;
     int64_t ha[8], wb[8], nb[8];
     for (int i = 0; i < 8; i++) {
         const int64_t row = row0 + i, n = row / gab, rem = row - n * gab;
@@ -229,7 +308,7 @@ static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0,
         for (int i = 0; i < 8; i++) {
             const int64_t ih = ha[i] + kh * cw->ka, iw = wb[i] + kw * cw->kb;
             if ((uint64_t)ih < (uint64_t)SH && (uint64_t)iw < (uint64_t)SW) {
-                const int64_t off = nb[i] + (ih * SW + iw) * SC + ch;
+                const int64_t off = nb[i] + (ih * SW + iw) * SP + ch;
                 sp[i] = src + off;
                 mp[i] = msk ? msk + off : NULL;
             } else {
@@ -304,13 +383,15 @@ int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo, const void *x_n
 
 int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo, const void *dy_nhwf,
                        const void *x_nhwc, const void *w_hwcf, int act, const void *y_nhwf,
-                       void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads)
+                       void *dx_nhwc, int dx_accumulate, void *dw_hwcf, void *db_f,
+                       int nthreads)
 {
     if (dbl)
         return backward_d(s, algo, (const double *)dy_nhwf, (const double *)x_nhwc,
                           (const double *)w_hwcf, act, (const double *)y_nhwf,
-                          (double *)dx_nhwc, (double *)dw_hwcf, (double *)db_f, nthreads);
+                          (double *)dx_nhwc, dx_accumulate, (double *)dw_hwcf, (double *)db_f,
+                          nthreads);
     return backward_s(s, algo, (const float *)dy_nhwf, (const float *)x_nhwc,
                       (const float *)w_hwcf, act, (const float *)y_nhwf, (float *)dx_nhwc,
-                      (float *)dw_hwcf, (float *)db_f, nthreads);
+                      dx_accumulate, (float *)dw_hwcf, (float *)db_f, nthreads);
 }

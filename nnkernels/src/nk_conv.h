@@ -5,7 +5,7 @@
  *                                        * w[kh,kw,c,f])
  * (positions outside the image read as zero).
  *
- * Three algorithms:
+ * Four algorithms:
  *  - NK_CONV_IM2COL: the convolution as a GEMM over the im2col matrix
  *    (rows N*OH*OW, columns KH*KW*C), but *implicit*: the GEMM's A operand
  *    is packed straight from the image through the driver's pack_a hook, so
@@ -39,13 +39,33 @@
  *    the transformed kernel packed once per call, output transform with
  *    bias and activation (see nk_conv_body.h, nk_conv_wino.h).
  *
+ *  - NK_CONV_DEPTHWISE (one input channel per group, g = C groups of
+ *    f = M outputs: Keras DepthwiseConv2D): direct loops vectorised over
+ *    the E = C*M contiguous output channels, rows of x (expanded to E
+ *    channels when M > 1, zero-padded) and of dz (masked, zero-upsampled)
+ *    from small per-thread rings; forward parallel over output rows, dX
+ *    over input rows, dW/db over fixed blocks of output rows -- with dX in
+ *    the same pass when both are wanted (see CFN(dw_wgrad) in
+ *    nk_conv_body.h, kernels in nk_conv_dw.h).
+ *
+ * Groups (s->g > 1): output channels [j*f, (j+1)*f) are the convolution of
+ * input channels [j*c, (j+1)*c) with w[..., j*f:(j+1)*f]: the depthwise
+ * kernels when c == 1, else g convolutions on channel windows (pointer
+ * offsets, pixel pitches ldx / ldy / ldw; no copies), each with the
+ * algorithm chosen for its (c, f).
+ *
+ * Backward products are independent: dW alone, dX alone (the forward pass
+ * of a transposed convolution; x is not read), db alone or any mix, and dX
+ * may be added to the caller's array instead of overwriting it.
+ *
  * Determinism: every output element is produced by one thread with a fixed
  * summation order; dW/db sum fixed blocks (of output rows for the direct
- * algorithm, of pixels for im2col) in block order.  Results are identical
- * for any thread count (given an ISA path and algorithm).
+ * and depthwise algorithms, of pixels for im2col) in block order.  Results
+ * are identical for any thread count (given an ISA path and algorithm).
  *
- * Workspaces (transposed kernel, column tiles, dW partials) live in a
- * process-wide arena that grows once and is reused.
+ * Workspaces (transposed kernel, column tiles, dW partials, scratch rows
+ * and row pointers) live in a process-wide arena that grows once and is
+ * reused; nothing of the geometry's size goes on the stack.
  */
 #ifndef NK_CONV_H
 #define NK_CONV_H
@@ -55,7 +75,8 @@
 extern "C" {
 #endif
 
-enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2, NK_CONV_WINOGRAD = 3 };
+enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2, NK_CONV_WINOGRAD = 3,
+       NK_CONV_DEPTHWISE = 4 };
 /* which product, for nk_conv_choose */
 enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
 
@@ -63,11 +84,17 @@ enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
 #define NK_CONV_COL_TILE ((int64_t)1 << 20)    /* column tile target (cache-sized) */
 
 typedef struct {
-    int64_t n, h, w, c;    /* x_nhwc */
-    int64_t kh, kw, f;     /* w_hwcf: (kh, kw, c, f) */
+    int64_t n, h, w, c;    /* x_nhwc (c: channels per group) */
+    int64_t kh, kw, f;     /* w_hwcf: (kh, kw, c, g*f) (f: output channels per group) */
     int64_t sh, sw, dh, dw;
     int64_t pt, pl;        /* top / left zero padding (bottom/right follow from oh, ow) */
     int64_t oh, ow;        /* output size */
+    int64_t g;             /* groups (<= 1: one) */
+    /* Pitches in elements (<= 0: contiguous): between pixels of x / dx
+     * (default g*c), between pixels of y / dy (g*f), between the rows
+     * (kh, kw, c) of w / dw (g*f).  A pitch above the default reads and
+     * writes a channel window of a wider array (other channels untouched). */
+    int64_t ldx, ldy, ldw;
 } nk_conv_shape;
 
 /* All return 0, or -1 when workspace memory could not be obtained.
@@ -76,12 +103,18 @@ int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
                       const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                       int act, void *y_nhwf, int nthreads);
 
-/* dz = dy * act'(y) (y: forward output, needed for relu).  dx_nhwc and db_f
- * may be NULL (not wanted); dw_hwcf is always computed. */
+/* dz = dy * act'(y) (y: forward output, needed for relu).  Any of dx_nhwc,
+ * dw_hwcf and db_f may be NULL (not wanted): with dw_hwcf == NULL no weight
+ * gradient is computed (x is not read; the data gradient alone is the
+ * forward pass of a transposed convolution); db then comes from its own
+ * pass over dz (fixed pixel blocks, summed in order).  dx_accumulate: add
+ * the data gradient to dx_nhwc (a tensor with several consumers sums their
+ * gradients without a pass of its own) instead of overwriting it. */
 int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
                        const void *dy_nhwf, const void *x_nhwc, const void *w_hwcf,
                        int act, const void *y_nhwf,
-                       void *dx_nhwc, void *dw_hwcf, void *db_f, int nthreads);
+                       void *dx_nhwc, int dx_accumulate, void *dw_hwcf, void *db_f,
+                       int nthreads);
 
 /* Whether Winograd F(2x2, 3x3) applies: a 3x3 kernel, strides 1, dilation 1. */
 int nk_conv_wino_ok(const nk_conv_shape *s);

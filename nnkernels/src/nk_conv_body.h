@@ -16,8 +16,8 @@ CFN(pack_win_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int6
                  const int MRc, T *restrict pk)
 {
     const T *src = (const T *)cw->src, *msk = (const T *)cw->mask;
-    const int64_t SH = cw->sh, SW = cw->sw, SC = cw->sc, KW = cw->kw;
-    const int64_t gab = cw->ga * cw->gb, img = SH * SW * SC;
+    const int64_t SH = cw->sh, SW = cw->sw, SC = cw->sc, SP = cw->sp, KW = cw->kw;
+    const int64_t gab = cw->ga * cw->gb, img = SH * SW * SP;
     const int64_t kk0 = p0 / SC, ch0 = p0 - kk0 * SC;
     for (int64_t r0 = 0; r0 < mc; r0 += MRc) {
         T *restrict dst = pk + r0 * kc;
@@ -39,7 +39,7 @@ CFN(pack_win_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int6
                 const int64_t ih = ha + kh * cw->ka, iw = wb + kw * cw->kb;
                 T *restrict d = dst + p * MRc + i;
                 if ((uint64_t)ih < (uint64_t)SH && (uint64_t)iw < (uint64_t)SW) {
-                    const int64_t off = (ih * SW + iw) * SC + ch;
+                    const int64_t off = (ih * SW + iw) * SP + ch;
                     const T *sp = sn + off;
                     if (mn) {
                         const T *mp = mn + off;
@@ -93,7 +93,7 @@ CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64
     const nk_conv_shape *s = cw->s;
     const T *x = (const T *)cw->src;
     const int64_t H = s->h, W = s->w, C = s->c, KW = s->kw, OH = s->oh, OW = s->ow;
-    const int64_t img = H * W * C;
+    const int64_t LD = s->ldx, img = H * W * LD;
     /* C a multiple of MR: every full sliver is MR consecutive channels of
      * one tap.  Per tap, pixel-major: each pixel's channel run is read once,
      * contiguously, and split over that tap's slivers (sliver-major would
@@ -114,7 +114,7 @@ CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64
             const int64_t ih = oh * s->sh + offh, iw = ow * s->sw + offw;
             T *restrict d = dst + p * MRc;
             if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W) {
-                const T *xp = x + n * img + (ih * W + iw) * C + c0;
+                const T *xp = x + n * img + (ih * W + iw) * LD + c0;
                 for (int64_t sl = 0; sl < nsl; sl++)
                     memcpy(d + sl * MRc * kc, xp + sl * MRc, MRc * sizeof(T));
             } else {
@@ -141,7 +141,7 @@ CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64
                 const int64_t ih = oh * s->sh + offh, iw = ow * s->sw + offw;
                 T *restrict d = dst + p * MRc;
                 if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W) {
-                    const T *xp = x + n * img + (ih * W + iw) * C + c0;
+                    const T *xp = x + n * img + (ih * W + iw) * LD + c0;
                     for (int i = 0; i < MRc; i++) d[i] = xp[i];
                 } else {
                     for (int i = 0; i < MRc; i++) d[i] = (T)0;
@@ -173,7 +173,7 @@ CFN(pack_wt_mr)(const nk_conv_win *cw, int64_t i0, int64_t mc, int64_t p0, int64
                             iw = ow * s->sw + kw * s->dw - s->pl;
                         }
                         if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W)
-                            v = xn[(ih * W + iw) * C + c];
+                            v = xn[(ih * W + iw) * LD + c];
                     }
                     d[i] = v;
                 }
@@ -212,13 +212,13 @@ static int CFN(im2col_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
     CFN(gemm_init)(&g, nt);
     g.n = s->f;
     g.k = s->kh * s->kw * s->c;
-    g.b = w; g.rsb = s->f; g.csb = 1;
-    g.out = y; g.ldo = s->f;
+    g.b = w; g.rsb = s->ldw; g.csb = 1;
+    g.out = y; g.ldo = s->ldy;
     g.bias = bias;
     g.act = act;
     if (nk_conv_is_pointwise(s)) {
         g.m = s->n * s->h * s->w;
-        g.a = x; g.rsa = s->c; g.csa = 1;
+        g.a = x; g.rsa = s->ldx; g.csa = 1;
     } else {
         g.m = s->n * s->oh * s->ow;
         nk_conv_win_fwd(&cw, s, x);
@@ -228,10 +228,11 @@ static int CFN(im2col_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
     return GEMM(&g);
 }
 
-/* dW (+ db) over output pixels [k0, k1) into out_w (and out_b) with one
- * GEMM of nt threads. */
+/* dW (+ db) over output pixels [k0, k1) into out_w (rows ldo apart; and
+ * out_b) with one GEMM of nt threads. */
 static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
-                                  const T *x, int64_t k0, int64_t k1, T *out_w, T *out_b, int nt)
+                                  const T *x, int64_t k0, int64_t k1, T *out_w, int64_t ldo,
+                                  T *out_b, int nt)
 {
     ARGS g;
     nk_conv_win cw;
@@ -240,7 +241,7 @@ static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *
     g.n = s->f;
     g.k = k1 - k0;
     if (nk_conv_is_pointwise(s)) {
-        g.a = x + k0 * s->c; g.rsa = 1; g.csa = s->c;     /* x^T viewed as (C, N*H*W) */
+        g.a = x + k0 * s->ldx; g.rsa = 1; g.csa = s->ldx; /* x^T viewed as (C, N*H*W) */
     } else {
         memset(&cw, 0, sizeof cw);
         cw.s = s;
@@ -249,11 +250,11 @@ static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *
         g.pack_a = CFN(pack_wt);
         g.pack_a_ctx = &cw;
     }
-    g.b = dy + k0 * s->f; g.rsb = s->f; g.csb = 1;
+    g.b = dy + k0 * s->ldy; g.rsb = s->ldy; g.csb = 1;
     if (ymask) {
-        g.bmask = ymask + k0 * s->f; g.rsbm = s->f; g.csbm = 1; g.bdact = act;
+        g.bmask = ymask + k0 * s->ldy; g.rsbm = s->ldy; g.csbm = 1; g.bdact = act;
     }
-    g.out = out_w; g.ldo = s->f;
+    g.out = out_w; g.ldo = ldo;
     g.bcolsum = out_b;
     return GEMM(&g);
 }
@@ -272,7 +273,7 @@ static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 #ifdef _OPENMP
     if (omp_in_parallel()) nt = 1;
 #endif
-    if (nbk == 1) return CFN(im2col_wgrad_part)(s, dy, ymask, act, x, 0, K, dw, db, nt);
+    if (nbk == 1) return CFN(im2col_wgrad_part)(s, dy, ymask, act, x, 0, K, dw, s->ldw, db, nt);
     const int64_t per = kkcf + F;
     int from_arena = 0;
     T *part = (T *)nk_ws_acquire((size_t)((nbk - 1) * per) * sizeof(T), &from_arena);
@@ -287,12 +288,13 @@ static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         T *ow = b == 0 ? dw : part + (b - 1) * per;
         T *ob = db ? (b == 0 ? db : part + (b - 1) * per + kkcf) : NULL;
         rc |= CFN(im2col_wgrad_part)(s, dy, ymask, act, x, K * b / nbk, K * (b + 1) / nbk, ow,
-                                     ob, 1);
+                                     b == 0 ? s->ldw : F, ob, 1);
     }
     if (rc == 0) {
         for (int64_t b = 1; b < nbk; b++) {
             const T *pw = part + (b - 1) * per;
-            for (int64_t e = 0; e < kkcf; e++) dw[e] += pw[e];
+            for (int64_t r = 0; r < kkcf / F; r++)
+                for (int64_t f = 0; f < F; f++) dw[r * s->ldw + f] += pw[r * F + f];
             if (db)
                 for (int64_t f = 0; f < F; f++) db[f] += pw[kkcf + f];
         }
@@ -307,7 +309,7 @@ static int CFN(im2col_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int64_t q1, T *dx,
                         int nt)
 {
-    const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
+    const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw, LD = s->ldx;
     const int64_t ohw = s->oh * s->ow, kkc = KH * KW * C;
     const int64_t n0 = q0 / ohw, n1 = (q1 - 1) / ohw + 1;
     (void)nt;
@@ -318,7 +320,7 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
         int64_t a = n * ohw, b = a + ohw;
         if (a < q0) a = q0;
         if (b > q1) b = q1;
-        T *dxn = dx + n * H * W * C;
+        T *dxn = dx + n * H * W * LD;
         for (int64_t q = a; q < b; q++) {
             const int64_t rem = q - n * ohw, oh = rem / s->ow, ow = rem - oh * s->ow;
             const T *dc = dcols + (q - q0) * kkc;
@@ -328,7 +330,7 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
                 for (int64_t kw = 0; kw < KW; kw++) {
                     const int64_t iw = ow * s->sw - s->pl + kw * s->dw;
                     if ((uint64_t)iw >= (uint64_t)W) continue;
-                    T *d = dxn + (ih * W + iw) * C;
+                    T *d = dxn + (ih * W + iw) * LD;
                     const T *src = dc + (kh * KW + kw) * C;
                     for (int64_t c = 0; c < C; c++) d[c] += src[c];
                 }
@@ -347,8 +349,10 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
 #define CFN_ISA(name) CFNX(name, CFNX(S, generic))
 #endif
 
+/* dx (=, or += with acc) the data gradient; the two GEMM paths add dx as
+ * their beta = 1 source, the column path adds in col2im. */
 static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
-                             const T *w, T *dx, int nt)
+                             const T *w, T *dx, int acc, int nt)
 {
     const int64_t KK = s->kh * s->kw, C = s->c, F = s->f;
     ARGS g;
@@ -357,10 +361,11 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     if (nk_conv_is_pointwise(s)) {
         /* dx = dz @ w^T, w^T (F, C) read through strides */
         g.m = s->n * s->h * s->w; g.n = C; g.k = F;
-        g.a = dy; g.rsa = F; g.csa = 1;
-        if (ymask) { g.amask = ymask; g.rsam = F; g.csam = 1; g.adact = act; }
-        g.b = w; g.rsb = 1; g.csb = F;
-        g.out = dx; g.ldo = C;
+        g.a = dy; g.rsa = s->ldy; g.csa = 1;
+        if (ymask) { g.amask = ymask; g.rsam = s->ldy; g.csam = 1; g.adact = act; }
+        g.b = w; g.rsb = 1; g.csb = s->ldw;
+        g.out = dx; g.ldo = s->ldx;
+        if (acc) { g.beta = (T)1; g.c = dx; g.ldc = s->ldx; }
         return GEMM(&g);
     }
     if (s->sh == 1 && s->sw == 1 && C * (int64_t)sizeof(T) >= 256) {
@@ -370,17 +375,19 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         if (!wt) return -1;
         for (int64_t kk = 0; kk < KK; kk++)
             for (int64_t c = 0; c < C; c++)
-                for (int64_t f = 0; f < F; f++) wt[(kk * F + f) * C + c] = w[(kk * C + c) * F + f];
+                for (int64_t f = 0; f < F; f++)
+                    wt[(kk * F + f) * C + c] = w[(kk * C + c) * s->ldw + f];
         g.m = s->n * s->h * s->w; g.n = C; g.k = KK * F;
         memset(&cw, 0, sizeof cw);
         cw.src = dy; cw.mask = ymask;
         cw.ga = s->h; cw.gb = s->w;
-        cw.sh = s->oh; cw.sw = s->ow; cw.sc = F; cw.kw = s->kw;
+        cw.sh = s->oh; cw.sw = s->ow; cw.sc = F; cw.sp = s->ldy; cw.kw = s->kw;
         cw.sa = 1; cw.sb = 1; cw.oa = s->pt; cw.ob = s->pl; cw.ka = -s->dh; cw.kb = -s->dw;
         g.pack_a = CFN(pack_win);
         g.pack_a_ctx = &cw;
         g.b = wt; g.rsb = C; g.csb = 1;
-        g.out = dx; g.ldo = C;
+        g.out = dx; g.ldo = s->ldx;
+        if (acc) { g.beta = (T)1; g.c = dx; g.ldc = s->ldx; }
         const int rc = GEMM(&g);
         nk_ws_release(wt, from_arena);
         return rc;
@@ -423,8 +430,8 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     if (!cols) return -1;
     T *w_fk = cols + outer * tile * kkc;
     for (int64_t j = 0; j < kkc; j++)
-        for (int64_t f = 0; f < F; f++) w_fk[f * kkc + j] = w[j * F + f];
-    if (!whole) nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * C) * sizeof(T), nt);
+        for (int64_t f = 0; f < F; f++) w_fk[f * kkc + j] = w[j * s->ldw + f];
+    if (!whole && !acc) nk_conv_zero_px(dx, s->n * s->h * s->w, C, s->ldx, sizeof(T), nt);
     int rc = 0;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(outer) schedule(static) reduction(| : rc) if (outer > 1)
@@ -435,15 +442,17 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         ARGS gt;
         CFN(gemm_init)(&gt, inner);
         gt.m = q1 - q0; gt.n = kkc; gt.k = F;
-        gt.a = dy + q0 * F; gt.rsa = F; gt.csa = 1;
-        if (ymask) { gt.amask = ymask + q0 * F; gt.rsam = F; gt.csam = 1; gt.adact = act; }
+        gt.a = dy + q0 * s->ldy; gt.rsa = s->ldy; gt.csa = 1;
+        if (ymask) {
+            gt.amask = ymask + q0 * s->ldy; gt.rsam = s->ldy; gt.csam = 1; gt.adact = act;
+        }
         gt.b = w_fk; gt.rsb = kkc; gt.csb = 1;
         gt.out = mine; gt.ldo = kkc;
         const int r = GEMM(&gt);
         rc |= r;
         if (r != 0) continue;
         if (whole)
-            CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, inner);
+            CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, acc, inner);
         else
             CFN(col2im)(s, mine, q0, q1, dx, inner);
     }
@@ -471,7 +480,7 @@ static int CFN(direct_ops_get)(CFN(direct_ops) *o, const nk_conv_shape *s, const
 {
     const int64_t fbk = (int64_t)(128 / sizeof(T)), F = s->f, R = s->kh * s->kw * s->c;
     const int64_t Fp = (F + fbk - 1) / fbk * fbk, ve = 64 / (int64_t)sizeof(T);
-    const int64_t wlen = w && Fp != F ? (R + 1) * Fp : 0;
+    const int64_t wlen = w && (Fp != F || s->ldw != F) ? (R + 1) * Fp : 0;
     o->fp = Fp;
     o->scr_per = (per + ve - 1) / ve * ve;
     o->ws = nk_ws_acquire((size_t)(wlen + nt * o->scr_per + extra) * sizeof(T),
@@ -483,7 +492,7 @@ static int CFN(direct_ops_get)(CFN(direct_ops) *o, const nk_conv_shape *s, const
     if (wlen) {
         T *wp = base, *bp = base + R * Fp;
         for (int64_t r = 0; r < R; r++) {
-            memcpy(wp + r * Fp, w + r * F, (size_t)F * sizeof(T));
+            memcpy(wp + r * Fp, w + r * s->ldw, (size_t)F * sizeof(T));
             memset(wp + r * Fp + F, 0, (size_t)(Fp - F) * sizeof(T));
         }
         memset(bp, 0, (size_t)Fp * sizeof(T));
@@ -499,7 +508,10 @@ static int CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
                            int act, T *y, int nt)
 {
     CFN(direct_ops) o;
-    if (CFN(direct_ops_get)(&o, s, w, bias, s->kh * nk_conv_xrow_px(s) * s->c, 0, nt))
+    if (CFN(direct_ops_get)(&o, s, w, bias,
+                            nk_conv_ptr_elems(s->kh, sizeof(T)) +
+                                s->kh * nk_conv_xrow_px(s) * s->c,
+                            0, nt))
         return -1;
     CFN_ISA(direct_fwd)(s, x, o.w, o.fp, o.b, act, y, o.scr, o.scr_per, nt);
     nk_ws_release(o.ws, o.from_arena);
@@ -507,14 +519,17 @@ static int CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
 }
 
 static int CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
-                             T *dx, int nt)
+                             T *dx, int acc, int nt)
 {
     CFN(direct_ops) o;
     const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (s->f + fbk - 1) / fbk * fbk;
-    if (CFN(direct_ops_get)(&o, s, w, NULL, nk_conv_dz_slots(s) * nk_conv_dz_row_px(s) * Fp, 0,
-                            nt))
+    if (CFN(direct_ops_get)(&o, s, w, NULL,
+                            nk_conv_dz_slots(s) * nk_conv_dz_row_px(s) * Fp +
+                                nk_conv_ptr_elems(s->kh, sizeof(T)) +
+                                nk_conv_ptr_elems(nk_conv_dz_slots(s), sizeof(T)),
+                            0, nt))
         return -1;
-    CFN_ISA(direct_dgrad)(s, dy, ymask, o.w, o.fp, dx, o.scr, o.scr_per, nt);
+    CFN_ISA(direct_dgrad)(s, dy, ymask, o.w, o.fp, dx, acc, o.scr, o.scr_per, nt);
     nk_ws_release(o.ws, o.from_arena);
     return 0;
 }
@@ -529,7 +544,10 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (F + fbk - 1) / fbk * fbk;
     const int64_t per = (R + 1) * Fp; /* partial dw rows, partial db */
     CFN(direct_ops) o;
-    if (CFN(direct_ops_get)(&o, s, NULL, NULL, s->kh * nk_conv_xrow_px(s) * s->c, nb * per, nt))
+    if (CFN(direct_ops_get)(&o, s, NULL, NULL,
+                            nk_conv_ptr_elems(s->kh, sizeof(T)) +
+                                s->kh * nk_conv_xrow_px(s) * s->c,
+                            nb * per, nt))
         return -1;
     T *part = o.scr + nt * o.scr_per;
     void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, int64_t,
@@ -554,11 +572,49 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
             const int64_t r = e / F, f = e - r * F;
             T acc = part[r * Fp + f];
             for (int64_t b = 1; b < nb; b++) acc += part[b * per + r * Fp + f];
-            if (r < R) dw[e] = acc;
+            if (r < R) dw[r * s->ldw + f] = acc;
             else if (db) db[f] = acc;
         }
     }
     nk_ws_release(o.ws, o.from_arena);
+    return 0;
+}
+
+/* db alone (no dW): db[f] = sum over output pixels of dz[p, f], over a
+ * fixed number of pixel blocks (by shape only) whose partial sums are added
+ * in block order, so the result does not depend on the thread count. */
+static int CFN(bias_grad)(const nk_conv_shape *s, const T *dy, const T *ymask, T *db, int nt)
+{
+    const int64_t P = s->n * s->oh * s->ow, F = s->f;
+    const int64_t nb = P < NK_CONV_WGRAD_BLOCKS ? P : NK_CONV_WGRAD_BLOCKS;
+    int from_arena = 0;
+    T *part = (T *)nk_ws_acquire((size_t)(nb * F) * sizeof(T), &from_arena);
+    if (!part) return -1;
+    (void)nt;
+    const int team = nk_par_threads(P * F * (int64_t)sizeof(T) * (ymask ? 2 : 1), nb);
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
+#endif
+    for (int64_t b = 0; b < nb; b++) {
+        T *restrict acc = part + b * F;
+        for (int64_t f = 0; f < F; f++) acc[f] = (T)0;
+        for (int64_t p = P * b / nb; p < P * (b + 1) / nb; p++) {
+            const T *d = dy + p * s->ldy;
+            if (ymask) {
+                const T *m = ymask + p * s->ldy;
+                for (int64_t f = 0; f < F; f++) acc[f] += m[f] > (T)0 ? d[f] : (T)0;
+            } else {
+                for (int64_t f = 0; f < F; f++) acc[f] += d[f];
+            }
+        }
+    }
+    for (int64_t f = 0; f < F; f++) {
+        T t = part[f];
+        for (int64_t b = 1; b < nb; b++) t += part[b * F + f];
+        db[f] = t;
+    }
+    nk_ws_release(part, from_arena);
     return 0;
 }
 
@@ -576,9 +632,10 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
  * whatever the block or thread count, so results are bitwise identical for
  * any thread count.
  *
- * src (N, H, W, C) with optional relu mask; w: the (3, 3, C, F) kernel, or
- * with flip, the forward kernel (3, 3, F, C) rotated by 180 degrees with
- * its channel axes swapped (the data gradient).  Tiles of the output plane
+ * src (N, H, W, C; pixels g->sp apart) with optional relu mask; w: the
+ * (3, 3, C, F) kernel, or with flip, the forward kernel (3, 3, F, C) rotated
+ * by 180 degrees with its channel axes swapped (the data gradient); its rows
+ * g->ldw apart.  Output pixels g->op apart.  Tiles of the output plane
  * (oh, ow) read src at (2th - pt + a, 2tw - pl + b). */
 #define WINO_L2_BYTES ((int64_t)256 << 10) /* V + M of one block */
 
@@ -622,8 +679,8 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
             T gk[3][3], t[4][3];
             for (int a = 0; a < 3; a++)
                 for (int b = 0; b < 3; b++)
-                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * C + c]
-                                    : w[((a * 3 + b) * C + c) * F + f];
+                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * g->ldw + c]
+                                    : w[((a * 3 + b) * C + c) * g->ldw + f];
             for (int b = 0; b < 3; b++) {
                 t[0][b] = gk[0][b];
                 t[1][b] = (T)0.5 * (gk[0][b] + gk[1][b] + gk[2][b]);
@@ -650,7 +707,7 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     void (*in)(const nk_wino *, const T *, const T *, int64_t, int64_t, T *, const T *) =
         CFN_ISA(wino_in);
     void (*out)(const nk_wino *, const T *, int64_t, int64_t, const T *, int, T *) =
-        CFN_ISA(wino_out);
+        CFN_ISA(wino_out); /* y = (or += with g->accum) */
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -701,6 +758,7 @@ static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T
     g.n = s->n; g.h = s->h; g.w = s->w; g.c = s->c;
     g.f = s->f; g.oh = s->oh; g.ow = s->ow;
     g.pt = s->pt; g.pl = s->pl;
+    g.sp = s->ldx; g.op = s->ldy; g.ldw = s->ldw;
     return CFN(wino)(&g, x, NULL, w, 0, bias, act, y, nk_conv_threads(s, nt));
 }
 
@@ -708,21 +766,416 @@ static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T
  * channel-swapped kernel: dx[h, w] reads dz[h + pt - 2 + a, w + pl - 2 + b],
  * i.e. padding 2 - pt (negative: cropping); dz = dy masked while read. */
 static int CFN(wino_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
-                           T *dx, int nt)
+                           T *dx, int acc, int nt)
 {
     nk_wino g;
     memset(&g, 0, sizeof g);
+    g.accum = acc;
     g.n = s->n; g.h = s->oh; g.w = s->ow; g.c = s->f;
     g.f = s->c; g.oh = s->h; g.ow = s->w;
     g.pt = 2 - s->pt; g.pl = 2 - s->pl;
+    g.sp = s->ldy; g.op = s->ldx; g.ldw = s->ldw;
     return CFN(wino)(&g, dy, ymask, w, 1, NULL, NK_ACT_NONE, dx, nk_conv_threads(s, nt));
+}
+
+/* -------------------------------------------------------------- depthwise
+ * s: g = C groups of one input channel (c == 1) and f = M outputs each; the
+ * E = C*M output channels are e = c*M + m (Keras DepthwiseConv2D with depth
+ * multiplier M).  Kernels: nk_conv_dw.h.  Every scratch row holds pixels of
+ * Ep channels (E rounded up to a 64-byte vector, zero beyond E); the
+ * weights (and bias) are copied once per call into that pitch.
+ *
+ * Forward and dW read x through a per-thread ring of input rows, expanded
+ * to E channels (channel e holds x[..., e / M]) and zero-padded in width:
+ * slot ih mod nk_conv_dw_xslots, each row copied once per thread (rows are
+ * handed out in contiguous ranges).  With M = 1, C a whole number of
+ * vectors, x contiguous and no padding in width, rows point into x.
+ * Forward: parallel over output rows (n, oh).  dX: parallel over input rows
+ * (n, h), dz rows masked (relu) and zero-upsampled into a ring as in
+ * direct_dgrad; with M > 1 the E per-channel sums of a row go to scratch and
+ * are added over m (ascending) into dx.  dW, db: fixed blocks of output rows
+ * (by shape only), partial sums added in block order, with dX in the same
+ * pass when both are wanted (see dw_wgrad).  Every result is thus
+ * independent of the thread count. */
+
+/* Geometry of the forward / dW input rows (WX pixels of Ep channels). */
+typedef struct {
+    const nk_conv_shape *s;
+    int64_t E, Ep, WX, nsl;
+    int direct;          /* rows point into x */
+    const T *zero;       /* NULL: rows outside the image are NULL; else this zero row */
+} CFN(dw_geo);
+
+static void CFN(dw_geo_init)(CFN(dw_geo) *d, const nk_conv_shape *s)
+{
+    d->s = s;
+    d->E = s->g * s->f;
+    d->Ep = nk_conv_dw_ep(s, sizeof(T));
+    d->WX = nk_conv_xrow_px(s);
+    d->nsl = nk_conv_dw_xslots(s);
+    d->direct = s->f == 1 && s->g == d->Ep && s->ldx == s->g && s->pl == 0 && d->WX <= s->w;
+    d->zero = NULL;
+}
+
+/* per-thread scratch elements: row pointers, slot tags, the ring */
+static int64_t CFN(dw_xscr)(const CFN(dw_geo) *d)
+{
+    return nk_conv_ptr_elems(d->s->kh, sizeof(T)) + nk_conv_ptr_elems(d->nsl, sizeof(T)) +
+           (d->direct ? 0 : d->nsl * d->WX * d->Ep);
+}
+
+/* Carve a thread's scratch (see dw_xscr) and clear its ring. */
+static void CFN(dw_xscr_init)(const CFN(dw_geo) *d, T *my, const T ***rows, int64_t **tags,
+                              T **ring)
+{
+    *rows = (const T **)(void *)my;
+    *tags = (int64_t *)(void *)(my + nk_conv_ptr_elems(d->s->kh, sizeof(T)));
+    *ring = my + nk_conv_ptr_elems(d->s->kh, sizeof(T)) + nk_conv_ptr_elems(d->nsl, sizeof(T));
+    for (int64_t k = 0; k < d->nsl; k++) (*tags)[k] = -1;
+    if (!d->direct) memset(*ring, 0, (size_t)(d->nsl * d->WX * d->Ep) * sizeof(T));
+}
+
+/* rows[kh] for output row (n, oh): the expanded, padded input rows. */
+static void CFN(dw_xrows)(const CFN(dw_geo) *d, const T *x, int64_t n, int64_t oh,
+                          const T **rows, int64_t *tags, T *ring)
+{
+    const nk_conv_shape *s = d->s;
+    const int64_t H = s->h, W = s->w, C = s->g, M = s->f, LD = s->ldx, Ep = d->Ep;
+    for (int64_t kh = 0; kh < s->kh; kh++) {
+        const int64_t ih = oh * s->sh - s->pt + kh * s->dh;
+        if ((uint64_t)ih >= (uint64_t)H) {
+            rows[kh] = d->zero;
+            continue;
+        }
+        const T *xrow = x + (n * H + ih) * W * LD;
+        if (d->direct) {
+            rows[kh] = xrow;
+            continue;
+        }
+        const int64_t k = ih % d->nsl, id = n * H + ih;
+        T *slot = ring + k * d->WX * Ep;
+        if (tags[k] != id) {
+            /* in-image pixels only: the padding pixels and channels >= E
+             * stay zero from dw_xscr_init */
+            int64_t u0 = s->pl > 0 ? s->pl : 0, u1 = nk_imin64(d->WX, W + s->pl);
+            if (M == 1 && LD == Ep && u1 > u0) { /* pixels contiguous on both sides */
+                memcpy(slot + u0 * Ep, xrow + (u0 - s->pl) * LD,
+                       (size_t)((u1 - u0) * Ep) * sizeof(T));
+                u1 = u0;
+            }
+            for (int64_t u = u0; u < u1; u++) {
+                const T *src = xrow + (u - s->pl) * LD;
+                T *dst = slot + u * Ep;
+                if (M == 1) {
+                    memcpy(dst, src, (size_t)C * sizeof(T));
+                } else {
+                    for (int64_t c = 0; c < C; c++)
+                        for (int64_t m = 0; m < M; m++) dst[c * M + m] = src[c];
+                }
+            }
+            tags[k] = id;
+        }
+        rows[kh] = slot;
+    }
+}
+
+/* w (KH*KW rows, ldw apart) and bias into Ep-channel rows, zero beyond E. */
+static void CFN(dw_pad_w)(const nk_conv_shape *s, int64_t E, int64_t Ep, const T *w,
+                          const T *bias, T *wpad, T *bpad)
+{
+    const int64_t KK = s->kh * s->kw;
+    for (int64_t t = 0; t < KK; t++) {
+        memcpy(wpad + t * Ep, w + t * s->ldw, (size_t)E * sizeof(T));
+        memset(wpad + t * Ep + E, 0, (size_t)(Ep - E) * sizeof(T));
+    }
+    if (bpad) {
+        memcpy(bpad, bias, (size_t)E * sizeof(T));
+        memset(bpad + E, 0, (size_t)(Ep - E) * sizeof(T));
+    }
+}
+
+static int CFN(dw_forward)(const nk_conv_shape *s, const T *x, const T *w, const T *bias,
+                           int act, T *y, int nt)
+{
+    CFN(dw_geo) d;
+    CFN(dw_geo_init)(&d, s);
+    const int64_t Ep = d.Ep, KK = s->kh * s->kw, rows_n = s->n * s->oh, ve = 64 / sizeof(T);
+    nt = nk_conv_dw_threads(s, rows_n, nt);
+    const int64_t per = (CFN(dw_xscr)(&d) + ve - 1) / ve * ve, shared = (KK + 1) * Ep;
+    int from_arena = 0;
+    T *ws = (T *)nk_ws_acquire((size_t)(shared + nt * per) * sizeof(T), &from_arena);
+    if (!ws) return -1;
+    T *wpad = ws, *bpad = ws + KK * Ep, *scr = ws + shared;
+    CFN(dw_pad_w)(s, d.E, Ep, w, bias, wpad, bias ? bpad : NULL);
+    void (*row)(const T *const *, int64_t, int64_t, int64_t, int64_t, const T *, const T *, int,
+                int64_t, int64_t, int64_t, T *, int64_t, int) = CFN_ISA(dw_row);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        const T **rows;
+        int64_t *tags;
+        T *ring;
+        CFN(dw_xscr_init)(&d, scr + per * nk_thread_num(), &rows, &tags, &ring);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < rows_n; r++) {
+            const int64_t n = r / s->oh, oh = r - n * s->oh;
+            CFN(dw_xrows)(&d, x, n, oh, rows, tags, ring);
+            row(rows, s->kh, s->kw, s->sw * Ep, s->dw * Ep, wpad, bias ? bpad : NULL, act, d.E,
+                Ep, s->ow, y + r * s->ow * s->ldy, s->ldy, 0);
+        }
+    }
+    nk_ws_release(ws, from_arena);
+    return 0;
+}
+
+/* The dX side: a per-thread ring of nk_conv_dz_slots(s) dz rows, each
+ * nk_conv_dz_row_px(s) pixels of Ep channels, pixel LP + ow*sw holding
+ * mask(dz[n, oh, ow, :]) and every other pixel and channel zero (as in
+ * direct_dgrad); then the row pointers (KH), the slot tags and, with M > 1,
+ * one row of W x Ep per-channel sums. */
+typedef struct {
+    const nk_conv_shape *s;
+    int64_t E, Ep, nslots, WB, LP, slot;
+    void (*row)(const T *const *, int64_t, int64_t, int64_t, int64_t, const T *, const T *, int,
+                int64_t, int64_t, int64_t, T *, int64_t, int);
+} CFN(dw_dz);
+
+static void CFN(dw_dz_init)(CFN(dw_dz) *z, const nk_conv_shape *s)
+{
+    z->s = s;
+    z->E = s->g * s->f;
+    z->Ep = nk_conv_dw_ep(s, sizeof(T));
+    z->nslots = nk_conv_dz_slots(s);
+    z->WB = nk_conv_dz_row_px(s);
+    z->LP = nk_conv_dz_lp(s);
+    z->slot = z->WB * z->Ep;
+    z->row = CFN_ISA(dw_row);
+}
+
+static int64_t CFN(dw_dz_scr)(const CFN(dw_dz) *z)
+{
+    return z->nslots * z->slot + nk_conv_ptr_elems(z->s->kh, sizeof(T)) +
+           nk_conv_ptr_elems(z->nslots, sizeof(T)) + (z->s->f > 1 ? z->s->w * z->Ep : 0);
+}
+
+typedef struct {
+    T *ring, *acc;
+    const T **zr;
+    int64_t *tag;
+} CFN(dw_dz_thr);
+
+static void CFN(dw_dz_thr_init)(const CFN(dw_dz) *z, T *my, CFN(dw_dz_thr) *t)
+{
+    t->ring = my;
+    t->zr = (const T **)(void *)(my + z->nslots * z->slot);
+    t->tag = (int64_t *)(void *)(my + z->nslots * z->slot +
+                                 nk_conv_ptr_elems(z->s->kh, sizeof(T)));
+    t->acc = my + z->nslots * z->slot + nk_conv_ptr_elems(z->s->kh, sizeof(T)) +
+             nk_conv_ptr_elems(z->nslots, sizeof(T));
+    for (int64_t k = 0; k < z->nslots; k++) t->tag[k] = -1;
+    memset(t->ring, 0, (size_t)(z->nslots * z->slot) * sizeof(T));
+}
+
+/* The ring slot holding dz row id = n*OH + oh (loaded, masked, unless it is
+ * there already). */
+static T *CFN(dw_dz_row)(const CFN(dw_dz) *z, CFN(dw_dz_thr) *t, const T *dy, const T *ymask,
+                         int64_t id)
+{
+    const nk_conv_shape *s = z->s;
+    const int64_t OW = s->ow, E = z->E, Ep = z->Ep, oh = id % s->oh, k = oh % z->nslots;
+    T *zs = t->ring + k * z->slot;
+    if (t->tag[k] != id && !ymask && s->sw == 1 && s->ldy == Ep) { /* one contiguous run */
+        memcpy(zs + z->LP * Ep, dy + id * OW * Ep, (size_t)(OW * Ep) * sizeof(T));
+        t->tag[k] = id;
+    }
+    if (t->tag[k] != id) {
+        for (int64_t ow = 0; ow < OW; ow++) {
+            const T *dp = dy + (id * OW + ow) * s->ldy;
+            T *restrict dd = zs + (z->LP + ow * s->sw) * Ep;
+            if (ymask) {
+                const T *mp = ymask + (id * OW + ow) * s->ldy;
+                for (int64_t e = 0; e < E; e++) {
+                    const T v = dp[e]; /* unconditional load, see nk_conv_direct.h */
+                    dd[e] = mp[e] > (T)0 ? v : (T)0;
+                }
+            } else {
+                memcpy(dd, dp, (size_t)E * sizeof(T));
+            }
+        }
+        t->tag[k] = id;
+    }
+    return zs;
+}
+
+/* dx row r = n*H + h (= or += with accum): dx[h, w] = sum over the taps
+ * of the dz rows oh with oh*sh = h + pt - kh*dh of dz[oh, (w + pl - kw*dw)
+ * / sw] * w[kh, kw] (gather form), then with M > 1 summed over m. */
+static void CFN(dw_dx_row)(const CFN(dw_dz) *z, CFN(dw_dz_thr) *t, const T *dy, const T *ymask,
+                           const T *wpad, int64_t r, T *dx, int accum)
+{
+    const nk_conv_shape *s = z->s;
+    const int64_t H = s->h, W = s->w, C = s->g, M = s->f, Ep = z->Ep;
+    const int64_t n = r / H, h = r - n * H;
+    for (int64_t kh = 0; kh < s->kh; kh++) {
+        const int64_t tt = h + s->pt - kh * s->dh;
+        const int64_t oh = tt >= 0 ? tt / s->sh : -1;
+        t->zr[kh] = NULL;
+        if (tt < 0 || oh * s->sh != tt || oh >= s->oh) continue;
+        t->zr[kh] = CFN(dw_dz_row)(z, t, dy, ymask, n * s->oh + oh) + (z->LP + s->pl) * Ep;
+    }
+    T *dxrow = dx + r * W * s->ldx;
+    if (M == 1) {
+        z->row(t->zr, s->kh, s->kw, Ep, -s->dw * Ep, wpad, NULL, NK_ACT_NONE, z->E, Ep, W, dxrow,
+               s->ldx, accum);
+        return;
+    }
+    z->row(t->zr, s->kh, s->kw, Ep, -s->dw * Ep, wpad, NULL, NK_ACT_NONE, z->E, Ep, W, t->acc, Ep,
+           0);
+    for (int64_t iw = 0; iw < W; iw++) {
+        const T *a = t->acc + iw * Ep;
+        T *o = dxrow + iw * s->ldx;
+        for (int64_t c = 0; c < C; c++) {
+            T v = a[c * M];
+            for (int64_t m = 1; m < M; m++) v += a[c * M + m];
+            o[c] = accum ? o[c] + v : v;
+        }
+    }
+}
+
+/* dX alone: parallel over input rows (n, h), contiguous per thread. */
+static int CFN(dw_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w, T *dx,
+                         int accum, int nt)
+{
+    CFN(dw_dz) z;
+    CFN(dw_dz_init)(&z, s);
+    const int64_t KK = s->kh * s->kw, rows_n = s->n * s->h, ve = 64 / sizeof(T), Ep = z.Ep;
+    nt = nk_conv_dw_threads(s, rows_n, nt);
+    const int64_t per = (CFN(dw_dz_scr)(&z) + ve - 1) / ve * ve;
+    int from_arena = 0;
+    T *ws = (T *)nk_ws_acquire((size_t)(KK * Ep + nt * per) * sizeof(T), &from_arena);
+    if (!ws) return -1;
+    T *wpad = ws, *scr = ws + KK * Ep;
+    CFN(dw_pad_w)(s, z.E, Ep, w, NULL, wpad, NULL);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        CFN(dw_dz_thr) t;
+        CFN(dw_dz_thr_init)(&z, scr + per * nk_thread_num(), &t);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < rows_n; r++) CFN(dw_dx_row)(&z, &t, dy, ymask, wpad, r, dx, accum);
+    }
+    nk_ws_release(ws, from_arena);
+    return 0;
+}
+
+/* dW, db (and, with dx, the data gradient in the same pass): fixed blocks
+ * of output rows (by shape only), partial sums added in block order.
+ * Fused (dx != NULL): a block walks its output rows r in order, each dz
+ * row is masked into the dX ring once and feeds both the dW sums (read
+ * from the ring) and the dx rows whose last contributing output row is r
+ * ("owned" by r: h in [oh*sh - pt, (oh+1)*sh - pt), the last output row
+ * also owning the rows below it); the up to nk_conv_dz_slots - 1 dz rows
+ * before the block that its first dx rows need are loaded first.  So dy
+ * and the relu mask are read once for both gradients, and the results are
+ * bitwise those of the separate passes. */
+static int CFN(dw_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
+                         const T *w, T *dw, T *db, T *dx, int accum, int nt)
+{
+    CFN(dw_geo) d;
+    CFN(dw_geo_init)(&d, s);
+    CFN(dw_dz) z;
+    CFN(dw_dz_init)(&z, s);
+    const int64_t E = d.E, Ep = d.Ep, KK = s->kh * s->kw, rows_n = s->n * s->oh;
+    const int64_t OH = s->oh, H = s->h;
+    const int64_t nb = rows_n < NK_CONV_WGRAD_BLOCKS ? rows_n : NK_CONV_WGRAD_BLOCKS;
+    const int64_t ve = 64 / sizeof(T), bper = (KK + 1) * Ep;
+    nt = nk_conv_dw_threads(s, nb, nt);
+    const int64_t xper = (CFN(dw_xscr)(&d) + ve - 1) / ve * ve;
+    const int64_t per = xper + (dx ? (CFN(dw_dz_scr)(&z) + ve - 1) / ve * ve : 0);
+    const int64_t zlen = (d.WX * Ep + ve - 1) / ve * ve, wlen = dx ? KK * Ep : 0;
+    int from_arena = 0;
+    T *ws = (T *)nk_ws_acquire((size_t)(zlen + wlen + nb * bper + nt * per) * sizeof(T),
+                               &from_arena);
+    if (!ws) return -1;
+    T *zero = ws, *wpad = ws + zlen, *part = wpad + wlen, *scr = part + nb * bper;
+    memset(zero, 0, (size_t)zlen * sizeof(T));
+    d.zero = zero;
+    if (dx) CFN(dw_pad_w)(s, E, Ep, w, NULL, wpad, NULL);
+    void (*wrow)(const T *const *, int64_t, int64_t, int64_t, int64_t, const T *, const T *,
+                 int64_t, int64_t, int64_t, int64_t, T *, T *) = CFN_ISA(dw_wgrad_row);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        const T **rows;
+        int64_t *tags;
+        T *ring;
+        T *my = scr + per * nk_thread_num();
+        CFN(dw_xscr_init)(&d, my, &rows, &tags, &ring);
+        CFN(dw_dz_thr) t;
+        if (dx) CFN(dw_dz_thr_init)(&z, my + xper, &t);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t b = 0; b < nb; b++) {
+            T *pw = part + b * bper;
+            const int64_t r0 = rows_n * b / nb, r1 = rows_n * (b + 1) / nb;
+            memset(pw, 0, (size_t)bper * sizeof(T));
+            int64_t rs = r0;
+            if (dx) { /* the earlier dz rows this block's first dx rows need */
+                rs = r0 - (z.nslots - 1);
+                if (rs < r0 / OH * OH) rs = r0 / OH * OH;
+            }
+            for (int64_t r = rs; r < r1; r++) {
+                const int64_t n = r / OH, oh = r - n * OH;
+                if (!dx) {
+                    CFN(dw_xrows)(&d, x, n, oh, rows, tags, ring);
+                    wrow(rows, s->kh, s->kw, s->sw * Ep, s->dw * Ep, dy + r * s->ow * s->ldy,
+                         ymask ? ymask + r * s->ow * s->ldy : NULL, s->ldy, s->ow, E, Ep, pw,
+                         pw + KK * Ep);
+                    continue;
+                }
+                const T *zs = CFN(dw_dz_row)(&z, &t, dy, ymask, r);
+                if (r < r0) continue;
+                CFN(dw_xrows)(&d, x, n, oh, rows, tags, ring);
+                wrow(rows, s->kh, s->kw, s->sw * Ep, s->dw * Ep, zs + z.LP * Ep, NULL,
+                     s->sw * Ep, s->ow, E, Ep, pw, pw + KK * Ep);
+                int64_t ha = oh * s->sh - s->pt, hb = oh == OH - 1 ? H : ha + s->sh;
+                if (ha < 0) ha = 0;
+                if (hb > H) hb = H;
+                for (int64_t h = ha; h < hb; h++)
+                    CFN(dw_dx_row)(&z, &t, dy, ymask, wpad, n * H + h, dx, accum);
+            }
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t i = 0; i < (KK + 1) * E; i++) {
+            const int64_t tp = i / E, e = i - tp * E;
+            T acc = part[tp * Ep + e];
+            for (int64_t b = 1; b < nb; b++) acc += part[b * bper + tp * Ep + e];
+            if (tp < KK) dw[tp * s->ldw + e] = acc;
+            else if (db) db[e] = acc;
+        }
+    }
+    nk_ws_release(ws, from_arena);
+    return 0;
 }
 
 #undef CFN_ISA
 
 /* ------------------------------------------------------------- top level */
 
-static int CFN(forward)(const nk_conv_shape *s, int algo, const T *x, const T *w, const T *bias,
+static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *w, const T *bias,
                         int act, T *y, int nt)
 {
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
@@ -735,33 +1188,85 @@ static int CFN(forward)(const nk_conv_shape *s, int algo, const T *x, const T *w
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
 }
 
-static int CFN(backward)(const nk_conv_shape *s, int algo, const T *dy, const T *x, const T *w,
-                         int act, const T *y, T *dx, T *dw, T *db, int nt)
+static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T *x, const T *w,
+                          int act, const T *y, T *dx, int acc, T *dw, T *db, int nt)
 {
     const T *ymask = act == NK_ACT_NONE ? NULL : y;
     const int64_t kkcf = s->kh * s->kw * s->c * s->f;
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) {
         /* no outputs: every gradient is zero */
-        for (int64_t e = 0; e < kkcf; e++) dw[e] = (T)0;
+        if (dw)
+            for (int64_t e = 0; e < kkcf; e++) dw[e / s->f * s->ldw + e % s->f] = (T)0;
         if (db)
             for (int64_t f = 0; f < s->f; f++) db[f] = (T)0;
-        if (dx) nk_conv_zero(dx, (size_t)(s->n * s->h * s->w * s->c) * sizeof(T), 1);
+        if (dx && !acc) nk_conv_zero_px(dx, s->n * s->h * s->w, s->c, s->ldx, sizeof(T), 1);
         return 0;
     }
-    int a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
-    int rc;
-    if (a == NK_CONV_DIRECT)
-        rc = CFN(direct_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
-    else
-        rc = CFN(im2col_wgrad)(s, dy, ymask, act, x, dw, db, nt);
+    int a, rc = 0;
+    if (dw) {
+        a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
+        if (a == NK_CONV_DIRECT)
+            rc = CFN(direct_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
+        else
+            rc = CFN(im2col_wgrad)(s, dy, ymask, act, x, dw, db, nt);
+    } else if (db) {
+        rc = CFN(bias_grad)(s, dy, ymask, db, nt);
+    }
     if (rc || !dx) return rc;
     a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA) : algo;
     if (a == NK_CONV_DIRECT) {
-        return CFN(direct_dgrad)(s, dy, ymask, w, dx, nk_conv_threads(s, nt));
+        return CFN(direct_dgrad)(s, dy, ymask, w, dx, acc, nk_conv_threads(s, nt));
     }
     if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
-        return CFN(wino_dgrad)(s, dy, ymask, w, dx, nt);
-    return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, nt);
+        return CFN(wino_dgrad)(s, dy, ymask, w, dx, acc, nt);
+    return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, acc, nt);
+}
+
+/* Groups: one convolution per channel window (see nk_conv.h). */
+static int CFN(forward)(const nk_conv_shape *s0, int algo, const T *x, const T *w, const T *bias,
+                        int act, T *y, int nt)
+{
+    nk_conv_shape s = nk_conv_norm(s0);
+    const int64_t G = s.g;
+    if (nk_conv_use_dw(&s, algo)) {
+        if (s.n == 0 || s.oh == 0 || s.ow == 0 || s.f == 0) return 0;
+        return CFN(dw_forward)(&s, x, w, bias, act, y, nt);
+    }
+    if (algo == NK_CONV_DEPTHWISE) algo = NK_CONV_AUTO; /* c > 1: not a depthwise shape */
+    s.g = 1;
+    int rc = 0;
+    for (int64_t j = 0; j < G && rc == 0; j++)
+        rc = CFN(forward1)(&s, algo, x + j * s.c, w + j * s.f, bias ? bias + j * s.f : NULL, act,
+                           y + j * s.f, nt);
+    return rc;
+}
+
+static int CFN(backward)(const nk_conv_shape *s0, int algo, const T *dy, const T *x, const T *w,
+                         int act, const T *y, T *dx, int acc, T *dw, T *db, int nt)
+{
+    nk_conv_shape s = nk_conv_norm(s0);
+    const int64_t G = s.g, C = s.c, F = s.f;
+    int rc = 0;
+    if (nk_conv_use_dw(&s, algo) && s.n > 0 && s.oh > 0 && s.ow > 0 && s.f > 0) {
+        const T *ymask = act == NK_ACT_NONE ? NULL : y;
+        if (dw) /* with dx: both in one pass */
+            return CFN(dw_wgrad)(&s, dy, ymask, x, w, dw, db, dx, acc, nt);
+        if (db) {
+            nk_conv_shape t = s; /* all G*F channels as one group */
+            t.g = 1;
+            t.f = G * F;
+            rc = CFN(bias_grad)(&t, dy, ymask, db, nt);
+        }
+        if (rc == 0 && dx) rc = CFN(dw_dgrad)(&s, dy, ymask, w, dx, acc, nt);
+        return rc;
+    }
+    if (algo == NK_CONV_DEPTHWISE) algo = NK_CONV_AUTO;
+    s.g = 1;
+    for (int64_t j = 0; j < G && rc == 0; j++)
+        rc = CFN(backward1)(&s, algo, dy + j * F, x ? x + j * C : NULL, w + j * F, act,
+                            y ? y + j * F : NULL, dx ? dx + j * C : NULL, acc,
+                            dw ? dw + j * F : NULL, db ? db + j * F : NULL, nt);
+    return rc;
 }
 
 #undef CFN_

@@ -95,29 +95,30 @@ AI void DFN(load_dz)(const T *dp, const T *mp, int64_t fb, V *d0, V *d1)
 
 /* Input rows for output row (n, oh): xr[kh][(ow*sw + kw*dw)*C + c] is
  * x[n, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, c], zero outside the image,
- * for ow < OW, kw < KW.  Rows point into x where no padding is involved,
- * else into scr (KH * nk_conv_xrow_len(s) elements). */
+ * for ow < OW, kw < KW.  Rows point into x where no padding is involved
+ * and x's pixels are C apart, else into scr (KH * nk_conv_xrow_px(s) * C
+ * elements). */
 static void DFN(xrows)(const nk_conv_shape *s, const T *x, int64_t n, int64_t oh, T *scr,
                        const T **xr)
 {
-    const int64_t H = s->h, W = s->w, C = s->c, WX = nk_conv_xrow_px(s);
-    const int inside_w = s->pl == 0 && WX <= W;
+    const int64_t H = s->h, W = s->w, C = s->c, LD = s->ldx, WX = nk_conv_xrow_px(s);
+    const int inside_w = s->pl == 0 && WX <= W && LD == C;
     for (int64_t kh = 0; kh < s->kh; kh++) {
         const int64_t ih = oh * s->sh - s->pt + kh * s->dh;
         const int in_h = (uint64_t)ih < (uint64_t)H;
         if (in_h && inside_w) {
-            xr[kh] = x + (n * H + ih) * W * C;
+            xr[kh] = x + (n * H + ih) * W * LD;
             continue;
         }
         T *d = scr + kh * WX * C;
         if (!in_h) {
             memset(d, 0, (size_t)(WX * C) * sizeof(T));
         } else {
-            const T *xrow = x + (n * H + ih) * W * C;
+            const T *xrow = x + (n * H + ih) * W * LD;
             for (int64_t u = 0; u < WX; u++) {
                 const int64_t iw = u - s->pl;
                 if ((uint64_t)iw < (uint64_t)W)
-                    memcpy(d + u * C, xrow + iw * C, (size_t)C * sizeof(T));
+                    memcpy(d + u * C, xrow + iw * LD, (size_t)C * sizeof(T));
                 else
                     memset(d + u * C, 0, (size_t)C * sizeof(T));
             }
@@ -151,7 +152,7 @@ AI void DFN(fwd_tile)(const nk_conv_shape *s, const T *const *xr, const T *wp, i
                       const T *bp, int act, int64_t ow0, int64_t f0, int64_t fb, const int OB,
                       T *yrow)
 {
-    const int64_t C = s->c, KW = s->kw, xs = s->sw * C, F = s->f;
+    const int64_t C = s->c, KW = s->kw, xs = s->sw * C, LDY = s->ldy;
     TILE12(ACC_DECL)
     for (int64_t kh = 0; kh < s->kh; kh++) {
         const T *xk = xr[kh] + ow0 * xs;
@@ -177,14 +178,16 @@ AI void DFN(fwd_tile)(const nk_conv_shape *s, const T *const *xr, const T *wp, i
         b1 = DFN(vld)(bp + f0 + VL);
     }
 #define FWD_OUT(j)                                                                         \
-    if ((j) < OB) DFN(fwd_store)(a0_##j + b0, a1_##j + b1, act, fb, yrow + (ow0 + (j)) * F + f0);
+    if ((j) < OB)                                                                          \
+        DFN(fwd_store)(a0_##j + b0, a1_##j + b1, act, fb, yrow + (ow0 + (j)) * LDY + f0);
     TILE12(FWD_OUT)
 #undef FWD_OUT
 }
 
 /* y = act(bias + conv(x, w)); parallel over output rows (n, oh).
  * wp: weights (KH*KW*C, Fp), bp: bias (Fp) or NULL, scr: per-thread
- * scratch of scr_per elements. */
+ * scratch of scr_per elements: KH row pointers (nk_conv_ptr_elems), then
+ * the padded rows of xrows. */
 static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *wp, int64_t Fp,
                             const T *bp, int act, T *y, T *scr, int64_t scr_per, int nt)
 {
@@ -195,14 +198,15 @@ static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *wp, int
 #endif
     {
         T *my = scr + scr_per * nk_thread_num();
-        const T *xr[s->kh];
+        const T **xr = (const T **)(void *)my;
+        my += nk_conv_ptr_elems(s->kh, sizeof(T));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t r = 0; r < rows; r++) {
             const int64_t n = r / OH, oh = r - n * OH;
             DFN(xrows)(s, x, n, oh, my, xr);
-            T *yrow = y + r * OW * F;
+            T *yrow = y + r * OW * s->ldy;
             for (int64_t f0 = 0; f0 < F; f0 += FB) {
                 const int64_t fb = F - f0 < FB ? F - f0 : FB;
                 int64_t ow0 = 0;
@@ -224,8 +228,9 @@ static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *wp, int
 
 /* ---------------------------------------------------------------- dW */
 
-/* MB kernel rows x channels [f0, f0+fb) over one output row: pw (row stride
- * Fp) += sum_ow xb[i][ow*xs] * dz[ow]; pb (if not NULL) += sum_ow dz[ow]. */
+/* MB kernel rows x channels [f0, f0+fb) over one output row (dz pixels F
+ * apart): pw (row stride Fp) += sum_ow xb[i][ow*xs] * dz[ow]; pb (if not
+ * NULL) += sum_ow dz[ow]. */
 AI void DFN(wg_tile)(const T *const *xb, int64_t xs, const T *dzr, const T *mr, int64_t F,
                      int64_t fb, int64_t OW, const int MB, T *pw, int64_t Fp, T *pb)
 {
@@ -267,7 +272,8 @@ AI void DFN(wg_tile)(const T *const *xb, int64_t xs, const T *dzr, const T *mr, 
 }
 
 /* dW, db over output rows [r0, r1) (rows = (n, oh)) into part_w (KH*KW*C
- * rows of Fp) and part_b (Fp), overwritten.  scr: KH * nk_conv_xrow_len. */
+ * rows of Fp) and part_b (Fp), overwritten.  scr: KH row pointers
+ * (nk_conv_ptr_elems), then KH * nk_conv_xrow_px * C elements. */
 static void DFN(direct_wgrad_block)(const nk_conv_shape *s, const T *dy, const T *ymask,
                                     const T *x, int64_t r0, int64_t r1, int64_t Fp, T *part_w,
                                     T *part_b, T *scr)
@@ -277,12 +283,14 @@ static void DFN(direct_wgrad_block)(const nk_conv_shape *s, const T *dy, const T
     const int64_t ng = (R + RB_WG - 1) / RB_WG;
     memset(part_w, 0, (size_t)(R * Fp) * sizeof(T));
     memset(part_b, 0, (size_t)Fp * sizeof(T));
-    const T *xr[s->kh];
+    const T **xr = (const T **)(void *)scr;
     const T *xb[RB_WG];
+    const int64_t LDY = s->ldy;
+    scr += nk_conv_ptr_elems(s->kh, sizeof(T));
     for (int64_t r = r0; r < r1; r++) {
         const int64_t n = r / OH, oh = r - n * OH;
         DFN(xrows)(s, x, n, oh, scr, xr);
-        const T *dzr = dy + r * OW * F, *mr = ymask ? ymask + r * OW * F : NULL;
+        const T *dzr = dy + r * OW * LDY, *mr = ymask ? ymask + r * OW * LDY : NULL;
         for (int64_t g = 0; g < ng; g++) {
             const int64_t i0 = R * g / ng, i1 = R * (g + 1) / ng;
             for (int64_t i = i0; i < i1; i++) {
@@ -295,7 +303,7 @@ static void DFN(direct_wgrad_block)(const nk_conv_shape *s, const T *dy, const T
                 const T *dz = dzr + f0, *m = mr ? mr + f0 : NULL;
                 switch ((int)(i1 - i0)) {
 #define WG_CASE(k) \
-    case k: DFN(wg_tile)(xb, xs, dz, m, F, fb, OW, (k) <= RB_WG ? (k) : 1, pw, Fp, pb); break;
+    case k: DFN(wg_tile)(xb, xs, dz, m, LDY, fb, OW, (k) <= RB_WG ? (k) : 1, pw, Fp, pb); break;
                 WG_CASE(1) WG_CASE(2) WG_CASE(3) WG_CASE(4) WG_CASE(5) WG_CASE(6)
                 WG_CASE(7) WG_CASE(8) WG_CASE(9) WG_CASE(10) WG_CASE(11) WG_CASE(12)
 #undef WG_CASE
@@ -311,9 +319,9 @@ static void DFN(direct_wgrad_block)(const nk_conv_shape *s, const T *dy, const T
 /* OB input pixels [w0, w0+OB) of channel c: dx = sum over taps and F of
  * w[kh,kw,c,:] . dzrow_kh[w + pl - kw*dw], dz rows from the ring. */
 AI void DFN(dg_tile)(const nk_conv_shape *s, const T *const *zr, const T *wp, int64_t Fp,
-                     int64_t w0, int64_t c, const int OB, T *dxrow)
+                     int64_t w0, int64_t c, const int OB, int acc, T *dxrow)
 {
-    const int64_t C = s->c, KW = s->kw;
+    const int64_t C = s->c, KW = s->kw, LDX = s->ldx;
     TILE12(ACC_DECL)
     for (int64_t kh = 0; kh < s->kh; kh++) {
         if (!zr[kh]) continue;
@@ -333,7 +341,11 @@ AI void DFN(dg_tile)(const nk_conv_shape *s, const T *const *zr, const T *wp, in
         }
     }
 #define DG_OUT(j)                                                                          \
-    if ((j) < OB) dxrow[(w0 + (j)) * C + c] = DFN(hsum)(a0_##j + a1_##j);
+    if ((j) < OB) {                                                                        \
+        T *d_ = dxrow + (w0 + (j)) * LDX + c;                                              \
+        const T v_ = DFN(hsum)(a0_##j + a1_##j);                                           \
+        *d_ = acc ? *d_ + v_ : v_;                                                         \
+    }
     TILE12(DG_OUT)
 #undef DG_OUT
 }
@@ -343,12 +355,13 @@ AI void DFN(dg_tile)(const nk_conv_shape *s, const T *const *zr, const T *wp, in
  * Parallel over input rows (n, h), contiguous per thread.  Each thread keeps
  * a ring of nk_conv_dz_slots(s) dz rows, each laid out as
  * nk_conv_dz_row_px(s) pixels of Fp channels: pixel LP + ow*sw holds
- * mask(dz[n,oh,ow,:]), every other pixel and channel >= F is zero. */
+ * mask(dz[n,oh,ow,:]), every other pixel and channel >= F is zero (after
+ * the ring in scr: the row pointers and slot tags, nk_conv_ptr_elems each). */
 static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *wp,
-                              int64_t Fp, T *dx, T *scr, int64_t scr_per, int nt)
+                              int64_t Fp, T *dx, int acc, T *scr, int64_t scr_per, int nt)
 {
     const int64_t H = s->h, W = s->w, C = s->c, F = s->f, OH = s->oh, OW = s->ow;
-    const int64_t rows = s->n * H, KH = s->kh;
+    const int64_t rows = s->n * H, KH = s->kh, LDY = s->ldy;
     const int64_t nslots = nk_conv_dz_slots(s), WB = nk_conv_dz_row_px(s);
     const int64_t LP = nk_conv_dz_lp(s), slot = WB * Fp;
     (void)nt;
@@ -357,8 +370,8 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
 #endif
     {
         T *ring = scr + scr_per * nk_thread_num();
-        int64_t tag[nslots];
-        const T *zr[KH];
+        const T **zr = (const T **)(void *)(ring + nslots * slot);
+        int64_t *tag = (int64_t *)(void *)(ring + nslots * slot + nk_conv_ptr_elems(KH, sizeof(T)));
         for (int64_t k = 0; k < nslots; k++) tag[k] = -1;
         memset(ring, 0, (size_t)(nslots * slot) * sizeof(T));
 #ifdef _OPENMP
@@ -374,12 +387,12 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
                 const int64_t k = oh % nslots, id = n * OH + oh;
                 T *zs = ring + k * slot;
                 if (tag[k] != id) {
-                    const T *dp = dy + id * OW * F, *mp = ymask ? ymask + id * OW * F : NULL;
+                    const T *dp = dy + id * OW * LDY, *mp = ymask ? ymask + id * OW * LDY : NULL;
                     for (int64_t ow = 0; ow < OW; ow++) {
                         T *d = zs + (LP + ow * s->sw) * Fp;
                         for (int64_t f0 = 0; f0 < F; f0 += FB) {
                             V d0, d1;
-                            DFN(load_dz)(dp + ow * F + f0, mp ? mp + ow * F + f0 : NULL,
+                            DFN(load_dz)(dp + ow * LDY + f0, mp ? mp + ow * LDY + f0 : NULL,
                                          F - f0 < FB ? F - f0 : FB, &d0, &d1);
                             DFN(vst)(d + f0, d0);
                             DFN(vst)(d + f0 + VL, d1);
@@ -389,20 +402,20 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
                 }
                 zr[kh] = zs + (LP + s->pl) * Fp;
             }
-            T *dxrow = dx + r * W * C;
+            T *dxrow = dx + r * W * s->ldx;
             for (int64_t c = 0; c < C; c++) {
                 int64_t w0 = 0;
                 for (; w0 + RB_DG <= W; w0 += RB_DG)
-                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, RB_DG, dxrow);
+                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, RB_DG, acc, dxrow);
                 if (RB_DG > 4 && w0 + 4 <= W) {
-                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, 4, dxrow);
+                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, 4, acc, dxrow);
                     w0 += 4;
                 }
                 if (RB_DG > 2 && w0 + 2 <= W) {
-                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, 2, dxrow);
+                    DFN(dg_tile)(s, zr, wp, Fp, w0, c, 2, acc, dxrow);
                     w0 += 2;
                 }
-                for (; w0 < W; w0++) DFN(dg_tile)(s, zr, wp, Fp, w0, c, 1, dxrow);
+                for (; w0 < W; w0++) DFN(dg_tile)(s, zr, wp, Fp, w0, c, 1, acc, dxrow);
             }
         }
     }
@@ -411,10 +424,10 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
 /* ----------------------------------------------- col2im (column dX) */
 
 /* col2im in gather form for the whole images [n0, n1) whose columns are in
- * dcols: every dx element is written once (no zeroing pass), summing its
- * taps in (kh, kw) order; parallel over input rows. */
+ * dcols: every dx element is written once (no zeroing pass; added to with
+ * acc), summing its taps in (kh, kw) order; parallel over input rows. */
 static void DFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n0, int64_t n1,
-                               T *dx, int nt)
+                               T *dx, int acc, int nt)
 {
     const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
     const int64_t OH = s->oh, OW = s->ow, kkc = KH * KW * C, rows = (n1 - n0) * H;
@@ -443,25 +456,30 @@ static void DFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n
 #endif
     for (int64_t r = 0; r < rows; r++) {
         const int64_t nl = r / H, h = r - nl * H;
-        T *d = dx + ((n0 + nl) * H + h) * W * C;
+        T *d = dx + ((n0 + nl) * H + h) * W * s->ldx;
         for (int64_t iw = 0; iw < W; iw++) {
-            T *restrict dp = d + iw * C;
+            T *restrict dp = d + iw * s->ldx;
             int64_t c = 0;
             for (; c + 2 * VL <= C; c += 2 * VL) {
                 V a0 = (V){0}, a1 = (V){0};
                 C2I_TAPS(a0 += DFN(vld)(src + c); a1 += DFN(vld)(src + c + VL))
+                if (acc) {
+                    a0 = DFN(vld)(dp + c) + a0;
+                    a1 = DFN(vld)(dp + c + VL) + a1;
+                }
                 DFN(vst)(dp + c, a0);
                 DFN(vst)(dp + c + VL, a1);
             }
             for (; c + VL <= C; c += VL) {
                 V a0 = (V){0};
                 C2I_TAPS(a0 += DFN(vld)(src + c))
+                if (acc) a0 = DFN(vld)(dp + c) + a0;
                 DFN(vst)(dp + c, a0);
             }
             for (; c < C; c++) {
                 T a0 = (T)0;
                 C2I_TAPS(a0 += src[c])
-                dp[c] = a0;
+                dp[c] = acc ? dp[c] + a0 : a0;
             }
         }
     }

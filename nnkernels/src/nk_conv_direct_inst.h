@@ -1,13 +1,15 @@
 /* Instantiate nk_conv_direct.h (and the Winograd transforms,
- * nk_conv_wino.h) for float32 and float64 under the ISA and
- * register-tile sizes the includer has defined (ISA, RB_FWD, RB_WG, RB_DG);
- * undefines them afterwards.  FB: channels per block (two 64-byte vectors). */
+ * nk_conv_wino.h, and the depthwise kernels, nk_conv_dw.h) for float32 and
+ * float64 under the ISA and register-tile sizes the includer has defined
+ * (ISA, RB_FWD, RB_WG, RB_DG, RB_DW, RB_DWW); undefines them afterwards.
+ * FB: channels per block (two 64-byte vectors). */
 #define T float
 #define TI int32_t
 #define S s
 #define FB 32
 #include "nk_conv_direct.h"
 #include "nk_conv_wino.h"
+#include "nk_conv_dw.h"
 #undef T
 #undef TI
 #undef S
@@ -18,6 +20,7 @@
 #define FB 16
 #include "nk_conv_direct.h"
 #include "nk_conv_wino.h"
+#include "nk_conv_dw.h"
 #undef T
 #undef TI
 #undef S
@@ -25,4 +28,6 @@
 #undef RB_FWD
 #undef RB_WG
 #undef RB_DG
+#undef RB_DW
+#undef RB_DWW
 #undef ISA

@@ -97,13 +97,13 @@ WAI void WFN(tr8)(const WV *r, T *dst)
 WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, int64_t t,
                          const T **px, const T **pm)
 {
-    const int64_t H = g->h, W = g->w, C = g->c, tpi = g->th * g->tw;
+    const int64_t H = g->h, W = g->w, tpi = g->th * g->tw;
     const int64_t n = t / tpi, r = t - n * tpi, th = r / g->tw, tw = r - th * g->tw;
     for (int a = 0; a < 4; a++)
         for (int b = 0; b < 4; b++) {
             const int64_t ih = 2 * th - g->pt + a, iw = 2 * tw - g->pl + b;
             if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W) {
-                const int64_t off = ((n * H + ih) * W + iw) * C;
+                const int64_t off = ((n * H + ih) * W + iw) * g->sp;
                 px[a * 4 + b] = src + off;
                 pm[a * 4 + b] = mask ? mask + off : zero;
             } else {
@@ -210,13 +210,13 @@ static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t 
 static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t cnt,
                           const T *bias, int act, T *y)
 {
-    const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs;
+    const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs, OP = g->op;
     for (int64_t j = 0; j < cnt; j++) {
         const int64_t t = t0 + j, n = t / (g->th * g->tw), r = t - n * (g->th * g->tw);
         const int64_t th = r / g->tw, tw = r - th * g->tw;
         const int64_t oh = 2 * th, ow = 2 * tw;
         const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
-        T *yp = y + ((n * OH + oh) * OW + ow) * F;
+        T *yp = y + ((n * OH + oh) * OW + ow) * OP;
         const T *mp = m_blk + j * F;
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
             const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
@@ -244,11 +244,19 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
             for (int k = 0; k < 4; k++) {
                 if (act == NK_ACT_RELU) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0)); /* NaN kept */
             }
+            if (g->accum) { /* y += (rows / columns inside the output only) */
+                o[0] += WFN(wld)(yp + f0, fn);
+                if (cols == 2) o[1] += WFN(wld)(yp + OP + f0, fn);
+                if (rows == 2) {
+                    o[2] += WFN(wld)(yp + OW * OP + f0, fn);
+                    if (cols == 2) o[3] += WFN(wld)(yp + (OW + 1) * OP + f0, fn);
+                }
+            }
             WFN(wst)(yp + f0, o[0], fn);
-            if (cols == 2) WFN(wst)(yp + F + f0, o[1], fn);
+            if (cols == 2) WFN(wst)(yp + OP + f0, o[1], fn);
             if (rows == 2) {
-                WFN(wst)(yp + OW * F + f0, o[2], fn);
-                if (cols == 2) WFN(wst)(yp + (OW + 1) * F + f0, o[3], fn);
+                WFN(wst)(yp + OW * OP + f0, o[2], fn);
+                if (cols == 2) WFN(wst)(yp + (OW + 1) * OP + f0, o[3], fn);
             }
         }
     }
