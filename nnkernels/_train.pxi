@@ -1,6 +1,7 @@
 # Training kernels: softmax cross-entropy, optimizer updates, batch
-# normalisation (included from _core.pyx, after _pool.pxi whose helpers
-# _c_array / _c_out / _same_buffer it uses).
+# normalisation with fused residual-add / ReLU epilogues (included from
+# _core.pyx, after _pool.pxi whose helpers _c_array / _c_out / _same_buffer
+# it uses).
 #
 # As everywhere: shapes, dtypes, contiguity and aliasing are checked here,
 # with the GIL held, before anything is written; the kernels then run with
@@ -9,8 +10,12 @@
 # Determinism: reductions (loss, n_correct, sum_squares, batch-norm sums) sum
 # fixed blocks, whose size depends only on the array sizes, in a fixed order,
 # in double; updates are elementwise.  Every result is bitwise the same for
-# any thread count (and any ISA setting: these kernels have one portable,
-# auto-vectorised body).
+# any thread count, and for any ISA setting: these kernels have one portable,
+# auto-vectorised body (batch norm's row loops are compiled once per ISA
+# path from that one body, without FMA contraction: nk_bn_kern.c).  The one
+# exception: the sign and payload of a NaN made where two NaNs meet in one
+# operation follow the compiler's operand order and may differ between the
+# ISA paths (NaN or not is the same everywhere).
 
 from libc.math cimport sqrt as c_sqrt
 
@@ -49,6 +54,19 @@ cdef extern from "nk_train.h" nogil:
     int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
                          const void *gamma, const void *save_mean, const void *save_invstd,
                          void *dx_mc, void *dgamma, void *dbeta, int dbl)
+    int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc,
+                                     const void *res_mc, const void *gamma, const void *beta,
+                                     void *y_mc, int act, double eps, double momentum,
+                                     void *moving_mean, void *moving_var, void *save_mean,
+                                     void *save_invstd, int dbl)
+    int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc,
+                                     const void *res_mc, const void *gamma, const void *beta,
+                                     const void *moving_mean, const void *moving_var,
+                                     double eps, void *y_mc, int act, int dbl)
+    int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *y_mc,
+                               int act, const void *x_mc, const void *gamma,
+                               const void *save_mean, const void *save_invstd, void *dx_mc,
+                               void *dres_mc, void *dgamma, void *dbeta, int dbl)
 
 _I64 = np.dtype(np.int64)
 
@@ -390,11 +408,34 @@ cdef object _bn_vec(object a, str name, Py_ssize_t c, object dt, bint optional):
     return _same_as(a, name, (c,), dt)
 
 
+cdef object _bn_like(object a, str name, object ref, str refname):
+    """An input of ref's shape and dtype (activation-sized) as a C-contiguous,
+    aligned array (copied if it is not one)."""
+    a = _c_array(a, name)
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {refname}'s {ref.dtype}")
+    if a.shape != ref.shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {refname}'s {ref.shape}")
+    return a
+
+
+cdef _bn_inplace_or_disjoint(object out, str oname, object a, str aname):
+    """ValueError unless out and a are disjoint or exactly the same buffer
+    (same address, shape, strides and dtype: elementwise in place)."""
+    if out is None or a is None or not out.size or not a.size:
+        return
+    if np.may_share_memory(out, a) and not _same_buffer(out, a):
+        raise ValueError(f"{oname} overlaps input {aname}; pass a separate buffer (or "
+                         f"exactly the {aname} array itself, for in place)")
+
+
 def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=None,
                       momentum=0.99, epsilon=1e-3, out=None, save_mean=None,
-                      save_invstd=None):
+                      save_invstd=None, residual=None, activation=None):
     """Batch normalisation over every axis but the last (Keras
-    BatchNormalization(axis=-1)); returns out.
+    BatchNormalization(axis=-1)), with an optional fused residual add and
+    ReLU (a residual block's BN -> ReLU and BN -> Add(shortcut) -> ReLU in
+    one write pass); returns out.
 
     x: (N, C), (N, H, W, C) or any (..., C) float32/float64, treated as
     (M, C) with M = prod(shape[:-1]) (copied if not C-contiguous).
@@ -412,16 +453,31 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     training=False: out = (x - moving_mean) * (gamma / sqrt(moving_var +
     epsilon)) + beta (moving_mean, moving_var required; nothing updated).
 
+    Fused epilogue (both modes): out = act(BN(x) + residual).
+      residual: None, or an array of x's shape and dtype (copied if not
+        C-contiguous), added after the affine transform.  The statistics are
+        those of x only.
+      activation: None / "linear" (identity) or "relu" (max(z, 0), NaN
+        kept, as nnkernels.relu).
+    Computed in x's dtype in the order BN, + residual, relu: the same bits
+    as batchnorm_forward, then `out += residual`, then nnkernels.relu --
+    in the one write pass of the kernel.  Pass `out` to batchnorm_backward
+    as y (activation="relu").
+
     out: optional C-contiguous output of x's shape and dtype; may be x
-    itself (in place).
+    itself and/or residual itself (in place), but must not otherwise
+    overlap them or any of the (C,) vectors.
     """
     x, m_, c_ = _bn_x(x, "x")
     dt = x.dtype
     cdef int64_t m = m_, c = c_
     cdef bint train = bool(training)
     cdef double mom = _real(momentum, "momentum"), eps = _real(epsilon, "epsilon")
+    cdef int act = _act_id(activation)
     gamma = _bn_vec(gamma, "gamma", c, dt, True)
     beta = _bn_vec(beta, "beta", c, dt, True)
+    if residual is not None:
+        residual = _bn_like(residual, "residual", x, "x")
     if train:
         if m == 0 and c > 0:
             raise ValueError(f"batchnorm_forward(training=True) needs at least one row, "
@@ -443,11 +499,15 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     outs = [("save_mean", save_mean), ("save_invstd", save_invstd)]
     out = _c_out(out, x.shape, dt, "out", [(nm, a) for nm, a in ins + outs if a is not None],
                  inplace_ok=x)
+    # out may also be exactly the residual (elementwise: read before written)
+    _bn_inplace_or_disjoint(out, "out", residual, "residual")
     # the (C,) vectors the kernel writes must not overlap anything else
     _writes_disjoint(outs + [("moving_mean", moving_mean), ("moving_var", moving_var)]
-                     if train else [], ins + outs + [("out", out)])
+                     if train else [],
+                     ins + outs + [("out", out), ("residual", residual)])
     cdef int dbl = dt == _F64
     cdef void *px = _p(x)
+    cdef void *pr = _p(residual) if residual is not None else NULL
     cdef void *py = _p(out)
     cdef void *pg = _p(gamma) if gamma is not None else NULL
     cdef void *pb = _p(beta) if beta is not None else NULL
@@ -458,27 +518,41 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     cdef int rc = 0
     with nogil:
         if train:
-            rc = nk_batchnorm_fwd_train(m, c, px, pg, pb, py, eps, mom, pmm, pmv, psm, psi, dbl)
+            rc = nk_batchnorm_fwd_train_fused(m, c, px, pr, pg, pb, py, act, eps, mom, pmm, pmv,
+                                              psm, psi, dbl)
         else:
-            rc = nk_batchnorm_fwd_infer(m, c, px, pg, pb, pmm, pmv, eps, py, dbl)
+            rc = nk_batchnorm_fwd_infer_fused(m, c, px, pr, pg, pb, pmm, pmv, eps, py, act, dbl)
     if rc != 0:
         raise MemoryError("batchnorm_forward: could not allocate its workspace")
     return out
 
 
-def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, dx=None, dgamma=None,
-                       dbeta=None):
-    """Gradients of batchnorm_forward(training=True); returns (dx, dgamma,
-    dbeta).
+def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
+                       dx=None, dgamma=None, dbeta=None, dresidual=None):
+    """Gradients of batchnorm_forward(training=True), including its fused
+    residual/ReLU epilogue; returns (dx, dgamma, dbeta).
 
     dy, x: same shape (..., C) and dtype, treated as (M, C).  gamma: (C,) or
     None (scale=False: gamma = 1; dgamma is still computed).  save_mean,
-    save_invstd: (C,) as written by the forward.  With xhat = (x - mean) *
-    invstd:  dbeta = sum dy,  dgamma = sum dy*xhat,
-    dx = gamma*invstd/M * (M*dy - dbeta - xhat*dgamma).  One reduction pass
+    save_invstd: (C,) as written by the forward.
+
+    activation: None / "linear": dz = dy.  "relu": y (the forward's output,
+    x's shape and dtype; required) gives dz = dy where y > 0, else 0 (as
+    nnkernels.relu_backward), computed on the fly in both passes, never
+    stored except into dresidual.  y is not read without "relu" (its shape
+    and dtype are still checked when given).
+
+    With xhat = (x - mean) * invstd:  dbeta = sum dz,  dgamma = sum dz*xhat,
+    dx = gamma*invstd/M * (M*dz - dbeta - xhat*dgamma).  One reduction pass
     (double, fixed row blocks: the same bits for any thread count) and one
-    write pass.  dx (x's shape; may be dy itself), dgamma, dbeta ((C,)):
-    optional C-contiguous outputs of x's dtype.
+    write pass; the results are bitwise those of relu_backward followed by
+    the unfused batchnorm_backward.
+
+    dx (x's shape; may be dy itself), dgamma, dbeta ((C,)): optional
+    C-contiguous outputs of x's dtype.  dresidual: optional C-contiguous
+    output of x's shape and dtype that receives dz (the gradient of the
+    forward's residual input; a copy of dy without activation), written in
+    the same write pass; it may be dy itself when dx is not.
     """
     dy, m_, c_ = _bn_x(dy, "dy")
     x = _c_array(x, "x")
@@ -488,27 +562,50 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, dx=None, dgamma=
     if x.dtype != dt:
         raise TypeError(f"dy ({dt}) and x ({x.dtype}) must have the same dtype")
     cdef int64_t m = m_, c = c_
+    cdef int act = _act_id(activation)
+    if act == NK_ACT_RELU:
+        if y is None:
+            raise ValueError("batchnorm_backward(activation='relu') needs y, the forward's "
+                             "output (its ReLU mask)")
+        y = _bn_like(y, "y", dy, "dy")
+    elif y is not None:
+        # not read, but a wrong array here is a caller's bug
+        ya = y if isinstance(y, np.ndarray) else np.asarray(y)
+        if ya.dtype != dt:
+            raise TypeError(f"y has dtype {ya.dtype}, expected dy's {dt}")
+        if ya.shape != dy.shape:
+            raise ValueError(f"y has shape {ya.shape}, expected dy's {dy.shape}")
+        y = None
     gamma = _bn_vec(gamma, "gamma", c, dt, True)
     save_mean = _bn_vec(save_mean, "save_mean", c, dt, False)
     save_invstd = _bn_vec(save_invstd, "save_invstd", c, dt, False)
-    ins = [("dy", dy), ("x", x), ("gamma", gamma), ("save_mean", save_mean),
+    ins = [("dy", dy), ("x", x), ("y", y), ("gamma", gamma), ("save_mean", save_mean),
            ("save_invstd", save_invstd)]
     ins = [(nm, a) for nm, a in ins if a is not None]
     dx = _c_out(dx, dy.shape, dt, "dx", ins, inplace_ok=dy)
-    dgamma = _c_out(dgamma, (c,), dt, "dgamma", ins + [("dx", dx)])
-    dbeta = _c_out(dbeta, (c,), dt, "dbeta", ins + [("dx", dx), ("dgamma", dgamma)])
+    if dresidual is not None:
+        dresidual = _c_out(dresidual, dy.shape, dt, "dresidual", ins, inplace_ok=dy)
+        if dx.size and np.may_share_memory(dx, dresidual):
+            raise ValueError("dx and dresidual overlap; they must be separate buffers "
+                             "(at most one of them may be dy itself)")
+    outs = [("dx", dx)] + ([("dresidual", dresidual)] if dresidual is not None else [])
+    dgamma = _c_out(dgamma, (c,), dt, "dgamma", ins + outs)
+    dbeta = _c_out(dbeta, (c,), dt, "dbeta", ins + outs + [("dgamma", dgamma)])
     cdef int dbl = dt == _F64
     cdef void *pdy = _p(dy)
     cdef void *px = _p(x)
+    cdef void *py = _p(y) if y is not None else NULL
     cdef void *pg = _p(gamma) if gamma is not None else NULL
     cdef void *psm = _p(save_mean)
     cdef void *psi = _p(save_invstd)
     cdef void *pdx = _p(dx)
+    cdef void *pdr = _p(dresidual) if dresidual is not None else NULL
     cdef void *pdg = _p(dgamma)
     cdef void *pdb = _p(dbeta)
     cdef int rc = 0
     with nogil:
-        rc = nk_batchnorm_bwd(m, c, pdy, px, pg, psm, psi, pdx, pdg, pdb, dbl)
+        rc = nk_batchnorm_bwd_fused(m, c, pdy, py, act, px, pg, psm, psi, pdx, pdr, pdg, pdb,
+                                    dbl)
     if rc != 0:
         raise MemoryError("batchnorm_backward: could not allocate its workspace")
     return dx, dgamma, dbeta

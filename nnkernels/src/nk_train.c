@@ -1,18 +1,26 @@
 /* Training kernels: softmax cross-entropy (loss, accuracy count, gradient),
  * optimizer updates (SGD, Adam, RMSprop, Adadelta), sum of squares, batch
- * normalisation forward/backward.  See nk_train.h.
+ * normalisation forward/backward (with fused residual-add / ReLU
+ * epilogues).  See nk_train.h.
  *
  * One plain-C body per dtype (macros below), auto-vectorised by -O3 (the
  * build passes -fno-math-errno so that sqrt vectorises).  These kernels are
- * memory bound (one pass over the arrays), so there are no per-ISA variants:
- * the results are the same on every ISA path.
+ * memory bound (one pass over the arrays) and compiled for the build's
+ * baseline only, so the results are the same on every ISA path.  The
+ * exception is batch normalisation's row loops (reduction and write
+ * passes, nk_bn_body.h), compiled once per ISA path in nk_bn_kern.c with
+ * floating-point contraction off and picked here at run time: bitwise the
+ * same results on every path as well (but for NaN signs/payloads, see
+ * nk_train.h).
  *
  * Threads: fixed blocks, handed to OpenMP threads; a reduction combines the
  * block sums in block order, so results do not depend on the thread count.
  */
 #include <math.h>
+#include <string.h>
 #include "nk_internal.h"
 #include "nk_train.h"
+#include "nk_bn_kern.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -446,65 +454,6 @@ static void bn_totals(const bn_ws *w, int64_t c, int64_t j, double *s, double *q
     *q = b;
 }
 
-#define NK_BN_BODY(T, SUF)                                                               \
-    /* s[c] += x - k, q[c] += (x - k)^2 over rows [r0, r1), in double */                 \
-    static void bn_sums_##SUF(const T *restrict x, int64_t c, int64_t r0, int64_t r1,    \
-                              const double *restrict k, double *restrict s,              \
-                              double *restrict q)                                        \
-    {                                                                                    \
-        for (int64_t j = 0; j < c; j++) s[j] = q[j] = 0.0;                               \
-        for (int64_t r = r0; r < r1; r++) {                                              \
-            const T *restrict xr = x + r * c;                                            \
-            for (int64_t j = 0; j < c; j++) {                                            \
-                const double d = (double)xr[j] - k[j];                                   \
-                s[j] += d;                                                               \
-                q[j] += d * d;                                                           \
-            }                                                                            \
-        }                                                                                \
-    }                                                                                    \
-    /* y = (x - mu) * sc + sh on rows [r0, r1); y may be x */                            \
-    static void bn_apply_##SUF(const T *x, T *y, int64_t c, int64_t r0, int64_t r1,      \
-                               const T *restrict mu, const T *restrict sc,               \
-                               const T *restrict sh)                                     \
-    {                                                                                    \
-        for (int64_t r = r0; r < r1; r++) {                                              \
-            const T *xr = x + r * c;                                                     \
-            T *yr = y + r * c;                                                           \
-            for (int64_t j = 0; j < c; j++) yr[j] = (xr[j] - mu[j]) * sc[j] + sh[j];     \
-        }                                                                                \
-    }                                                                                    \
-    /* sd[c] += dy, sx[c] += dy * (x - mu) over rows [r0, r1), in double */              \
-    static void bn_bsums_##SUF(const T *restrict dy, const T *restrict x, int64_t c,     \
-                               int64_t r0, int64_t r1, const double *restrict mu,        \
-                               double *restrict sd, double *restrict sx)                 \
-    {                                                                                    \
-        for (int64_t j = 0; j < c; j++) sd[j] = sx[j] = 0.0;                             \
-        for (int64_t r = r0; r < r1; r++) {                                              \
-            const T *restrict dr = dy + r * c, *restrict xr = x + r * c;                 \
-            for (int64_t j = 0; j < c; j++) {                                            \
-                const double g = (double)dr[j];                                          \
-                sd[j] += g;                                                              \
-                sx[j] += g * ((double)xr[j] - mu[j]);                                    \
-            }                                                                            \
-        }                                                                                \
-    }                                                                                    \
-    /* dx = a*(dy - e) + b*(x - mu) on rows [r0, r1); dx may be dy */                      \
-    static void bn_dx_##SUF(const T *dy, const T *restrict x, T *dx, int64_t c,          \
-                            int64_t r0, int64_t r1, const T *restrict mu,                \
-                            const T *restrict a, const T *restrict b,                    \
-                            const T *restrict e)                                         \
-    {                                                                                    \
-        for (int64_t r = r0; r < r1; r++) {                                              \
-            const T *dr = dy + r * c, *xr = x + r * c;                                   \
-            T *o = dx + r * c;                                                           \
-            for (int64_t j = 0; j < c; j++)                                              \
-                o[j] = a[j] * (dr[j] - e[j]) + b[j] * (xr[j] - mu[j]);                     \
-        }                                                                                \
-    }
-
-NK_BN_BODY(float, s)
-NK_BN_BODY(double, d)
-
 static inline double ld(const void *p, int64_t i, int dbl)
 {
     return dbl ? ((const double *)p)[i] : (double)((const float *)p)[i];
@@ -515,22 +464,26 @@ static inline void st(void *p, int64_t i, double v, int dbl)
     else ((float *)p)[i] = (float)v;
 }
 
-/* y = (x - mu) * sc + sh with per-channel T vectors, over row blocks. */
-static void bn_apply_all(int64_t m, int64_t c, const void *x, void *y, const void *mu,
-                         const void *sc, const void *sh, int dbl)
+/* y = act((x - mu) * sc + sh [+ res]) with per-channel T vectors, over row
+ * blocks (res NULL and act NK_ACT_NONE: the unfused bn_apply). */
+static void bn_apply_all(int64_t m, int64_t c, const void *x, const void *res, void *y,
+                         const void *mu, const void *sc, const void *sh, int act, int dbl)
 {
     int64_t nb, bs;
     bn_blocks(m, c, &nb, &bs);
-    const int nt = nk_par_threads((dbl ? 16 : 8) * m * c, nb);
+    const int relu = act == NK_ACT_RELU;
+    const nk_bn_kern_s *ks = nk_bn_kern_s_current();
+    const nk_bn_kern_d *kd = nk_bn_kern_d_current();
+    const int nt = nk_par_threads((dbl ? 8 : 4) * (res ? 3 : 2) * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         if (dbl)
-            bn_apply_d((const double *)x, (double *)y, c, r0, r1, (const double *)mu,
-                       (const double *)sc, (const double *)sh);
+            kd->apply_ep((const double *)x, (const double *)res, (double *)y, c, r0, r1,
+                         (const double *)mu, (const double *)sc, (const double *)sh, relu);
         else
-            bn_apply_s((const float *)x, (float *)y, c, r0, r1, (const float *)mu,
-                       (const float *)sc, (const float *)sh);
+            ks->apply_ep((const float *)x, (const float *)res, (float *)y, c, r0, r1,
+                         (const float *)mu, (const float *)sc, (const float *)sh, relu);
     }
 }
 
@@ -538,6 +491,16 @@ int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *g
                            const void *beta, void *y_mc, double eps, double momentum,
                            void *moving_mean, void *moving_var, void *save_mean,
                            void *save_invstd, int dbl)
+{
+    return nk_batchnorm_fwd_train_fused(m, c, x_mc, NULL, gamma, beta, y_mc, NK_ACT_NONE, eps,
+                                        momentum, moving_mean, moving_var, save_mean,
+                                        save_invstd, dbl);
+}
+
+int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
+                                 const void *gamma, const void *beta, void *y_mc, int act,
+                                 double eps, double momentum, void *moving_mean,
+                                 void *moving_var, void *save_mean, void *save_invstd, int dbl)
 {
     if (m <= 0 || c <= 0) return 0;
     const int64_t es = dbl ? 8 : 4;
@@ -549,13 +512,15 @@ int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *g
     /* shift by the first row: sums of (x - x0) lose nothing to cancellation
      * when |mean| >> std */
     for (int64_t j = 0; j < c; j++) k[j] = ld(x_mc, j, dbl);
+    const nk_bn_kern_s *ks = nk_bn_kern_s_current();
+    const nk_bn_kern_d *kd = nk_bn_kern_d_current();
     const int nt = nk_par_threads(es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         double *s = part + 2 * b * c, *q = s + c;
-        if (dbl) bn_sums_d((const double *)x_mc, c, r0, r1, k, s, q);
-        else bn_sums_s((const float *)x_mc, c, r0, r1, k, s, q);
+        if (dbl) kd->sums((const double *)x_mc, c, r0, r1, k, s, q);
+        else ks->sums((const float *)x_mc, c, r0, r1, k, s, q);
     }
     const double dm = (double)m;
     for (int64_t j = 0; j < c; j++) {
@@ -576,7 +541,7 @@ int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *g
         if (moving_var)
             st(moving_var, j, ld(moving_var, j, dbl) * momentum + var * (1.0 - momentum), dbl);
     }
-    bn_apply_all(m, c, x_mc, y_mc, mu, sc, sh, dbl);
+    bn_apply_all(m, c, x_mc, res_mc, y_mc, mu, sc, sh, act, dbl);
     nk_ws_release(w.vec, w.slot);
     return 0;
 }
@@ -584,6 +549,15 @@ int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *g
 int nk_batchnorm_fwd_infer(int64_t m, int64_t c, const void *x_mc, const void *gamma,
                            const void *beta, const void *moving_mean,
                            const void *moving_var, double eps, void *y_mc, int dbl)
+{
+    return nk_batchnorm_fwd_infer_fused(m, c, x_mc, NULL, gamma, beta, moving_mean, moving_var,
+                                        eps, y_mc, NK_ACT_NONE, dbl);
+}
+
+int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
+                                 const void *gamma, const void *beta, const void *moving_mean,
+                                 const void *moving_var, double eps, void *y_mc, int act,
+                                 int dbl)
 {
     if (m <= 0 || c <= 0) return 0;
     const int64_t es = dbl ? 8 : 4;
@@ -596,7 +570,7 @@ int nk_batchnorm_fwd_infer(int64_t m, int64_t c, const void *x_mc, const void *g
         st(sc, j, (gamma ? ld(gamma, j, dbl) : 1.0) * is, dbl);
         st(sh, j, beta ? ld(beta, j, dbl) : 0.0, dbl);
     }
-    bn_apply_all(m, c, x_mc, y_mc, moving_mean, sc, sh, dbl);
+    bn_apply_all(m, c, x_mc, res_mc, y_mc, moving_mean, sc, sh, act, dbl);
     nk_ws_release(ws, slot);
     return 0;
 }
@@ -605,6 +579,17 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
                      const void *gamma, const void *save_mean, const void *save_invstd,
                      void *dx_mc, void *dgamma, void *dbeta, int dbl)
 {
+    return nk_batchnorm_bwd_fused(m, c, dy_mc, NULL, NK_ACT_NONE, x_mc, gamma, save_mean,
+                                  save_invstd, dx_mc, NULL, dgamma, dbeta, dbl);
+}
+
+int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *y_mc, int act,
+                           const void *x_mc, const void *gamma, const void *save_mean,
+                           const void *save_invstd, void *dx_mc, void *dres_mc, void *dgamma,
+                           void *dbeta, int dbl)
+{
+    /* the relu mask reads y; without relu y is not used */
+    const void *ym = act == NK_ACT_RELU ? y_mc : NULL;
     if (c <= 0) return 0;
     if (m <= 0) {
         for (int64_t j = 0; j < c; j++) {
@@ -620,13 +605,19 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
     double *mud = w.vec, *part = w.part;
     void *a = w.t[0], *bb = w.t[1], *e = w.t[2];
     for (int64_t j = 0; j < c; j++) mud[j] = ld(save_mean, j, dbl);
-    int nt = nk_par_threads(2 * es * m * c, nb);
+    const nk_bn_kern_s *ks = nk_bn_kern_s_current();
+    const nk_bn_kern_d *kd = nk_bn_kern_d_current();
+    int nt = nk_par_threads((ym ? 3 : 2) * es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         double *sd = part + 2 * b * c, *sx = sd + c;
-        if (dbl) bn_bsums_d((const double *)dy_mc, (const double *)x_mc, c, r0, r1, mud, sd, sx);
-        else bn_bsums_s((const float *)dy_mc, (const float *)x_mc, c, r0, r1, mud, sd, sx);
+        if (dbl)
+            kd->bsums((const double *)dy_mc, (const double *)ym, (const double *)x_mc, c, r0, r1,
+                      mud, sd, sx);
+        else
+            ks->bsums((const float *)dy_mc, (const float *)ym, (const float *)x_mc, c, r0, r1,
+                      mud, sd, sx);
     }
     const double dm = (double)m;
     for (int64_t j = 0; j < c; j++) {
@@ -643,18 +634,18 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
         st(e, j, sd / dm, dbl); /* mean of dy: subtracted before scaling */
     }
     /* save_mean as T: the pass below subtracts it in T */
-    nt = nk_par_threads(3 * es * m * c, nb);
+    nt = nk_par_threads((3 + (ym != NULL) + (dres_mc != NULL)) * es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         if (dbl)
-            bn_dx_d((const double *)dy_mc, (const double *)x_mc, (double *)dx_mc, c, r0, r1,
-                    (const double *)save_mean, (const double *)a, (const double *)bb,
-                    (const double *)e);
+            kd->dx_ep((const double *)dy_mc, (const double *)ym, (const double *)x_mc,
+                      (double *)dx_mc, (double *)dres_mc, c, r0, r1, (const double *)save_mean,
+                      (const double *)a, (const double *)bb, (const double *)e);
         else
-            bn_dx_s((const float *)dy_mc, (const float *)x_mc, (float *)dx_mc, c, r0, r1,
-                    (const float *)save_mean, (const float *)a, (const float *)bb,
-                    (const float *)e);
+            ks->dx_ep((const float *)dy_mc, (const float *)ym, (const float *)x_mc,
+                      (float *)dx_mc, (float *)dres_mc, c, r0, r1, (const float *)save_mean,
+                      (const float *)a, (const float *)bb, (const float *)e);
     }
     nk_ws_release(w.vec, w.slot);
     return 0;

@@ -10,8 +10,13 @@
  * size -- never on the thread count -- sums each block in a fixed order and
  * combines the block sums in block order, in double.  Elementwise updates
  * touch each element once.  So every result is bitwise the same for any
- * thread count.  The code is portable C (auto-vectorised, no per-ISA
- * variants), so the ISA setting does not change the results either.
+ * thread count.  The code is portable C, auto-vectorised; batch
+ * normalisation's row loops are compiled once per ISA path (generic, AVX2,
+ * AVX-512: nk_bn_kern.c) from one body without floating-point contraction,
+ * the rest for the baseline only, so the ISA setting does not change the
+ * results either -- except the sign and payload of a NaN made where two
+ * NaNs meet in one operation, which follow the compiler's operand order
+ * (whether an element is NaN does not change).
  */
 #ifndef NK_TRAIN_H
 #define NK_TRAIN_H
@@ -103,6 +108,39 @@ int nk_batchnorm_fwd_infer(int64_t m, int64_t c, const void *x_mc, const void *g
 int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
                      const void *gamma, const void *save_mean, const void *save_invstd,
                      void *dx_mc, void *dgamma, void *dbeta, int dbl);
+
+/* Fused epilogues (the residual-block patterns BN -> ReLU and
+ * BN -> Add(shortcut) -> ReLU in one pass each way).  act: NK_ACT_NONE or
+ * NK_ACT_RELU (nk_gemm.h).  With res_mc NULL / act NK_ACT_NONE / y_mc and
+ * dres_mc NULL these are exactly the kernels above (which call them so).
+ *
+ * Forward (training and inference): the statistics are those of x only;
+ * the write pass stores y = act(z), z = (x - mean) * scale + shift + res
+ * (res_mc: (m, c) or NULL, added after the affine transform), relu(z) =
+ * z <= 0 ? 0 : z (NaN kept), in T and in that order: bitwise the result of
+ * the unfused kernel followed by a separate add and relu.  y may equal x
+ * and/or res (element i is read before it is written); no other overlap. */
+int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
+                                 const void *gamma, const void *beta, void *y_mc, int act,
+                                 double eps, double momentum, void *moving_mean,
+                                 void *moving_var, void *save_mean, void *save_invstd,
+                                 int dbl);
+int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
+                                 const void *gamma, const void *beta, const void *moving_mean,
+                                 const void *moving_var, double eps, void *y_mc, int act,
+                                 int dbl);
+
+/* Backward of the fused forward: with act == NK_ACT_RELU (y_mc: the forward
+ * output, required) dz = y > 0 ? dy : 0, else dz = dy (y_mc unused); dz,
+ * computed on the fly in both the reduction and the write pass, replaces dy
+ * in nk_batchnorm_bwd, and dres (may be NULL) = dz is written in the write
+ * pass (the gradient of the residual input).  Bitwise the result of a
+ * separate relu backward followed by nk_batchnorm_bwd.  dx and dres may
+ * each (not both) equal dy; no other overlap. */
+int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *y_mc, int act,
+                           const void *x_mc, const void *gamma, const void *save_mean,
+                           const void *save_invstd, void *dx_mc, void *dres_mc, void *dgamma,
+                           void *dbeta, int dbl);
 
 #ifdef __cplusplus
 }

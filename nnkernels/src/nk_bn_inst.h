@@ -1,0 +1,22 @@
+/* Instantiate nk_bn_body.h for float32 and float64 under the ISA the
+ * includer has defined (ISA: the name suffix, inside that ISA's target
+ * region); undefines ISA afterwards. */
+#define T float
+#define TI uint32_t
+#define S s
+#define BN_MASK_INT 1
+#include "nk_bn_body.h"
+#undef T
+#undef TI
+#undef S
+#undef BN_MASK_INT
+#define T double
+#define TI uint64_t
+#define S d
+#define BN_MASK_INT 0
+#include "nk_bn_body.h"
+#undef T
+#undef TI
+#undef S
+#undef BN_MASK_INT
+#undef ISA

@@ -1,0 +1,39 @@
+/* Internal interface between the batch-normalisation drivers (nk_train.c)
+ * and their loop bodies, compiled once per ISA path (nk_bn_kern.c from the
+ * one body nk_bn_body.h).  The arguments are those of the drivers' row
+ * blocks: rows [r0, r1) of (m, c) C-contiguous arrays, per-channel vectors
+ * of c; see nk_bn_body.h for what each computes. */
+#ifndef NK_BN_KERN_H
+#define NK_BN_KERN_H
+#include <stdint.h>
+
+#define NK_BN_KERN_DECL(T, S)                                                            \
+    typedef struct {                                                                     \
+        /* s = sum (x - k), q = sum (x - k)^2 per channel, in double */                  \
+        void (*sums)(const T *x, int64_t c, int64_t r0, int64_t r1, const double *k,     \
+                     double *s, double *q);                                              \
+        /* y = act((x - mu) * sc + sh [+ res]); relu: act is ReLU */                     \
+        void (*apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_t r0,          \
+                         int64_t r1, const T *mu, const T *sc, const T *sh, int relu);   \
+        /* sd = sum dz, sx = sum dz * (x - mu); dz = y ? (y > 0 ? dy : 0) : dy */       \
+        void (*bsums)(const T *dy, const T *y, const T *x, int64_t c, int64_t r0,        \
+                      int64_t r1, const double *mu, double *sd, double *sx);             \
+        /* dx = a*(dz - e) + b*(x - mu), dres (may be NULL) = dz */                      \
+        void (*dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres, int64_t c,    \
+                      int64_t r0, int64_t r1, const T *mu, const T *a, const T *b,       \
+                      const T *e);                                                       \
+    } nk_bn_kern_##S;
+
+NK_BN_KERN_DECL(float, s)
+NK_BN_KERN_DECL(double, d)
+#undef NK_BN_KERN_DECL
+
+/* Tables per ISA path (the AVX ones exist on x86-64 only). */
+extern const nk_bn_kern_s nk_bn_kern_s_generic, nk_bn_kern_s_avx2, nk_bn_kern_s_avx512;
+extern const nk_bn_kern_d nk_bn_kern_d_generic, nk_bn_kern_d_avx2, nk_bn_kern_d_avx512;
+
+/* The tables of the ISA path in use (nk_get_isa(): NNKERNELS_ISA / set_isa). */
+const nk_bn_kern_s *nk_bn_kern_s_current(void);
+const nk_bn_kern_d *nk_bn_kern_d_current(void);
+
+#endif
