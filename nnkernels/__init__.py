@@ -2,8 +2,10 @@
 
 Packed SIMD GEMM (AVX-512 / AVX2+FMA / portable, chosen at run time) with
 fused epilogues, dense-layer forward/backward, 2-D convolution (NHWC,
-implicit-im2col GEMM or direct), NHWC max pooling with int32 argmax indices,
-ReLU, dropout from a Philox4x32-10 counter-based stream, fused softmax
+implicit-im2col GEMM, direct or Winograd; grouped and depthwise), NHWC max pooling with int32 argmax indices,
+average and global (average / max) pooling, nearest upsampling, zero padding
+and cropping,
+ReLU, elementwise add, dropout from a Philox4x32-10 counter-based stream, fused softmax
 cross-entropy, optimizer updates (SGD, Adam, RMSprop, Adadelta) and batch
 normalisation; OpenMP threads.
 
@@ -16,11 +18,18 @@ import os as _os
 
 from . import _core
 from ._core import (
+    add,
     available_isas,
+    avg_pool2d,
+    avg_pool2d_backward,
     conv2d,
     conv2d_algo,
     conv2d_backward,
+    conv2d_backward_data,
     conv2d_output_shape,
+    depthwise_conv2d,
+    depthwise_conv2d_backward,
+    crop2d,
     dense_backward,
     dense_forward,
     fma_peak,
@@ -31,17 +40,24 @@ from ._core import (
     gemm,
     get_isa,
     get_num_threads,
+    global_avg_pool2d,
+    global_avg_pool2d_backward,
+    global_max_pool2d,
+    global_max_pool2d_backward,
     isa_supported,
     max_pool2d,
     max_pool2d_backward,
     max_pool2d_output_shape,
     openmp_enabled,
+    pad2d,
     philox4x32,
     release_workspace,
     workspace_bytes,
     relu,
     relu_backward,
     set_isa,
+    upsample2d_nearest,
+    upsample2d_nearest_backward,
 )
 from ._core import (
     adadelta_update,
@@ -58,11 +74,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "gemm", "dense_forward", "dense_backward", "conv2d", "conv2d_backward",
+    "conv2d_backward_data", "depthwise_conv2d", "depthwise_conv2d_backward",
     "conv2d_output_shape", "conv2d_algo", "info", "set_num_threads",
     "get_num_threads", "get_isa", "set_isa", "available_isas", "isa_supported",
     "fma_peak", "openmp_enabled", "release_workspace", "workspace_bytes", "default_num_threads",
     "env_num_threads",
-    "max_pool2d", "max_pool2d_backward", "max_pool2d_output_shape", "relu", "relu_backward",
+    "max_pool2d", "max_pool2d_backward", "max_pool2d_output_shape", "avg_pool2d",
+    "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
+    "global_max_pool2d", "global_max_pool2d_backward", "upsample2d_nearest",
+    "upsample2d_nearest_backward", "pad2d", "crop2d", "relu", "relu_backward", "add",
     "dropout", "dropout_backward", "dropout_mask", "dropout_threshold", "philox4x32",
     "softmax_xent", "sgd_update", "adam_update", "rmsprop_update", "adadelta_update",
     "sum_squares", "batchnorm_forward", "batchnorm_backward",

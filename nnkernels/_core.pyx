@@ -485,4 +485,5 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
 
 include "_conv.pxi"
 include "_pool.pxi"
+include "_pool2.pxi"
 include "_train.pxi"

@@ -1,4 +1,4 @@
-# Max pooling, ReLU and dropout (included from _core.pyx).
+# Max pooling, ReLU, add and dropout (included from _core.pyx).
 #
 # Validation happens here, before the GIL is released: ndim, shapes, dtypes,
 # contiguity, sizes that would overflow the kernels' int32 indices, and
@@ -26,6 +26,7 @@ cdef extern from "nk_pool.h" nogil:
 cdef extern from "nk_elementwise.h" nogil:
     void nk_relu(int64_t n, const void *x, void *y, int dbl)
     void nk_relu_backward(int64_t n, const void *dy, const void *y, void *dx, int dbl)
+    void nk_add(int64_t n, const void *a, const void *b, void *out, int dbl)
     void nk_philox4x32_10(int64_t n, const uint32_t *ctr, const uint32_t *key, uint32_t *out)
     void nk_dropout(int64_t n, const void *x, void *y, uint32_t threshold, double scale,
                     uint64_t seed, uint64_t offset, int dbl)
@@ -120,8 +121,10 @@ def max_pool2d_output_shape(x_shape, pool_size=(2, 2), strides=None, padding="va
     return (g[0], g[4], g[5], g[3])
 
 
-cdef tuple _pool_geometry(tuple x_shape, object pool_size, object strides, object padding):
-    """(n, h, w, c, oh, ow, ph, pw, sh, sw, pt, pl) after validation."""
+cdef tuple _pool_geometry(tuple x_shape, object pool_size, object strides, object padding,
+                          bint int32_idx=True):
+    """(n, h, w, c, oh, ow, ph, pw, sh, sw, pt, pl) after validation; with
+    int32_idx (max pooling's argmax indices) H*W must fit an int32."""
     if len(x_shape) != 4:
         raise ValueError(f"x must be 4-D (NHWC), got shape {x_shape}")
     n, h, w, c = [int(v) for v in x_shape]
@@ -130,7 +133,7 @@ cdef tuple _pool_geometry(tuple x_shape, object pool_size, object strides, objec
     ph, pw = _pair(pool_size, "pool_size")
     sh, sw = _pair(pool_size if strides is None else strides, "strides")
     pad = _padding(padding)
-    if h * w > _INT32_MAX:
+    if int32_idx and h * w > _INT32_MAX:
         raise ValueError(f"H*W = {h * w} of x shape {x_shape} does not fit the int32 indices")
     oh, pt = _pool_out_dims(h, ph, sh, pad, "height")
     ow, pl = _pool_out_dims(w, pw, sw, pad, "width")
@@ -281,6 +284,41 @@ def relu_backward(dy, y, out=None):
     cdef void *pdx = _p(out)
     with nogil:
         nk_relu_backward(n, pdy, py, pdx, dbl)
+    return out
+
+
+# ------------------------------------------------------------------- add --
+
+def add(a, b, out=None):
+    """out = a + b elementwise; a, b float32/float64 of the same shape and
+    dtype (any ndim; non-contiguous inputs are copied).
+
+    out: None (a new C-contiguous array), or a C-contiguous, aligned,
+    writeable array of that shape and dtype.  out may be exactly a or
+    exactly b (same buffer and layout): add(g_acc, g_new, out=g_acc) sums
+    the gradients of a tensor with two consumers in place.  Any other
+    overlap of out with an input is refused.  One rounding per element, so
+    the result equals numpy.add bit for bit, for any thread count.
+    """
+    a = _c_array(a, "a")
+    b = _c_array(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"a ({a.dtype}) and b ({b.dtype}) must have the same dtype")
+    out = _c_out(out, a.shape, a.dtype, "out", [])
+    if out.size:
+        for nm, arr in (("a", a), ("b", b)):
+            if not _same_buffer(out, arr) and np.may_share_memory(out, arr):
+                raise ValueError(f"out overlaps input {nm}; pass a separate buffer "
+                                 f"(or exactly {nm} itself for in-place)")
+    cdef int dbl = a.dtype == _F64
+    cdef int64_t n = a.size
+    cdef void *pa = _p(a)
+    cdef void *pb = _p(b)
+    cdef void *po = _p(out)
+    with nogil:
+        nk_add(n, pa, pb, po, dbl)
     return out
 
 

@@ -169,6 +169,272 @@ class SingleGroup(_Single):
         pass
 
     def attach(self, model):
+        model.process_group = self
+        return model
+
+
+class _Stats:
+    """Cheap counters of the collective calls of training steps."""
+    trace = None
+    _last = None
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.allreduce_calls = 0        # steps (calls of allreduce_sum_)
+        self.allreduce_s = 0.0          # time blocked in them: the rest of the reduction
+        self.allreduce_bytes = 0        # after backward, including the wait for slower ranks
+        self.overlapped_calls = 0       # Iallreduce buckets started during backward
+        self.overlapped_bytes = 0
+        self.scalars_calls = 0
+        self.scalars_s = 0.0
+        if getattr(self, "trace", None) is not None:
+            self.trace = []
+
+    def keep_trace(self):
+        """Also record, per step, ``(busy_s, blocked_s)``: the time since the
+        previous step's reduction ended and the time blocked in this one."""
+        self.trace = []
+        self._last = None
+
+    def as_dict(self):
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "trace"}
+
+
+def _env_flag(name, default):
+    v = os.environ.get(name, "").strip().lower()
+    if not v:
+        return default
+    return v not in ("0", "no", "false", "off")
+
+
+def _env_float(name, default):
+    v = os.environ.get(name, "").strip()
+    try:
+        return float(v) if v else default
+    except ValueError:
+        raise ValueError(f"{name}={v!r} is not a number") from None
+
+
+def _like(values, sums):
+    """``sums`` (float64) as a tuple of numbers of the kinds of ``values``."""
+    return tuple(int(round(s)) if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                 else float(s) for v, s in zip(values, sums))
+
+
+class _Progress:
+    """A daemon thread that completes the non-blocking allreduces started
+    during backward: Open MPI advances them only inside MPI calls, and the
+    main thread spends backward inside our kernels.  It calls ``Testall``
+    every ``interval`` seconds (sleeping in between, so a rank bound to one
+    core loses no compute), and blocks in ``Waitall`` once the main thread
+    asks for the results (:meth:`wait`)."""
+
+    def __init__(self, MPI, interval=2.5e-4):
+        self.MPI = MPI
+        self.interval = interval
+        self.cv = threading.Condition()
+        self.reqs = []
+        self.hurry = False
+        self.error = None
+        threading.Thread(target=self._run, name="pynn-mpi-progress", daemon=True).start()
+
+    def add(self, req):
+        with self.cv:
+            self.reqs.append(req)
+            self.cv.notify_all()
+
+    def wait(self):
+        """Block until every request handed over has completed."""
+        with self.cv:
+            if self.reqs:
+                self.hurry = True
+                self.cv.notify_all()
+                while self.reqs:
+                    self.cv.wait()
+                self.hurry = False
+            err, self.error = self.error, None
+        if err is not None:
+            raise err
+
+    def _run(self):
+        Request = self.MPI.Request
+        while True:
+            with self.cv:
+                while not self.reqs:
+                    self.cv.wait()
+                reqs, hurry = list(self.reqs), self.hurry
+            try:
+                if hurry:
+                    Request.Waitall(reqs)
+                    done = True
+                else:
+                    done = Request.Testall(reqs)
+            except BaseException as e:          # MPI errors: re-raised by wait()
+                done = True
+                with self.cv:
+                    self.error = e
+            with self.cv:
+                if done:
+                    del self.reqs[:len(reqs)]
+                    self.cv.notify_all()
+                elif not self.hurry:
+                    self.cv.wait(self.interval)
+
+
+class Group:
+    """Ranks of ``COMM_WORLD`` (a private duplicate of it) training together.
+
+    ``model.process_group`` API used by ``Model.fit``: ``rank``, ``size``,
+    ``active``, ``grads_ready(flat, start)`` (after each layer's backward),
+    ``allreduce_sum_(flat)`` (after backward), ``sum_scalars(values)``,
+    ``sum_scalars_async(values)``, ``broadcast_(arr)``,
+    ``check_same(value, what)``, ``sync_model(model)``, ``sync_state_(flat)``,
+    ``sync_state_async(flat)``."""
+    active = True
+
+    def __init__(self, MPI, launcher):
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD.Dup()
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = self.local.Get_rank()
+        self.local_size = self.local.Get_size()
+        self.nodes = self.comm.allreduce(1 if self.local_rank == 0 else 0)
+        self.launcher = launcher or "mpi4py"
+        self.host = socket.gethostname()
+        self.stats = _Stats()
+        self._scalars = np.zeros(8, np.float64)
+        self._scalars_async = np.zeros(3, np.float64)
+        # overlap of the gradient reduction with backward (see the module doc)
+        self.bucket_bytes = max(0.0, _env_float("PYNN_MPI_BUCKET_MB", 1.0)) * 1e6
+        self.overlap = (_env_flag("PYNN_MPI_OVERLAP", True)
+                        and MPI.Query_thread() >= MPI.THREAD_MULTIPLE)
+        self._progress = _Progress(MPI) if self.overlap else None
+        self._unsent = None       # (buffer id, end of the part not yet handed to MPI)
+
+    # -- collectives used by fit ----------------------------------------------
+    def grads_ready(self, flat, start):
+        """Backward has finished ``flat[start:]`` (the gradient buffer's
+        suffix from ``start``): start the non-blocking reduction of the part
+        not yet started once it holds ``bucket_bytes``.  ``start == 0`` (all
+        of it final: backward is over) is left to :meth:`allreduce_sum_`."""
+        if self._progress is None or start <= 0 or not isinstance(flat, np.ndarray):
+            return
+        end = self._unsent[1] if self._unsent and self._unsent[0] == id(flat) else flat.size
+        if end > start and (end - start) * flat.itemsize >= self.bucket_bytes:
+            req = self.comm.Iallreduce(self.MPI.IN_PLACE, flat[start:end], op=self.MPI.SUM)
+            self._progress.add(req)
+            self._unsent = (id(flat), start)
+            self.stats.overlapped_calls += 1
+            self.stats.overlapped_bytes += (end - start) * flat.itemsize
+
+    def allreduce_sum_(self, flat):
+        """In place: ``flat`` (contiguous float) <- its sum over the ranks:
+        one ``Allreduce(IN_PLACE)`` of the part whose reduction
+        :meth:`grads_ready` has not started, then the wait for those."""
+        t0 = time.perf_counter()
+        st = self.stats
+        if st.trace is not None and st._last is not None:
+            busy = t0 - st._last
+        end = self._unsent[1] if self._unsent and self._unsent[0] == id(flat) else flat.size
+        self._unsent = None
+        if end > 0:
+            self.comm.Allreduce(self.MPI.IN_PLACE, flat[:end], op=self.MPI.SUM)
+        if self._progress is not None:
+            self._progress.wait()
+        t1 = time.perf_counter()
+        st.allreduce_s += t1 - t0
+        st.allreduce_calls += 1
+        st.allreduce_bytes += flat.nbytes
+        if st.trace is not None:
+            if st._last is not None:
+                st.trace.append((busy, t1 - t0))
+            st._last = t1
+
+    def sync_state_(self, flat):
+        """In place: ``flat`` <- its mean over the ranks (batch-norm moving
+        statistics); the same bits on every rank."""
+        if flat.size:
+            self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+            flat *= flat.dtype.type(1.0 / self.size)
+
+    def sync_state_async(self, flat):
+        """Start :meth:`sync_state_`; returns the function that finishes it.
+        With overlap on, an ``Iallreduce`` started after forward (the moving
+        statistics are final then) and completed during backward."""
+        if self._progress is None or not flat.size:
+            return lambda: self.sync_state_(flat)
+        self._progress.add(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM))
+
+        def finish():
+            self._progress.wait()
+            np.multiply(flat, flat.dtype.type(1.0 / self.size), out=flat)
+        return finish
+
+    def sum_scalars(self, values):
+        """The sums over the ranks of a few numbers (ints stay ints)."""
+        t0 = time.perf_counter()
+        k = len(values)
+        buf = self._scalars if k <= self._scalars.size else np.zeros(k, np.float64)
+        buf[:k] = values
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf[:k], op=self.MPI.SUM)
+        self.stats.scalars_s += time.perf_counter() - t0
+        self.stats.scalars_calls += 1
+        return _like(values, buf)
+
+    def sum_scalars_async(self, values):
+        """Start :meth:`sum_scalars`; returns a function giving the sums.
+        With overlap on, an ``Iallreduce`` that the progress thread completes
+        during backward (the step's loss and accuracy are known before it),
+        so a step has a single blocking collective; without, the function
+        does the blocking call."""
+        if self._progress is None:
+            return lambda: self.sum_scalars(values)
+        if self._scalars_async.size != len(values):
+            self._scalars_async = np.zeros(len(values), np.float64)
+        buf = self._scalars_async         # free again: the previous step's request is complete
+        buf[:] = values
+        self._progress.add(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
+
+        def result():
+            t0 = time.perf_counter()
+            self._progress.wait()
+            self.stats.scalars_s += time.perf_counter() - t0
+            self.stats.scalars_calls += 1
+            return _like(values, buf)
+        return result
+
+    def broadcast_(self, arr):
+        """In place: every rank's ``arr`` <- rank 0's (contiguous array)."""
+        if not (isinstance(arr, np.ndarray) and arr.flags.c_contiguous):
+            raise TypeError("broadcast_ needs a C-contiguous NumPy array")
+        if arr.size:
+            self.comm.Bcast(arr, root=0)
+
+    def bcast(self, obj):
+        """Rank 0's picklable ``obj`` on every rank."""
+        return self.comm.bcast(obj, root=0)
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def check_same(self, value, what):
+        """Raise (on every rank) unless ``value`` is equal on all ranks: a
+        mismatch (different data, batch size...) would otherwise deadlock or
+        silently train different models."""
+        values = self.comm.allgather(value)
+        if any(v != values[0] for v in values[1:]):
+            detail = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+            raise RuntimeError(f"MPI ranks disagree on {what}: {detail}")
+
+    # -- model ----------------------------------------------------------------
+    def attach(self, model):
         """Make ``model`` train data-parallel over this group (and start it
         from rank 0's weights and optimizer state if it is built)."""
         model.process_group = self

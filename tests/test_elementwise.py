@@ -79,6 +79,145 @@ def test_relu_errors():
         nk.relu_backward(x, y, out=y)
 
 
+# ------------------------------------------------------------------- add --
+# 65537 and 100_003 (primes) are above the threading threshold (256 KiB
+# touched) and span several 16 Ki-element chunks, so 2 threads really split
+# them, with a ragged last chunk.
+
+@settings(deadline=None, max_examples=80)
+@given(n=st.sampled_from([0, 1, 2, 3, 7, 13, 17, 31, 61, 127, 1021, 16_411, 65_537, 100_003]),
+       dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS),
+       nt=st.sampled_from([1, 2]), mode=st.sampled_from(["new", "out", "into_a", "into_b"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_add_matches_numpy(n, dtype, isa_name, nt, mode, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(n).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    if n:
+        a[rng.random(n) < 0.02] = np.nan
+        b[rng.random(n) < 0.02] = -np.inf
+        a[rng.random(n) < 0.02] = -0.0
+        b[rng.random(n) < 0.02] = -0.0
+    ref = np.add(a, b)
+    a0, b0 = a.copy(), b.copy()
+    with isa(isa_name), threads(nt):
+        if mode == "new":
+            r = nk.add(a, b)
+        elif mode == "out":
+            o = np.full(n, 7, dtype)
+            r = nk.add(a, b, out=o)
+            assert r is o
+        elif mode == "into_a":
+            r = nk.add(a, b, out=a)
+            assert r is a
+        else:
+            r = nk.add(a, b, out=b)
+            assert r is b
+    assert r.dtype == dtype and r.shape == (n,) and r.flags.c_contiguous
+    np.testing.assert_array_equal(r, ref)
+    assert np.array_equal(r.view(np.uint8), ref.view(np.uint8))  # bitwise (-0.0, NaN)
+    if mode != "into_a":
+        np.testing.assert_array_equal(a, a0)
+    if mode != "into_b":
+        np.testing.assert_array_equal(b, b0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_shapes_in_place_threads(dtype):
+    rng = np.random.default_rng(3)
+    shape = (64, 13, 11, 9)  # 82_368 elements: several chunks, ragged end
+    a = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape).astype(dtype)
+    ref = a + b
+    outs = []
+    for name in ISAS:
+        for nt in (1, 2):
+            with isa(name), threads(nt):
+                outs.append(nk.add(a, b))
+    for o in outs:
+        assert o.shape == shape
+        np.testing.assert_array_equal(o, ref)
+    # gradient accumulation: acc += g, in place, both ways round
+    acc = a.copy()
+    with threads(2):
+        assert nk.add(acc, b, out=acc) is acc
+    np.testing.assert_array_equal(acc, ref)
+    acc = b.copy()
+    with threads(2):
+        assert nk.add(a, acc, out=acc) is acc
+    np.testing.assert_array_equal(acc, ref)
+    # a and b the same buffer, and all three the same
+    np.testing.assert_array_equal(nk.add(a, a), a + a)
+    c = a.copy()
+    assert nk.add(c, c, out=c) is c
+    np.testing.assert_array_equal(c, a + a)
+    # an identical view of a counts as a itself
+    c = a.copy()
+    nk.add(c, b, out=c.view())
+    np.testing.assert_array_equal(c, ref)
+    # non-contiguous inputs are copied; out stays C-contiguous
+    va, vb = a[:, :-1:2, :, 1:], b[:, 1::2, :, :-1]
+    r = nk.add(va, vb)
+    assert r.flags.c_contiguous and r.shape == va.shape
+    np.testing.assert_array_equal(r, va + vb)
+    np.testing.assert_array_equal(nk.add(a.T, b.T), a.T + b.T)
+    o = np.empty(va.shape, dtype)
+    assert nk.add(va, vb, out=o) is o
+    np.testing.assert_array_equal(o, va + vb)
+    # 0-d and empty
+    s = nk.add(np.array(1.5, dtype), np.array(2.25, dtype))
+    assert s.shape == () and s == 3.75
+    assert nk.add(np.empty((0, 3), dtype), np.empty((0, 3), dtype)).shape == (0, 3)
+
+
+def test_add_errors():
+    a = np.zeros((4, 5), np.float32)
+    b = np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"same shape.*\(4, 5\).*\(5, 4\)"):
+        nk.add(a, np.zeros((5, 4), np.float32))
+    with pytest.raises(ValueError, match="same shape"):
+        nk.add(a, np.zeros(20, np.float32))
+    with pytest.raises(TypeError, match="same dtype"):
+        nk.add(a, b.astype(np.float64))
+    with pytest.raises(TypeError, match="same dtype"):
+        nk.add(a.astype(np.float64), b)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nk.add(np.zeros(3, np.int64), np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nk.add(a, np.zeros((4, 5), np.float16))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nk.add(a.astype(">f4"), b)
+    with pytest.raises(TypeError, match="dtype"):
+        nk.add(a, b, out=np.empty((4, 5), np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        nk.add(a, b, out=np.empty((5, 4), np.float32))
+    with pytest.raises(TypeError, match="ndarray"):
+        nk.add(a, b, out=[[0.0] * 5] * 4)
+    ro = np.empty((4, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        nk.add(a, b, out=ro)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        nk.add(a, b, out=np.empty((5, 4), np.float32).T)
+    raw = np.zeros(4 * 20 + 1, np.uint8)
+    mis = raw[1:].view(np.float32).reshape(4, 5)
+    assert not mis.flags.aligned
+    with pytest.raises(ValueError, match="aligned"):
+        nk.add(a, b, out=mis)
+    mis[...] = 2.0  # a misaligned input is copied, not refused
+    np.testing.assert_array_equal(nk.add(mis, b), mis + b)
+    # partial overlaps of out with an input
+    big = np.zeros(21, np.float32)
+    with pytest.raises(ValueError, match="overlaps input a"):
+        nk.add(big[1:], np.ones(20, np.float32), out=big[:-1])
+    with pytest.raises(ValueError, match="overlaps input b"):
+        nk.add(np.ones(20, np.float32), big[:-1], out=big[1:])
+    with pytest.raises(ValueError, match="overlaps input b"):
+        nk.add(big[:-1], big[1:], out=big[:-1])  # out is a but overlaps b
+    with pytest.raises(ValueError, match="overlaps input a"):
+        nk.add(big[:20].reshape(4, 5), b, out=big[1:].reshape(4, 5))
+
+
 # ---------------------------------------------------------------- Philox --
 
 KAT = [  # Random123 kat_vectors, philox4x32 10 rounds

@@ -1,4 +1,4 @@
-/* Elementwise kernels: ReLU (forward/backward), dropout with a Philox4x32-10
+/* Elementwise kernels: ReLU (forward/backward), add, dropout with a Philox4x32-10
  * counter-based stream (no mask stored: the backward regenerates it).
  * See nk_elementwise.h for the exact definition of the stream.
  *
@@ -96,12 +96,25 @@ NK_DROP_SCALAR(double, d)
         }                                                                             \
     }
 
+/* out = a + b (auto-vectorised under each target).  No restrict: out may be
+ * exactly a or exactly b (element i is read before it is written); gcc
+ * versions the loop with a runtime overlap check that lets out == a / out == b
+ * through to the vector path.  One IEEE add per element: the same bits on
+ * every ISA path and for every split. */
+#define NK_ADD_BODY(T, SUF)                                                           \
+    static void add_##SUF(const T *a, const T *b, T *y, int64_t e0, int64_t e1)       \
+    {                                                                                 \
+        for (int64_t i = e0; i < e1; i++) y[i] = a[i] + b[i];                         \
+    }
+
 #if NK_X86
 /* ---------------------------------------------------------------- AVX2 -- */
 NK_TARGET_AVX2_BEGIN
 #include <immintrin.h>
 NK_RELU_BODY(float, s_avx2)
 NK_RELU_BODY(double, d_avx2)
+NK_ADD_BODY(float, s_avx2)
+NK_ADD_BODY(double, d_avx2)
 
 static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo)
 {
@@ -193,6 +206,8 @@ NK_TARGET_END
 NK_TARGET_AVX512_BEGIN
 NK_RELU_BODY(float, s_avx512)
 NK_RELU_BODY(double, d_avx512)
+NK_ADD_BODY(float, s_avx512)
+NK_ADD_BODY(double, d_avx512)
 
 static inline void mulhilo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo)
 {
@@ -279,6 +294,8 @@ NK_TARGET_END
 /* ------------------------------------------------------------ portable -- */
 NK_RELU_BODY(float, s_generic)
 NK_RELU_BODY(double, d_generic)
+NK_ADD_BODY(float, s_generic)
+NK_ADD_BODY(double, d_generic)
 
 /* Work runs in NK_CHUNKED_PARALLEL's chunks (nk_internal.h); results do
  * not depend on the split (dropout's counter is the element index). */
@@ -330,6 +347,31 @@ void nk_relu_backward(int64_t n, const void *dy, const void *y, void *dx, int db
         else if (isa == NK_ISA_AVX2) f = relu_bwd_s_avx2;
 #endif
         NK_CHUNKED_PARALLEL(n, 12 * n, f((const float *)dy, (const float *)y, (float *)dx, e0, e1));
+    }
+}
+
+typedef void (*add_s_fn)(const float *, const float *, float *, int64_t, int64_t);
+typedef void (*add_d_fn)(const double *, const double *, double *, int64_t, int64_t);
+
+void nk_add(int64_t n, const void *a, const void *b, void *out, int dbl)
+{
+    if (n <= 0) return;
+    const int isa = nk_get_isa();
+    (void)isa;
+    if (dbl) {
+        add_d_fn f = add_d_generic;
+#if NK_X86
+        if (isa == NK_ISA_AVX512) f = add_d_avx512;
+        else if (isa == NK_ISA_AVX2) f = add_d_avx2;
+#endif
+        NK_CHUNKED_PARALLEL(n, 24 * n, f((const double *)a, (const double *)b, (double *)out, e0, e1));
+    } else {
+        add_s_fn f = add_s_generic;
+#if NK_X86
+        if (isa == NK_ISA_AVX512) f = add_s_avx512;
+        else if (isa == NK_ISA_AVX2) f = add_s_avx2;
+#endif
+        NK_CHUNKED_PARALLEL(n, 12 * n, f((const float *)a, (const float *)b, (float *)out, e0, e1));
     }
 }
 

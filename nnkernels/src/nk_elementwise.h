@@ -1,9 +1,9 @@
-/* nnkernels: elementwise kernels (ReLU, dropout) and the Philox4x32-10
+/* nnkernels: elementwise kernels (ReLU, add, dropout) and the Philox4x32-10
  * counter-based random number generator.  float32 ("dbl" = 0) / float64.
  *
  * All arrays are contiguous; `n` is the element count.  In-place use is
- * allowed (out == x, out == dy).  Results are bitwise identical on every
- * ISA path and for every thread count.
+ * allowed (out == x, out == dy; for add, out == a or out == b).  Results
+ * are bitwise identical on every ISA path and for every thread count.
  *
  * Dropout stream (the same on CPU and GPU): for element e (flat C-order
  * index into the tensor), with key = (seed & 0xffffffff, seed >> 32),
@@ -28,6 +28,10 @@ extern "C" {
 void nk_relu(int64_t n, const void *x, void *y, int dbl);
 /* dx = y > 0 ? dy : 0. */
 void nk_relu_backward(int64_t n, const void *dy, const void *y, void *dx, int dbl);
+/* out = a + b (one rounding per element: summing gradients in place,
+ * nk_add(n, acc, g, acc, dbl)).  out may be exactly a or exactly b; a and b
+ * may be the same buffer. */
+void nk_add(int64_t n, const void *a, const void *b, void *out, int dbl);
 
 /* The Philox4x32-10 bijection on `n` 4-word counters (ctr[4*i .. 4*i+3])
  * with one 2-word key; out may equal ctr. */

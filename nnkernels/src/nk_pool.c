@@ -23,15 +23,6 @@
 #include <omp.h>
 #endif
 
-/* First output row/col whose window [o*s - p, o*s - p + k) contains i. */
-static inline int64_t win_lo(int64_t i, int64_t p, int64_t k, int64_t s)
-{
-    const int64_t a = i + p - k + 1;
-    return a <= 0 ? 0 : (a + s - 1) / s;
-}
-/* Last one (may be < win_lo when none does; clamp by the caller). */
-static inline int64_t win_hi(int64_t i, int64_t p, int64_t s) { return (i + p) / s; }
-
 /* ----------------------------------------------------------- plain C body --
  * FWD_ROW: one output row (n, oh) of y/idx.  The running max lives in the
  * output row itself (in L1); `upd` is the one comparison every path uses:
@@ -73,10 +64,10 @@ static inline int64_t win_hi(int64_t i, int64_t p, int64_t s) { return (i + p) /
                                     T *restrict dx_wc)                                   \
     {                                                                                    \
         const int64_t W = g->w, C = g->c, OW = g->ow;                                    \
-        const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);                             \
-        const int64_t ohh = nk_imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);                 \
+        const int64_t ohl = nk_pool_win_lo(ih, g->pt, g->ph, g->sh);                     \
+        const int64_t ohh = nk_imin64(nk_pool_win_hi(ih, g->pt, g->sh), g->oh - 1);      \
         int64_t cnt = 0;                                                                 \
-        int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);                                 \
+        int64_t owl = 0, owh_ = nk_pool_win_hi(0, g->pl, g->sw);                         \
         for (int64_t iw = 0; iw < W; iw++) {                                             \
             /* windows containing iw, updated without divisions */                      \
             while (owl * g->sw - g->pl + g->pw <= iw) owl++;                             \
@@ -175,10 +166,10 @@ static int64_t gather_row_s_avx512(const nk_pool_geom *g, const float *restrict 
                                    const int32_t *restrict i_n, int64_t ih, float *restrict dx_wc)
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
-    const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);
-    const int64_t ohh = nk_imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
+    const int64_t ohl = nk_pool_win_lo(ih, g->pt, g->ph, g->sh);
+    const int64_t ohh = nk_imin64(nk_pool_win_hi(ih, g->pt, g->sh), g->oh - 1);
     int64_t cnt = 0;
-    int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);
+    int64_t owl = 0, owh_ = nk_pool_win_hi(0, g->pl, g->sw);
     for (int64_t iw = 0; iw < W; iw++) {
         /* windows containing iw, updated without divisions */
         while (owl * g->sw - g->pl + g->pw <= iw) owl++;
@@ -215,10 +206,10 @@ static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict
                                    const int32_t *restrict i_n, int64_t ih, double *restrict dx_wc)
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
-    const int64_t ohl = win_lo(ih, g->pt, g->ph, g->sh);
-    const int64_t ohh = nk_imin64(win_hi(ih, g->pt, g->sh), g->oh - 1);
+    const int64_t ohl = nk_pool_win_lo(ih, g->pt, g->ph, g->sh);
+    const int64_t ohh = nk_imin64(nk_pool_win_hi(ih, g->pt, g->sh), g->oh - 1);
     int64_t cnt = 0;
-    int64_t owl = 0, owh_ = win_hi(0, g->pl, g->sw);
+    int64_t owl = 0, owh_ = nk_pool_win_hi(0, g->pl, g->sw);
     for (int64_t iw = 0; iw < W; iw++) {
         /* windows containing iw, updated without divisions */
         while (owl * g->sw - g->pl + g->pw <= iw) owl++;

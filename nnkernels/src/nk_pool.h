@@ -35,6 +35,17 @@ typedef struct {
     int64_t pt, pl;      /* top / left padding (0 for "valid") */
 } nk_pool_geom;
 
+/* First output row/col whose window [o*s - p, o*s - p + k) contains input
+ * row/col i (stride s, leading padding p, pool size k). */
+static inline int64_t nk_pool_win_lo(int64_t i, int64_t p, int64_t k, int64_t s)
+{
+    const int64_t a = i + p - k + 1;
+    return a <= 0 ? 0 : (a + s - 1) / s;
+}
+/* Last one (may be < nk_pool_win_lo when none does, or past the last
+ * output; clamp by the caller). */
+static inline int64_t nk_pool_win_hi(int64_t i, int64_t p, int64_t s) { return (i + p) / s; }
+
 /* y_nhwc (n, oh, ow, c) and idx_nhwc (same shape) from x_nhwc (n, h, w, c).
  * All arrays C-contiguous; h * w < 2^31.  Every window must contain at least
  * one input element (true for the geometries above). */
