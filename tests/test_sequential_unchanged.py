@@ -1,0 +1,49 @@
+"""Sequential training is bitwise what it was before graph models: the
+default CNN and MLP trained with a fixed seed end with the same weights as
+the Sequential engine of b093b3d (sha256 of the weights recorded then, per
+ISA path, with 1 and 2 threads alike).  The graph engine, the layer
+packages and the new kernels must not change a single bit of them."""
+import hashlib
+
+import numpy as np
+import pytest
+
+import nnkernels as nk
+import pynn
+from pynn import utils, zoo
+
+from reference import isa as use_isa
+
+RECORDED = {   # (ISA path, model) -> first 16 hex digits of sha256(weights)
+    ("avx512", "cnn"): "21d5ff92be4cb901", ("avx512", "mlp"): "8e12d315ba3eba06",
+    ("avx2", "cnn"): "f9c85266b0abf9e8", ("avx2", "mlp"): "f18a2e61b136d25b",
+    ("generic", "cnn"): "3800c1f15a54c06d", ("generic", "mlp"): "8e938353da677544",
+}
+
+
+def fingerprint(model_name):
+    rng = np.random.default_rng(123)
+    if model_name == "cnn":
+        x = rng.random((192, 28, 28, 1), dtype=np.float32)
+        m = zoo.cnn()
+    else:
+        x = rng.random((192, 784), dtype=np.float32)
+        m = zoo.mlp()
+    y = rng.integers(0, 10, 192)
+    utils.set_random_seed(7)
+    m.compile(optimizer=zoo.make_optimizer(*zoo.DEFAULT_OPTIMIZER[model_name]),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    m.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    h = hashlib.sha256()
+    for w in m.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "mlp"])
+@pytest.mark.parametrize("isa_name", ["avx512", "avx2", "generic"])
+def test_sequential_weights_bitwise_unchanged(isa_name, model_name):
+    if not nk.isa_supported(isa_name):
+        pytest.skip(f"this CPU cannot run the {isa_name} path")
+    with use_isa(isa_name):
+        assert fingerprint(model_name) == RECORDED[(isa_name, model_name)]
