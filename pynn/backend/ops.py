@@ -20,13 +20,15 @@ import numpy as np
 from .geometry import conv_geometry, conv_padding, pair as _pair
 
 
-def _windows(xp_, g):
+def _windows(xp_, g, xp=np):
     """(N, OH, OW, KH, KW, C) strided view of the padded input."""
     n, c = xp_.shape[0], xp_.shape[3]
     s = xp_.strides
     shape = (n, g["oh"], g["ow"], g["kh"], g["kw"], c)
     strides = (s[0], s[1] * g["sh"], s[2] * g["sw"], s[1] * g["dh"], s[2] * g["dw"], s[3])
-    return np.lib.stride_tricks.as_strided(xp_, shape, strides, writeable=False)
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(xp_, shape, strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(xp_, shape, strides)
 
 
 def _out(out, shape, dtype):
@@ -373,32 +375,34 @@ class Ops:
     def avg_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None):
         """Mean over each window; "same" padding: only in-bounds elements
         count (TensorFlow/Keras)."""
+        xp = self.xp
         ph, pw = _pair(pool_size, "pool_size")
         sh, sw = _pair(strides if strides is not None else (ph, pw), "strides")
         n, h, w_, c = x.shape
         oh, pt, pb = conv_padding(h, ph, sh, 1, padding)
         ow, pl, pr = conv_padding(w_, pw, sw, 1, padding)
         g = dict(oh=oh, ow=ow, kh=ph, kw=pw, sh=sh, sw=sw, dh=1, dw=1)
-        xp_ = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        ones = np.pad(np.ones((1, h, w_, 1), x.dtype), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        s_ = _windows(xp_, g).sum(axis=(3, 4))
-        cnt = _windows(ones, g).sum(axis=(3, 4))
+        xp_ = xp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        ones = xp.pad(xp.ones((1, h, w_, 1), x.dtype), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        s_ = _windows(xp_, g, xp).sum(axis=(3, 4))
+        cnt = _windows(ones, g, xp).sum(axis=(3, 4))
         out = _out(out, (n, oh, ow, c), x.dtype)
         out[...] = s_ / cnt
         return out
 
     def avg_pool2d_backward(self, dy, x_shape, pool_size=(2, 2), strides=None, padding="valid",
                             out=None):
+        xp = self.xp
         ph, pw = _pair(pool_size, "pool_size")
         sh, sw = _pair(strides if strides is not None else (ph, pw), "strides")
         n, h, w_, c = x_shape
         oh, pt, pb = conv_padding(h, ph, sh, 1, padding)
         ow, pl, pr = conv_padding(w_, pw, sw, 1, padding)
         g = dict(oh=oh, ow=ow, kh=ph, kw=pw, sh=sh, sw=sw, dh=1, dw=1)
-        ones = np.pad(np.ones((1, h, w_, 1), dy.dtype), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        cnt = _windows(ones, g).sum(axis=(3, 4))
+        ones = xp.pad(xp.ones((1, h, w_, 1), dy.dtype), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        cnt = _windows(ones, g, xp).sum(axis=(3, 4))
         d = dy / cnt
-        dxp = np.zeros((n, h + pt + pb, w_ + pl + pr, c), dy.dtype)
+        dxp = xp.zeros((n, h + pt + pb, w_ + pl + pr, c), dy.dtype)
         for i in range(ph):
             for j in range(pw):
                 dxp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += d
@@ -419,11 +423,12 @@ class Ops:
 
     def global_max_pool2d(self, x, out=None, indices=None):
         """(y (N, C), int32 index h*W + w of the first maximum)."""
+        xp = self.xp
         n, h, w_, c = x.shape
         flat = x.reshape(n, h * w_, c)
-        arg = np.argmax(flat, axis=1)
+        arg = xp.argmax(flat, axis=1)
         out = _out(out, (n, c), x.dtype)
-        out[...] = np.take_along_axis(flat, arg[:, None, :], axis=1)[:, 0, :]
+        out[...] = xp.take_along_axis(flat, arg[:, None, :], axis=1)[:, 0, :]
         if indices is None:
             indices = arg.astype(np.int32)
         else:
@@ -431,16 +436,18 @@ class Ops:
         return out, indices
 
     def global_max_pool2d_backward(self, dy, indices, x_shape, out=None):
+        xp = self.xp
         n, h, w_, c = x_shape
         out = _out(out, tuple(x_shape), dy.dtype)
         out[...] = 0
         flat = out.reshape(n, h * w_, c)
-        np.put_along_axis(flat, indices[:, None, :].astype(np.int64), dy[:, None, :], axis=1)
+        xp.put_along_axis(flat, indices[:, None, :].astype(np.int64), dy[:, None, :], axis=1)
         return out
 
     def upsample2d(self, x, size, out=None):
+        xp = self.xp
         sh, sw = _pair(size, "size")
-        y = np.repeat(np.repeat(x, sh, axis=1), sw, axis=2)
+        y = xp.repeat(xp.repeat(x, sh, axis=1), sw, axis=2)
         out = _out(out, y.shape, x.dtype)
         out[...] = y
         return out
