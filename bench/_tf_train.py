@@ -7,7 +7,8 @@ with torch and nnkernels)::
     <tf-python> -m bench._tf_train --json --model cnn --threads 2 --data DATA.npz ...
 
 It builds the same model as the other contenders (Keras defaults:
-glorot_uniform kernels, zero biases), sets TensorFlow's intra- and inter-op
+glorot_uniform kernels, zero biases; resnet20: the keras.io example's
+he_normal), sets TensorFlow's intra- and inter-op
 thread pools to --threads before the runtime starts, runs the measurements of
 :func:`measure` and prints one JSON line.  XLA is off (``jit_compile=False``,
 which is also Keras's "auto" on a CPU-only machine).  The steady state is
@@ -35,12 +36,70 @@ import numpy as np
 # --------------------------------------------------------------------------
 # the models
 # --------------------------------------------------------------------------
-MODELS = ("cnn", "mlp")
-INPUT_SHAPE = {"cnn": (28, 28, 1), "mlp": (784,)}
+MODELS = ("cnn", "mlp", "resnet20")
+INPUT_SHAPE = {"cnn": (28, 28, 1), "mlp": (784,), "resnet20": (32, 32, 3)}
+NUM_CLASSES = 10
 # cnn: Conv2D(32,3,relu) Conv2D(64,3,relu) MaxPool2 Dropout(.25) Flatten
 #      Dense(128,relu) Dropout(.5) Dense(10,softmax); SGD(0.01, momentum 0.9)
 # mlp: Dense(512,relu) Dense(512,relu) Dense(10,softmax); Adam(1e-3, eps 1e-7)
-OPTIMIZER = {"cnn": "SGD(lr=0.01, momentum=0.9)", "mlp": "Adam(lr=1e-3, eps=1e-7)"}
+# resnet20: ResNet-20 v1 of the keras.io CIFAR-10 example (resnet_v1, depth
+#      20; see keras_resnet20), synthetic 32x32x3 data; SGD(0.01, momentum 0.9)
+OPTIMIZER = {"cnn": "SGD(lr=0.01, momentum=0.9)", "mlp": "Adam(lr=1e-3, eps=1e-7)",
+             "resnet20": "SGD(lr=0.01, momentum=0.9)"}
+# parameters as Keras counts them (batch-norm moving statistics included)
+RESNET20_PARAMS = 274442
+# data: Fashion-MNIST (bench.train.load_raw) for cnn/mlp; random uint8
+# images and labels made by prepare() for resnet20 (throughput only)
+SYNTHETIC = {"resnet20": {"train": 50000, "test": 10000}}  # CIFAR-10's sizes
+# per-model defaults of --steps, --warmup, --epoch-size (0: the whole training
+# set) and --predict-size of bench.train: ResNet-20 trains ~6x slower than the cnn
+MODEL_DEFAULTS = {
+    "cnn": {"steps": 200, "warmup": 10, "epoch_size": 0, "predict_size": 10000},
+    "mlp": {"steps": 200, "warmup": 10, "epoch_size": 0, "predict_size": 10000},
+    "resnet20": {"steps": 50, "warmup": 5, "epoch_size": 5120, "predict_size": 2000},
+}
+
+
+def resnet20_convs():
+    """(output h*w, cin, cout, k) of every convolution of ResNet-20 v1 on
+    32x32x3, in the order Keras creates them (per block: conv1, conv2, then
+    the 1x1 projection shortcut of the first block of stages 2 and 3)."""
+    convs = [(32 * 32, 3, 16, 3)]
+    cin, hw = 16, 32
+    for stage, f in enumerate((16, 32, 64)):
+        for block in range(3):
+            s = 2 if stage > 0 and block == 0 else 1
+            hw //= s
+            convs += [(hw * hw, cin, f, 3), (hw * hw, f, f, 3)]
+            if s != 1:
+                convs.append((hw * hw, cin, f, 1))
+            cin = f
+    return convs
+
+
+def keras_resnet20(keras, input_shape=(32, 32, 3), num_classes=NUM_CLASSES):
+    """ResNet-20 v1 exactly as resnet_v1(depth=20) of the keras.io CIFAR-10
+    ResNet example (without its L2(1e-4) kernel regularizer): he_normal
+    kernels, zero biases, BatchNormalization with Keras defaults (momentum
+    0.99, epsilon 1e-3).  274,442 parameters."""
+    L = keras.layers
+
+    def conv(x, f, k=3, s=1):
+        return L.Conv2D(f, k, strides=s, padding="same", kernel_initializer="he_normal")(x)
+
+    inputs = keras.Input(input_shape)
+    x = L.Activation("relu")(L.BatchNormalization()(conv(inputs, 16)))
+    for stage, f in enumerate((16, 32, 64)):
+        for block in range(3):
+            s = 2 if stage > 0 and block == 0 else 1
+            y = L.Activation("relu")(L.BatchNormalization()(conv(x, f, 3, s)))
+            y = L.BatchNormalization()(conv(y, f))
+            if s != 1:
+                x = conv(x, f, 1, s)          # projection shortcut, no batch norm
+            x = L.Activation("relu")(L.Add()([x, y]))
+    x = L.Flatten()(L.AveragePooling2D(pool_size=8)(x))
+    outputs = L.Dense(num_classes, activation="softmax", kernel_initializer="he_normal")(x)
+    return keras.Model(inputs, outputs)
 
 
 def train_flops(model: str) -> dict:
@@ -56,6 +115,10 @@ def train_flops(model: str) -> dict:
                   (2 * 128 * 10, False)]
     elif model == "mlp":
         layers = [(2 * 784 * 512, True), (2 * 512 * 512, False), (2 * 512 * 10, False)]
+    elif model == "resnet20":
+        layers = [(2 * hw * cin * cout * k * k, i == 0)
+                  for i, (hw, cin, cout, k) in enumerate(resnet20_convs())]
+        layers.append((2 * 64 * NUM_CLASSES, False))
     else:
         raise ValueError(model)
     fwd = sum(f for f, _ in layers)
@@ -66,17 +129,36 @@ def train_flops(model: str) -> dict:
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
+def synthetic_raw(model: str, seed: int = 0, n_train: int = None) -> dict:
+    """Random uint8 images of the model's input shape and random labels of
+    NUM_CLASSES classes (the same in every process for the same arguments)."""
+    shape = INPUT_SHAPE[model]
+    sizes = SYNTHETIC[model]
+    r = np.random.default_rng([seed, 32323])
+    n_train = n_train or sizes["train"]
+    raw = {"x_train": r.integers(0, 256, (n_train,) + shape, dtype=np.uint8),
+           "y_train": r.integers(0, NUM_CLASSES, n_train).astype(np.uint8),
+           "x_test": r.integers(0, 256, (sizes["test"],) + shape, dtype=np.uint8),
+           "y_test": r.integers(0, NUM_CLASSES, sizes["test"]).astype(np.uint8)}
+    return raw
+
+
 def prepare(raw: dict, model: str, batch: int, epoch_size: int, steps: int,
-            warmup: int, predict_size: int) -> dict:
+            warmup: int, predict_size: int, seed: int = 0) -> dict:
     """Float inputs (x/255, NHWC or flat) and int64 labels for each measurement.
 
-    raw: uint8 x_train (N,28,28), y_train (N,), x_test, y_test.
+    raw: uint8 x_train (N,28,28), y_train (N,), x_test, y_test; ignored for a
+    model in SYNTHETIC (resnet20), whose data synthetic_raw(model, seed) makes
+    (only as many training images as the measurements use).
     epoch: the first epoch_size training images (fit shuffles them);
     epoch_warm: 2 batches + the epoch's last partial batch (so a warm-up fit
     meets both batch shapes); steady: warmup + steps distinct batches, from
     the start of the training set (cycled if too short); predict: the first
     predict_size test images (cycled if too short)."""
     shape = INPUT_SHAPE[model]
+    if model in SYNTHETIC:
+        n = min(epoch_size, SYNTHETIC[model]["train"]) if epoch_size else SYNTHETIC[model]["train"]
+        raw = synthetic_raw(model, seed, max(n, (warmup + steps) * batch))
 
     def f(x):
         return (x.reshape((x.shape[0],) + shape).astype(np.float32) / np.float32(255.0))
@@ -258,12 +340,19 @@ class KerasImpl:
                   L.Dense(128, activation="relu"), L.Dropout(0.5),
                   L.Dense(10, activation="softmax")]
             opt = keras.optimizers.SGD(0.01, momentum=0.9)
-        else:
+        elif model == "mlp":
             ls = [keras.Input(INPUT_SHAPE[model]),
                   L.Dense(512, activation="relu"), L.Dense(512, activation="relu"),
                   L.Dense(10, activation="softmax")]
             opt = keras.optimizers.Adam(1e-3, epsilon=1e-7)
-        self.m = keras.Sequential(ls)
+        if model == "resnet20":
+            self.m = keras_resnet20(keras, INPUT_SHAPE[model], NUM_CLASSES)
+            n = self.m.count_params()
+            assert n == RESNET20_PARAMS, f"Keras ResNet-20 has {n} parameters, not {RESNET20_PARAMS}"
+            opt = keras.optimizers.SGD(0.01, momentum=0.9)
+        else:
+            self.m = keras.Sequential(ls)
+        self.params = self.m.count_params()
         self.m.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                        metrics=["accuracy"], jit_compile=False)
         self.batch, self.predict_batch, self.mode = batch, predict_batch, steady_mode
@@ -323,7 +412,7 @@ def main(argv=None):
     import_s = time.perf_counter() - t0
     with np.load(a.data) as z:
         raw = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    d = prepare(raw, a.model, a.batch, a.epoch_size, a.steps, a.warmup, a.predict_size)
+    d = prepare(raw, a.model, a.batch, a.epoch_size, a.steps, a.warmup, a.predict_size, a.seed)
     del raw
     impl = KerasImpl(a.model, a.threads, d, a.batch, a.steps, a.warmup, a.predict_batch,
                      a.seed, a.steady_mode)
@@ -334,6 +423,7 @@ def main(argv=None):
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "jit_compile": False, "steady_mode": a.steady_mode, "import_s": import_s,
+        "params": impl.params,
         "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "devices": [x.device_type for x in tf.config.list_physical_devices()],
     }

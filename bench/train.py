@@ -5,6 +5,7 @@ script changes no environment variable of its own process)::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python -m bench.train
     python -m bench.train --epoch-size 2560 --steps 20 --repeats 2     # quick check
+    python -m bench.train --models resnet20 --tf-python /work/tfvenv/bin/python
 
 Models (float32, batch 128, same init everywhere: glorot_uniform / Xavier
 uniform kernels, zero biases):
@@ -15,6 +16,22 @@ uniform kernels, zero biases):
   cross-entropy, SGD(lr 0.01, momentum 0.9).  71.6 MFLOP per training image.
 * mlp (input 784): Dense(512,relu) -> Dense(512,relu) -> Dense(10) softmax,
   Adam(1e-3, eps 1e-7).  3.2 MFLOP per training image.
+* resnet20 (not in the default --models; input 32x32x3, NHWC; synthetic
+  data: random uint8 images and 10 random labels, the same in every process):
+  ResNet-20 v1 exactly as resnet_v1(depth=20) of the keras.io CIFAR-10 ResNet
+  example, without its L2 regularizer -- stem Conv2D(16,3,same) -> BN -> ReLU;
+  3 stages of 16, 32, 64 filters x 3 basic blocks (Conv2D(f,3,strides s) ->
+  BN -> ReLU -> Conv2D(f,3) -> BN, plus the input, or in the first block of
+  stages 2 and 3 (s=2) a Conv2D(f,1,strides 2) projection without BN, then
+  ReLU); AveragePooling2D(8) -> Flatten -> Dense(10) softmax.  he_normal
+  kernels, zero biases, BatchNormalization momentum 0.99 / epsilon 1e-3
+  (torch: momentum 0.01, eps 1e-3); 274,442 parameters as Keras counts them
+  (asserted for Keras and torch; pynn's count_params must match).  SGD(lr
+  0.01, momentum 0.9).  244 MFLOP per training image.  pynn builds it with
+  pynn.zoo.resnet20(input_shape=(32, 32, 3), num_classes=10) (reported as
+  unavailable if pynn has none); torch always runs it channels_last (model
+  and input) unless --torch-format nchw.  Its own defaults: --steps 50,
+  --warmup 5, --epoch-size 5120, --predict-size 2000.
 
 For each thread count (default 1 and all cores) and model, the contenders run
 one after the other, each in a fresh process of its own (python -m
@@ -76,12 +93,14 @@ if __package__ in (None, ""):  # `python bench/train.py`
 import numpy as np
 
 from bench import _common as C
-from bench._tf_train import MODELS, OPTIMIZER, batches, measure, prepare, train_flops
+from bench._tf_train import (INPUT_SHAPE, MODEL_DEFAULTS, MODELS, NUM_CLASSES, OPTIMIZER,
+                              RESNET20_PARAMS, SYNTHETIC, batches, measure, prepare, train_flops)
 
 ROOT = os.path.dirname(C.HERE)
 CONTENDERS = ("ours", "torch", "keras")
 LABEL = {"ours": "pynn", "torch": "torch", "keras": "keras"}
 FMT_SHORT = {"channels_last": "cl", "nchw": "nchw"}
+IMAGE_MODELS = tuple(m for m in MODELS if len(INPUT_SHAPE[m]) == 3)  # NHWC input
 DEFAULT_TF_VENV_PY = "/work/tfvenv/bin/python"
 
 
@@ -125,7 +144,20 @@ class OursImpl:
         pynn.utils.set_random_seed(a.seed)
         pynn.utils.set_num_threads(threads)
         L = pynn.layers
-        if model == "cnn":
+        self.m = None
+        if model == "resnet20":
+            import pynn.zoo
+            try:
+                make = pynn.zoo.resnet20
+            except AttributeError as e:
+                raise AttributeError(f"pynn.zoo.resnet20 does not exist yet ({e})") from None
+            self.m = make(input_shape=INPUT_SHAPE[model], num_classes=NUM_CLASSES)
+            n = self.m.count_params()
+            if n != RESNET20_PARAMS:
+                raise ValueError(f"pynn.zoo.resnet20() has {n} parameters, not the "
+                                 f"{RESNET20_PARAMS} of Keras's ResNet-20 v1")
+            opt = pynn.optimizers.SGD(0.01, momentum=0.9)
+        elif model == "cnn":
             layers = [L.Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
                       L.Conv2D(64, 3, activation="relu"), L.MaxPooling2D(2), L.Dropout(0.25),
                       L.Flatten(), L.Dense(128, activation="relu"), L.Dropout(0.5),
@@ -135,7 +167,9 @@ class OursImpl:
             layers = [L.Dense(512, activation="relu", input_shape=(784,)),
                       L.Dense(512, activation="relu"), L.Dense(10, activation="softmax")]
             opt = pynn.optimizers.Adam(1e-3)
-        self.m = pynn.Sequential(layers)
+        if self.m is None:
+            self.m = pynn.Sequential(layers)
+        self.params = self.m.count_params()
         self.m.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.batch, self.predict_batch = a.batch, a.predict_batch
         self.warm_b = batches(d["steady_x"], d["steady_y"], a.batch, 0, a.warmup)
@@ -166,13 +200,70 @@ class OursImpl:
 # --------------------------------------------------------------------------
 # torch
 # --------------------------------------------------------------------------
+def torch_resnet20(torch, num_classes=NUM_CLASSES):
+    """ResNet-20 v1 of bench._tf_train.keras_resnet20 in torch.nn: the same
+    layers and parameter count; BatchNorm2d(eps=1e-3, momentum=0.01) = Keras's
+    (0.99, 1e-3); kernels initialised as Keras's he_normal (truncated normal
+    at 2 sigma, stddev sqrt(2 / fan_in) / 0.8796...), zero biases; logits out
+    (the softmax is in the loss).  Padding: 1 on both sides of every 3x3
+    convolution, the usual torch way; Keras's "same" with stride 2 pads only
+    the bottom/right (the sampled positions shift by one pixel, the work is
+    the same)."""
+    nn = torch.nn
+
+    def bn(c):
+        return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+    class Block(nn.Module):
+        def __init__(self, cin, f, s):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, f, 3, s, 1), bn(f)
+            self.conv2, self.bn2 = nn.Conv2d(f, f, 3, 1, 1), bn(f)
+            # projection shortcut of the first block of stages 2 and 3: no batch norm
+            self.shortcut = nn.Conv2d(cin, f, 1, s) if s != 1 else None
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            y = self.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            y += x if self.shortcut is None else self.shortcut(x)
+            return self.relu(y)
+
+    blocks, cin = [], 16
+    for stage, f in enumerate((16, 32, 64)):
+        for block in range(3):
+            blocks.append(Block(cin, f, 2 if stage > 0 and block == 0 else 1))
+            cin = f
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), bn(16), nn.ReLU(inplace=True), *blocks,
+                        nn.AvgPool2d(8), nn.Flatten(), nn.Linear(64, num_classes))
+    for mod in net.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            fan_in = mod.weight[0].numel()
+            std = (2.0 / fan_in) ** 0.5 / 0.87962566103423978
+            nn.init.trunc_normal_(mod.weight, 0.0, std, -2 * std, 2 * std)
+            nn.init.zeros_(mod.bias)
+    return net
+
+
+def torch_count_params(net) -> int:
+    """Parameters as Keras counts them: trainable + batch-norm moving statistics."""
+    return (sum(p.numel() for p in net.parameters())
+            + sum(b.numel() for n, b in net.named_buffers()
+                  if not n.endswith("num_batches_tracked")))
+
+
 class TorchImpl:
     def __init__(self, torch, model, d, a, fmt="nchw", steady=True):
         self.torch = torch
         nn = torch.nn
         torch.manual_seed(a.seed)
-        self.cl = model == "cnn" and fmt == "channels_last"
-        if model == "cnn":
+        self.cl = model in IMAGE_MODELS and fmt == "channels_last"
+        if model == "resnet20":
+            net = torch_resnet20(torch)
+            n = torch_count_params(net)
+            if n != RESNET20_PARAMS:
+                raise ValueError(f"torch ResNet-20 has {n} parameters, not {RESNET20_PARAMS}")
+        elif model == "cnn":
             cl = self.cl
 
             class Flatten(nn.Module):
@@ -189,14 +280,16 @@ class TorchImpl:
         else:
             net = nn.Sequential(nn.Linear(784, 512), nn.ReLU(inplace=True),
                                 nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Linear(512, 10))
-        for mod in net.modules():
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(mod.weight)
-                nn.init.zeros_(mod.bias)
+        if model != "resnet20":
+            for mod in net.modules():
+                if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(mod.weight)
+                    nn.init.zeros_(mod.bias)
+        self.params = torch_count_params(net)
         if self.cl:
             net = net.to(memory_format=torch.channels_last)
         self.net = net.train()
-        if model == "cnn":
+        if model in ("cnn", "resnet20"):
             self.opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         else:
             self.opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
@@ -257,7 +350,7 @@ class TorchImpl:
     def predict(self, x):
         torch = self.torch
         tx = self._t(x)
-        out = torch.empty((len(x), 10))
+        out = torch.empty((len(x), NUM_CLASSES))
         self.net.eval()
         try:
             with torch.inference_mode():
@@ -272,7 +365,7 @@ class TorchImpl:
 def pick_torch_format(torch, d, a):
     """Time NCHW and channels_last training steps of the cnn briefly
     (interleaved, best of 3 runs of --format-steps steps); the faster wins."""
-    n = a.format_steps
+    n = min(a.format_steps, a.warmup + a.steps)  # the steady batches there are
     impls = {f: TorchImpl(torch, "cnn", d, a, f) for f in ("nchw", "channels_last")}
     bs = {f: batches(impl.tx, impl.ty, a.batch, 0, n) for f, impl in impls.items()}
     for f, impl in impls.items():
@@ -352,19 +445,31 @@ def measure_in_process(c, m, t, d, a, torch, tc, fmt, log_prefix):
         if c == "ours":
             impl = OursImpl(m, t, d, a)
             r = measure(impl, d, a.batch, a.steps, a.repeats, lg)
-            r["info"] = {"pynn_version": impl.version}
+            r["info"] = {"pynn_version": impl.version, "params": impl.params}
         else:
             impl = TorchImpl(torch, m, d, a, fmt)
             r = measure(impl, d, a.batch, a.steps, a.repeats, lg)
-            r["info"] = {"torch": torch.__version__, "format": fmt if m == "cnn" else None,
-                         "num_threads": torch.get_num_threads()}
+            r["info"] = {"torch": torch.__version__,
+                         "format": fmt if m in IMAGE_MODELS else None,
+                         "num_threads": torch.get_num_threads(), "params": impl.params}
         r["info"]["effective_threads"] = eff
         r["info"]["pid"] = os.getpid()
     return r
 
 
+def model_args(a, model):
+    """a copy of the arguments with the per-model defaults (MODEL_DEFAULTS) of
+    --steps, --warmup, --epoch-size and --predict-size filled in where not given."""
+    ma = argparse.Namespace(**vars(a))
+    for k, v in MODEL_DEFAULTS[model].items():
+        if getattr(ma, k) is None:
+            setattr(ma, k, v)
+    return ma
+
+
 def worker_main(a):
     """--worker ours|torch: one contender, one model, one thread count; prints JSON."""
+    a = model_args(a, a.model)
     try:
         torch = None
         if a.worker == "torch":
@@ -374,7 +479,8 @@ def worker_main(a):
         tc = C.ThreadControl(torch)
         with np.load(a.data) as z:
             raw = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-        d = prepare(raw, a.model, a.batch, a.epoch_size, a.steps, a.warmup, a.predict_size)
+        d = prepare(raw, a.model, a.batch, a.epoch_size, a.steps, a.warmup, a.predict_size,
+                    a.seed)
         del raw
         r = measure_in_process(a.worker, a.model, a.threads, d, a, torch, tc, a.torch_format,
                                f"[{LABEL[a.worker]} {a.model} t={a.threads}]")
@@ -472,15 +578,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default=None, help="e.g. 1,2 (default: 1 and all cores)")
-    ap.add_argument("--models", default="cnn,mlp")
+    ap.add_argument("--models", default="cnn,mlp",
+                    help=f"comma-separated, of {', '.join(MODELS)} (default cnn,mlp)")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
-    ap.add_argument("--epoch-size", type=int, default=0,
-                    help="images in the timed epoch (default 0: the whole training set)")
-    ap.add_argument("--steps", type=int, default=200, help="steady-state steps per run")
-    ap.add_argument("--warmup", type=int, default=10, help="steady-state warm-up steps")
+    ap.add_argument("--epoch-size", type=int, default=None,
+                    help="images in the timed epoch (0: the whole training set; default 0, "
+                         "resnet20: 5120)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="steady-state steps per run (default 200, resnet20: 50)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="steady-state warm-up steps (default 10, resnet20: 5)")
     ap.add_argument("--repeats", type=int, default=3, help="steady-state and predict runs (best)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--predict-size", type=int, default=10000)
+    ap.add_argument("--predict-size", type=int, default=None,
+                    help="test images predicted (default 10000, resnet20: 2000)")
     ap.add_argument("--predict-batch", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-format", choices=("auto", "nchw", "channels_last"), default="auto")
@@ -544,11 +655,13 @@ def main(argv=None):
         for t in threads_list:
             results[t], torch_fmt[t], fmt_timing[t] = {}, {}, {}
             for m in models:
-                d = prepare(raw, m, a.batch, a.epoch_size, a.steps, a.warmup, a.predict_size)
+                ma = model_args(a, m)  # with the per-model defaults
+                d = prepare(raw, m, ma.batch, ma.epoch_size, ma.steps, ma.warmup, ma.predict_size,
+                            ma.seed)
                 per = results[t][m] = {}
                 for c in contenders:
-                    time.sleep(a.settle)
-                    waited, load = C.wait_quiet(max_wait=a.quiet_wait)
+                    time.sleep(ma.settle)
+                    waited, load = C.wait_quiet(max_wait=ma.quiet_wait)
                     tag = f"[{LABEL[c]} {m} t={t}]"
                     log(f"{tag} start (waited {waited:.1f}s for a quiet machine; "
                         f"other load {load:.2f} cores)")
@@ -556,25 +669,27 @@ def main(argv=None):
                         if c == "keras":
                             if tf_py is None:
                                 raise RuntimeError(tf_note)
-                            r = run_keras(tf_py, data_path, m, t, a)
+                            r = run_keras(tf_py, data_path, m, t, ma)
                         else:
                             fmt = None
                             if c == "torch":
                                 if torch is None:
                                     raise RuntimeError(torch_note)
-                                fmt = a.torch_format if m == "cnn" else None
+                                fmt = ma.torch_format if m in IMAGE_MODELS else None
+                                if m == "resnet20" and fmt == "auto":
+                                    fmt = "channels_last"
                                 if fmt == "auto":
                                     with tc.limit(t):
-                                        fmt, fmt_timing[t][m] = pick_torch_format(torch, d, a)
+                                        fmt, fmt_timing[t][m] = pick_torch_format(torch, d, ma)
                                     log(f"{tag} format: " + ", ".join(
                                         f"{f} {v:.0f} img/s" for f, v in fmt_timing[t][m].items())
                                         + f" -> {fmt}")
-                                    time.sleep(a.settle)
+                                    time.sleep(ma.settle)
                                 torch_fmt[t][m] = fmt
-                            if a.in_process:
-                                r = measure_in_process(c, m, t, d, a, torch, tc, fmt, tag)
+                            if ma.in_process:
+                                r = measure_in_process(c, m, t, d, ma, torch, tc, fmt, tag)
                             else:
-                                r = run_worker(c, data_path, m, t, fmt, a)
+                                r = run_worker(c, data_path, m, t, fmt, ma)
                         log(f"{tag} steady {r['steady']['img_per_s']:.0f} img/s, epoch "
                             f"{r['epoch']['img_per_s']:.0f} img/s, predict "
                             f"{r['predict']['img_per_s']:.0f} img/s")
@@ -623,9 +738,14 @@ def main(argv=None):
         "machine": C.machine_info(torch, torch_note),
         "fma_peak": peaks, "flops_per_image": flops,
         "fma_limit_img_per_s": {str(t): v for t, v in limits.items()},
-        "models": {m: {"optimizer": OPTIMIZER[m], "batch": a.batch} for m in models},
+        "models": {m: {"optimizer": OPTIMIZER[m], "batch": a.batch,
+                       "args": {k: getattr(model_args(a, m), k) for k in MODEL_DEFAULTS[m]}}
+                   for m in models},
         "data": {"source": data_source, "train_images": len(raw["x_train"]),
-                 "test_images": len(raw["x_test"])},
+                 "test_images": len(raw["x_test"]),
+                 "synthetic": {m: f"random uint8 {INPUT_SHAPE[m]} images, {NUM_CLASSES} "
+                                  "random labels (bench._tf_train.synthetic_raw)"
+                               for m in models if m in SYNTHETIC}},
         "notes": notes, "tf_python": tf_py,
         "torch_format": {str(t): v for t, v in torch_fmt.items()},
         "torch_format_timing_img_per_s": {str(t): v for t, v in fmt_timing.items()},
