@@ -154,18 +154,21 @@ class Model(training.Trainer, saving.Saving, Layer):
                 layer.trainable = value
 
     def _effective_trainable(self):
-        """{leaf layer: trainable} with the models above it taken into account."""
+        """{leaf layer: trainable} with the models above it taken into account.
+        (An explicit stack, not a recursive closure: a closure that refers to
+        itself is a reference cycle, garbage that only the cycle collector
+        frees -- called every step, it made the heap creep and page-fault.)"""
         out = {}
-
-        def walk(model, on):
+        stack = [(self, self._trainable)]
+        while stack:
+            model, on = stack.pop()
             for layer in model.layers:
                 if isinstance(layer, InputLayer):
                     continue
                 if getattr(layer, "is_model", False):
-                    walk(layer, on and layer._trainable)
+                    stack.append((layer, on and layer._trainable))
                 else:
                     out[layer] = on and layer._trainable
-        walk(self, self._trainable)
         return out
 
     # ------------------------------------------------------------ weights in flat buffers --
