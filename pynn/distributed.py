@@ -1,9 +1,27 @@
-"""Data-parallel training over MPI (mpi4py): ``mpiexec -n N pynn train``.
+"""Data-parallel training over MPI (mpi4py): ``mpiexec -n N python script.py``
+or ``mpiexec -n N pynn train``.
 
 Launch the same program on N processes (``mpiexec -n N``, ``srun``); each
 process (rank) holds a full copy of the model and trains on its own shard of
-every epoch.  No code changes: ``Model.fit`` asks ``model.process_group`` (the
-group set by :func:`attach`) for the collective operations it needs.
+every epoch.  No code changes: a model's first ``fit``, ``evaluate``,
+``train_on_batch``, ``predict`` or ``save`` joins the job's group by itself
+(:func:`auto_group`; ``PYNN_MPI=0`` keeps every process on its own, and
+setting ``model.process_group`` chooses a group explicitly), and ``fit`` asks
+``model.process_group`` for the collective operations it needs.
+
+What a script does on every rank, and what pynn makes of it:
+
+- ``fit`` / ``evaluate`` / ``train_on_batch``: collective (every rank must
+  call them, in the same order).  ``batch_size`` is per rank.  They start
+  from rank 0's weights (broadcast at the first of them).
+- ``predict`` / ``test_on_batch``: local, no collective call; every rank gets
+  the full result for the x it passed (after fit, with the same weights).
+- Files: ``model.save`` / ``save_weights``, ``ModelCheckpoint``,
+  ``CSVLogger`` and checkpoints are written by rank 0 only (the others skip
+  the write; said once at debug level on the "pynn" logger).
+- Output: fit's progress bar and evaluate's summary print on rank 0 only; a
+  script's own ``print`` runs on every rank (guard it with
+  ``pynn.horovod.rank() == 0`` as in Horovod scripts).
 
 What happens, step by step:
 
@@ -518,6 +536,18 @@ def init(threads=None):
         utils.set_num_threads(n)
         group.threads_source = source
     return group
+
+
+def auto_group():
+    """The group a model joins by itself (its first fit, evaluate, predict or
+    save): this job's :class:`Group` when the process is one rank of an MPI
+    launch of more than one process (:func:`launch_info`; ``PYNN_MPI=0``
+    turns it off), else None.  Initialises MPI (and the threads per rank)
+    on first use, like :func:`init`."""
+    if _GROUP is None and launch_info()[0] is None:
+        return None
+    group = init() if _GROUP is None else _GROUP
+    return group if group.active else None
 
 
 def get_group():

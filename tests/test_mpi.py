@@ -304,3 +304,128 @@ def test_info_under_mpi_shows_ranks_and_threads():
     assert p.stdout.count("pynn 0.1.0") == 1
     assert "rank 0/2" in p.stdout and "rank 1/2" in p.stdout, p.stdout
     assert "threads (cores/ranks on node)" in p.stdout, p.stdout
+
+
+# ------------------------------------------- a plain script, no MPI code --
+PLAIN = os.path.join(HERE, "mpi_plain_script.py")
+
+
+@needs_mpi
+def test_plain_script_fit_joins_the_job(tmp_path):
+    """A Keras-style script without any MPI code, under mpiexec -n 2: fit
+    trains data-parallel by itself (half the steps per rank, rank 0's initial
+    weights, bitwise identical on both ranks, equal to one process on the
+    same global batches); only rank 0 writes model files and the CSV log;
+    evaluate and predict give every rank the full, equal result."""
+    env = {"PYNN_NUM_THREADS": "1"}
+    # each rank starts from its own seed: the first fit must broadcast rank 0's weights
+    run_mpi([sys.executable, "-I", PLAIN, str(tmp_path)], n=2, timeout=120,
+            env={**env, "SEED_PER_RANK": "1"})
+    s0, s1 = (np.load(tmp_path / f"steps_{r}.npy") for r in (0, 1))
+    steps = 2 * pdata.steps_per_epoch(48, 8, 2)
+    assert s0.shape[0] == steps == 6            # 48 rows / (8 * 2 ranks) * 2 epochs
+    assert np.array_equal(s0, s1)
+    assert np.array_equal(np.load(tmp_path / "eval_0.npy"), np.load(tmp_path / "eval_1.npy"))
+    assert np.array_equal(np.load(tmp_path / "pred_0.npy"), np.load(tmp_path / "pred_1.npy"))
+    assert np.load(tmp_path / "pred_0.npy").shape == (5, 10)
+    written = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".npy"))
+    assert written == ["log_0.csv", "model_0.npz", "w_0.npz"], written
+    # one process on the global batches (rank 0's rows then rank 1's, per step)
+    threads = nnkernels.get_num_threads()
+    nnkernels.set_num_threads(1)
+    try:
+        pynn.utils.set_random_seed(3)
+        m = pynn.Sequential([pynn.layers.Conv2D(4, 3, activation="relu", input_shape=(6, 6, 1)),
+                             pynn.layers.Flatten(), pynn.layers.Dense(10, activation="softmax")])
+        m.compile(optimizer=pynn.optimizers.SGD(0.05, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((48, 6, 6, 1)).astype(np.float32)
+        y = rng.integers(0, 10, 48).astype(np.int32)
+        got = []
+        for epoch in range(2):
+            shards = [list(pdata.batch_indices(48, 8, True, 3, epoch, 0, r, 2)) for r in range(2)]
+            for parts in zip(*shards):
+                idx = np.concatenate(parts)
+                m.train_on_batch(x[idx], y[idx])
+                got.append(np.concatenate([w.ravel() for w in m.get_weights()]))
+    finally:
+        nnkernels.set_num_threads(threads)
+    np.testing.assert_allclose(s0, np.stack(got), rtol=2e-5, atol=2e-6)
+    saved = pynn.models.load_model(tmp_path / "model_0.npz")
+    np.testing.assert_array_equal(np.concatenate([w.ravel() for w in saved.get_weights()]), s0[-1])
+    # PYNN_MPI=0: each process on its own (full epochs, every process writes)
+    out2 = tmp_path / "off"
+    out2.mkdir()
+    run_mpi([sys.executable, "-I", PLAIN, str(out2)], n=2, timeout=120,
+            env={**env, "PYNN_MPI": "0"})
+    assert np.load(out2 / "steps_0.npy").shape[0] == 2 * 48 // 8
+    assert (out2 / "model_1.npz").exists()
+
+
+HVD = os.path.join(HERE, "mpi_horovod_script.py")
+
+
+def _warmup_lrs(scaled_lr, size, warmup, steps, epochs):
+    """Horovod's LearningRateWarmupCallback: lr at each batch (with the
+    momentum-correction factor new/old at that batch)."""
+    lrs, factors, lr = [], [], scaled_lr
+    for e in range(epochs):
+        for b in range(steps):
+            if e < warmup:
+                t = e + b / steps + 1.0 / steps
+                new = scaled_lr / size * (t * (size - 1) / warmup + 1)
+                factors.append(new / lr)
+                lr = new
+            else:
+                factors.append(None)
+            lrs.append(lr)
+    return lrs, factors
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 1])
+def test_horovod_script(tmp_path, ranks):
+    """A Horovod Keras script with only the import changed: init, size-scaled
+    learning rate, DistributedOptimizer, broadcast / metric-average / warm-up
+    callbacks, a rank-0 checkpoint, collectives on arrays."""
+    if ranks == 1:
+        p = subprocess.run([sys.executable, "-I", HVD, str(tmp_path)], env=_env(),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    else:
+        p = run_mpi([sys.executable, "-I", HVD, str(tmp_path)], n=2, timeout=120,
+                    env={"PYNN_NUM_THREADS": "1"})
+    assert p.stdout.count("finished gradual learning rate warmup") == 1   # rank 0 prints
+    res = [dict(np.load(tmp_path / f"hvd_{r}.npz")) for r in range(ranks)]
+    steps = 64 // (8 * ranks)
+    lrs, factors = _warmup_lrs(0.01 * ranks, ranks, 2, steps, 3)
+    for r, d in enumerate(res):
+        assert int(d["size"]) == ranks
+        assert tuple(d["local"]) == (r, ranks) and tuple(d["cross"]) == (0, 1)
+        np.testing.assert_allclose(d["seen"][:, 0], lrs, rtol=1e-12)
+        mom = [0.9 * f if f is not None else 0.9 for f in factors]
+        np.testing.assert_allclose(d["seen"][:, 1], mom, rtol=1e-12)
+        np.testing.assert_allclose(d["lr_log"], [lrs[steps - 1], lrs[2 * steps - 1], lrs[-1]])
+        assert d["mean"] == pytest.approx((ranks + 1) / 2)
+        assert d["total"] == pytest.approx(ranks * (ranks + 1) / 2)
+        assert list(d["gathered"]) == list(range(ranks))
+        assert list(d["bcast"]) == [10 * (ranks - 1)]
+        assert np.array_equal(d["weights"], res[0]["weights"])
+        assert np.array_equal(d["score"], res[0]["score"])
+    files = sorted(q.name for q in tmp_path.iterdir() if q.name.startswith("checkpoint"))
+    assert files == ["checkpoint-1.npz", "checkpoint-2.npz", "checkpoint-3.npz"]
+
+
+def test_horovod_refuses_what_it_cannot_do():
+    import pynn.horovod as hvd
+    opt = pynn.optimizers.SGD(0.1)
+    assert hvd.DistributedOptimizer(opt) is opt
+    with pytest.raises(NotImplementedError, match="backward_passes_per_step"):
+        hvd.DistributedOptimizer(opt, backward_passes_per_step=2)
+    with pytest.raises(NotImplementedError, match="op="):
+        hvd.DistributedOptimizer(opt, op=hvd.Sum)
+    with pytest.raises(NotImplementedError, match="compression"):
+        hvd.DistributedOptimizer(opt, compression=hvd.Compression.fp16)
+    with pytest.raises(NotImplementedError, match="root_rank"):
+        hvd.callbacks.BroadcastGlobalVariablesCallback(1)

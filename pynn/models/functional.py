@@ -72,6 +72,7 @@ class Model(training.Trainer, saving.Saving, Layer):
         self._dist = training.LocalGroup()
         self._resume = None
         self._dist_synced = False
+        self._dist_auto = True   # may still join an MPI launch by itself (training._join_launch)
         self._pos = {}
         self._trainable_sig = None
 
@@ -407,6 +408,7 @@ class Model(training.Trainer, saving.Saving, Layer):
     def process_group(self, group):
         self._dist = group
         self._dist_synced = False
+        self._dist_auto = False   # chosen explicitly: never replaced by the launch's group
 
     def replica_arrays(self):
         """[(name, array)] that every rank must hold identically: the flat

@@ -8,6 +8,7 @@ Weights are stored under ``weights/<i>/<layer name>/<weight name>`` with
 ``model.layers`` order (nested models expanded); loading matches ``i`` and
 the weight name, so files stay readable when automatic layer names differ.
 """
+import logging
 import os
 
 import numpy as np
@@ -15,6 +16,9 @@ import numpy as np
 from .. import io, losses, optimizers
 from ..layers import InputLayer, from_config as layer_from_config
 from ..symbolic import KerasTensor
+
+_log = logging.getLogger("pynn")
+_SAID_NOT_WRITING = False
 
 
 def _tensor_ref(t):
@@ -198,6 +202,15 @@ class Saving:
         self._write_model(filepath, "pynn.model", include_optimizer, overwrite=overwrite)
 
     def _write_model(self, path, fmt, include_optimizer, overwrite=True, **extra_meta):
+        self._join_launch()
+        if not self._is_chief():
+            # under MPI the ranks hold the same model: rank 0 writes, the others do not
+            global _SAID_NOT_WRITING
+            if not _SAID_NOT_WRITING:
+                _SAID_NOT_WRITING = True
+                _log.debug("MPI rank %d does not write model files such as %s: rank 0 does",
+                           self._dist.rank, path)
+            return
         if not overwrite and os.path.exists(path):
             raise FileExistsError(f"{path} exists (overwrite=False)")
         self._ensure_graph()

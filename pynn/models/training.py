@@ -183,6 +183,7 @@ class Trainer:
     def _require_ready(self, x=None):
         if not self.compiled:
             raise RuntimeError("compile the model before training or evaluating it")
+        self._join_launch()
         self._ensure_graph(x)
         self._ensure_allocated()
         if not hasattr(self, "_n_out"):
@@ -310,6 +311,27 @@ class Trainer:
         k = len(self._outputs)
         return [0.0] * (1 + (k if k > 1 else 0) + k)
 
+    def _join_launch(self):
+        """Under an MPI launch (``mpiexec -n N python script.py``), the
+        model's first fit / evaluate / train_on_batch / test_on_batch /
+        predict / save joins the job's process group by itself
+        (pynn.distributed.auto_group): no code change.  Joining makes no
+        collective call (rank 0's weights are broadcast by the next fit,
+        train_on_batch or evaluate), so a rank-0-only save cannot hang.
+        ``PYNN_MPI=0`` or setting ``model.process_group`` keeps it off."""
+        if not self._dist_auto:
+            return
+        self._dist_auto = False
+        from .. import distributed
+        group = distributed.auto_group()
+        if group is not None:
+            self.process_group = group
+
+    def _sync_replicas(self):
+        """Under MPI, every rank <- rank 0's model once (a collective call)."""
+        if self._dist.active and not self._dist_synced:
+            self._dist.sync_model(self)
+
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         if sample_weight is not None or class_weight is not None:
             raise NotImplementedError("sample_weight / class_weight are not supported")
@@ -318,8 +340,7 @@ class Trainer:
         # under MPI every rank passes its own batch of the same size: one step on their union,
         # from rank 0's weights
         dist = self._dist
-        if dist.active and not self._dist_synced:
-            dist.sync_model(self)
+        self._sync_replicas()
         sums, n = self._train_step(xs, ys, 1.0 / (xs[0].shape[0] * dist.size),
                                    global_metrics=dist.active)
         return self._result(self._metric_logs(sums, n), return_dict)
@@ -481,6 +502,7 @@ class Trainer:
         if sample_weight is not None or steps is not None:
             raise NotImplementedError("sample_weight / steps are not supported")
         self._require_ready(x)
+        self._sync_replicas()   # evaluate is collective under MPI: rank 0's weights everywhere
         xs, ys = self._check_xy(x, y)
         t0 = time.perf_counter()
         bs = 32 if batch_size is None else int(batch_size)
@@ -496,6 +518,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- predict --
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        self._join_launch()   # no collective call: each rank predicts all of x with its weights
         xs = self._check_x(x)
         self._ensure_allocated()
         bs = 32 if batch_size is None else int(batch_size)
