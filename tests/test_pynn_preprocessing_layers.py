@@ -235,3 +235,17 @@ def test_resizing_float32_errors_config_and_model(tmp_path):
     m = save_load_round_trip(tmp_path, lambda: [L.Resizing(4, 4), L.Rescaling(0.5, 0.1),
                                                 L.Conv2D(3, 3)], (7, 5, 2))[0]
     assert m.layers[0].output_shape == (4, 4, 2)
+
+
+def test_normalization_adapt_keras2_arguments():
+    data = np.arange(200, dtype=np.float64).reshape(100, 2)
+    layer = L.Normalization()
+    with pytest.warns(DeprecationWarning, match="Keras 2"):
+        layer.adapt(data, batch_size=10, steps=3)     # the first 30 rows
+    np.testing.assert_allclose(layer.get_weights()[0], data[:30].mean(axis=0), rtol=1e-6)
+    with pytest.warns(DeprecationWarning):
+        layer.adapt([data[:50], data[50:]], steps=1)   # the first batch
+    np.testing.assert_allclose(layer.get_weights()[1], data[:50].var(axis=0), rtol=1e-6)
+    with pytest.warns(DeprecationWarning):
+        layer.adapt(data, batch_size=7)                # all rows: the same statistics
+    np.testing.assert_allclose(layer.get_weights()[0], data.mean(axis=0), rtol=1e-6)

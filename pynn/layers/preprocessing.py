@@ -4,6 +4,7 @@ layer (training and inference alike) and have backward passes, so they may
 sit anywhere in a trained model."""
 import itertools
 import math
+import warnings
 
 import numpy as np
 
@@ -177,13 +178,24 @@ class Normalization(_Constants, Layer):
         return self.ops.normalize_backward(dy, self._stats()[1], self.invert, EPSILON, out=dx)
 
     # -- adapt -----------------------------------------------------------------
-    def adapt(self, data):
+    def adapt(self, data, batch_size=None, steps=None):
         """Mean and (biased) variance of ``data`` per index of the kept axes:
         a NumPy array (batch first), or an iterable of batches (arrays, or
-        (x, y) tuples), combined batch by batch as Keras does."""
+        (x, y) tuples), combined batch by batch as Keras does.  Keras 2's
+        batch_size / steps are accepted with a DeprecationWarning: steps
+        batches (of batch_size rows, default 32, for an array) are used."""
         if self.input_mean is not None:
             raise ValueError("Normalization: adapt() is for layers made without mean= and "
                              "variance= (those are constants)")
+        if batch_size is not None or steps is not None:
+            warnings.warn("Normalization.adapt(batch_size=..., steps=...) is Keras 2: Keras 3's "
+                          "adapt(data) takes the data alone (pass fewer rows or batches instead)",
+                          DeprecationWarning, stacklevel=2)
+            if steps is not None:
+                if isinstance(data, np.ndarray):
+                    data = data[:int(steps) * int(batch_size or 32)]
+                else:
+                    data = itertools.islice(iter(data), int(steps))
         if isinstance(data, np.ndarray):
             batches, first = None, data
         elif hasattr(data, "shape") and hasattr(data, "__array__"):
