@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 import nnkernels as nk
-import pynn
 from pynn import backend, layers as L
-from layer_checks import (CPU_OPS, F64, NUMPY_OPS, built, config_round_trip,
-                          save_load_round_trip)
+from layer_checks import F64, NUMPY_OPS, built, config_round_trip, save_load_round_trip
 from test_pynn_layers import fwd, grad_check
 
 
