@@ -10,7 +10,8 @@
 ``get_ops(name)`` returns the Ops of a device.
 """
 from .geometry import conv_geometry, conv_padding
-from .ops import ACTIVATIONS, Ops, dropout_keep_mask, philox4x32
+from .ops import (ACTIVATIONS, Ops, dropout_keep_mask, philox4x32, philox_normal, resize_box,
+                  resize_matrix, resize_weights)
 from .cpu import CPUOps
 
 

@@ -56,21 +56,96 @@ def philox4x32(ctr, key):
     return np.stack(c, axis=1).astype(np.uint32)
 
 
+def philox_blocks(nblocks, seed, offset):
+    """(nblocks, 4) uint32: Philox block b has counter (b low, high, offset
+    low, high) and key (seed low, high) -- the stream of every random layer."""
+    b = np.arange(nblocks, dtype=np.uint64)
+    m32 = np.uint64(0xFFFFFFFF)
+    off, sd = np.uint64(offset), np.uint64(seed)
+    ctr = np.stack([b & m32, b >> np.uint64(32), np.full_like(b, off & m32),
+                    np.full_like(b, off >> np.uint64(32))], axis=1).astype(np.uint32)
+    key = np.array([int(sd & m32), int(sd >> np.uint64(32))], np.uint32)
+    return philox4x32(ctr, key)
+
+
 def dropout_keep_mask(shape, rate, seed, offset):
     """The documented dropout stream (same as nnkernels.dropout and the GPU):
     element e (flat C order) takes word e % 4 of Philox block e // 4 with
     counter (e // 4 low, high, offset low, high) and key (seed low, high), and
     is kept iff that word >= floor(rate * 2**32)."""
     n = int(np.prod(shape, dtype=np.int64))
-    b = np.arange((n + 3) // 4, dtype=np.uint64)
-    m32 = np.uint64(0xFFFFFFFF)
-    off, sd = np.uint64(offset), np.uint64(seed)
-    ctr = np.stack([b & m32, b >> np.uint64(32), np.full_like(b, off & m32),
-                    np.full_like(b, off >> np.uint64(32))], axis=1).astype(np.uint32)
-    key = np.array([int(sd & m32), int(sd >> np.uint64(32))], np.uint32)
-    words = philox4x32(ctr, key).ravel()[:n]
+    words = philox_blocks((n + 3) // 4, seed, offset).ravel()[:n]
     thr = min(int(math.floor(rate * 4294967296.0)), 4294967295)
     return (words >= thr).reshape(shape)
+
+
+def philox_normal(shape, seed, offset):
+    """Standard normal float64 numbers from the same Philox stream (Box-Muller):
+    block b's words (w0, w1) give elements 4b, 4b+1 and (w2, w3) give 4b+2,
+    4b+3, as r cos(t), r sin(t) with r = sqrt(-2 ln((w_even + 1) / 2**32)) and
+    t = 2 pi w_odd / 2**32.  Counter-based: independent of thread count; the
+    model gives every rank and step its own offset (as for dropout)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    w = philox_blocks((n + 3) // 4, seed, offset).astype(np.float64)
+    u1 = (w[:, 0::2] + 1.0) * 2.0 ** -32          # (0, 1]: the log is finite
+    t = w[:, 1::2] * (2.0 * math.pi * 2.0 ** -32)
+    r = np.sqrt(-2.0 * np.log(u1))
+    z = np.empty((w.shape[0], 4))
+    z[:, 0::2] = r * np.cos(t)
+    z[:, 1::2] = r * np.sin(t)
+    return z.ravel()[:n].reshape(shape)
+
+
+def resize_weights(in_size, out_size, interpolation):
+    """(lo, hi, frac) of TensorFlow's resize with half-pixel centres (Keras'
+    Resizing, antialias off), in TF's float32 arithmetic: output index o reads
+    input lo[o] and hi[o] with weight frac[o] on hi ("nearest": lo == hi).
+    bilinear: c = (o + .5) * in/out - .5, lo = max(floor(c), 0),
+    hi = min(ceil(c), in - 1), frac = c - floor(c); nearest: i = clip(floor((o + .5)
+    * in/out), 0, in - 1)."""
+    f = np.float32
+    scale = f(in_size) / f(out_size)
+    o = np.arange(out_size, dtype=f)
+    if interpolation == "nearest":
+        i = np.clip(np.floor((o + f(0.5)) * scale), 0, in_size - 1).astype(np.int64)
+        return i, i, np.zeros(out_size, f)
+    c = (o + f(0.5)) * scale - f(0.5)
+    fl = np.floor(c)
+    lo = np.maximum(fl, 0).astype(np.int64)
+    hi = np.minimum(np.ceil(c), in_size - 1).astype(np.int64)
+    return lo, hi, (c - fl).astype(f)
+
+
+def resize_box(height, width, target_height, target_width, crop, pad):
+    """Keras' crop_to_aspect_ratio / pad_to_aspect_ratio box:
+    (top, left, box height, box width) of the window of the image that is
+    resized (crop: inside the image; pad: the image sits at (top, left) of a
+    box filled around it)."""
+    if crop:
+        bh = max(min(height, int(float(width * target_height) / target_width)), 1)
+        bw = max(min(width, int(float(height * target_width) / target_height)), 1)
+        return int(float(height - bh) / 2), int(float(width - bw) / 2), bh, bw
+    if pad:
+        bh = max(height, int(float(width * target_height) / target_width))
+        bw = max(width, int(float(height * target_width) / target_height))
+        return int(float(bh - height) / 2), int(float(bw - width) / 2), bh, bw
+    return 0, 0, height, width
+
+
+def resize_matrix(in_size, out_size, interpolation):
+    """(out_size, in_size) float64 matrix of resize_weights (rows sum to 1)."""
+    lo, hi, frac = resize_weights(in_size, out_size, interpolation)
+    m = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, lo), 1.0 - frac.astype(np.float64))
+    np.add.at(m, (rows, hi), frac.astype(np.float64))
+    return m
+
+
+def _sum_to(a, shape):
+    """a summed over the axes where ``shape`` (same rank) has size 1."""
+    axes = tuple(i for i, (s, t) in enumerate(zip(a.shape, shape)) if t == 1 and s != 1)
+    return a.sum(axis=axes, keepdims=True) if axes else a
 
 
 # ----------------------------------------------------------------- the spec --
@@ -617,6 +692,158 @@ class Ops:
         dx = _out(dx, x.shape, x.dtype) if xp is np else (dx if dx is not None else xp.empty_like(x))
         xp.multiply(dy, g * invstd, out=dx)
         return dx, dgamma, dbeta
+
+    # -- layer / group normalisation (moments over some axes) --------------
+    def _out_like(self, out, shape, dtype):
+        """``out`` checked, or a new array of the backend (NumPy or CuPy)."""
+        if out is None:
+            return self.xp.empty(tuple(shape), dtype=dtype)
+        if out.shape != tuple(shape) or out.dtype != dtype:
+            raise ValueError(f"out has shape {out.shape} {out.dtype}, expected {tuple(shape)} "
+                             f"{np.dtype(dtype)}")
+        return out
+
+    def norm_forward(self, x, axes, gamma=None, beta=None, epsilon=1e-3, out=None,
+                     save_mean=None, save_invstd=None):
+        """Keras 3's LayerNormalization / GroupNormalization: mean and biased
+        variance of x over ``axes`` (kept as size-1 dims), inv = gamma /
+        sqrt(var + epsilon), out = x * inv + (beta - mean * inv); gamma and
+        beta (None: 1 and 0) broadcast against x."""
+        axes = tuple(axes)
+        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
+        var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+        invstd = 1.0 / self.xp.sqrt(var + epsilon)
+        inv = invstd * gamma if gamma is not None else invstd
+        res = -mean * inv
+        if beta is not None:
+            res = res + beta
+        out = self._out_like(out, x.shape, x.dtype)
+        out[...] = x * inv + res
+        if save_mean is not None:
+            save_mean[...] = mean
+        if save_invstd is not None:
+            save_invstd[...] = invstd
+        return out
+
+    def norm_backward(self, dy, x, axes, gamma, save_mean, save_invstd, *, dx=None,
+                      dgamma=None, dbeta=None):
+        """Gradients of norm_forward: with xhat = (x - mean) * invstd and
+        g = dy * gamma, dx = invstd * (g - mean(g) - xhat * mean(g * xhat))
+        (means over ``axes``); dgamma / dbeta (given in gamma's broadcast
+        shape) sum dy * xhat / dy over the axes where they have size 1."""
+        axes = tuple(axes)
+        xhat = (x.astype(np.float64) - save_mean) * save_invstd
+        dy64 = dy.astype(np.float64)
+        g = dy64 * gamma if gamma is not None else dy64
+        dx = self._out_like(dx, x.shape, x.dtype)
+        dx[...] = save_invstd * (g - g.mean(axis=axes, keepdims=True)
+                                 - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+        if dgamma is not None:
+            dgamma[...] = _sum_to(dy64 * xhat, dgamma.shape)
+        if dbeta is not None:
+            dbeta[...] = _sum_to(dy64, dbeta.shape)
+        return dx, dgamma, dbeta
+
+    # -- preprocessing: rescale, normalise, resize -----------------------------
+    def rescale(self, x, scale, offset=0.0, out=None):
+        """out = x * scale + offset (Keras' Rescaling; scale and offset
+        broadcast along the last axes); rescale(dy, scale) is its backward."""
+        out = self._out_like(out, x.shape, x.dtype)
+        out[...] = x * scale + offset
+        return out
+
+    def normalize(self, x, mean, variance, invert=False, epsilon=1e-7, out=None):
+        """Keras' Normalization: (x - mean) / max(sqrt(variance), epsilon), or
+        with invert mean + x * max(sqrt(variance), epsilon)."""
+        d = self.xp.maximum(self.xp.sqrt(variance), x.dtype.type(epsilon))
+        out = self._out_like(out, x.shape, x.dtype)
+        out[...] = mean + x * d if invert else (x - mean) / d
+        return out
+
+    def normalize_backward(self, dy, variance, invert=False, epsilon=1e-7, out=None):
+        d = self.xp.maximum(self.xp.sqrt(variance), dy.dtype.type(epsilon))
+        out = self._out_like(out, dy.shape, dy.dtype)
+        out[...] = dy * d if invert else dy / d
+        return out
+
+    def resize2d(self, x, size, interpolation="bilinear", crop_to_aspect_ratio=False,
+                 pad_to_aspect_ratio=False, fill_value=0.0, out=None):
+        """Keras' Resizing of NHWC images to ``size`` = (height, width): TF's
+        resize with half-pixel centres, antialias off (see resize_weights),
+        after Keras' aspect-ratio crop or pad (see resize_box).  bilinear is
+        TF's lerp of lerps: along the width, then the height."""
+        xp = self.xp
+        n, h, w, c = x.shape
+        th, tw = size
+        top, left, bh, bw = resize_box(h, w, th, tw, crop_to_aspect_ratio, pad_to_aspect_ratio)
+        if crop_to_aspect_ratio:
+            src = x[:, top:top + bh, left:left + bw]
+        elif (bh, bw) != (h, w):
+            src = xp.full((n, bh, bw, c), fill_value, x.dtype)
+            src[:, top:top + h, left:left + w] = x
+        else:
+            src = x
+        lo_h, hi_h, fh = (xp.asarray(a) for a in resize_weights(bh, th, interpolation))
+        lo_w, hi_w, fw = (xp.asarray(a) for a in resize_weights(bw, tw, interpolation))
+        out = self._out_like(out, (n, th, tw, c), x.dtype)
+        if interpolation == "nearest":
+            out[...] = src[:, lo_h][:, :, lo_w]
+            return out
+        a, b = src[:, :, lo_w], src[:, :, hi_w]
+        rows = a + (b - a) * fw.astype(x.dtype)[:, None]
+        a, b = rows[:, lo_h], rows[:, hi_h]
+        out[...] = a + (b - a) * fh.astype(x.dtype)[:, None, None]
+        return out
+
+    def resize2d_backward(self, dy, x_shape, interpolation="bilinear", crop_to_aspect_ratio=False,
+                          pad_to_aspect_ratio=False, out=None):
+        """dx of resize2d: dy through the transposed interpolation matrices
+        (the fill value of a pad gets no gradient)."""
+        xp = self.xp
+        n, h, w, c = (int(d) for d in x_shape)
+        _, th, tw, _ = dy.shape
+        top, left, bh, bw = resize_box(h, w, th, tw, crop_to_aspect_ratio, pad_to_aspect_ratio)
+        mh = xp.asarray(resize_matrix(bh, th, interpolation).T.astype(dy.dtype))
+        mw = xp.asarray(resize_matrix(bw, tw, interpolation).T.astype(dy.dtype))
+        g = xp.matmul(mh, dy.reshape(n, th, tw * c)).reshape(n * bh, tw, c)
+        g = xp.matmul(mw, g).reshape(n, bh, bw, c)
+        out = self._out_like(out, (n, h, w, c), dy.dtype)
+        if crop_to_aspect_ratio:
+            out[...] = 0
+            out[:, top:top + bh, left:left + bw] = g
+        else:
+            out[...] = g[:, top:top + h, left:left + w]
+        return out
+
+    # -- noise (the Philox stream of dropout) ------------------------------
+    def spatial_dropout(self, x, rate, seed, offset=0, out=None, mask=None):
+        """Dropout of whole channels: the (N, C) dropout mask of (seed,
+        offset) -- the dropout stream, scaled by 1 / (1 - rate) -- broadcast
+        over the spatial axes of x (N, ..., C); ``mask`` an (N, C) buffer.
+        Its own backward (the same mask)."""
+        n, c = x.shape[0], x.shape[-1]
+        mask = self._out_like(mask, (n, c), x.dtype)
+        mask[...] = 1
+        self.dropout(mask, rate, seed, offset, out=mask)
+        out = self._out_like(out, x.shape, x.dtype)
+        self.xp.multiply(x, mask.reshape((n,) + (1,) * (x.ndim - 2) + (c,)), out=out)
+        return out
+
+    def gaussian_noise(self, x, stddev, seed, offset=0, out=None):
+        """out = x + stddev * z, z standard normal from philox_normal(seed, offset)."""
+        z = self.xp.asarray((stddev * philox_normal(x.shape, seed, offset)).astype(x.dtype))
+        out = self._out_like(out, x.shape, x.dtype)
+        self.xp.add(x, z, out=out)
+        return out
+
+    def gaussian_dropout(self, x, rate, seed, offset=0, out=None):
+        """out = x * (1 + sqrt(rate / (1 - rate)) * z) (Keras' GaussianDropout);
+        its own backward (the same multipliers)."""
+        sd = math.sqrt(rate / (1.0 - rate))
+        m = self.xp.asarray((1.0 + sd * philox_normal(x.shape, seed, offset)).astype(x.dtype))
+        out = self._out_like(out, x.shape, x.dtype)
+        self.xp.multiply(x, m, out=out)
+        return out
 
     # -- optimizer updates (in place; Keras 3 formulas) ---------------------
     def sum_squares(self, x):

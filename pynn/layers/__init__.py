@@ -11,10 +11,13 @@ from .conv import Conv2D, Conv2DTranspose, Convolution2D, DepthwiseConv2D, Separ
 from .core import Activation, Dense, Dropout, Identity, ReLU
 from .merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average,
                       concatenate, maximum, minimum, multiply, subtract)
-from .normalization import BatchNormalization
+from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
 from .pooling import (AveragePooling2D, AvgPool2D, GlobalAveragePooling2D, GlobalAvgPool2D,
                       GlobalMaxPool2D, GlobalMaxPooling2D, MaxPool2D, MaxPooling2D)
 from .reshaping import Cropping2D, Flatten, Reshape, UpSampling2D, ZeroPadding2D
+from .noise import (GaussianDropout, GaussianNoise, SpatialDropout1D, SpatialDropout2D,
+                    SpatialDropout3D)
+from .preprocessing import Normalization, Rescaling, Resizing
 
 from .. import initializers as _initializers
 

@@ -1,4 +1,7 @@
-"""BatchNormalization (channels_last)."""
+"""BatchNormalization (channels_last), LayerNormalization, GroupNormalization."""
+import numpy as np
+
+from .. import initializers
 from .base import Layer
 
 
@@ -87,4 +90,180 @@ class BatchNormalization(Layer):
         c = super().get_config()
         c.update(axis=-1, momentum=self.momentum, epsilon=self.epsilon, center=self.center,
                  scale=self.scale)
+        return c
+
+
+def _refuse_extras(cls, **options):
+    for nm, v in options.items():
+        if v is not None:
+            raise NotImplementedError(f"{cls}({nm}=...) is not supported yet")
+
+
+def _positive_axis(axis, ndim, cls):
+    """An axis of the batched input (rank ndim) as a non-negative index, not the batch axis."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{cls}: axis must be an int or a list/tuple of ints, got {axis!r}")
+    a = int(axis) + ndim if axis < 0 else int(axis)
+    if not 0 <= a < ndim:
+        raise ValueError(f"{cls}: axis {axis} is out of bounds for inputs of rank {ndim}")
+    if a == 0:
+        raise ValueError(f"{cls}: axis {axis} is the batch axis; normalise over feature axes")
+    return a
+
+
+class _MomentNorm(Layer):
+    """Shared by LayerNormalization and GroupNormalization: x viewed as
+    ``self._view(shape)`` is normalised with its mean and variance over
+    ``self._axes`` (Ops.norm_forward), then scaled by gamma and shifted by
+    beta seen in ``self._pshape`` (their broadcast shape in the view)."""
+    fresh_grads = True      # its input gradients are buffers of its own
+
+    def _init_common(self, epsilon, center, scale, beta_initializer, gamma_initializer):
+        self.epsilon, self.center, self.scale = float(epsilon), bool(center), bool(scale)
+        if self.epsilon < 0:
+            raise ValueError(f"{type(self).__name__}: epsilon must be >= 0, got {epsilon}")
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+
+    def _add_params(self, shape):
+        if self.scale:
+            self.add_weight("gamma", shape, self.gamma_initializer)
+        if self.center:
+            self.add_weight("beta", shape, self.beta_initializer)
+
+    def _param(self, d, name):
+        v = d.get(name)
+        return None if v is None else v.reshape(self._pshape)
+
+    def forward(self, x, training=False):
+        ctx = self.ctx
+        xv = x.reshape(self._view(x.shape))
+        stat = tuple(1 if i in self._axes else s for i, s in enumerate(xv.shape))
+        y = self._buf("y", xv.shape)
+        mean, invstd = self._buf("mean", stat), self._buf("invstd", stat)
+        self.ops.norm_forward(xv, self._axes, self._param(self.w, "gamma"),
+                              self._param(self.w, "beta"), self.epsilon, out=y,
+                              save_mean=mean, save_invstd=invstd)
+        ctx.x, ctx.mean, ctx.invstd = xv, mean, invstd
+        return y.reshape(x.shape)
+
+    def backward(self, dy, need_dx=True):
+        ctx = self.ctx
+        dx = self._buf("dx", ctx.x.shape)
+        self.ops.norm_backward(dy.reshape(ctx.x.shape), ctx.x, self._axes,
+                               self._param(self.w, "gamma"), ctx.mean, ctx.invstd, dx=dx,
+                               dgamma=self._param(self.g, "gamma"),
+                               dbeta=self._param(self.g, "beta"))
+        return dx.reshape(dy.shape) if need_dx else None
+
+    def get_config(self):
+        c = super().get_config()
+        c.update(epsilon=self.epsilon, center=self.center, scale=self.scale,
+                 beta_initializer=initializers.serialize(self.beta_initializer),
+                 gamma_initializer=initializers.serialize(self.gamma_initializer))
+        return c
+
+
+class LayerNormalization(_MomentNorm):
+    """Keras 3's LayerNormalization: each sample normalised over ``axis``
+    (an int or a list; default the last axis) with its own mean and biased
+    variance, epsilon 1e-3 added to the variance; gamma and beta span the
+    normalised axes (their shape is the input's along ``axis``, in that order)."""
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
+                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None, **kw):
+        super().__init__(**kw)
+        _refuse_extras("LayerNormalization", beta_regularizer=beta_regularizer,
+                       gamma_regularizer=gamma_regularizer, beta_constraint=beta_constraint,
+                       gamma_constraint=gamma_constraint)
+        if rms_scaling:
+            raise NotImplementedError("LayerNormalization(rms_scaling=True) is not supported: "
+                                      "use the default rms_scaling=False")
+        if isinstance(axis, (list, tuple)):
+            self.axis = [int(a) for a in axis]
+            if not self.axis:
+                raise ValueError("LayerNormalization: axis must name at least one axis")
+        elif isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
+            self.axis = int(axis)
+        else:
+            raise TypeError("LayerNormalization: expected an int or a list/tuple of ints for "
+                            f"axis, got {axis!r}")
+        self._init_common(epsilon, center, scale, beta_initializer, gamma_initializer)
+
+    def build(self, input_shape):
+        ndim = len(input_shape) + 1
+        full = (None,) + tuple(input_shape)
+        axes = [_positive_axis(a, ndim, "LayerNormalization")
+                for a in (self.axis if isinstance(self.axis, list) else [self.axis])]
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"LayerNormalization: repeated axis in {self.axis}")
+        if any(full[a] is None for a in axes):
+            raise ValueError(f"LayerNormalization needs known sizes along axis {self.axis}, "
+                             f"got input shape {full}")
+        self._axes = tuple(sorted(axes))
+        # Keras reshapes gamma (shape in the order of `axis`) to the broadcast shape
+        self._pshape = tuple(full[a] if a in axes else 1 for a in range(ndim))
+        self._add_params(tuple(full[a] for a in axes))
+
+    def _view(self, shape):
+        return shape
+
+    def get_config(self):
+        c = super().get_config()
+        c.update(axis=self.axis, rms_scaling=False)
+        return c
+
+
+class GroupNormalization(_MomentNorm):
+    """Keras 3's GroupNormalization: the channels (``axis``, default last)
+    split into ``groups`` groups; each sample's group normalised with the
+    mean and biased variance over its channels and every non-batch axis;
+    gamma and beta per channel.  groups=-1: one group per channel
+    (instance normalisation)."""
+
+    def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None, **kw):
+        super().__init__(**kw)
+        _refuse_extras("GroupNormalization", beta_regularizer=beta_regularizer,
+                       gamma_regularizer=gamma_regularizer, beta_constraint=beta_constraint,
+                       gamma_constraint=gamma_constraint)
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or \
+                (groups < 1 and groups != -1):
+            raise ValueError(f"GroupNormalization: groups must be a positive int or -1, got {groups!r}")
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"GroupNormalization: axis must be an int, got {axis!r}")
+        self.groups, self.axis = int(groups), int(axis)
+        self._init_common(epsilon, center, scale, beta_initializer, gamma_initializer)
+
+    def build(self, input_shape):
+        ndim = len(input_shape) + 1
+        a = _positive_axis(self.axis, ndim, "GroupNormalization")
+        dim = input_shape[a - 1]
+        if dim is None:
+            raise ValueError(f"GroupNormalization: axis {self.axis} of the input must have a "
+                             f"known size, got input shape {(None,) + tuple(input_shape)}")
+        if self.groups == -1:
+            self.groups = dim
+        if dim < self.groups:
+            raise ValueError(f"Number of groups ({self.groups}) cannot be more than the number "
+                             f"of channels ({dim}).")
+        if dim % self.groups:
+            raise ValueError(f"Number of groups ({self.groups}) must divide the number of "
+                             f"channels ({dim}).")
+        self._a = a
+        # the view: the channel axis split into (groups, channels per group)
+        self._axes = tuple(i for i in range(1, ndim + 1) if i != a)
+        self._pshape = tuple(self.groups if i == a else dim // self.groups if i == a + 1 else 1
+                             for i in range(ndim + 1))
+        self._add_params((dim,))
+
+    def _view(self, shape):
+        a = self._a
+        return tuple(shape[:a]) + (self.groups, shape[a] // self.groups) + tuple(shape[a + 1:])
+
+    def get_config(self):
+        c = super().get_config()
+        c.update(groups=self.groups, axis=self.axis)
         return c
