@@ -98,15 +98,15 @@ class CPUOps(Ops):
             return self.nk.add(xs[0], xs[1], out=out)
         return super().add_n(xs, out)
 
-    def activation(self, name, x, out=None, alpha=None):
-        if name == "relu":
+    def activation(self, name, x, out=None, **params):
+        if name == "relu" and not params:
             return self.nk.relu(x, out=out)
-        return super().activation(name, x, out, alpha)   # no kernels for the others yet
+        return super().activation(name, x, out, **params)   # the reference for the others
 
-    def activation_backward(self, name, dy, y, out=None, alpha=None):
-        if name == "relu":
+    def activation_backward(self, name, dy, y, out=None, x=None, **params):
+        if name == "relu" and not params:
             return self.nk.relu_backward(dy, y, out=out)
-        return super().activation_backward(name, dy, y, out, alpha)
+        return super().activation_backward(name, dy, y, out, x, **params)
 
     def dropout(self, x, rate, seed, offset=0, out=None):
         return self.nk.dropout(x, rate, seed, offset=offset, out=out)

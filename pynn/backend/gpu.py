@@ -325,17 +325,17 @@ class GPUOps(Ops):
         return slot.dev[i]
 
     # -- activations --------------------------------------------------------
-    def activation(self, name, x, out=None, alpha=None):
-        if name == "relu" and self._fast(x, out):
+    def activation(self, name, x, out=None, **params):
+        if name == "relu" and not params and self._fast(x, out):
             out = self._out(out, x.shape, x.dtype)
             self._launch("conv", "nk_relu", x.dtype, x.size, (x, out, np.int64(x.size)))
             return out
-        return super().activation(name, x, out, alpha)
+        return super().activation(name, x, out, **params)
 
-    def activation_backward(self, name, dy, y, out=None, alpha=None):
-        if name == "relu" and self._fast(dy, y, out):
+    def activation_backward(self, name, dy, y, out=None, x=None, **params):
+        if name == "relu" and not params and self._fast(dy, y, out):
             return self._relu_bwd(dy, y, self._out(out, dy.shape, dy.dtype))
-        return super().activation_backward(name, dy, y, out, alpha)
+        return super().activation_backward(name, dy, y, out, x, **params)
 
     def _relu_bwd(self, dy, y, out):
         self._launch("conv", "nk_relu_backward", dy.dtype, dy.size,

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from . import activation_ref
+from .activation_ref import ACTIVATIONS
 from .geometry import conv_geometry, conv_padding, pair as _pair
 
 
@@ -39,7 +41,6 @@ def _out(out, shape, dtype):
     return out
 
 
-ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "leaky_relu", "elu")
 
 
 def philox4x32(ctr, key):
@@ -173,59 +174,95 @@ class Ops:
         return x
 
     # -- activations --------------------------------------------------------
-    def activation(self, name, x, out=None, alpha=None):
-        """out = act(x); out may be x."""
-        xp = self.xp
-        out = x.copy() if out is None else out
-        if name in (None, "linear"):
-            if out is not x:
-                out[...] = x
-        elif name == "relu":
-            xp.maximum(x, 0, out=out)
-        elif name == "sigmoid":
-            # 1 / (1 + exp(-x)) without overflow warnings
-            e = xp.exp(-xp.abs(x))
-            out[...] = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-        elif name == "tanh":
-            xp.tanh(x, out=out)
-        elif name == "softmax":
-            z = x - x.max(axis=-1, keepdims=True)
-            e = xp.exp(z)
-            out[...] = e / e.sum(axis=-1, keepdims=True)
-        elif name == "leaky_relu":
-            a = 0.2 if alpha is None else alpha
-            out[...] = xp.where(x > 0, x, a * x)
-        elif name == "elu":
-            a = 1.0 if alpha is None else alpha
-            out[...] = xp.where(x > 0, x, a * xp.expm1(xp.minimum(x, 0)))
-        else:
-            raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+    def activation(self, name, x, out=None, **params):
+        """out = act(x) with Keras 3's formulas (activation_ref.py; params:
+        its PARAMS, e.g. negative_slope, axis); out may be x."""
+        if name is None:
+            name = "linear"
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; expected one of {tuple(ACTIVATIONS)}")
+        y = activation_ref.forward(self.xp, name, x, activation_ref.check_params(name, params))
+        if out is None:
+            return y.astype(x.dtype, copy=y is x)
+        out[...] = y
         return out
 
-    def activation_backward(self, name, dy, y, out=None, alpha=None):
-        """dx given dy and the forward OUTPUT y (every activation here has a
-        derivative expressible in y); out may be dy."""
+    def activation_backward(self, name, dy, y, out=None, x=None, **params):
+        """dx given dy, the forward output y and, where the derivative needs
+        it (activation_ref.grad_needs_input), the forward input x; out may
+        be dy."""
+        if name is None:
+            name = "linear"
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; expected one of {tuple(ACTIVATIONS)}")
+        if x is None and activation_ref.grad_needs_input(name, params):
+            raise ValueError(f"the gradient of activation {name!r} with {params} needs the "
+                             "forward input x")
+        dx = activation_ref.backward(self.xp, name, dy, x, y,
+                                     activation_ref.check_params(name, params))
+        if out is None:
+            return dx.astype(dy.dtype, copy=dx is dy)
+        out[...] = dx
+        return out
+
+    def prelu(self, x, alpha, out=None):
+        """y = x where x > 0, alpha * x elsewhere (alpha broadcasts over x's
+        trailing axes, batch axis excluded)."""
+        out = self.xp.empty_like(x) if out is None else out
+        out[...] = self.xp.where(x > 0, x, alpha * x)
+        return out
+
+    def prelu_backward(self, dy, x, alpha, dx=None, dalpha=None):
+        """(dx or None, dalpha): dalpha sums dy * min(x, 0) over the batch
+        and the axes alpha is broadcast along (size 1 in alpha)."""
+        xp = self.xp
+        if dalpha is not None:
+            g = dy * xp.minimum(x, 0)
+            axes = (0,) + tuple(i + 1 for i, n in enumerate(alpha.shape) if n == 1 and
+                                x.shape[i + 1] != 1)
+            dalpha[...] = g.sum(axis=axes).reshape(alpha.shape)
+        if dx is not None:
+            dx[...] = xp.where(x > 0, dy, alpha * dy)
+        return dx, dalpha
+
+    def l1l2_penalty(self, x, l1=0.0, l2=0.0):
+        """Keras' L1L2 regularizer: l1 * sum |x| + l2 * sum x^2 (a float)."""
+        xp, x64 = self.xp, x.astype(np.float64)
+        total = 0.0
+        if l1:
+            total += l1 * float(xp.abs(x64).sum())
+        if l2:
+            total += l2 * float((x64 * x64).sum())
+        return total
+
+    def l1l2_penalty_backward(self, dy, x, l1=0.0, l2=0.0, scale=1.0, out=None):
+        """out = dy + scale * d(l1l2_penalty)/dx = dy + scale * (l1 sign(x) + 2 l2 x)."""
         xp = self.xp
         out = xp.empty_like(dy) if out is None else out
-        if name in (None, "linear"):
-            if out is not dy:
-                out[...] = dy
-        elif name == "relu":
-            xp.multiply(dy, y > 0, out=out)
-        elif name == "sigmoid":
-            out[...] = dy * y * (1 - y)
-        elif name == "tanh":
-            out[...] = dy * (1 - y * y)
-        elif name == "softmax":
-            out[...] = y * (dy - (dy * y).sum(axis=-1, keepdims=True))
-        elif name == "leaky_relu":
-            a = 0.2 if alpha is None else alpha
-            out[...] = xp.where(y > 0, dy, a * dy)
-        elif name == "elu":
-            a = 1.0 if alpha is None else alpha
-            out[...] = xp.where(y > 0, dy, dy * (y + a))
-        else:
-            raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+        out[...] = dy + dy.dtype.type(scale) * (dy.dtype.type(l1) * xp.sign(x) +
+                                                 dy.dtype.type(2 * l2) * x)
+        return out
+
+    # -- moving values --------------------------------------------------------
+    def transpose(self, x, axes, out=None):
+        """out = x transposed by axes (a permutation of x's axes)."""
+        y = self.xp.transpose(x, axes)
+        out = self.xp.empty(y.shape, x.dtype) if out is None else out
+        out[...] = y
+        return out
+
+    def repeat_vector(self, x, n, out=None):
+        """(N, F) -> (N, n, F): every row repeated n times."""
+        out = self.xp.empty((x.shape[0], n, x.shape[1]), x.dtype) if out is None else out
+        out[...] = x[:, None, :]
+        return out
+
+    def repeat_vector_backward(self, dy, out=None):
+        """The gradient of repeat_vector: dy (N, n, F) summed over n."""
+        s = dy.sum(axis=1)
+        if out is None:
+            return s
+        out[...] = s
         return out
 
     # -- dense --------------------------------------------------------------

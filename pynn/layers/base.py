@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import initializers
 from ..activations import canonical_name
+from ..backend.activation_ref import grad_needs_input
 from ..symbolic import KerasTensor, Node, flatten, is_symbolic
 
 _NAME_COUNTS = {}
@@ -224,6 +225,28 @@ class Layer:
         for s, v in zip(self.specs, values):
             self.w[s.name][...] = self.ops.asarray(np.asarray(v, dtype=self.dtype))
 
+    # -- losses of a call (Keras' add_loss / layer.losses) ---------------------
+    def add_loss(self, value):
+        """Add a scalar penalty computed in this forward call to the model's
+        loss (ActivityRegularization).  The model adds it, weighted by the
+        batch size, to the reported loss; its gradient is the layer's own:
+        backward adds d(penalty)/dx times ``self.loss_scale``."""
+        losses = getattr(self.ctx, "losses", None)
+        if losses is None:
+            losses = self.ctx.losses = []
+        losses.append(float(value))
+
+    @property
+    def losses(self):
+        """The penalties added by the layer's latest call in a model."""
+        return list(getattr(self.ctx, "losses", ()))
+
+    @property
+    def loss_scale(self):
+        """The weight of add_loss gradients in this backward: 1, or this
+        process' share of the global batch under MPI (set by the model)."""
+        return getattr(self.ctx, "loss_scale", 1.0)
+
     # -- the graph ------------------------------------------------------------
     def __call__(self, inputs, training=None, **kwargs):
         if kwargs:
@@ -374,7 +397,9 @@ def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None
 
 class _Activated(Layer):
     """Layers with an activation fused when the kernel can (linear/relu),
-    else applied with ops.activation after it."""
+    else applied with ops.activation after it.  Subclasses keep the
+    pre-activation in ``ctx.z`` (the x of activations whose derivative
+    reads the input: activation_ref.ACTIVATIONS)."""
 
     def _set_activation(self, activation):
         self.activation = activation_name(activation)
@@ -401,4 +426,5 @@ class _Activated(Layer):
         if self.emit_logits or self._fused:
             return dy
         dz = self._buf("dz", dy.shape)
-        return self.ops.activation_backward(self.activation, dy, y, out=dz)
+        x = self.ctx.z.reshape(dy.shape) if grad_needs_input(self.activation) else None
+        return self.ops.activation_backward(self.activation, dy, y, out=dz, x=x)

@@ -342,3 +342,5 @@ class Conv2DTranspose(_Conv):
 
 
 Convolution2D = Conv2D
+Convolution2DTranspose = Conv2DTranspose
+SeparableConvolution2D = SeparableConv2D

@@ -1,7 +1,9 @@
-"""Core layers: Dense, Activation, ReLU, Dropout, Identity."""
+"""Core layers: Dense, Activation, Dropout, Identity (the activation layers
+ReLU, LeakyReLU, ... are in activation.py)."""
 import numpy as np
 
 from .. import initializers
+from ..backend.activation_ref import grad_needs_input
 from .base import Layer, _Activated, activation_name
 
 
@@ -68,6 +70,11 @@ class Dense(_Activated):
 
 
 class Activation(Layer):
+    """Applies an activation (a name of pynn.activations).  Subclasses with
+    parameters (ReLU, LeakyReLU, ELU, Softmax: pynn/layers/activation.py)
+    set ``act_params``, the non-default keywords of ops.activation."""
+    act_params = {}
+
     def __init__(self, activation, **kw):
         super().__init__(**kw)
         self.activation = activation_name(activation)
@@ -76,34 +83,26 @@ class Activation(Layer):
     def forward(self, x, training=False):
         if self.emit_logits or self.activation == "linear":
             return x
+        c = self.ctx
         y = self._buf("y", x.shape)
-        self.ctx.y = self.ops.activation(self.activation, x, out=y)
-        return self.ctx.y
+        c.y = self.ops.activation(self.activation, x, out=y, **self.act_params)
+        # the input is another layer's buffer, unchanged until backward: kept by reference
+        c.x = x if grad_needs_input(self.activation, self.act_params) else None
+        return c.y
 
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
         if self.emit_logits or self.activation == "linear":
             return dy
+        c = self.ctx
         dx = self._buf("dx", dy.shape)
-        return self.ops.activation_backward(self.activation, dy, self.ctx.y, out=dx)
+        return self.ops.activation_backward(self.activation, dy, c.y, out=dx, x=c.x,
+                                            **self.act_params)
 
     def get_config(self):
         c = super().get_config()
         c["activation"] = self.activation
-        return c
-
-
-class ReLU(Activation):
-    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kw):
-        if max_value is not None or negative_slope or threshold:
-            raise NotImplementedError("ReLU(max_value / negative_slope / threshold) is not "
-                                      "supported yet: use ReLU() or Activation('relu')")
-        super().__init__("relu", **kw)
-
-    def get_config(self):
-        c = super().get_config()
-        c.pop("activation")
         return c
 
 
@@ -153,3 +152,9 @@ class Dropout(Layer):
         c = super().get_config()
         c.update(rate=self.rate, seed=self.seed)
         return c
+
+
+# Keras 2's keras.layers.core held these too: the old import paths keep working
+from .regularization import ActivityRegularization  # noqa: E402
+from .reshaping import Flatten, Permute, RepeatVector, Reshape  # noqa: E402
+from .unsupported import Lambda, Masking  # noqa: E402

@@ -134,3 +134,9 @@ MaxPool2D = MaxPooling2D
 AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D
 GlobalMaxPool2D = GlobalMaxPooling2D
+
+# Keras 2's keras.layers.pooling also held the 1-D and 3-D poolings (not supported)
+from .unsupported import (AveragePooling1D, AveragePooling3D, AvgPool1D, AvgPool3D,  # noqa: E402,F401
+                          GlobalAveragePooling1D, GlobalAveragePooling3D, GlobalAvgPool1D,
+                          GlobalAvgPool3D, GlobalMaxPool1D, GlobalMaxPool3D, GlobalMaxPooling1D,
+                          GlobalMaxPooling3D, MaxPool1D, MaxPool3D, MaxPooling1D, MaxPooling3D)

@@ -1,5 +1,5 @@
 """Layers that move values without arithmetic: Flatten, Reshape,
-ZeroPadding2D, Cropping2D, UpSampling2D."""
+ZeroPadding2D, Cropping2D, UpSampling2D, Permute, RepeatVector."""
 import numpy as np
 
 from ..backend.geometry import check_channels_last, pair
@@ -168,4 +168,73 @@ class UpSampling2D(Layer):
         c = super().get_config()
         c.update(size=list(self.size), data_format="channels_last",
                  interpolation=self.interpolation)
+        return c
+
+
+class Permute(Layer):
+    """Permutes the non-batch axes: ``dims`` is a permutation of 1..rank
+    (axis 1 is the first after the batch), as in Keras."""
+
+    def __init__(self, dims, **kw):
+        super().__init__(**kw)
+        try:
+            self.dims = tuple(int(d) for d in dims)
+        except TypeError:
+            raise ValueError(f"Permute: dims must be a tuple of axes, got {dims!r}") from None
+        if sorted(self.dims) != list(range(1, len(self.dims) + 1)):
+            raise ValueError(f"Permute: dims must be a permutation of 1..{len(self.dims)} "
+                             f"(the batch axis 0 is not permuted), got {dims!r}")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != len(self.dims):
+            raise ValueError(f"Permute{self.dims} needs inputs of rank {len(self.dims) + 1} "
+                             f"(batch included), got shape {(None,) + tuple(input_shape)}")
+        return tuple(input_shape[d - 1] for d in self.dims)
+
+    def forward(self, x, training=False):
+        axes = (0,) + self.dims
+        return self.ops.transpose(x, axes, out=self._buf("y", tuple(x.shape[a] for a in axes)))
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        inv = [0] * (len(self.dims) + 1)
+        for i, a in enumerate((0,) + self.dims):
+            inv[a] = i
+        return self.ops.transpose(dy, tuple(inv),
+                                  out=self._buf("dx", tuple(dy.shape[a] for a in inv)))
+
+    def get_config(self):
+        c = super().get_config()
+        c["dims"] = list(self.dims)
+        return c
+
+
+class RepeatVector(Layer):
+    """(batch, features) -> (batch, n, features)."""
+
+    def __init__(self, n, **kw):
+        super().__init__(**kw)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"RepeatVector: n must be a positive int, got {n!r}")
+        self.n = int(n)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"RepeatVector needs inputs of shape (batch, features), got "
+                             f"{(None,) + tuple(input_shape)}")
+        return (self.n, input_shape[0])
+
+    def forward(self, x, training=False):
+        return self.ops.repeat_vector(x, self.n, out=self._buf("y", (x.shape[0], self.n,
+                                                                   x.shape[1])))
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        return self.ops.repeat_vector_backward(dy, out=self._buf("dx", (dy.shape[0], dy.shape[2])))
+
+    def get_config(self):
+        c = super().get_config()
+        c["n"] = self.n
         return c

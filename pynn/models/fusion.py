@@ -59,7 +59,7 @@ class FusedBatchNorm:
 
 def _is_relu(layer):
     return isinstance(layer, Activation) and layer.activation == "relu" and \
-        not getattr(layer, "emit_logits", False)
+        not layer.act_params and not getattr(layer, "emit_logits", False)
 
 
 def fuse(nodes, outputs):

@@ -111,6 +111,8 @@ class RunState:
         self.trainable = trainable_layers     # leaf layers whose weights get gradients
         self.logits = set(logit_layers)       # layers that emit logits (fused final softmax)
         self.written = set()                  # leaf layers whose gradients this step has written
+        self.losses = []                      # layers' add_loss penalties of this forward
+        self.loss_scale = 1.0                 # their gradients' weight (set by the model)
 
     def has_trainable(self, layer):
         layer = getattr(layer, "fused_of", layer)
@@ -162,7 +164,9 @@ class Plan:
             if getattr(layer, "is_model", False):
                 layer._outer_run = run
             ins = [values[id(t)] for t in node.input_tensors]
+            layer.ctx.losses = []
             y = layer.forward(ins if getattr(layer, "takes_list", False) else ins[0], training)
+            run.losses.extend(layer.ctx.losses)
             outs = y if len(node.output_tensors) > 1 else [y]
             for t, v in zip(node.output_tensors, outs):
                 values[id(t)] = v
@@ -207,6 +211,7 @@ class Plan:
             if nback[pos]:
                 layer = node.layer
                 layer.ctx = self._ctx(store, node)
+                layer.ctx.loss_scale = run.loss_scale
                 if hasattr(layer, "emit_logits"):
                     layer.emit_logits = layer in run.logits
                 dys = []

@@ -262,6 +262,12 @@ class Trainer:
             cor.append(c_)
         return [tot] + (per if len(per) > 1 else []) + cor
 
+    def _add_layer_losses(self, sums, n):
+        """Keras adds the layers' add_loss penalties (ActivityRegularization)
+        to each batch's loss: here to the loss sum, once per sample."""
+        if self._run.losses:
+            sums[0] += n * sum(self._run.losses)
+
     def _train_step(self, xbs, ybs, grad_scale, global_metrics=False):
         """One step on this rank's batch.  ``grad_scale`` is 1/(global batch),
         so the SUM over the ranks of the gradient buffer is the global-batch
@@ -281,6 +287,8 @@ class Trainer:
         douts = [self._buf(f"dout{i}", o.shape, self._dtype) for i, o in enumerate(outs)]
         sums = self._losses_sums(outs, ybs, grad_scale, douts)
         n = int(xbs[0].shape[0])
+        self._add_layer_losses(sums, n)
+        self._run.loss_scale = grad_scale * n      # the layers' add_loss gradients' weight
         pending = dist.sum_scalars_async(tuple(sums) + (n,)) if global_metrics else None
         self._backward(douts)
         dist.allreduce_sum_(self._grads)
@@ -352,6 +360,7 @@ class Trainer:
         xs, ys = self._check_xy(x, y)
         outs = self._forward(self._to_device(xs, "x"), False, logits=True)
         sums = self._losses_sums(outs, self._to_device(ys, "y"), 1.0, None)
+        self._add_layer_losses(sums, xs[0].shape[0])
         return self._result(self._metric_logs(sums, xs[0].shape[0]), return_dict)
 
     def _result(self, logs, return_dict):
@@ -492,6 +501,7 @@ class Trainer:
             e = min(s + batch_size, hi)
             outs = self._forward(self._to_device([a[s:e] for a in xs], "x"), False, logits=True)
             s_ = self._losses_sums(outs, self._to_device([a[s:e] for a in ys], "y"), 1.0, None)
+            self._add_layer_losses(s_, e - s)
             sums = [a + float(b) for a, b in zip(sums, s_)]
         if dist.active:
             sums = list(dist.sum_scalars(tuple(sums)))
