@@ -327,3 +327,29 @@ def test_checkpoint_keeps_a_changed_learning_rate(tmp_path):
     m2.fit(x, np.zeros((16, 3), np.float32), batch_size=8, epochs=1, verbose=0,
            callbacks=[callbacks.BackupAndRestore(tmp_path / "c.npz")])
     assert m2.optimizer.learning_rate == pytest.approx(1e-4)
+
+
+# ---------------------------------------------------------------------- MPI --
+from test_mpi import WORKER, _worker_module, needs_mpi, reference_fit, run_mpi  # noqa: E402
+
+
+@needs_mpi
+def test_penalties_under_mpi_equal_one_process(tmp_path):
+    """2 ranks: each adds the weight penalties' gradient once after the sum
+    over the ranks and 1/2 of its activity penalty's: the same training (and
+    logged loss, penalties included) as one process on the global batches."""
+    import sys
+    import nnkernels
+    # not -I: the worker imports the pynn this test imports (PYTHONPATH honoured)
+    run_mpi([sys.executable, WORKER, "penalties", str(tmp_path)], n=2, timeout=120)
+    w = _worker_module()
+    threads = nnkernels.get_num_threads()
+    nnkernels.set_num_threads(1)
+    try:
+        ref, ref_logs = reference_fit(w, w.model_d, 2)
+    finally:
+        nnkernels.set_num_threads(threads)
+    r0, r1 = (np.load(tmp_path / f"d_rank{r}.npz") for r in range(2))
+    assert np.array_equal(r0["params"], r1["params"])
+    np.testing.assert_allclose(r0["params"], ref, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(r0["logs"], ref_logs, rtol=1e-5, atol=1e-6)
