@@ -5,6 +5,7 @@ train: trains the tiny models of test_mpi.py (model_a: conv + batch norm
        + dropout + a frozen dense, manual gradient-accumulation reference; model_b: dense, fit
        reference on the global batches; model_c: a residual graph, accumulation reference) and writes each rank's weights and
        batch-norm state after every step to OUT/<model>_rank<r>.npz.
+penalties: model_d only (regularizers, constraint, Nadam with a schedule).
 fail:  rank 1 raises inside fit (at its third step) while rank 0 waits in
        the gradient allreduce: the job must abort, not hang.
 """
@@ -66,6 +67,22 @@ def model_c():
     return m
 
 
+def model_d():
+    """Regularizers (kernel, bias, activity), a constraint, Nadam with a
+    schedule and weight decay (tests/test_regularizers.py)."""
+    m = pynn.Sequential([
+        L.Flatten(input_shape=(6, 6, 1)),
+        L.Dense(16, activation="relu", kernel_regularizer=pynn.regularizers.L1L2(1e-3, 1e-2),
+                bias_regularizer="l2", activity_regularizer=pynn.regularizers.L2(1e-3),
+                kernel_constraint=pynn.constraints.MaxNorm(0.6)),
+        L.Dense(10, activation="softmax", activity_regularizer="l1"),
+    ])
+    sched = pynn.optimizers.schedules.ExponentialDecay(0.01, 3, 0.7)
+    m.compile(optimizer=pynn.optimizers.Nadam(sched, weight_decay=0.01),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return m
+
+
 class Record(pynn.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -94,7 +111,9 @@ def main():
         m = dist.attach(model_b())
         m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[FailOnRank1()])
         return
-    for name, make in (("a", model_a), ("b", model_b), ("c", model_c)):
+    models = (("d", model_d),) if mode == "penalties" else \
+        (("a", model_a), ("b", model_b), ("c", model_c))
+    for name, make in models:
         # each rank starts from its own seed: attach/fit must broadcast rank 0's
         pynn.utils.set_random_seed(SEED + 100 * dist.rank)
         m = make()
@@ -106,6 +125,8 @@ def main():
                  allreduce_calls=dist.stats.allreduce_calls,
                  overlapped_calls=dist.stats.overlapped_calls, overlap=dist.overlap)
         dist.stats.reset()
+    if mode == "penalties":
+        return
     # train_on_batch: rank r passes rows r::size of each global batch of 2*BATCH
     pynn.utils.set_random_seed(SEED + 100 * dist.rank)
     m = dist.attach(model_b())

@@ -464,6 +464,12 @@ OPT_CASES = [
     ("rmsprop_update", dict(lr=0.01, momentum=0.5), ("v", "m")),
     ("rmsprop_update", dict(lr=0.01, momentum=0.5, centered=True), ("v", "m", "mg")),
     ("adadelta_update", dict(lr=1.0), ("acc_g", "acc_d")),
+    # the xp references of the newer optimizers (pynn/optimizers), run on CuPy
+    ("amsgrad_update", dict(lr=0.01, step=3), ("m", "v", "vhat")),
+    ("adagrad_update", dict(lr=0.05), ("acc",)),
+    ("adamax_update", dict(lr=0.01, step=3), ("m", "u")),
+    ("nadam_update", dict(lr=0.01, step=3, u_product=0.4), ("m", "v")),
+    ("lion_update", dict(lr=0.003), ("m",)),
 ]
 
 

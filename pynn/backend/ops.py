@@ -928,3 +928,48 @@ class Ops:
         p += t(lr) * delta
 
 
+
+    def weight_decay_update(self, p, lr, weight_decay):
+        """Keras 3's decoupled weight decay, before the update: p -= p * wd * lr."""
+        p -= p * p.dtype.type(weight_decay * lr)
+
+    def amsgrad_update(self, p, g, m, v, vhat, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                       step=1):
+        """Adam(amsgrad=True): the denominator uses the running maximum of v."""
+        xp, t = self.xp, p.dtype.type
+        alpha = lr * math.sqrt(1 - beta_2 ** step) / (1 - beta_1 ** step)
+        m += (g - m) * t(1 - beta_1)
+        v += (g * g - v) * t(1 - beta_2)
+        xp.maximum(vhat, v, out=vhat)
+        p -= t(alpha) * m / (xp.sqrt(vhat) + t(epsilon))
+
+    def adagrad_update(self, p, g, acc, lr, epsilon=1e-7):
+        t = p.dtype.type
+        acc += g * g
+        p -= t(lr) * g / self.xp.sqrt(acc + t(epsilon))
+
+    def adamax_update(self, p, g, m, u, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1):
+        xp, t = self.xp, p.dtype.type
+        m += (g - m) * t(1 - beta_1)
+        xp.maximum(t(beta_2) * u, xp.abs(g), out=u)
+        p -= t(lr) * m / (t(1 - beta_1 ** step) * (u + t(epsilon)))
+
+    def nadam_update(self, p, g, m, v, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1,
+                     u_product=None):
+        """Keras 3's Nadam; ``u_product`` is prod_{k<=step} beta_1 (1 - 0.5 * 0.96**k)
+        (the optimizer keeps it as a function of the step)."""
+        t = p.dtype.type
+        u_t = beta_1 * (1.0 - 0.5 * 0.96 ** step)
+        u_t1 = beta_1 * (1.0 - 0.5 * 0.96 ** (step + 1))
+        u_prod_t1 = u_product * u_t1
+        m += (g - m) * t(1 - beta_1)
+        v += (g * g - v) * t(1 - beta_2)
+        m_hat = t(u_t1 / (1 - u_prod_t1)) * m + t((1 - u_t) / (1 - u_product)) * g
+        v_hat = v / t(1 - beta_2 ** step)
+        p -= m_hat * t(lr) / (self.xp.sqrt(v_hat) + t(epsilon))
+
+    def lion_update(self, p, g, m, lr, beta_1=0.9, beta_2=0.99):
+        xp, t = self.xp, p.dtype.type
+        p -= t(lr) * xp.sign(m * t(beta_1) + g * t(1 - beta_1))
+        m *= t(beta_2)
+        m += g * t(1 - beta_2)

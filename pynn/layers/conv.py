@@ -4,7 +4,7 @@ from .. import initializers
 from ..backend.geometry import (check_channels_last, conv_padding, pair, padding_mode,
                                 transpose_conv_length)
 from .base import _Activated
-from .core import _refuse
+from .penalties import _Penalized
 
 
 def _out_hw(layer, h, w):
@@ -15,7 +15,7 @@ def _out_hw(layer, h, w):
     return oh, ow
 
 
-class _Conv(_Activated):
+class _Conv(_Penalized, _Activated):
     """What every 2-D convolution layer shares: geometry arguments, checks,
     activation and bias."""
     fresh_grads = True      # its input gradients are buffers of its own
@@ -25,10 +25,17 @@ class _Conv(_Activated):
                  dilation_rate=(1, 1), activation=None, use_bias=True,
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None, **kw):
+        kernel_args = kw.pop("_kernel_args", None)
         super().__init__(**kw)
-        _refuse(self.kind, kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
-                activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
-                bias_constraint=bias_constraint)
+        if kernel_args is not None and (kernel_regularizer is not None or
+                                        kernel_constraint is not None):
+            raise TypeError(f"{self.kind} takes {', '.join(sorted(kernel_args))}, not "
+                            "kernel_regularizer / kernel_constraint")
+        if kernel_args is None:
+            kernel_args = {"kernel_regularizer": ("kernel", kernel_regularizer),
+                           "kernel_constraint": ("kernel", kernel_constraint)}
+        self._init_penalties(dict(kernel_args, bias_regularizer=("bias", bias_regularizer),
+                                  bias_constraint=("bias", bias_constraint)), activity_regularizer)
         check_channels_last(data_format)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.strides = pair(strides, "strides")
@@ -65,7 +72,8 @@ class _Conv(_Activated):
                  padding=self.padding, data_format="channels_last",
                  dilation_rate=list(self.dilation_rate), activation=self.activation,
                  use_bias=self.use_bias,
-                 bias_initializer=initializers.serialize(self.bias_initializer))
+                 bias_initializer=initializers.serialize(self.bias_initializer),
+                 **self._penalty_config())
         return c
 
 
@@ -110,6 +118,7 @@ class Conv2D(_Conv):
                                 activation=self._kernel_act(), out=z, **self._geom())
         y = self._post_activation(z)
         c.x, c.z, c.y = x, z, y
+        self._record_activity(y, x.shape[0])
         return y
 
     accumulates_dx = True
@@ -118,7 +127,7 @@ class Conv2D(_Conv):
         """dx; with dx_into (the gradient the input already has from another
         consumer) the data gradient is added to it in the same pass."""
         c = self.ctx
-        dz = self._pre_backward(dy, c.y)
+        dz = self._pre_backward(self._activity_grad(dy, c.y), c.y)
         act = self._kernel_act()
         if need_dx and dx_into is not None:
             dx, acc = dx_into, True
@@ -145,10 +154,10 @@ class DepthwiseConv2D(_Conv):
                  data_format=None, dilation_rate=(1, 1), activation=None, use_bias=True,
                  depthwise_initializer="glorot_uniform", bias_initializer="zeros",
                  depthwise_regularizer=None, depthwise_constraint=None, **kw):
-        _refuse("DepthwiseConv2D", depthwise_regularizer=depthwise_regularizer,
-                depthwise_constraint=depthwise_constraint)
         super().__init__(kernel_size, strides, padding, data_format, dilation_rate, activation,
-                         use_bias, bias_initializer, **kw)
+                         use_bias, bias_initializer, _kernel_args={
+                             "depthwise_regularizer": ("kernel", depthwise_regularizer),
+                             "depthwise_constraint": ("kernel", depthwise_constraint)}, **kw)
         self.depth_multiplier = int(depth_multiplier)
         if self.depth_multiplier < 1:
             raise ValueError(f"depth_multiplier must be >= 1, got {depth_multiplier}")
@@ -172,11 +181,12 @@ class DepthwiseConv2D(_Conv):
                                           activation=self._kernel_act(), out=z, **self._geom())
         y = self._post_activation(z)
         c.x, c.z, c.y = x, z, y
+        self._record_activity(y, x.shape[0])
         return y
 
     def backward(self, dy, need_dx=True):
         c = self.ctx
-        dz = self._pre_backward(dy, c.y)
+        dz = self._pre_backward(self._activity_grad(dy, c.y), c.y)
         act = self._kernel_act()
         dx = self._buf("dx", c.x.shape) if need_dx else None
         self.ops.depthwise_conv2d_backward(dz, c.x, self.w["kernel"], y=c.z if act else None,
@@ -203,12 +213,13 @@ class SeparableConv2D(_Conv):
                  bias_initializer="zeros", depthwise_regularizer=None,
                  pointwise_regularizer=None, depthwise_constraint=None,
                  pointwise_constraint=None, **kw):
-        _refuse("SeparableConv2D", depthwise_regularizer=depthwise_regularizer,
-                pointwise_regularizer=pointwise_regularizer,
-                depthwise_constraint=depthwise_constraint,
-                pointwise_constraint=pointwise_constraint)
         super().__init__(kernel_size, strides, padding, data_format, dilation_rate, activation,
-                         use_bias, bias_initializer, **kw)
+                         use_bias, bias_initializer, _kernel_args={
+                             "depthwise_regularizer": ("depthwise_kernel", depthwise_regularizer),
+                             "pointwise_regularizer": ("pointwise_kernel", pointwise_regularizer),
+                             "depthwise_constraint": ("depthwise_kernel", depthwise_constraint),
+                             "pointwise_constraint": ("pointwise_kernel", pointwise_constraint)},
+                         **kw)
         self.filters = int(filters)
         self.depth_multiplier = int(depth_multiplier)
         if self.filters < 1 or self.depth_multiplier < 1:
@@ -240,11 +251,12 @@ class SeparableConv2D(_Conv):
                                 activation=self._kernel_act(), out=z)
         y = self._post_activation(z)
         c.x, c.t, c.z, c.y = x, t, z, y
+        self._record_activity(y, x.shape[0])
         return y
 
     def backward(self, dy, need_dx=True):
         c = self.ctx
-        dz = self._pre_backward(dy, c.y)
+        dz = self._pre_backward(self._activity_grad(dy, c.y), c.y)
         act = self._kernel_act()
         dt = self._buf("dt", c.t.shape)
         self.ops.conv2d_backward(dz, c.t, self.w["pointwise_kernel"], y=c.z if act else None,
@@ -317,11 +329,12 @@ class Conv2DTranspose(_Conv):
             self.ops.bias_add(z, self.w["bias"])
         y = self._post_activation(z)
         c.x, c.z, c.y = x, z, y
+        self._record_activity(y, x.shape[0])
         return y
 
     def backward(self, dy, need_dx=True):
         c = self.ctx
-        dz = self._pre_backward(dy, c.y)
+        dz = self._pre_backward(self._activity_grad(dy, c.y), c.y)
         if "bias" in self.g:
             self.ops.bias_grad(dz, out=self.g["bias"])
         # the forward pass is the data gradient of conv(z-space -> x-space):

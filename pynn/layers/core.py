@@ -5,6 +5,7 @@ import numpy as np
 from .. import initializers
 from ..backend.activation_ref import grad_needs_input
 from .base import Layer, _Activated, activation_name
+from .penalties import _Penalized
 
 
 def _refuse(layer, **options):
@@ -13,15 +14,16 @@ def _refuse(layer, **options):
             raise NotImplementedError(f"{layer}({nm}=...) is not supported yet")
 
 
-class Dense(_Activated):
+class Dense(_Penalized, _Activated):
     fresh_grads = True      # its input gradients are buffers of its own
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None, **kw):
         super().__init__(**kw)
-        _refuse("Dense", kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
-                activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
-                bias_constraint=bias_constraint)
+        self._init_penalties({"kernel_regularizer": ("kernel", kernel_regularizer),
+                              "bias_regularizer": ("bias", bias_regularizer),
+                              "kernel_constraint": ("kernel", kernel_constraint),
+                              "bias_constraint": ("bias", bias_constraint)}, activity_regularizer)
         self.units = int(units)
         if self.units < 1:
             raise ValueError(f"Dense units must be >= 1, got {units}")
@@ -48,11 +50,12 @@ class Dense(_Activated):
                                activation=self._kernel_act(), out=z)
         y = self._post_activation(z)
         c.x, c.z, c.y, c.xshape = x2, z, y, x.shape
+        self._record_activity(y, x.shape[0])
         return y.reshape(x.shape[:-1] + (self.units,))
 
     def backward(self, dy, need_dx=True):
         c = self.ctx
-        dy2 = dy.reshape(-1, self.units)
+        dy2 = self._activity_grad(dy.reshape(-1, self.units), c.y)
         dz = self._pre_backward(dy2, c.y)
         act = self._kernel_act()
         dx = self._buf("dx", c.x.shape) if need_dx else None
@@ -65,7 +68,8 @@ class Dense(_Activated):
         c = super().get_config()
         c.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
                  kernel_initializer=initializers.serialize(self.kernel_initializer),
-                 bias_initializer=initializers.serialize(self.bias_initializer))
+                 bias_initializer=initializers.serialize(self.bias_initializer),
+                 **self._penalty_config())
         return c
 
 

@@ -278,6 +278,9 @@ class Saving:
         for k, v in self.optimizer.state.items():
             v[...] = self.ops.asarray(arrays[f"optimizer/{k}"])
         self.optimizer.iterations = int(comp.get("iterations", 0))
+        lr = (comp.get("optimizer") or {}).get("config", {}).get("learning_rate")
+        if isinstance(lr, (int, float)) and isinstance(self.optimizer._learning_rate, float):
+            self.optimizer.learning_rate = lr    # e.g. changed by a callback before the checkpoint
 
     # checkpoints (BackupAndRestore): model file + training position
     def _is_chief(self):

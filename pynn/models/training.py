@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .. import callbacks as cbks, data, losses, optimizers
+from . import penalties
 
 _METRIC_NAMES = {"accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy",
                  "binary_accuracy"}
@@ -167,6 +168,7 @@ class Trainer:
             layer = t._keras_history[0]
             act = getattr(layer, "activation", None)
             fuse = (hasattr(layer, "emit_logits") and consumers.get(id(t), 0) == 0 and
+                    getattr(layer, "activity_regularizer", None) is None and
                     not getattr(loss, "from_logits", False) and
                     ((act == "softmax" and loss.fuses_softmax) or
                      (act == "sigmoid" and getattr(loss, "fuses_sigmoid", False))) and
@@ -260,6 +262,7 @@ class Trainer:
             tot += w * float(l_)
             per.append(l_)
             cor.append(c_)
+        tot += penalties.loss_sum(self, int(outs[0].shape[0]))   # regularizers, as Keras
         return [tot] + (per if len(per) > 1 else []) + cor
 
     def _add_layer_losses(self, sums, n):
@@ -292,7 +295,9 @@ class Trainer:
         pending = dist.sum_scalars_async(tuple(sums) + (n,)) if global_metrics else None
         self._backward(douts)
         dist.allreduce_sum_(self._grads)
+        penalties.add_weight_gradients(self)     # once, after the sum over the ranks
         self.optimizer.apply(self.ops, self._params, self._grads, self._segments)
+        penalties.apply_constraints(self)
         if state is not None:
             state()
         res = pending() if pending is not None else tuple(sums) + (n,)
