@@ -192,7 +192,7 @@ def test_repeat_vector():
 # -------------------------------------------------------- ActivityRegularization --
 
 def test_activity_regularization_layer_gradient():
-    """backward adds d(l1 sum|x| + l2 sum x^2)/dx to dy: FD of
+    """backward adds d((l1 sum|x| + l2 sum x^2) / batch)/dx to dy: FD of
     L = sum(y R) + penalty(x)."""
     l1, l2 = 0.03, 0.2
     x = sample((4, 6), seed=7)
@@ -205,7 +205,8 @@ def test_activity_regularization_layer_gradient():
         return float(np.sum(y * R)) + sum(layer.losses)
 
     total(x)
-    assert layer.losses == [pytest.approx(l1 * np.abs(x).sum() + l2 * (x * x).sum(), rel=1e-14)]
+    assert layer.losses == [pytest.approx((l1 * np.abs(x).sum() + l2 * (x * x).sum()) / 4,
+                                          rel=1e-14)]
     dx = np.array(layer.backward(R.copy()), copy=True)
     d = np.random.default_rng(2).standard_normal(x.shape)
     eps = 1e-6
@@ -226,12 +227,13 @@ def _numpy_total_loss(ws, x, y, l1, l2):
     k1, b1, k2, b2 = ws
     h = np.tanh(x @ k1 + b1)
     out = h @ k2 + b2
-    return ((out - y) ** 2).mean(axis=1).mean() + l1 * np.abs(h).sum() + l2 * (h * h).sum()
+    return (((out - y) ** 2).mean(axis=1).mean()
+            + (l1 * np.abs(h).sum() + l2 * (h * h).sum()) / len(x))
 
 
 def test_activity_regularization_in_the_model_loss_and_gradient():
-    """Keras 3: loss = compiled loss + the layers' penalties (summed over
-    the batch, not divided by it); the training step's gradient is that of
+    """Keras 3.15: loss = compiled loss + the layers' penalties (summed over
+    the batch and divided by the batch size); the training step's gradient is that of
     the total (SGD with learning rate 1: the weight change is -grad)."""
     l1, l2 = 0.01, 0.05
     rng = np.random.default_rng(0)
