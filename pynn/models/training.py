@@ -376,9 +376,10 @@ class Trainer:
         logs = {"loss": r(sums[0])}
         per = sums[1:1 + k] if k > 1 else []
         cor = sums[1 + len(per):1 + len(per) + k]
-        for i, nm in enumerate(names):
+        for i, nm in enumerate(names):     # Keras 3's order: the losses, then the metrics
             if k > 1:
                 logs[f"{nm}_loss"] = r(per[i])
+        for i, nm in enumerate(names):
             for m, v in cm.results(self._slots[i], sums, float(cor[i]), seen).items():
                 logs[m if k == 1 else f"{nm}_{m}"] = v
         return logs
