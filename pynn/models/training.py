@@ -592,8 +592,7 @@ class Trainer:
         verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
         if verbose and self._dist.rank == 0:
             dt = time.perf_counter() - t0
-            print(f"evaluate: {xs[0].shape[0]} samples - {dt:.1f}s - {cbks._fmt_logs(logs)}",
-                  flush=True)
+            print(cbks.keras_line(-(-xs[0].shape[0] // bs), dt, logs), flush=True)
         return self._result(logs, return_dict)
 
     # ---------------------------------------------------------------- predict --
