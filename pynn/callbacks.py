@@ -1,9 +1,11 @@
 """Callbacks with Keras names and semantics.
 
-History, ProgbarLogger (tqdm bar on a terminal, one line per epoch
+History, ProgbarLogger (tqdm bar on a terminal, Keras' line per epoch
 otherwise), EarlyStopping, ModelCheckpoint, LearningRateScheduler,
-TerminateOnNaN, CSVLogger and BackupAndRestore (checkpoint and resume,
-mid-epoch too).  Under MPI only rank 0 runs the callbacks that write or
+ReduceLROnPlateau, LambdaCallback, TerminateOnNaN, CSVLogger and
+BackupAndRestore (checkpoint and resume, mid-epoch too).  Custom callbacks
+get every Keras 3 hook (on_{train,test,predict}_{begin,end},
+on_{train,test,predict}_batch_{begin,end}, on_epoch_{begin,end}).  Under MPI only rank 0 runs the callbacks that write or
 print (``chief_only``); every rank runs the others, with the same averaged
 logs, so that decisions such as early stopping agree.
 """
@@ -13,6 +15,9 @@ import math
 import os
 import sys
 import time
+import warnings
+
+import numpy as np
 
 from .io import write_text_atomic
 
@@ -30,16 +35,28 @@ class Callback:
     def set_params(self, params):
         self.params = params
 
+    # Keras 3's hooks; fit runs the on_test_* hooks during validation
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass
     def on_epoch_begin(self, epoch, logs=None): pass
     def on_epoch_end(self, epoch, logs=None): pass
-    def on_train_batch_begin(self, batch, logs=None): pass
-    def on_train_batch_end(self, batch, logs=None): pass
+    def on_batch_begin(self, batch, logs=None): pass   # Keras 2 names: every training batch
+    def on_batch_end(self, batch, logs=None): pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs=logs)
+
     def on_test_begin(self, logs=None): pass
     def on_test_end(self, logs=None): pass
+    def on_test_batch_begin(self, batch, logs=None): pass
+    def on_test_batch_end(self, batch, logs=None): pass
     def on_predict_begin(self, logs=None): pass
     def on_predict_end(self, logs=None): pass
+    def on_predict_batch_begin(self, batch, logs=None): pass
+    def on_predict_batch_end(self, batch, logs=None): pass
 
 
 class CallbackList:
@@ -55,7 +72,9 @@ class CallbackList:
 
         def call(*args):
             for c in self.callbacks:
-                getattr(c, hook)(*args)
+                fn = getattr(c, hook, None)
+                if fn is not None:
+                    fn(*args)
         return call
 
 
@@ -75,18 +94,34 @@ class History(Callback):
             self.model.history = self
 
 
+def _fmt_value(v):
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) > 1e-3 or v == 0 else f"{v:.4e}"   # as Keras' Progbar
+    return str(v)
+
+
 def _fmt_logs(logs, skip=("images_per_s",)):
-    parts = []
-    for k, v in logs.items():
-        if k in skip:
-            continue
-        parts.append(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
-    return " - ".join(parts)
+    return " - ".join(f"{k}: {_fmt_value(v)}" for k, v in logs.items() if k not in skip)
+
+
+def _per_step(seconds):
+    if seconds >= 1:
+        return f"{seconds:.0f}s/step"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.0f}ms/step"
+    return f"{seconds * 1e6:.0f}us/step"
+
+
+def keras_line(steps, seconds, logs):
+    """Keras 3's verbose=2 line: ``32/32 - 1s - 3ms/step - loss: 0.6931 - ...``."""
+    per = _per_step(seconds / steps) if steps else ""
+    return f"{steps}/{steps} - {seconds:.0f}s - {per} - {_fmt_logs(logs)}".rstrip(" -")
 
 
 class ProgbarLogger(Callback):
     """verbose=1: a tqdm progress bar per epoch with loss, accuracy and
-    images/s; verbose=2: one line per epoch (batch jobs, logs)."""
+    images/s; verbose=2: Keras 3's ``Epoch 1/10`` then one line per epoch
+    (``32/32 - 1s - 3ms/step - loss: ... - val_loss: ...``: batch jobs, logs)."""
     chief_only = True
 
     def __init__(self, verbose=1, file=None):
@@ -131,10 +166,8 @@ class ProgbarLogger(Callback):
             self.bar.close()
             self.bar = None
         elif self.verbose == 2:
-            ips = logs.get("images_per_s")
-            extra = f" - {ips:.0f} img/s" if ips else ""
-            print(f"Epoch {epoch + 1}/{self.params.get('epochs')} - {self.params.get('steps')} steps - "
-                  f"{dt:.1f}s - {_fmt_logs(logs)}{extra}", file=self._out(), flush=True)
+            print(f"Epoch {epoch + 1}/{self.params.get('epochs')}\n"
+                  f"{keras_line(self.params.get('steps'), dt, logs)}", file=self._out(), flush=True)
 
 
 class _Monitor(Callback):
@@ -265,6 +298,111 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self.model.optimizer.current_learning_rate())
+
+
+def _set_learning_rate(opt, value, who):
+    if callable(getattr(opt, "learning_rate", None)):
+        raise TypeError(f"{who}: the optimizer's learning rate is a schedule "
+                        f"({opt.learning_rate!r}); give it a float learning rate to let "
+                        f"{who} change it")
+    opt.learning_rate = float(value)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not
+    improved by more than ``min_delta`` for ``patience`` epochs, then wait
+    ``cooldown`` epochs; never below ``min_lr`` (Keras 3's rules: mode
+    "auto" maximises when the name contains "acc"; adds ``learning_rate`` to
+    the epoch logs).  Keras 2's ``epsilon=`` is accepted for ``min_delta``."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0, **kwargs):
+        super().__init__()
+        if "epsilon" in kwargs:
+            warnings.warn("ReduceLROnPlateau(epsilon=...) is Keras 2's spelling; use min_delta",
+                          DeprecationWarning, stacklevel=2)
+            min_delta = kwargs.pop("epsilon")
+        if kwargs:
+            raise TypeError(f"ReduceLROnPlateau: unexpected argument(s) {sorted(kwargs)}")
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0, got {factor}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be auto, min or max, got {mode!r}")
+        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
+        self.verbose, self.mode, self.min_delta = verbose, mode, float(min_delta)
+        self.cooldown, self.min_lr = int(cooldown), float(min_lr)
+        self._reset()
+
+    def _reset(self):
+        self._maximise = self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
+        self.best = -math.inf if self._maximise else math.inf
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def _improved(self, current):
+        if self._maximise:
+            return current > self.best + self.min_delta
+        return current < self.best - self.min_delta
+
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        opt = self.model.optimizer
+        logs["learning_rate"] = float(opt.current_learning_rate())
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"ReduceLROnPlateau: the metric {self.monitor!r} is not in the logs "
+                          f"(available: {sorted(logs)})", RuntimeWarning, stacklevel=2)
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current):
+            self.best, self.wait = current, 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(opt.current_learning_rate())
+                if old > float(np.float32(self.min_lr)):
+                    new = max(old * self.factor, self.min_lr)
+                    _set_learning_rate(opt, new, "ReduceLROnPlateau")
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                              f"to {new}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class LambdaCallback(Callback):
+    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda epoch,
+    logs: ...)``; any Keras hook name may be given (``on_train_begin(logs)``,
+    ``on_train_batch_end(batch, logs)``, ``on_test_end(logs)``...)."""
+    _HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+              "on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end",
+              "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+              "on_predict_begin", "on_predict_end", "on_predict_batch_begin",
+              "on_predict_batch_end")
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
+                 on_train_end=None, on_train_batch_begin=None, on_train_batch_end=None, **kwargs):
+        super().__init__()
+        given = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                     on_train_begin=on_train_begin, on_train_end=on_train_end,
+                     on_train_batch_begin=on_train_batch_begin,
+                     on_train_batch_end=on_train_batch_end, **kwargs)
+        for hook, fn in given.items():
+            if hook not in self._HOOKS:
+                raise TypeError(f"LambdaCallback: unknown hook {hook!r}; hooks: {self._HOOKS}")
+            if fn is None:
+                continue
+            if not callable(fn):
+                raise TypeError(f"LambdaCallback: {hook} must be callable, got {fn!r}")
+            setattr(self, hook, fn)
 
 
 class TerminateOnNaN(Callback):

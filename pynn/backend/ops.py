@@ -648,6 +648,17 @@ class Ops:
                 dlogits[...] = g * scale
         return loss, correct
 
+    def loss_rows(self, kind, y_pred, y_true, need_grad=True, **params):
+        """(per-sample loss, d loss / d y_pred or None) of the loss ``kind``
+        (a name in pynn/backend/loss_ops.py KINDS, Keras 3's formulas), the
+        classes on the last axis; params: ``delta`` (huber), ``from_logits``
+        (binary_crossentropy)."""
+        from .loss_ops import KINDS
+        fn = KINDS.get(kind)
+        if fn is None:
+            raise ValueError(f"unknown loss kind {kind!r}; expected one of {sorted(KINDS)}")
+        return fn(self.xp, y_pred, y_true, need_grad, **params)
+
     # -- batch normalisation -----------------------------------------------
     def batchnorm_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
                           momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None,

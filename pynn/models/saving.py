@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from .. import io, losses, optimizers
+from . import compile_metrics as cm
 from ..layers import InputLayer, from_config as layer_from_config
 from ..symbolic import KerasTensor
 
@@ -182,7 +183,10 @@ class Saving:
             meta["compile"] = {"optimizer": optimizers.serialize(self.optimizer),
                                "loss": [losses.serialize(l) for l in self._losses],
                                "loss_weights": list(self._loss_weights),
-                               "metrics": [list(m) for m in self._metric_names],
+                               "metrics": cm.serializable(
+                                   [[r for r in row if not r[2]] for row in self._metric_specs]),
+                               "weighted_metrics": cm.serializable(
+                                   [[r for r in row if r[2]] for row in self._metric_specs]),
                                "iterations": int(self.optimizer.iterations)}
         return meta
 
@@ -334,11 +338,15 @@ def load_model(filepath, compile=True):
         if isinstance(loss, list):
             loss = [losses.get(l) for l in loss]
             loss = loss[0] if len(loss) == 1 else loss
-        metrics = comp.get("metrics") or None
-        if metrics and all(isinstance(m, list) for m in metrics):
-            metrics = metrics[0] if len(metrics) == 1 else metrics
+        def per_output(value):
+            value = value or None
+            if value and all(isinstance(m, list) for m in value):
+                value = value[0] if len(value) == 1 else value
+            return value or None
         model.compile(optimizer=optimizers.get(comp["optimizer"]), loss=losses.get(loss)
-                      if not isinstance(loss, list) else loss, metrics=metrics,
+                      if not isinstance(loss, list) else loss,
+                      metrics=per_output(comp.get("metrics")),
+                      weighted_metrics=per_output(comp.get("weighted_metrics")),
                       loss_weights=comp.get("loss_weights"))
         model._load_optimizer(arrays, meta, filepath)
     return model

@@ -14,10 +14,7 @@ import time
 import numpy as np
 
 from .. import callbacks as cbks, data, losses, optimizers
-from . import penalties
-
-_METRIC_NAMES = {"accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy",
-                 "binary_accuracy"}
+from . import compile_metrics as cm, penalties
 
 
 class LocalGroup:
@@ -107,8 +104,6 @@ class Trainer:
             raise TypeError(f"compile: unexpected keyword argument(s) {sorted(kwargs)}")
         if loss is None:
             raise ValueError("compile needs a loss")
-        if weighted_metrics is not None:
-            raise NotImplementedError("weighted_metrics is not supported")
         if self._graph_built or self._can_build():
             self._ensure_graph()
         names = self.output_names
@@ -117,30 +112,17 @@ class Trainer:
         if any(l is None for l in per_loss):
             raise ValueError(f"loss: every output needs a loss; got {loss!r} for outputs {names}")
         self._losses = [losses.get(l) for l in per_loss]
+        for l in self._losses:
+            if l.reduction not in ("sum_over_batch_size", "mean", "sum"):
+                raise NotImplementedError(
+                    f"compile: a loss with reduction={l.reduction!r} cannot train (the "
+                    "gradient needs a scalar): use 'sum_over_batch_size' or 'sum'")
         self.loss = self._losses[0] if len(self._losses) == 1 else loss
         lw = [1.0] * len(names) if loss_weights is None else \
             _per_output(loss_weights, names, "loss_weights", allow_single=False)
         self._loss_weights = [1.0 if w is None else float(w) for w in lw]
-        if metrics is None:
-            per_m = [[] for _ in names]
-        elif isinstance(metrics, dict):
-            _per_output(metrics, names, "metrics")   # checks the names
-            per_m = [metrics.get(n) or [] for n in names]
-        elif len(names) > 1 and isinstance(metrics, (list, tuple)) and metrics and \
-                all(isinstance(m, (list, tuple)) for m in metrics):
-            per_m = _per_output(list(metrics), names, "metrics")
-        else:
-            per_m = [list(metrics)] * len(names)
-        self._metric_names = []
-        for ms in per_m:
-            ms = [ms] if isinstance(ms, str) else list(ms)
-            row = []
-            for m in ms:
-                name = m if isinstance(m, str) else getattr(m, "name", None)
-                if name not in _METRIC_NAMES:
-                    raise ValueError(f"unsupported metric {m!r}; supported: {sorted(_METRIC_NAMES)}")
-                row.append(name)
-            self._metric_names.append(row)
+        self._metric_specs = cm.per_output_specs(metrics, weighted_metrics, names, _per_output)
+        self._metric_names = cm.names(self._metric_specs)
         self.compiled = True
         self.__dict__.pop("_n_out", None)
         if self._graph_built:
@@ -148,11 +130,14 @@ class Trainer:
 
     @property
     def metrics_names(self):
-        names = self.output_names if getattr(self, "_graph_built", False) else []
-        mn = getattr(self, "_metric_names", [])
-        if len(mn) <= 1:
-            return list(mn[0]) if mn else []
-        return [f"{o}_{m}" for o, ms in zip(names, mn) for m in ms]
+        """Keras' names of evaluate's results: "loss", the per-output losses
+        (several outputs), then the metrics."""
+        if not getattr(self, "compiled", False):
+            return []
+        names = self.output_names
+        k = len(names)
+        out = ["loss"] + ([f"{o}_loss" for o in names] if k > 1 else [])
+        return out + cm.log_names(self._metric_names, names)
 
     def _configure_outputs(self):
         """Fuse a final softmax (sigmoid) into the cross-entropy: the layer
@@ -181,6 +166,10 @@ class Trainer:
                 raise ValueError(f"the loss needs outputs of shape (batch, units); output "
                                  f"{t._keras_history[0].name!r} has shape {t.shape}")
         self._n_out = [t.shape[-1] for t in self._outputs]
+        self._slots = cm.resolve(self._metric_specs, self._losses, self._n_out,
+                                 first=1 + (k if (k := len(self._outputs)) > 1 else 0) + k)
+        self._fused_act = [getattr(t._keras_history[0], "activation", None) if f else None
+                           for t, f in zip(self._outputs, self._logits)]
 
     def _require_ready(self, x=None):
         if not self.compiled:
@@ -239,6 +228,52 @@ class Trainer:
             out.append(loss.check_targets(arr, k, self._dtype))
         return xs, out
 
+    def _check_weights(self, sample_weight, class_weight, ys):
+        """Per-output sample weights (float arrays of shape (N,)) or None, from
+        ``sample_weight`` (an array for every output, or a list/dict per
+        output) or ``class_weight`` ({class: weight}, Keras' rule: the class
+        of a sample is its label, the argmax of a one-hot target, or its
+        rounded value for one output unit)."""
+        n = len(ys[0])
+        if class_weight is not None:
+            if sample_weight is not None:
+                raise ValueError("give class_weight or sample_weight, not both")
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"class_weight must be a dict {{class: weight}}, got "
+                                f"{type(class_weight).__name__}")
+            if len(ys) > 1:
+                raise ValueError("class_weight is only supported for models with a single "
+                                 "output; give sample_weight per output instead")
+            y = np.asarray(ys[0])
+            if y.ndim > 1:
+                y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
+            cls = np.round(y).astype(np.int64)
+            w = np.ones(n, dtype=self._dtype)
+            for c, v in class_weight.items():
+                w[cls == int(c)] = float(v)
+            return [w] * len(ys)
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, (dict, list, tuple)) and len(ys) > 1:
+            sw = _as_list(sample_weight, self.output_names, "sample_weight")
+        else:
+            sw = [sample_weight] * len(ys)
+        out = []
+        for w in sw:
+            if w is None:
+                out.append(np.ones(n, dtype=self._dtype))
+                continue
+            a = np.asarray(w, dtype=np.float64)
+            if a.ndim == 2 and a.shape[1] == 1:
+                a = a[:, 0]
+            if a.shape != (n,):
+                raise ValueError(f"sample_weight must have shape ({n},) (one weight per "
+                                 f"sample), got {np.shape(w)}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError("sample_weight contains NaN or inf")
+            out.append(np.ascontiguousarray(a, dtype=self._dtype))
+        return out
+
     def _buf(self, key, shape, dtype):
         k = (key, tuple(shape), np.dtype(dtype).str)
         b = self._bufs.get(k)
@@ -251,19 +286,57 @@ class Trainer:
                 for i, a in enumerate(arrays)]
 
     # ---------------------------------------------------------------- steps --
-    def _losses_sums(self, outs, ys, grad_scale, douts):
+    def _losses_sums(self, outs, ys, grad_scale, douts, sws=None, batch_total=None):
         """[weighted loss sum, per-output loss sums..., per-output correct
-        counts...]; writes each output's loss gradient into douts."""
+        counts..., other metrics' states...] (see compile_metrics); writes
+        each output's loss gradient into douts.  ``grad_scale``: 1/(global
+        batch) for reduction sum_over_batch_size (the gradient of "sum" is
+        not scaled); ``sws``: per-output sample weights (device arrays) or
+        None; ``batch_total``: the global batch size (a "sum" loss enters
+        the running mean as batch sum * batch size, as Keras' loss
+        tracker)."""
         tot, per, cor = 0.0, [], []
+        nb = int(outs[0].shape[0]) if batch_total is None else batch_total
         for i, (out, y, loss) in enumerate(zip(outs, ys, self._losses)):
             w = self._loss_weights[i]
             d = None if douts is None else douts[i]
-            l_, c_ = loss.compute(self.ops, out, y, d, grad_scale * w, self._logits[i])
+            summed = loss.reduction == "sum"
+            sw = None if sws is None else sws[i]
+            kw = {} if sw is None else {"sample_weight": sw}
+            l_, c_ = loss.compute(self.ops, out, y, d, w if summed else grad_scale * w,
+                                  self._logits[i], **kw)
+            if summed:
+                l_ = float(l_) * nb
             tot += w * float(l_)
             per.append(l_)
             cor.append(c_)
         tot += penalties.loss_sum(self, int(outs[0].shape[0]))   # regularizers, as Keras
-        return [tot] + (per if len(per) > 1 else []) + cor
+        sums = [tot] + (per if len(per) > 1 else []) + cor
+        if len(sums) < self._n_sums:
+            sums += [0.0] * (self._n_sums - len(sums))
+            for i, out in enumerate(outs):
+                if cm.needs_outputs(self._slots[i]):
+                    cm.add_generic(sums, self._slots[i], self.ops.to_numpy(ys[i]),
+                                   self._host_predictions(i, out),
+                                   None if sws is None else self.ops.to_numpy(sws[i]))
+        return sums
+
+    def _host_predictions(self, i, out):
+        """What the model outputs (probabilities where the final activation
+        was fused into the loss), as a float64 host array."""
+        o = self.ops.to_numpy(out).astype(np.float64)
+        act = self._fused_act[i]
+        if act == "softmax":
+            z = np.exp(o - o.max(axis=-1, keepdims=True))
+            return z / z.sum(axis=-1, keepdims=True)
+        if act == "sigmoid":
+            return 0.5 * (1 + np.tanh(0.5 * o))
+        return o
+
+    @property
+    def _n_sums(self):
+        k = len(self._outputs)
+        return cm.total_size(self._slots, 1 + (k if k > 1 else 0) + k)
 
     def _add_layer_losses(self, sums, n):
         """Keras adds the layers' add_loss penalties (ActivityRegularization)
@@ -271,7 +344,7 @@ class Trainer:
         if self._run.losses:
             sums[0] += n * sum(self._run.losses)
 
-    def _train_step(self, xbs, ybs, grad_scale, global_metrics=False):
+    def _train_step(self, xbs, ybs, grad_scale, global_metrics=False, sws=None):
         """One step on this rank's batch.  ``grad_scale`` is 1/(global batch),
         so the SUM over the ranks of the gradient buffer is the global-batch
         mean gradient.  Returns the metric sums (see _losses_sums) plus the
@@ -283,12 +356,15 @@ class Trainer:
         for _, layer in self._rng_layers:
             layer.step = step
         xbs, ybs = self._to_device(xbs, "x"), self._to_device(ybs, "y")
+        if sws is not None:
+            sws = self._to_device(sws, "sw")
         outs = self._forward(xbs, True, logits=True)
         # batch-norm moving statistics (final after forward): mean over the ranks
         state = (dist.sync_state_async(self._state[:self._n_averaged])
                  if dist.active and self._n_averaged else None)
         douts = [self._buf(f"dout{i}", o.shape, self._dtype) for i, o in enumerate(outs)]
-        sums = self._losses_sums(outs, ybs, grad_scale, douts)
+        sums = self._losses_sums(outs, ybs, grad_scale, douts, sws,
+                                 batch_total=int(round(1.0 / grad_scale)))
         n = int(xbs[0].shape[0])
         self._add_layer_losses(sums, n)
         self._run.loss_scale = grad_scale * n      # the layers' add_loss gradients' weight
@@ -312,17 +388,17 @@ class Trainer:
         k = len(names)
         logs = {"loss": r(sums[0])}
         per = sums[1:1 + k] if k > 1 else []
-        cor = sums[1 + len(per):]
-        for i, nm in enumerate(names):
+        cor = sums[1 + len(per):1 + len(per) + k]
+        for i, nm in enumerate(names):     # Keras 3's order: the losses, then the metrics
             if k > 1:
                 logs[f"{nm}_loss"] = r(per[i])
-            for m in self._metric_names[i]:
-                logs[m if k == 1 else f"{nm}_{m}"] = r(cor[i])
+        for i, nm in enumerate(names):
+            for m, v in cm.results(self._slots[i], sums, float(cor[i]), seen).items():
+                logs[m if k == 1 else f"{nm}_{m}"] = v
         return logs
 
     def _zero_sums(self):
-        k = len(self._outputs)
-        return [0.0] * (1 + (k if k > 1 else 0) + k)
+        return [0.0] * self._n_sums
 
     def _join_launch(self):
         """Under an MPI launch (``mpiexec -n N python script.py``), the
@@ -346,25 +422,24 @@ class Trainer:
             self._dist.sync_model(self)
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
-        if sample_weight is not None or class_weight is not None:
-            raise NotImplementedError("sample_weight / class_weight are not supported")
         self._require_ready(x)
         xs, ys = self._check_xy(x, y)
+        sws = self._check_weights(sample_weight, class_weight, ys)
         # under MPI every rank passes its own batch of the same size: one step on their union,
         # from rank 0's weights
         dist = self._dist
         self._sync_replicas()
         sums, n = self._train_step(xs, ys, 1.0 / (xs[0].shape[0] * dist.size),
-                                   global_metrics=dist.active)
+                                   global_metrics=dist.active, sws=sws)
         return self._result(self._metric_logs(sums, n), return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
-        if sample_weight is not None:
-            raise NotImplementedError("sample_weight is not supported")
         self._require_ready(x)
         xs, ys = self._check_xy(x, y)
+        sws = self._check_weights(sample_weight, None, ys)
         outs = self._forward(self._to_device(xs, "x"), False, logits=True)
-        sums = self._losses_sums(outs, self._to_device(ys, "y"), 1.0, None)
+        sums = self._losses_sums(outs, self._to_device(ys, "y"), 1.0, None,
+                                 None if sws is None else self._to_device(sws, "sw"))
         self._add_layer_losses(sums, xs[0].shape[0])
         return self._result(self._metric_logs(sums, xs[0].shape[0]), return_dict)
 
@@ -379,8 +454,7 @@ class Trainer:
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
             validation_batch_size=None, validation_freq=1):
-        for nm, v in (("class_weight", class_weight), ("sample_weight", sample_weight),
-                      ("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+        for nm, v in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
             if v is not None:
                 raise NotImplementedError(f"fit({nm}=...) is not supported")
         if not self.compiled:
@@ -391,6 +465,8 @@ class Trainer:
         epochs, initial_epoch = int(epochs), int(initial_epoch)
         xs, ys = self._check_xy(x, y)
         self._require_ready(xs)
+        sws = self._check_weights(sample_weight, class_weight, ys) or []
+        vsws = None
         n = xs[0].shape[0]
         has_val = validation_data is not None or bool(validation_split)
         if validation_data is None and validation_split:
@@ -401,13 +477,16 @@ class Trainer:
                 raise ValueError(f"validation_split={validation_split} leaves an empty split")
             vxs, vys = [a[k:] for a in xs], [a[k:] for a in ys]
             xs, ys = [a[:k] for a in xs], [a[:k] for a in ys]
+            vsws = [a[k:] for a in sws] or None
+            sws = [a[:k] for a in sws]
             n = k
         elif validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
-                    raise NotImplementedError("validation_data with sample weights is not supported")
-                raise ValueError("validation_data must be (x_val, y_val)")
-            vxs, vys = self._check_xy(*validation_data)
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be (x_val, y_val) or "
+                                 "(x_val, y_val, sample_weight_val)")
+            vxs, vys = self._check_xy(*validation_data[:2])
+            if len(validation_data) == 3:
+                vsws = self._check_weights(validation_data[2], None, vys)
         dist = self._dist
         steps = data.steps_per_epoch(n, batch_size, dist.size)
         verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
@@ -426,7 +505,7 @@ class Trainer:
                      "seed": int(self.seed), "shuffle": bool(shuffle), "batch_size": batch_size,
                      "n": n, "ranks": dist.size}
         self._resume = None
-        cbl.on_train_begin()
+        cbl.on_train_begin({})
         if dist.active:
             # rank 0's seed, weights, optimizer state and resume position everywhere
             dist.check_same((n, batch_size, epochs, initial_epoch, bool(shuffle)),
@@ -454,25 +533,26 @@ class Trainer:
             self._pos["ranks"] = dist.size   # the checkpoint's count was converted above
             if start_step >= steps:
                 start_epoch, start_step, sums, seen = start_epoch + 1, 0, list(zero), 0
-        batcher = data.Batcher(tuple(xs) + tuple(ys), batch_size, shuffle=shuffle, seed=self.seed,
-                               rank=dist.rank, size=dist.size)
-        nx = len(xs)
+        batcher = data.Batcher(tuple(xs) + tuple(ys) + tuple(sws), batch_size, shuffle=shuffle,
+                               seed=self.seed, rank=dist.rank, size=dist.size)
+        nx, ny = len(xs), len(ys)
         logs = {}
         for epoch in range(start_epoch, epochs):
             if self.stop_training:
                 break
             self._pos.update(epoch=epoch, step=start_step)
             params["start_step"] = start_step
-            cbl.on_epoch_begin(epoch)
+            cbl.on_epoch_begin(epoch, {})
             t0 = time.perf_counter()
             seen0 = seen
             step = start_step
             for batch in batcher.epoch(epoch, start_step):
-                cbl.on_train_batch_begin(step)
+                cbl.on_train_batch_begin(step, {})
                 nb = batch[0].shape[0]
                 gscale = 1.0 / (nb * dist.size)
-                s_, nb = self._train_step(list(batch[:nx]), list(batch[nx:]), gscale,
-                                          global_metrics=dist.active)
+                s_, nb = self._train_step(list(batch[:nx]), list(batch[nx:nx + ny]), gscale,
+                                          global_metrics=dist.active,
+                                          sws=list(batch[nx + ny:]) or None)
                 sums = [a + b for a, b in zip(sums, s_)]
                 seen += nb
                 step += 1
@@ -486,7 +566,7 @@ class Trainer:
             start_step, sums, seen = 0, list(zero), 0
             epoch_logs = dict(logs)
             if has_val and (epoch + 1) % validation_freq == 0:
-                vl = self._evaluate_arrays(vxs, vys, validation_batch_size or batch_size)
+                vl = self._evaluate_arrays(vxs, vys, validation_batch_size or batch_size, vsws, cbl)
                 epoch_logs.update({"val_" + k: v for k, v in vl.items()})
             self._pos.update(epoch=epoch + 1, step=0, sums=list(zero), seen=0)
             cbl.on_epoch_end(epoch, epoch_logs)
@@ -495,40 +575,60 @@ class Trainer:
         return history
 
     # ---------------------------------------------------------------- evaluate --
-    def _evaluate_arrays(self, xs, ys, batch_size):
-        """Loss and metrics over (xs, ys), sharded over ranks when distributed."""
+    def _evaluate_arrays(self, xs, ys, batch_size, sws=None, cbl=None):
+        """Loss and metrics over (xs, ys) (sample weights ``sws``: a list per
+        output or None), sharded over ranks when distributed.  ``cbl``: the
+        callbacks that get the on_test_* hooks (batch logs are this rank's
+        running figures)."""
         dist = self._dist
         n = xs[0].shape[0]
         lo = n * dist.rank // dist.size
         hi = n * (dist.rank + 1) // dist.size
         sums = self._zero_sums()
-        for s in range(lo, hi, batch_size):
+        if cbl is not None:
+            cbl.on_test_begin({})
+        for b, s in enumerate(range(lo, hi, batch_size)):
             e = min(s + batch_size, hi)
+            if cbl is not None:
+                cbl.on_test_batch_begin(b, {})
             outs = self._forward(self._to_device([a[s:e] for a in xs], "x"), False, logits=True)
-            s_ = self._losses_sums(outs, self._to_device([a[s:e] for a in ys], "y"), 1.0, None)
+            sw = None if sws is None else self._to_device([a[s:e] for a in sws], "sw")
+            s_ = self._losses_sums(outs, self._to_device([a[s:e] for a in ys], "y"), 1.0, None,
+                                   sw)
             self._add_layer_losses(s_, e - s)
             sums = [a + float(b) for a, b in zip(sums, s_)]
+            if cbl is not None:
+                cbl.on_test_batch_end(b, self._metric_logs(sums, e - lo))
         if dist.active:
             sums = list(dist.sum_scalars(tuple(sums)))
-        return self._metric_logs(sums, n)
+        logs = self._metric_logs(sums, n)
+        if cbl is not None:
+            cbl.on_test_end(dict(logs))
+        return logs
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
-        if sample_weight is not None or steps is not None:
-            raise NotImplementedError("sample_weight / steps are not supported")
+        if steps is not None:
+            raise NotImplementedError("evaluate(steps=...) is not supported for arrays")
         self._require_ready(x)
         self._sync_replicas()   # evaluate is collective under MPI: rank 0's weights everywhere
         xs, ys = self._check_xy(x, y)
+        sws = self._check_weights(sample_weight, None, ys)
         t0 = time.perf_counter()
         bs = 32 if batch_size is None else int(batch_size)
         if bs < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        logs = self._evaluate_arrays(xs, ys, bs)
+        cbl = None
+        if callbacks:
+            steps_ = -(-xs[0].shape[0] // bs)
+            cbl = cbks.CallbackList(list(callbacks), self, {"verbose": 0, "epochs": 1,
+                                                             "steps": steps_},
+                                    chief=self._dist.rank == 0)
+        logs = self._evaluate_arrays(xs, ys, bs, sws, cbl)
         verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
         if verbose and self._dist.rank == 0:
             dt = time.perf_counter() - t0
-            print(f"evaluate: {xs[0].shape[0]} samples - {dt:.1f}s - {cbks._fmt_logs(logs)}",
-                  flush=True)
+            print(cbks.keras_line(-(-xs[0].shape[0] // bs), dt, logs), flush=True)
         return self._result(logs, return_dict)
 
     # ---------------------------------------------------------------- predict --
@@ -541,12 +641,25 @@ class Trainer:
             raise ValueError(f"batch_size must be >= 1, got {bs}")
         n = xs[0].shape[0]
         res = None
-        for s in range(0, n, bs):
+        cbl = None
+        if callbacks:
+            cbl = cbks.CallbackList(list(callbacks), self, {"verbose": 0, "epochs": 1,
+                                                             "steps": -(-n // bs)},
+                                    chief=self._dist.rank == 0)
+            cbl.on_predict_begin({})
+        for b, s in enumerate(range(0, n, bs)):
+            if cbl is not None:
+                cbl.on_predict_batch_begin(b, {})
             outs = self._forward(self._to_device([a[s:s + bs] for a in xs], "x"), False)
             if res is None:
                 res = [np.empty((n,) + tuple(o.shape[1:]), dtype=self._dtype) for o in outs]
             for r, o in zip(res, outs):
                 r[s:s + bs] = self.ops.to_numpy(o)
+            if cbl is not None:
+                got = [r[s:s + bs] for r in res]
+                cbl.on_predict_batch_end(b, {"outputs": got[0] if len(got) == 1 else got})
+        if cbl is not None:
+            cbl.on_predict_end({})
         if isinstance(self._outputs_struct, dict):
             return dict(zip(self._outputs_struct.keys(), res))
         return res[0] if len(res) == 1 else res
