@@ -283,7 +283,7 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
-        lr = opt.current_learning_rate()
+        lr = float(opt.learning_rate)   # the set rate (Keras 2's decay= is applied on top of it)
         try:
             new = self.schedule(epoch, lr)
         except TypeError:

@@ -16,8 +16,8 @@ def _group():
 
 
 def _lr(opt):
-    f = getattr(opt, "current_learning_rate", None)
-    return float(f()) if callable(f) else float(opt.learning_rate)
+    """The optimizer's set learning rate (as Horovod's K.get_value(opt.lr))."""
+    return float(opt.learning_rate)
 
 
 class BroadcastGlobalVariablesCallback(_cbks.Callback):
