@@ -6,6 +6,8 @@ an Ops method with its NumPy reference in pynn/backend/ops.py (and a
 compiled override in pynn/backend/cpu.py); tests in tests/test_pynn_layers.py
 or tests/test_graph.py.  See pynn/layers/base.py for the layer contract.
 """
+from .augmentation import (RandomBrightness, RandomContrast, RandomCrop, RandomFlip,
+                           RandomRotation, RandomTranslation, RandomZoom)
 from .base import Input, InputLayer, Layer, Weight, activation_name, reset_names
 from .conv import Conv2D, Conv2DTranspose, Convolution2D, DepthwiseConv2D, SeparableConv2D
 from .core import Activation, Dense, Dropout, Identity, ReLU
