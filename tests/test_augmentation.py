@@ -429,3 +429,17 @@ def test_input_gradient_is_refused_with_a_clear_message():
     m.compile("sgd", "sparse_categorical_crossentropy")
     with pytest.raises(NotImplementedError, match="late_flip.*before the first trainable"):
         m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+
+
+def test_augmentation_sequential_called_on_arrays_augments_like_keras3():
+    pynn.utils.set_random_seed(2)
+    aug = pynn.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.2)])
+    x = images(n=4, h=6, w=6, c=3).astype(F32)
+    a, b = aug(x), aug(x)                       # training defaults to True, new draws each call
+    assert a.shape == x.shape and not np.array_equal(a, x) and not np.array_equal(a, b)
+    np.testing.assert_array_equal(aug(x, training=False), x)
+    np.testing.assert_array_equal(aug.predict(x, verbose=0), x)
+    dense = pynn.Sequential([pynn.Input((6, 6, 3)), L.Dense(2)])   # models with weights: as before
+    np.testing.assert_array_equal(dense(x), dense.predict(x, verbose=0))
+    with pytest.raises(NotImplementedError, match="training=False"):
+        dense(x, training=True)
