@@ -6,7 +6,7 @@ defaults.  See README.md.
 """
 from . import activations, backend, callbacks, data, datasets, initializers, layers, losses, metrics, \
     models, optimizers, utils, zoo
-from . import constraints, regularizers
+from . import constraints, preprocessing, regularizers
 from . import distributed   # imports mpi4py only under an MPI launch
 from .layers import Input
 from .models import Model, Sequential, clone_model, load_model
@@ -16,4 +16,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Model", "Sequential", "Input", "KerasTensor", "load_model", "clone_model", "layers", "optimizers", "losses", "metrics",
            "callbacks", "datasets", "utils", "activations", "initializers", "models", "backend",
-           "distributed", "regularizers", "constraints"]
+           "distributed", "regularizers", "constraints", "preprocessing"]

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import activation_ref
 from .activation_ref import ACTIVATIONS
+from . import image as _image
 from .geometry import conv_geometry, conv_padding, pair as _pair
 
 
@@ -69,13 +70,25 @@ def philox_blocks(nblocks, seed, offset):
     return philox4x32(ctr, key)
 
 
+def philox_words(n, seed, offset):
+    """The first n words (uint32) of the stream (seed, offset): word e is
+    word e % 4 of Philox block e // 4 (philox_blocks)."""
+    return philox_blocks((n + 3) // 4, seed, offset).ravel()[:n]
+
+
+def philox_uniform(shape, seed, offset):
+    """Uniform float64 numbers in [0, 1) from the stream (seed, offset):
+    element e (flat C order) is philox_words(...)[e] / 2**32."""
+    n = int(np.prod(shape, dtype=np.int64))
+    return (philox_words(n, seed, offset) * (1.0 / 4294967296.0)).reshape(shape)
+
+
 def dropout_keep_mask(shape, rate, seed, offset):
     """The documented dropout stream (same as nnkernels.dropout and the GPU):
-    element e (flat C order) takes word e % 4 of Philox block e // 4 with
-    counter (e // 4 low, high, offset low, high) and key (seed low, high), and
-    is kept iff that word >= floor(rate * 2**32)."""
+    element e (flat C order) takes philox_words(...)[e] and is kept iff that
+    word >= floor(rate * 2**32)."""
     n = int(np.prod(shape, dtype=np.int64))
-    words = philox_blocks((n + 3) // 4, seed, offset).ravel()[:n]
+    words = philox_words(n, seed, offset)
     thr = min(int(math.floor(rate * 4294967296.0)), 4294967295)
     return (words >= thr).reshape(shape)
 
@@ -587,6 +600,23 @@ class Ops:
         out = _out(out, (n, h - t - b, w_ - l - r, c), x.dtype)
         out[...] = x[:, t:h - b, l:w_ - r, :]
         return out
+
+    # -- image augmentation (pynn/backend/image.py, written against xp) -------
+    def image_affine(self, x, transforms, interpolation="bilinear", fill_mode="reflect",
+                     fill_value=0.0, output_size=None, out=None):
+        return _image.affine_transform(self.xp, x, self.asarray(transforms), interpolation,
+                                       fill_mode, fill_value, output_size, out)
+
+    def image_flip(self, x, horizontal=None, vertical=None, out=None):
+        h = None if horizontal is None else self.asarray(horizontal)
+        v = None if vertical is None else self.asarray(vertical)
+        return _image.flip(self.xp, x, h, v, out)
+
+    def image_contrast(self, x, factors, value_range=None, out=None):
+        return _image.adjust_contrast(self.xp, x, self.asarray(factors), value_range, out)
+
+    def image_brightness(self, x, deltas, value_range=None, out=None):
+        return _image.adjust_brightness(self.xp, x, self.asarray(deltas), value_range, out)
 
     # -- dropout ------------------------------------------------------------
     def dropout(self, x, rate, seed, offset=0, out=None):

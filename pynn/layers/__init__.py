@@ -8,6 +8,8 @@ an Ops method with its NumPy reference in pynn/backend/ops.py (and a
 compiled override in pynn/backend/cpu.py); tests in tests/test_pynn_layers.py
 or tests/test_graph.py.  See pynn/layers/base.py for the layer contract.
 """
+from .augmentation import (RandomBrightness, RandomContrast, RandomCrop, RandomFlip,
+                           RandomRotation, RandomTranslation, RandomZoom)
 from .base import Input, InputLayer, Layer, Weight, activation_name, reset_names
 from .activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from .advanced_activations import ThresholdedReLU

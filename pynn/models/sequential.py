@@ -125,6 +125,13 @@ class Sequential(Model):
             shape = np.shape(a)[1:]
         self._make_graph(shape)
 
+    def _build_shape(self, input_shape):
+        # called on a KerasTensor before its input shape is known (e.g. a
+        # data-augmentation Sequential without Input): build for that shape
+        if not self._graph_built and not isinstance(input_shape, list) and self._stack:
+            self._make_graph(tuple(input_shape))
+        return super()._build_shape(input_shape)
+
     def _can_build(self):
         return bool(self._stack) and self._declared_input_shape() is not None
 

@@ -675,6 +675,27 @@ class Trainer:
             if isinstance(x, dict):
                 x = [x[n] for n in self.input_names]
             return super().__call__(x, **kwargs)
+        if training is not False and self._weightless_random(x):
+            return self._random_call(x)     # e.g. a data-augmentation Sequential (Keras 3)
         if training:
             raise NotImplementedError("call the model with training=False (use fit to train)")
         return self.predict_on_batch(x)
+
+    def _weightless_random(self, x):
+        """A model without weights whose layers include random ones (the
+        augmentation layers): called on arrays it runs in training mode, as
+        Keras 3 does, drawing new numbers at every call."""
+        self._ensure_graph(x)
+        leaves = self._leaves()
+        return not any(l.specs for l in leaves) and any(getattr(l, "uses_rng", False)
+                                                      for l in leaves)
+
+    def _random_call(self, x):
+        xs = self._check_x(x)
+        self._ensure_allocated()
+        k = self._eager_calls = getattr(self, "_eager_calls", -1) + 1
+        for _, layer in self._rng_layers:
+            layer.step = k
+        outs = self._forward(self._to_device(xs, "x"), True)
+        res = [np.array(self.ops.to_numpy(o)) for o in outs]
+        return res[0] if len(res) == 1 else res
