@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from .. import callbacks as cbks, data, losses, optimizers
+from .. import callbacks as cbks, data, data_adapters, losses, optimizers
+from .training_sources import SourceTrainer
 
 _METRIC_NAMES = {"accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy",
                  "binary_accuracy"}
@@ -95,7 +96,7 @@ def _as_list(value, names, what):
     return [value]
 
 
-class Trainer:
+class Trainer(SourceTrainer):
     """The training half of Model (mixed into pynn.models.Model)."""
 
     # ---------------------------------------------------------------- compile --
@@ -344,8 +345,13 @@ class Trainer:
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
             validation_batch_size=None, validation_freq=1):
+        if data_adapters.is_batch_source(x):     # a PyDataset or a generator: training_sources.py
+            return self._fit_source(
+                x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+                shuffle, class_weight, sample_weight, initial_epoch, steps_per_epoch,
+                validation_steps, validation_batch_size, validation_freq)
         for nm, v in (("class_weight", class_weight), ("sample_weight", sample_weight),
-                      ("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+                      ("steps_per_epoch", steps_per_epoch)):
             if v is not None:
                 raise NotImplementedError(f"fit({nm}=...) is not supported")
         if not self.compiled:
@@ -367,12 +373,8 @@ class Trainer:
             vxs, vys = [a[k:] for a in xs], [a[k:] for a in ys]
             xs, ys = [a[:k] for a in xs], [a[:k] for a in ys]
             n = k
-        elif validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3:
-                    raise NotImplementedError("validation_data with sample weights is not supported")
-                raise ValueError("validation_data must be (x_val, y_val)")
-            vxs, vys = self._check_xy(*validation_data)
+        validate = self._validation_fn(validation_data, validation_steps,
+                                       validation_batch_size or batch_size)
         dist = self._dist
         steps = data.steps_per_epoch(n, batch_size, dist.size)
         verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
@@ -451,7 +453,8 @@ class Trainer:
             start_step, sums, seen = 0, list(zero), 0
             epoch_logs = dict(logs)
             if has_val and (epoch + 1) % validation_freq == 0:
-                vl = self._evaluate_arrays(vxs, vys, validation_batch_size or batch_size)
+                vl = (validate() if validate is not None else
+                      self._evaluate_arrays(vxs, vys, validation_batch_size or batch_size))
                 epoch_logs.update({"val_" + k: v for k, v in vl.items()})
             self._pos.update(epoch=epoch + 1, step=0, sums=list(zero), seen=0)
             cbl.on_epoch_end(epoch, epoch_logs)
@@ -478,6 +481,9 @@ class Trainer:
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
+        if data_adapters.is_batch_source(x):     # a PyDataset or a generator
+            return self._evaluate_from_source(x, y, batch_size, verbose, sample_weight, steps,
+                                              return_dict)
         if sample_weight is not None or steps is not None:
             raise NotImplementedError("sample_weight / steps are not supported")
         self._require_ready(x)
@@ -496,6 +502,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- predict --
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        if data_adapters.is_batch_source(x):     # a PyDataset or a generator
+            return self._predict_from_source(x, batch_size, steps)
         xs = self._check_x(x)
         self._ensure_allocated()
         bs = 32 if batch_size is None else int(batch_size)
