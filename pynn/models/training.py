@@ -204,8 +204,10 @@ class Trainer(SourceTrainer):
             want = t.shape[1:]
             if a.ndim != len(want) + 1 or any(w is not None and w != g
                                               for w, g in zip(want, a.shape[1:])):
+                one = (" (one sample? add the batch axis: x[None] or np.expand_dims(x, 0))"
+                       if a.ndim == len(want) else "")
                 raise ValueError(f"input {nm!r}: the model expects inputs of shape {t.shape}, "
-                                 f"got an array of shape {a.shape}")
+                                 f"got an array of shape {a.shape}{one}")
             if a.shape[0] == 0:
                 raise ValueError("the dataset is empty (0 samples)")
             if a.dtype != self._dtype:
