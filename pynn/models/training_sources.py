@@ -100,7 +100,7 @@ class SourceTrainer:
             dist.check_same((desc["batches"], src.steps, epochs, initial_epoch, bool(shuffle)),
                             "(batches, steps_per_epoch, epochs, initial_epoch, shuffle)")
             dist.sync_model(self)
-            src.seed = int(self.seed)
+        src.seed = int(self.seed)      # a checkpoint (or rank 0) may have brought another seed
         start_epoch, start_step, sums, seen = initial_epoch, 0, list(zero), 0
         if self._resume is not None:
             start_epoch, start_step, sums, seen = self._resume_source(src, desc, zero)
