@@ -70,7 +70,7 @@ def to_categorical(x, num_classes=None, dtype="float32"):
 def clear_session():
     """Reset the automatic layer and model names (dense, dense_1, ... start
     again), as keras.backend.clear_session / keras.utils.clear_session do."""
-    from .layers.base import reset_names
+    from ..layers.base import reset_names
     reset_names()
 
 
