@@ -4,8 +4,8 @@
 losses, callbacks, datasets and utils keep their Keras names, arguments and
 defaults.  See README.md.
 """
-from . import activations, backend, callbacks, data, datasets, initializers, layers, losses, metrics, \
-    models, optimizers, utils, zoo
+from . import activations, backend, callbacks, config, data, data_adapters, datasets, initializers, \
+    layers, losses, metrics, models, optimizers, utils, zoo
 from . import constraints, preprocessing, regularizers
 from . import distributed   # imports mpi4py only under an MPI launch
 from .layers import Input
@@ -16,4 +16,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Model", "Sequential", "Input", "KerasTensor", "load_model", "clone_model", "layers", "optimizers", "losses", "metrics",
            "callbacks", "datasets", "utils", "activations", "initializers", "models", "backend",
-           "distributed", "regularizers", "constraints", "preprocessing"]
+           "distributed", "regularizers", "constraints", "preprocessing", "config"]

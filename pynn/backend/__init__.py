@@ -8,11 +8,18 @@
 - ``gpu.GPUOps``: CuPy (imported only when a GPU is asked for).
 
 ``get_ops(name)`` returns the Ops of a device.
+
+As ``keras.backend`` it also has Keras' functions: ``floatx``,
+``set_floatx``, ``epsilon``, ``set_epsilon``, ``image_data_format``,
+``set_image_data_format``, ``backend`` (pynn/config.py) and
+``clear_session``.
 """
 from .geometry import conv_geometry, conv_padding
 from .ops import (ACTIVATIONS, Ops, dropout_keep_mask, philox4x32, philox_normal, resize_box,
                   resize_matrix, resize_weights)
 from .cpu import CPUOps
+from ..config import (backend, epsilon, floatx, image_data_format, set_epsilon, set_floatx,
+                      set_image_data_format)
 
 
 def clear_session():

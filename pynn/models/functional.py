@@ -25,7 +25,7 @@ give bitwise-identical weights, and a resumed run continues exactly.
 """
 import numpy as np
 
-from .. import backend, utils
+from .. import backend, config, utils
 from ..layers.base import InputLayer, Layer, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
@@ -37,7 +37,7 @@ class Model(training.Trainer, saving.Saving, Layer):
     """A model of layers: ``Model(inputs, outputs)`` (functional API)."""
     is_model = True
 
-    def __init__(self, inputs=None, outputs=None, name=None, *, trainable=True, dtype="float32",
+    def __init__(self, inputs=None, outputs=None, name=None, *, trainable=True, dtype=None,
                  device=None, **kwargs):
         if inputs is None or outputs is None:
             raise NotImplementedError(
@@ -56,7 +56,7 @@ class Model(training.Trainer, saving.Saving, Layer):
 
     # ------------------------------------------------------------ engine state --
     def _init_engine(self, dtype, device):
-        self._dtype = np.dtype(dtype)
+        self._dtype = np.dtype(config.floatx() if dtype is None else dtype)   # set_floatx
         if self._dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         self.ops = backend.get_ops(device)

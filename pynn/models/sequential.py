@@ -13,7 +13,7 @@ from .functional import Model
 
 
 class Sequential(Model):
-    def __init__(self, layers=None, name=None, *, trainable=True, dtype="float32", device=None,
+    def __init__(self, layers=None, name=None, *, trainable=True, dtype=None, device=None,
                  **kwargs):
         Layer.__init__(self, name=name if name is not None else unique_name("sequential"),
                        trainable=trainable, **kwargs)

@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 
-from .. import callbacks as cbks, data, losses, optimizers
+from .. import callbacks as cbks, data, data_adapters, losses, optimizers
 from . import compile_metrics as cm, penalties
+from .training_sources import SourceTrainer
 
 
 class LocalGroup:
@@ -93,7 +94,7 @@ def _as_list(value, names, what):
     return [value]
 
 
-class Trainer:
+class Trainer(SourceTrainer):
     """The training half of Model (mixed into pynn.models.Model)."""
 
     # ---------------------------------------------------------------- compile --
@@ -195,8 +196,10 @@ class Trainer:
             want = t.shape[1:]
             if a.ndim != len(want) + 1 or any(w is not None and w != g
                                               for w, g in zip(want, a.shape[1:])):
+                one = (" (one sample? add the batch axis: x[None] or np.expand_dims(x, 0))"
+                       if a.ndim == len(want) else "")
                 raise ValueError(f"input {nm!r}: the model expects inputs of shape {t.shape}, "
-                                 f"got an array of shape {a.shape}")
+                                 f"got an array of shape {a.shape}{one}")
             if a.shape[0] == 0:
                 raise ValueError("the dataset is empty (0 samples)")
             if a.dtype != self._dtype:
@@ -454,7 +457,12 @@ class Trainer:
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
             validation_batch_size=None, validation_freq=1):
-        for nm, v in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+        if data_adapters.is_batch_source(x):     # a PyDataset or a generator: training_sources.py
+            return self._fit_source(
+                x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+                shuffle, class_weight, sample_weight, initial_epoch, steps_per_epoch,
+                validation_steps, validation_batch_size, validation_freq)
+        for nm, v in (("steps_per_epoch", steps_per_epoch),):
             if v is not None:
                 raise NotImplementedError(f"fit({nm}=...) is not supported")
         if not self.compiled:
@@ -466,7 +474,7 @@ class Trainer:
         xs, ys = self._check_xy(x, y)
         self._require_ready(xs)
         sws = self._check_weights(sample_weight, class_weight, ys) or []
-        vsws = None
+        vsws, validate = None, None
         n = xs[0].shape[0]
         has_val = validation_data is not None or bool(validation_split)
         if validation_data is None and validation_split:
@@ -480,13 +488,20 @@ class Trainer:
             vsws = [a[k:] for a in sws] or None
             sws = [a[:k] for a in sws]
             n = k
+        elif validation_data is not None and data_adapters.is_batch_source(validation_data):
+            validate = self._validation_fn(validation_data, validation_steps,
+                                           validation_batch_size or batch_size)
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be (x_val, y_val) or "
-                                 "(x_val, y_val, sample_weight_val)")
+                raise ValueError("validation_data must be (x_val, y_val), "
+                                 "(x_val, y_val, sample_weight_val), a PyDataset or a generator")
             vxs, vys = self._check_xy(*validation_data[:2])
             if len(validation_data) == 3:
                 vsws = self._check_weights(validation_data[2], None, vys)
+        if validation_steps is not None and validate is None and has_val:
+            k = int(validation_steps) * (validation_batch_size or batch_size)
+            vxs, vys = [a[:k] for a in vxs], [a[:k] for a in vys]
+            vsws = None if vsws is None else [a[:k] for a in vsws]
         dist = self._dist
         steps = data.steps_per_epoch(n, batch_size, dist.size)
         verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
@@ -566,7 +581,9 @@ class Trainer:
             start_step, sums, seen = 0, list(zero), 0
             epoch_logs = dict(logs)
             if has_val and (epoch + 1) % validation_freq == 0:
-                vl = self._evaluate_arrays(vxs, vys, validation_batch_size or batch_size, vsws, cbl)
+                vl = (validate() if validate is not None else
+                      self._evaluate_arrays(vxs, vys, validation_batch_size or batch_size, vsws,
+                                            cbl))
                 epoch_logs.update({"val_" + k: v for k, v in vl.items()})
             self._pos.update(epoch=epoch + 1, step=0, sums=list(zero), seen=0)
             cbl.on_epoch_end(epoch, epoch_logs)
@@ -608,8 +625,11 @@ class Trainer:
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
+        if data_adapters.is_batch_source(x):     # a PyDataset or a generator
+            return self._evaluate_from_source(x, y, batch_size, verbose, sample_weight, steps,
+                                              return_dict)
         if steps is not None:
-            raise NotImplementedError("evaluate(steps=...) is not supported for arrays")
+            raise NotImplementedError("evaluate(steps=...) with arrays: pass x[:steps * batch_size]")
         self._require_ready(x)
         self._sync_replicas()   # evaluate is collective under MPI: rank 0's weights everywhere
         xs, ys = self._check_xy(x, y)
@@ -634,6 +654,8 @@ class Trainer:
     # ---------------------------------------------------------------- predict --
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         self._join_launch()   # no collective call: each rank predicts all of x with its weights
+        if data_adapters.is_batch_source(x):     # a PyDataset or a generator
+            return self._predict_from_source(x, batch_size, steps)
         xs = self._check_x(x)
         self._ensure_allocated()
         bs = 32 if batch_size is None else int(batch_size)

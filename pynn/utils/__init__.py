@@ -1,4 +1,5 @@
-"""Keras-style utilities: seeding, threads, one-hot labels."""
+"""Keras-style utilities: seeding, threads, one-hot labels; keras.utils' PyDataset,
+normalize, image_dataset_from_directory, plot_model (submodules)."""
 import random
 
 import numpy as np
@@ -69,5 +70,14 @@ def to_categorical(x, num_classes=None, dtype="float32"):
 def clear_session():
     """Reset the automatic layer and model names (dense, dense_1, ... start
     again), as keras.backend.clear_session / keras.utils.clear_session do."""
-    from .layers.base import reset_names
+    from ..layers.base import reset_names
     reset_names()
+
+
+# keras.utils names defined in their own modules (after the functions above:
+# np_utils re-exports to_categorical from here)
+from ..data_adapters import PyDataset, Sequence                            # noqa: E402
+from .numerical import normalize                                          # noqa: E402
+from .image_dataset import image_dataset_from_directory                  # noqa: E402
+from .model_plot import model_to_dot, plot_model                          # noqa: E402
+from . import np_utils                                                    # noqa: E402
