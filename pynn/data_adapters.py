@@ -143,7 +143,7 @@ class IndexedSource:
 
     def __init__(self, ds, steps=None, shuffle=False, seed=0, rank=0, size=1, what="x"):
         self.ds = ds
-        if ds.workers > 1 or ds.use_multiprocessing:
+        if getattr(ds, "workers", 1) > 1 or getattr(ds, "use_multiprocessing", False):
             _note_once("workers", "PyDataset workers/use_multiprocessing are accepted but not used "
                                   "by pynn: batches are loaded in the training process, one at a time")
         n = len(ds)

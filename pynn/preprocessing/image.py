@@ -34,6 +34,7 @@ from .. import utils
 from ..backend import image as _image
 from ..backend.ops import philox_uniform
 from ..data import epoch_permutation
+from ..data_adapters import PyDataset
 
 __all__ = ["ImageDataGenerator", "NumpyArrayIterator", "Iterator"]
 
@@ -315,8 +316,8 @@ class ImageDataGenerator:
                                   "the images into arrays and use flow(x, y)")
 
 
-class Iterator:
-    """Keras' legacy image iterator: ``len`` batches per epoch,
+class Iterator(PyDataset):
+    """Keras' legacy image iterator (a PyDataset, as in Keras 3): ``len`` batches per epoch,
     ``it[i]`` the i-th batch of the current epoch order (``on_epoch_end``
     reshuffles), and ``next(it)`` batches forever (reshuffled each epoch; the
     last batch of an epoch holds the rest)."""
