@@ -1,4 +1,4 @@
-"""The `pynn` command: `pynn train` and `pynn info`."""
+"""The `pynn` command: `pynn train`, `pynn info` and `pynn export-onnx`."""
 import argparse
 import json
 import os
@@ -190,6 +190,23 @@ def cmd_info(args):
     return 0
 
 
+def cmd_export_onnx(args):
+    """A model file (model.save) -> an ONNX file (pynn/export/onnx.py)."""
+    import pynn
+    from .export import export_onnx
+    try:
+        model = pynn.load_model(args.model_file, compile=False)
+    except (ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise SystemExit(f"pynn export-onnx: cannot read {args.model_file}: {e}")
+    try:
+        export_onnx(model, args.out, verbose=True)
+    except (ImportError, NotImplementedError) as e:
+        raise SystemExit(f"pynn export-onnx: {e}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="pynn", description="Train and inspect pynn models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -197,9 +214,13 @@ def main(argv=None):
     _add_train_args(t)
     i = sub.add_parser("info", help="kernels, threads, MPI rank/size, data found")
     i.add_argument("--data", metavar="DIR", default=None)
+    e = sub.add_parser("export-onnx", help="write a saved model (model.save) as an ONNX file")
+    e.add_argument("model_file", metavar="MODEL_FILE", help="a file written by model.save")
+    e.add_argument("out", metavar="OUT.onnx")
     args = p.parse_args(argv)
     try:
-        rc = {"train": cmd_train, "info": cmd_info}[args.cmd](args)
+        rc = {"train": cmd_train, "info": cmd_info,
+              "export-onnx": cmd_export_onnx}[args.cmd](args)
     except FileNotFoundError as e:
         print(f"pynn {args.cmd}: {e}", file=sys.stderr)
         rc = 2
