@@ -41,6 +41,9 @@ def _add_train_args(p):
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint if it exists")
     p.add_argument("--out", metavar="DIR", default="pynn_out",
                    help="where history.json and curves.png go (default: ./pynn_out)")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard event files (DIR/train, DIR/validation; needs "
+                        "pip install tensorboard): tensorboard --logdir DIR")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                    help="1: progress bar, 2: one line per epoch (default: 1 on a terminal, else 2)")
 
@@ -140,6 +143,11 @@ def cmd_train(args):
             print(f"(no checkpoint at {cbs[-1].path} yet: starting from scratch)")
     elif args.resume:
         raise SystemExit("pynn train: --resume needs --checkpoint PATH")
+    if args.tensorboard:
+        try:
+            cbs.append(callbacks.TensorBoard(log_dir=args.tensorboard))
+        except ImportError as e:
+            raise SystemExit(f"pynn train: --tensorboard: {e}")
     verbose = "auto" if args.verbose is None else args.verbose
     if verbose == "auto" and dist.size > 1:
         verbose = 2   # mpiexec gives ranks a pseudo-terminal even when its output is a file
