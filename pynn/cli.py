@@ -102,6 +102,25 @@ def _write_outputs(out_dir, result, history):
     return written
 
 
+def _write_pictures(out_dir, model, matrix, dataset):
+    """filters.png (the first convolution's filters, when the model has one)
+    and confusion_matrix.png next to curves.png."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    from . import plots
+    written = []
+    layer, kernel = plots.first_conv_kernel(model)
+    if kernel is not None:
+        written.append(plots.plot_filters(kernel, os.path.join(out_dir, "filters.png"),
+                                          title=f"{layer.name}: {kernel.shape[-1]} filters "
+                                                f"{'x'.join(map(str, kernel.shape[:3]))}"))
+    written.append(plots.plot_confusion_matrix(matrix, os.path.join(out_dir, "confusion_matrix.png"),
+                                               class_names=plots.CLASS_NAMES.get(dataset)))
+    return written
+
+
 def cmd_train(args):
     import pynn
     from . import callbacks, zoo
@@ -169,7 +188,11 @@ def cmd_train(args):
                   "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_s,
                   "threads": pynn.utils.get_num_threads(),
                   "ranks": dist.size}
-        for p in _write_outputs(args.out, result, hist.history):
+        from .plots import confusion_matrix
+        matrix = confusion_matrix(yt, model.predict(xt, batch_size=1000, verbose=0), classes)
+        result["confusion_matrix"] = matrix.tolist()    # rows: true class, columns: predicted
+        for p in _write_outputs(args.out, result, hist.history) + \
+                _write_pictures(args.out, model, matrix, args.dataset):
             print(f"wrote {p}")
     return 0
 
