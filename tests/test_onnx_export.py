@@ -237,7 +237,7 @@ def test_other_formats_refused(fmt, tmp_path):
         model.export(str(tmp_path / "m"), format=fmt)
 
 
-def test_sequential_without_input_shape_builds_from_nothing_refused(tmp_path):
+def test_unbuilt_sequential_refused(tmp_path):
     model = pynn.Sequential([L.Dense(3)])
     with pytest.raises(ValueError, match="input shape"):
         model.export(str(tmp_path / "m.onnx"), format="onnx")
