@@ -119,6 +119,12 @@ def test_weights_round_trip(tmp_path, ext):
     assert not np.array_equal(m.get_weights()[0], m2.get_weights()[0])
     m2.load_weights(tmp_path / f"w{ext}")
     _same_model(m, m2, _x((6, 6, 3)))
+    if ext == ".weights.h5":   # Keras 3 saves and loads the optimizer's variables there too
+        m2.compile(pynn.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        m2.load_weights(tmp_path / f"w{ext}")
+        assert m2.optimizer.iterations == m.optimizer.iterations > 0
+        np.testing.assert_array_equal(np.asarray(m2.optimizer.state["v"]),
+                                      np.asarray(m.optimizer.state["v"]))
 
 
 def test_npz_files_unchanged(tmp_path):

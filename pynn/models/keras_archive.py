@@ -84,7 +84,8 @@ def save_weights_h5(model, path, overwrite=True):
     if not _may_write(model, path, overwrite):
         return
     model._ensure_graph()
-    data = _weights_bytes(model, False)
+    model._ensure_allocated()
+    data = _weights_bytes(model, True)      # Keras adds the optimizer's variables too
     io.atomic_write(path, lambda f: f.write(data))
 
 
@@ -167,3 +168,6 @@ def load_weights_keras(model, path):
     model._ensure_graph()
     with keras_h5.open_h5(source, path) as h5:
         model._assign_weights(keras_h5.read_weights(h5, model, path))
+        g = h5.get("optimizer/vars")
+        if g is not None and model.compiled:          # as Keras' load_weights
+            keras_optimizer.load_optimizer_arrays(model, g, path)
