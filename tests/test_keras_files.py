@@ -135,6 +135,15 @@ def test_npz_files_unchanged(tmp_path):
     _same_model(m, pynn.load_model(tmp_path / "x.npz"), _x((8, 8, 1)))
 
 
+def test_old_pynn_npz_under_h5_name_still_loads(tmp_path):
+    m = small_cnn()
+    m._write_model(str(tmp_path / "old.h5"), "pynn.model", True)    # what save("old.h5") wrote
+    _same_model(m, pynn.load_model(tmp_path / "old.h5"), _x((8, 8, 1)))
+    m.save(tmp_path / "new.h5")
+    with h5py.File(tmp_path / "new.h5", "r") as h5:
+        assert "model_config" in h5.attrs
+
+
 def test_resnet20_and_default_cnn_round_trip(tmp_path):
     for make, shape in ((pynn.zoo.resnet20, (32, 32, 3)), (pynn.zoo.cnn, (28, 28, 1))):
         m = make()

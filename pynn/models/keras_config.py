@@ -17,7 +17,7 @@ import inspect
 
 from .. import initializers, io
 from ..layers import get_class
-from ..layers.base import InputLayer, Layer, snake_case
+from ..layers.base import Layer, snake_case
 
 # what Keras 3.15 writes as "module" for the classes pynn has
 _MODEL_MODULES = {"Sequential": ("keras", None),
@@ -307,6 +307,3 @@ def model_from_keras(entry, where):
         raise UnsupportedLayer(f"{where}: the model cannot be built in pynn: {e}") from None
     return model
 
-
-def is_input(layer):
-    return isinstance(layer, InputLayer)

@@ -5,7 +5,8 @@ save_weights, load_weights and pynn.load_model dispatch to.
 - ``*.weights.h5``: Keras 3 weights (keras_h5.py);
 - ``.h5`` / ``.hdf5``: legacy Keras HDF5 (keras_legacy.py), model or weights;
 - anything else: pynn's own .npz (pynn.io), checkpoints included.
-Reading also recognises an HDF5 file by its signature whatever its name.
+Reading also recognises an HDF5 file by its signature whatever its name, and
+reads a pynn .npz written under an .h5 name (what pynn did before).
 """
 import os
 
@@ -20,10 +21,20 @@ def kind(path, weights=False, reading=False):
     if p.endswith(".weights.h5"):
         return "weights.h5"
     if p.endswith((".h5", ".hdf5")):
+        if reading and _is_zip(p):
+            return None       # a pynn .npz saved under an .h5 name before Keras files existed
         return "h5"
     if reading and p and keras_legacy.is_hdf5(p):
         return "h5"
     return None
+
+
+def _is_zip(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def save(model, path, overwrite=True, include_optimizer=True):

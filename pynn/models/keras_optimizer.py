@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .. import io, losses, optimizers
+from .. import losses, optimizers
 from .keras_config import _strip, _wrap
 
 _log = logging.getLogger("pynn")
@@ -180,8 +180,3 @@ def compile_from_keras(model, cc, where):
         return False
     return True
 
-
-def check_group(group, where):
-    import h5py
-    if not isinstance(group, h5py.Group):
-        raise io.FileFormatError(f"{where}: optimizer/vars is not a group")
