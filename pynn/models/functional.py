@@ -29,7 +29,7 @@ from .. import backend, config, utils
 from ..layers.base import InputLayer, Layer, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
-from . import fusion
+from . import alloc_limit, fusion
 from .graph import Plan, RunState, map_graph, new_ctx
 
 
@@ -190,6 +190,7 @@ class Model(training.Trainer, saving.Saving, Layer):
                  for li, lay in enumerate(leaves) for s in lay.specs]
         nt = sum(s.size for _, _, s, tr in specs if tr)
         nn = sum(s.size for _, _, s, tr in specs if not tr)
+        alloc_limit.check(nt + nn, self.name)     # a model built from a file: its size is checked
         self._params = ops.alloc((nt,), dt, zeros=True)
         self._grads = ops.alloc((nt,), dt, zeros=True)
         self._state = ops.alloc((nn,), dt, zeros=True)

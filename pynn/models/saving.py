@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import io, losses, optimizers
 from . import compile_metrics as cm
+from . import keras_files
 from ..layers import InputLayer, from_config as layer_from_config
 from ..symbolic import KerasTensor
 
@@ -196,13 +197,20 @@ class Saving:
         return {f"optimizer/{k}": self.ops.to_numpy(v) for k, v in self.optimizer.state.items()}
 
     def save_weights(self, filepath, overwrite=True):
-        """The weights alone in one .npz (see pynn.io); overwrite=False: an
-        existing file raises FileExistsError instead of being replaced."""
+        """The weights alone in one .npz (see pynn.io); ``*.weights.h5``:
+        Keras 3's layout, other ``.h5``: Keras 2's (keras_files.py);
+        overwrite=False: an existing file raises FileExistsError instead of
+        being replaced."""
+        if keras_files.kind(filepath, weights=True):
+            return keras_files.save_weights(self, filepath, overwrite)
         self._write_model(filepath, "pynn.weights", False, overwrite=overwrite)
 
     def save(self, filepath, overwrite=True, include_optimizer=True):
         """Architecture + weights + optimizer state in one .npz (see pynn.io);
-        overwrite=False: an existing file raises FileExistsError."""
+        overwrite=False: an existing file raises FileExistsError.  ``.keras``:
+        a Keras 3 archive, ``.h5``: a legacy Keras HDF5 file (keras_files.py)."""
+        if keras_files.kind(filepath):
+            return keras_files.save(self, filepath, overwrite, include_optimizer)
         self._write_model(filepath, "pynn.model", include_optimizer, overwrite=overwrite)
 
     def _write_model(self, path, fmt, include_optimizer, overwrite=True, **extra_meta):
@@ -262,6 +270,8 @@ class Saving:
     def load_weights(self, filepath, skip_mismatch=False):
         if skip_mismatch:
             raise NotImplementedError("load_weights(skip_mismatch=True) is not supported")
+        if keras_files.kind(filepath, weights=True, reading=True):
+            return keras_files.load_weights(self, filepath)
         arrays, meta = io.read(filepath, expect=("pynn.weights", "pynn.model", "pynn.checkpoint"))
         self._ensure_graph_from_file(meta)
         self._ensure_allocated()
@@ -318,6 +328,8 @@ def load_model(filepath, compile=True):
     """A model from a file written by model.save (or a checkpoint)."""
     from .functional import Model
     from .sequential import Sequential
+    if keras_files.kind(filepath, reading=True):
+        return keras_files.load_model(filepath, compile=compile)
     arrays, meta = io.read(filepath, expect=("pynn.model", "pynn.checkpoint"))
     cfg = meta.get("config")
     if not cfg or not isinstance(cfg, dict):
