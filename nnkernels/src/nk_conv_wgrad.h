@@ -291,14 +291,23 @@ static void WFN(wg2_block)(const nk_conv_shape *s, const T *dy, const T *ymask, 
             dzp = Fp;
             dzr = OW * Fp;
         }
-        if (part_b)
-            for (int64_t q = 0; q < g; q++)
-                for (int64_t p = 0; p < OW; p++) {
-                    const T *dp = dz + q * dzr + p * dzp;
-                    for (int64_t v = 0; v < NFT; v++)
-                        WFN(wg2st)(part_b + v * WVN,
-                                   WFN(wg2ld)(part_b + v * WVN) + WFN(wg2ld)(dp + v * WVN));
+        if (part_b) /* db: per vector, 4 register sums over the group's pixels
+                     * (pixel mod 4), combined in a fixed order */
+            for (int64_t v = 0; v < NFT; v++) {
+                WV b0 = (WV){0}, b1 = (WV){0}, b2 = (WV){0}, b3 = (WV){0};
+                for (int64_t q = 0; q < g; q++) {
+                    const T *dp = dz + q * dzr + v * WVN;
+                    int64_t p = 0;
+                    for (; p + 4 <= OW; p += 4) {
+                        b0 += WFN(wg2ld)(dp + p * dzp);
+                        b1 += WFN(wg2ld)(dp + (p + 1) * dzp);
+                        b2 += WFN(wg2ld)(dp + (p + 2) * dzp);
+                        b3 += WFN(wg2ld)(dp + (p + 3) * dzp);
+                    }
+                    for (; p < OW; p++) b0 += WFN(wg2ld)(dp + p * dzp);
                 }
+                WFN(wg2st)(part_b + v * WVN, WFN(wg2ld)(part_b + v * WVN) + ((b0 + b1) + (b2 + b3)));
+            }
         /* the next group's dy (and mask) and x rows are prefetched into L2
          * a few lines before each tile: the tiles then stream them from
          * there instead of waiting on memory in the next group's first pass */
