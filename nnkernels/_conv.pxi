@@ -7,6 +7,7 @@ cdef extern from "nk_conv.h" nogil:
         NK_CONV_DIRECT
         NK_CONV_WINOGRAD
         NK_CONV_DEPTHWISE
+        NK_CONV_DIRECT_WGRAD
         NK_CONV_FWD
         NK_CONV_BWD_DATA
         NK_CONV_BWD_FILTER
@@ -31,9 +32,11 @@ cdef extern from "nk_conv.h" nogil:
     void nk_conv_set_col_budget(int64_t nbytes)
 
 _CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT,
-               "winograd": NK_CONV_WINOGRAD, "depthwise": NK_CONV_DEPTHWISE}
+               "winograd": NK_CONV_WINOGRAD, "depthwise": NK_CONV_DEPTHWISE,
+               "direct_wgrad": NK_CONV_DIRECT_WGRAD}
 _CONV_ALGO_NAMES = {NK_CONV_IM2COL: "im2col", NK_CONV_DIRECT: "direct",
-                    NK_CONV_WINOGRAD: "winograd", NK_CONV_DEPTHWISE: "depthwise"}
+                    NK_CONV_WINOGRAD: "winograd", NK_CONV_DEPTHWISE: "depthwise",
+                    NK_CONV_DIRECT_WGRAD: "direct_wgrad"}
 # Every size, stride, dilation and padding must stay below this, so that all
 # index arithmetic in the kernels (products of two such numbers plus a few
 # more) fits in int64 with room to spare.
@@ -217,10 +220,11 @@ def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilat
 def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1),
                 dtype="float32", str product="forward", groups=1):
     """The algorithm algo="auto" picks for one product ("forward",
-    "backward_data" or "backward_filter") of this convolution: "direct"
-    when C_in < 8; "winograd" for the forward pass and the data gradient of
-    float32 3x3 convolutions with strides 1, dilation 1 and C_in, C_out >= 16;
-    else "im2col".  With groups, C_in and C_out are those of one group
+    "backward_data" or "backward_filter") of this convolution:
+    "direct_wgrad" for the float32 weight gradient when C_in >= 2 and
+    (C_out <= 32 or C_in < 32); "direct" when C_in < 8; "winograd" for the
+    forward pass and the data gradient of float32 3x3 convolutions with
+    strides 1, dilation 1 and C_in, C_out >= 16; else "im2col".  With groups, C_in and C_out are those of one group
     (each group is a convolution of its own)."""
     cdef nk_conv_shape s
     xs = tuple(int(d) for d in x_shape)
@@ -250,10 +254,14 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     multiplications, results within a few ulps of the magnitude of the
     sums of |x|*|w| of direct summation; conv2d_backward uses it for dx,
     im2col for dw), "depthwise" (one input channel per group only: see
-    depthwise_conv2d) or "auto" (depthwise when groups > 1 and each group
-    has one input channel; else per group: direct when C_in < 8, winograd
-    for float32 3x3 stride-1 convolutions with C_in, C_out >= 16, else
-    im2col; see conv2d_algo).  groups (Keras Conv2D(groups=g)): x has
+    depthwise_conv2d), "direct_wgrad" (a weight-gradient algorithm: in
+    conv2d_backward the float32 dw and db come from register-tiled direct
+    loops; the forward pass, dx and float64 dw take the "auto" choice) or
+    "auto" (depthwise when groups > 1 and each group has one input
+    channel; else per group: direct when C_in < 8, winograd for float32
+    3x3 stride-1 convolutions with C_in, C_out >= 16, else im2col, and for
+    the float32 weight gradient direct_wgrad when C_in >= 2 and C_out <= 32
+    or C_in < 32; see conv2d_algo).  groups (Keras Conv2D(groups=g)): x has
     C_in = g * C_g channels, w is (KH, KW, C_g, C_out) with C_out divisible
     by g, and output channels [j*C_out/g, (j+1)*C_out/g) see input channels
     [j*C_g, (j+1)*C_g) only; computed as g convolutions on channel windows

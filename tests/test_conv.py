@@ -556,8 +556,10 @@ def test_auto_heuristic_documented():
     assert nk.conv2d_algo((32, 26, 26, 8), (3, 3, 8, 64)) == "im2col"    # C_in < 16
     assert nk.conv2d_algo((32, 26, 26, 32), (3, 3, 32, 8)) == "im2col"   # C_out < 16
     assert nk.conv2d_algo((32, 26, 26, 32), (5, 5, 32, 64)) == "im2col"
-    for p in ("forward", "backward_data", "backward_filter"):
+    for p in ("forward", "backward_data"):
         assert nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product=p) in ("im2col", "direct")
+    # float32 dW with C_out <= 32 (see test_conv_wgrad.py)
+    assert nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product="backward_filter") == "direct_wgrad"
     with pytest.raises(ValueError, match="product"):
         nk.conv2d_algo((8, 9, 9, 64), (1, 1, 64, 8), product="sideways")
 

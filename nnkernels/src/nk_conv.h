@@ -5,7 +5,7 @@
  *                                        * w[kh,kw,c,f])
  * (positions outside the image read as zero).
  *
- * Four algorithms:
+ * Five algorithms:
  *  - NK_CONV_IM2COL: the convolution as a GEMM over the im2col matrix
  *    (rows N*OH*OW, columns KH*KW*C), but *implicit*: the GEMM's A operand
  *    is packed straight from the image through the driver's pack_a hook, so
@@ -47,6 +47,14 @@
  *    over input rows, dW/db over fixed blocks of output rows -- with dX in
  *    the same pass when both are wanted (see CFN(dw_wgrad) in
  *    nk_conv_body.h, kernels in nk_conv_dw.h).
+ *  - NK_CONV_DIRECT_WGRAD (dW and db only, float32; the forward pass and dX
+ *    take the AUTO choice, float64 dW too): register tiles of KHT kernel
+ *    rows x JB consecutive (kw, c) elements x NF vectors of output channels
+ *    (up to 28 zmm accumulators), over groups of output rows whose x rows
+ *    (zero-padded copies, or x itself) and dz rows stay in cache: per
+ *    output pixel NF dz vectors loaded once, one broadcast FMA per
+ *    accumulator (see nk_conv_wgrad.h); fixed blocks of output rows in
+ *    parallel, partial sums added in block order.
  *
  * Groups (s->g > 1): output channels [j*f, (j+1)*f) are the convolution of
  * input channels [j*c, (j+1)*c) with w[..., j*f:(j+1)*f]: the depthwise
@@ -59,8 +67,8 @@
  * may be added to the caller's array instead of overwriting it.
  *
  * Determinism: every output element is produced by one thread with a fixed
- * summation order; dW/db sum fixed blocks (of output rows for the direct
- * and depthwise algorithms, of pixels for im2col) in block order.  Results
+ * summation order; dW/db sum fixed blocks (of output rows for the direct,
+ * direct-dW and depthwise algorithms, of pixels for im2col) in block order.  Results
  * are identical for any thread count (given an ISA path and algorithm).
  *
  * Workspaces (transposed kernel, column tiles, dW partials, scratch rows
@@ -76,7 +84,7 @@ extern "C" {
 #endif
 
 enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2, NK_CONV_WINOGRAD = 3,
-       NK_CONV_DEPTHWISE = 4 };
+       NK_CONV_DEPTHWISE = 4, NK_CONV_DIRECT_WGRAD = 5 };
 /* which product, for nk_conv_choose */
 enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
 

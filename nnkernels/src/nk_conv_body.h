@@ -580,6 +580,67 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     return 0;
 }
 
+#ifdef NK_CONV_FLOAT
+/* dW, db with register-resident dW tiles (nk_conv_wgrad.h): a fixed number
+ * of blocks of output rows (by shape only), each thread's blocks into their
+ * own partial sums, added in block order at the end -> results do not
+ * depend on the thread count. */
+static int CFN(wg2_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
+                          T *dw, T *db, int nt)
+{
+    const int64_t R = s->kh * s->kw * s->c, F = s->f, rows = s->n * s->oh;
+    const int64_t vn = CFN_ISA(wg2_vn)(), Fp = (F + vn - 1) / vn * vn, ve = 64 / sizeof(T);
+    /* output rows per group: about NK_CONV_WG2_GROUP_BYTES of dz, at least
+     * NK_CONV_WG2_GROUP_PX pixels (groups may span images) */
+    int64_t G = NK_CONV_WG2_GROUP_BYTES / (s->ow * Fp * (int64_t)sizeof(T));
+    const int64_t gpx = (NK_CONV_WG2_GROUP_PX + s->ow - 1) / s->ow;
+    if (G < gpx) G = gpx;
+    if (G > rows) G = rows;
+    if (G < 1) G = 1;
+    const int64_t per = ((R + 1) * Fp + ve - 1) / ve * ve; /* partial dw rows, partial db */
+    int64_t nb = rows < NK_CONV_WGRAD_BLOCKS ? rows : NK_CONV_WGRAD_BLOCKS;
+    while (nb > 1 && nb * per * (int64_t)sizeof(T) > NK_CONV_WG2_PART_BYTES) nb--;
+    if (nt > nb) nt = (int)nb;
+    const int64_t scr_per = (CFN_ISA(wg2_scr)(s, G, Fp) + ve - 1) / ve * ve;
+    const int64_t zlen = (CFN_ISA(wg2_zlen)(s) + ve - 1) / ve * ve;
+    int from_arena = 0;
+    T *ws = (T *)nk_ws_acquire((size_t)(zlen + nb * per + nt * scr_per) * sizeof(T),
+                               &from_arena);
+    if (!ws) return -1;
+    T *zero = ws, *part = ws + zlen, *scr0 = part + nb * per;
+    memset(zero, 0, (size_t)zlen * sizeof(T));
+    void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, int64_t,
+                int64_t, T *, T *, const T *, T *) = CFN_ISA(wg2_block);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        T *scr = scr0 + scr_per * nk_thread_num();
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t b = 0; b < nb; b++) {
+            T *pw = part + b * per;
+            blk(s, dy, ymask, x, rows * b / nb, rows * (b + 1) / nb, G, Fp, pw,
+                db ? pw + R * Fp : NULL, zero, scr);
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t e = 0; e < (R + (db ? 1 : 0)) * F; e++) {
+            const int64_t r = e / F, f = e - r * F;
+            T acc = part[r * Fp + f];
+            for (int64_t b = 1; b < nb; b++) acc += part[b * per + r * Fp + f];
+            if (r < R) dw[r * s->ldw + f] = acc;
+            else db[f] = acc;
+        }
+    }
+    nk_ws_release(ws, from_arena);
+    return 0;
+}
+#endif
+
 /* db alone (no dW): db[f] = sum over output pixels of dz[p, f], over a
  * fixed number of pixel blocks (by shape only) whose partial sums are added
  * in block order, so the result does not depend on the thread count. */
@@ -1179,7 +1240,8 @@ static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *
                         int act, T *y, int nt)
 {
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
-    if (algo == NK_CONV_AUTO) algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
+    if (algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD) /* a dW algorithm only */
+        algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
     if (algo == NK_CONV_DIRECT) {
         return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
     }
@@ -1205,15 +1267,25 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
     int a, rc = 0;
     if (dw) {
         a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
+#ifndef NK_CONV_FLOAT
+        if (a == NK_CONV_DIRECT_WGRAD) /* float32 only: float64 takes auto's choice */
+            a = nk_conv_choose(s, 1, NK_CONV_BWD_FILTER);
+#endif
         if (a == NK_CONV_DIRECT)
             rc = CFN(direct_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
+#ifdef NK_CONV_FLOAT
+        else if (a == NK_CONV_DIRECT_WGRAD)
+            rc = CFN(wg2_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
+#endif
         else
             rc = CFN(im2col_wgrad)(s, dy, ymask, act, x, dw, db, nt);
     } else if (db) {
         rc = CFN(bias_grad)(s, dy, ymask, db, nt);
     }
     if (rc || !dx) return rc;
-    a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA) : algo;
+    a = algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD /* a dW algorithm only */
+            ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA)
+            : algo;
     if (a == NK_CONV_DIRECT) {
         return CFN(direct_dgrad)(s, dy, ymask, w, dx, acc, nk_conv_threads(s, nt));
     }
