@@ -219,13 +219,15 @@ static int nk_conv_dw_threads(const nk_conv_shape *s, int64_t items, int nt)
  * (pixels for forward and dX, kernel rows for dW; <= 12 for dW), chosen so
  * that the accumulators (2 * RB vectors) fit the ISA's register file;
  * depthwise (one vector of channels per tile): RB_DW pixels (forward, dX),
- * RB_DWW kernel taps (dW), both <= 12. */
+ * RB_DWW kernel taps (dW), both <= 12; WINO_FR: tiles per block (and
+ * register tile, one vector of F each) of the fused Winograd, <= 12. */
 #define ISA generic
 #define RB_FWD 2
 #define RB_WG 2
 #define RB_DG 2
 #define RB_DW 2
 #define RB_DWW 2
+#define WINO_FR 2
 #include "nk_conv_direct_inst.h"
 
 #if NK_X86
@@ -236,6 +238,7 @@ NK_TARGET_AVX2_BEGIN
 #define RB_DG 3
 #define RB_DW 4
 #define RB_DWW 4
+#define WINO_FR 6
 #include "nk_conv_direct_inst.h"
 NK_TARGET_END
 
@@ -246,6 +249,7 @@ NK_TARGET_AVX512_BEGIN
 #define RB_DG 8
 #define RB_DW 12
 #define RB_DWW 12
+#define WINO_FR 12
 #include "nk_conv_direct_inst.h"
 NK_TARGET_END
 #endif /* NK_X86 */

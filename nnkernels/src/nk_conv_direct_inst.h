@@ -1,7 +1,8 @@
 /* Instantiate nk_conv_direct.h (and the Winograd transforms,
  * nk_conv_wino.h, and the depthwise kernels, nk_conv_dw.h) for float32 and
  * float64 under the ISA and register-tile sizes the includer has defined
- * (ISA, RB_FWD, RB_WG, RB_DG, RB_DW, RB_DWW); undefines them afterwards.
+ * (ISA, RB_FWD, RB_WG, RB_DG, RB_DW, RB_DWW,
+ * WINO_FR); undefines them afterwards.
  * FB: channels per block (two 64-byte vectors). */
 #define T float
 #define TI int32_t
@@ -30,4 +31,5 @@
 #undef RB_DG
 #undef RB_DW
 #undef RB_DWW
+#undef WINO_FR
 #undef ISA
