@@ -586,7 +586,14 @@ def test_auto_heuristic_documented():
     assert nk.conv2d_algo(*cnn2, padding="same") == "winograd"
     for p in ("forward", "backward_data"):
         assert nk.conv2d_algo(*cnn2, dtype="float64", product=p) == "im2col"
-    assert nk.conv2d_algo(*cnn2, strides=2) == "im2col"
+    # strided: direct forward for C_in <= 32 and C_out a multiple of 32 (float32)
+    assert nk.conv2d_algo(*cnn2, strides=2) == "direct"
+    for p in ("backward_data", "backward_filter"):
+        assert nk.conv2d_algo(*cnn2, strides=2, product=p) == "im2col"
+    assert nk.conv2d_algo(*cnn2, strides=2, dtype="float64") == "im2col"
+    assert nk.conv2d_algo((32, 32, 32, 16), (1, 1, 16, 32), strides=2) == "direct"
+    assert nk.conv2d_algo((32, 32, 32, 16), (3, 3, 16, 16), strides=2) == "im2col"
+    assert nk.conv2d_algo((32, 16, 16, 64), (3, 3, 64, 128), strides=2) == "im2col"
     assert nk.conv2d_algo(*cnn2, dilation=2) == "im2col"
     assert nk.conv2d_algo((32, 26, 26, 8), (3, 3, 8, 64)) == "im2col"    # C_in < 16
     assert nk.conv2d_algo((32, 26, 26, 32), (3, 3, 32, 8)) == "im2col"   # C_out < 16
