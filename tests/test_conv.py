@@ -238,9 +238,10 @@ def test_winograd_many_blocks_and_threads():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("C, F", [(16, 16), (16, 32), (13, 20)])
+@pytest.mark.parametrize("C, F", [(16, 16), (16, 32), (32, 16), (32, 32), (13, 20), (8, 8)])
 def test_winograd_fused_blocks_and_threads(isa, C, F):
-    """The fused float32 Winograd (C, F <= 32, one of them <= 16): many
+    """The fused float32 Winograd (C, F <= 32; constant-count variants for
+    16 / 32 channels, the generic body otherwise): many
     blocks (some partial, tiles across image rows and images, odd sizes),
     relu mask in dX, bitwise equal for 1 and 2 threads, within the bound."""
     rng = np.random.default_rng(11)

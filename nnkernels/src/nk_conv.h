@@ -38,7 +38,7 @@
  *    micro-kernel's packed-A format, 16 GEMMs (tiles x C) @ (C x F) against
  *    the transformed kernel packed once per call, output transform with
  *    bias and activation (see nk_conv_body.h, nk_conv_wino.h).  float32
- *    with small C and F (both <= 32, one <= 16): a fused kernel instead,
+ *    with small C and F (both <= 32): a fused kernel instead,
  *    per block of a few tiles all in L1 (V stored channels-contiguous,
  *    products as broadcast-FMA register tiles, no packing or transposes).
  *

@@ -668,15 +668,16 @@ static void CFN(wino_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *u
 }
 
 /* Whether the fused Winograd (WFN(wino_fused) in nk_conv_wino.h) runs: C
- * and F (GEMM k and n) small, where the blocked path's transposes and
+ * and F (GEMM k and n) at most 32, where the blocked path's transposes and
  * micro-kernel calls of k = C cost as much as the products.  Measured
- * (AVX-512, 1 thread, ResNet-20 shapes): C = F = 16 about 20 % faster
- * (forward and dX), C = 16, F = 32 5-15 %, C = F = 32 no gain (kept on the
- * blocked path, as is the default CNN's 32 -> 64 layer).  float32 only
- * (float64 keeps the blocked path). */
+ * (AVX-512, 1 thread, forward and dX alike): C = F = 16 about 40 % faster,
+ * C = 16 / F = 32 and C = 32 / F = 16 15-25 %, C = F = 32 about 15 %;
+ * C = F = 64 slower (U no longer fits L1: blocked path, as is the default
+ * CNN's 32 -> 64 layer and its dX).  float32 only (float64 keeps the
+ * blocked path). */
 static int CFN(wino_use_fused)(int64_t C, int64_t F)
 {
-    return sizeof(T) == 4 && C <= 32 && F <= 32 && (C <= 16 || F <= 16);
+    return sizeof(T) == 4 && C <= 32 && F <= 32;
 }
 
 /* The fused path: blocks of fr tiles, parallel over blocks (static). */

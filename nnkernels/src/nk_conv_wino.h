@@ -271,22 +271,51 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
  * channels in ascending order), M goes to mb (tile r, plane xi at
  * (16 r + xi) * fp) and the output transform writes y as wino_out.
  * u: U = G g G^T, plane xi, channel c at (xi * C + c) * fp, zero-padded to
- * fp (a whole number of vectors).  vb rows of tiles >= cnt are left as they
+ * fp (a whole number of vectors).  With 32 vector registers (AVX-512) the
+ * products take two vectors of F per register tile when F allows.  The
+ * ResNet channel counts (C, F in {1, 2} vectors) are compiled with the
+ * counts constant (the generic body is markedly slower: runtime vector
+ * counts, branches on partial vectors).  vb rows of tiles >= cnt are left as they
  * are (their products are computed and dropped).  Every tile's result
  * depends only on its own data: independent of the block and thread. */
 #define WFR_ACC(j) WV a_##j = (WV){0};
 #define WFR_FMA(j) if (j < WINO_FR) a_##j += vr[(16 * j) * cp + c] * uv;
 #define WFR_ST(j) if (j < WINO_FR) memcpy(mr_ + (16 * j) * fp + f0, &a_##j, sizeof(WV));
+#define WFR_ACC2(j) WV b_##j = (WV){0};
+#define WFR_FMA2(j)                                                                         \
+    if (j < WINO_FR) {                                                                      \
+        const T vj = vr[(16 * j) * cp + c];                                                 \
+        a_##j += vj * uv;                                                                   \
+        b_##j += vj * uv2;                                                                  \
+    }
+#define WFR_ST2(j) if (j < WINO_FR) memcpy(mr_ + (16 * j) * fp + f0 + WVL, &b_##j, sizeof(WV));
 #define WFR_TILE(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 static const int WFN(wino_fr) = WINO_FR;
 /* M = V @ U of a fused block (see wino_fused) */
-static void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp, int64_t fp,
+WAI void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp, int64_t fp,
                          T *mb)
 {
     for (int64_t xi = 0; xi < 16; xi++) {
         const T *vr = vb + xi * cp;
         T *mr_ = mb + xi * fp;
-        for (int64_t f0 = 0; f0 < fp; f0 += WVL) {
+        int64_t f0 = 0;
+#if defined(__AVX512F__) /* 32 vector registers: two vectors of F per tile */
+        for (; f0 + 2 * WVL <= fp; f0 += 2 * WVL) {
+            WFR_TILE(WFR_ACC)
+            WFR_TILE(WFR_ACC2)
+            const T *up = u + xi * C * fp + f0;
+#pragma GCC unroll 2
+            for (int64_t c = 0; c < C; c++) {
+                WV uv, uv2;
+                memcpy(&uv, up + c * fp, sizeof uv);
+                memcpy(&uv2, up + c * fp + WVL, sizeof uv2);
+                WFR_TILE(WFR_FMA2)
+            }
+            WFR_TILE(WFR_ST)
+            WFR_TILE(WFR_ST2)
+        }
+#endif
+        for (; f0 < fp; f0 += WVL) {
             WFR_TILE(WFR_ACC)
             const T *up = u + xi * C * fp + f0;
 #pragma GCC unroll 4
@@ -299,11 +328,12 @@ static void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp
         }
     }
 }
-static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
-                            const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
-                            T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
+WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                           const T *u, const int64_t C, const int64_t F, const int64_t cp,
+                           const int64_t fp, int64_t t0, int64_t cnt, T *restrict vb,
+                           T *restrict mb, const T *bias, int act, T *y)
 {
-    const int64_t C = g->c, F = g->f, OH = g->oh, OW = g->ow, OP = g->op;
+    const int64_t OH = g->oh, OW = g->ow, OP = g->op;
     const T *px[WINO_FR][16], *pm[WINO_FR][16];
     int left[WINO_FR];
     {
@@ -405,8 +435,31 @@ static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const
         }
     }
 }
+/* wino_fused_b with the channel counts of ResNet's first stage constant */
+static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                            const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
+                            T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
+{
+    const int64_t C = g->c, F = g->f;
+    if (C == WVL && F == WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act, y);
+    else if (C == WVL && F == 2 * WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, 2 * WVL, WVL, 2 * WVL, t0, cnt, vb, mb, bias,
+                          act, y);
+    else if (C == 2 * WVL && F == WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, WVL, 2 * WVL, WVL, t0, cnt, vb, mb, bias,
+                          act, y);
+    else if (C == 2 * WVL && F == 2 * WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, t0, cnt, vb, mb,
+                          bias, act, y);
+    else
+        WFN(wino_fused_b)(g, src, mask, zero, u, g->c, g->f, cp, fp, t0, cnt, vb, mb, bias, act, y);
+}
 #undef WFR_ACC
 #undef WFR_FMA
+#undef WFR_ACC2
+#undef WFR_FMA2
+#undef WFR_ST2
 #undef WFR_ST
 #undef WFR_TILE
 
