@@ -224,7 +224,9 @@ def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 
     "direct_wgrad" for the float32 weight gradient when C_in >= 2 and
     (C_out <= 32 or C_in < 32); "direct" when C_in < 8; "winograd" for the
     forward pass and the data gradient of float32 3x3 convolutions with
-    strides 1, dilation 1 and C_in, C_out >= 16; else "im2col".  With groups, C_in and C_out are those of one group
+    strides 1, dilation 1 and C_in, C_out >= 16; "direct" for the float32
+    forward pass of strided convolutions with C_in <= 32 and C_out a
+    multiple of 32; else "im2col".  With groups, C_in and C_out are those of one group
     (each group is a convolution of its own)."""
     cdef nk_conv_shape s
     xs = tuple(int(d) for d in x_shape)
@@ -259,9 +261,10 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     loops; the forward pass, dx and float64 dw take the "auto" choice) or
     "auto" (depthwise when groups > 1 and each group has one input
     channel; else per group: direct when C_in < 8, winograd for float32
-    3x3 stride-1 convolutions with C_in, C_out >= 16, else im2col, and for
-    the float32 weight gradient direct_wgrad when C_in >= 2 and C_out <= 32
-    or C_in < 32; see conv2d_algo).  groups (Keras Conv2D(groups=g)): x has
+    3x3 stride-1 convolutions with C_in, C_out >= 16, direct for float32
+    strided forward passes with C_in <= 32 and C_out a multiple of 32, else
+    im2col, and for the float32 weight gradient direct_wgrad when C_in >= 2
+    and C_out <= 32 or C_in < 32; see conv2d_algo).  groups (Keras Conv2D(groups=g)): x has
     C_in = g * C_g channels, w is (KH, KW, C_g, C_out) with C_out divisible
     by g, and output channels [j*C_out/g, (j+1)*C_out/g) see input channels
     [j*C_g, (j+1)*C_g) only; computed as g convolutions on channel windows

@@ -237,6 +237,42 @@ def test_winograd_many_blocks_and_threads():
                 np.float32)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("C, F", [(16, 16), (16, 32), (32, 16), (32, 32), (13, 20), (8, 8)])
+def test_winograd_fused_blocks_and_threads(isa, C, F):
+    """The fused float32 Winograd (C, F <= 32; constant-count variants for
+    16 / 32 channels, the generic body otherwise): many
+    blocks (some partial, tiles across image rows and images, odd sizes),
+    relu mask in dX, bitwise equal for 1 and 2 threads, within the bound."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 15, 13, C)).astype(np.float32)
+    w = rng.standard_normal((3, 3, C, F)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    g = dict(strides=(1, 1), padding="same", dilation=(1, 1))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    yr = ref_conv(x64, w64, b.astype(np.float64), act="relu", **g)
+    dy = rng.standard_normal(yr.shape).astype(np.float32)
+    old = nk.get_num_threads()
+    try:
+        res = []
+        with use_isa(isa):
+            for t in (1, 2):
+                nk.set_num_threads(t)
+                y = nk.conv2d(x, w, b, activation="relu", algo="winograd", **g)
+                dx = nk.conv2d_backward(dy, x, w, activation="relu", y=y, need_dw=False,
+                                        need_db=False, algo="winograd", **g)[0]
+                res.append((y, dx))
+        assert np.array_equal(res[0][0], res[1][0]) and np.array_equal(res[0][1], res[1][1])
+    finally:
+        nk.set_num_threads(old)
+    y, dx = res[0]
+    _wino_bound(y, yr, wino_scale(x64, w64, b, 1, 1, 15, 13), np.float32)
+    dz = dy.astype(np.float64) * (y > 0)
+    dxr = ref_conv_backward(dz, x64, w64, **g)[0]
+    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 1, 1, 15, 13),
+                np.float32)
+
+
 @pytest.mark.parametrize("kw, w_shape", [
     (dict(), (5, 5, 3, 4)),
     (dict(), (3, 2, 3, 4)),
@@ -551,7 +587,14 @@ def test_auto_heuristic_documented():
     assert nk.conv2d_algo(*cnn2, padding="same") == "winograd"
     for p in ("forward", "backward_data"):
         assert nk.conv2d_algo(*cnn2, dtype="float64", product=p) == "im2col"
-    assert nk.conv2d_algo(*cnn2, strides=2) == "im2col"
+    # strided: direct forward for C_in <= 32 and C_out a multiple of 32 (float32)
+    assert nk.conv2d_algo(*cnn2, strides=2) == "direct"
+    for p in ("backward_data", "backward_filter"):
+        assert nk.conv2d_algo(*cnn2, strides=2, product=p) == "im2col"
+    assert nk.conv2d_algo(*cnn2, strides=2, dtype="float64") == "im2col"
+    assert nk.conv2d_algo((32, 32, 32, 16), (1, 1, 16, 32), strides=2) == "direct"
+    assert nk.conv2d_algo((32, 32, 32, 16), (3, 3, 16, 16), strides=2) == "im2col"
+    assert nk.conv2d_algo((32, 16, 16, 64), (3, 3, 64, 128), strides=2) == "im2col"
     assert nk.conv2d_algo(*cnn2, dilation=2) == "im2col"
     assert nk.conv2d_algo((32, 26, 26, 8), (3, 3, 8, 64)) == "im2col"    # C_in < 16
     assert nk.conv2d_algo((32, 26, 26, 32), (3, 3, 32, 8)) == "im2col"   # C_out < 16

@@ -37,7 +37,10 @@
  *    Per block of 2x2-output tiles: input transform written straight in the
  *    micro-kernel's packed-A format, 16 GEMMs (tiles x C) @ (C x F) against
  *    the transformed kernel packed once per call, output transform with
- *    bias and activation (see nk_conv_body.h, nk_conv_wino.h).
+ *    bias and activation (see nk_conv_body.h, nk_conv_wino.h).  float32
+ *    with small C and F (both <= 32): a fused kernel instead,
+ *    per block of a few tiles all in L1 (V stored channels-contiguous,
+ *    products as broadcast-FMA register tiles, no packing or transposes).
  *
  *  - NK_CONV_DEPTHWISE (one input channel per group, g = C groups of
  *    f = M outputs: Keras DepthwiseConv2D): direct loops vectorised over

@@ -700,6 +700,84 @@ static int CFN(bias_grad)(const nk_conv_shape *s, const T *dy, const T *ymask, T
  * (oh, ow) read src at (2th - pt + a, 2tw - pl + b). */
 #define WINO_L2_BYTES ((int64_t)256 << 10) /* V + M of one block */
 
+/* U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]: plane xi,
+ * channel c, column f at u + (xi * C + c) * fp + f (f < F; fp >= F). */
+static void CFN(wino_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *u_out)
+{
+    const int64_t C = g->c, F = g->f;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t f = 0; f < F; f++) {
+            T gk[3][3], t[4][3];
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++)
+                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * g->ldw + c]
+                                    : w[((a * 3 + b) * C + c) * g->ldw + f];
+            for (int b = 0; b < 3; b++) {
+                t[0][b] = gk[0][b];
+                t[1][b] = (T)0.5 * (gk[0][b] + gk[1][b] + gk[2][b]);
+                t[2][b] = (T)0.5 * (gk[0][b] - gk[1][b] + gk[2][b]);
+                t[3][b] = gk[2][b];
+            }
+            for (int a = 0; a < 4; a++) {
+                T *u = u_out + (a * 4) * C * fp + c * fp + f;
+                u[0] = t[a][0];
+                u[C * fp] = (T)0.5 * (t[a][0] + t[a][1] + t[a][2]);
+                u[2 * C * fp] = (T)0.5 * (t[a][0] - t[a][1] + t[a][2]);
+                u[3 * C * fp] = t[a][2];
+            }
+        }
+}
+
+/* Whether the fused Winograd (WFN(wino_fused) in nk_conv_wino.h) runs: C
+ * and F (GEMM k and n) at most 32, where the blocked path's transposes and
+ * micro-kernel calls of k = C cost as much as the products.  Measured
+ * (AVX-512, 1 thread, forward and dX alike): C = F = 16 about 40 % faster,
+ * C = 16 / F = 32 and C = 32 / F = 16 15-25 %, C = F = 32 about 15 %;
+ * C = F = 64 slower (U no longer fits L1: blocked path, as is the default
+ * CNN's 32 -> 64 layer and its dX).  float32 only (float64 keeps the
+ * blocked path). */
+static int CFN(wino_use_fused)(int64_t C, int64_t F)
+{
+    return sizeof(T) == 4 && C <= 32 && F <= 32;
+}
+
+/* The fused path: blocks of fr tiles, parallel over blocks (static). */
+static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T *w, int flip,
+                               const T *bias, int act, T *y, int nt)
+{
+    const int64_t C = g->c, F = g->f, ve = 64 / (int64_t)sizeof(T);
+    const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
+    const int64_t fr = CFN_ISA(wino_fr);
+    const int64_t ntiles = g->n * g->th * g->tw, nblk = (ntiles + fr - 1) / fr;
+    if (nt > nblk) nt = (int)nblk;
+    const int64_t u_len = 16 * C * fp, per = fr * 16 * (cp + fp);
+    int from_arena = 0;
+    T *ws = (T *)nk_ws_acquire((size_t)(u_len + cp + nt * per) * sizeof(T), &from_arena);
+    if (!ws) return -1;
+    T *u = ws, *zero = u + u_len, *scr = zero + cp;
+    memset(u, 0, (size_t)(u_len + cp) * sizeof(T));
+    CFN(wino_u)(g, w, flip, fp, u);
+    void (*run)(const nk_wino *, const T *, const T *, const T *, const T *, int64_t, int64_t,
+                int64_t, int64_t, T *, T *, const T *, int, T *) = CFN_ISA(wino_fused);
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        T *vb = scr + per * nk_thread_num(), *mb = vb + fr * 16 * cp;
+        memset(vb, 0, (size_t)per * sizeof(T));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            const int64_t t0 = blk * fr, cnt = ntiles - t0 < fr ? ntiles - t0 : fr;
+            run(g, src, mask, zero, u, cp, fp, t0, cnt, vb, mb, bias, act, y);
+        }
+    }
+    nk_ws_release(ws, from_arena);
+    return 0;
+}
+
 static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int flip,
                      const T *bias, int act, T *y, int nt)
 {
@@ -710,6 +788,7 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     g->tw = (g->ow + 1) / 2;
     g->mr = mr;
     g->kc = kc;
+    if (CFN(wino_use_fused)(C, F)) return CFN(wino_fused_run)(g, src, mask, w, flip, bias, act, y, nt);
     const int64_t ntiles = g->n * g->th * g->tw;
     /* tiles per block: V + M of a block in WINO_L2_BYTES, [mr, 32 mr] */
     int64_t tb = WINO_L2_BYTES / (16 * (C + F) * (int64_t)sizeof(T)) / mr * mr;
@@ -734,28 +813,7 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     T *u_xcf = ws, *u_pk = u_xcf + u_len, *zero = u_pk + upk_len, *scr = zero + z_len;
     memset(zero, 0, (size_t)z_len * sizeof(T));
 
-    /* U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] */
-    for (int64_t c = 0; c < C; c++)
-        for (int64_t f = 0; f < F; f++) {
-            T gk[3][3], t[4][3];
-            for (int a = 0; a < 3; a++)
-                for (int b = 0; b < 3; b++)
-                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * g->ldw + c]
-                                    : w[((a * 3 + b) * C + c) * g->ldw + f];
-            for (int b = 0; b < 3; b++) {
-                t[0][b] = gk[0][b];
-                t[1][b] = (T)0.5 * (gk[0][b] + gk[1][b] + gk[2][b]);
-                t[2][b] = (T)0.5 * (gk[0][b] - gk[1][b] + gk[2][b]);
-                t[3][b] = gk[2][b];
-            }
-            for (int a = 0; a < 4; a++) {
-                T *u = u_xcf + (a * 4) * C * F + c * F + f;
-                u[0] = t[a][0];
-                u[C * F] = (T)0.5 * (t[a][0] + t[a][1] + t[a][2]);
-                u[2 * C * F] = (T)0.5 * (t[a][0] - t[a][1] + t[a][2]);
-                u[3 * C * F] = t[a][2];
-            }
-        }
+    CFN(wino_u)(g, w, flip, F, u_xcf);
     /* plane xi, k-block [pc, pc + kcur): u_pk + xi*C*Fp + pc*Fp, nr-column
      * sliver j0 at + j0*kcur */
     for (int64_t xi = 0; xi < 16; xi++)

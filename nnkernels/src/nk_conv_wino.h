@@ -262,6 +262,207 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
     }
 }
 
+/* ------------------------------------------------------- fused (small C, F)
+ * One block of up to WINO_FR tiles [t0, t0 + cnt) end to end in L1: the
+ * input transform stores V channels-contiguous (vb: tile r, plane xi at
+ * (16 r + xi) * cp, no transpose), the 16 products M = V @ U are register
+ * tiles of WINO_FR tiles x one vector of F (each V element broadcast from
+ * memory, each U vector loaded once per block and plane; sums over the
+ * channels in ascending order), M goes to mb (tile r, plane xi at
+ * (16 r + xi) * fp) and the output transform writes y as wino_out.
+ * u: U = G g G^T, plane xi, channel c at (xi * C + c) * fp, zero-padded to
+ * fp (a whole number of vectors).  With 32 vector registers (AVX-512) the
+ * products take two vectors of F per register tile when F allows.  The
+ * ResNet channel counts (C, F in {1, 2} vectors) are compiled with the
+ * counts constant (the generic body is markedly slower: runtime vector
+ * counts, branches on partial vectors).  vb rows of tiles >= cnt are left as they
+ * are (their products are computed and dropped).  Every tile's result
+ * depends only on its own data: independent of the block and thread. */
+#define WFR_ACC(j) WV a_##j = (WV){0};
+#define WFR_FMA(j) if (j < WINO_FR) a_##j += vr[(16 * j) * cp + c] * uv;
+#define WFR_ST(j) if (j < WINO_FR) memcpy(mr_ + (16 * j) * fp + f0, &a_##j, sizeof(WV));
+#define WFR_ACC2(j) WV b_##j = (WV){0};
+#define WFR_FMA2(j)                                                                         \
+    if (j < WINO_FR) {                                                                      \
+        const T vj = vr[(16 * j) * cp + c];                                                 \
+        a_##j += vj * uv;                                                                   \
+        b_##j += vj * uv2;                                                                  \
+    }
+#define WFR_ST2(j) if (j < WINO_FR) memcpy(mr_ + (16 * j) * fp + f0 + WVL, &b_##j, sizeof(WV));
+#define WFR_TILE(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+static const int WFN(wino_fr) = WINO_FR;
+/* M = V @ U of a fused block (see wino_fused) */
+WAI void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp, int64_t fp,
+                         T *mb)
+{
+    for (int64_t xi = 0; xi < 16; xi++) {
+        const T *vr = vb + xi * cp;
+        T *mr_ = mb + xi * fp;
+        int64_t f0 = 0;
+#if defined(__AVX512F__) /* 32 vector registers: two vectors of F per tile */
+        for (; f0 + 2 * WVL <= fp; f0 += 2 * WVL) {
+            WFR_TILE(WFR_ACC)
+            WFR_TILE(WFR_ACC2)
+            const T *up = u + xi * C * fp + f0;
+#pragma GCC unroll 2
+            for (int64_t c = 0; c < C; c++) {
+                WV uv, uv2;
+                memcpy(&uv, up + c * fp, sizeof uv);
+                memcpy(&uv2, up + c * fp + WVL, sizeof uv2);
+                WFR_TILE(WFR_FMA2)
+            }
+            WFR_TILE(WFR_ST)
+            WFR_TILE(WFR_ST2)
+        }
+#endif
+        for (; f0 < fp; f0 += WVL) {
+            WFR_TILE(WFR_ACC)
+            const T *up = u + xi * C * fp + f0;
+#pragma GCC unroll 4
+            for (int64_t c = 0; c < C; c++) {
+                WV uv;
+                memcpy(&uv, up + c * fp, sizeof uv);
+                WFR_TILE(WFR_FMA)
+            }
+            WFR_TILE(WFR_ST)
+        }
+    }
+}
+WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                           const T *u, const int64_t C, const int64_t F, const int64_t cp,
+                           const int64_t fp, int64_t t0, int64_t cnt, T *restrict vb,
+                           T *restrict mb, const T *bias, int act, T *y)
+{
+    const int64_t OH = g->oh, OW = g->ow, OP = g->op;
+    const T *px[WINO_FR][16], *pm[WINO_FR][16];
+    int left[WINO_FR];
+    {
+        const int64_t H = g->h, W = g->w, SP = g->sp, tpi = g->th * g->tw;
+        int64_t n = t0 / tpi, th = (t0 - n * tpi) / g->tw, tw = t0 - n * tpi - th * g->tw;
+        for (int64_t i = 0; i < cnt; i++) {
+            const int64_t ih = 2 * th - g->pt, iw = 2 * tw - g->pl;
+            if (ih >= 0 && ih + 4 <= H && iw >= 0 && iw + 4 <= W) { /* inside the image */
+                const int64_t off = ((n * H + ih) * W + iw) * SP;
+#pragma GCC unroll 16
+                for (int k = 0; k < 16; k++) {
+                    px[i][k] = src + off + ((k >> 2) * W + (k & 3)) * SP;
+                    pm[i][k] = mask ? mask + off + ((k >> 2) * W + (k & 3)) * SP : zero;
+                }
+                left[i] = tw > 0;
+            } else {
+                left[i] = WFN(wino_patch)(g, src, mask, zero, t0 + i, px[i], pm[i]);
+            }
+            if (++tw == g->tw) {
+                tw = 0;
+                if (++th == g->th) { th = 0; n++; }
+            }
+        }
+    }
+    for (int64_t c0 = 0; c0 < C; c0 += WVL) {
+        const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
+        WV uu[16];
+        for (int64_t i = 0; i < cnt; i++) {
+            if (i > 0 && left[i]) {
+#pragma GCC unroll 4
+                for (int a = 0; a < 4; a++) {
+                    uu[4 * a] = uu[4 * a + 2];
+                    uu[4 * a + 1] = uu[4 * a + 3];
+                }
+            } else {
+                WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 0, uu);
+                WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 1, uu);
+            }
+            WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 2, uu);
+            WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 3, uu);
+            T *restrict vt = vb + 16 * i * cp + c0;
+#pragma GCC unroll 4
+            for (int a = 0; a < 4; a++) {
+                const WV *q = uu + 4 * a;
+                const WV v0 = q[0] - q[2], v1 = q[1] + q[2], v2 = q[2] - q[1], v3 = q[1] - q[3];
+                memcpy(vt + (4 * a + 0) * cp, &v0, sizeof(WV));
+                memcpy(vt + (4 * a + 1) * cp, &v1, sizeof(WV));
+                memcpy(vt + (4 * a + 2) * cp, &v2, sizeof(WV));
+                memcpy(vt + (4 * a + 3) * cp, &v3, sizeof(WV));
+            }
+        }
+    }
+    WFN(wino_fgemm)(vb, u, C, cp, fp, mb);
+    for (int64_t j = 0; j < cnt; j++) {
+        const int64_t t = t0 + j, n = t / (g->th * g->tw), r = t - n * (g->th * g->tw);
+        const int64_t th = r / g->tw, tw = r - th * g->tw;
+        const int64_t oh = 2 * th, ow = 2 * tw;
+        const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
+        T *yp = y + ((n * OH + oh) * OW + ow) * OP;
+        const T *mp = mb + 16 * j * fp;
+        for (int64_t f0 = 0; f0 < F; f0 += WVL) {
+            const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
+            WV m[16], v[8], o[4];
+#pragma GCC unroll 16
+            for (int k = 0; k < 16; k++) memcpy(&m[k], mp + k * fp + f0, sizeof(WV));
+#pragma GCC unroll 16
+            for (int b = 0; b < 4; b++) {
+                v[b] = m[b] + m[4 + b] + m[8 + b];
+                v[4 + b] = m[4 + b] - m[8 + b] - m[12 + b];
+            }
+#pragma GCC unroll 16
+            for (int a = 0; a < 2; a++) {
+                o[2 * a] = v[4 * a] + v[4 * a + 1] + v[4 * a + 2];
+                o[2 * a + 1] = v[4 * a + 1] - v[4 * a + 2] - v[4 * a + 3];
+            }
+            if (bias) {
+                const WV bv = WFN(wld)(bias + f0, fn);
+#pragma GCC unroll 16
+                for (int k = 0; k < 4; k++) o[k] += bv;
+            }
+            if (act == NK_ACT_RELU) {
+#pragma GCC unroll 16
+                for (int k = 0; k < 4; k++) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0));
+            }
+            if (g->accum) {
+                o[0] += WFN(wld)(yp + f0, fn);
+                if (cols == 2) o[1] += WFN(wld)(yp + OP + f0, fn);
+                if (rows == 2) {
+                    o[2] += WFN(wld)(yp + OW * OP + f0, fn);
+                    if (cols == 2) o[3] += WFN(wld)(yp + (OW + 1) * OP + f0, fn);
+                }
+            }
+            WFN(wst)(yp + f0, o[0], fn);
+            if (cols == 2) WFN(wst)(yp + OP + f0, o[1], fn);
+            if (rows == 2) {
+                WFN(wst)(yp + OW * OP + f0, o[2], fn);
+                if (cols == 2) WFN(wst)(yp + (OW + 1) * OP + f0, o[3], fn);
+            }
+        }
+    }
+}
+/* wino_fused_b with the channel counts of ResNet's first stage constant */
+static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                            const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
+                            T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
+{
+    const int64_t C = g->c, F = g->f;
+    if (C == WVL && F == WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act, y);
+    else if (C == WVL && F == 2 * WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, 2 * WVL, WVL, 2 * WVL, t0, cnt, vb, mb, bias,
+                          act, y);
+    else if (C == 2 * WVL && F == WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, WVL, 2 * WVL, WVL, t0, cnt, vb, mb, bias,
+                          act, y);
+    else if (C == 2 * WVL && F == 2 * WVL)
+        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, t0, cnt, vb, mb,
+                          bias, act, y);
+    else
+        WFN(wino_fused_b)(g, src, mask, zero, u, g->c, g->f, cp, fp, t0, cnt, vb, mb, bias, act, y);
+}
+#undef WFR_ACC
+#undef WFR_FMA
+#undef WFR_ACC2
+#undef WFR_FMA2
+#undef WFR_ST2
+#undef WFR_ST
+#undef WFR_TILE
+
 #undef WAI
 #undef WVL
 #undef WV
