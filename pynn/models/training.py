@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .. import callbacks as cbks, data, losses, optimizers
+from .. import callbacks as cbks, checks, data, losses, optimizers
 from . import compile_metrics as cm, penalties
 
 
@@ -263,7 +263,7 @@ class Trainer:
             if w is None:
                 out.append(np.ones(n, dtype=self._dtype))
                 continue
-            a = np.asarray(w, dtype=np.float64)
+            a = checks.numeric_array("sample_weight", w).astype(np.float64)
             if a.ndim == 2 and a.shape[1] == 1:
                 a = a[:, 0]
             if a.shape != (n,):
@@ -459,10 +459,12 @@ class Trainer:
                 raise NotImplementedError(f"fit({nm}=...) is not supported")
         if not self.compiled:
             raise RuntimeError("compile the model before fit")
-        batch_size = 32 if batch_size is None else int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        epochs, initial_epoch = int(epochs), int(initial_epoch)
+        batch_size = checks.optional_integer("batch_size", batch_size, 32, 1)
+        epochs = checks.integer("epochs", epochs, 0)
+        initial_epoch = checks.integer("initial_epoch", initial_epoch, 0)
+        validation_freq = checks.integer("validation_freq", validation_freq, 1)
+        validation_batch_size = checks.optional_integer("validation_batch_size",
+                                                        validation_batch_size, batch_size, 1)
         xs, ys = self._check_xy(x, y)
         self._require_ready(xs)
         sws = self._check_weights(sample_weight, class_weight, ys) or []
@@ -610,14 +612,12 @@ class Trainer:
                  steps=None, callbacks=None, return_dict=False):
         if steps is not None:
             raise NotImplementedError("evaluate(steps=...) is not supported for arrays")
+        bs = checks.optional_integer("batch_size", batch_size, 32, 1)
         self._require_ready(x)
         self._sync_replicas()   # evaluate is collective under MPI: rank 0's weights everywhere
         xs, ys = self._check_xy(x, y)
         sws = self._check_weights(sample_weight, None, ys)
         t0 = time.perf_counter()
-        bs = 32 if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         cbl = None
         if callbacks:
             steps_ = -(-xs[0].shape[0] // bs)
@@ -636,9 +636,7 @@ class Trainer:
         self._join_launch()   # no collective call: each rank predicts all of x with its weights
         xs = self._check_x(x)
         self._ensure_allocated()
-        bs = 32 if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        bs = checks.optional_integer("batch_size", batch_size, 32, 1)
         n = xs[0].shape[0]
         res = None
         cbl = None
