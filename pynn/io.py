@@ -13,11 +13,14 @@ renamed over the target (and the folder fsync'ed), so a crash leaves either
 the old file or the new one, never a torn one.
 """
 import json
+import math
 import os
 import tempfile
 import zipfile
 
 import numpy as np
+
+from . import filecheck
 
 FORMAT_VERSION = 1
 META_KEY = "__meta__.json"
@@ -63,33 +66,92 @@ def write_text_atomic(path, text):
 
 
 def write_atomic(path, arrays, meta):
-    """The arrays plus the JSON metadata as one .npz, written atomically."""
+    """The arrays plus the JSON metadata as one .npz, written atomically,
+    after the checks that :func:`read` makes (pynn.filecheck): a file that
+    pynn would refuse to read raises ValueError and is not written."""
     meta = dict(meta, version=FORMAT_VERSION)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    filecheck.check(path, arrays, meta, FORMAT_VERSION, _NotWritten)
     payload = dict(arrays)
-    payload[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
+    payload[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True, allow_nan=False)
+                                      .encode("utf-8"), np.uint8)
     atomic_write(path, lambda f: np.savez(f, **payload))
 
 
+class _NotWritten(ValueError):
+    def __init__(self, msg):
+        super().__init__(msg.replace(": ", ": not written: ", 1))
+
+
+# the most that deflate can expand data (its maximum ratio is about 1032:1)
+_DEFLATE_MAX_RATIO = 1100
+
+
+def _check_entries(path, zf):
+    """Every entry of the archive is a .npy array of a real dtype whose
+    declared size matches the entry's size, and the entries' sizes fit the
+    file: checked from the headers, before anything large is allocated."""
+    budget = os.path.getsize(path)
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        if not name.endswith(".npy"):
+            raise FileFormatError(f"{path}: entry {name!r} is not a .npy array")
+        if info.compress_type == zipfile.ZIP_STORED:
+            total += info.file_size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            total += info.file_size / _DEFLATE_MAX_RATIO
+        else:
+            raise FileFormatError(f"{path}: entry {name!r} uses compression method "
+                                  f"{info.compress_type} (pynn files are stored or deflated)")
+        if total > budget:
+            raise FileFormatError(f"{path}: the entries declare more data ({info.file_size} bytes "
+                                  f"in {name!r}) than the file of {budget} bytes can hold")
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise FileFormatError(f"{path}: entry {name!r} is a .npy file of version "
+                                      f"{version} (pynn writes 1.0 or 2.0)")
+            shape, _, dtype = read_header(f)
+            header = f.tell()
+        if dtype.hasobject or dtype.kind not in "biuf":
+            raise FileFormatError(f"{path}: entry {name!r} holds {dtype} values, not real numbers")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if header + nbytes != info.file_size:
+            raise FileFormatError(f"{path}: entry {name!r} declares shape {shape} of {dtype} "
+                                  f"({nbytes} bytes) but holds {info.file_size - header} bytes")
+
+
 def read(path, expect=None):
-    """(arrays dict, meta dict).  expect: the formats accepted (tuple)."""
+    """(arrays dict, meta dict).  expect: the formats accepted (tuple).
+
+    Whatever is wrong with the file raises FileFormatError naming the file
+    and the problem (FileNotFoundError if there is none): sizes are checked
+    before anything is allocated, nothing is unpickled, and the content is
+    checked with the rules that the writer applies (pynn.filecheck)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
+        with zipfile.ZipFile(path) as zf:
+            _check_entries(path, zf)
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise FileFormatError(f"{path}: not a readable pynn file (truncated or corrupt: {e})") from None
+    except FileFormatError:
+        raise
+    except Exception as e:    # zipfile, zlib, numpy's header parser, OSError, MemoryError...
+        raise FileFormatError(f"{path}: not a readable pynn file (truncated or corrupt: "
+                              f"{type(e).__name__}: {e})") from None
     if META_KEY not in arrays:
         raise FileFormatError(f"{path}: not a pynn file (no {META_KEY} entry)")
     try:
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FileFormatError(f"{path}: corrupt metadata ({e})") from None
+    filecheck.check(path, arrays, meta, FORMAT_VERSION, FileFormatError)
     fmt = meta.get("format")
     if expect is not None and fmt not in expect:
         raise FileFormatError(f"{path}: is a {fmt!r} file, expected one of {expect}")
-    if meta.get("version", 0) > FORMAT_VERSION:
-        raise FileFormatError(f"{path}: format version {meta.get('version')} is newer than this "
-                              f"pynn ({FORMAT_VERSION})")
     return arrays, meta

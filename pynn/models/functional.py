@@ -25,7 +25,7 @@ give bitwise-identical weights, and a resumed run continues exactly.
 """
 import numpy as np
 
-from .. import backend, utils
+from .. import backend, checks, utils
 from ..layers.base import InputLayer, Layer, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
@@ -367,8 +367,7 @@ class Model(training.Trainer, saving.Saving, Layer):
         for w, (l, s) in zip(weights, want):
             if np.shape(w) != s.shape:
                 raise ValueError(f"{l.name}/{s.name}: expected shape {s.shape}, got {np.shape(w)}")
-            if not np.all(np.isfinite(np.asarray(w, dtype=np.float64))):
-                raise ValueError(f"{l.name}/{s.name}: the values contain NaN or inf")
+            checks.finite_array(f"{l.name}/{s.name}", w)   # the rule of model files too
         i = 0
         for l in self._leaves():
             k = len(l.specs)
