@@ -10,11 +10,16 @@ training position (epoch, step in the epoch, seed, running sums).  Arrays:
 one per slot).  Files are read with ``allow_pickle=False`` and written
 atomically: a temporary file in the same folder, flushed and fsync'ed, then
 renamed over the target (and the folder fsync'ed), so a crash leaves either
-the old file or the new one, never a torn one.
+the old file or the new one, never a torn one.  The temporary file is
+``.<name>.<host>.<pid>.<random>.tmp``; one that a killed process left is
+removed by the next write of the same file (only files of that naming, of
+this host, whose process is gone).
 """
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 import zipfile
 
@@ -30,15 +35,81 @@ class FileFormatError(ValueError):
     """A file that is not a valid pynn file (truncated, corrupt, wrong kind)."""
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _temp_prefix(path):
+    """Temporary files of path: ``.<name>.<host>.<pid>.<random>.tmp``."""
+    return "." + os.path.basename(path) + "."
+
+
+def _process_start(pid):
+    """When process ``pid`` started (seconds since the epoch), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _is_stale(folder, name, prefix):
+    """A temporary file of ours (``prefix``) left by a process of this host
+    that no longer runs (killed during a write): its process is gone, or the
+    process now holding its pid started after the file was last written."""
+    parts = name[len(prefix):-len(".tmp")].split(".")
+    if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+        return False            # another host's, or not named by us
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False            # a write of this process (another thread) in progress
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False            # alive (another user's process)
+    started = _process_start(pid)
+    try:
+        return started is not None and started > os.stat(os.path.join(folder, name)).st_mtime + 1
+    except OSError:
+        return False
+
+
+def remove_stale_temp_files(path):
+    """Remove the temporary files that writes of ``path`` killed midway left
+    (only ours, only stale: see _is_stale); returns their names."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp") and _is_stale(folder, name, prefix):
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path, write):
     """Write a file atomically: write(f) fills a temporary file (binary) in
     the same folder, which is flushed, fsync'ed and renamed over path; the
     folder is fsync'ed too.  On any error the temporary file is removed and
-    the old path, if any, is left untouched."""
+    the old path, if any, is left untouched.  Temporary files that earlier
+    writes of path left when their process was killed are removed first."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{_HOST}.{os.getpid()}.",
+                               suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
