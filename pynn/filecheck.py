@@ -17,6 +17,7 @@ writes it can read back, and whatever it refuses to read it never writes.
 FileFormatError for a read) with a message that names the file.
 """
 import math
+import os
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def _check_arrays(arrays):
             _fail(str(e))
 
 
-def _check_position(pos, fmt_version):
+def _check_position(pos):
     where = "the training position"
     if not isinstance(pos, dict):
         _fail(f"{where} is not a JSON object")
@@ -114,15 +115,15 @@ def _check_meta(meta, version):
     if fmt == "pynn.checkpoint":
         if "position" not in meta:
             _fail("the checkpoint has no training position")
-        _check_position(meta["position"], v)
+        _check_position(meta["position"])
 
 
-def check(path, arrays, meta, version, error):
-    """Raise ``error("<path>: <what is wrong>")`` unless ``arrays`` (name ->
-    ndarray) and ``meta`` (the parsed JSON) make a valid pynn file of
-    format version <= ``version``."""
+def check(path, arrays, meta, version, error, note=""):
+    """Raise ``error("<path>: <note><what is wrong>")`` unless ``arrays``
+    (name -> ndarray) and ``meta`` (the parsed JSON) make a valid pynn file
+    of format version <= ``version``."""
     try:
         _check_meta(meta, version)
         _check_arrays(arrays)
     except _Bad as e:
-        raise error(f"{path}: {e}") from None
+        raise error(f"{os.fspath(path)}: {note}{e}") from None

@@ -142,16 +142,11 @@ def write_atomic(path, arrays, meta):
     pynn would refuse to read raises ValueError and is not written."""
     meta = dict(meta, version=FORMAT_VERSION)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    filecheck.check(path, arrays, meta, FORMAT_VERSION, _NotWritten)
+    filecheck.check(path, arrays, meta, FORMAT_VERSION, ValueError, note="not written: ")
     payload = dict(arrays)
     payload[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True, allow_nan=False)
                                       .encode("utf-8"), np.uint8)
     atomic_write(path, lambda f: np.savez(f, **payload))
-
-
-class _NotWritten(ValueError):
-    def __init__(self, msg):
-        super().__init__(msg.replace(": ", ": not written: ", 1))
 
 
 # the most that deflate can expand data (its maximum ratio is about 1032:1)

@@ -123,7 +123,7 @@ BAD = {
     "position batch_size 0": (dict(meta=set_pos("batch_size", 0)), "'batch_size' must be >= 1"),
     "position shuffle string": (dict(meta=set_pos("shuffle", "yes")), "'shuffle' must be a bool"),
     "position sums NaN": (dict(meta=set_pos("sums", [float("nan"), 0.0])), "not a finite number"),
-    "position is a list": (dict(meta=set_pos("epoch", 0) and (lambda m: m.update(position=[1]) or m)),
+    "position is a list": (dict(meta=set_meta(lambda m: m.update(position=[1]))),
                            "not a JSON object"),
     "history not numbers": (dict(meta=set_pos("history", {"loss": ["a"]})), "history"),
 }
