@@ -10,8 +10,8 @@ writes it can read back, and whatever it refuses to read it never writes.
 - a checkpoint's training position has every field, each of its type and
   range: ``epoch``, ``step``, ``seen`` >= 0, ``n``, ``batch_size``,
   ``ranks`` >= 1, ``step`` within an epoch, ``shuffle`` a bool, finite
-  metric ``sums``, and ``history`` (the epochs done so far) a dict of lists
-  of numbers.
+  metric ``sums``; its ``history`` (the logs of the epochs done, if any) a
+  dict of lists of numbers, no longer than the epochs done.
 
 :func:`check` raises ``error`` (ValueError for a write, pynn.io's
 FileFormatError for a read) with a message that names the file.
@@ -84,14 +84,15 @@ def _check_position(pos):
                 _fail(f"{where} has a metric sum that is not a finite number: {v!r:.50}")
     else:                       # written before graph models: one output
         _field(where, pos, "loss_sum", float)
-    hist = _field(where, pos, "history", dict, required=False)
-    for k, vals in (hist or {}).items():
+
+
+def _check_history(hist, epochs_done):
+    for k, vals in hist.items():
         if not isinstance(vals, list) or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                              for v in vals):
-            _fail(f"{where}: history[{k!r}] is not a list of numbers")
-        if len(vals) > pos["epoch"]:
-            _fail(f"{where}: history[{k!r}] has {len(vals)} epochs, more than the "
-                  f"{pos['epoch']} done")
+            _fail(f"the history: {k!r} is not a list of numbers")
+        if len(vals) > epochs_done:
+            _fail(f"the history: {k!r} has {len(vals)} epochs, more than the {epochs_done} done")
 
 
 def _check_meta(meta, version):
@@ -116,6 +117,8 @@ def _check_meta(meta, version):
         if "position" not in meta:
             _fail("the checkpoint has no training position")
         _check_position(meta["position"])
+        _check_history(_field("the checkpoint", meta, "history", dict, required=False) or {},
+                       meta["position"]["epoch"])
 
 
 def check(path, arrays, meta, version, error, note=""):

@@ -125,7 +125,10 @@ BAD = {
     "position sums NaN": (dict(meta=set_pos("sums", [float("nan"), 0.0])), "not a finite number"),
     "position is a list": (dict(meta=set_meta(lambda m: m.update(position=[1]))),
                            "not a JSON object"),
-    "history not numbers": (dict(meta=set_pos("history", {"loss": ["a"]})), "history"),
+    "history not numbers": (dict(meta=set_meta(lambda m: m.update(history={"loss": ["a"]}))),
+                            "history: 'loss' is not a list of numbers"),
+    "history too long": (dict(meta=set_meta(lambda m: m.update(history={"loss": [1.0] * 9}))),
+                         "9 epochs, more than the 1 done"),
 }
 
 

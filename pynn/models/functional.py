@@ -433,9 +433,11 @@ class Model(training.Trainer, saving.Saving, Layer):
 
     @resume_position.setter
     def resume_position(self, pos):
+        """pos: the checkpoint's position, plus its "history" (the logs of the
+        epochs done, which History prepends; not part of the position)."""
         self._resume = pos
         if pos is not None:
-            self._pos.update(pos)
+            self._pos.update({k: v for k, v in pos.items() if k != "history"})
 
     def replicas_synced(self):
         """Record that the ranks now hold rank 0's model."""

@@ -287,11 +287,11 @@ class Saving:
         return self._dist.rank == 0
 
     def _save_checkpoint(self, path, history=None):
-        """history: {metric: [value per epoch done]} (kept in the position,
+        """history: {metric: [value per epoch done]} (kept in the checkpoint,
         so that a resumed run's History covers the whole run)."""
         if self._is_chief():
-            pos = dict(self._pos, history=history or {})
-            self._write_model(path, "pynn.checkpoint", True, position=pos)
+            self._write_model(path, "pynn.checkpoint", True, position=dict(self._pos),
+                              history=history or {})
 
     def _restore_checkpoint(self, path, epochs=None):
         """Read the checkpoint (validated by io.read); ``epochs``: the run's
@@ -311,8 +311,7 @@ class Saving:
         self._load_optimizer(arrays, meta, path)
         if int(meta["seed"]) != int(self.seed):
             self._set_seed(int(meta["seed"]))
-        self._resume = pos
-        self._pos.update(pos)
+        self.resume_position = dict(pos, history=meta.get("history") or {})
 
 
 def load_model(filepath, compile=True):
