@@ -5,7 +5,9 @@ A file holds named arrays plus one JSON document stored as the uint8 array
 ``"pynn.model"``, ``"pynn.weights"`` or ``"pynn.checkpoint"``, and
 ``"version"``), the architecture (layer classes and their configs), the
 compile settings (optimizer, loss, metrics) and, for checkpoints, the
-training position (epoch, step in the epoch, seed, running sums).  Arrays:
+training position (epoch, step in the epoch, seed, running sums) and
+the history of the epochs done.  pynn.filecheck says what a valid file
+holds; it is checked before writing and after reading.  Arrays:
 ``weights/<i>/<layer name>/<weight name>`` and ``optimizer/<slot>`` (flat,
 one per slot).  Files are read with ``allow_pickle=False`` and written
 atomically: a temporary file in the same folder, flushed and fsync'ed, then
