@@ -85,6 +85,12 @@ class History(Callback):
 
     def on_train_begin(self, logs=None):
         self.epoch = []
+        # resumed from a checkpoint (BackupAndRestore, which runs before): the
+        # epochs done before the interruption come first
+        done = (getattr(self.model, "_resume", None) or {}).get("history") or {}
+        if done:
+            self.history = {k: list(v) for k, v in done.items()}
+            self.epoch = list(range(max(len(v) for v in done.values())))
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
@@ -465,16 +471,22 @@ class BackupAndRestore(Callback):
     def on_train_begin(self, logs=None):
         # under MPI only rank 0 reads the file (it need not be on a shared
         # file system): fit then broadcasts rank 0's state to every rank
+        self._history = {}     # the logs of the epochs done, kept in the checkpoint
         if self.resume and self.model._is_chief() and os.path.exists(self.path):
-            self.model._restore_checkpoint(self.path)
+            self.model._restore_checkpoint(self.path, epochs=self.params.get("epochs"))
+            self._history = {k: list(v) for k, v in
+                             self.model._resume.get("history", {}).items()}
 
     def on_train_batch_end(self, batch, logs=None):
         if isinstance(self.save_freq, int) and self.model.optimizer.iterations % self.save_freq == 0:
-            self.model._save_checkpoint(self.path)
+            self.model._save_checkpoint(self.path, self._history)
 
     def on_epoch_end(self, epoch, logs=None):
+        for k, v in (logs or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._history.setdefault(k, []).append(v)
         if self.save_freq == "epoch":
-            self.model._save_checkpoint(self.path)
+            self.model._save_checkpoint(self.path, self._history)
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and not self.model.stop_training and os.path.exists(self.path):

@@ -40,7 +40,8 @@ def _add_train_args(p):
     p.add_argument("--save-every", type=int, default=None, metavar="STEPS")
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint if it exists")
     p.add_argument("--out", metavar="DIR", default="pynn_out",
-                   help="where history.json and curves.png go (default: ./pynn_out)")
+                   help="where the trained model (model.npz, for pynn.load_model), history.json, "
+                        "curves.png, filters.png and confusion_matrix.png go (default: ./pynn_out)")
     p.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="write TensorBoard event files (DIR/train, DIR/validation; needs "
                         "pip install tensorboard): tensorboard --logdir DIR")
@@ -121,6 +122,31 @@ def _write_pictures(out_dir, model, matrix, dataset):
     return written
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+def _stop_on_nan():
+    """TerminateOnNaN for the command: a non-finite loss ends the run at
+    once (raises Diverged), before any later callback of the step (the
+    checkpoint) writes the diverged state, and the command exits non-zero."""
+    from .callbacks import TerminateOnNaN
+
+    class StopOnNaN(TerminateOnNaN):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):
+                raise Diverged(f"the training loss became {loss} at step {batch + 1} of epoch "
+                               f"{self.epoch + 1}: training diverged (try a lower --lr); the "
+                               "diverged weights were not written")
+    return StopOnNaN()
+
+
 def cmd_train(args):
     import pynn
     from . import callbacks, zoo
@@ -154,7 +180,7 @@ def cmd_train(args):
         print(f"{len(x)} training / {len(xt)} test images; batch {args.batch_size}; "
               f"{opt_name} lr {model.optimizer.learning_rate}; {nnkernels.get_num_threads()} threads "
               f"({nnkernels.get_isa()}){where}", flush=True)
-    cbs = []
+    cbs = [_stop_on_nan()]     # first: before the checkpoint writes
     if args.checkpoint:
         cbs.append(callbacks.BackupAndRestore(args.checkpoint, save_freq=args.save_every or "epoch",
                                               delete_checkpoint=False, resume=args.resume))
@@ -191,7 +217,9 @@ def cmd_train(args):
         from .plots import confusion_matrix
         matrix = confusion_matrix(yt, model.predict(xt, batch_size=1000, verbose=0), classes)
         result["confusion_matrix"] = matrix.tolist()    # rows: true class, columns: predicted
-        for p in _write_outputs(args.out, result, hist.history) + \
+        model_path = os.path.join(args.out, "model.npz")
+        model.save(model_path)
+        for p in [model_path] + _write_outputs(args.out, result, hist.history) + \
                 _write_pictures(args.out, model, matrix, args.dataset):
             print(f"wrote {p}")
     return 0
@@ -252,9 +280,14 @@ def main(argv=None):
     try:
         rc = {"train": cmd_train, "info": cmd_info,
               "export-onnx": cmd_export_onnx}[args.cmd](args)
-    except FileNotFoundError as e:
+    except (OSError, ValueError) as e:
+        # a missing or malformed data or model file (FileFormatError, IDXError), a
+        # checkpoint of another run, an unwritable --out: one line, not a traceback
         print(f"pynn {args.cmd}: {e}", file=sys.stderr)
         rc = 2
+    except Diverged as e:
+        print(f"pynn {args.cmd}: {e}", file=sys.stderr)
+        rc = 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         rc = 130

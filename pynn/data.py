@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
+
 __all__ = [
     "IDXError",
     "read_idx",
@@ -378,12 +380,7 @@ def load_idx_dataset(directory):
 # Shuffling batcher
 # --------------------------------------------------------------------------
 
-def _check_int(name, value, minimum):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+_check_int = checks.integer
 
 
 def epoch_permutation(n, seed, epoch, shuffle=True):

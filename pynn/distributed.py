@@ -86,6 +86,12 @@ What happens, step by step:
   calls ``COMM_WORLD.Abort(1)`` (chainermn's global_except_hook), so the
   launcher kills every rank and exits non-zero instead of hanging in the
   next collective.  :func:`abort` does the same for an error exit code.
+  A rank that leaves otherwise (``sys.exit(3)``, or catching an error and
+  returning) tells the others at exit; a rank still waiting for it in a
+  collective call then aborts the job after ``PYNN_MPI_LEAVE_GRACE_S``
+  (default 2) seconds (:class:`_LeaveWatch`).  A normal exit of all ranks,
+  or rank 0 working on alone after the last collective call, is not slowed
+  or aborted.
 - **Threads** (:func:`threads_per_rank`): unless ``--threads`` or
   ``OMP_NUM_THREADS`` says otherwise, a rank runs ``cores // ranks`` kernel
   threads, where ``cores`` are the CPUs that the ranks on its node may use
@@ -96,6 +102,9 @@ What happens, step by step:
 The time spent in the gradient allreduce is counted (``group.stats``) for
 ``bench/scaling.py``.
 """
+import atexit
+import contextlib
+import functools
 import os
 import socket
 import sys
@@ -301,6 +310,100 @@ class _Progress:
                     self.cv.wait(self.interval)
 
 
+def _blocking(method):
+    """A Group method that blocks until every rank calls it (see _LeaveWatch)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._waiting():
+            return method(self, *args, **kwargs)
+    return call
+
+
+class _LeaveWatch:
+    """Ends the job when a rank leaves it (exits, normally or not) while
+    another rank still waits for it in a collective call: without this, the
+    waiting rank would hang forever (an uncaught exception is handled by the
+    except hook, but ``sys.exit(3)`` or a rank that catches an error and
+    returns never reach it).
+
+    At exit (atexit, before MPI is finalized) a rank sends a small "leaving"
+    message to every other rank, on a private communicator; a daemon thread
+    on each rank looks for such a message every ``interval`` seconds.  Once
+    a peer has left, a rank that stays blocked in the same collective call
+    (:meth:`waiting` marks them) for ``grace`` seconds aborts the job: a call
+    that the leaver joined completes within milliseconds, one it never
+    joins cannot.  A rank that is still busy with local work (rank 0 writing
+    files after fit) is left alone, and a normal, in-step exit of all ranks
+    costs one message per peer and no wait."""
+    TAG = 715
+
+    def __init__(self, group, interval=0.05, grace=None):
+        MPI = group.MPI
+        self.group = group
+        self.comm = group.comm.Dup()
+        self.interval = interval
+        self.grace = max(0.0, _env_float("PYNN_MPI_LEAVE_GRACE_S", 2.0) if grace is None
+                         else grace)
+        self.left = None          # the first rank that said it left
+        self.call = None          # the number of the blocking call in progress, None outside
+        self._calls = 0
+        self._buf = np.zeros(1, np.int64)
+        self._req = self.comm.Irecv(self._buf, source=MPI.ANY_SOURCE, tag=self.TAG)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pynn-mpi-leave-watch", daemon=True)
+        self._thread.start()
+        atexit.register(self.leaving)
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Marks a call that blocks until the other ranks join it."""
+        if self.call is not None:     # nested (check_same -> allgather): the outer call counts
+            yield
+            return
+        self._calls += 1
+        self.call = self._calls
+        try:
+            yield
+        finally:
+            self.call = None
+
+    def _run(self):
+        watched, since = None, None
+        while not self._stop.wait(self.interval):
+            if self.left is None:
+                if not self._req.Test():
+                    continue
+                self.left = int(self._buf[0])
+            call = self.call
+            if call is None:
+                watched = None
+            elif call != watched:
+                watched, since = call, time.monotonic()
+            elif time.monotonic() - since >= self.grace:
+                g = self.group
+                sys.stderr.write(f"pynn: MPI rank {self.left} left the job while rank {g.rank} "
+                                 f"of {g.size} ({g.host}) waits for it in a collective call "
+                                 "(fit, evaluate, train_on_batch...); aborting all ranks\n")
+                g.abort(1)
+
+    def leaving(self):
+        """atexit: tell the other ranks that this one leaves."""
+        self._stop.set()
+        self._thread.join()
+        MPI = self.group.MPI
+        if MPI.Is_finalized():
+            return
+        me = np.array([self.group.rank], np.int64)
+        sends = [self.comm.Isend(me, dest=r, tag=self.TAG)
+                 for r in range(self.group.size) if r != self.group.rank]
+        deadline = time.monotonic() + 1.0      # small messages: sent at once (eager)
+        while not MPI.Request.Testall(sends) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if not self._req.Test():
+            self._req.Cancel()
+            self._req.Wait()
+
+
 class Group:
     """Ranks of ``COMM_WORLD`` (a private duplicate of it) training together.
 
@@ -332,6 +435,12 @@ class Group:
                         and MPI.Query_thread() >= MPI.THREAD_MULTIPLE)
         self._progress = _Progress(MPI) if self.overlap else None
         self._unsent = None       # (buffer id, end of the part not yet handed to MPI)
+        # a rank that leaves while the others wait for it ends the job (needs a thread)
+        self._watch = _LeaveWatch(self) if MPI.Query_thread() >= MPI.THREAD_MULTIPLE else None
+
+    def _waiting(self):
+        """Context of a call that blocks until every rank joins it."""
+        return self._watch.waiting() if self._watch is not None else contextlib.nullcontext()
 
     # -- collectives used by fit ----------------------------------------------
     def grads_ready(self, flat, start):
@@ -349,6 +458,7 @@ class Group:
             self.stats.overlapped_calls += 1
             self.stats.overlapped_bytes += (end - start) * flat.itemsize
 
+    @_blocking
     def allreduce_sum_(self, flat):
         """In place: ``flat`` (contiguous float) <- its sum over the ranks:
         one ``Allreduce(IN_PLACE)`` of the part whose reduction
@@ -372,6 +482,7 @@ class Group:
                 st.trace.append((busy, t1 - t0))
             st._last = t1
 
+    @_blocking
     def sync_state_(self, flat):
         """In place: ``flat`` <- its mean over the ranks (batch-norm moving
         statistics); the same bits on every rank."""
@@ -388,10 +499,12 @@ class Group:
         self._progress.add(self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM))
 
         def finish():
-            self._progress.wait()
+            with self._waiting():
+                self._progress.wait()
             np.multiply(flat, flat.dtype.type(1.0 / self.size), out=flat)
         return finish
 
+    @_blocking
     def sum_scalars(self, values):
         """The sums over the ranks of a few numbers (ints stay ints)."""
         t0 = time.perf_counter()
@@ -419,12 +532,14 @@ class Group:
 
         def result():
             t0 = time.perf_counter()
-            self._progress.wait()
+            with self._waiting():
+                self._progress.wait()
             self.stats.scalars_s += time.perf_counter() - t0
             self.stats.scalars_calls += 1
             return _like(values, buf)
         return result
 
+    @_blocking
     def broadcast_(self, arr):
         """In place: every rank's ``arr`` <- rank 0's (contiguous array)."""
         if not (isinstance(arr, np.ndarray) and arr.flags.c_contiguous):
@@ -432,16 +547,20 @@ class Group:
         if arr.size:
             self.comm.Bcast(arr, root=0)
 
+    @_blocking
     def bcast(self, obj):
         """Rank 0's picklable ``obj`` on every rank."""
         return self.comm.bcast(obj, root=0)
 
+    @_blocking
     def allgather(self, obj):
         return self.comm.allgather(obj)
 
+    @_blocking
     def barrier(self):
         self.comm.Barrier()
 
+    @_blocking
     def check_same(self, value, what):
         """Raise (on every rank) unless ``value`` is equal on all ranks: a
         mismatch (different data, batch size...) would otherwise deadlock or

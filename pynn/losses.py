@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 
+from . import checks
 from .backend import loss_ops
 
 EPSILON = loss_ops.EPSILON
@@ -28,7 +29,7 @@ REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", N
 
 
 def _labels(y_true, n, what="labels"):
-    y = np.asarray(y_true)
+    y = checks.numeric_array(what, y_true)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.shape[0] != n:
@@ -272,11 +273,9 @@ class CategoricalCrossentropy(_CrossEntropy):
         return categorical_crossentropy(y_true, y_pred, self.from_logits, self.label_smoothing)
 
     def check_targets(self, y, n_out, dtype=np.float32):
-        y = np.asarray(y)
+        y = checks.finite_array("targets", y)
         if y.ndim != 2 or y.shape[1] != n_out:
             raise ValueError(f"categorical targets must have shape (N, {n_out}), got {y.shape}")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("targets contain NaN or inf")
         return np.ascontiguousarray(y, dtype=dtype)
 
     def get_config(self):
@@ -295,14 +294,18 @@ class _Rows(Loss):
         t, p = _pair(y_true, y_pred)
         return loss_ops.KINDS[self.kind](np, p, t, False, **self._params())[0]
 
+    target_range = None     # (low, high): the values a target may take (both included)
+
     def check_targets(self, y, n_out, dtype=np.float32):
-        y = np.asarray(y, dtype=dtype)
+        y = checks.finite_array("targets", y).astype(dtype, copy=False)
         if y.ndim == 1 and n_out == 1:
             y = y[:, None]
         if y.ndim != 2 or y.shape[1] != n_out:
             raise ValueError(f"targets must have shape (N, {n_out}), got {y.shape}")
-        if not np.all(np.isfinite(y)):
-            raise ValueError("targets contain NaN or inf")
+        lo, hi = self.target_range or (None, None)
+        if lo is not None and y.size and (y.min() < lo or y.max() > hi):
+            raise ValueError(f"{self.name} targets must lie in [{lo:g}, {hi:g}]; got values in "
+                             f"[{y.min():g}, {y.max():g}]")
         return np.ascontiguousarray(y)
 
     def _train_targets(self, xp, t):
@@ -338,6 +341,7 @@ class BinaryCrossentropy(_Rows):
     kind = "binary_crossentropy"
     accuracy_kind = "binary"
     fuses_sigmoid = True
+    target_range = (0.0, 1.0)   # probabilities (Keras: labels 0/1 or soft labels)
 
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
                  reduction="sum_over_batch_size", name=None, dtype=None):

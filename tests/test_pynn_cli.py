@@ -84,7 +84,7 @@ def test_train_end_to_end(fake_data, tmp_path):
         assert not (out / "curves.png").exists()
     pictures = ["confusion_matrix.png", "curves.png", "filters.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        (pictures if HAVE_MPL else []) + ["history.json"])
+        (pictures if HAVE_MPL else []) + ["history.json", "model.npz"])
     # the confusion matrix of the 100 test images agrees with the reported accuracy
     m = np.array(hist["confusion_matrix"])
     assert m.shape == (10, 10) and m.sum() == 100
@@ -122,12 +122,57 @@ def test_checkpoint_and_resume(fake_data, tmp_path):
     assert "no checkpoint" not in second.stdout
     hb = json.loads((tmp_path / "b" / "history.json").read_text())
     hf = json.loads((tmp_path / "full" / "history.json").read_text())
-    assert len(hb["history"]["loss"]) == 1          # only epoch 2 ran
+    # only epoch 2 ran, and history.json covers the whole run (epoch 1 from the checkpoint)
     assert "Epoch 2/2" in second.stdout and "Epoch 1/2" not in second.stdout
+    assert hb["history"]["loss"] == hf["history"]["loss"]
+    assert hb["history"]["val_accuracy"] == hf["history"]["val_accuracy"]
     # and it ended exactly where the uninterrupted run did
     assert hb["history"]["loss"][-1] == hf["history"]["loss"][-1]
     assert hb["test_loss"] == hf["test_loss"]
     assert hb["test_accuracy"] == hf["test_accuracy"]
+
+
+def test_final_model_is_written(fake_data, tmp_path):
+    # 200 images, batch 32: 7 steps; a checkpoint every 5 steps misses the last 2
+    ck, out = tmp_path / "ck.npz", tmp_path / "out"
+    r = run(["train", "--model", "mlp", "--data", str(fake_data), "--limit", "200", "--epochs", "1",
+             "--batch-size", "32", "--threads", "1", "--checkpoint", str(ck), "--save-every", "5",
+             "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {out / 'model.npz'}" in r.stdout
+    from pynn import load_model
+    final, mid = load_model(out / "model.npz"), load_model(ck)
+    assert final.optimizer.iterations == 7 and mid.optimizer.iterations == 5
+    x = np.random.default_rng(0).random((5, 784)).astype(np.float32)
+    assert not np.array_equal(final.predict(x, verbose=0), mid.predict(x, verbose=0))
+    assert "model.npz" in run(["train", "--help"]).stdout
+
+
+def test_diverging_run_exits_non_zero(fake_data, tmp_path):
+    ck = tmp_path / "ck.npz"
+    r = run(["train", "--model", "mlp", "--data", str(fake_data), "--limit", "200", "--epochs", "2",
+             "--batch-size", "32", "--threads", "1", "--lr", "1e30", "--checkpoint", str(ck),
+             "--save-every", "1", "--out", str(tmp_path / "out")])
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "training diverged" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "model.npz").exists()
+    # what was written before the loss turned NaN is a valid checkpoint
+    if ck.exists():
+        from pynn import load_model
+        load_model(ck)
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"PK\x03\x04" + b"\0" * 40])
+def test_bad_checkpoint_is_one_line(fake_data, tmp_path, content):
+    ck = tmp_path / "ck.npz"
+    ck.write_bytes(content)
+    r = run(["train", "--model", "mlp", "--data", str(fake_data), "--limit", "64", "--epochs", "1",
+             "--checkpoint", str(ck), "--resume", "--out", str(tmp_path / "o")])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert str(ck) in r.stderr and "not a readable pynn file" in r.stderr
 
 
 def test_resume_without_checkpoint_file_starts_fresh(fake_data, tmp_path):

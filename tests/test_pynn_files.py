@@ -242,10 +242,35 @@ def test_wrong_model_file(tmp_path, other):
     assert_unchanged(m, snap)
 
 
+def rewrite(src, dst, arrays=None, meta=None):
+    """dst: the file src with arrays/meta changed by the given functions,
+    written around pynn's checks (a hand-made malformed file)."""
+    with np.load(src) as z:
+        a = {k: z[k] for k in z.files}
+    m = json.loads(a.pop(io.META_KEY).tobytes())
+    a = arrays(a) if arrays else a
+    m = meta(m) if meta else m
+    a[io.META_KEY] = np.frombuffer(json.dumps(m).encode(), np.uint8)
+    with open(dst, "wb") as f:
+        np.savez(f, **a)
+    return dst
+
+
 def test_non_finite_weights_refused(tmp_path):
     m = trained()
+    m.save_weights(tmp_path / "good.npz")
     m.layers[5].w["kernel"][0, 0] = np.nan
-    m.save_weights(tmp_path / "w.npz")
+    # the writer applies the reader's rules: a file it would refuse is not written
+    with pytest.raises(ValueError, match="w.npz: not written: .*kernel.* contains NaN or inf"):
+        m.save_weights(tmp_path / "w.npz")
+    assert not (tmp_path / "w.npz").exists() and no_temp_files(tmp_path) == []
+
+    def nan(a):
+        k = next(k for k in a if k.endswith("kernel"))
+        a[k] = a[k].copy()
+        a[k][0, 0] = np.nan
+        return a
+    rewrite(tmp_path / "good.npz", tmp_path / "w.npz", arrays=nan)
     other = make_model(seed=2)
     other.build()
     snap = snapshot(other)

@@ -25,7 +25,7 @@ give bitwise-identical weights, and a resumed run continues exactly.
 """
 import numpy as np
 
-from .. import backend, config, utils
+from .. import backend, checks, config, utils
 from ..layers.base import InputLayer, Layer, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
@@ -368,8 +368,7 @@ class Model(training.Trainer, saving.Saving, Layer):
         for w, (l, s) in zip(weights, want):
             if np.shape(w) != s.shape:
                 raise ValueError(f"{l.name}/{s.name}: expected shape {s.shape}, got {np.shape(w)}")
-            if not np.all(np.isfinite(np.asarray(w, dtype=np.float64))):
-                raise ValueError(f"{l.name}/{s.name}: the values contain NaN or inf")
+            checks.finite_array(f"{l.name}/{s.name}", w)   # the rule of model files too
         i = 0
         for l in self._leaves():
             k = len(l.specs)
@@ -435,9 +434,11 @@ class Model(training.Trainer, saving.Saving, Layer):
 
     @resume_position.setter
     def resume_position(self, pos):
+        """pos: the checkpoint's position, plus its "history" (the logs of the
+        epochs done, which History prepends; not part of the position)."""
         self._resume = pos
         if pos is not None:
-            self._pos.update(pos)
+            self._pos.update({k: v for k, v in pos.items() if k != "history"})
 
     def replicas_synced(self):
         """Record that the ranks now hold rank 0's model."""

@@ -255,11 +255,7 @@ class Saving:
             a = arrays[fk]
             if a.shape != v.shape:
                 raise ValueError(f"{path}: {fk} has shape {a.shape}, the model expects {v.shape}")
-            if a.dtype.kind not in "fiu":
-                raise ValueError(f"{path}: {fk} holds {a.dtype} values, not real numbers")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"{path}: {fk} contains NaN or inf")
-            out[k] = a
+            out[k] = a      # real and finite: checked by io.read (pynn.filecheck)
         return out
 
     def _assign_weights(self, matched):
@@ -300,17 +296,22 @@ class Saving:
     def _is_chief(self):
         return self._dist.rank == 0
 
-    def _save_checkpoint(self, path):
+    def _save_checkpoint(self, path, history=None):
+        """history: {metric: [value per epoch done]} (kept in the checkpoint,
+        so that a resumed run's History covers the whole run)."""
         if self._is_chief():
-            self._write_model(path, "pynn.checkpoint", True, position=dict(self._pos))
+            self._write_model(path, "pynn.checkpoint", True, position=dict(self._pos),
+                              history=history or {})
 
-    def _restore_checkpoint(self, path):
+    def _restore_checkpoint(self, path, epochs=None):
+        """Read the checkpoint (validated by io.read); ``epochs``: the run's
+        number of epochs, which the checkpoint's epoch may not exceed."""
         arrays, meta = io.read(path, expect=("pynn.checkpoint",))
         matched = self._match_weight_arrays(arrays, path)
-        pos = meta.get("position")
-        if not pos:
-            raise io.FileFormatError(f"{path}: checkpoint has no training position")
-        pos = dict(pos)
+        pos = dict(meta["position"])
+        if epochs is not None and pos["epoch"] > epochs:
+            raise ValueError(f"{path}: the checkpoint is at epoch {pos['epoch']}, beyond the "
+                             f"{epochs} epochs of this run")
         if "sums" not in pos:     # written before graph models: one output
             if "loss_sum" not in pos:
                 raise io.FileFormatError(f"{path}: the training position has no metric sums")
@@ -320,17 +321,31 @@ class Saving:
         self._load_optimizer(arrays, meta, path)
         if int(meta["seed"]) != int(self.seed):
             self._set_seed(int(meta["seed"]))
-        self._resume = pos
-        self._pos.update(pos)
+        self.resume_position = dict(pos, history=meta.get("history") or {})
 
 
 def load_model(filepath, compile=True):
-    """A model from a file written by model.save (or a checkpoint)."""
-    from .functional import Model
-    from .sequential import Sequential
+    """A model from a file written by model.save (or a checkpoint).  A file
+    whose architecture or settings cannot be rebuilt raises
+    pynn.io.FileFormatError naming the file (a layer pynn does not support:
+    NotImplementedError).  Keras files (.keras, .h5) are read by keras_files."""
     if keras_files.kind(filepath, reading=True):
         return keras_files.load_model(filepath, compile=compile)
     arrays, meta = io.read(filepath, expect=("pynn.model", "pynn.checkpoint"))
+    try:
+        return _model_from_file(filepath, arrays, meta, compile)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        msg = str(e)
+        if isinstance(e, KeyError):
+            msg = f"missing entry {msg}"
+        if not msg.startswith(os.fspath(filepath)):
+            msg = f"{os.fspath(filepath)}: the model cannot be rebuilt from the file: {msg}"
+        raise io.FileFormatError(msg) from None
+
+
+def _model_from_file(filepath, arrays, meta, compile):
+    from .functional import Model
+    from .sequential import Sequential
     cfg = meta.get("config")
     if not cfg or not isinstance(cfg, dict):
         raise io.FileFormatError(f"{filepath}: no model architecture in the file")

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .. import callbacks as cbks, data, data_adapters, losses, optimizers
+from .. import callbacks as cbks, checks, data, data_adapters, losses, optimizers
 from . import compile_metrics as cm, penalties
 from .training_sources import SourceTrainer
 
@@ -266,7 +266,7 @@ class Trainer(SourceTrainer):
             if w is None:
                 out.append(np.ones(n, dtype=self._dtype))
                 continue
-            a = np.asarray(w, dtype=np.float64)
+            a = checks.numeric_array("sample_weight", w).astype(np.float64)
             if a.ndim == 2 and a.shape[1] == 1:
                 a = a[:, 0]
             if a.shape != (n,):
@@ -467,10 +467,12 @@ class Trainer(SourceTrainer):
                 raise NotImplementedError(f"fit({nm}=...) is not supported")
         if not self.compiled:
             raise RuntimeError("compile the model before fit")
-        batch_size = 32 if batch_size is None else int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        epochs, initial_epoch = int(epochs), int(initial_epoch)
+        batch_size = checks.optional_integer("batch_size", batch_size, 32, 1)
+        epochs = checks.integer("epochs", epochs, 0)
+        initial_epoch = checks.integer("initial_epoch", initial_epoch, 0)
+        validation_freq = checks.integer("validation_freq", validation_freq, 1)
+        validation_batch_size = checks.optional_integer("validation_batch_size",
+                                                        validation_batch_size, batch_size, 1)
         xs, ys = self._check_xy(x, y)
         self._require_ready(xs)
         sws = self._check_weights(sample_weight, class_weight, ys) or []
@@ -630,14 +632,12 @@ class Trainer(SourceTrainer):
                                               return_dict)
         if steps is not None:
             raise NotImplementedError("evaluate(steps=...) with arrays: pass x[:steps * batch_size]")
+        bs = checks.optional_integer("batch_size", batch_size, 32, 1)
         self._require_ready(x)
         self._sync_replicas()   # evaluate is collective under MPI: rank 0's weights everywhere
         xs, ys = self._check_xy(x, y)
         sws = self._check_weights(sample_weight, None, ys)
         t0 = time.perf_counter()
-        bs = 32 if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         cbl = None
         if callbacks:
             steps_ = -(-xs[0].shape[0] // bs)
@@ -658,9 +658,7 @@ class Trainer(SourceTrainer):
             return self._predict_from_source(x, batch_size, steps)
         xs = self._check_x(x)
         self._ensure_allocated()
-        bs = 32 if batch_size is None else int(batch_size)
-        if bs < 1:
-            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        bs = checks.optional_integer("batch_size", batch_size, 32, 1)
         n = xs[0].shape[0]
         res = None
         cbl = None

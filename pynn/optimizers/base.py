@@ -66,8 +66,8 @@ def _check_lr_value(value):
             raise TypeError("learning_rate must be a float, a keras.optimizers.schedules "
                             f"LearningRateSchedule or a callable, got {value!r:.100}") from None
     value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"learning_rate must be finite, got {value}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"learning_rate must be a finite number >= 0, got {value}")
     return value
 
 
