@@ -68,13 +68,18 @@ def _check_position(pos):
         _fail(f"{where} is not a JSON object")
     for key in ("epoch", "step", "seen"):
         _field(where, pos, key, int, 0)
-    for key in ("n", "batch_size"):
-        _field(where, pos, key, int, 1)
+    source = pos.get("n") is None and pos.get("batch_size") is None and "steps" in pos
+    if not source:
+        for key in ("n", "batch_size"):
+            _field(where, pos, key, int, 1)
     ranks = _field(where, pos, "ranks", int, 1, required=False) or 1
     _field(where, pos, "seed", int, 0)
     _field(where, pos, "shuffle", bool)
-    from .data import steps_per_epoch
-    steps = steps_per_epoch(pos["n"], pos["batch_size"], ranks)
+    if source:   # fit on a PyDataset / generator (models/training_sources.py): steps per epoch
+        steps = _field(where, pos, "steps", int, 1)
+    else:
+        from .data import steps_per_epoch
+        steps = steps_per_epoch(pos["n"], pos["batch_size"], ranks)
     if pos["step"] > steps:
         _fail(f"{where} is at step {pos['step']} of an epoch of {steps} steps")
     if "sums" in pos:
