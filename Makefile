@@ -54,7 +54,7 @@ test-sanitize:
 	rm -rf build
 	CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" $(SAN_VENV)/bin/python -m pip install -q '.[test]'
 	rm -rf build
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" HYPOTHESIS_PROFILE=ci \
 	  $(SAN_VENV)/bin/pytest -q -p no:cacheprovider $(SAN_TESTS)
