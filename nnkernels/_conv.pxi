@@ -327,12 +327,12 @@ cdef tuple _conv2d_bwd(object dy, object x, object w, tuple w_shape, object stri
     _conv_check_dy(dy, y, &s, f"x{x.shape}, w{w.shape}")
     if y_unread is not None:
         _check_like(y_unread, "y", dy.shape, dt, f"not read with activation={activation!r}")
-    for flag, buf, nm in ((need_dx, dx, "dx"), (need_dw, dw, "dw"), (need_db, db, "db")):
-        if not flag:
-            _unused(buf, nm, f"need_{nm}=False")
     ins = [("dy", dy), ("x", x), ("w", w), ("y", y)]
     if acc and (dx is None or not need_dx):
         raise ValueError("accumulate_dx=True needs need_dx=True and dx= (the array to add to)")
+    for flag, buf, nm in ((need_dx, dx, "dx"), (need_dw, dw, "dw"), (need_db, db, "db")):
+        if not flag:
+            _unused(buf, nm, f"need_{nm}=False")
     dw = _conv_out(dw, w_shape, dt, "dw", ins) if need_dw else None
     db = _conv_out(db, (s.f * s.g,), dt, "db", ins + [("dw", dw)]) if need_db else None
     dx = _conv_out(dx, x.shape, dt, "dx", ins + [("dw", dw), ("db", db)]) if need_dx else None
