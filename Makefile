@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 TRAIN_ARGS  ?=
 FASHION_PKG := dataset-fashion-mnist
 
-.PHONY: test install venv bench clean train data
+.PHONY: test install venv bench clean train data test-sanitize fuzz
 
 venv: $(VPY)
 $(VPY):
@@ -39,6 +39,32 @@ $(INSTALLED): $(VPY) $(PKG_FILES)
 # `python -m pytest`) does not put the source tree on sys.path.
 test: install
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
+
+# The kernels built with AddressSanitizer and UBSan (any misaligned access,
+# out-of-bounds or overflow aborts) into a separate venv, then the kernel
+# tests and the fuzzer under it (libasan preloaded into python; leak checks
+# off: CPython's own allocations).  Not part of `make test` (slow).
+SAN_VENV  ?= .venv-san
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+SAN_TESTS ?= tests/test_kernel_hardening.py tests/test_errors.py tests/test_gemm.py \
+             tests/test_dense.py tests/test_conv.py tests/test_conv_groups.py tests/test_pool.py \
+             tests/test_pool2.py tests/test_elementwise.py tests/test_train_kernels.py \
+             tests/test_bn_fused.py tests/test_fuzz_kernels.py
+test-sanitize:
+	$(PYTHON) -m venv $(SAN_VENV)
+	rm -rf build
+	CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" $(SAN_VENV)/bin/python -m pip install -q '.[test]'
+	rm -rf build
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" HYPOTHESIS_PROFILE=ci \
+	  $(SAN_VENV)/bin/pytest -q -p no:cacheprovider $(SAN_TESTS)
+
+# The fuzzer alone, long: FUZZ_CALLS calls (100,000 by default) in batches of
+# 500, each batch in its own process (see tests/test_fuzz_kernels.py).
+FUZZ_CALLS ?= 100000
+fuzz: install
+	NNKERNELS_FUZZ_CALLS=$(FUZZ_CALLS) $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_fuzz_kernels.py
 
 # Makes sure Fashion-MNIST is where pynn looks for it (PYNN_DATA, PYNN_DATA/fashion-mnist
 # or /usr/share/datasets/fashion-mnist): if not, installs the Debian package as root,

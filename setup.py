@@ -24,7 +24,8 @@ SRC = os.path.join("nnkernels", "src")
 C_SOURCES = sorted(
     os.path.join(SRC, f) for f in os.listdir(SRC) if f.endswith(".c")
 )
-BASE_CFLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-fno-math-errno"]
+# -Werror=vla: no variable-length (geometry-sized) array on the stack, anywhere
+BASE_CFLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-fno-math-errno", "-Werror=vla"]
 
 
 def _compiler_accepts(compiler, flags, code):

@@ -12,12 +12,17 @@ normalisation; OpenMP threads.
 Environment:
   NNKERNELS_ISA=avx512|avx2|generic   force a kernel path (error if the CPU
                                       cannot run it)
-  OMP_NUM_THREADS                     default thread count
+  OMP_NUM_THREADS                     default thread count (at most
+                                      MAX_THREADS; a cgroup CPU quota applies
+                                      only without it)
 """
+import math as _math
 import os as _os
+import warnings as _warnings
 
 from . import _core
 from ._core import (
+    MAX_THREADS,
     add,
     available_isas,
     avg_pool2d,
@@ -76,7 +81,7 @@ __all__ = [
     "gemm", "dense_forward", "dense_backward", "conv2d", "conv2d_backward",
     "conv2d_backward_data", "depthwise_conv2d", "depthwise_conv2d_backward",
     "conv2d_output_shape", "conv2d_algo", "info", "set_num_threads",
-    "get_num_threads", "get_isa", "set_isa", "available_isas", "isa_supported",
+    "get_num_threads", "MAX_THREADS", "cgroup_cpu_limit", "get_isa", "set_isa", "available_isas", "isa_supported",
     "fma_peak", "openmp_enabled", "release_workspace", "workspace_bytes", "default_num_threads",
     "env_num_threads",
     "max_pool2d", "max_pool2d_backward", "max_pool2d_output_shape", "avg_pool2d",
@@ -95,25 +100,65 @@ def env_num_threads():
     return int(env) if env.isdigit() and int(env) > 0 else None
 
 
+def cgroup_cpu_limit(root="/sys/fs/cgroup"):
+    """The CPUs a cgroup CPU quota grants this process, rounded up, or None
+    without a quota: cgroup v2 `cpu.max` ("QUOTA PERIOD", or "max ...") under
+    `root`, else cgroup v1 `cpu/cpu.cfs_quota_us` / `cpu/cpu.cfs_period_us`
+    (as joblib/loky's cpu_count, which scikit-learn's default OpenMP thread
+    count uses).  A container limited to 2 CPUs on a 64-CPU host sees 64 in
+    its affinity mask but gets 2 CPUs of time: 64 threads would mostly wait."""
+    def read(*parts):
+        try:
+            with open(_os.path.join(root, *parts)) as f:
+                return f.read().split()
+        except (OSError, ValueError):
+            return None
+
+    v2 = read("cpu.max")
+    if v2 is not None:
+        quota, period = (v2 + ["100000"])[:2] if v2 else ("max", "100000")
+    else:
+        q, p = read("cpu", "cpu.cfs_quota_us"), read("cpu", "cpu.cfs_period_us")
+        if not q or not p:
+            return None
+        quota, period = q[0], p[0]
+    try:
+        quota, period = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    if quota <= 0 or period <= 0:  # v1 writes -1 for no quota
+        return None
+    return max(1, _math.ceil(quota / period))
+
+
 def default_num_threads():
     """The thread count used when none is set: OMP_NUM_THREADS if it is a
-    positive integer, else the CPUs this process may run on."""
+    positive integer, else the CPUs this process may run on (its affinity
+    mask), fewer where a cgroup CPU quota grants fewer (cgroup_cpu_limit);
+    never more than MAX_THREADS (a larger OMP_NUM_THREADS is clamped, with a
+    warning)."""
     env = env_num_threads()
     if env is not None:
+        if env > MAX_THREADS:
+            _warnings.warn(f"OMP_NUM_THREADS={env} is above nnkernels.MAX_THREADS = "
+                           f"{MAX_THREADS}; using {MAX_THREADS}", RuntimeWarning, stacklevel=2)
+            return MAX_THREADS
         return env
     try:
-        return max(1, len(_os.sched_getaffinity(0)))
+        n = max(1, len(_os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, _os.cpu_count() or 1)
+        n = max(1, _os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        n = min(n, quota)
+    return min(n, MAX_THREADS)
 
 
 def set_num_threads(n=None):
-    """Set the kernels' thread count (None: back to default_num_threads())."""
+    """Set the kernels' thread count: an int in [1, MAX_THREADS] (ValueError
+    outside, TypeError for a non-integer), or None for default_num_threads()."""
     if n is None:
         n = default_num_threads()
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"number of threads must be >= 1, got {n}")
     _core._set_num_threads(n)
 
 

@@ -103,30 +103,13 @@ cdef object _nhwc(object x, str name):
     for d in x.shape:
         if d > _CONV_MAX_DIM:
             raise ValueError(f"{name} has shape {x.shape}: dimensions above {_CONV_MAX_DIM} are not supported")
-    if not (x.flags.c_contiguous and x.flags.aligned):
-        x = np.require(x, requirements=["C", "A"])
-    return x
+    return _aligned(x)
 
 
 cdef object _conv_out(object out, tuple shape, object dt, str name, list inputs):
     """A caller's output buffer: exact dtype and shape, C-contiguous, aligned,
-    writeable, not overlapping any input (or a new array)."""
-    if out is None:
-        return np.empty(shape, dtype=dt)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-    if out.dtype != dt:
-        raise TypeError(f"{name} has dtype {out.dtype}, expected {dt}")
-    if out.shape != shape:
-        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    if not (out.flags.c_contiguous and out.flags.aligned):
-        raise ValueError(f"{name} must be C-contiguous and aligned, got strides {out.strides}")
-    for nm, arr in inputs:
-        if arr is not None and out.size and arr.size and np.may_share_memory(out, arr):
-            raise ValueError(f"{name} overlaps {nm}; pass a separate buffer")
-    return out
+    writeable, not overlapping any input (or a new array): _c_out."""
+    return _c_out(out, shape, dt, name, inputs)
 
 
 cdef int64_t _conv_groups(object groups) except -1:
@@ -209,10 +192,8 @@ def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilat
                         groups=1):
     """(N, OH, OW, C_out) of conv2d for these shapes (Keras/TensorFlow sizes)."""
     cdef nk_conv_shape s
-    xs = tuple(int(d) for d in x_shape)
-    ws = tuple(int(d) for d in w_shape)
-    if len(xs) != 4 or len(ws) != 4:
-        raise ValueError(f"x_shape must be (N, H, W, C) and w_shape (KH, KW, C, F), got {xs}, {ws}")
+    xs = _shape4(x_shape, "x_shape")
+    ws = _shape4(w_shape, "w_shape")
     _conv_geometry(xs, ws, strides, padding, dilation, groups, &s)
     return (s.n, s.oh, s.ow, s.f * s.g)
 
@@ -229,10 +210,8 @@ def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 
     multiple of 32; else "im2col".  With groups, C_in and C_out are those of one group
     (each group is a convolution of its own)."""
     cdef nk_conv_shape s
-    xs = tuple(int(d) for d in x_shape)
-    ws = tuple(int(d) for d in w_shape)
-    if len(xs) != 4 or len(ws) != 4:
-        raise ValueError(f"x_shape must be (N, H, W, C) and w_shape (KH, KW, C, F), got {xs}, {ws}")
+    xs = _shape4(x_shape, "x_shape")
+    ws = _shape4(w_shape, "w_shape")
     _conv_geometry(xs, ws, strides, padding, dilation, groups, &s)
     passes = {"forward": NK_CONV_FWD, "backward_data": NK_CONV_BWD_DATA,
               "backward_filter": NK_CONV_BWD_FILTER}
@@ -345,20 +324,26 @@ cdef tuple _conv2d_bwd(object dy, object x, object w, tuple w_shape, object stri
     cdef int act = _act_id(activation)
     cdef int algo_id = _conv_algo(algo)
     named = [("dy", dy), ("x", x), ("w", w)]
+    y_unread = None
     if act != NK_ACT_NONE:
         if y is None:
             raise ValueError(f"activation={activation!r} needs the forward output y")
         y = _nhwc(y, "y")
         named.append(("y", y))
     else:
-        y = None
+        y_unread, y = y, None
     dt = _same_dtype(named)
     _conv_geometry(x.shape, w.shape, strides, padding, dilation, groups, &s)
     _conv_check_algo(algo_id, &s)
     _conv_check_dy(dy, y, &s, f"x{x.shape}, w{w.shape}")
+    if y_unread is not None:
+        _check_like(y_unread, "y", dy.shape, dt, f"not read with activation={activation!r}")
     ins = [("dy", dy), ("x", x), ("w", w), ("y", y)]
     if acc and (dx is None or not need_dx):
         raise ValueError("accumulate_dx=True needs need_dx=True and dx= (the array to add to)")
+    for flag, buf, nm in ((need_dx, dx, "dx"), (need_dw, dw, "dw"), (need_db, db, "db")):
+        if not flag:
+            _unused(buf, nm, f"need_{nm}=False")
     dw = _conv_out(dw, w_shape, dt, "dw", ins) if need_dw else None
     db = _conv_out(db, (s.f * s.g,), dt, "db", ins + [("dw", dw)]) if need_db else None
     dx = _conv_out(dx, x.shape, dt, "dx", ins + [("dw", dw), ("db", db)]) if need_dx else None
@@ -393,17 +378,20 @@ def conv2d_backward_data(dy, w, x_shape, *, strides=(1, 1), padding="valid", dil
     cdef int act = _act_id(activation)
     cdef int algo_id = _conv_algo(algo)
     named = [("dy", dy), ("w", w)]
+    y_unread = None
     if act != NK_ACT_NONE:
         if y is None:
             raise ValueError(f"activation={activation!r} needs the forward output y")
         y = _nhwc(y, "y")
         named.append(("y", y))
     else:
-        y = None
+        y_unread, y = y, None
     dt = _same_dtype(named)
     _conv_geometry(xs, w.shape, strides, padding, dilation, groups, &s)
     _conv_check_algo(algo_id, &s)
     _conv_check_dy(dy, y, &s, f"x_shape {xs}, w{w.shape}")
+    if y_unread is not None:
+        _check_like(y_unread, "y", dy.shape, dt, f"not read with activation={activation!r}")
     if accumulate and out is None:
         raise ValueError("accumulate=True needs out= (the array to add to)")
     out = _conv_out(out, xs, dt, "out", [("dy", dy), ("w", w), ("y", y)])
@@ -413,17 +401,8 @@ def conv2d_backward_data(dy, w, x_shape, *, strides=(1, 1), padding="valid", dil
 
 
 cdef tuple _shape4(object shape, str name):
-    """A 4-D shape as a tuple of Python ints (ValueError/TypeError otherwise)."""
-    try:
-        items = tuple(shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a tuple of 4 ints (N, H, W, C), got {shape!r}") from None
-    if len(items) != 4:
-        raise ValueError(f"{name} must be (N, H, W, C), got {shape!r}")
-    for d in items:
-        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
-            raise TypeError(f"{name} must be a tuple of 4 ints (N, H, W, C), got {shape!r}")
-    return tuple(int(d) for d in items)
+    """A 4-D shape (N, H, W, C) as a tuple of Python ints (_int_shape)."""
+    return _int_shape(shape, name, 4)
 
 
 cdef int _conv_check_dy(object dy, object y, nk_conv_shape *s, str what) except -1:

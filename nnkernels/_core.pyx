@@ -46,6 +46,8 @@ cdef extern from "nk_gemm.h" nogil:
     int nk_get_isa()
     int nk_set_isa(int isa)
     const char *nk_isa_name(int isa)
+    enum:
+        NK_MAX_THREADS
     void nk_set_num_threads(int n)
     int nk_get_num_threads()
     int nk_openmp_enabled()
@@ -97,8 +99,25 @@ def set_isa(str isa):
         raise RuntimeError(f"ISA {isa!r} is not supported by this CPU; available: {available_isas()}")
 
 
-def _set_num_threads(int n):
-    nk_set_num_threads(n)
+# The most threads a kernel team may have (nk_gemm.h): libgomp exits the
+# process when it cannot create the threads asked for, so larger counts are
+# refused with ValueError here (and clamped in C).
+MAX_THREADS = NK_MAX_THREADS
+
+
+cdef int _thread_count(object n, str name) except -1:
+    """n as a thread count in [1, MAX_THREADS]: TypeError for a non-integer
+    (bool, float, str), ValueError out of range (any size of int)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {n!r}")
+    if n < 1 or n > NK_MAX_THREADS:
+        raise ValueError(f"{name} must be in [1, {NK_MAX_THREADS}] (nnkernels.MAX_THREADS), "
+                         f"got {n}")
+    return int(n)
+
+
+def _set_num_threads(n):
+    nk_set_num_threads(_thread_count(n, "number of threads"))
 
 
 def get_num_threads():
@@ -129,25 +148,31 @@ def build_info():
     return {"compiler": nk_compiler().decode(), "cflags": nk_build_cflags.decode()}
 
 
-def fma_peak(str isa="auto", dtype="float32", int threads=1, double seconds=0.2):
+FMA_PEAK_MAX_SECONDS = 60.0
+
+
+def fma_peak(str isa="auto", dtype="float32", threads=1, seconds=0.2):
     """Measured FMA throughput in GFLOP/s for one kernel path: `threads`
-    threads each run independent FMA chains for about `seconds`."""
+    threads (an int in [1, MAX_THREADS]) each run independent FMA chains for
+    about `seconds` (a finite number in (0, 60])."""
     cdef int isa_id = nk_get_isa() if isa == "auto" else _ISA_IDS.get(isa, -1)
     if isa_id < 0:
         raise ValueError(f"unknown ISA {isa!r}")
     if not nk_isa_supported(isa_id):
         raise RuntimeError(f"ISA {isa!r} is not supported by this CPU")
-    if threads < 1:
-        raise ValueError("threads must be >= 1")
+    cdef int nt = _thread_count(threads, "threads")
+    cdef double secs = _real(seconds, "seconds")
+    if not (0.0 < secs <= FMA_PEAK_MAX_SECONDS):
+        raise ValueError(f"seconds must be in (0, {FMA_PEAK_MAX_SECONDS:g}], got {seconds!r}")
     cdef int dbl = _float_dtype_of(np.dtype(dtype), "dtype") is _F64
     cdef double flops = 0.0, t = 0.0
     cdef int64_t iters = 100000
     with nogil:
-        t = nk_fma_peak_run(isa_id, dbl, threads, iters, &flops)
-    while t < seconds / 4:
-        iters = <int64_t>(iters * max(2.0, seconds / max(t, 1e-6)))
+        t = nk_fma_peak_run(isa_id, dbl, nt, iters, &flops)
+    while t < secs / 4 and iters < (<int64_t>1 << 52):
+        iters = <int64_t>min(iters * max(2.0, secs / max(t, 1e-6)), <double>(<int64_t>1 << 52))
         with nogil:
-            t = nk_fma_peak_run(isa_id, dbl, threads, iters, &flops)
+            t = nk_fma_peak_run(isa_id, dbl, nt, iters, &flops)
     return flops / t / 1e9
 
 
@@ -170,8 +195,65 @@ cdef inline bint _is_float(int tn) noexcept:
     return tn == cnp.NPY_FLOAT32 or tn == cnp.NPY_FLOAT64
 
 
+cdef object _aligned(object x):
+    """The one place inputs are made fit for the kernels: the ndarray x
+    itself when it is C-contiguous and aligned, else a C-contiguous, aligned
+    copy of the same shape (0-d included) and dtype.  np.ascontiguousarray
+    is not enough: a C-contiguous view at an odd byte offset (a float32 view
+    of a uint8 buffer from byte 1) is returned as it is, misaligned, and it
+    turns a 0-d array into shape (1,)."""
+    if x.flags.c_contiguous and x.flags.aligned:
+        return x
+    return np.array(x, order="C", copy=True)
+
+
+cdef tuple _int_shape(object shape, str name, int ndim=-1):
+    """The one reading of a shape argument: a tuple/list (or any iterable) of
+    Python ints >= 0, `ndim` of them when ndim >= 0.  TypeError for
+    anything that is not an integer (float, bool, str: int() would truncate
+    2.7 to 2 silently), ValueError for a wrong length or a negative size."""
+    what = f"a tuple of {ndim} ints" if ndim >= 0 else "a tuple of ints"
+    if isinstance(shape, (str, bytes)):
+        raise TypeError(f"{name} must be {what}, got {shape!r}")
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {shape!r}") from None
+    for d in items:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{name} must be {what}, got {shape!r}")
+    if ndim >= 0 and len(items) != ndim:
+        raise ValueError(f"{name} must have {ndim} entries, got {shape!r}")
+    out = tuple(int(d) for d in items)
+    if any(d < 0 for d in out):
+        raise ValueError(f"negative dimension in {name} {out}")
+    return out
+
+
+cdef int _unused(object v, str name, str why) except -1:
+    """ValueError for an output buffer passed where it would not be written
+    (the caller would read an array the call never filled)."""
+    if v is not None:
+        raise ValueError(f"{name}= was given but {why}: it would not be written")
+    return 0
+
+
+cdef int _check_like(object v, str name, tuple shape, object dt, str why) except -1:
+    """An input given although this call does not read it (`why`): still
+    checked to be an array of the expected dtype and shape, since a wrong
+    one is a caller's bug."""
+    a = v if isinstance(v, np.ndarray) else np.asarray(v)
+    if a.dtype != dt:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dt} ({why})")
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {shape} ({why})")
+    return 0
+
+
 cdef cnp.ndarray _matrix(object x, str name):
-    """x as a 2-D ndarray of float32/float64 whose strides are whole elements."""
+    """x as a 2-D ndarray of float32/float64, aligned, whose strides are
+    whole elements (read through its strides; copied by _aligned only when
+    it is misaligned or its strides are not whole elements)."""
     cdef cnp.ndarray arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if cnp.PyArray_NDIM(arr) != 2:
         raise ValueError(f"{name} must be 2-D, got shape {_shp(arr)}")
@@ -182,7 +264,7 @@ cdef cnp.ndarray _matrix(object x, str name):
     cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(arr)
     cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(arr)
     if cnp.PyArray_SIZE(arr) and (not cnp.PyArray_ISALIGNED(arr) or st[0] % isz or st[1] % isz):
-        raise ValueError(f"{name} has misaligned data or strides {(<object> arr).strides}; pass a copy")
+        arr = _aligned(arr)
     return arr
 
 
@@ -209,9 +291,7 @@ cdef cnp.ndarray _vector(object v, Py_ssize_t n, object dt, str name):
         raise TypeError(f"{name} dtype {arr.dtype} does not match the operands' {dt}")
     if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIM(arr, 0) != n:
         raise ValueError(f"{name} must have shape ({n},), got {_shp(arr)}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
-        arr = np.ascontiguousarray(arr)  # length-n copy, negligible
-    return arr
+    return _aligned(arr)  # a copy (length n, negligible) only if it must
 
 
 cdef bint _rows_unit(cnp.ndarray x) noexcept:
@@ -268,12 +348,51 @@ cdef cnp.ndarray _output(object out, Py_ssize_t r, Py_ssize_t c, object dt, str 
         raise ValueError(f"{name} is read-only")
     if not _rows_unit(o):
         raise ValueError(
-            f"{name} must be row-major with unit column stride (C-contiguous rows), "
-            f"got strides {(<object> o).strides}")
+            f"{name} must be aligned, row-major with unit column stride (C-contiguous rows) "
+            f"(it is written in place), got strides {(<object> o).strides}"
+            + ("" if o.flags.aligned else " at a misaligned address"))
     for nm, arr in inputs:
         if arr is not None and _overlap(o, <cnp.ndarray> arr):
             raise ValueError(f"{name} overlaps input {nm}; pass a separate buffer")
     return o
+
+
+cdef object _c_out(object out, tuple shape, object dt, str name, list inputs,
+                   object inplace_ok=None):
+    """The one check of a caller's C-contiguous output buffer (or a new
+    array when out is None): an ndarray of exactly dtype dt and `shape`,
+    writeable, C-contiguous and aligned (ValueError otherwise: it is written
+    in place, so a copy would lose the result), not overlapping any of the
+    named inputs; `inplace_ok` is an input that out may be exactly (same
+    buffer, same layout)."""
+    if out is None:
+        return np.empty(shape, dtype=dt)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dt:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {dt}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    if not (out.flags.c_contiguous and out.flags.aligned):
+        raise ValueError(f"{name} must be C-contiguous and aligned (it is written in place), "
+                         f"got strides {out.strides}"
+                         + ("" if out.flags.aligned else " at a misaligned address"))
+    for nm, arr in inputs:
+        if arr is None or not out.size or not arr.size:
+            continue
+        if inplace_ok is not None and arr is inplace_ok and _same_buffer(out, arr):
+            continue
+        if np.may_share_memory(out, arr):
+            raise ValueError(f"{name} overlaps input {nm}; pass a separate buffer"
+                             + (" (or exactly the same array for in-place)" if arr is inplace_ok else ""))
+    return out
+
+
+cdef bint _same_buffer(object a, object b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 
 cdef inline int64_t _ld(cnp.ndarray x) noexcept:
@@ -346,22 +465,24 @@ def gemm(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0,
         _same_dtype([("a", A), ("b", B)])
     dt = A.dtype
     cdef int act = _act_id(activation)
-    cdef double alpha_ = alpha, beta_ = beta
+    cdef double alpha_ = _real(alpha, "alpha"), beta_ = _real(beta, "beta")
     if bias is not None:
         BIAS = _vector(bias, n, dt, "bias")
-    if beta_ != 0.0:
-        if c is None:
-            raise ValueError("beta != 0 needs c")
+    if beta_ != 0.0 and c is None:
+        raise ValueError("beta != 0 needs c")
+    if c is not None:  # checked even with beta == 0 (then not read)
         C = _matrix(c, "c")
         if C.dtype != dt:
             raise TypeError(f"c dtype {C.dtype} does not match the operands' {dt}")
         if C.shape[0] != m or C.shape[1] != n:
             raise ValueError(f"c has shape {_shp(C)}, expected {(m, n)}")
+        if beta_ == 0.0:
+            C = None
     cdef bint c_is_out = out is not None and C is not None and C is out
     O = _output(out, m, n, dt, "out",
                 [("a", A), ("b", B), ("bias", BIAS)] + ([] if c_is_out else [("c", C)]))
     if C is not None and not c_is_out and not _rows_unit(C):
-        C = np.ascontiguousarray(C)  # (M, N): the size of the output itself
+        C = _aligned(C)  # (M, N): the size of the output itself
 
     cdef nk_gemm_desc d
     _desc_init(&d)
@@ -417,6 +538,12 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
         Y = _matrix(y, "y")
         named.append(("y", Y))
     dt = _same_dtype(named)
+    if Y is None and y is not None:
+        _check_like(y, "y", _shp(DY), dt, f"not read with activation={activation!r}")
+    if not need_dx:
+        _unused(dx, "dx", "need_dx=False")
+    if not need_db:
+        _unused(db, "db", "need_db=False")
     cdef Py_ssize_t batch = X.shape[0], n_in = X.shape[1], units = W.shape[1]
     if W.shape[0] != n_in:
         raise ValueError(f"x{_shp(X)} and w{_shp(W)}: w must have shape ({n_in}, units)")
@@ -429,17 +556,7 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
     ins = [("dy", DY), ("x", X), ("w", W), ("y", Y)]
     DW = _output(dw, n_in, units, dt, "dw", ins)
     if need_db:
-        if db is None:
-            DB = np.empty((units,), dtype=dt)
-        else:
-            if not isinstance(db, np.ndarray) or db.dtype != dt or db.shape != (units,):
-                raise ValueError(f"db must be a {dt} array of shape ({units},)")
-            DB = db
-            if not cnp.PyArray_IS_C_CONTIGUOUS(DB) or not cnp.PyArray_ISWRITEABLE(DB):
-                raise ValueError("db must be contiguous and writeable")
-            for nm, arr in ins + [("dw", DW)]:
-                if arr is not None and _overlap(DB, <cnp.ndarray> arr):
-                    raise ValueError(f"db overlaps {nm}")
+        DB = _c_out(db, (units,), dt, "db", ins + [("dw", DW)])
     if need_dx:
         DX = _output(dx, batch, n_in, dt, "dx", ins + [("dw", DW), ("db", DB)])
     cdef bint dbl = cnp.PyArray_TYPE(DY) == cnp.NPY_FLOAT64

@@ -45,40 +45,7 @@ cdef object _c_array(object x, str name, int ndim=-1):
     if ndim >= 0 and x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D (NHWC), got shape {x.shape}")
     _float_dtype_of(x.dtype, name)
-    if not (x.flags.c_contiguous and x.flags.aligned):
-        x = np.ascontiguousarray(x)
-    return x
-
-
-cdef object _c_out(object out, tuple shape, object dt, str name, list inputs, object inplace_ok=None):
-    """Validate (or allocate) a C-contiguous output; `inplace_ok` is an input
-    that out may be exactly (same buffer, same layout)."""
-    if out is None:
-        return np.empty(shape, dtype=dt)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-    if out.dtype != dt:
-        raise TypeError(f"{name} has dtype {out.dtype}, expected {dt}")
-    if out.shape != shape:
-        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    if not (out.flags.c_contiguous and out.flags.aligned):
-        raise ValueError(f"{name} must be C-contiguous and aligned, got strides {out.strides}")
-    for nm, arr in inputs:
-        if arr is None or not out.size or not arr.size:
-            continue
-        if inplace_ok is not None and arr is inplace_ok and _same_buffer(out, arr):
-            continue
-        if np.may_share_memory(out, arr):
-            raise ValueError(f"{name} overlaps input {nm}; pass a separate buffer"
-                             + (" (or exactly the same array for in-place)" if arr is inplace_ok else ""))
-    return out
-
-
-cdef bint _same_buffer(object a, object b):
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+    return _aligned(x)
 
 
 cdef tuple _pair(object v, str name):
@@ -117,7 +84,7 @@ cdef tuple _pool_out_dims(Py_ssize_t size, Py_ssize_t k, Py_ssize_t s, str paddi
 
 def max_pool2d_output_shape(x_shape, pool_size=(2, 2), strides=None, padding="valid"):
     """Output shape (N, OH, OW, C) of max_pool2d for an NHWC input shape."""
-    g = _pool_geometry(tuple(x_shape), pool_size, strides, padding)
+    g = _pool_geometry(_int_shape(x_shape, "x_shape", 4), pool_size, strides, padding)
     return (g[0], g[4], g[5], g[3])
 
 
@@ -127,9 +94,7 @@ cdef tuple _pool_geometry(tuple x_shape, object pool_size, object strides, objec
     int32_idx (max pooling's argmax indices) H*W must fit an int32."""
     if len(x_shape) != 4:
         raise ValueError(f"x must be 4-D (NHWC), got shape {x_shape}")
-    n, h, w, c = [int(v) for v in x_shape]
-    if min(n, h, w, c) < 0:
-        raise ValueError(f"negative dimension in x shape {x_shape}")
+    n, h, w, c = x_shape  # Python ints: an array's shape or _int_shape
     ph, pw = _pair(pool_size, "pool_size")
     sh, sw = _pair(pool_size if strides is None else strides, "strides")
     pad = _padding(padding)
@@ -210,16 +175,8 @@ def max_pool2d_backward(dy, indices, x_shape, out=None, *, pool_size=None, strid
         raise TypeError(f"indices has dtype {indices.dtype}, expected int32")
     if indices.shape != dy.shape:
         raise ValueError(f"indices has shape {indices.shape}, expected dy's {dy.shape}")
-    if not (indices.flags.c_contiguous and indices.flags.aligned):
-        indices = np.ascontiguousarray(indices)
-    try:
-        xs = tuple(int(v) for v in x_shape)
-    except TypeError:
-        raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}")
-    if len(xs) != 4:
-        raise ValueError(f"x_shape must have 4 entries (N, H, W, C), got {xs}")
-    if min(xs) < 0:
-        raise ValueError(f"negative dimension in x_shape {xs}")
+    indices = _aligned(indices)
+    xs = _int_shape(x_shape, "x_shape", 4)
     if xs[0] != dy.shape[0] or xs[3] != dy.shape[3]:
         raise ValueError(f"x_shape {xs} and dy shape {dy.shape} differ in batch or channels")
     if xs[1] * xs[2] > _INT32_MAX:
@@ -247,6 +204,8 @@ def max_pool2d_backward(dy, indices, x_shape, out=None, *, pool_size=None, strid
             bad = nk_max_pool2d_bwd_geom(&g, pdy, pi, pdx, dbl)
         else:
             bad = nk_max_pool2d_bwd(n, h, w, c, oh, ow, pdy, pi, pdx, dbl)
+    if not bad and h * w == 0 and indices.size:
+        bad = indices.size  # H*W == 0: no index can be valid (the kernel writes nothing)
     if bad:
         where = "outside their pooling window" if geom else f"outside [0, H*W = {h * w})"
         raise ValueError(f"{bad} of the indices are {where} (x_shape {xs}, dy shape {dy.shape})")
@@ -325,9 +284,7 @@ def add(a, b, out=None):
 # --------------------------------------------------------------- dropout --
 
 cdef tuple _dropout_params(object rate, object seed, object offset):
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise TypeError(f"rate must be a number, got {rate!r}")
-    r = float(rate)
+    r = _real(rate, "rate")  # TypeError for a non-number, ValueError beyond a double
     if not (0.0 <= r < 1.0):
         raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
     for nm, v in (("seed", seed), ("offset", offset)):
@@ -385,12 +342,7 @@ def dropout_backward(dy, rate, seed, *, offset=0, out=None):
 def dropout_mask(shape, rate, seed, *, offset=0):
     """The keep mask of dropout(x of this shape, rate, seed, offset) as bool."""
     thr, scale, sd, off = _dropout_params(rate, seed, offset)
-    try:
-        shp = tuple(int(v) for v in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    except TypeError:
-        raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
-    if any(v < 0 for v in shp):
-        raise ValueError(f"negative dimension in shape {shp}")
+    shp = _int_shape(shape if isinstance(shape, (tuple, list)) else (shape,), "shape")
     m = np.empty(shp, dtype=np.uint8)
     cdef int64_t n = m.size
     cdef uint8_t *pm = <uint8_t *>_p(m)
@@ -413,8 +365,8 @@ def philox4x32(counter, key):
         raise ValueError(f"counter must have shape (n, 4), got {ctr.shape}")
     if k.shape != (2,):
         raise ValueError(f"key must have shape (2,), got {k.shape}")
-    ctr = np.ascontiguousarray(ctr)
-    k = np.ascontiguousarray(k)
+    ctr = _aligned(ctr)
+    k = _aligned(k)
     out = np.empty(ctr.shape, dtype=np.uint32)
     cdef int64_t n = ctr.shape[0]
     cdef uint32_t *pc = <uint32_t *>_p(ctr)

@@ -34,19 +34,7 @@ cdef extern from "nk_pool2.h" nogil:
 
 cdef tuple _x_shape_arg(object x_shape):
     """The forward input's shape as 4 non-negative Python ints (N, H, W, C)."""
-    try:
-        items = tuple(x_shape)
-    except TypeError:
-        raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}") from None
-    for v in items:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"x_shape must be a tuple of 4 ints, got {x_shape!r}")
-    xs = tuple(int(v) for v in items)
-    if len(xs) != 4:
-        raise ValueError(f"x_shape must have 4 entries (N, H, W, C), got {xs}")
-    if min(xs) < 0:
-        raise ValueError(f"negative dimension in x_shape {xs}")
-    return xs
+    return _int_shape(x_shape, "x_shape", 4)
 
 
 cdef object _nc_array(object v, str name):
@@ -65,9 +53,7 @@ cdef object _index_array(object idx, tuple shape, str name):
         raise TypeError(f"{name} has dtype {idx.dtype}, expected int32")
     if idx.shape != shape:
         raise ValueError(f"{name} has shape {idx.shape}, expected {shape}")
-    if not (idx.flags.c_contiguous and idx.flags.aligned):
-        idx = np.ascontiguousarray(idx)
-    return idx
+    return _aligned(idx)
 
 
 cdef tuple _border_arg(object v, str name):

@@ -73,26 +73,20 @@ _I64 = np.dtype(np.int64)
 
 cdef double _real(object v, str name) except? -1.0:
     """A real number (not bool) as a double; TypeError otherwise."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {v!r}")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond the double range
+        raise ValueError(f"{name} = {v} is out of the range of a float") from None
 
 
 cdef object _state(object a, str name, tuple shape, object dt):
     """An array updated in place: ndarray of dtype dt and the given shape,
     writeable, C-contiguous (a copy would lose the update)."""
-    if not isinstance(a, np.ndarray):
+    if not isinstance(a, np.ndarray):  # None too: a state buffer is never allocated here
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != dt:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {dt}")
-    if a.shape != shape:
-        raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-    if not a.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    if not (a.flags.c_contiguous and a.flags.aligned):
-        raise ValueError(f"{name} must be C-contiguous and aligned (it is updated in place), "
-                         f"got strides {a.strides}")
-    return a
+    return _c_out(a, shape, dt, name, [])
 
 
 cdef object _same_as(object a, str name, tuple shape, object dt):
@@ -103,9 +97,7 @@ cdef object _same_as(object a, str name, tuple shape, object dt):
         raise TypeError(f"{name} has dtype {a.dtype}, expected {dt}")
     if a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-    if not (a.flags.c_contiguous and a.flags.aligned):
-        a = np.ascontiguousarray(a)
-    return a
+    return _aligned(a)
 
 
 cdef _disjoint(list arrays):
@@ -194,8 +186,7 @@ def softmax_xent(logits, labels, *, dlogits=None, probs=None, from_logits=True,
                     raise ValueError(f"labels out of range [0, {k})")
                 labels = labels.astype(_I64)
             kind = NK_LABELS_I64
-        if not (labels.flags.c_contiguous and labels.flags.aligned):
-            labels = np.ascontiguousarray(labels)
+        labels = _aligned(labels)
     elif labels.dtype.kind == "f":
         if labels.dtype != dt:
             raise TypeError(f"categorical labels have dtype {labels.dtype}, expected the "
@@ -204,8 +195,7 @@ def softmax_xent(logits, labels, *, dlogits=None, probs=None, from_logits=True,
             raise ValueError(f"categorical labels must have the logits' shape {x.shape}, "
                              f"got {labels.shape}")
         kind = NK_LABELS_DENSE
-        if not (labels.flags.c_contiguous and labels.flags.aligned):
-            labels = np.ascontiguousarray(labels)
+        labels = _aligned(labels)
     else:
         raise TypeError(f"labels must be integer class ids or float targets, got dtype "
                         f"{labels.dtype}")
@@ -298,8 +288,9 @@ def adam_update(p, g, m, v, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1):
     cdef double b2 = _real(beta_2, "beta_2"), eps = _real(epsilon, "epsilon")
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise TypeError(f"step must be an int, got {step!r}")
-    if step < 1:
-        raise ValueError(f"step must be >= 1 (the 1-based number of this update), got {step}")
+    if step < 1 or step >= 2**63:
+        raise ValueError(f"step must be in [1, 2**63) (the 1-based number of this update), "
+                         f"got {step}")
     t = float(step)
     alpha_ = lr_ * np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
     p, g, n_, dbl_ = _opt_arrays(p, g, [("m", m), ("v", v)])

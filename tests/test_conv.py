@@ -543,7 +543,7 @@ def test_bad_shapes_and_dtypes():
     with pytest.raises(TypeError, match="ndarray"):
         nk.conv2d(x, w, out=[0])
     buf = np.zeros(400, np.float32)
-    with pytest.raises(ValueError, match="overlaps x"):
+    with pytest.raises(ValueError, match="overlaps input x"):
         nk.conv2d(buf[:216].reshape(x.shape), w, out=buf[200:328].reshape(2, 4, 4, 4))
     # overflow of dimension products
     with pytest.raises(ValueError):

@@ -86,6 +86,12 @@ def _check_backward(case: DenseCase, opts, seed=0):
     y_arg = y if case.activation == "relu" else None
     inputs_before = [a.copy() for a in (x, w, y, dy)]
 
+    if (opts["give_dx"] and not opts["need_dx"]) or (opts["give_db"] and not opts["need_db"]):
+        # a buffer that would not be written is refused (the caller would
+        # read an array the call never filled)
+        with pytest.raises(ValueError, match="would not be written"):
+            nk.dense_backward(dy, x, w, y_arg, activation=case.activation, **kw)
+        return
     dx, dw, db = nk.dense_backward(dy, x, w, y_arg, activation=case.activation, **kw)
 
     (rdx, sdx), (rdw, sdw), (rdb, sdb) = dense_backward_ref(dy, x, w, y, case.activation)

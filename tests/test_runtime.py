@@ -118,9 +118,16 @@ def test_failed_set_num_threads_keeps_previous_value():
     assert nk.get_num_threads() == 2
 
 
+def _usable_cpus():
+    """The affinity mask, fewer under a cgroup CPU quota (see cgroup_cpu_limit)."""
+    n = len(os.sched_getaffinity(0))
+    quota = nk.cgroup_cpu_limit()
+    return min(n, quota) if quota is not None else n
+
+
 def test_default_num_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert nk.default_num_threads() == len(os.sched_getaffinity(0))
+    assert nk.default_num_threads() == _usable_cpus()
     for n in (1, 3, 16):
         monkeypatch.setenv("OMP_NUM_THREADS", str(n))
         assert nk.default_num_threads() == n
@@ -214,7 +221,7 @@ def test_no_omp_num_threads_uses_affinity(tmp_path):
     res = _run_python("import nnkernels as nk; print(nk.get_num_threads())", cwd=tmp_path,
                       OMP_NUM_THREADS=None)
     assert res.returncode == 0, res.stderr
-    expected = len(os.sched_getaffinity(0)) if nk.openmp_enabled() else 1
+    expected = _usable_cpus() if nk.openmp_enabled() else 1
     assert int(res.stdout) == expected
 
 

@@ -2,6 +2,7 @@
  * See nk_conv.h for the algorithms and guarantees. */
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include "nk_internal.h"
 #include "nk_conv.h"
 #include "nk_target.h"
@@ -137,9 +138,11 @@ int nk_conv_wino_ok(const nk_conv_shape *s)
 }
 
 /* algo="auto" heuristic (static, documented in nnkernels.conv2d):
- *  - groups of one input channel (depthwise): the depthwise kernels;
- *    otherwise per group, with c and f those of one group:
- *  - few input channels (C < 8): direct for every product.  With C*KH*KW
+ *  - groups of one input channel (depthwise): the depthwise kernels when
+ *    their workspace fits (nk_conv_ws_fits); otherwise per group, with c
+ *    and f those of one group:
+ *  - few input channels (C < 8): direct for every product (when its
+ *    workspace fits: nk_conv_ws_fits; else im2col).  With C*KH*KW
  *    this small the GEMM's k (forward) or n (= C, data gradient) is a
  *    fraction of a register tile, so the GEMM wastes most of its work on
  *    packing and padding; the direct loops vectorise over F instead.
@@ -163,15 +166,20 @@ int nk_conv_wino_ok(const nk_conv_shape *s)
  *    16 -> 32 about 25 % and 1x1 stride-2 projections 20-40 % faster (1
  *    thread); with F = 16, C = 8 or C = 64 im2col is as fast or faster.
  *  - otherwise the implicit-im2col GEMM. */
+static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
+static int nk_conv_dw_fits(const nk_conv_shape *s, size_t esz, int pass);
+
 int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 {
-    if (s->g > 1 && s->c == 1) return NK_CONV_DEPTHWISE;
+    const size_t esz = dbl ? sizeof(double) : sizeof(float);
+    if (s->g > 1 && s->c == 1 && nk_conv_dw_fits(s, esz, pass)) return NK_CONV_DEPTHWISE;
     if (!dbl && pass == NK_CONV_BWD_FILTER && s->c >= 2 && (s->f <= 32 || s->c < 32))
         return NK_CONV_DIRECT_WGRAD;
-    if (s->c < 8) return NK_CONV_DIRECT;
+    if (s->c < 8) return nk_conv_direct_fits(s, esz, pass) ? NK_CONV_DIRECT : NK_CONV_IM2COL;
     if (!dbl && pass != NK_CONV_BWD_FILTER && nk_conv_wino_ok(s) && s->c >= 16 && s->f >= 16)
         return NK_CONV_WINOGRAD;
-    if (!dbl && pass == NK_CONV_FWD && (s->sh > 1 || s->sw > 1) && s->c <= 32 && s->f % 32 == 0)
+    if (!dbl && pass == NK_CONV_FWD && (s->sh > 1 || s->sw > 1) && s->c <= 32 && s->f % 32 == 0 &&
+        nk_conv_direct_fits(s, esz, pass))
         return NK_CONV_DIRECT;
     return NK_CONV_IM2COL;
 }
@@ -200,10 +208,12 @@ static inline int64_t nk_conv_xrow_px(const nk_conv_shape *s)
     return (s->ow - 1) * s->sw + (s->kw - 1) * s->dw + 1;
 }
 /* dz rows one input row can need: output rows oh with oh*sh in an
- * interval of length (KH-1)*dh */
+ * interval of length (KH-1)*dh, and never more than OH (the ring is indexed
+ * by oh mod this: with OH slots every row has its own) */
 static inline int64_t nk_conv_dz_slots(const nk_conv_shape *s)
 {
-    return (s->kh - 1) * s->dh / s->sh + 1;
+    const int64_t k = (s->kh - 1) * s->dh / s->sh + 1;
+    return k < s->oh ? k : (s->oh > 0 ? s->oh : 1);
 }
 /* zero pixels left of a dz ring row (dx column w reads pixel w + pl - kw*dw) */
 static inline int64_t nk_conv_dz_lp(const nk_conv_shape *s)
@@ -225,10 +235,12 @@ static inline int64_t nk_conv_dw_ep(const nk_conv_shape *s, size_t esz)
     return (e + vl - 1) / vl * vl;
 }
 /* rows of x a window spans (the forward / dW ring: ih mod this is unique
- * among the rows one output row reads) */
+ * among the rows one output row reads), and never more than H (only rows
+ * inside the image are stored: with H slots every row has its own) */
 static inline int64_t nk_conv_dw_xslots(const nk_conv_shape *s)
 {
-    return (s->kh - 1) * s->dh + 1;
+    const int64_t k = (s->kh - 1) * s->dh + 1;
+    return k < s->h ? k : (s->h > 0 ? s->h : 1);
 }
 /* Threads: as nk_conv_threads for the whole (all-group) work, and no more
  * than `items` (rows). */
@@ -238,6 +250,140 @@ static int nk_conv_dw_threads(const nk_conv_shape *s, int64_t items, int nt)
     t.f = s->g * s->f;
     nt = nk_conv_threads(&t, nt);
     return (int64_t)nt > items ? (int)(items > 0 ? items : 1) : nt;
+}
+
+/* ------------------------------------- direct / depthwise workspaces
+ * The one account of what the direct and depthwise kernels allocate, used
+ * by the kernels to carve their workspace and by nk_conv_choose and the
+ * drivers to decide whether they run.  In elements of esz bytes, as
+ * doubles: evaluated for any validated geometry before anything of that
+ * size exists (products of several sizes up to 2**30 overflow int64); exact
+ * (below 2**53) whenever the workspace fits, which is when it is used. */
+
+/* Direct kernels (nk_conv_direct.h), one group (s->c, s->f), one product:
+ * *per elements per thread (row pointers, then the zero-padded x rows of
+ * xrows or, for the data gradient, the dz ring and its tags); returns the
+ * elements needed once (an upper bound: the weights zero-padded to Fp
+ * channels and the bias, plus the dW partial sums of the blocks). */
+static double nk_conv_direct_ws(const nk_conv_shape *s, size_t esz, int pass, double *per)
+{
+    const double fbk = (double)(128 / esz), vl = (double)(64 / esz);
+    const double Fp = ceil((double)s->f / fbk) * fbk;
+    const double R = (double)s->kh * (double)s->kw * (double)s->c;
+    const double ptr_kh = (double)nk_conv_ptr_elems(s->kh, esz);
+    double p;
+    if (pass == NK_CONV_BWD_DATA) {
+        const double ns = (double)nk_conv_dz_slots(s);
+        p = ns * (double)nk_conv_dz_row_px(s) * Fp + ptr_kh +
+            (double)nk_conv_ptr_elems(nk_conv_dz_slots(s), esz);
+    } else {
+        p = ptr_kh + (double)s->kh * (double)nk_conv_xrow_px(s) * (double)s->c;
+    }
+    *per = ceil(p / vl) * vl;
+    double shared = (R + 1.0) * Fp;
+    if (pass == NK_CONV_BWD_FILTER) {
+        const double rows = (double)s->n * (double)s->oh;
+        shared += (rows < NK_CONV_WGRAD_BLOCKS ? rows : NK_CONV_WGRAD_BLOCKS) * (R + 1.0) * Fp;
+    }
+    return shared;
+}
+
+/* Depthwise kernels (nk_conv_dw.h; s->c == 1, E = g*f channels).  Per
+ * thread: the x-row ring of the forward / dW (row pointers, slot tags and,
+ * unless rows point into x, nk_conv_dw_xslots rows of WX x Ep), and for the
+ * data gradient the dz ring (nk_conv_dz_slots rows of nk_conv_dz_row_px x
+ * Ep, pointers, tags and, with f > 1, a W x Ep row of sums). */
+static int nk_conv_dw_rows_in_x(const nk_conv_shape *s, size_t esz)
+{
+    return s->f == 1 && s->g == nk_conv_dw_ep(s, esz) && s->ldx == s->g && s->pl == 0 &&
+           nk_conv_xrow_px(s) <= s->w;
+}
+static double nk_conv_dw_xscr(const nk_conv_shape *s, size_t esz)
+{
+    const int64_t nsl = nk_conv_dw_xslots(s);
+    return (double)nk_conv_ptr_elems(s->kh, esz) + (double)nk_conv_ptr_elems(nsl, esz) +
+           (nk_conv_dw_rows_in_x(s, esz)
+                ? 0.0
+                : (double)nsl * (double)nk_conv_xrow_px(s) * (double)nk_conv_dw_ep(s, esz));
+}
+static double nk_conv_dw_dzscr(const nk_conv_shape *s, size_t esz)
+{
+    const int64_t ns = nk_conv_dz_slots(s), Ep = nk_conv_dw_ep(s, esz);
+    return (double)ns * (double)nk_conv_dz_row_px(s) * (double)Ep +
+           (double)nk_conv_ptr_elems(s->kh, esz) + (double)nk_conv_ptr_elems(ns, esz) +
+           (s->f > 1 ? (double)s->w * (double)Ep : 0.0);
+}
+/* As nk_conv_direct_ws, for the depthwise kernels; BWD_FILTER is the dW
+ * pass with the data gradient fused (both rings). */
+static double nk_conv_dw_ws(const nk_conv_shape *s, size_t esz, int pass, double *per)
+{
+    const double vl = (double)(64 / esz), Ep = (double)nk_conv_dw_ep(s, esz);
+    const double KK = (double)s->kh * (double)s->kw;
+    const double xs = ceil(nk_conv_dw_xscr(s, esz) / vl) * vl;
+    const double zs = ceil(nk_conv_dw_dzscr(s, esz) / vl) * vl;
+    if (pass == NK_CONV_FWD) {
+        *per = xs;
+        return (KK + 1.0) * Ep;
+    }
+    if (pass == NK_CONV_BWD_DATA) {
+        *per = zs;
+        return KK * Ep;
+    }
+    const double rows = (double)s->n * (double)s->oh;
+    *per = xs + zs;
+    return ceil((double)nk_conv_xrow_px(s) * Ep / vl) * vl + KK * Ep +
+           (rows < NK_CONV_WGRAD_BLOCKS ? rows : NK_CONV_WGRAD_BLOCKS) * (KK + 1.0) * Ep;
+}
+
+/* Whether a workspace of `per` elements per thread and `shared` once is
+ * bounded by the work: with one thread at most NK_CONV_COL_BUDGET bytes,
+ * and at most NK_CONV_WS_SLACK elements more than NK_CONV_WS_PER_MAC per
+ * multiply-add of the product (macs).  Wide padding, large strides or
+ * dilations make the direct kernels' zero-padded rows and rings large while
+ * the work stays small: such convolutions go to im2col, whose workspaces
+ * are tiles within the budget and copies of w. */
+#define NK_CONV_WS_SLACK ((double)(1 << 20))
+#define NK_CONV_WS_PER_MAC 8.0
+static int nk_conv_ws_fits(double per, double shared, size_t esz, double macs)
+{
+    const double el = per + shared;
+    return el * (double)esz <= (double)NK_CONV_COL_BUDGET &&
+           el <= NK_CONV_WS_SLACK + NK_CONV_WS_PER_MAC * macs;
+}
+
+/* Threads (at most nt, at least 1) whose scratch, with the shared part,
+ * stays within NK_CONV_COL_BUDGET.  The direct and depthwise results do not
+ * depend on the thread count, so this changes only the speed. */
+static int nk_conv_ws_threads(double per, double shared, size_t esz, int nt)
+{
+    const double room = (double)NK_CONV_COL_BUDGET / (double)esz - shared;
+    if (nt > 1 && shared + (double)nt * per > (double)NK_CONV_COL_BUDGET / (double)esz) {
+        const double k = per > 0.0 ? floor(room / per) : (double)nt;
+        nt = k < 1.0 ? 1 : (k < (double)nt ? (int)k : nt);
+    }
+    return nt < 1 ? 1 : nt;
+}
+
+static double nk_conv_macs1(const nk_conv_shape *s)
+{
+    return (double)s->n * (double)s->oh * (double)s->ow * (double)s->kh * (double)s->kw *
+           (double)s->c * (double)s->f;
+}
+
+/* Whether the direct kernels run this product of one group (s->c, s->f)
+ * within their bounds (else im2col does, for algo AUTO and DIRECT alike). */
+static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass)
+{
+    double per, shared = nk_conv_direct_ws(s, esz, pass, &per);
+    return nk_conv_ws_fits(per, shared, esz, nk_conv_macs1(s));
+}
+
+/* Whether the depthwise kernels run this product (else the groups run as
+ * separate one-channel convolutions, each direct or im2col). */
+static int nk_conv_dw_fits(const nk_conv_shape *s, size_t esz, int pass)
+{
+    double per, shared = nk_conv_dw_ws(s, esz, pass, &per);
+    return nk_conv_ws_fits(per, shared, esz, nk_conv_macs1(s) * (double)(s->g > 1 ? s->g : 1));
 }
 
 /* -------------------------------------------- direct kernels, per ISA

@@ -508,11 +508,10 @@ static int CFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
                            int act, T *y, int nt)
 {
     CFN(direct_ops) o;
-    if (CFN(direct_ops_get)(&o, s, w, bias,
-                            nk_conv_ptr_elems(s->kh, sizeof(T)) +
-                                s->kh * nk_conv_xrow_px(s) * s->c,
-                            0, nt))
-        return -1;
+    double per;
+    const double shared = nk_conv_direct_ws(s, sizeof(T), NK_CONV_FWD, &per);
+    nt = nk_conv_ws_threads(per, shared, sizeof(T), nt);
+    if (CFN(direct_ops_get)(&o, s, w, bias, (int64_t)per, 0, nt)) return -1;
     CFN_ISA(direct_fwd)(s, x, o.w, o.fp, o.b, act, y, o.scr, o.scr_per, nt);
     nk_ws_release(o.ws, o.from_arena);
     return 0;
@@ -522,13 +521,10 @@ static int CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
                              T *dx, int acc, int nt)
 {
     CFN(direct_ops) o;
-    const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (s->f + fbk - 1) / fbk * fbk;
-    if (CFN(direct_ops_get)(&o, s, w, NULL,
-                            nk_conv_dz_slots(s) * nk_conv_dz_row_px(s) * Fp +
-                                nk_conv_ptr_elems(s->kh, sizeof(T)) +
-                                nk_conv_ptr_elems(nk_conv_dz_slots(s), sizeof(T)),
-                            0, nt))
-        return -1;
+    double per;
+    const double shared = nk_conv_direct_ws(s, sizeof(T), NK_CONV_BWD_DATA, &per);
+    nt = nk_conv_ws_threads(per, shared, sizeof(T), nt);
+    if (CFN(direct_ops_get)(&o, s, w, NULL, (int64_t)per, 0, nt)) return -1;
     CFN_ISA(direct_dgrad)(s, dy, ymask, o.w, o.fp, dx, acc, o.scr, o.scr_per, nt);
     nk_ws_release(o.ws, o.from_arena);
     return 0;
@@ -544,11 +540,10 @@ static int CFN(direct_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     const int64_t fbk = (int64_t)(128 / sizeof(T)), Fp = (F + fbk - 1) / fbk * fbk;
     const int64_t per = (R + 1) * Fp; /* partial dw rows, partial db */
     CFN(direct_ops) o;
-    if (CFN(direct_ops_get)(&o, s, NULL, NULL,
-                            nk_conv_ptr_elems(s->kh, sizeof(T)) +
-                                s->kh * nk_conv_xrow_px(s) * s->c,
-                            nb * per, nt))
-        return -1;
+    double scr_per;
+    const double shared = nk_conv_direct_ws(s, sizeof(T), NK_CONV_BWD_FILTER, &scr_per);
+    nt = nk_conv_ws_threads(scr_per, shared, sizeof(T), nt);
+    if (CFN(direct_ops_get)(&o, s, NULL, NULL, (int64_t)scr_per, nb * per, nt)) return -1;
     T *part = o.scr + nt * o.scr_per;
     void (*blk)(const nk_conv_shape *, const T *, const T *, const T *, int64_t, int64_t, int64_t,
                 T *, T *, T *) = CFN_ISA(direct_wgrad_block);
@@ -932,15 +927,22 @@ static void CFN(dw_geo_init)(CFN(dw_geo) *d, const nk_conv_shape *s)
     d->Ep = nk_conv_dw_ep(s, sizeof(T));
     d->WX = nk_conv_xrow_px(s);
     d->nsl = nk_conv_dw_xslots(s);
-    d->direct = s->f == 1 && s->g == d->Ep && s->ldx == s->g && s->pl == 0 && d->WX <= s->w;
+    d->direct = nk_conv_dw_rows_in_x(s, sizeof(T));
     d->zero = NULL;
 }
 
 /* per-thread scratch elements: row pointers, slot tags, the ring */
 static int64_t CFN(dw_xscr)(const CFN(dw_geo) *d)
 {
-    return nk_conv_ptr_elems(d->s->kh, sizeof(T)) + nk_conv_ptr_elems(d->nsl, sizeof(T)) +
-           (d->direct ? 0 : d->nsl * d->WX * d->Ep);
+    return (int64_t)nk_conv_dw_xscr(d->s, sizeof(T)); /* fits: see nk_conv_dw_fits */
+}
+
+/* nt capped so that the workspace of this product stays within the budget */
+static int CFN(dw_ws_threads)(const nk_conv_shape *s, int pass, int nt)
+{
+    double per;
+    const double shared = nk_conv_dw_ws(s, sizeof(T), pass, &per);
+    return nk_conv_ws_threads(per, shared, sizeof(T), nt);
 }
 
 /* Carve a thread's scratch (see dw_xscr) and clear its ring. */
@@ -1020,6 +1022,7 @@ static int CFN(dw_forward)(const nk_conv_shape *s, const T *x, const T *w, const
     CFN(dw_geo_init)(&d, s);
     const int64_t Ep = d.Ep, KK = s->kh * s->kw, rows_n = s->n * s->oh, ve = 64 / sizeof(T);
     nt = nk_conv_dw_threads(s, rows_n, nt);
+    nt = CFN(dw_ws_threads)(s, NK_CONV_FWD, nt);
     const int64_t per = (CFN(dw_xscr)(&d) + ve - 1) / ve * ve, shared = (KK + 1) * Ep;
     int from_arena = 0;
     T *ws = (T *)nk_ws_acquire((size_t)(shared + nt * per) * sizeof(T), &from_arena);
@@ -1077,8 +1080,7 @@ static void CFN(dw_dz_init)(CFN(dw_dz) *z, const nk_conv_shape *s)
 
 static int64_t CFN(dw_dz_scr)(const CFN(dw_dz) *z)
 {
-    return z->nslots * z->slot + nk_conv_ptr_elems(z->s->kh, sizeof(T)) +
-           nk_conv_ptr_elems(z->nslots, sizeof(T)) + (z->s->f > 1 ? z->s->w * z->Ep : 0);
+    return (int64_t)nk_conv_dw_dzscr(z->s, sizeof(T)); /* fits: see nk_conv_dw_fits */
 }
 
 typedef struct {
@@ -1173,6 +1175,7 @@ static int CFN(dw_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, co
     CFN(dw_dz_init)(&z, s);
     const int64_t KK = s->kh * s->kw, rows_n = s->n * s->h, ve = 64 / sizeof(T), Ep = z.Ep;
     nt = nk_conv_dw_threads(s, rows_n, nt);
+    nt = CFN(dw_ws_threads)(s, NK_CONV_BWD_DATA, nt);
     const int64_t per = (CFN(dw_dz_scr)(&z) + ve - 1) / ve * ve;
     int from_arena = 0;
     T *ws = (T *)nk_ws_acquire((size_t)(KK * Ep + nt * per) * sizeof(T), &from_arena);
@@ -1217,6 +1220,7 @@ static int CFN(dw_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, co
     const int64_t nb = rows_n < NK_CONV_WGRAD_BLOCKS ? rows_n : NK_CONV_WGRAD_BLOCKS;
     const int64_t ve = 64 / sizeof(T), bper = (KK + 1) * Ep;
     nt = nk_conv_dw_threads(s, nb, nt);
+    nt = CFN(dw_ws_threads)(s, NK_CONV_BWD_FILTER, nt);
     const int64_t xper = (CFN(dw_xscr)(&d) + ve - 1) / ve * ve;
     const int64_t per = xper + (dx ? (CFN(dw_dz_scr)(&z) + ve - 1) / ve * ve : 0);
     const int64_t zlen = (d.WX * Ep + ve - 1) / ve * ve, wlen = dx ? KK * Ep : 0;
@@ -1300,9 +1304,8 @@ static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
     if (algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD) /* a dW algorithm only */
         algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
-    if (algo == NK_CONV_DIRECT) {
+    if (algo == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_FWD))
         return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
-    }
     if (algo == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
         return CFN(wino_fwd)(s, x, w, bias, act, y, nt);
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
@@ -1329,7 +1332,7 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
         if (a == NK_CONV_DIRECT_WGRAD) /* float32 only: float64 takes auto's choice */
             a = nk_conv_choose(s, 1, NK_CONV_BWD_FILTER);
 #endif
-        if (a == NK_CONV_DIRECT)
+        if (a == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_BWD_FILTER))
             rc = CFN(direct_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
 #ifdef NK_CONV_FLOAT
         else if (a == NK_CONV_DIRECT_WGRAD)
@@ -1344,9 +1347,8 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
     a = algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD /* a dW algorithm only */
             ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA)
             : algo;
-    if (a == NK_CONV_DIRECT) {
+    if (a == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_BWD_DATA))
         return CFN(direct_dgrad)(s, dy, ymask, w, dx, acc, nk_conv_threads(s, nt));
-    }
     if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
         return CFN(wino_dgrad)(s, dy, ymask, w, dx, acc, nt);
     return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, acc, nt);
@@ -1358,7 +1360,7 @@ static int CFN(forward)(const nk_conv_shape *s0, int algo, const T *x, const T *
 {
     nk_conv_shape s = nk_conv_norm(s0);
     const int64_t G = s.g;
-    if (nk_conv_use_dw(&s, algo)) {
+    if (nk_conv_use_dw(&s, algo) && nk_conv_dw_fits(&s, sizeof(T), NK_CONV_FWD)) {
         if (s.n == 0 || s.oh == 0 || s.ow == 0 || s.f == 0) return 0;
         return CFN(dw_forward)(&s, x, w, bias, act, y, nt);
     }
@@ -1377,7 +1379,8 @@ static int CFN(backward)(const nk_conv_shape *s0, int algo, const T *dy, const T
     nk_conv_shape s = nk_conv_norm(s0);
     const int64_t G = s.g, C = s.c, F = s.f;
     int rc = 0;
-    if (nk_conv_use_dw(&s, algo) && s.n > 0 && s.oh > 0 && s.ow > 0 && s.f > 0) {
+    if (nk_conv_use_dw(&s, algo) && s.n > 0 && s.oh > 0 && s.ow > 0 && s.f > 0 &&
+        nk_conv_dw_fits(&s, sizeof(T), dw ? NK_CONV_BWD_FILTER : NK_CONV_BWD_DATA)) {
         const T *ymask = act == NK_ACT_NONE ? NULL : y;
         if (dw) /* with dx: both in one pass */
             return CFN(dw_wgrad)(&s, dy, ymask, x, w, dw, db, dx, acc, nt);

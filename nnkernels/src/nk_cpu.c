@@ -121,12 +121,14 @@ int nk_omp_max_threads(void)
 #endif
 }
 
-void nk_set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
+static int nk_clamp_threads(int n) { return n < 1 ? 1 : (n > NK_MAX_THREADS ? NK_MAX_THREADS : n); }
+
+void nk_set_num_threads(int n) { g_threads = n > 0 ? nk_clamp_threads(n) : 0; }
 
 int nk_get_num_threads(void)
 {
 #ifdef _OPENMP
-    return g_threads > 0 ? g_threads : omp_get_max_threads();
+    return g_threads > 0 ? g_threads : nk_clamp_threads(omp_get_max_threads());
 #else
     return 1;
 #endif
@@ -136,6 +138,7 @@ int nk_get_num_threads(void)
 double nk_fma_peak_run(int isa, int dbl, int nt, int64_t iters, double *flops)
 {
     double total = 0.0;
+    nt = nk_clamp_threads(nt);
 #ifdef _OPENMP
     double t0 = omp_get_wtime();
 #pragma omp parallel num_threads(nt) reduction(+ : total)

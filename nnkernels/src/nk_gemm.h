@@ -101,7 +101,11 @@ int nk_get_isa(void);                 /* ISA in use */
 int nk_set_isa(int isa);              /* 0 on success, -1 if unsupported */
 const char *nk_isa_name(int isa);
 
-/* Threads. */
+/* Threads.  Every team is at most NK_MAX_THREADS (libgomp exits the
+ * process when it cannot create the threads asked for): nk_set_num_threads
+ * clamps to [1, NK_MAX_THREADS] (n <= 0: OpenMP's default, clamped too);
+ * the Python layer refuses larger counts with ValueError. */
+#define NK_MAX_THREADS 1024
 void nk_set_num_threads(int n);
 int nk_get_num_threads(void);
 int nk_openmp_enabled(void);

@@ -128,23 +128,25 @@ int64_t nk_labels_first_bad(int64_t n, const void *labels, int label_kind, int64
         *hit = (t ? argmax_##SUF(t, k) : lab) == am;                                     \
         double S = 0.0;                                                                  \
         for (int64_t j = 0; j < k; j++) S += (double)x[j];                               \
-        const double inv = 1.0 / S, lo = NK_XENT_EPS, hi = 1.0 - NK_XENT_EPS;            \
+        /* q = x / S, divided (Keras): x * (1 / S) overflows for a subnormal S  \
+         * (1 / 3e-323 = inf), clipping every q to 1 - eps. */                   \
+        const double lo = NK_XENT_EPS, hi = 1.0 - NK_XENT_EPS;                           \
         double loss = 0.0, R = 0.0;                                                      \
         const int64_t j0 = t ? 0 : lab, j1 = t ? k : lab + 1;                            \
         for (int64_t j = j0; j < j1; j++) {                                              \
             const double tj = t ? (double)t[j] : 1.0;                                    \
-            const double q = (double)x[j] * inv;                                         \
+            const double q = (double)x[j] / S;                                           \
             const double qc = q < lo ? lo : (q > hi ? hi : q); /* keeps NaN */           \
             if (tj != 0.0) loss -= tj * log(qc);                                         \
             if (q >= lo && q <= hi) R += tj; /* r_j q_j */                               \
         }                                                                                \
         if (dl || pr) {                                                                  \
             for (int64_t j = 0; j < k; j++) {                                            \
-                const double q = (double)x[j] * inv;                                     \
+                const double q = (double)x[j] / S;                                       \
                 const double tj = t ? (double)t[j] : (double)(j == lab);                 \
                 const double r = (q >= lo && q <= hi && tj != 0.0) ? tj / q : 0.0;       \
                 if (pr) pr[j] = (T)q;                                                    \
-                if (dl) dl[j] = (T)((R - r) * inv * gs);                                 \
+                if (dl) dl[j] = (T)((R - r) / S * gs);                                   \
             }                                                                            \
         }                                                                                \
         return loss;                                                                     \
