@@ -14,7 +14,7 @@ from pynn import io
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "chaos_worker.py")
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE)] + sys.path))
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the installed pynn
 
 
 def run_to_completion(folder, kills, rng):

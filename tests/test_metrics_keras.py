@@ -356,9 +356,8 @@ needs_mpi = pytest.mark.skipif(
 def test_metrics_and_weights_under_two_ranks_equal_one_process(tmp_path):
     from test_mpi import run_mpi
     here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
     run_mpi([sys.executable, os.path.join(here, "mpi_metrics_worker.py"), str(tmp_path)],
-            env={"PYTHONPATH": os.pathsep.join([root, here]), "PYNN_MPI": "1"}, timeout=120)
+            env={"PYTHONPATH": here, "PYNN_MPI": "1"}, timeout=120)   # the installed pynn
     x, y, w = mm.data()
     m = mm.model()
     ref = [m.train_on_batch(x[s * mm.BATCH:(s + 1) * mm.BATCH], y[s * mm.BATCH:(s + 1) * mm.BATCH],

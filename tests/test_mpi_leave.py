@@ -3,8 +3,8 @@ returning normally) while the others wait for it in a collective call ends
 the job within seconds, non-zero; a normal exit, in step or with rank 0
 working on alone, is left alone (issue 15, item 6).
 
-The worker runs without ``-I`` and with this checkout on PYTHONPATH, so it
-tests this checkout's pynn, not an installed copy."""
+The worker imports the installed pynn (``make test`` installs the checkout
+first), as the other MPI tests do."""
 import os
 import sys
 
@@ -14,7 +14,7 @@ from test_mpi import needs_mpi, run_mpi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "mpi_leave_worker.py")
-ENV = {"PYTHONPATH": os.path.dirname(HERE), "PYNN_MPI_LEAVE_GRACE_S": "1"}
+ENV = {"PYNN_MPI_LEAVE_GRACE_S": "1"}
 
 
 def run(mode, tmp_path):
