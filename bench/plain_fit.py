@@ -6,7 +6,7 @@ The script (written to a temporary file and run as ``python script.py``):
 the default CNN (pynn.zoo.cnn's layers, SGD(0.01, momentum 0.9)) on the first
 ``--images`` (12,800) Fashion-MNIST training images, ``batch_size`` 128 per
 process, ``--epochs`` epochs, 1 kernel thread per process
-(``PYNN_NUM_THREADS=1``); it prints its own fit time and the sha256 of its
+(``OMP_NUM_THREADS=1``); it prints its own fit time and the sha256 of its
 final weights.  Each configuration runs ``--repeats`` times, interleaved; the
 best time counts.  Reports the time of 1 process and of ``-n 2`` and their
 ratio, and whether both ranks ended with identical weights.
@@ -68,9 +68,8 @@ def main():
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    env = dict(os.environ, PYNN_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.pop("OMP_NUM_THREADS", None)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "train.py")
         with open(path, "w") as f:

@@ -44,7 +44,7 @@ def data_root(tmp_path_factory):
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.py")))
 def test_keras_script_runs_unchanged(script, data_root, tmp_path):
     env = dict(os.environ, PYNN_DATA=str(data_root), EPOCHS="1", CKPT_DIR=str(tmp_path),
-               PYNN_NUM_THREADS="1", MPLBACKEND="Agg")
+               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     r = subprocess.run([sys.executable, str(SCRIPTS / script)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"

@@ -317,7 +317,7 @@ def test_plain_script_fit_joins_the_job(tmp_path):
     weights, bitwise identical on both ranks, equal to one process on the
     same global batches); only rank 0 writes model files and the CSV log;
     evaluate and predict give every rank the full, equal result."""
-    env = {"PYNN_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1"}
     # each rank starts from its own seed: the first fit must broadcast rank 0's weights
     run_mpi([sys.executable, "-I", PLAIN, str(tmp_path)], n=2, timeout=120,
             env={**env, "SEED_PER_RANK": "1"})
@@ -395,7 +395,7 @@ def test_horovod_script(tmp_path, ranks):
         assert p.returncode == 0, p.stderr
     else:
         p = run_mpi([sys.executable, "-I", HVD, str(tmp_path)], n=2, timeout=120,
-                    env={"PYNN_NUM_THREADS": "1"})
+                    env={"OMP_NUM_THREADS": "1"})
     assert p.stdout.count("finished gradual learning rate warmup") == 1   # rank 0 prints
     res = [dict(np.load(tmp_path / f"hvd_{r}.npz")) for r in range(ranks)]
     steps = 64 // (8 * ranks)
