@@ -7,11 +7,15 @@ average and global (average / max) pooling, nearest upsampling, zero padding
 and cropping,
 ReLU, elementwise add, dropout from a Philox4x32-10 counter-based stream, fused softmax
 cross-entropy, optimizer updates (SGD, Adam, RMSprop, Adadelta) and batch
-normalisation; OpenMP threads.
+normalisation; bfloat16 products with float32 accumulation (precision=
+"bfloat16" on gemm, dense and conv2d; to_bf16 / from_bf16); OpenMP threads.
 
 Environment:
   NNKERNELS_ISA=avx512|avx2|generic   force a kernel path (error if the CPU
                                       cannot run it)
+  NNKERNELS_BF16=native|emulate|auto  bfloat16 products by VDPBF16PS (CPUs
+                                      with AVX512_BF16, avx512 path) or
+                                      emulated with float32 FMAs (same bits)
   OMP_NUM_THREADS                     default thread count (at most
                                       MAX_THREADS; a cgroup CPU quota applies
                                       only without it)
@@ -65,6 +69,13 @@ from ._core import (
     upsample2d_nearest_backward,
 )
 from ._core import (
+    bf16_native_supported,
+    bf16_path,
+    from_bf16,
+    set_bf16_native,
+    to_bf16,
+)
+from ._core import (
     adadelta_update,
     adam_update,
     batchnorm_backward,
@@ -91,6 +102,7 @@ __all__ = [
     "dropout", "dropout_backward", "dropout_mask", "dropout_threshold", "philox4x32",
     "softmax_xent", "sgd_update", "adam_update", "rmsprop_update", "adadelta_update",
     "sum_squares", "batchnorm_forward", "batchnorm_backward",
+    "to_bf16", "from_bf16", "bf16_path", "bf16_native_supported", "set_bf16_native",
 ]
 
 
@@ -168,6 +180,7 @@ def info():
         "version": __version__,
         "isa": get_isa(),
         "isas_available": available_isas(),
+        "bf16_path": bf16_path(),
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
         "default_num_threads": default_num_threads(),
@@ -186,6 +199,13 @@ def _init():
             raise ImportError(
                 f"NNKERNELS_ISA={isa!r} is not supported by this CPU (available: {available_isas()})")
         set_isa(isa)
+    bf16 = _os.environ.get("NNKERNELS_BF16", "").strip().lower()
+    if bf16 and bf16 != "auto":
+        if bf16 not in ("native", "emulate"):
+            raise ImportError(f"NNKERNELS_BF16={bf16!r}: expected native, emulate or auto")
+        if bf16 == "native" and not bf16_native_supported():
+            raise ImportError("NNKERNELS_BF16=native: this CPU has no AVX512_BF16")
+        set_bf16_native(bf16 == "native")
 
 
 _init()

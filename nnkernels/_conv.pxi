@@ -19,6 +19,7 @@ cdef extern from "nk_conv.h" nogil:
         int64_t oh, ow
         int64_t g
         int64_t ldx, ldy, ldw
+        int lowp
     int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
                           const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                           int act, void *y_nhwf, int nthreads)
@@ -164,6 +165,7 @@ cdef object _conv_geometry(tuple xs, tuple ws, object strides, object padding, o
     s.pt, s.pl = pt, pl
     s.oh, s.ow = oh, ow
     s.g, s.ldx, s.ldy, s.ldw = G, C, F, F
+    s.lowp = 0
     return pads
 
 
@@ -222,7 +224,7 @@ def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 
 
 
 def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
-           groups=1, activation=None, algo="auto", out=None):
+           groups=1, activation=None, algo="auto", out=None, precision=None):
     """2-D convolution, NHWC: y = act(conv(x, w) + bias).
 
     x: (N, H, W, C_in); w: (KH, KW, C_in, C_out); bias: (C_out,) or None;
@@ -252,23 +254,32 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     out: optional preallocated
     (N, OH, OW, C_out) C-contiguous array of the same dtype; it must not
     overlap the inputs.  Non-contiguous x / w / bias are copied first.
+    precision="bfloat16" (float32 only): x and w are rounded to bfloat16
+    and their products accumulated in float32 (see gemm), always by the
+    im2col GEMM whatever algo says (bias and activation stay float32);
+    convolutions with fewer than 8 input channels per group (first layers,
+    depthwise) stay float32 (dot products that short run faster in the
+    direct float32 kernels), as does a data gradient that algo="auto"
+    gives to Winograd (see conv2d_backward).
     Returns y.
     """
     x = _nhwc(x, "x")
     w = _nhwc(w, "w")
     return _conv2d_fwd(x, w, bias, strides, padding, dilation, groups, activation, algo, out,
-                       "conv2d")
+                       "conv2d", precision)
 
 
 cdef object _conv2d_fwd(object x, object w, object bias, object strides, object padding,
                         object dilation, object groups, object activation, object algo,
-                        object out, str fname):
+                        object out, str fname, object precision=None):
     """conv2d on x, w already through _nhwc."""
     cdef nk_conv_shape s
     dt = _same_dtype([("x", x), ("w", w)])
     cdef int act = _act_id(activation)
     cdef int algo_id = _conv_algo(algo)
+    cdef int lowp = _lowp(precision, dt)
     _conv_geometry(x.shape, w.shape, strides, padding, dilation, groups, &s)
+    s.lowp = lowp
     _conv_check_algo(algo_id, &s)
     if bias is not None:
         bias = _vector(bias, s.f * s.g, dt, "bias")
@@ -290,7 +301,7 @@ cdef object _conv2d_fwd(object x, object w, object bias, object strides, object 
 def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1),
                     groups=1, activation=None, y=None, bint need_dx=True, bint need_dw=True,
                     bint need_db=True, algo="auto", dx=None, dw=None, db=None,
-                    bint accumulate_dx=False):
+                    bint accumulate_dx=False, precision=None):
     """Gradients of y = act(conv2d(x, w) + bias) given dy = dL/dy.
 
     Same geometry arguments (and groups) as conv2d.  With activation="relu"
@@ -304,20 +315,25 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     overwritten, except dx with accumulate_dx=True: the data gradient is
     added to it (dx += dL/dx, in the same pass; dx must be given), so that a
     tensor with several consumers sums their gradients without a pass of its
-    own.
+    own.  precision="bfloat16": the operands of the products (dz, x, w) are
+    rounded to bfloat16 as in conv2d (im2col GEMMs); db sums the unrounded
+    dz in float32; with algo="auto", dx stays float32 where auto picks
+    Winograd for it (3x3 stride-1 layers with C_in, C_out >= 16: fewer
+    multiplications beat bf16's faster ones there).
     """
     dy = _nhwc(dy, "dy")
     x = _nhwc(x, "x")
     w = _nhwc(w, "w")
     return _conv2d_bwd(dy, x, w, w.shape, strides, padding, dilation, groups, activation, y,
                        need_dx, need_dw, need_db, algo, dx, dw, db, accumulate_dx,
-                       "conv2d_backward")
+                       "conv2d_backward", precision)
 
 
 cdef tuple _conv2d_bwd(object dy, object x, object w, tuple w_shape, object strides,
                        object padding, object dilation, object groups, object activation,
                        object y, bint need_dx, bint need_dw, bint need_db, object algo,
-                       object dx, object dw, object db, bint acc, str fname):
+                       object dx, object dw, object db, bint acc, str fname,
+                       object precision=None):
     """conv2d_backward on dy, x, w already through _nhwc; dw is validated
     against (and returned in) w_shape, the caller's view of w's memory."""
     cdef nk_conv_shape s
@@ -333,7 +349,9 @@ cdef tuple _conv2d_bwd(object dy, object x, object w, tuple w_shape, object stri
     else:
         y_unread, y = y, None
     dt = _same_dtype(named)
+    cdef int lowp = _lowp(precision, dt)
     _conv_geometry(x.shape, w.shape, strides, padding, dilation, groups, &s)
+    s.lowp = lowp
     _conv_check_algo(algo_id, &s)
     _conv_check_dy(dy, y, &s, f"x{x.shape}, w{w.shape}")
     if y_unread is not None:
@@ -354,7 +372,7 @@ cdef tuple _conv2d_bwd(object dy, object x, object w, tuple w_shape, object stri
 
 def conv2d_backward_data(dy, w, x_shape, *, strides=(1, 1), padding="valid", dilation=(1, 1),
                          groups=1, activation=None, y=None, algo="auto", out=None,
-                         bint accumulate=False):
+                         bint accumulate=False, precision=None):
     """The data gradient alone: dx = dL/dx of y = act(conv2d(x, w) + bias)
     for an x of shape x_shape (N, H, W, C_in), given dy = dL/dy, without
     computing dw or db (x itself is not needed).  This is also the forward
@@ -387,7 +405,9 @@ def conv2d_backward_data(dy, w, x_shape, *, strides=(1, 1), padding="valid", dil
     else:
         y_unread, y = y, None
     dt = _same_dtype(named)
+    cdef int lowp = _lowp(precision, dt)
     _conv_geometry(xs, w.shape, strides, padding, dilation, groups, &s)
+    s.lowp = lowp
     _conv_check_algo(algo_id, &s)
     _conv_check_dy(dy, y, &s, f"x_shape {xs}, w{w.shape}")
     if y_unread is not None:

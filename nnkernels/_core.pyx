@@ -6,7 +6,7 @@ write out of bounds."""
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.string cimport memset
 
 cnp.import_array()
@@ -41,7 +41,13 @@ cdef extern from "nk_gemm.h" nogil:
         void *bcolsum
         int bcolsum_accumulate
         int nthreads
+        int lowp
     int nk_gemm(const nk_gemm_desc *g, int dbl)
+    int nk_bf16_native_supported()
+    int nk_bf16_native()
+    int nk_set_bf16_native(int on)
+    void nk_f32_to_bf16(const float *x, uint16_t *out, int64_t n)
+    void nk_bf16_to_f32(const uint16_t *x, float *out, int64_t n)
     int nk_isa_supported(int isa)
     int nk_get_isa()
     int nk_set_isa(int isa)
@@ -114,6 +120,65 @@ cdef int _thread_count(object n, str name) except -1:
         raise ValueError(f"{name} must be in [1, {NK_MAX_THREADS}] (nnkernels.MAX_THREADS), "
                          f"got {n}")
     return int(n)
+
+
+def bf16_native_supported():
+    """True if this CPU runs VDPBF16PS (AVX512_BF16 with AVX512BW)."""
+    return bool(nk_bf16_native_supported())
+
+
+def bf16_path():
+    """How bfloat16 products run now: "avx512_bf16" (VDPBF16PS) or
+    "emulated" (float32 FMAs on the current ISA path, the same results bit
+    for bit except float32 accumulators in the denormal range)."""
+    return "avx512_bf16" if nk_bf16_native() else "emulated"
+
+
+def set_bf16_native(bint on):
+    """Use VDPBF16PS for bfloat16 products (on; the default where the CPU
+    has it and the ISA path is avx512) or emulate them (off)."""
+    if nk_set_bf16_native(on) != 0:
+        raise RuntimeError("this CPU has no AVX512_BF16; bfloat16 products are emulated")
+
+
+def to_bf16(x, out=None):
+    """float32 array -> bfloat16 bit patterns (uint16, same shape), rounded
+    to nearest even; denormals kept, NaN stays NaN (quiet).  NumPy has no
+    bfloat16: view the result as ml_dtypes.bfloat16 if you have it."""
+    X = np.ascontiguousarray(x)
+    if X.dtype != _F32:
+        raise TypeError(f"to_bf16 needs a float32 array, got {X.dtype}")
+    if out is None:
+        out = np.empty(X.shape, np.uint16)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint16 or out.shape != X.shape
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous uint16 array of shape {X.shape}")
+    elif np.shares_memory(out, X):
+        raise ValueError("out must not overlap x")
+    cdef cnp.ndarray XA = X, OA = out
+    cdef int64_t n = X.size
+    with nogil:
+        nk_f32_to_bf16(<const float *>cnp.PyArray_DATA(XA), <uint16_t *>cnp.PyArray_DATA(OA), n)
+    return out
+
+
+def from_bf16(u, out=None):
+    """bfloat16 bit patterns (uint16 array) -> float32, exactly."""
+    U = np.ascontiguousarray(u)
+    if U.dtype != np.uint16:
+        raise TypeError(f"from_bf16 needs a uint16 array of bfloat16 bit patterns, got {U.dtype}")
+    if out is None:
+        out = np.empty(U.shape, _F32)
+    elif (not isinstance(out, np.ndarray) or out.dtype != _F32 or out.shape != U.shape
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {U.shape}")
+    elif np.shares_memory(out, U):
+        raise ValueError("out must not overlap u")
+    cdef cnp.ndarray UA = U, OA = out
+    cdef int64_t n = U.size
+    with nogil:
+        nk_bf16_to_f32(<const uint16_t *>cnp.PyArray_DATA(UA), <float *>cnp.PyArray_DATA(OA), n)
+    return out
 
 
 def _set_num_threads(n):
@@ -425,6 +490,23 @@ cdef void _desc_init(nk_gemm_desc *d) noexcept:
     d.adact = d.bdact = NK_ACT_NONE
     d.bcolsum_accumulate = 0
     d.nthreads = 0
+    d.lowp = 0
+
+
+_PRECISIONS = {None: 0, "float32": 0, "bfloat16": 1, "bf16": 1}
+
+
+cdef int _lowp(object precision, object dt) except -1:
+    """1 for bfloat16 products (precision "bfloat16" / "bf16", float32
+    operands only), 0 for the operands' own precision (None, "float32")."""
+    try:
+        lowp = _PRECISIONS[precision]
+    except (KeyError, TypeError):
+        raise ValueError(f"precision must be None, 'float32' or 'bfloat16', got {precision!r}") \
+            from None
+    if lowp and dt != _F32:
+        raise TypeError(f"precision={precision!r} needs float32 operands, got {dt}")
+    return lowp
 
 
 cdef int _run(nk_gemm_desc *d, bint dbl) except -1:
@@ -439,8 +521,15 @@ cdef int _run(nk_gemm_desc *d, bint dbl) except -1:
 # ------------------------------------------------------------------ GEMM --
 
 def gemm(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0,
-         c=None, bias=None, activation=None, out=None):
+         c=None, bias=None, activation=None, out=None, precision=None):
     """out = act(alpha * op(a) @ op(b) + beta * c + bias), in one pass over out.
+
+    precision="bfloat16" (float32 operands only): op(a) and op(b) are rounded
+    to bfloat16 (nearest even; denormals to zero, as VCVTNEPS2BF16) and
+    their products accumulated in float32 (VDPBF16PS where the CPU has
+    AVX512_BF16, the same arithmetic with float32 FMAs elsewhere, bit for
+    bit); alpha, c, bias and the activation stay float32.  None or
+    "float32": the operands' own precision.
 
     op(x) is x.T when trans_x is set.  a, b (and c, bias, out) must share one
     dtype, float32 or float64.  a and b may be C- or F-contiguous or any 2-D
@@ -505,20 +594,22 @@ def gemm(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0,
     d.ldo = _ld(O)
     d.bias = _p(BIAS) if BIAS is not None else NULL
     d.act = act
+    d.lowp = _lowp(precision, dt)
     _run(&d, cnp.PyArray_TYPE(A) == cnp.NPY_FLOAT64)
     return O
 
 
 # ----------------------------------------------------------------- dense --
 
-def dense_forward(x, w, b=None, activation=None, out=None):
+def dense_forward(x, w, b=None, activation=None, out=None, precision=None):
     """y = act(x @ w + b) in one fused GEMM.  x: (batch, in), w: (in, units),
-    b: (units,) or None."""
-    return gemm(x, w, bias=b, activation=activation, out=out)
+    b: (units,) or None.  precision: as in gemm."""
+    return gemm(x, w, bias=b, activation=activation, out=out, precision=precision)
 
 
 def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
-                   bint need_db=True, dx=None, dw=None, db=None, bint accumulate=False):
+                   bint need_db=True, dx=None, dw=None, db=None, bint accumulate=False,
+                   precision=None):
     """Gradients of y = act(x @ w + b).
 
     dz = dy * act'(.) is fused into the packing of the two GEMMs (it is never
@@ -526,6 +617,8 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
     rows is accumulated while dz is packed for dw.  For activation="relu" pass
     the forward output y (act' = y > 0).  With accumulate=True, dw and db
     (which must then be given) are added to instead of overwritten.
+    precision="bfloat16": the operands of both products (x, w and dz) are
+    rounded to bfloat16 as in gemm; db sums the unrounded dz in float32.
     Returns (dx or None, dw, db or None).
     """
     cdef cnp.ndarray DY = _matrix(dy, "dy"), X = _matrix(x, "x"), W = _matrix(w, "w")
@@ -538,6 +631,7 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
         Y = _matrix(y, "y")
         named.append(("y", Y))
     dt = _same_dtype(named)
+    cdef int lowp = _lowp(precision, dt)
     if Y is None and y is not None:
         _check_like(y, "y", _shp(DY), dt, f"not read with activation={activation!r}")
     if not need_dx:
@@ -581,6 +675,7 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
     if DB is not None:
         d.bcolsum = _p(DB)
         d.bcolsum_accumulate = accumulate
+    d.lowp = lowp
     _run(&d, dbl)
     if DX is not None:
         # dx = dz @ w.T: dz packed as A from dy (masked by y)
@@ -596,6 +691,7 @@ def dense_backward(dy, x, w, y=None, activation=None, *, bint need_dx=True,
         d.rsb, d.csb = _es(W, 1), _es(W, 0)
         d.out = _p(DX)
         d.ldo = _ld(DX)
+        d.lowp = lowp
         _run(&d, dbl)
     return DX, DW, DB
 

@@ -187,7 +187,10 @@ def make_call(g, nk):
                     if g.p(0.4) else pick(["valid", "same"]),
                     dilation=g.int_arg(pick([1, 2, (1, 3)])) if g.p(0.8) else pick([2 ** 20, 2 ** 30]))
 
-    kind = int(g.rng.integers(0, 24))
+    def prec():
+        return pick([None, None, None, "bfloat16", "bf16", "float32", "float16", 3])
+
+    kind = int(g.rng.integers(0, 25))
     if kind == 0:
         M, K, Nn = int(g.rng.integers(0, 7)), int(g.rng.integers(0, 7)), int(g.rng.integers(0, 7))
         a, b = A((M, K)), A((K, Nn))
@@ -195,19 +198,19 @@ def make_call(g, nk):
         return "gemm", lambda: nk.gemm(a, b, trans_a=False, beta=g.float_arg(pick([0.0, 1.0])),
                                        c=c, bias=A((Nn,)) if g.p(0.3) else None,
                                        activation=pick([None, "relu", "tanh"]),
-                                       out=O((M, Nn))), ins, guards
+                                       out=O((M, Nn)), precision=prec()), ins, guards
     if kind == 1:
         a, b = A((N, C)), A((C, F))
         return "dense_backward", lambda: nk.dense_backward(
             A((N, F)), a, b, y=A((N, F)) if g.p(0.5) else None,
             activation=pick([None, "relu"]), need_dx=g.p(0.7), need_db=g.p(0.7),
-            dx=O((N, C)), dw=O((C, F)), db=O((F,))), ins, guards
+            dx=O((N, C)), dw=O((C, F)), db=O((F,)), precision=prec()), ins, guards
     if kind in (2, 3):
         x, w = A((N, H, W, C)), A((KH, KW, C, F))
         return "conv2d", lambda: nk.conv2d(
             x, w, A((F,)) if g.p(0.3) else None, activation=pick([None, "relu"]),
             algo=pick(["auto", "direct", "im2col", "winograd", "depthwise", "x"]),
-            groups=g.int_arg(1), out=O((N, H, W, F)), **geo()), ins, guards
+            groups=g.int_arg(1), out=O((N, H, W, F)), precision=prec(), **geo()), ins, guards
     if kind == 4:
         x, w = A((N, H, W, C)), A((KH, KW, C, F))
         gg = geo()
@@ -215,14 +218,15 @@ def make_call(g, nk):
         return "conv2d_backward", lambda: nk.conv2d_backward(
             A(ys), x, w, activation=pick([None, "relu"]), y=A(ys) if g.p(0.4) else None,
             need_dx=g.p(0.7), need_dw=g.p(0.7), need_db=g.p(0.7),
-            algo=pick(["auto", "direct", "im2col"]), dx=O((N, H, W, C)), **gg), ins, guards
+            algo=pick(["auto", "direct", "im2col"]), dx=O((N, H, W, C)), precision=prec(),
+            **gg), ins, guards
     if kind == 5:
         w = A((KH, KW, C, F))
         gg = geo()
         ys = _small_output_shape(nk, (N, H, W, C), np.shape(w), gg, (N, H, W, F))
         xs = pick([(N, H, W, C), (N, H, W, C), (N, H, 2.5, C), (-1, H, W, C), (N, H, W)])
         return "conv2d_backward_data", lambda: nk.conv2d_backward_data(
-            A(ys), w, xs, out=O((N, H, W, C)), **gg), ins, guards
+            A(ys), w, xs, out=O((N, H, W, C)), precision=prec(), **gg), ins, guards
     if kind == 6:
         x, w = A((N, H, W, C)), A((KH, KW, C, pick([1, 2])))
         return "depthwise_conv2d", lambda: nk.depthwise_conv2d(x, w, out=O((N, H, W, C)),
@@ -333,8 +337,17 @@ def make_call(g, nk):
             A((N, C)), x, A((C,)), A((C,)), A((C,)), y=A((N, C)) if g.p(0.5) else None,
             activation=pick([None, "relu"]), dx=O((N, C)), dgamma=O((C,)), dbeta=O((C,))), \
             ins, guards
+    if kind == 23:
+        shp = tuple(int(v) for v in g.rng.integers(0, 5, int(g.rng.integers(0, 4))))
+        a = A(shp)
+        u = A(shp, "uint16")
+        return "to/from_bf16", lambda: pick([
+            lambda: nk.to_bf16(a, out=O(shp, "uint16") if g.p(0.5) else None),
+            lambda: nk.from_bf16(u, out=O(shp, "float32") if g.p(0.5) else None),
+        ])(), ins, guards
     # runtime controls
     return "runtime", lambda: pick([
+        lambda: nk.set_bf16_native(g.p(0.5) and nk.bf16_native_supported()),
         lambda: nk.set_num_threads(g.int_arg(pick([1, 2]))),
         lambda: nk.fma_peak(pick(["auto", "generic", "x"]), threads=g.int_arg(1),
                             seconds=g.float_arg(0.001) if g.p(0.9) else 0.001),

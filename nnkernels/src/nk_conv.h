@@ -91,6 +91,7 @@ enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2, NK_CONV_WINOGRA
 /* which product, for nk_conv_choose */
 enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
 
+#define NK_CONV_BF16_MIN_C 8 /* see nk_conv_shape.lowp */
 #define NK_CONV_COL_BUDGET ((int64_t)64 << 20) /* bytes of column workspace */
 #define NK_CONV_COL_TILE ((int64_t)1 << 20)    /* column tile target (cache-sized) */
 
@@ -106,6 +107,15 @@ typedef struct {
      * (kh, kw, c) of w / dw (g*f).  A pitch above the default reads and
      * writes a channel window of a wider array (other channels untouched). */
     int64_t ldx, ldy, ldw;
+    /* float32 only: bfloat16 products (operands rounded, float32
+     * accumulation; see nk_gemm.h).  The forward pass and dW then run as
+     * im2col GEMMs whatever algo says; dX too, except where algo AUTO
+     * picks Winograd for it (float32 Winograd is faster there).  Below
+     * NK_CONV_BF16_MIN_C input channels per group (first layers, depthwise)
+     * everything stays float32: dot products of KH*KW*C terms are too short
+     * for bf16 pairs to beat the direct float32 kernels (measured: 4x
+     * slower for 3x3x1). */
+    int lowp;
 } nk_conv_shape;
 
 /* All return 0, or -1 when workspace memory could not be obtained.

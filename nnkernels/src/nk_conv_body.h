@@ -195,11 +195,12 @@ static void CFN(pack_wt)(const void *ctx, int64_t i0, int64_t mc, int64_t p0, in
     }
 }
 
-static void CFN(gemm_init)(ARGS *g, int nt)
+static void CFN(gemm_init)(ARGS *g, const nk_conv_shape *s, int nt)
 {
     memset(g, 0, sizeof *g);
     g->alpha = (T)1;
     g->nthreads = nt;
+    g->lowp = sizeof(T) == 4 && s->lowp;
 }
 
 /* ----------------------------------------------------------------- im2col */
@@ -209,7 +210,7 @@ static int CFN(im2col_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
 {
     ARGS g;
     nk_conv_win cw;
-    CFN(gemm_init)(&g, nt);
+    CFN(gemm_init)(&g, s, nt);
     g.n = s->f;
     g.k = s->kh * s->kw * s->c;
     g.b = w; g.rsb = s->ldw; g.csb = 1;
@@ -236,7 +237,7 @@ static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *
 {
     ARGS g;
     nk_conv_win cw;
-    CFN(gemm_init)(&g, nt);
+    CFN(gemm_init)(&g, s, nt);
     g.m = s->kh * s->kw * s->c;
     g.n = s->f;
     g.k = k1 - k0;
@@ -357,7 +358,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     const int64_t KK = s->kh * s->kw, C = s->c, F = s->f;
     ARGS g;
     nk_conv_win cw;
-    CFN(gemm_init)(&g, nt);
+    CFN(gemm_init)(&g, s, nt);
     if (nk_conv_is_pointwise(s)) {
         /* dx = dz @ w^T, w^T (F, C) read through strides */
         g.m = s->n * s->h * s->w; g.n = C; g.k = F;
@@ -440,7 +441,7 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         const int64_t q0 = t * tile, q1 = npix - q0 < tile ? npix : q0 + tile;
         T *mine = cols + (outer > 1 ? nk_thread_num() : 0) * tile * kkc;
         ARGS gt;
-        CFN(gemm_init)(&gt, inner);
+        CFN(gemm_init)(&gt, s, inner);
         gt.m = q1 - q0; gt.n = kkc; gt.k = F;
         gt.a = dy + q0 * s->ldy; gt.rsa = s->ldy; gt.csa = 1;
         if (ymask) {
@@ -1302,6 +1303,7 @@ static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *
                         int act, T *y, int nt)
 {
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
+    if (sizeof(T) == 4 && s->lowp) algo = NK_CONV_IM2COL; /* bf16 products: the GEMM */
     if (algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD) /* a dW algorithm only */
         algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
     if (algo == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_FWD))
@@ -1326,6 +1328,18 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
         return 0;
     }
     int a, rc = 0;
+    /* bf16 products: the im2col GEMMs, except a data gradient that auto
+     * gives to Winograd (2.25x fewer multiplications in float32 beat the
+     * bf16 column GEMM and its col2im pass there: measured on the default
+     * CNN's second layer) */
+    int dx_algo = algo;
+    if (sizeof(T) == 4 && s->lowp) {
+        dx_algo = (algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD) &&
+                          nk_conv_choose(s, 0, NK_CONV_BWD_DATA) == NK_CONV_WINOGRAD
+                      ? NK_CONV_WINOGRAD
+                      : NK_CONV_IM2COL;
+        algo = NK_CONV_IM2COL;
+    }
     if (dw) {
         a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
 #ifndef NK_CONV_FLOAT
@@ -1344,9 +1358,9 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
         rc = CFN(bias_grad)(s, dy, ymask, db, nt);
     }
     if (rc || !dx) return rc;
-    a = algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD /* a dW algorithm only */
+    a = dx_algo == NK_CONV_AUTO || dx_algo == NK_CONV_DIRECT_WGRAD /* a dW algorithm only */
             ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA)
-            : algo;
+            : dx_algo;
     if (a == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_BWD_DATA))
         return CFN(direct_dgrad)(s, dy, ymask, w, dx, acc, nk_conv_threads(s, nt));
     if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
@@ -1360,6 +1374,7 @@ static int CFN(forward)(const nk_conv_shape *s0, int algo, const T *x, const T *
 {
     nk_conv_shape s = nk_conv_norm(s0);
     const int64_t G = s.g;
+    if (s.c < NK_CONV_BF16_MIN_C) s.lowp = 0;
     if (nk_conv_use_dw(&s, algo) && nk_conv_dw_fits(&s, sizeof(T), NK_CONV_FWD)) {
         if (s.n == 0 || s.oh == 0 || s.ow == 0 || s.f == 0) return 0;
         return CFN(dw_forward)(&s, x, w, bias, act, y, nt);
@@ -1379,6 +1394,7 @@ static int CFN(backward)(const nk_conv_shape *s0, int algo, const T *dy, const T
     nk_conv_shape s = nk_conv_norm(s0);
     const int64_t G = s.g, C = s.c, F = s.f;
     int rc = 0;
+    if (s.c < NK_CONV_BF16_MIN_C) s.lowp = 0;
     if (nk_conv_use_dw(&s, algo) && s.n > 0 && s.oh > 0 && s.ow > 0 && s.f > 0 &&
         nk_conv_dw_fits(&s, sizeof(T), dw ? NK_CONV_BWD_FILTER : NK_CONV_BWD_DATA)) {
         const T *ymask = act == NK_ACT_NONE ? NULL : y;

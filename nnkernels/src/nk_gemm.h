@@ -22,6 +22,17 @@
  * process-wide arena that grows once and is reused (page faults cost more
  * than the arithmetic on the machines we target).
  *
+ * bfloat16 products (lowp != 0, float32 calls only; ignored for float64):
+ * op(A) and op(B) (after the prologue) are rounded to bfloat16 as
+ * VCVTNEPS2BF16 does (nearest even, NaN quieted, denormals to signed zero)
+ * while packed, products accumulate in float32 pairwise along k (VDPBF16PS:
+ * the odd k of each even/odd pair first, each step rounded), and the
+ * epilogue (alpha, beta*C, bias, act) and bcolsum stay float32 on the
+ * unrounded values.  With AVX512_BF16 the micro-kernel is VDPBF16PS (twice
+ * an FMA's multiply-adds per instruction); elsewhere the same arithmetic
+ * with float32 FMAs, bit for bit (only float32 accumulators in the
+ * denormal range differ: VDPBF16PS flushes them to zero).
+ *
  * Determinism: every output element is computed by exactly one thread with
  * its k-sum in ascending order, so results are bitwise identical for any
  * thread count (for a given ISA path).  bcolsum likewise.
@@ -67,6 +78,7 @@ typedef void (*nk_pack_a_fn)(const void *ctx, int64_t i0, int64_t mc, int64_t p0
         int nthreads;                /* <= 0: use nk_get_num_threads() */      \
         nk_pack_a_fn pack_a;         /* NULL: pack A from a/rsa/csa */         \
         const void *pack_a_ctx;                                                \
+        int lowp;                    /* float32 only: bf16 products */         \
     } NAME;
 
 NK_GEMM_ARGS_DECL(float, nk_sgemm_args)
@@ -92,6 +104,7 @@ typedef struct {
     void *bcolsum; int bcolsum_accumulate;
     int nthreads;
     nk_pack_a_fn pack_a; const void *pack_a_ctx; /* see nk_pack_a_fn */
+    int lowp; /* float32 only: bf16 products (see NK_GEMM_LOWP below) */
 } nk_gemm_desc;
 int nk_gemm(const nk_gemm_desc *g, int dbl);
 
@@ -110,6 +123,19 @@ void nk_set_num_threads(int n);
 int nk_get_num_threads(void);
 int nk_openmp_enabled(void);
 int nk_omp_max_threads(void);
+
+/* bfloat16 products: whether VDPBF16PS can run here (CPU + OS + compiled
+ * in), whether it is in use (the AVX-512 path and not switched off), and
+ * the switch (0: emulate with FMAs even where VDPBF16PS exists).  Returns
+ * -1 if on != 0 and the CPU lacks it. */
+int nk_bf16_native_supported(void);
+int nk_bf16_native(void);
+int nk_set_bf16_native(int on);
+/* Conversions (n elements, any alignment; threads for large n): to_bf16
+ * rounds to nearest even keeping denormals (as ml_dtypes / NumPy
+ * references do); from_bf16 is exact. */
+void nk_f32_to_bf16(const float *x, uint16_t *out, int64_t n);
+void nk_bf16_to_f32(const uint16_t *x, float *out, int64_t n);
 
 /* Free the workspace arenas (tests/benchmarks); bytes they hold now. */
 void nk_release_workspace(void);

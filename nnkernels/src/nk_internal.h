@@ -40,6 +40,33 @@
 NK_KERN_DECL(float, s)
 NK_KERN_DECL(double, d)
 
+/* bfloat16 products (float32 operands rounded to bf16 while packed, float32
+ * accumulation; see nk_kern_bf16_body.h): the float32 table packs, cvt turns
+ * a packed sliver [p][r] into bf16 pairs [p/2][r][2] (kc rounded up to even,
+ * zero pad), the micro-kernels take kc2 (even) and pair slivers. */
+typedef struct {
+    int mr, nr, mc, kc, nc;
+    const nk_skern *f32;
+    void (*cvt)(int64_t kc, int r, const float *src, uint16_t *dst);
+    void (*ukr)(int64_t kc2, const uint16_t *a_pk, const uint16_t *b_pk, float *c, int64_t ldc,
+                const nk_sep *ep, int m, int n);
+    void (*ukr_half)(int64_t kc2, const uint16_t *a_pk, const uint16_t *b_pk, float *c,
+                     int64_t ldc, const nk_sep *ep, int m, int n);
+} nk_bkern;
+extern const nk_bkern nk_bkern_generic, nk_bkern_avx2, nk_bkern_avx512, nk_bkern_avx512bf16;
+const nk_bkern *nk_bkern_current(void);
+
+/* float32 -> bf16 as VCVTNEPS2BF16 does it: round to nearest even, NaN
+ * quieted (sign and top payload kept), zero and denormals to signed zero. */
+static inline uint16_t nk_bf16_ftz(float x)
+{
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 /* Kernel tables, one per ISA (NULL entries when not compiled in). */
 extern const nk_skern nk_skern_generic, nk_skern_avx2, nk_skern_avx512;
 extern const nk_dkern nk_dkern_generic, nk_dkern_avx2, nk_dkern_avx512;

@@ -38,6 +38,38 @@ static inline __m256i nk_mask4(int n)
 #define V_MAX(a, b) _mm256_max_ps(a, b)
 #define V_LOADN(p, n) _mm256_maskload_ps(p, nk_mask8(n))
 #include "nk_kern_body.h"
+
+/* bfloat16 products, emulated: pairs unpacked to float32, two FMAs in
+ * VDPBF16PS's order (see nk_kern_bf16_body.h) */
+static inline int32_t nk_ld_pair(const uint16_t *p)
+{
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
+static inline __m256 nk_dp_emul256(__m256 acc, __m256i a, __m256i b)
+{
+    const __m256i hi = _mm256_set1_epi32((int32_t)0xffff0000u);
+    acc = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(a, hi)),
+                          _mm256_castsi256_ps(_mm256_and_si256(b, hi)), acc);
+    return _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)),
+                           _mm256_castsi256_ps(_mm256_slli_epi32(b, 16)), acc);
+}
+#define ISA_B avx2
+#define KERN_B nk_bkern_avx2
+#define F32KERN nk_skern_avx2
+#define PV __m256i
+#define PV_LOADU(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define PV_BCAST(p) _mm256_set1_epi32(nk_ld_pair(p))
+#define PV_DP(acc, a, b) nk_dp_emul256(acc, a, b)
+#include "nk_kern_bf16_body.h"
+#undef ISA_B
+#undef KERN_B
+#undef F32KERN
+#undef PV
+#undef PV_LOADU
+#undef PV_BCAST
+#undef PV_DP
 #include "nk_kern_undef.h"
 
 /* float64: 6 x 8 tile */

@@ -29,6 +29,39 @@ NK_TARGET_AVX512_BEGIN
 #define V_MAX(a, b) _mm512_max_ps(a, b)
 #define V_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
 #include "nk_kern_body.h"
+
+/* bfloat16 products on AVX-512F without AVX512_BF16: pairs unpacked to
+ * float32 (the high half is the float itself, the low half shifted up),
+ * two FMAs in VDPBF16PS's order */
+static inline int32_t nk_ld_pair(const uint16_t *p)
+{
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
+static inline __m512 nk_dp_emul512(__m512 acc, __m512i a, __m512i b)
+{
+    const __m512i hi = _mm512_set1_epi32((int32_t)0xffff0000u);
+    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(a, hi)),
+                          _mm512_castsi512_ps(_mm512_and_si512(b, hi)), acc);
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)),
+                           _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)), acc);
+}
+#define ISA_B avx512
+#define KERN_B nk_bkern_avx512
+#define F32KERN nk_skern_avx512
+#define PV __m512i
+#define PV_LOADU(p) _mm512_loadu_si512((const void *)(p))
+#define PV_BCAST(p) _mm512_set1_epi32(nk_ld_pair(p))
+#define PV_DP(acc, a, b) nk_dp_emul512(acc, a, b)
+#include "nk_kern_bf16_body.h"
+#undef ISA_B
+#undef KERN_B
+#undef F32KERN
+#undef PV
+#undef PV_LOADU
+#undef PV_BCAST
+#undef PV_DP
 #include "nk_kern_undef.h"
 
 /* float64: 8 x 16 tile */
@@ -60,5 +93,90 @@ double nk_fma_peak_avx512(int dbl, int64_t iters)
     return dbl ? fma_peak_d_avx512(iters) : fma_peak_s_avx512(iters);
 }
 
+NK_TARGET_END
+
+/* The native bfloat16 path: VDPBF16PS (32 multiply-adds per instruction,
+ * twice an FMA's) and VCVTNE2PS2BF16 for the conversion; only called when
+ * CPUID reports AVX512_BF16 and AVX512BW (nk_cpu.c). */
+NK_TARGET_AVX512BF16_BEGIN
+#define T float
+#define V __m512
+#define VL 16
+#define NV 2
+#define MR 8
+#define MC 192
+#define KC 512
+#define NC 3072
+#define V_ZERO() _mm512_setzero_ps()
+#define V_LOADU(p) _mm512_loadu_ps(p)
+#define V_STOREU(p, v) _mm512_storeu_ps(p, v)
+#define V_BCAST(x) _mm512_set1_ps(x)
+#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define V_MUL(a, b) _mm512_mul_ps(a, b)
+#define V_ADD(a, b) _mm512_add_ps(a, b)
+#define V_MAX(a, b) _mm512_max_ps(a, b)
+#define V_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+
+/* 32 floats (x: 16, y: 16) -> 32 bf16 in the word order idx gives */
+static inline __m512i nk_cvt2_perm(__m512 x, __m512 y, __m512i idx)
+{
+    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(y, x));
+}
+static void nk_cvt_pairs_native(int64_t kc, int r, const float *restrict src,
+                                uint16_t *restrict dst);
+#define ISA_B avx512bf16
+#define KERN_B nk_bkern_avx512bf16
+#define F32KERN nk_skern_avx512
+#define PV __m512i
+#define PV_LOADU(p) _mm512_loadu_si512((const void *)(p))
+#define PV_BCAST(p) _mm512_set1_epi32(nk_ld_pair(p))
+#define PV_DP(acc, a, b) _mm512_dpbf16_ps(acc, (__m512bh)(a), (__m512bh)(b))
+#define CVT_FAST nk_cvt_pairs_native
+#include "nk_kern_bf16_body.h"
+
+/* [p][r] -> [p/2][r][2] with one conversion and one word permutation per
+ * 32 elements: r = 32 (B slivers) per pair of rows and half-row, r = 8 (A
+ * slivers) per two pairs of rows; the rest (other r, the tail, an odd kc)
+ * through the scalar loop, which rounds identically. */
+static void nk_cvt_pairs_native(int64_t kc, int r, const float *restrict src,
+                                uint16_t *restrict dst)
+{
+    int64_t p = 0;
+    const int64_t kfull = kc & ~(int64_t)1;
+    if (r == 32) {
+        /* words of cvt2(x=row p, y=row p+1): x0..x15 y0..y15 -> x0 y0 x1 y1 ... */
+        const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                             9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                             17, 1, 16, 0);
+        for (; p < kfull; p += 2) {
+            const float *s0 = src + p * 32, *s1 = s0 + 32;
+            uint16_t *d = dst + p * 32;
+            _mm512_storeu_si512((void *)d,
+                                nk_cvt2_perm(_mm512_loadu_ps(s0), _mm512_loadu_ps(s1), idx));
+            _mm512_storeu_si512((void *)(d + 32), nk_cvt2_perm(_mm512_loadu_ps(s0 + 16),
+                                                               _mm512_loadu_ps(s1 + 16), idx));
+        }
+    } else if (r == 8) {
+        /* words of cvt2(rows p, p+1 | rows p+2, p+3): a0..a7 b0..b7 c0..c7 d0..d7
+         * -> a0 b0 a1 b1 ... a7 b7 c0 d0 ... c7 d7 */
+        const __m512i idx = _mm512_set_epi16(31, 23, 30, 22, 29, 21, 28, 20, 27, 19, 26, 18, 25,
+                                             17, 24, 16, 15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2,
+                                             9, 1, 8, 0);
+        for (; p + 4 <= kfull; p += 4)
+            _mm512_storeu_si512((void *)(dst + p * 8),
+                                nk_cvt2_perm(_mm512_loadu_ps(src + p * 8),
+                                             _mm512_loadu_ps(src + p * 8 + 16), idx));
+    }
+    if (p < kc) cvt_scalar_sb_avx512bf16(kc - p, r, src + p * r, dst + p * r);
+}
+#undef ISA_B
+#undef KERN_B
+#undef F32KERN
+#undef PV
+#undef PV_LOADU
+#undef PV_BCAST
+#undef PV_DP
+#undef CVT_FAST
+#include "nk_kern_undef.h"
 NK_TARGET_END
 #endif /* NK_X86 */

@@ -22,14 +22,6 @@
 #define KERNT_(s) nk_##s##kern
 #define KERNT_X(s) KERNT_(s)
 
-/* Partial-vector store through a stack buffer: masked stores (AVX-512 and
- * AVX2 vmaskmov) are several times slower on AMD Zen 4 than this. */
-#define V_STOREN(p, v, n)                                                      \
-    do {                                                                       \
-        T t_[VL] __attribute__((aligned(64)));                                 \
-        V_STOREU(t_, v);                                                       \
-        for (int q_ = 0; q_ < (n); q_++) (p)[q_] = t_[q_];                     \
-    } while (0)
 
 static inline T FN(dact)(T v, T y, int dact)
 {
@@ -135,6 +127,10 @@ static void FN(pack_b)(int64_t kc, int64_t nc, const T *b, int64_t rsb,
     }
 }
 
+#define EPI_FN FN(epilogue)
+#include "nk_kern_epi.h"
+#undef EPI_FN
+
 /* NVV (compile-time constant after inlining) vectors per row: NV for the
  * full tile, NV/2 for narrow column edges. */
 static inline __attribute__((always_inline)) void
@@ -162,36 +158,7 @@ FN(ukr_impl)(int64_t kc, const T *restrict a, const T *restrict b, int64_t ldb,
         b += ldb;
     }
 
-    /* Epilogue, vectorised for edge tiles too (partial vectors are masked
-     * loads/stores: nothing outside the m x n tile is read or written). */
-    const V va = V_BCAST(ep->alpha);
-    const V vb = V_BCAST(ep->beta);
-    const int relu = ep->last && ep->act == NK_ACT_RELU;
-    const T *bias = ep->last ? ep->bias : NULL;
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) {
-        if (i >= m) break;
-#pragma GCC unroll 4
-        for (int v = 0; v < NVV; v++) {
-            const int nv = n - v * VL;
-            if (nv <= 0) break;
-            T *cp = c + i * ldc + v * VL;
-            V r = V_MUL(acc[i][v], va);
-            if (nv >= VL) {
-                if (ep->accum) r = V_ADD(r, V_LOADU(cp));
-                else if (ep->csrc) r = V_FMA(vb, V_LOADU(ep->csrc + i * ep->ldcsrc + v * VL), r);
-                if (bias) r = V_ADD(r, V_LOADU(bias + v * VL));
-                if (relu) r = V_MAX(V_ZERO(), r); /* NaN propagates */
-                V_STOREU(cp, r);
-            } else {
-                if (ep->accum) r = V_ADD(r, V_LOADN(cp, nv));
-                else if (ep->csrc) r = V_FMA(vb, V_LOADN(ep->csrc + i * ep->ldcsrc + v * VL, nv), r);
-                if (bias) r = V_ADD(r, V_LOADN(bias + v * VL, nv));
-                if (relu) r = V_MAX(V_ZERO(), r);
-                V_STOREN(cp, r, nv);
-            }
-        }
-    }
+    FN(epilogue)(acc, c, ldc, ep, m, n, NVV);
 }
 
 static void FN(ukr)(int64_t kc, const T *restrict a, const T *restrict b, int64_t ldb,
@@ -231,4 +198,3 @@ static double FN(fma_peak)(int64_t iters)
 #undef NR
 #undef FN
 #undef EPT
-#undef V_STOREN

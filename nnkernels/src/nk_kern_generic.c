@@ -48,6 +48,44 @@ NK_GEN_OPS(nk_v2d, double)
 #define V_MAX(a, b) mx_nk_v4f(a, b)
 #define V_LOADN(p, n) ldn_nk_v4f(p, n)
 #include "nk_kern_body.h"
+
+/* bfloat16 products, portable: pairs unpacked to float32 (bit casts of
+ * 32-bit vectors), two multiply-adds in VDPBF16PS's order; the products
+ * of two bf16 are exact, so a*b + c rounds once like an FMA. */
+typedef uint32_t nk_v4u __attribute__((vector_size(16)));
+static inline nk_v4u nk_ldu_pairs(const uint16_t *p)
+{
+    nk_v4u v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline nk_v4u nk_bc_pair(const uint16_t *p)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    nk_v4u v = {x, x, x, x};
+    return v;
+}
+static inline nk_v4f nk_dp_emul4(nk_v4f acc, nk_v4u a, nk_v4u b)
+{
+    acc = (nk_v4f)(a & 0xffff0000u) * (nk_v4f)(b & 0xffff0000u) + acc;
+    return (nk_v4f)(a << 16) * (nk_v4f)(b << 16) + acc;
+}
+#define ISA_B generic
+#define KERN_B nk_bkern_generic
+#define F32KERN nk_skern_generic
+#define PV nk_v4u
+#define PV_LOADU(p) nk_ldu_pairs(p)
+#define PV_BCAST(p) nk_bc_pair(p)
+#define PV_DP(acc, a, b) nk_dp_emul4(acc, a, b)
+#include "nk_kern_bf16_body.h"
+#undef ISA_B
+#undef KERN_B
+#undef F32KERN
+#undef PV
+#undef PV_LOADU
+#undef PV_BCAST
+#undef PV_DP
 #include "nk_kern_undef.h"
 
 #define T double

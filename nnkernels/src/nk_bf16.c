@@ -1,0 +1,74 @@
+/* bfloat16: which product kernels run (native VDPBF16PS or emulated with
+ * float32 FMAs) and the array conversions. */
+#include <string.h>
+#include "nk_internal.h"
+#if NK_X86
+#include <cpuid.h>
+#endif
+
+static int g_bf16_off = 0; /* 1: emulate even where VDPBF16PS exists */
+
+int nk_bf16_native_supported(void)
+{
+#if NK_X86
+    unsigned a, b, c, d;
+    if (!nk_isa_supported(NK_ISA_AVX512)) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    const int bw = (b >> 30) & 1;
+    if (a < 1) return 0; /* no subleaf 1 */
+    __cpuid_count(7, 1, a, b, c, d);
+    return bw && ((a >> 5) & 1);
+#else
+    return 0;
+#endif
+}
+
+int nk_bf16_native(void)
+{
+    return !g_bf16_off && nk_get_isa() == NK_ISA_AVX512 && nk_bf16_native_supported();
+}
+
+int nk_set_bf16_native(int on)
+{
+    if (on && !nk_bf16_native_supported()) return -1;
+    g_bf16_off = !on;
+    return 0;
+}
+
+const nk_bkern *nk_bkern_current(void)
+{
+#if NK_X86
+    if (nk_bf16_native()) return &nk_bkern_avx512bf16;
+    switch (nk_get_isa()) {
+    case NK_ISA_AVX512: return &nk_bkern_avx512;
+    case NK_ISA_AVX2: return &nk_bkern_avx2;
+    }
+#endif
+    return &nk_bkern_generic;
+}
+
+/* Round to nearest even, denormals kept, NaN quieted (sign kept). */
+static inline uint16_t nk_bf16_rne(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+void nk_f32_to_bf16(const float *x, uint16_t *out, int64_t n)
+{
+    NK_CHUNKED_PARALLEL(n, n * 6, {
+        for (int64_t i = e0; i < e1; i++) out[i] = nk_bf16_rne(x[i]);
+    });
+}
+
+void nk_bf16_to_f32(const uint16_t *x, float *out, int64_t n)
+{
+    NK_CHUNKED_PARALLEL(n, n * 6, {
+        for (int64_t i = e0; i < e1; i++) {
+            const uint32_t u = (uint32_t)x[i] << 16;
+            memcpy(out + i, &u, 4);
+        }
+    });
+}

@@ -1,0 +1,355 @@
+"""bfloat16 in nnkernels: the conversions and the products with
+precision="bfloat16" (gemm, dense, conv2d), against NumPy references.
+
+The references round with NumPy bit operations written here (not by the
+kernels' code): `rne` is round-to-nearest-even keeping denormals (what
+nk.to_bf16 promises, and what ml_dtypes does), `ftz` the rounding of the
+products' operands (VCVTNEPS2BF16: the same, denormals to signed zero).  A
+product's result is compared with the float64 product of the rounded
+operands at float32 tolerances (the accumulation is float32), and with the
+product of the unrounded operands at bfloat16's: 8 significant bits, so
+each operand is within 2**-9 relative, each product within about 2**-8.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nnkernels as nk
+from reference import (
+    assert_bitwise_equal,
+    assert_close,
+    dense_backward_ref,
+    gemm_ref,
+    ref_conv,
+    ref_conv_backward,
+)
+from strategies import dims, layouts, make_array
+
+F64 = np.float64
+BF16_RTOL = 2.0 ** -7  # two operands each within 2**-9, plus float32 sums: generous but O(scale)
+BF16_PATHS = ["native", "emulated"] if nk.bf16_native_supported() else ["emulated"]
+
+
+# ------------------------------------------------------------ references --
+
+def _u32(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+
+
+def rne_bits(a):
+    """bfloat16 bit patterns of float32 `a`: nearest even, denormals kept,
+    NaN quieted (sign and top payload bits kept)."""
+    u = _u32(a)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    r = np.where(nan, (u >> 16) | 0x40, r)
+    return r.astype(np.uint16)
+
+
+def ftz_bits(a):
+    """As rne_bits, but zero and denormal inputs give a signed zero."""
+    u = _u32(a)
+    r = rne_bits(a).astype(np.uint64)
+    r = np.where((u & 0x7F800000) == 0, (u >> 16) & 0x8000, r)
+    return r.astype(np.uint16)
+
+
+def widen(bits16):
+    return (bits16.astype(np.uint32) << 16).view(np.float32)
+
+
+def ftz(a):
+    """float32 values of `a` rounded as the products' operands are."""
+    return widen(ftz_bits(np.asarray(a, np.float32))).reshape(np.shape(a))
+
+
+def assert_bf16_close(got, ref_unrounded, scale, what):
+    """Within bfloat16 accuracy of the exact (unrounded-operand) result."""
+    got = np.asarray(got, F64)
+    tol = BF16_RTOL * np.asarray(scale, F64) + 1e-30
+    bad = np.abs(got - ref_unrounded) > tol
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.size} elements beyond bfloat16 "
+                           f"accuracy; worst excess "
+                           f"{float(np.max((np.abs(got - ref_unrounded) - tol)[bad])):.3g}")
+
+
+@pytest.fixture(params=BF16_PATHS)
+def bf16_path(request):
+    """Run the test with VDPBF16PS (where the CPU has it) and emulated."""
+    old = nk.bf16_path()
+    nk.set_bf16_native(request.param == "native")
+    try:
+        yield request.param
+    finally:
+        if nk.bf16_native_supported():
+            nk.set_bf16_native(old == "avx512_bf16")
+
+
+# ----------------------------------------------------------- conversions --
+
+SPECIALS = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, -np.nan,
+                     np.finfo(np.float32).max, -np.finfo(np.float32).max,
+                     np.finfo(np.float32).tiny, np.finfo(np.float32).smallest_subnormal,
+                     -np.finfo(np.float32).smallest_subnormal, 1e-40, -3e-39,
+                     np.uint32(0x7F7FC000).view(np.float32),  # above bf16's max: rounds to inf
+                     1.00390625,    # 1 + 2**-8: a tie, rounds to even (1.0)
+                     1.01171875,    # 1 + 3 * 2**-8: a tie, rounds to even (1.015625)
+                     np.nextafter(np.float32(1.00390625), np.float32(2)),  # above the tie: up
+                     ], dtype=np.float32)
+
+
+def test_to_bf16_special_values():
+    got = nk.to_bf16(SPECIALS)
+    assert got.dtype == np.uint16 and got.shape == SPECIALS.shape
+    want = rne_bits(SPECIALS)
+    assert np.array_equal(got, want), list(zip(SPECIALS, got, want))
+    back = nk.from_bf16(got)
+    assert back.dtype == np.float32
+    assert back[16] == 1.0 and back[17] == 1.015625 and back[18] == 1.0078125
+    assert np.isinf(back[15]) and back[15] > 0
+    assert np.isnan(back[6]) and np.isnan(back[7])
+    assert back[13] != 0.0 and back[14] != 0.0, "denormals are kept by to_bf16"
+    assert np.signbit(back[1]) and not np.signbit(back[0])
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=dims(1, 3000))
+def test_to_bf16_random_bits_match_reference(seed, n):
+    """Any bit pattern (NaN payloads, denormals, infinities) converts as the
+    reference does, and from_bf16 inverts it exactly."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    got = nk.to_bf16(x)
+    assert np.array_equal(got, rne_bits(x))
+    assert np.array_equal(nk.from_bf16(got).view(np.uint32), got.astype(np.uint32) << 16)
+
+
+def test_to_bf16_matches_ml_dtypes():
+    """An independent check against ml_dtypes (the bfloat16 of JAX and TF),
+    NaN excepted (payload conventions differ; both stay NaN)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes not installed")
+    rng = np.random.default_rng(3)
+    x = np.concatenate([SPECIALS, rng.standard_normal(10000).astype(np.float32) * 1e3,
+                        rng.integers(0, 2**32, 10000, dtype=np.uint64).astype(np.uint32)
+                        .view(np.float32)])
+    ours = nk.to_bf16(x)
+    with np.errstate(invalid="ignore"):
+        theirs = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(ours[~nan], theirs[~nan])
+    assert np.isnan(nk.from_bf16(ours)[nan]).all()
+
+
+def test_conversion_arguments():
+    with pytest.raises(TypeError):
+        nk.to_bf16(np.zeros(3, np.float64))
+    with pytest.raises(TypeError):
+        nk.from_bf16(np.zeros(3, np.int32))
+    with pytest.raises(ValueError):
+        nk.to_bf16(np.zeros(3, np.float32), out=np.zeros(4, np.uint16))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2]  # non-contiguous input is fine
+    assert np.array_equal(nk.from_bf16(nk.to_bf16(x)), x)
+    out = np.empty((2, 2), np.uint16)
+    assert nk.to_bf16(x, out=out) is out
+
+
+# --------------------------------------------------------------- gemm --
+
+@st.composite
+def bf16_gemm_cases(draw, max_dim=200):
+    return dict(m=draw(dims(1, max_dim)), n=draw(dims(1, max_dim)), k=draw(dims(1, 600)),
+                trans_a=draw(st.booleans()), trans_b=draw(st.booleans()),
+                la=draw(layouts()), lb=draw(layouts()), bias=draw(st.booleans()),
+                act=draw(st.sampled_from([None, "relu"])), beta=draw(st.sampled_from([0.0, 1.0, -0.5])),
+                alpha=draw(st.sampled_from([1.0, 0.5, -2.0])), seed=draw(st.integers(0, 2**31)))
+
+
+def _gemm_operands(c):
+    sa = (c["k"], c["m"]) if c["trans_a"] else (c["m"], c["k"])
+    sb = (c["n"], c["k"]) if c["trans_b"] else (c["k"], c["n"])
+    a = make_array(sa, np.float32, c["la"], c["seed"])
+    b = make_array(sb, np.float32, c["lb"], c["seed"] + 1)
+    bias = make_array((1, c["n"]), np.float32, "C", c["seed"] + 2)[0] if c["bias"] else None
+    cc = make_array((c["m"], c["n"]), np.float32, "C", c["seed"] + 3)
+    return a, b, bias, cc
+
+
+@given(case=bf16_gemm_cases())
+def test_gemm_bf16_matches_reference(case, isa, num_threads, bf16_path):
+    a, b, bias, cc = _gemm_operands(case)
+    kw = dict(trans_a=case["trans_a"], trans_b=case["trans_b"], alpha=case["alpha"],
+              beta=case["beta"], c=cc if case["beta"] else None, bias=bias,
+              activation=case["act"])
+    got = nk.gemm(a, b, precision="bfloat16", **kw)
+    ref, scale = gemm_ref(ftz(a), ftz(b), dtype=np.float32, **kw)
+    assert_close(got, ref, scale, np.float32, case["k"], "gemm bf16 vs rounded operands")
+    exact, _ = gemm_ref(a, b, dtype=np.float32, **kw)
+    assert_bf16_close(got, exact, scale, "gemm bf16 vs exact")
+
+
+@given(case=bf16_gemm_cases(max_dim=120))
+def test_gemm_bf16_bitwise_across_threads_and_paths(case, isa):
+    """Same bits for 1 and 2 threads, and (AVX-512) for VDPBF16PS and its
+    emulation: the operands round identically and each pair is accumulated
+    in the same order."""
+    a, b, bias, cc = _gemm_operands(case)
+    kw = dict(trans_a=case["trans_a"], trans_b=case["trans_b"], bias=bias,
+              activation=case["act"], precision="bfloat16")
+    runs = []
+    for path in BF16_PATHS if isa == "avx512" else ["emulated"]:
+        if nk.bf16_native_supported():
+            nk.set_bf16_native(path == "native")
+        for t in (1, 2):
+            nk.set_num_threads(t)
+            runs.append((path, t, nk.gemm(a, b, **kw)))
+    if nk.bf16_native_supported():
+        nk.set_bf16_native(True)
+    for path, t, r in runs[1:]:
+        assert_bitwise_equal(r, runs[0][2], f"gemm bf16 {path} {t} threads vs {runs[0][:2]}")
+
+
+def test_gemm_bf16_rounds_operands_not_accumulation():
+    """1 + 2**-9 is not a bfloat16: it rounds to 1 as an operand, but a sum
+    of 256 products of 1 * 2**-9 keeps float32 precision."""
+    a = np.full((1, 256), 1.0, np.float32)
+    b = np.full((256, 1), 2.0 ** -9, np.float32)
+    assert nk.gemm(a, b, precision="bfloat16")[0, 0] == 0.5
+    a2 = np.full((1, 1), 1 + 2.0 ** -9, np.float32)
+    b2 = np.ones((1, 1), np.float32)
+    assert nk.gemm(a2, b2, precision="bfloat16")[0, 0] == 1.0
+    assert nk.gemm(a2, b2)[0, 0] == np.float32(1 + 2.0 ** -9)
+
+
+def test_gemm_bf16_nan_inf_propagate(bf16_path):
+    a = np.ones((4, 6), np.float32)
+    b = np.ones((6, 3), np.float32)
+    a[1, 2] = np.nan
+    a[2, 0] = np.inf
+    got = nk.gemm(a, b, precision="bfloat16")
+    assert np.isnan(got[1]).all() and np.isposinf(got[2]).all()
+    assert (got[[0, 3]] == 6).all()
+
+
+def test_precision_arguments():
+    a = np.ones((2, 3), np.float32)
+    b = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="precision"):
+        nk.gemm(a, b, precision="float16")
+    with pytest.raises(TypeError, match="float32"):
+        nk.gemm(a.astype(F64), b.astype(F64), precision="bfloat16")
+    assert np.array_equal(nk.gemm(a, b, precision="float32"), nk.gemm(a, b))
+    assert np.array_equal(nk.gemm(a, b, precision="bf16"), nk.gemm(a, b, precision="bfloat16"))
+
+
+# ---------------------------------------------------------------- dense --
+
+@given(batch=dims(1, 150), n_in=dims(1, 300), units=dims(1, 150), relu=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_dense_bf16_forward_backward(batch, n_in, units, relu, seed, num_threads, bf16_path):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    w = rng.standard_normal((n_in, units)).astype(np.float32)
+    b = rng.standard_normal(units).astype(np.float32)
+    act = "relu" if relu else None
+    y = nk.dense_forward(x, w, b, activation=act, precision="bfloat16")
+    ref, scale = gemm_ref(ftz(x), ftz(w), bias=b, activation=act, dtype=np.float32)
+    assert_close(y, ref, scale, np.float32, n_in, "dense forward bf16")
+    dy = rng.standard_normal((batch, units)).astype(np.float32)
+    dx, dw, db = nk.dense_backward(dy, x, w, y=y if relu else None, activation=act,
+                                   precision="bfloat16")
+    dz = dy * (y > 0) if relu else dy
+    (rdx, sdx), (rdw, sdw), _ = dense_backward_ref(ftz(dz), ftz(x), ftz(w))
+    assert_close(dx, rdx, sdx, np.float32, units, "dense dx bf16")
+    assert_close(dw, rdw, sdw, np.float32, batch, "dense dw bf16")
+    # db: the unrounded dz, float32
+    (_, _, (rdb, sdb)) = dense_backward_ref(dz, x, w)
+    assert_close(db, rdb, sdb, np.float32, batch, "dense db")
+
+
+# ----------------------------------------------------------------- conv --
+
+@given(n=st.integers(1, 3), h=st.integers(3, 12), w_=st.integers(3, 12),
+       c=st.sampled_from([1, 3, 16, 17, 32]), f=st.sampled_from([1, 8, 16, 33]),
+       k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+       padding=st.sampled_from(["valid", "same"]), relu=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, seed,
+                                      num_threads, bf16_path):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w_, c)).astype(np.float32)
+    w = (rng.standard_normal((k, k, c, f)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    act = "relu" if relu else None
+    geo = dict(strides=(stride, stride), padding=padding, dilation=(1, 1))
+    y = nk.conv2d(x, w, b, activation=act, precision="bfloat16", **geo)
+    # fewer than 8 input channels: float32 throughout (documented), so the
+    # references take the unrounded operands
+    rnd = ftz if c >= 8 else (lambda a: a)
+    xr, wr = rnd(x).astype(F64), rnd(w).astype(F64)
+    ref = ref_conv(xr, wr, b.astype(F64), geo["strides"], padding, geo["dilation"], act)
+    scale = ref_conv(np.abs(xr), np.abs(wr), np.abs(b).astype(F64), geo["strides"], padding,
+                     geo["dilation"])
+    kk = k * k * c
+    assert_close(y, ref, scale, np.float32, kk, "conv2d bf16")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = nk.conv2d_backward(dy, x, w, activation=act, y=y if relu else None,
+                                    precision="bfloat16", **geo)
+    dz = dy * (y > 0) if relu else dy
+    dzr = rnd(dz).astype(F64)
+    rdx, rdw, _ = ref_conv_backward(dzr, xr, wr, geo["strides"], padding, geo["dilation"])
+    sdx, sdw, _ = ref_conv_backward(np.abs(dzr), np.abs(xr), np.abs(wr), geo["strides"],
+                                    padding, geo["dilation"])
+    assert_close(dw, rdw, sdw, np.float32, n * y.shape[1] * y.shape[2], "conv dw bf16")
+    # dx: bf16 products, or float32 Winograd where auto picks it: both are
+    # within bfloat16 accuracy of the exact gradient
+    edx, _, edb = ref_conv_backward(dz.astype(F64), x.astype(F64), w.astype(F64),
+                                    geo["strides"], padding, geo["dilation"])
+    assert_bf16_close(dx, edx, sdx, "conv dx bf16")
+    if nk.conv2d_algo(x.shape, w.shape, product="backward_data", **geo) != "winograd":
+        assert_close(dx, rdx, sdx, np.float32, k * k * f, "conv dx bf16 (im2col)")
+    assert_close(db, edb, np.abs(dz).astype(F64).sum(axis=(0, 1, 2)), np.float32,
+                 dz.size // f, "conv db")
+
+
+def test_conv2d_bf16_bitwise_across_threads_and_paths(isa):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 14, 14, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 24)).astype(np.float32)
+    dy = rng.standard_normal((4, 14, 14, 24)).astype(np.float32)
+    runs = []
+    for path in BF16_PATHS if isa == "avx512" else ["emulated"]:
+        if nk.bf16_native_supported():
+            nk.set_bf16_native(path == "native")
+        for t in (1, 2):
+            nk.set_num_threads(t)
+            y = nk.conv2d(x, w, padding="same", activation="relu", precision="bfloat16")
+            g = nk.conv2d_backward(dy, x, w, padding="same", activation="relu", y=y,
+                                   precision="bfloat16")
+            runs.append(((path, t), (y,) + g))
+    if nk.bf16_native_supported():
+        nk.set_bf16_native(True)
+    for who, arrays in runs[1:]:
+        for name, a0, a in zip(("y", "dx", "dw", "db"), runs[0][1], arrays):
+            assert_bitwise_equal(a, a0, f"conv bf16 {name} {who} vs {runs[0][0]}")
+
+
+def test_bf16_environment_switch():
+    """NNKERNELS_BF16=emulate turns VDPBF16PS off at import; a bad value is
+    an ImportError that says what is accepted."""
+    env = dict(os.environ, NNKERNELS_BF16="emulate")
+    out = subprocess.run([sys.executable, "-c", "import nnkernels; print(nnkernels.bf16_path())"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "emulated"
+    env["NNKERNELS_BF16"] = "fast"
+    res = subprocess.run([sys.executable, "-c", "import nnkernels"], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "native, emulate or auto" in res.stderr
+    if not nk.bf16_native_supported():
+        env["NNKERNELS_BF16"] = "native"
+        res = subprocess.run([sys.executable, "-c", "import nnkernels"], env=env,
+                             capture_output=True, text=True)
+        assert res.returncode != 0 and "AVX512_BF16" in res.stderr
