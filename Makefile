@@ -42,14 +42,16 @@ test: install
 
 # The kernels built with AddressSanitizer and UBSan (any misaligned access,
 # out-of-bounds or overflow aborts) into a separate venv, then the kernel
-# tests and the fuzzer under it (libasan preloaded into python; leak checks
-# off: CPython's own allocations).  Not part of `make test` (slow).
+# tests and the fuzzer (SAN_FUZZ_CALLS calls) under it (libasan preloaded
+# into python; leak checks off: CPython's own allocations; OpenMP on, checked).
+# Not part of `make test` (slow: about 20 minutes here).
 SAN_VENV  ?= .venv-san
+SAN_FUZZ_CALLS ?= 20000
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 SAN_TESTS ?= tests/test_kernel_hardening.py tests/test_errors.py tests/test_gemm.py \
              tests/test_dense.py tests/test_conv.py tests/test_conv_groups.py tests/test_pool.py \
              tests/test_pool2.py tests/test_elementwise.py tests/test_train_kernels.py \
-             tests/test_bn_fused.py tests/test_fuzz_kernels.py
+             tests/test_bn_fused.py tests/test_bf16.py tests/test_fuzz_kernels.py
 test-sanitize:
 	$(PYTHON) -m venv $(SAN_VENV)
 	rm -rf build
@@ -58,7 +60,9 @@ test-sanitize:
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" HYPOTHESIS_PROFILE=ci \
-	  $(SAN_VENV)/bin/pytest -q -p no:cacheprovider $(SAN_TESTS)
+	  NNKERNELS_FUZZ_CALLS=$(SAN_FUZZ_CALLS) \
+	  sh -c '$(SAN_VENV)/bin/python -c "import nnkernels as nk, sys; sys.exit(0 if nk.openmp_enabled() else \"the sanitizer build has no OpenMP\")" && \
+	         $(SAN_VENV)/bin/pytest -q -p no:cacheprovider $(SAN_TESTS)'
 
 # The fuzzer alone, long: FUZZ_CALLS calls (100,000 by default) in batches of
 # 500, each batch in its own process (see tests/test_fuzz_kernels.py).

@@ -8,6 +8,7 @@ single build runs on any x86-64 CPU and picks AVX-512 / AVX2 / generic at run
 time from CPUID.  Other architectures build the portable kernels.
 """
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,14 +30,18 @@ BASE_CFLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-fno-math-errno", "
 
 
 def _compiler_accepts(compiler, flags, code):
-    """True if `compiler` compiles and links `code` with `flags`."""
+    """True if `compiler` compiles and links `code` with `flags` (and the
+    environment's CFLAGS / LDFLAGS, which the extension gets too: a
+    sanitizer build's objects only link with the sanitizer's flags)."""
     tmp = tempfile.mkdtemp()
+    env_c = shlex.split(os.environ.get("CFLAGS", ""))
+    env_ld = shlex.split(os.environ.get("LDFLAGS", ""))
     try:
         src = os.path.join(tmp, "t.c")
         with open(src, "w") as f:
             f.write(code)
-        objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
-        compiler.link_executable(objs, "t", output_dir=tmp, extra_postargs=flags)
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags + env_c)
+        compiler.link_executable(objs, "t", output_dir=tmp, extra_postargs=flags + env_ld)
         return True
     except Exception:
         return False
