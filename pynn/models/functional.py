@@ -25,7 +25,7 @@ give bitwise-identical weights, and a resumed run continues exactly.
 """
 import numpy as np
 
-from .. import backend, checks, config, utils
+from .. import backend, checks, dtype_policies, utils
 from ..layers.base import InputLayer, Layer, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
@@ -56,11 +56,15 @@ class Model(training.Trainer, saving.Saving, Layer):
 
     # ------------------------------------------------------------ engine state --
     def _init_engine(self, dtype, device):
-        self._dtype = np.dtype(config.floatx() if dtype is None else dtype)   # set_floatx
-        if self._dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        # the model's arrays are float64 under a float64 policy, else float32 (mixed_bfloat16
+        # keeps float32 variables); None: the global policy, which follows set_floatx
+        try:
+            self._dtype_policy = dtype_policies.get(dtype)
+        except ValueError as e:
+            raise TypeError(f"dtype must be float32, float64 or a dtype policy: {e}") from None
+        self._dtype = np.dtype(self._dtype_policy.variable_dtype)
         self.ops = backend.get_ops(device)
-        self.dtype = self._dtype
+        self._array_dtype = self._dtype
         self.seed = None
         self.optimizer = self.loss = None
         self.compiled = False
