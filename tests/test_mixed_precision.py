@@ -241,6 +241,48 @@ def test_model_files_keep_policies_and_float32_weights(tmp_path, ext):
         assert dts and all(d in (np.float32, np.int64) for d in dts)   # weights float32
 
 
+def test_keras_loss_scale_optimizer_file_resumes(tmp_path):
+    """A .keras file whose optimizer is Keras 3's LossScaleOptimizer (its
+    iteration, learning_rate, step_counter and dynamic_scale, then the inner
+    optimizer's variables, as Keras 3.15.1 writes them): the model is compiled
+    with the inner optimizer and its state is loaded."""
+    h5py = pytest.importorskip("h5py")
+    m = mixed_model()
+    m.compile(optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(1)
+    m.fit(rng.random((8, 6, 6, 2), dtype=F32), rng.integers(0, 3, 8), batch_size=4, verbose=0)
+    m.save(tmp_path / "pynn.keras")
+    with zipfile.ZipFile(tmp_path / "pynn.keras") as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    cfg = json.loads(entries["config.json"])
+    inner = cfg["compile_config"]["optimizer"]
+    cfg["compile_config"]["optimizer"] = {
+        "module": "keras.optimizers", "class_name": "LossScaleOptimizer", "registered_name": None,
+        "config": {"name": "loss_scale_optimizer", "inner_optimizer": inner,
+                   "initial_scale": 32768.0, "dynamic_growth_steps": 2000}}
+    buf = io.BytesIO()
+    with h5py.File(io.BytesIO(entries["model.weights.h5"]), "r") as src, \
+            h5py.File(buf, "w") as dst:
+        for k in src:
+            if k != "optimizer":
+                src.copy(src[k], dst, k)
+        old = src["optimizer/vars"]
+        new = dst.create_group("optimizer/vars")
+        for i, v in enumerate([np.int64(0), np.float32(0.0), np.int64(2), np.float32(32768.0)]):
+            new.create_dataset(str(i), data=v)
+        for i in range(len(old)):
+            new.create_dataset(str(i + 4), data=old[str(i)][()])
+    entries["config.json"] = json.dumps(cfg).encode()
+    entries["model.weights.h5"] = buf.getvalue()
+    with zipfile.ZipFile(tmp_path / "lso.keras", "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+    m2 = pynn.load_model(tmp_path / "lso.keras")
+    assert type(m2.optimizer) is optimizers.Adam and m2.optimizer.iterations == 2
+    for k in ("m", "v"):
+        np.testing.assert_array_equal(m2.optimizer.state[k], m.optimizer.state[k])
+
+
 def test_files_with_mixed_float16_are_refused(tmp_path):
     from pynn.models import keras_config
     entry = {"class_name": "Dense", "config": {"name": "d", "units": 2, "dtype": {
