@@ -167,7 +167,7 @@ def test_layer_policy_in_models():
     assert d._product_kw == {"precision": "bfloat16"}
 
 
-def test_gpu_backend_refuses_mixed_bfloat16_when_placed():
+def test_gpu_backend_refuses_mixed_bfloat16_when_placed(monkeypatch):
     gpu = GPUOps.__new__(GPUOps)        # no CuPy needed: the check is plain Python
     msg = ("mixed_bfloat16 on the GPU backend is not supported yet; use float32 on the GPU or "
            "mixed_bfloat16 on the CPU")
@@ -180,6 +180,14 @@ def test_gpu_backend_refuses_mixed_bfloat16_when_placed():
         L.Dense(2, dtype="mixed_bfloat16").bind(gpu, np.float32)
     with pytest.raises(NotImplementedError, match="GPU backend"):
         gpu.dense_forward(np.ones((1, 1), F32), np.ones((1, 1), F32), precision="bfloat16")
+    # moving a mixed_bfloat16 model to the GPU is refused before anything moves
+    m = mixed_model()
+    get_ops = backend.get_ops
+    monkeypatch.setattr(backend, "get_ops", lambda d=None: gpu if d == "gpu" else get_ops(d))
+    ops = m.ops
+    with pytest.raises(NotImplementedError, match="GPU backend"):
+        m.to_device("gpu")
+    assert m.ops is ops and m.layers[1].ops is ops
 
 
 # ------------------------------------------------------------- configs, files --

@@ -26,7 +26,7 @@ give bitwise-identical weights, and a resumed run continues exactly.
 import numpy as np
 
 from .. import backend, checks, dtype_policies, utils
-from ..layers.base import InputLayer, Layer, unique_name
+from ..layers.base import InputLayer, Layer, check_policy, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
 from . import alloc_limit, fusion
@@ -455,6 +455,8 @@ class Model(training.Trainer, saving.Saving, Layer):
         ops = backend.get_ops(device)
         if ops is self.ops:
             return self
+        for layer in self._leaves():    # a policy the new backend cannot run: refused up front
+            check_policy(layer, layer._dtype_policy, ops, self._dtype)
         old = self.ops
         self.ops = ops
         if getattr(self, "_allocated", False):
