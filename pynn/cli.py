@@ -34,6 +34,10 @@ def _add_train_args(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: train on the CUDA GPU through CuPy (pip install '.[gpu]' in the checkout)")
+    p.add_argument("--precision", choices=("float32", "bf16", "mixed_bfloat16"), default="float32",
+                   help="bf16 = mixed_bfloat16: the model's Dense/convolution products take "
+                        "bfloat16 operands with float32 accumulation; weights, optimizer and "
+                        "files stay float32 (CPU only)")
     p.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="write a checkpoint (weights, optimizer, position) here every epoch "
                         "(or every --save-every steps)")
@@ -50,6 +54,7 @@ def _add_train_args(p):
 
 
 _CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+_POLICY = {"float32": "float32", "bf16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16"}
 
 
 def _load(args):
@@ -156,12 +161,18 @@ def cmd_train(args):
     pynn.utils.set_random_seed(args.seed)
     (x, y), (xt, yt) = _load(args)
     classes = _CLASSES[args.dataset]
-    model = zoo.mlp(x.shape[1], classes) if args.model == "mlp" else \
-        zoo.MODELS[args.model](x.shape[1:], classes)
+    precision = _POLICY[getattr(args, "precision", "float32")]
+    before = pynn.mixed_precision.global_policy()
+    pynn.mixed_precision.set_global_policy(precision)   # the policy of the layers built here
+    try:
+        model = zoo.mlp(x.shape[1], classes) if args.model == "mlp" else \
+            zoo.MODELS[args.model](x.shape[1:], classes)
+    finally:
+        pynn.mixed_precision.set_global_policy(before)
     if getattr(args, "device", "cpu") != "cpu":
         try:
             model.to_device(args.device)
-        except RuntimeError as e:
+        except (RuntimeError, NotImplementedError) as e:
             raise SystemExit(f"pynn train: --device {args.device}: {e}")
     opt_name = args.optimizer or zoo.DEFAULT_OPTIMIZER[args.model][0]
     lr = args.lr
@@ -178,8 +189,8 @@ def cmd_train(args):
             where = (f", {dist.size} MPI ranks on {dist.nodes} node(s), global batch "
                      f"{args.batch_size * dist.size}")
         print(f"{len(x)} training / {len(xt)} test images; batch {args.batch_size}; "
-              f"{opt_name} lr {model.optimizer.learning_rate}; {nnkernels.get_num_threads()} threads "
-              f"({nnkernels.get_isa()}){where}", flush=True)
+              f"{opt_name} lr {model.optimizer.learning_rate}; {precision}; "
+              f"{nnkernels.get_num_threads()} threads ({nnkernels.get_isa()}){where}", flush=True)
     cbs = [_stop_on_nan()]     # first: before the checkpoint writes
     if args.checkpoint:
         cbs.append(callbacks.BackupAndRestore(args.checkpoint, save_freq=args.save_every or "epoch",
@@ -213,7 +224,7 @@ def cmd_train(args):
         result = {"model": args.model, "args": vars(args), "history": hist.history,
                   "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_s,
                   "threads": pynn.utils.get_num_threads(),
-                  "ranks": dist.size}
+                  "ranks": dist.size, "precision": precision}
         from .plots import confusion_matrix
         matrix = confusion_matrix(yt, model.predict(xt, batch_size=1000, verbose=0), classes)
         result["confusion_matrix"] = matrix.tolist()    # rows: true class, columns: predicted

@@ -7,6 +7,9 @@
 - ``epsilon()`` is 1e-7, the constant pynn's losses use; ``set_epsilon`` to
   another value raises NotImplementedError.
 - ``backend()`` is "pynn".
+- ``set_dtype_policy(policy)`` / ``dtype_policy()``: the global dtype policy
+  of new layers ("float32", "float64", "mixed_bfloat16"; see
+  pynn.mixed_precision).
 - ``enable_traceback_filtering`` / ``disable_traceback_filtering``: accepted
   for scripts that call them; pynn never filters tracebacks (its errors are
   plain Python exceptions raised where the problem is found).
@@ -15,7 +18,7 @@ import numpy as np
 
 __all__ = ["floatx", "set_floatx", "image_data_format", "set_image_data_format", "epsilon",
            "set_epsilon", "backend", "enable_traceback_filtering", "disable_traceback_filtering",
-           "is_traceback_filtering_enabled"]
+           "is_traceback_filtering_enabled", "set_dtype_policy", "dtype_policy"]
 
 _FLOATX = "float32"
 _EPSILON = 1e-7
@@ -37,8 +40,9 @@ def set_floatx(value):
         name = str(value)
     if name not in _FLOAT_TYPES:
         if name in ("float16", "bfloat16"):
-            raise NotImplementedError(f"set_floatx({value!r}): pynn computes in float32 or "
-                                      "float64 only (mixed precision is not supported)")
+            raise NotImplementedError(f"set_floatx({value!r}): pynn keeps weights in float32 or "
+                                      "float64; for mixed precision use keras.mixed_precision."
+                                      "set_global_policy('mixed_bfloat16')")
         raise ValueError(f"set_floatx: unknown float type {value!r}; expected one of {_FLOAT_TYPES}")
     _FLOATX = name
 
@@ -89,3 +93,16 @@ def is_traceback_filtering_enabled():
     """The flag the two functions above set; pynn's tracebacks are never
     filtered either way."""
     return _TRACEBACK_FILTERING
+
+
+def set_dtype_policy(policy):
+    """keras.config.set_dtype_policy: the global dtype policy of new layers
+    (pynn/dtype_policies.py)."""
+    from . import dtype_policies
+    dtype_policies.set_dtype_policy(policy)
+
+
+def dtype_policy():
+    """keras.config.dtype_policy: the global dtype policy."""
+    from . import dtype_policies
+    return dtype_policies.dtype_policy()

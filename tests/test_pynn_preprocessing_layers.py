@@ -68,7 +68,7 @@ def test_normalization_adapt_formula_and_gradient(axis, keep, invert):
     mean, var = data.mean(axis=red, keepdims=True), data.var(axis=red, keepdims=True)
     layer = L.Normalization(axis=axis, invert=invert)
     layer.adapt(data)
-    assert layer.dtype == np.float32      # Keras' default compute dtype
+    assert layer.dtype == "float32"       # Keras' default variable dtype (a name, as Keras 3)
     np.testing.assert_allclose(layer.get_weights()[0], np.squeeze(mean, red), rtol=1e-6)
     np.testing.assert_allclose(layer.get_weights()[1], np.squeeze(var, red), rtol=1e-6)
     # float64 copy of the layer for the formula and the gradient

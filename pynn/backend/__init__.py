@@ -6,6 +6,8 @@
   ``self.xp`` -- the readable specification, and the fallback on every device.
 - ``cpu.CPUOps``: the hot ops on the compiled kernels of nnkernels.
 - ``gpu.GPUOps``: CuPy (imported only when a GPU is asked for).
+- ``bf16``: ``round_bf16``, the bfloat16 rounding of the products' operands
+  under ``precision="bfloat16"`` (the mixed_bfloat16 policy).
 
 ``get_ops(name)`` returns the Ops of a device.
 

@@ -1,5 +1,20 @@
-"""``CPUOps``: the hot operations on the compiled kernels of nnkernels."""
+"""``CPUOps``: the hot operations on the compiled kernels of nnkernels.
+
+The matrix products pass ``precision="bfloat16"`` on to the kernels only
+when it is asked for (``nk.dense_forward``, ``nk.dense_backward``,
+``nk.conv2d``, ``nk.conv2d_backward``, ``nk.conv2d_backward_data``); float32
+calls are made exactly as without it.
+"""
+from .bf16 import is_bf16
 from .ops import Ops
+
+_BF16 = {"precision": "bfloat16"}
+_NONE = {}
+
+
+def _kw(precision):
+    """The kernels' keyword for a product precision ({} for float32)."""
+    return _BF16 if is_bf16(precision) else _NONE
 
 
 class CPUOps(Ops):
@@ -11,34 +26,37 @@ class CPUOps(Ops):
         import nnkernels
         self.nk = nnkernels
 
-    def dense_forward(self, x, w, b=None, activation=None, out=None):
+    def dense_forward(self, x, w, b=None, activation=None, out=None, *, precision=None):
         if activation in (None, "linear", "relu"):
-            return self.nk.dense_forward(x, w, b, activation=activation, out=out)
-        return super().dense_forward(x, w, b, activation, out)
+            return self.nk.dense_forward(x, w, b, activation=activation, out=out,
+                                         **_kw(precision))
+        return super().dense_forward(x, w, b, activation, out, precision=precision)
 
     def dense_backward(self, dy, x, w, y=None, activation=None, *, need_dx=True,
-                       dx=None, dw=None, db=None):
+                       dx=None, dw=None, db=None, precision=None):
         return self.nk.dense_backward(dy, x, w, y=y, activation=activation, need_dx=need_dx,
-                                      need_db=db is not None, dx=dx, dw=dw, db=db)
+                                      need_db=db is not None, dx=dx, dw=dw, db=db,
+                                      **_kw(precision))
 
     def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
-                       activation=None, out=None):
+                       activation=None, out=None, precision=None):
         return self.nk.conv2d(x, w, b, strides=strides, padding=padding, dilation=dilation,
-                              groups=groups, activation=activation, out=out)
+                              groups=groups, activation=activation, out=out, **_kw(precision))
 
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
-                        db=None, accumulate_dx=False):
+                        db=None, accumulate_dx=False, precision=None):
         return self.nk.conv2d_backward(dy, x, w, strides=strides, padding=padding,
                                        dilation=dilation, groups=groups, activation=activation,
                                        y=y, need_dx=need_dx, need_dw=need_dw,
                                        need_db=db is not None, dx=dx, dw=dw, db=db,
-                                       accumulate_dx=accumulate_dx)
+                                       accumulate_dx=accumulate_dx, **_kw(precision))
 
     def conv2d_backward_data(self, dy, w, x_shape, *, strides=1, padding="valid", dilation=1,
-                             groups=1, out=None):
+                             groups=1, out=None, precision=None):
         return self.nk.conv2d_backward_data(dy, w, x_shape, strides=strides, padding=padding,
-                                            dilation=dilation, groups=groups, out=out)
+                                            dilation=dilation, groups=groups, out=out,
+                                            **_kw(precision))
 
     def depthwise_conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
                                  activation=None, out=None):

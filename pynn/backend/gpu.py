@@ -234,6 +234,15 @@ class GPUOps(Ops):
         self._staging = {}
         self._copy_stream = None
 
+    def check_precision(self, precision):
+        """float32 products only: mixed_bfloat16 layers are refused when they
+        are placed in a model on this backend (Layer.bind), not in a kernel."""
+        if super().check_precision(precision):
+            raise NotImplementedError(
+                "mixed_bfloat16 on the GPU backend is not supported yet; use float32 on the "
+                "GPU or mixed_bfloat16 on the CPU")
+        return False
+
     # -- plumbing -------------------------------------------------------------
     def _fn(self, module, name, dtype=None):
         expr = name if dtype is None else f"{name}<{_TNAME[np.dtype(dtype)]}>"
@@ -374,7 +383,8 @@ class GPUOps(Ops):
         return out
 
     # -- dense --------------------------------------------------------------
-    def dense_forward(self, x, w, b=None, activation=None, out=None):
+    def dense_forward(self, x, w, b=None, activation=None, out=None, *, precision=None):
+        self.check_precision(precision)
         if not self._fast(x, w, b, out):
             return super().dense_forward(x, w, b, activation, out)
         out = self._out(out, (x.shape[0], w.shape[1]), x.dtype)
@@ -383,7 +393,8 @@ class GPUOps(Ops):
         return out
 
     def dense_backward(self, dy, x, w, y=None, activation=None, *, need_dx=True,
-                       dx=None, dw=None, db=None):
+                       dx=None, dw=None, db=None, precision=None):
+        self.check_precision(precision)
         if not self._fast(dy, x, w, y, dx, dw, db):
             return super().dense_backward(dy, x, w, y, activation, need_dx=need_dx, dx=dx,
                                           dw=dw, db=db)
@@ -428,7 +439,8 @@ class GPUOps(Ops):
             yield b0, b1, cols[:(b1 - b0) * rows * k].reshape((b1 - b0) * rows, k)
 
     def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
-                       activation=None, out=None):
+                       activation=None, out=None, precision=None):
+        self.check_precision(precision)
         if groups != 1:
             raise NotImplementedError("grouped convolution is not implemented on the GPU yet")
         x, w, b = self._c(x, "x"), self._c(w, "w"), self._c(b, "b")
@@ -452,7 +464,8 @@ class GPUOps(Ops):
 
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
-                        db=None):
+                        db=None, precision=None):
+        self.check_precision(precision)
         if groups != 1 or not need_dw:
             raise NotImplementedError("grouped convolution and data-only gradients are not "
                                       "implemented on the GPU yet")
@@ -500,6 +513,12 @@ class GPUOps(Ops):
                 xt = dx[b0:b1]
                 self._launch("conv", "nk_col2im", x.dtype, xt.size, (cols, xt) + geo)
         return dx, dw, db
+
+    def conv2d_backward_data(self, dy, w, x_shape, *, strides=1, padding="valid", dilation=1,
+                             groups=1, out=None, precision=None):
+        self.check_precision(precision)
+        return super().conv2d_backward_data(dy, w, x_shape, strides=strides, padding=padding,
+                                            dilation=dilation, groups=groups, out=out)
 
     # -- pooling ------------------------------------------------------------
     @staticmethod

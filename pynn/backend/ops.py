@@ -19,6 +19,7 @@ import numpy as np
 
 from . import activation_ref
 from .activation_ref import ACTIVATIONS
+from .bf16 import is_bf16, round_operands
 from . import image as _image
 from .geometry import conv_geometry, conv_padding, pair as _pair
 
@@ -186,6 +187,12 @@ class Ops:
         a reused device buffer; ``key`` names the stream of batches)."""
         return x
 
+    def check_precision(self, precision):
+        """True when ``precision`` asks for bfloat16 products, False for
+        None / "float32"; raises for what this backend cannot run (layers
+        call it when they are placed in a model, not at the first step)."""
+        return is_bf16(precision)
+
     # -- activations --------------------------------------------------------
     def activation(self, name, x, out=None, **params):
         """out = act(x) with Keras 3's formulas (activation_ref.py; params:
@@ -279,9 +286,16 @@ class Ops:
         return out
 
     # -- dense --------------------------------------------------------------
-    def dense_forward(self, x, w, b=None, activation=None, out=None):
+    # The matrix products (dense, conv2d, conv2d_backward_data) take
+    # precision=None/"float32" (float32 or float64 products) or "bfloat16":
+    # the operands of every product (x, w, dz = dy * act') rounded to
+    # bfloat16, float32 accumulation; bias, activation and db on the
+    # unrounded float32 values (pynn/backend/bf16.py).
+    def dense_forward(self, x, w, b=None, activation=None, out=None, *, precision=None):
         """out = act(x @ w + b); activation None/"linear"/"relu" fused."""
         out = _out(out, (x.shape[0], w.shape[1]), x.dtype)
+        if is_bf16(precision):
+            x, w = round_operands(self.xp, x, w)
         self.xp.matmul(x, w, out=out)
         if b is not None:
             out += b
@@ -290,13 +304,15 @@ class Ops:
         return out
 
     def dense_backward(self, dy, x, w, y=None, activation=None, *, need_dx=True,
-                       dx=None, dw=None, db=None):
+                       dx=None, dw=None, db=None, precision=None):
         """(dx or None, dw, db or None) of y = act(x @ w + b)."""
         dz = dy * (y > 0) if activation == "relu" else dy
         dw = _out(dw, w.shape, x.dtype)
-        self.xp.matmul(x.T, dz, out=dw)
         if db is not None:
             db[...] = dz.sum(axis=0)
+        if is_bf16(precision):
+            dz, x, w = round_operands(self.xp, dz, x, w)
+        self.xp.matmul(x.T, dz, out=dw)
         if need_dx:
             dx = _out(dx, x.shape, x.dtype)
             self.xp.matmul(dz, w.T, out=dx)
@@ -306,9 +322,11 @@ class Ops:
 
     # -- convolution --------------------------------------------------------
     def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
-                       activation=None, out=None):
+                       activation=None, out=None, precision=None):
         """out = act(conv(x, w) + b); groups: w is (KH, KW, C/groups, F) and
         output block j (F/groups channels) sees input block j."""
+        if is_bf16(precision):
+            x, w = round_operands(np, x, w)
         if groups != 1:
             return self._grouped(self.conv2d_forward, x, w, b, groups, strides, padding,
                                  dilation, activation, out)
@@ -340,19 +358,22 @@ class Ops:
 
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
-                        db=None, accumulate_dx=False):
+                        db=None, accumulate_dx=False, precision=None):
         """(dx or None, dw or None, db or None) of y = act(conv(x, w) + b);
         accumulate_dx: dx += the data gradient (dx given)."""
         if accumulate_dx:
             acc = dx
             dx, dw, db = self.conv2d_backward(dy, x, w, y, activation, strides=strides,
                                               padding=padding, dilation=dilation, groups=groups,
-                                              need_dx=need_dx, need_dw=need_dw, dw=dw, db=db)
+                                              need_dx=need_dx, need_dw=need_dw, dw=dw, db=db,
+                                              precision=precision)
             acc += dx
             return acc, dw, db
         dz = dy * (y > 0) if activation == "relu" else dy
         if db is not None:
             db[...] = dz.sum(axis=(0, 1, 2))
+        if is_bf16(precision):
+            dz, x, w = round_operands(np, dz, x, w)
         if groups != 1:
             c, f = x.shape[-1], w.shape[-1]
             cg, fg = c // groups, f // groups
@@ -386,10 +407,12 @@ class Ops:
         return dx, dw, db
 
     def conv2d_backward_data(self, dy, w, x_shape, *, strides=1, padding="valid", dilation=1,
-                             groups=1, out=None):
+                             groups=1, out=None, precision=None):
         """dx of a convolution of inputs of shape x_shape (the forward pass
         of a transposed convolution)."""
         x_shape = tuple(int(d) for d in x_shape)
+        if is_bf16(precision):
+            dy, w = round_operands(np, dy, w)
         if groups != 1:
             c, f = x_shape[-1], w.shape[-1]
             cg, fg = c // groups, f // groups

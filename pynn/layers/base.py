@@ -13,13 +13,23 @@ Merge layers take and return lists.
 
 Calling a layer on KerasTensors records a node (pynn/symbolic.py); calling
 it on arrays computes eagerly (inference) and builds it first if needed.
+
+dtype policies (Keras 3): ``dtype=`` takes a policy name ("float32",
+"float64", "mixed_bfloat16"), a ``DTypePolicy`` or its serialized dict; the
+default is the global policy when the layer is constructed.  The arrays of
+a layer (weights, activations, gradients) have its model's dtype, float32
+or float64, whatever the policy: under "mixed_bfloat16" only the matrix
+products of the layers that have them (``self._product_kw``) round their
+operands to bfloat16.  ``layer.dtype`` (the variable dtype, as Keras 3),
+``variable_dtype`` and ``compute_dtype`` report what the layer runs once it
+is placed in a model (a float64 model computes every layer in float64).
 """
 import re
 import types
 
 import numpy as np
 
-from .. import initializers
+from .. import dtype_policies, initializers
 from ..activations import canonical_name
 from ..backend.activation_ref import grad_needs_input
 from ..symbolic import KerasTensor, Node, flatten, is_symbolic
@@ -64,6 +74,25 @@ def _new_ctx():
     return types.SimpleNamespace(bufs={})
 
 
+# keyword arguments of the product ops (dense_*, conv2d_*): none for float32
+_FLOAT32_PRODUCTS = types.MappingProxyType({})
+_BF16_PRODUCTS = types.MappingProxyType({"precision": "bfloat16"})
+
+
+def check_policy(layer, policy, ops, dtype):
+    """Refuse a policy that ``ops`` / a model of ``dtype`` cannot run, when
+    the layer is placed (not at its first step)."""
+    if policy.compute_dtype != "bfloat16":
+        return
+    if dtype is not None and np.dtype(dtype) != np.float32:
+        raise NotImplementedError(
+            f"layer {layer.name!r} has the dtype policy {policy.name!r} and its model computes "
+            f"in {np.dtype(dtype).name}: {policy.name} runs in float32 models only (give the "
+            "model dtype='float32', or the layer dtype='float64')")
+    if ops is not None:
+        ops.check_precision("bfloat16")
+
+
 class Layer:
     _registry = {}
     fresh_grads = False     # backward returns buffers of its own (not views of dy)
@@ -88,10 +117,11 @@ class Layer:
         self.input_shape_arg = None if input_shape is None else tuple(
             None if s is None else int(s) for s in input_shape)
         self._trainable = bool(trainable)
-        if dtype not in (None, "float32", "float64", np.float32, np.float64):
-            raise NotImplementedError(f"{type(self).__name__}(dtype={dtype!r}): layers compute in "
-                                      "the model's dtype (float32 or float64)")
-        self.dtype = None
+        try:
+            self._dtype_policy = dtype_policies.get(dtype)
+        except (NotImplementedError, ValueError, TypeError) as e:
+            raise type(e)(f"{type(self).__name__}(dtype={dtype!r}): {e}") from None
+        self._array_dtype = None   # the model's dtype (bind): float32 or float64
         self.ops = None
         self.built = False
         self.specs = []            # declared Weights, in Keras order
@@ -108,6 +138,42 @@ class Layer:
     @trainable.setter
     def trainable(self, value):
         self._trainable = bool(value)
+
+    # -- dtype policy (Keras 3) -------------------------------------------------
+    @property
+    def dtype_policy(self):
+        """The layer's DTypePolicy: the one it was given (or the global policy
+        at construction), as it runs in its model (float64 in a float64 model,
+        float32 for a float32/float64 policy in a float32 model)."""
+        return dtype_policies.effective_policy(self._dtype_policy, self._array_dtype)
+
+    @dtype_policy.setter
+    def dtype_policy(self, value):
+        policy = dtype_policies.get(value)
+        check_policy(self, policy, self.ops, self._array_dtype)
+        self._dtype_policy = policy
+
+    @property
+    def dtype(self):
+        """The variable dtype (Keras 3's ``layer.dtype``): "float32" or "float64"."""
+        return self.dtype_policy.variable_dtype
+
+    @property
+    def variable_dtype(self):
+        return self.dtype_policy.variable_dtype
+
+    @property
+    def compute_dtype(self):
+        """"float32", "float64" or "bfloat16" (the layer's matrix products)."""
+        return self.dtype_policy.compute_dtype
+
+    @property
+    def _product_kw(self):
+        """Keyword arguments of this layer's product ops: {"precision":
+        "bfloat16"} under mixed_bfloat16, else none (the float32 call)."""
+        if self._dtype_policy.compute_dtype == "bfloat16":
+            return _BF16_PRODUCTS
+        return _FLOAT32_PRODUCTS
 
     # -- declared by subclasses ---------------------------------------------
     def add_weight(self, name, shape, initializer="zeros", trainable=True, averaged=False):
@@ -129,7 +195,8 @@ class Layer:
         raise NotImplementedError
 
     def get_config(self):
-        cfg = {"name": self.name, "trainable": self.trainable}
+        cfg = {"name": self.name, "trainable": self.trainable,
+               "dtype": dtype_policies.serialize(self.dtype_policy)}
         if self.input_shape_arg is not None:
             cfg["input_shape"] = list(self.input_shape_arg)
         return cfg
@@ -158,10 +225,12 @@ class Layer:
 
     def bind(self, ops, dtype):
         """Attach the device ops and dtype (the model does this when it
-        places the weights)."""
-        if ops is not self.ops or (self.dtype is not None and np.dtype(dtype) != self.dtype):
+        places the weights); a dtype policy they cannot run raises here."""
+        dtype = np.dtype(dtype)
+        check_policy(self, self._dtype_policy, ops, dtype)
+        if ops is not self.ops or (self._array_dtype is not None and dtype != self._array_dtype):
             self.release_buffers()
-        self.ops, self.dtype = ops, np.dtype(dtype)
+        self.ops, self._array_dtype = ops, dtype
 
     def _build(self, input_shape, ops, dtype):
         """Build and bind in one call (layers used on their own, tests)."""
@@ -171,7 +240,7 @@ class Layer:
     # -- helpers --------------------------------------------------------------
     def _buf(self, key, shape, dtype=None):
         """A buffer of the current call site, reused for every call with this shape."""
-        dt = self.dtype if dtype is None else np.dtype(dtype)
+        dt = self._array_dtype if dtype is None else np.dtype(dtype)
         k = (key, tuple(shape), dt.str)
         bufs = self.ctx.bufs
         b = bufs.get(k)
@@ -223,7 +292,7 @@ class Layer:
             if v.dtype.kind not in "fiub":
                 raise TypeError(f"{self.name}/{s.name}: weights must be real numbers, got {v.dtype}")
         for s, v in zip(self.specs, values):
-            self.w[s.name][...] = self.ops.asarray(np.asarray(v, dtype=self.dtype))
+            self.w[s.name][...] = self.ops.asarray(np.asarray(v, dtype=self._array_dtype))
 
     # -- losses of a call (Keras' add_loss / layer.losses) ---------------------
     def add_loss(self, value):
@@ -286,14 +355,16 @@ class Layer:
             shape = [a.shape[1:] for a in xs] if isinstance(xs, list) else xs.shape[1:]
             self._build_shape(shape)
             from ..backend import get_ops
-            dt = first.dtype if first.dtype in (np.float32, np.float64) else np.float32
+            dt = first.dtype if first.dtype in (np.float32, np.float64) and \
+                self._dtype_policy.compute_dtype != "bfloat16" else np.float32
             self.bind(self.ops or get_ops(), dt)
             self._allocate_standalone()
         if self.ops is None:
             from ..backend import get_ops
             self.bind(get_ops(), np.float32)
-        cast = [np.ascontiguousarray(a, dtype=self.dtype) for a in xs] if isinstance(xs, list) \
-            else np.ascontiguousarray(xs, dtype=self.dtype)
+        dt = self._array_dtype
+        cast = [np.ascontiguousarray(a, dtype=dt) for a in xs] if isinstance(xs, list) \
+            else np.ascontiguousarray(xs, dtype=dt)
         saved = self.ctx
         self.ctx = _new_ctx()
         try:
@@ -310,8 +381,9 @@ class Layer:
         seed = utils.fresh_seed()
         for wi, s in enumerate(self.specs):
             rng = np.random.default_rng(utils.derive_seed(seed, 0, wi))
-            self.w[s.name] = self.ops.asarray(s.initializer(s.shape, rng, self.dtype), self.dtype)
-            self.g[s.name] = self.ops.alloc(s.shape, self.dtype, zeros=True)
+            dt = self._array_dtype
+            self.w[s.name] = self.ops.asarray(s.initializer(s.shape, rng, dt), dt)
+            self.g[s.name] = self.ops.alloc(s.shape, dt, zeros=True)
 
     def _single_node(self, what):
         if not self._inbound_nodes:
@@ -360,7 +432,13 @@ class InputLayer(Layer):
             shape = (int(shape),)
         if sparse:
             raise NotImplementedError("sparse inputs are not supported")
-        super().__init__(name=name if name is not None else unique_name("input_layer"), **kw)
+        # the policy of an input is its dtype: float64 inputs stay float64, others are float32
+        try:
+            dt = "float64" if dtype is not None and np.dtype(dtype) == np.float64 else "float32"
+        except TypeError:
+            dt = "float32"
+        super().__init__(name=name if name is not None else unique_name("input_layer"), dtype=dt,
+                         **kw)
         self.input_shape_arg = tuple(None if s is None else int(s) for s in shape)
         for d in self.input_shape_arg:
             if d is not None and d < 1:

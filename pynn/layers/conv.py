@@ -1,5 +1,12 @@
 """Convolution layers (NHWC): Conv2D (with groups), DepthwiseConv2D,
-SeparableConv2D, Conv2DTranspose."""
+SeparableConv2D, Conv2DTranspose.
+
+Under the mixed_bfloat16 dtype policy the convolutions that are matrix
+products -- Conv2D (grouped too), Conv2DTranspose and SeparableConv2D's
+pointwise part -- take bfloat16 operands with float32 accumulation, forward
+and backward (``precision="bfloat16"`` of the ops).  DepthwiseConv2D and
+SeparableConv2D's depthwise part stay float32: they are per-channel
+stencils, not products worth a bfloat16 path."""
 from .. import initializers
 from ..backend.geometry import (check_channels_last, conv_padding, pair, padding_mode,
                                 transpose_conv_length)
@@ -115,7 +122,8 @@ class Conv2D(_Conv):
         c = self.ctx
         z = self._buf("z", (x.shape[0],) + self._out_hw_checked(x.shape[1:]) + (self.filters,))
         self.ops.conv2d_forward(x, self.w["kernel"], self.w.get("bias"),
-                                activation=self._kernel_act(), out=z, **self._geom())
+                                activation=self._kernel_act(), out=z, **self._geom(),
+                                **self._product_kw)
         y = self._post_activation(z)
         c.x, c.z, c.y = x, z, y
         self._record_activity(y, x.shape[0])
@@ -135,7 +143,8 @@ class Conv2D(_Conv):
             dx, acc = (self._buf("dx", c.x.shape) if need_dx else None), False
         self.ops.conv2d_backward(dz, c.x, self.w["kernel"], y=c.z if act else None,
                                  activation=act, need_dx=need_dx, dx=dx, dw=self.g["kernel"],
-                                 db=self.g.get("bias"), accumulate_dx=acc, **self._geom())
+                                 db=self.g.get("bias"), accumulate_dx=acc, **self._geom(),
+                                 **self._product_kw)
         return dx
 
     def get_config(self):
@@ -147,7 +156,8 @@ class Conv2D(_Conv):
 
 class DepthwiseConv2D(_Conv):
     """One (KH, KW) filter per input channel and depth multiplier: kernel
-    (KH, KW, C, M), output channel c*M + m (Keras' layout)."""
+    (KH, KW, C, M), output channel c*M + m (Keras' layout).  Computes in
+    float32 under the mixed_bfloat16 policy too."""
     kind = "DepthwiseConv2D"
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
@@ -204,7 +214,9 @@ class DepthwiseConv2D(_Conv):
 
 class SeparableConv2D(_Conv):
     """A depthwise convolution (no bias) then a 1x1 convolution with bias
-    and activation; weights depthwise_kernel, pointwise_kernel, bias."""
+    and activation; weights depthwise_kernel, pointwise_kernel, bias.  Under
+    mixed_bfloat16 the pointwise products are bfloat16, the depthwise part
+    float32."""
     kind = "SeparableConv2D"
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
@@ -248,7 +260,7 @@ class SeparableConv2D(_Conv):
                                           **self._geom())
         z = self._buf("z", (x.shape[0], oh, ow, self.filters))
         self.ops.conv2d_forward(t, self.w["pointwise_kernel"], self.w.get("bias"),
-                                activation=self._kernel_act(), out=z)
+                                activation=self._kernel_act(), out=z, **self._product_kw)
         y = self._post_activation(z)
         c.x, c.t, c.z, c.y = x, t, z, y
         self._record_activity(y, x.shape[0])
@@ -261,7 +273,8 @@ class SeparableConv2D(_Conv):
         dt = self._buf("dt", c.t.shape)
         self.ops.conv2d_backward(dz, c.t, self.w["pointwise_kernel"], y=c.z if act else None,
                                  activation=act, need_dx=True, dx=dt,
-                                 dw=self.g["pointwise_kernel"], db=self.g.get("bias"))
+                                 dw=self.g["pointwise_kernel"], db=self.g.get("bias"),
+                                 **self._product_kw)
         dx = self._buf("dx", c.x.shape) if need_dx else None
         self.ops.depthwise_conv2d_backward(dt, c.x, self.w["depthwise_kernel"], need_dx=need_dx,
                                            dx=dx, dw=self.g["depthwise_kernel"], db=None,
@@ -324,7 +337,8 @@ class Conv2DTranspose(_Conv):
     def forward(self, x, training=False):
         c = self.ctx
         z = self._buf("z", (x.shape[0],) + self.compute_output_shape(x.shape[1:]))
-        self.ops.conv2d_backward_data(x, self.w["kernel"], z.shape, out=z, **self._geom())
+        self.ops.conv2d_backward_data(x, self.w["kernel"], z.shape, out=z, **self._geom(),
+                                      **self._product_kw)
         if "bias" in self.w:
             self.ops.bias_add(z, self.w["bias"])
         y = self._post_activation(z)
@@ -340,11 +354,12 @@ class Conv2DTranspose(_Conv):
         # the forward pass is the data gradient of conv(z-space -> x-space):
         # dW is that convolution's filter gradient with the roles swapped
         self.ops.conv2d_backward(c.x, dz, self.w["kernel"], need_dx=False, dw=self.g["kernel"],
-                                 db=None, **self._geom())
+                                 db=None, **self._geom(), **self._product_kw)
         if not need_dx:
             return None
         dx = self._buf("dx", c.x.shape)
-        return self.ops.conv2d_forward(dz, self.w["kernel"], None, out=dx, **self._geom())
+        return self.ops.conv2d_forward(dz, self.w["kernel"], None, out=dx, **self._geom(),
+                                       **self._product_kw)
 
     def get_config(self):
         c = super().get_config()

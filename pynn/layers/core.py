@@ -15,6 +15,9 @@ def _refuse(layer, **options):
 
 
 class Dense(_Penalized, _Activated):
+    """Keras' Dense; under the mixed_bfloat16 policy its products (forward,
+    dW, dX) take bfloat16 operands with float32 accumulation (bias,
+    activation and db stay float32)."""
     fresh_grads = True      # its input gradients are buffers of its own
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
@@ -47,7 +50,7 @@ class Dense(_Penalized, _Activated):
         x2 = x.reshape(-1, x.shape[-1])
         z = self._buf("z", (x2.shape[0], self.units))
         self.ops.dense_forward(x2, self.w["kernel"], self.w.get("bias"),
-                               activation=self._kernel_act(), out=z)
+                               activation=self._kernel_act(), out=z, **self._product_kw)
         y = self._post_activation(z)
         c.x, c.z, c.y, c.xshape = x2, z, y, x.shape
         self._record_activity(y, x.shape[0])
@@ -61,7 +64,7 @@ class Dense(_Penalized, _Activated):
         dx = self._buf("dx", c.x.shape) if need_dx else None
         self.ops.dense_backward(dz, c.x, self.w["kernel"], y=c.z if act else None,
                                 activation=act, need_dx=need_dx, dx=dx, dw=self.g["kernel"],
-                                db=self.g.get("bias"))
+                                db=self.g.get("bias"), **self._product_kw)
         return None if dx is None else dx.reshape(c.xshape)
 
     def get_config(self):

@@ -27,10 +27,10 @@ class _Constants:
 
     def _const(self, key, value):
         cache = self.__dict__.setdefault("_consts", {})
-        k = (key, id(self.ops), self.dtype.str)
+        k = (key, id(self.ops), self._array_dtype.str)
         c = cache.get(k)
         if c is None:
-            c = cache[k] = self.ops.asarray(np.asarray(value, dtype=self.dtype))
+            c = cache[k] = self.ops.asarray(np.asarray(value, dtype=self._array_dtype))
         return c
 
 
@@ -231,8 +231,8 @@ class Normalization(_Constants, Layer):
                 new = mean * (1 - wb) + bm * wb
                 var = (var + (mean - new) ** 2) * (1 - wb) + (bv + (bm - new) ** 2) * wb
                 mean = new
-        self.w["mean"][...] = self.ops.asarray(np.asarray(mean, dtype=self.dtype))
-        self.w["variance"][...] = self.ops.asarray(np.asarray(var, dtype=self.dtype))
+        self.w["mean"][...] = self.ops.asarray(np.asarray(mean, dtype=self._array_dtype))
+        self.w["variance"][...] = self.ops.asarray(np.asarray(var, dtype=self._array_dtype))
 
     def _ready(self, shape):
         """Built for batch-less ``shape`` with weights (standalone or the model's)."""
@@ -243,7 +243,7 @@ class Normalization(_Constants, Layer):
                 self._need_weights()
             else:
                 from ..backend import get_ops
-                self.bind(self.ops or get_ops(), self.dtype or np.float32)
+                self.bind(self.ops or get_ops(), self._array_dtype or np.float32)
                 self._allocate_standalone()
 
     def _check_kept(self, shape):

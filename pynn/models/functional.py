@@ -25,8 +25,8 @@ give bitwise-identical weights, and a resumed run continues exactly.
 """
 import numpy as np
 
-from .. import backend, checks, config, utils
-from ..layers.base import InputLayer, Layer, unique_name
+from .. import backend, checks, dtype_policies, utils
+from ..layers.base import InputLayer, Layer, check_policy, unique_name
 from ..symbolic import KerasTensor, flatten
 from . import saving, summary as summary_mod, training
 from . import alloc_limit, fusion
@@ -56,11 +56,15 @@ class Model(training.Trainer, saving.Saving, Layer):
 
     # ------------------------------------------------------------ engine state --
     def _init_engine(self, dtype, device):
-        self._dtype = np.dtype(config.floatx() if dtype is None else dtype)   # set_floatx
-        if self._dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        # the model's arrays are float64 under a float64 policy, else float32 (mixed_bfloat16
+        # keeps float32 variables); None: the global policy, which follows set_floatx
+        try:
+            self._dtype_policy = dtype_policies.get(dtype)
+        except ValueError as e:
+            raise TypeError(f"dtype must be float32, float64 or a dtype policy: {e}") from None
+        self._dtype = np.dtype(self._dtype_policy.variable_dtype)
         self.ops = backend.get_ops(device)
-        self.dtype = self._dtype
+        self._array_dtype = self._dtype
         self.seed = None
         self.optimizer = self.loss = None
         self.compiled = False
@@ -451,6 +455,8 @@ class Model(training.Trainer, saving.Saving, Layer):
         ops = backend.get_ops(device)
         if ops is self.ops:
             return self
+        for layer in self._leaves():    # a policy the new backend cannot run: refused up front
+            check_policy(layer, layer._dtype_policy, ops, self._dtype)
         old = self.ops
         self.ops = ops
         if getattr(self, "_allocated", False):

@@ -150,7 +150,8 @@ def load_keras(path, compile=True):
             if compile and cc and keras_optimizer.compile_from_keras(model, cc, path):
                 g = h5.get("optimizer/vars")
                 if g is not None:
-                    keras_optimizer.load_optimizer_arrays(model, g, path)
+                    keras_optimizer.load_optimizer_arrays(model, g, path,
+                                                          keras_optimizer.wrapper_variables(cc))
     return model
 
 

@@ -15,7 +15,7 @@ are refused with a clear error.
 """
 import inspect
 
-from .. import initializers, io
+from .. import dtype_policies, initializers, io
 from ..layers import get_class
 from ..layers.base import Layer, snake_case
 
@@ -35,9 +35,12 @@ class UnsupportedLayer(io.FileFormatError):
 
 
 # ----------------------------------------------------------- pynn -> Keras --
-def _policy(dtype):
-    return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": str(dtype)},
-            "registered_name": None}
+def _policy(dtype, layer=None):
+    """Keras 3's serialized DTypePolicy of a layer in a model of ``dtype``
+    (the layer's own policy as it runs there, e.g. mixed_bfloat16)."""
+    policy = dtype_policies.DTypePolicy(str(dtype)) if layer is None else \
+        dtype_policies.effective_policy(layer._dtype_policy, dtype)
+    return dtype_policies.serialize(policy)
 
 
 def _wrap(obj, module):
@@ -59,7 +62,7 @@ def layer_config_to_keras(layer, dtype):
     cfg = dict(layer.get_config())
     if cls != "InputLayer":
         cfg.pop("input_shape", None)
-        cfg["dtype"] = _policy(dtype)
+        cfg["dtype"] = _policy(dtype, layer)
     if cls == "SpatialDropout1D":
         cfg.pop("data_format", None)     # Keras' SpatialDropout1D takes none
     for k, v in list(cfg.items()):
@@ -87,7 +90,7 @@ def model_to_keras(model, dtype=None):
     if isinstance(model, Sequential):
         model._ensure_graph()
         cfg = model.get_config()
-        cfg["dtype"] = _policy(dtype)
+        cfg["dtype"] = _policy(dtype, model)
         layers = [model._input_layer] + model.layers
         cfg["layers"] = [layer_config_to_keras(l, dtype) for l in layers]
         cls = "Sequential"
@@ -153,6 +156,14 @@ def _initializer(value, where):
         raise UnsupportedLayer(f"{where}: initializer {name!r} ({e})") from None
 
 
+def _policy_name(name, where):
+    """A dtype policy name of a file, checked: float32, float64, mixed_bfloat16."""
+    try:
+        return dtype_policies.DTypePolicy(name).name
+    except (NotImplementedError, ValueError, TypeError) as e:
+        raise UnsupportedLayer(f"{where}: dtype {name!r} is not supported ({e})") from None
+
+
 def _layer_config(class_name, cfg, where):
     """A Keras layer config in the form pynn's from_config takes."""
     cls = get_class(class_name)
@@ -167,9 +178,7 @@ def _layer_config(class_name, cfg, where):
             raise UnsupportedLayer(f"{where}: sparse or ragged inputs are not supported")
         return cfg
     if dt is not None:
-        if dt not in ("float32", "float64"):
-            raise UnsupportedLayer(f"{where}: dtype {dt!r} is not supported (float32/float64)")
-        cfg["dtype"] = dt
+        cfg["dtype"] = _policy_name(dt, where)
     if cfg.get("data_format", "channels_last") != "channels_last":
         raise UnsupportedLayer(f"{where}: data_format={cfg['data_format']!r} is not supported "
                                "(pynn computes channels_last)")
@@ -280,10 +289,9 @@ def model_config_from_keras(entry, where):
     cfg["layers"] = out_layers
     if cn == "Sequential":
         dt = cfg.get("dtype")
-        cfg["dtype"] = (dt.get("config") or {}).get("name", "float32") if isinstance(dt, dict) \
+        dt = (dt.get("config") or {}).get("name", "float32") if isinstance(dt, dict) \
             else (dt or "float32")
-        if cfg["dtype"] not in ("float32", "float64"):
-            raise UnsupportedLayer(f"{where}: model dtype {cfg['dtype']!r} is not supported")
+        cfg["dtype"] = _policy_name(dt, f"{where}: the model")
         return "Sequential", cfg
     cfg["input_layers"] = _refs(cfg.get("input_layers"))
     cfg["output_layers"] = _refs(cfg.get("output_layers"))

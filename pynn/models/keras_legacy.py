@@ -246,7 +246,8 @@ def load_legacy(path, compile=True):
         tc = _json_attr(h5, "training_config", path, required=False) if compile else None
         if tc and keras_optimizer.compile_from_keras(model, tc, path) and \
                 "optimizer_weights" in h5:
-            _load_optimizer(model, h5["optimizer_weights"], path)
+            _load_optimizer(model, h5["optimizer_weights"], path,
+                            keras_optimizer.wrapper_variables(tc))
     return model
 
 
@@ -263,12 +264,12 @@ class _ListedGroup:
         return self._g[self._n[int(k)]]
 
 
-def _load_optimizer(model, group, where):
+def _load_optimizer(model, group, where, skip=0):
     names = _attr_list(group, "weight_names", where)
     for n in names:
         if n not in group:
             raise io.FileFormatError(f"{where}: optimizer weight {n!r} is listed but missing")
-    keras_optimizer.load_optimizer_arrays(model, _ListedGroup(group, names), where)
+    keras_optimizer.load_optimizer_arrays(model, _ListedGroup(group, names), where, skip)
 
 
 def load_weights_legacy(model, path):

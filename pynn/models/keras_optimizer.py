@@ -70,9 +70,19 @@ def optimizer_arrays(model):
     return out
 
 
-def load_optimizer_arrays(model, group, where):
+def wrapper_variables(cc):
+    """How many variables of the file's optimizer come before those of the
+    optimizer pynn trains with: 4 for Keras 3's LossScaleOptimizer (its own
+    iteration, learning_rate, step_counter and dynamic_scale, then the inner
+    optimizer's; checked against a file of Keras 3.15.1), else 0."""
+    opt = (cc or {}).get("optimizer", (cc or {}).get("optimizer_config"))
+    return 4 if isinstance(opt, dict) and opt.get("class_name") == "LossScaleOptimizer" else 0
+
+
+def load_optimizer_arrays(model, group, where, skip=0):
     """Set the compiled model's optimizer state from Keras' optimizer/vars
-    group (an h5py group); a layout that does not match is skipped with a
+    group (an h5py group), after ``skip`` variables of a wrapper
+    (wrapper_variables); a layout that does not match is skipped with a
     warning, as Keras does."""
     from .keras_h5 import checked_array
     opt = model.optimizer
@@ -81,15 +91,15 @@ def load_optimizer_arrays(model, group, where):
     shapes = _trainable_shapes(model)
     blocks = _blocks(opt)
     n_slots = sum(len(b) for b in blocks) * len(shapes)
-    n = 1 + int(has_lr) + n_slots + int(type(opt).__name__ == "Nadam")
+    n = skip + 1 + int(has_lr) + n_slots + int(type(opt).__name__ == "Nadam")
     keys = set(group.keys())
     if keys != {str(i) for i in range(n)}:
         _log.warning("%s: the optimizer in the file has %d variables, the model's %s needs %d: "
                      "its state is not loaded (training starts it afresh)", where, len(keys),
                      type(opt).__name__, n)
         return False
-    it = checked_array(group["0"], (), f"{where}: optimizer/vars/0 (iteration)")
-    k = 1 + int(has_lr)
+    it = checked_array(group[str(skip)], (), f"{where}: optimizer/vars/{skip} (iteration)")
+    k = skip + 1 + int(has_lr)
     segs = list(model._segments)
     new = {s: np.array(model.ops.to_numpy(v)) for s, v in opt.state.items()}
     for block in blocks:

@@ -154,7 +154,7 @@ class Sequential(Model):
         from .saving import _class_name
         for l in self._stack:
             layers.append({"class_name": _class_name(l), "config": l.get_config()})
-        cfg = {"name": self.name, "trainable": self.trainable, "dtype": self._dtype.name,
+        cfg = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name,
                "layers": layers}
         if self._graph_built:
             cfg["build_input_shape"] = [None] + list(self._inputs[0].shape[1:])

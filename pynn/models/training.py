@@ -109,6 +109,10 @@ class Trainer(SourceTrainer):
             self._ensure_graph()
         names = self.output_names
         self.optimizer = optimizers.get(optimizer)
+        if isinstance(self.optimizer, optimizers.LossScaleOptimizer):
+            # a pass-through (no loss scaling with bfloat16): the model trains with, and
+            # files store, the inner optimizer
+            self.optimizer = self.optimizer.inner_optimizer
         per_loss = _per_output(loss, names, "loss")
         if any(l is None for l in per_loss):
             raise ValueError(f"loss: every output needs a loss; got {loss!r} for outputs {names}")

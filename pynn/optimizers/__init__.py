@@ -1,15 +1,16 @@
 """keras.optimizers: SGD, Adam, AdamW, RMSprop, Adadelta, Adagrad, Adamax,
 Nadam, Lion with Keras 3's names, defaults and formulas (base.py: learning
 rate, clipping, weight decay; algorithms.py: the updates; schedules.py:
-learning-rate schedules).  ``get`` takes a name ("adam", "adamw", ...), a
-config dict or an instance.  Keras 2's lower-case classes (``sgd``,
-``adam``, ...) are deprecated aliases."""
+learning-rate schedules; loss_scale.py: LossScaleOptimizer, a pass-through).
+``get`` takes a name ("adam", "adamw", ...), a config dict or an instance.
+Keras 2's lower-case classes (``sgd``, ``adam``, ...) are deprecated aliases."""
 import warnings
 
 from . import schedules
 from .algorithms import (ALL, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Nadam,
                          RMSprop)
 from .base import Optimizer
+from .loss_scale import LossScaleOptimizer
 
 _BY_NAME = {c.__name__.lower(): c for c in ALL}
 
@@ -37,6 +38,8 @@ def get(identifier):
         return _BY_NAME[identifier.lower()]()
     if isinstance(identifier, dict):
         cls = _BY_NAME.get(str(identifier.get("class_name", "")).lower())
+        if identifier.get("class_name") == "LossScaleOptimizer":
+            cls = LossScaleOptimizer
         if cls is None:
             raise ValueError(f"unknown optimizer config {identifier!r:.200}; known: "
                              f"{sorted(c.__name__ for c in ALL)}")
@@ -56,4 +59,4 @@ def deserialize(config):
 
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adadelta", "Adagrad", "Adamax",
-           "Nadam", "Lion", "schedules", "get", "serialize", "deserialize"]
+           "Nadam", "Lion", "LossScaleOptimizer", "schedules", "get", "serialize", "deserialize"]

@@ -69,9 +69,12 @@ def to_categorical(x, num_classes=None, dtype="float32"):
 
 def clear_session():
     """Reset the automatic layer and model names (dense, dense_1, ... start
-    again), as keras.backend.clear_session / keras.utils.clear_session do."""
+    again) and the global dtype policy (back to float32 / floatx()), as
+    Keras 3's keras.backend.clear_session / keras.utils.clear_session do."""
     from ..layers.base import reset_names
+    from ..dtype_policies import set_dtype_policy
     reset_names()
+    set_dtype_policy(None)
 
 
 # keras.utils names defined in their own modules (after the functions above:
