@@ -370,11 +370,12 @@ def layer_dtypes(model) -> list:
     return out
 
 
-def check_precision(dtypes: list, precision: str, who: str) -> None:
-    """Raise unless the model runs as `precision` says: bf16 -- every layer
-    but the input layer and the final float32 softmax computes in bfloat16,
-    and that softmax in float32; float32 -- every layer in float32.  Layers
-    without a compute_dtype attribute are not checked (none in Keras)."""
+def check_precision(dtypes: list, precision: str, who: str) -> list:
+    """What contradicts `precision` in layer_dtypes(model) (empty: nothing):
+    bf16 -- every layer but the input layer and the final float32 softmax
+    computes in bfloat16, and that softmax in float32; float32 -- every
+    layer in float32.  Layers without a compute_dtype attribute are not
+    checked (none in Keras)."""
     body = [(n, c, d) for n, c, d in dtypes[:-1] if c != "InputLayer" and d is not None]
     last = dtypes[-1]
     want = "bfloat16" if precision == "bf16" else "float32"
@@ -382,8 +383,9 @@ def check_precision(dtypes: list, precision: str, who: str) -> None:
     if last[2] is not None and last[2] != "float32":
         bad.append(f"final {last[0]} ({last[1]}): {last[2]}, not float32")
     if bad:
-        raise RuntimeError(f"{who}: under --precision {precision} these layers do not compute "
-                           f"in {want}: " + "; ".join(bad))
+        return [f"{who}: under --precision {precision} these layers do not compute in {want}: "
+                + "; ".join(bad)]
+    return []
 
 
 def set_keras_precision(keras, precision: str) -> None:
@@ -443,7 +445,9 @@ class KerasImpl:
         self.params = self.m.count_params()
         self.policy = str(keras.mixed_precision.global_policy().name)
         self.layer_dtypes = layer_dtypes(self.m)
-        check_precision(self.layer_dtypes, precision, "Keras")
+        bad = check_precision(self.layer_dtypes, precision, "Keras")
+        if bad:
+            raise RuntimeError(bad[0])
         self.m.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                        metrics=["accuracy"], jit_compile=False)
         self.batch, self.predict_batch, self.mode = batch, predict_batch, steady_mode
