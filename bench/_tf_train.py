@@ -8,14 +8,25 @@ with torch and nnkernels)::
 
 It builds the same model as the other contenders (Keras defaults:
 glorot_uniform kernels, zero biases; resnet20: the keras.io example's
-he_normal), sets TensorFlow's intra- and inter-op
-thread pools to --threads before the runtime starts, runs the measurements of
-:func:`measure` and prints one JSON line.  XLA is off (``jit_compile=False``,
-which is also Keras's "auto" on a CPU-only machine).  The steady state is
-measured with ``model.fit`` on a fixed array of --steps batches (one compiled
+he_normal), sets TensorFlow's intra- and inter-op thread pools to --threads
+before the runtime starts, runs the measurements of :func:`measure` and
+prints one JSON line.  XLA is off (``jit_compile=False``, which is also
+Keras's "auto" on a CPU-only machine).  The steady state is measured with
+``model.fit`` on a fixed array of --steps batches (one compiled
 ``tf.function`` per step, no per-call Python conversion; ``shuffle=False``) by
 default, or ``model.train_on_batch`` per step with ``--steady-mode
 train_on_batch``.
+
+``--precision bf16``: ``keras.mixed_precision.set_global_policy(
+"mixed_bfloat16")`` before the model is built (float32 variables, bfloat16
+compute, no loss scaling), the final softmax a float32 ``Activation`` after a
+bfloat16 ``Dense(10)`` as the Keras mixed precision guide does it
+(:func:`classifier_head`, shared with ours).  Every layer's compute_dtype is
+checked (:func:`check_precision`) and recorded, with TensorFlow's oneDNN
+state (:func:`onednn_info`; TF_ENABLE_ONEDNN_OPTS is on by default on Linux
+x86: with TF 2.21 / oneDNN 3.7 on an AVX512_BF16 CPU, ONEDNN_VERBOSE=1 shows
+brg_conv_fwd/bwd:avx512_core_bf16 convolutions, brg_matmul:avx512_core_bf16
+for the bf16 Dense layers and jit:avx512_core_bf16 pooling).
 
 This module imports neither nnkernels nor torch (the TF venv has neither):
 the model description, FLOP counts, data preparation and the measurement loop
@@ -46,6 +57,10 @@ NUM_CLASSES = 10
 #      20; see keras_resnet20), synthetic 32x32x3 data; SGD(0.01, momentum 0.9)
 OPTIMIZER = {"cnn": "SGD(lr=0.01, momentum=0.9)", "mlp": "Adam(lr=1e-3, eps=1e-7)",
              "resnet20": "SGD(lr=0.01, momentum=0.9)"}
+# --precision of bench.train: "float32", or "bf16" = mixed bfloat16 (float32
+# variables and master weights, bfloat16 compute), the Keras policy name of each
+PRECISIONS = ("float32", "bf16")
+POLICY = {"float32": "float32", "bf16": "mixed_bfloat16"}
 # parameters as Keras counts them (batch-norm moving statistics included)
 RESNET20_PARAMS = 274442
 # data: Fashion-MNIST (bench.train.load_raw) for cnn/mlp; random uint8
@@ -77,11 +92,32 @@ def resnet20_convs():
     return convs
 
 
-def keras_resnet20(keras, input_shape=(32, 32, 3), num_classes=NUM_CLASSES):
+def classifier_head(L, precision="float32", num_classes=NUM_CLASSES, **dense_kw):
+    """The final layers of every model, for a Keras-like ``layers`` module L
+    (keras.layers or pynn.layers).
+
+    float32: ``Dense(num_classes, activation="softmax")``, as always.
+    bf16: ``Dense(num_classes)`` (bfloat16 under the mixed policy) then
+    ``Activation("softmax", dtype="float32")``: the softmax (and so the
+    cross-entropy) in float32, as the Keras mixed precision guide recommends.
+    torch's autocast recipe computes the same thing (bf16 Linear, the
+    cross-entropy autocast to float32)."""
+    if precision == "float32":
+        return [L.Dense(num_classes, activation="softmax", **dense_kw)]
+    if precision == "bf16":
+        return [L.Dense(num_classes, **dense_kw), L.Activation("softmax", dtype="float32")]
+    raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+
+
+def keras_resnet20(keras, input_shape=(32, 32, 3), num_classes=NUM_CLASSES,
+                   precision="float32"):
     """ResNet-20 v1 exactly as resnet_v1(depth=20) of the keras.io CIFAR-10
     ResNet example (without its L2(1e-4) kernel regularizer): he_normal
     kernels, zero biases, BatchNormalization with Keras defaults (momentum
-    0.99, epsilon 1e-3).  274,442 parameters."""
+    0.99, epsilon 1e-3).  274,442 parameters.  `keras` is any module with
+    Keras's API (keras, or pynn for ours under bf16); the head is
+    classifier_head(precision); the layers take the global dtype policy that
+    is set when this is called."""
     L = keras.layers
 
     def conv(x, f, k=3, s=1):
@@ -98,8 +134,9 @@ def keras_resnet20(keras, input_shape=(32, 32, 3), num_classes=NUM_CLASSES):
                 x = conv(x, f, 1, s)          # projection shortcut, no batch norm
             x = L.Activation("relu")(L.Add()([x, y]))
     x = L.Flatten()(L.AveragePooling2D(pool_size=8)(x))
-    outputs = L.Dense(num_classes, activation="softmax", kernel_initializer="he_normal")(x)
-    return keras.Model(inputs, outputs)
+    for layer in classifier_head(L, precision, num_classes, kernel_initializer="he_normal"):
+        x = layer(x)
+    return keras.Model(inputs, x)
 
 
 def train_flops(model: str) -> dict:
@@ -323,36 +360,94 @@ def measure(impl, d: dict, batch: int, steps: int, repeats: int, log=None) -> di
 # --------------------------------------------------------------------------
 # Keras on TensorFlow
 # --------------------------------------------------------------------------
+def layer_dtypes(model) -> list:
+    """[(layer name, class, compute dtype)] of a built model's layers (Keras
+    API: layer.compute_dtype; None where a layer has no such attribute)."""
+    out = []
+    for layer in model.layers:
+        cd = getattr(layer, "compute_dtype", None)
+        out.append((layer.name, type(layer).__name__, None if cd is None else str(cd)))
+    return out
+
+
+def check_precision(dtypes: list, precision: str, who: str) -> list:
+    """What contradicts `precision` in layer_dtypes(model) (empty: nothing):
+    bf16 -- every layer but the input layer and the final float32 softmax
+    computes in bfloat16, and that softmax in float32; float32 -- every
+    layer in float32.  Layers without a compute_dtype attribute are not
+    checked (none in Keras)."""
+    body = [(n, c, d) for n, c, d in dtypes[:-1] if c != "InputLayer" and d is not None]
+    last = dtypes[-1]
+    want = "bfloat16" if precision == "bf16" else "float32"
+    bad = [f"{n} ({c}): {d}" for n, c, d in body if d != want]
+    if last[2] is not None and last[2] != "float32":
+        bad.append(f"final {last[0]} ({last[1]}): {last[2]}, not float32")
+    if bad:
+        return [f"{who}: under --precision {precision} these layers do not compute in {want}: "
+                + "; ".join(bad)]
+    return []
+
+
+def set_keras_precision(keras, precision: str) -> None:
+    """keras.mixed_precision.set_global_policy(POLICY[precision]): the layers
+    built afterwards take it ("mixed_bfloat16": float32 variables, bfloat16
+    compute; no loss scaling, which Keras applies to mixed_float16 only)."""
+    keras.mixed_precision.set_global_policy(POLICY[precision])
+
+
+def onednn_info(tf) -> dict:
+    """How TensorFlow runs on oneDNN here.  TF_ENABLE_ONEDNN_OPTS unset means
+    on (the default of Linux x86 builds); IsMklEnabled() is what TF decided.
+    ONEDNN_VERBOSE=1 in the environment prints each primitive (e.g.
+    brg_conv_fwd:avx512_core_bf16 under mixed_bfloat16)."""
+    info = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "env": {k: v for k, v in sorted(os.environ.items())
+                    if k.startswith(("ONEDNN_", "DNNL_", "TF_ONEDNN", "OMP_", "KMP_"))}}
+    try:
+        from tensorflow.python.util import _pywrap_util_port as port
+        info["onednn_enabled"] = bool(port.IsMklEnabled())
+    except Exception as e:  # private module: may move
+        info["onednn_enabled"] = f"unknown ({type(e).__name__}: {e})"
+    return info
+
+
 class KerasImpl:
     def __init__(self, model: str, threads: int, d: dict, batch: int, steps: int, warmup: int,
-                 predict_batch: int, seed: int, steady_mode: str = "fit"):
+                 predict_batch: int, seed: int, steady_mode: str = "fit",
+                 precision: str = "float32"):
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
         import keras
         from keras import layers as L
         keras.utils.set_random_seed(seed)
+        set_keras_precision(keras, precision)  # before the layers are made
         self.tf, self.keras = tf, keras
         if model == "cnn":
             ls = [keras.Input(INPUT_SHAPE[model]),
                   L.Conv2D(32, 3, activation="relu"), L.Conv2D(64, 3, activation="relu"),
                   L.MaxPooling2D(2), L.Dropout(0.25), L.Flatten(),
                   L.Dense(128, activation="relu"), L.Dropout(0.5),
-                  L.Dense(10, activation="softmax")]
+                  *classifier_head(L, precision)]
             opt = keras.optimizers.SGD(0.01, momentum=0.9)
         elif model == "mlp":
             ls = [keras.Input(INPUT_SHAPE[model]),
                   L.Dense(512, activation="relu"), L.Dense(512, activation="relu"),
-                  L.Dense(10, activation="softmax")]
+                  *classifier_head(L, precision)]
             opt = keras.optimizers.Adam(1e-3, epsilon=1e-7)
         if model == "resnet20":
-            self.m = keras_resnet20(keras, INPUT_SHAPE[model], NUM_CLASSES)
+            self.m = keras_resnet20(keras, INPUT_SHAPE[model], NUM_CLASSES, precision)
             n = self.m.count_params()
             assert n == RESNET20_PARAMS, f"Keras ResNet-20 has {n} parameters, not {RESNET20_PARAMS}"
             opt = keras.optimizers.SGD(0.01, momentum=0.9)
         else:
             self.m = keras.Sequential(ls)
         self.params = self.m.count_params()
+        self.policy = str(keras.mixed_precision.global_policy().name)
+        self.layer_dtypes = layer_dtypes(self.m)
+        bad = check_precision(self.layer_dtypes, precision, "Keras")
+        if bad:
+            raise RuntimeError(bad[0])
         self.m.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                        metrics=["accuracy"], jit_compile=False)
         self.batch, self.predict_batch, self.mode = batch, predict_batch, steady_mode
@@ -403,9 +498,12 @@ def main(argv=None):
     ap.add_argument("--predict-batch", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steady-mode", choices=("fit", "train_on_batch"), default="fit")
+    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
+                    help="bf16: Keras global policy mixed_bfloat16")
     a = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    log = (lambda s: print(f"[tf {a.model} t={a.threads}] {s}", file=sys.stderr, flush=True))
+    log = (lambda s: print(f"[tf {a.model} {a.precision} t={a.threads}] {s}", file=sys.stderr,
+                           flush=True))
     t0 = time.perf_counter()
     import tensorflow as tf
     import keras
@@ -415,7 +513,7 @@ def main(argv=None):
     d = prepare(raw, a.model, a.batch, a.epoch_size, a.steps, a.warmup, a.predict_size, a.seed)
     del raw
     impl = KerasImpl(a.model, a.threads, d, a.batch, a.steps, a.warmup, a.predict_batch,
-                     a.seed, a.steady_mode)
+                     a.seed, a.steady_mode, a.precision)
     res = measure(impl, d, a.batch, a.steps, a.repeats, log)
     res["info"] = {
         "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
@@ -424,7 +522,8 @@ def main(argv=None):
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "jit_compile": False, "steady_mode": a.steady_mode, "import_s": import_s,
         "params": impl.params,
-        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "precision": a.precision, "policy": impl.policy, "layer_dtypes": impl.layer_dtypes,
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "onednn": onednn_info(tf),
         "devices": [x.device_type for x in tf.config.list_physical_devices()],
     }
     if a.json:
