@@ -541,7 +541,10 @@ def test_cpu_kernels_bf16_match_the_reference(geo):
     rng = np.random.default_rng(4)
     x, w, b = rand(rng, 3, 9, 8, 5), rand(rng, 3, 3, 5, 7), rand(rng, 7)
     mag = REF.conv2d_forward(np.abs(x), np.abs(w), None, **geo)
-    tol = 2.0 ** -20 * w[..., 0].size * mag + 1e-6
+    # bfloat16's accuracy, not float32's: with 5 input channels the kernels
+    # compute this layer in float32 (faster there; see pynn/backend/bf16.py),
+    # which is within it of the rounded-operand reference
+    tol = 2.0 ** -7 * mag + 1e-6
     y = cpu.conv2d_forward(x, w, b, activation="relu", precision="bfloat16", **geo)
     yr = REF.conv2d_forward(x, w, b, activation="relu", precision="bfloat16", **geo)
     assert y.dtype == F32 and np.all(np.abs(y - yr) <= tol)
