@@ -441,8 +441,10 @@ class GPUOps(Ops):
     def conv2d_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1, groups=1,
                        activation=None, out=None, precision=None):
         self.check_precision(precision)
-        if groups != 1:
-            raise NotImplementedError("grouped convolution is not implemented on the GPU yet")
+        if groups != 1:   # one GPU convolution per group (the reference's split)
+            return super().conv2d_forward(x, w, b, strides=strides, padding=padding,
+                                          dilation=dilation, groups=groups,
+                                          activation=activation, out=out)
         x, w, b = self._c(x, "x"), self._c(w, "w"), self._c(b, "b")
         self._same_dtype((("x", x), ("w", w), ("b", b)))
         g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
@@ -464,11 +466,16 @@ class GPUOps(Ops):
 
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
-                        db=None, precision=None):
+                        db=None, accumulate_dx=False, precision=None):
         self.check_precision(precision)
-        if groups != 1 or not need_dw:
-            raise NotImplementedError("grouped convolution and data-only gradients are not "
-                                      "implemented on the GPU yet")
+        if groups != 1 or not need_dw or accumulate_dx:
+            # grouped convolutions, data-only gradients (Conv2DTranspose) and a
+            # dx added to another consumer's (graph models): the reference ops
+            # on CuPy arrays (no CUDA kernel of ours yet)
+            return super().conv2d_backward(dy, x, w, y, activation, strides=strides,
+                                           padding=padding, dilation=dilation, groups=groups,
+                                           need_dx=need_dx, need_dw=need_dw, dx=dx, dw=dw,
+                                           db=db, accumulate_dx=accumulate_dx)
         dy, x, w, y = self._c(dy, "dy"), self._c(x, "x"), self._c(w, "w"), self._c(y, "y")
         self._same_dtype((("dy", dy), ("x", x), ("w", w), ("y", y)))
         cp = self.xp
