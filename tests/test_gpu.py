@@ -281,7 +281,10 @@ def test_conv2d_batch_tiles_give_the_same_result(gpu):
     finally:
         gpu.workspace_bytes = old
     np.testing.assert_array_equal(tiled[0], full[0])
-    np.testing.assert_array_equal(tiled[2], full[2])
+    # dW: the tiles' products are summed in tile order (deterministic), but
+    # cuBLAS sums one long product in another order than four short ones
+    # (seen on an H200: 5e-5 relative), so close, not equal; dx likewise
+    np.testing.assert_allclose(tiled[2], full[2], rtol=1e-5, atol=1e-5 * np.abs(full[2]).max())
     np.testing.assert_allclose(tiled[1], full[1], rtol=1e-5, atol=1e-5)
 
 

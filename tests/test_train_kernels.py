@@ -46,9 +46,12 @@ def xent_ref(x, labels, from_logits=True):
         return loss, correct, p, p - T
     S = X.sum(axis=1, keepdims=True)
     q = X / S
-    qc = np.clip(q, 1e-7, 1 - 1e-7)
+    # Keras clips in the tensor's dtype: float32's 1 - 1e-7 is 0.99999988
+    dt = np.asarray(x).dtype.type
+    lo, hi = float(dt(1e-7)), float(dt(1 - 1e-7))
+    qc = np.clip(q, lo, hi)
     loss = -np.sum(np.where(T != 0, T * np.log(qc), 0.0))
-    inside = (q >= 1e-7) & (q <= 1 - 1e-7)
+    inside = (q >= lo) & (q <= hi)
     r = np.where(inside & (T != 0), T / q, 0.0)
     R = np.sum(r * q, axis=1, keepdims=True)
     return loss, correct, q, (R - r) / S

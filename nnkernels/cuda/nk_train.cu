@@ -57,6 +57,9 @@ __global__ void nk_softmax_xent(const T *x_nk, const void *labels, const T *t_nk
     const int lane = threadIdx.x & 31;
     const nk_i64 warp = ((nk_i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const nk_i64 nwarps = ((nk_i64)gridDim.x * blockDim.x) >> 5;
+    /* the clip bounds in T, as Keras clips in the tensor's dtype (and the
+     * CPU kernel): float32's 1 - 1e-7 is 0.99999988 */
+    const double lo = (double)(T)NK_XENT_EPS, hi = (double)(T)(1.0 - NK_XENT_EPS);
     for (nk_i64 i = warp; i < n; i += nwarps) {
         const T *x = x_nk + i * k;
         const T *t = label_kind == 0 ? t_nk + i * k : (const T *)0;
@@ -95,9 +98,9 @@ __global__ void nk_softmax_xent(const T *x_nk, const void *labels, const T *t_nk
             for (int j = j0; j < k; j += step) {
                 const double tj = t ? (double)t[j] : 1.0;
                 const double q = (double)x[j] * inv;
-                const double qc = q < NK_XENT_EPS ? NK_XENT_EPS : (q > 1.0 - NK_XENT_EPS ? 1.0 - NK_XENT_EPS : q);
+                const double qc = q < lo ? lo : (q > hi ? hi : q);
                 if (tj != 0.0) l -= tj * log(qc);
-                if (q >= NK_XENT_EPS && q <= 1.0 - NK_XENT_EPS) R += tj;
+                if (q >= lo && q <= hi) R += tj;
             }
             loss = bad ? nk_nan() : nk_warp_sum(l);
             R = nk_warp_sum(R);
@@ -111,7 +114,7 @@ __global__ void nk_softmax_xent(const T *x_nk, const void *labels, const T *t_nk
                     g = (p - tj) * gs;
                 } else {
                     p = (double)x[j] * inv;
-                    const double r = (p >= NK_XENT_EPS && p <= 1.0 - NK_XENT_EPS && tj != 0.0) ? tj / p : 0.0;
+                    const double r = (p >= lo && p <= hi && tj != 0.0) ? tj / p : 0.0;
                     g = (R - r) * inv * gs;
                 }
                 if (bad) g = nk_nan();

@@ -130,7 +130,9 @@ int64_t nk_labels_first_bad(int64_t n, const void *labels, int label_kind, int64
         for (int64_t j = 0; j < k; j++) S += (double)x[j];                               \
         /* q = x / S, divided (Keras): x * (1 / S) overflows for a subnormal S  \
          * (1 / 3e-323 = inf), clipping every q to 1 - eps. */                   \
-        const double lo = NK_XENT_EPS, hi = 1.0 - NK_XENT_EPS;                           \
+        /* the clip bounds in T, as Keras clips in the tensor's dtype       \
+         * (float32: -log(1 - 1e-7) is 1.19e-7, not 1.0e-7) */                  \
+        const double lo = (double)(T)NK_XENT_EPS, hi = (double)(T)(1.0 - NK_XENT_EPS);   \
         double loss = 0.0, R = 0.0;                                                      \
         const int64_t j0 = t ? 0 : lab, j1 = t ? k : lab + 1;                            \
         for (int64_t j = j0; j < j1; j++) {                                              \

@@ -35,9 +35,9 @@ def _windows(xp_, g, xp=np):
     return xp.lib.stride_tricks.as_strided(xp_, shape, strides)
 
 
-def _out(out, shape, dtype):
+def _out(out, shape, dtype, xp=np):
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        return xp.empty(shape, dtype=dtype)
     if out.shape != tuple(shape) or out.dtype != dtype:
         raise ValueError(f"out has shape {out.shape} {out.dtype}, expected {tuple(shape)} {np.dtype(dtype)}")
     return out
@@ -326,19 +326,19 @@ class Ops:
         """out = act(conv(x, w) + b); groups: w is (KH, KW, C/groups, F) and
         output block j (F/groups channels) sees input block j."""
         if is_bf16(precision):
-            x, w = round_operands(np, x, w)
+            x, w = round_operands(self.xp, x, w)
         if groups != 1:
             return self._grouped(self.conv2d_forward, x, w, b, groups, strides, padding,
                                  dilation, activation, out)
         g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
-        xp_ = np.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
-        win = _windows(xp_, g)
-        out = _out(out, (g["n"], g["oh"], g["ow"], g["f"]), x.dtype)
-        out[...] = np.tensordot(win, w, axes=([3, 4, 5], [0, 1, 2]))
+        xp_ = self.xp.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
+        win = _windows(xp_, g, self.xp)
+        out = _out(out, (g["n"], g["oh"], g["ow"], g["f"]), x.dtype, self.xp)
+        out[...] = self.xp.tensordot(win, w, axes=([3, 4, 5], [0, 1, 2]))
         if b is not None:
             out += b
         if activation == "relu":
-            np.maximum(out, 0, out=out)
+            self.xp.maximum(out, 0, out=out)
         return out
 
     def _grouped(self, fn, x, w, b, groups, strides, padding, dilation, activation, out):
@@ -346,13 +346,13 @@ class Ops:
         if c % groups or f % groups or w.shape[2] * groups != c:
             raise ValueError(f"groups={groups}: x has {c} channels, w has shape {w.shape}")
         cg, fg = c // groups, f // groups
-        parts = [fn(np.ascontiguousarray(x[..., j * cg:(j + 1) * cg]),
-                    np.ascontiguousarray(w[..., j * fg:(j + 1) * fg]),
+        parts = [fn(self.xp.ascontiguousarray(x[..., j * cg:(j + 1) * cg]),
+                    self.xp.ascontiguousarray(w[..., j * fg:(j + 1) * fg]),
                     None if b is None else b[j * fg:(j + 1) * fg], strides=strides,
                     padding=padding, dilation=dilation, activation=activation)
                  for j in range(groups)]
-        y = np.concatenate(parts, axis=-1)
-        out = _out(out, y.shape, x.dtype)
+        y = self.xp.concatenate(parts, axis=-1)
+        out = _out(out, y.shape, x.dtype, self.xp)
         out[...] = y
         return out
 
@@ -373,19 +373,19 @@ class Ops:
         if db is not None:
             db[...] = dz.sum(axis=(0, 1, 2))
         if is_bf16(precision):
-            dz, x, w = round_operands(np, dz, x, w)
+            dz, x, w = round_operands(self.xp, dz, x, w)
         if groups != 1:
             c, f = x.shape[-1], w.shape[-1]
             cg, fg = c // groups, f // groups
             if need_dw:
-                dw = _out(dw, w.shape, x.dtype)
+                dw = _out(dw, w.shape, x.dtype, self.xp)
             if need_dx:
-                dx = _out(dx, x.shape, x.dtype)
+                dx = _out(dx, x.shape, x.dtype, self.xp)
             for j in range(groups):
                 dxj, dwj, _ = self.conv2d_backward(
-                    np.ascontiguousarray(dz[..., j * fg:(j + 1) * fg]),
-                    np.ascontiguousarray(x[..., j * cg:(j + 1) * cg]),
-                    np.ascontiguousarray(w[..., j * fg:(j + 1) * fg]), strides=strides,
+                    self.xp.ascontiguousarray(dz[..., j * fg:(j + 1) * fg]),
+                    self.xp.ascontiguousarray(x[..., j * cg:(j + 1) * cg]),
+                    self.xp.ascontiguousarray(w[..., j * fg:(j + 1) * fg]), strides=strides,
                     padding=padding, dilation=dilation, need_dx=need_dx, need_dw=need_dw)
                 if need_dw:
                     dw[..., j * fg:(j + 1) * fg] = dwj
@@ -393,11 +393,11 @@ class Ops:
                     dx[..., j * cg:(j + 1) * cg] = dxj
             return (dx if need_dx else None), (dw if need_dw else None), db
         g = conv_geometry(x.shape, w.shape, strides, padding, dilation)
-        xp_ = np.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
-        win = _windows(xp_, g)
+        xp_ = self.xp.pad(x, ((0, 0), (g["pt"], g["pb"]), (g["pl"], g["pr"]), (0, 0)))
+        win = _windows(xp_, g, self.xp)
         if need_dw:
-            dw = _out(dw, w.shape, x.dtype)
-            dw[...] = np.tensordot(win, dz, axes=([0, 1, 2], [0, 1, 2]))
+            dw = _out(dw, w.shape, x.dtype, self.xp)
+            dw[...] = self.xp.tensordot(win, dz, axes=([0, 1, 2], [0, 1, 2]))
         else:
             dw = None
         if not need_dx:
@@ -412,29 +412,29 @@ class Ops:
         of a transposed convolution)."""
         x_shape = tuple(int(d) for d in x_shape)
         if is_bf16(precision):
-            dy, w = round_operands(np, dy, w)
+            dy, w = round_operands(self.xp, dy, w)
         if groups != 1:
             c, f = x_shape[-1], w.shape[-1]
             cg, fg = c // groups, f // groups
-            out = _out(out, x_shape, dy.dtype)
+            out = _out(out, x_shape, dy.dtype, self.xp)
             for j in range(groups):
                 out[..., j * cg:(j + 1) * cg] = self.conv2d_backward_data(
-                    np.ascontiguousarray(dy[..., j * fg:(j + 1) * fg]),
-                    np.ascontiguousarray(w[..., j * fg:(j + 1) * fg]), x_shape[:3] + (cg,),
+                    self.xp.ascontiguousarray(dy[..., j * fg:(j + 1) * fg]),
+                    self.xp.ascontiguousarray(w[..., j * fg:(j + 1) * fg]), x_shape[:3] + (cg,),
                     strides=strides, padding=padding, dilation=dilation)
             return out
         g = conv_geometry(x_shape, w.shape, strides, padding, dilation)
         if dy.shape != (g["n"], g["oh"], g["ow"], g["f"]):
             raise ValueError(f"dy has shape {dy.shape}, expected {(g['n'], g['oh'], g['ow'], g['f'])}")
         n, h, w_, c = x_shape
-        dxp = np.zeros((n, h + g["pt"] + g["pb"], w_ + g["pl"] + g["pr"], c), dy.dtype)
-        dcols = np.tensordot(dy, w, axes=([3], [3]))  # (N, OH, OW, KH, KW, C)
+        dxp = self.xp.zeros((n, h + g["pt"] + g["pb"], w_ + g["pl"] + g["pr"], c), dy.dtype)
+        dcols = self.xp.tensordot(dy, w, axes=([3], [3]))  # (N, OH, OW, KH, KW, C)
         for i in range(g["kh"]):
             for j in range(g["kw"]):
                 h0, w0 = i * g["dh"], j * g["dw"]
                 dxp[:, h0:h0 + g["sh"] * (g["oh"] - 1) + 1:g["sh"],
                     w0:w0 + g["sw"] * (g["ow"] - 1) + 1:g["sw"], :] += dcols[:, :, :, i, j, :]
-        out = _out(out, x_shape, dy.dtype)
+        out = _out(out, x_shape, dy.dtype, self.xp)
         out[...] = dxp[:, g["pt"]:g["pt"] + h, g["pl"]:g["pl"] + w_, :]
         return out
 
@@ -717,7 +717,9 @@ class Ops:
                           momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None,
                           residual=None, activation=None):
         """out = act(BN(x) + residual) (residual optional, act None or "relu");
-        the statistics are those of x."""
+        the statistics are those of x.  training: moving_* updated, save_*
+        (when given) receive the batch mean and 1/sqrt(var + epsilon);
+        inference: nothing but out is written."""
         c = x.shape[-1]
         x2 = x.reshape(-1, c)
         out = _out(out, x.shape, x.dtype)
@@ -739,10 +741,11 @@ class Ops:
         if activation == "relu":
             z = np.maximum(z, 0)
         out.reshape(-1, c)[...] = z
-        if save_mean is not None:
-            save_mean[...] = mean
-        if save_invstd is not None:
-            save_invstd[...] = invstd
+        if training:   # inference updates nothing (as the kernels: CPU and GPU)
+            if save_mean is not None:
+                save_mean[...] = mean
+            if save_invstd is not None:
+                save_invstd[...] = invstd
         return out
 
     def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
