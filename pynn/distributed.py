@@ -60,10 +60,12 @@ What happens, step by step:
   ``Allreduce`` when backward ends.  For the default CNN the Dense layers'
   4.7 MB are reduced during the convolutions' backward and only 75 kB are
   left at the end.  The buckets depend on the model alone, so every rank
-  issues the same collectives in the same order.  Needs
-  ``MPI_THREAD_MULTIPLE`` (mpi4py asks for it); with less, or with
-  ``PYNN_MPI_OVERLAP=0``, the whole buffer is ONE blocking ``Allreduce``
-  after backward.
+  issues the same collectives in the same order.  On by default when a
+  rank runs more than one kernel thread (with one, the progress thread
+  competes with the kernels for the rank's core: :meth:`Group.configure_overlap`);
+  ``PYNN_MPI_OVERLAP=1`` / ``0`` forces it.  Needs ``MPI_THREAD_MULTIPLE``
+  (mpi4py asks for it); without overlap the whole buffer is ONE blocking
+  ``Allreduce`` after backward.
 - **Dropout**: the mask stream of step s on rank r is counter ``s*size + r``,
   so ranks draw independent masks (a single process is unchanged: ``s``).
 - **BatchNormalization**: training normalises with each rank's own batch
@@ -431,12 +433,29 @@ class Group:
         self._scalars_async = np.zeros(3, np.float64)
         # overlap of the gradient reduction with backward (see the module doc)
         self.bucket_bytes = max(0.0, _env_float("PYNN_MPI_BUCKET_MB", 1.0)) * 1e6
-        self.overlap = (_env_flag("PYNN_MPI_OVERLAP", True)
-                        and MPI.Query_thread() >= MPI.THREAD_MULTIPLE)
-        self._progress = _Progress(MPI) if self.overlap else None
+        self.overlap, self._progress = False, None
+        import nnkernels
+        self.configure_overlap(nnkernels.get_num_threads())
         self._unsent = None       # (buffer id, end of the part not yet handed to MPI)
         # a rank that leaves while the others wait for it ends the job (needs a thread)
         self._watch = _LeaveWatch(self) if MPI.Query_thread() >= MPI.THREAD_MULTIPLE else None
+
+    def configure_overlap(self, threads):
+        """Overlap the gradient reduction with backward (see the module doc)
+        when this rank runs more than one kernel thread, or when
+        ``PYNN_MPI_OVERLAP`` says so; needs ``MPI_THREAD_MULTIPLE``.  With
+        one thread per rank the progress thread's wake-ups take turns with
+        the kernels on the rank's only core, which cost more than the
+        overlap saves (measured with 2 ranks x 1 core: 1.76x one process
+        with it, 1.87x without)."""
+        want = (_env_flag("PYNN_MPI_OVERLAP", int(threads) > 1)
+                and self.MPI.Query_thread() >= self.MPI.THREAD_MULTIPLE)
+        if want and self._progress is None:
+            self._progress = _Progress(self.MPI)
+        self.overlap = want
+        if not want and self._progress is not None:
+            self._progress.wait()   # nothing in flight is left behind
+            self._progress = None
 
     def _waiting(self):
         """Context of a call that blocks until every rank joins it."""
@@ -654,6 +673,9 @@ def init(threads=None):
     if n is not None:
         utils.set_num_threads(n)
         group.threads_source = source
+    if group.active:
+        import nnkernels
+        group.configure_overlap(nnkernels.get_num_threads())
     return group
 
 

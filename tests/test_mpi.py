@@ -163,14 +163,17 @@ def reference_fit(w, make, size=2):
 @pytest.mark.parametrize("mode,ranks", [("default", 2), ("bucket-per-layer", 2),
                                         ("no-overlap", 2), ("bucket-per-layer", 3)])
 def test_ranks_identical_and_equal_to_one_process(tmp_path, mode, ranks):
-    """default: the tiny models' gradients (< 1 MB) are one Allreduce after
-    backward, the metrics an Iallreduce during it.  PYNN_MPI_BUCKET_MB=0:
-    every layer's gradients start their own Iallreduce as soon as that
-    layer's backward is done (overlapped with the backward of the layers
-    before it), the last one a blocking Allreduce.  PYNN_MPI_OVERLAP=0: one
-    blocking Allreduce of the gradients and one of the metrics per step.
-    3 ranks (oversubscribed here): a size that is not a power of two."""
-    env = {"default": {}, "bucket-per-layer": {"PYNN_MPI_BUCKET_MB": "0"},
+    """default: the ranks run one kernel thread each, so no overlap (the
+    progress thread would compete for the rank's core): one blocking
+    Allreduce of the gradients per step.  PYNN_MPI_OVERLAP=1 with
+    PYNN_MPI_BUCKET_MB=0: every layer's gradients start their own Iallreduce
+    as soon as that layer's backward is done (overlapped with the backward
+    of the layers before it), the last one a blocking Allreduce, the metrics
+    an Iallreduce during backward.  PYNN_MPI_OVERLAP=0: one blocking
+    Allreduce of the gradients and one of the metrics per step.  3 ranks
+    (oversubscribed here): a size that is not a power of two."""
+    env = {"default": {},
+           "bucket-per-layer": {"PYNN_MPI_BUCKET_MB": "0", "PYNN_MPI_OVERLAP": "1"},
            "no-overlap": {"PYNN_MPI_OVERLAP": "0"}}[mode]
     run_mpi([sys.executable, "-I", WORKER, "train", str(tmp_path)], n=ranks,
             env={**env, "PYNN_TEST_RANKS": str(ranks)}, timeout=120)
@@ -189,8 +192,9 @@ def test_ranks_identical_and_equal_to_one_process(tmp_path, mode, ranks):
         assert r0["params"].shape[0] == steps
         assert all(int(r["seed"]) == w.SEED for r in [r0] + rest)    # rank 0's seed won
         assert int(r0["allreduce_calls"]) == steps                  # one reduction per step
-        assert bool(r0["overlap"]) == (mode != "no-overlap"), \
-            "overlap needs MPI_THREAD_MULTIPLE (mpi4py asks for it)"
+        assert bool(r0["overlap"]) == (mode == "bucket-per-layer"), \
+            "overlap: forced on needs MPI_THREAD_MULTIPLE (mpi4py asks for it); off by " \
+            "default with one kernel thread per rank"
         if mode != "bucket-per-layer":
             assert int(r0["overlapped_calls"]) == 0
         else:   # buckets started during backward: a: Dense, BatchNorm (Conv2D last); b: Dense 2;
