@@ -61,7 +61,7 @@ test-sanitize:
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" HYPOTHESIS_PROFILE=ci \
 	  NNKERNELS_FUZZ_CALLS=$(SAN_FUZZ_CALLS) \
-	  sh -c '$(SAN_VENV)/bin/python -c "import nnkernels as nk, sys; sys.exit(0 if nk.openmp_enabled() else \"the sanitizer build has no OpenMP\")" && \
+	  sh -c '$(SAN_VENV)/bin/python -I -c "import nnkernels as nk, sys; sys.exit(0 if nk.openmp_enabled() else \"the sanitizer build has no OpenMP\")" && \
 	         $(SAN_VENV)/bin/pytest -q -p no:cacheprovider $(SAN_TESTS)'
 
 # The fuzzer alone, long: FUZZ_CALLS calls (100,000 by default) in batches of
