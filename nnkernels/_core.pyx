@@ -144,17 +144,15 @@ def set_bf16_native(bint on):
 def to_bf16(x, out=None):
     """float32 array -> bfloat16 bit patterns (uint16, same shape), rounded
     to nearest even; denormals kept, NaN stays NaN (quiet).  NumPy has no
-    bfloat16: view the result as ml_dtypes.bfloat16 if you have it."""
-    X = np.ascontiguousarray(x)
-    if X.dtype != _F32:
-        raise TypeError(f"to_bf16 needs a float32 array, got {X.dtype}")
-    if out is None:
-        out = np.empty(X.shape, np.uint16)
-    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint16 or out.shape != X.shape
-          or not out.flags.c_contiguous or not out.flags.writeable):
-        raise ValueError(f"out must be a writeable C-contiguous uint16 array of shape {X.shape}")
-    elif np.shares_memory(out, X):
-        raise ValueError("out must not overlap x")
+    bfloat16: view the result as ml_dtypes.bfloat16 if you have it.  out:
+    an optional uint16 array of x's shape (C-contiguous, aligned, not
+    overlapping x)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype != _F32:
+        raise TypeError(f"to_bf16 needs a float32 array, got {x.dtype}")
+    X = _aligned(x)
+    out = _c_out(out, X.shape, np.dtype(np.uint16), "out", [("x", X)])
     cdef cnp.ndarray XA = X, OA = out
     cdef int64_t n = X.size
     with nogil:
@@ -163,17 +161,15 @@ def to_bf16(x, out=None):
 
 
 def from_bf16(u, out=None):
-    """bfloat16 bit patterns (uint16 array) -> float32, exactly."""
-    U = np.ascontiguousarray(u)
-    if U.dtype != np.uint16:
-        raise TypeError(f"from_bf16 needs a uint16 array of bfloat16 bit patterns, got {U.dtype}")
-    if out is None:
-        out = np.empty(U.shape, _F32)
-    elif (not isinstance(out, np.ndarray) or out.dtype != _F32 or out.shape != U.shape
-          or not out.flags.c_contiguous or not out.flags.writeable):
-        raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {U.shape}")
-    elif np.shares_memory(out, U):
-        raise ValueError("out must not overlap u")
+    """bfloat16 bit patterns (uint16 array) -> float32, exactly.  out: an
+    optional float32 array of u's shape (C-contiguous, aligned, not
+    overlapping u)."""
+    if not isinstance(u, np.ndarray):
+        u = np.asarray(u)
+    if u.dtype != np.uint16:
+        raise TypeError(f"from_bf16 needs a uint16 array of bfloat16 bit patterns, got {u.dtype}")
+    U = _aligned(u)
+    out = _c_out(out, U.shape, _F32, "out", [("u", U)])
     cdef cnp.ndarray UA = U, OA = out
     cdef int64_t n = U.size
     with nogil:

@@ -234,6 +234,41 @@ def test_gemm_bf16_nan_inf_propagate(bf16_path):
     assert (got[[0, 3]] == 6).all()
 
 
+def test_gemm_bf16_few_rows_two_threads():
+    """A regression: with 2 threads, few rows (< 2 tiles per thread) and one
+    column sliver the driver falls back to one thread, whose workspace
+    layout did not match what was allocated (A and the float32 scratch
+    overlapped: results off by O(1); float32 with a packed B wrote past it)."""
+    rng = np.random.default_rng(11)
+    for m, k, n in [(24, 251, 31), (24, 250, 32), (17, 64, 1)]:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        for t in (1, 2):
+            nk.set_num_threads(t)
+            got = nk.gemm(a, b, precision="bfloat16")
+            ref, scale = gemm_ref(ftz(a), ftz(b), dtype=np.float32)
+            assert_close(got, ref, scale, np.float32, k, f"bf16 {(m, k, n)} {t} threads")
+            dy = rng.standard_normal((k, n)).astype(np.float32)
+            _, dw, db = nk.dense_backward(dy, a.T.copy(), np.ones((m, n), np.float32),
+                                          need_dx=False)   # float32, bcolsum: a packed B
+            ref, scale = gemm_ref(a, dy)
+            assert_close(dw, ref, scale, np.float32, k, f"float32 dW {(m, k, n)} {t} threads")
+
+
+def test_conversions_of_misaligned_views():
+    buf = np.zeros(4 * 10 + 1, np.uint8)
+    x = buf[1:].view(np.float32)          # C-contiguous, misaligned
+    x[...] = np.arange(10, dtype=np.float32) / 3
+    assert not x.flags.aligned
+    assert np.array_equal(nk.to_bf16(x), rne_bits(np.arange(10, dtype=np.float32) / 3))
+    ubuf = np.zeros(2 * 10 + 1, np.uint8)
+    u = ubuf[1:].view(np.uint16)
+    u[...] = nk.to_bf16(np.arange(10, dtype=np.float32))
+    assert np.array_equal(nk.from_bf16(u), np.arange(10, dtype=np.float32))
+    with pytest.raises(ValueError):
+        nk.from_bf16(u, out=buf[1:].view(np.float32))   # a misaligned out is refused
+
+
 def test_precision_arguments():
     a = np.ones((2, 3), np.float32)
     b = np.ones((3, 2), np.float32)
@@ -340,16 +375,18 @@ def test_conv2d_bf16_bitwise_across_threads_and_paths(isa):
 def test_bf16_environment_switch():
     """NNKERNELS_BF16=emulate turns VDPBF16PS off at import; a bad value is
     an ImportError that says what is accepted."""
+    # -I: the installed package (the source tree of a checkout has no compiled module)
     env = dict(os.environ, NNKERNELS_BF16="emulate")
-    out = subprocess.run([sys.executable, "-c", "import nnkernels; print(nnkernels.bf16_path())"],
+    out = subprocess.run([sys.executable, "-I", "-c",
+                          "import nnkernels; print(nnkernels.bf16_path())"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert out == "emulated"
     env["NNKERNELS_BF16"] = "fast"
-    res = subprocess.run([sys.executable, "-c", "import nnkernels"], env=env,
+    res = subprocess.run([sys.executable, "-I", "-c", "import nnkernels"], env=env,
                          capture_output=True, text=True)
     assert res.returncode != 0 and "native, emulate or auto" in res.stderr
     if not nk.bf16_native_supported():
         env["NNKERNELS_BF16"] = "native"
-        res = subprocess.run([sys.executable, "-c", "import nnkernels"], env=env,
+        res = subprocess.run([sys.executable, "-I", "-c", "import nnkernels"], env=env,
                              capture_output=True, text=True)
         assert res.returncode != 0 and "AVX512_BF16" in res.stderr

@@ -241,6 +241,10 @@ int FN(nk_gemm)(const ARGS *g)
         const int64_t max_nt = (n + nr - 1) / nr;
         if (nt > max_nt) nt = (int)max_nt;
     }
+    /* one thread after all (n within one sliver): the serial loop nest, whose
+     * workspace layout is the row split's (the column split's is smaller:
+     * A would lie past the end of it) */
+    if (nt == 1) coop = 1;
 
     /* B read in place: unit column stride, no prologue, and so few row
      * slivers per thread that packing B would not pay for itself (never
