@@ -254,13 +254,13 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     out: optional preallocated
     (N, OH, OW, C_out) C-contiguous array of the same dtype; it must not
     overlap the inputs.  Non-contiguous x / w / bias are copied first.
-    precision="bfloat16" (float32 only): x and w are rounded to bfloat16
-    and their products accumulated in float32 (see gemm), always by the
-    im2col GEMM whatever algo says (bias and activation stay float32);
-    convolutions with fewer than 8 input channels per group (first layers,
-    depthwise) stay float32 (dot products that short run faster in the
-    direct float32 kernels), as does a data gradient that algo="auto"
-    gives to Winograd (see conv2d_backward).
+    precision="bfloat16" (float32 only): bfloat16 products where they beat
+    float32's algorithm -- x and w rounded to bfloat16 and their products
+    accumulated in float32 (see gemm) by the im2col GEMM -- when algo (or
+    auto's choice, see conv2d_algo) is "im2col", or auto picks "direct" for
+    a forward pass with 32 or more input channels per group; Winograd,
+    direct_wgrad, the other direct cases and depthwise convolutions stay
+    float32 (only more accurate).  Bias and activation stay float32.
     Returns y.
     """
     x = _nhwc(x, "x")
@@ -315,11 +315,9 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     overwritten, except dx with accumulate_dx=True: the data gradient is
     added to it (dx += dL/dx, in the same pass; dx must be given), so that a
     tensor with several consumers sums their gradients without a pass of its
-    own.  precision="bfloat16": the operands of the products (dz, x, w) are
-    rounded to bfloat16 as in conv2d (im2col GEMMs); db sums the unrounded
-    dz in float32; with algo="auto", dx stays float32 where auto picks
-    Winograd for it (3x3 stride-1 layers with C_in, C_out >= 16: fewer
-    multiplications beat bf16's faster ones there).
+    own.  precision="bfloat16": as in conv2d, for each product (dW and dX
+    separately, by their algorithms): bf16 operands (dz, x, w) in the im2col
+    GEMMs, float32 elsewhere; db sums the unrounded dz in float32.
     """
     dy = _nhwc(dy, "dy")
     x = _nhwc(x, "x")

@@ -167,6 +167,22 @@ int nk_conv_wino_ok(const nk_conv_shape *s)
  *    thread); with F = 16, C = 8 or C = 64 im2col is as fast or faster.
  *  - otherwise the implicit-im2col GEMM. */
 static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
+
+/* Whether a float32 product with s->lowp set runs with bfloat16 operands
+ * (as the im2col GEMM), given the algorithm float32 would use for it: only
+ * where that is faster (measured per product on the default CNN's and
+ * ResNet-20's layers, 1 thread, Zen 4): instead of an im2col GEMM (a float32
+ * dW of 3x3x32->64: 16.6 -> 11.3 ms), and instead of the direct forward
+ * kernel with 32 or more input channels (strided 32->64: 1.30 -> 0.93 ms).
+ * Winograd (2.25x fewer multiplications), the register-tiled direct_wgrad
+ * and the direct kernels with few channels stay float32: bf16 pairs did
+ * not beat them (16->16 on 32x32: forward 2.8 vs 5.3 ms, dW 3.2 vs 5.7). */
+static int nk_conv_lowp(const nk_conv_shape *s, int pass, int algo)
+{
+    if (!s->lowp) return 0;
+    if (algo == NK_CONV_IM2COL) return 1;
+    return pass == NK_CONV_FWD && algo == NK_CONV_DIRECT && s->c >= 32;
+}
 static int nk_conv_dw_fits(const nk_conv_shape *s, size_t esz, int pass);
 
 int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)

@@ -91,7 +91,6 @@ enum { NK_CONV_AUTO = 0, NK_CONV_IM2COL = 1, NK_CONV_DIRECT = 2, NK_CONV_WINOGRA
 /* which product, for nk_conv_choose */
 enum { NK_CONV_FWD = 0, NK_CONV_BWD_DATA = 1, NK_CONV_BWD_FILTER = 2 };
 
-#define NK_CONV_BF16_MIN_C 8 /* see nk_conv_shape.lowp */
 #define NK_CONV_COL_BUDGET ((int64_t)64 << 20) /* bytes of column workspace */
 #define NK_CONV_COL_TILE ((int64_t)1 << 20)    /* column tile target (cache-sized) */
 
@@ -108,13 +107,12 @@ typedef struct {
      * writes a channel window of a wider array (other channels untouched). */
     int64_t ldx, ldy, ldw;
     /* float32 only: bfloat16 products (operands rounded, float32
-     * accumulation; see nk_gemm.h).  The forward pass and dW then run as
-     * im2col GEMMs whatever algo says; dX too, except where algo AUTO
-     * picks Winograd for it (float32 Winograd is faster there).  Below
-     * NK_CONV_BF16_MIN_C input channels per group (first layers, depthwise)
-     * everything stays float32: dot products of KH*KW*C terms are too short
-     * for bf16 pairs to beat the direct float32 kernels (measured: 4x
-     * slower for 3x3x1). */
+     * accumulation; see nk_gemm.h) where they are faster than float32's
+     * algorithm: a product that algo (or AUTO's choice) gives to the im2col
+     * GEMM, and the forward pass that AUTO gives to the direct kernel with
+     * 32 or more input channels, run as bf16 im2col GEMMs; Winograd,
+     * direct_wgrad, the other direct cases and the depthwise kernels stay
+     * float32 (see nk_conv_lowp in nk_conv.c for the measurements). */
     int lowp;
 } nk_conv_shape;
 

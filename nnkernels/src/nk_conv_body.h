@@ -1303,9 +1303,18 @@ static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *
                         int act, T *y, int nt)
 {
     if (s->n == 0 || s->oh == 0 || s->ow == 0 || s->f == 0) return 0;
-    if (sizeof(T) == 4 && s->lowp) algo = NK_CONV_IM2COL; /* bf16 products: the GEMM */
     if (algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD) /* a dW algorithm only */
         algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
+    nk_conv_shape f32s;
+    if (s->lowp) { /* bf16 products only where they are faster (nk_conv_lowp) */
+        if (nk_conv_lowp(s, NK_CONV_FWD, algo)) {
+            algo = NK_CONV_IM2COL;
+        } else {
+            f32s = *s;
+            f32s.lowp = 0;
+            s = &f32s;
+        }
+    }
     if (algo == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_FWD))
         return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
     if (algo == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
@@ -1328,20 +1337,21 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
         return 0;
     }
     int a, rc = 0;
-    /* bf16 products: the im2col GEMMs, except a data gradient that auto
-     * gives to Winograd (2.25x fewer multiplications in float32 beat the
-     * bf16 column GEMM and its col2im pass there: measured on the default
-     * CNN's second layer) */
-    int dx_algo = algo;
-    if (sizeof(T) == 4 && s->lowp) {
-        dx_algo = (algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD) &&
-                          nk_conv_choose(s, 0, NK_CONV_BWD_DATA) == NK_CONV_WINOGRAD
-                      ? NK_CONV_WINOGRAD
-                      : NK_CONV_IM2COL;
-        algo = NK_CONV_IM2COL;
-    }
+    /* bf16 products only where they are faster than float32's algorithm
+     * (nk_conv_lowp): each product on a shape of its own */
+    nk_conv_shape f32s = *s, bfs = *s;
+    f32s.lowp = 0;
+    const nk_conv_shape *const s0 = s;
     if (dw) {
         a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
+        if (s0->lowp) {
+            if (nk_conv_lowp(s0, NK_CONV_BWD_FILTER, a)) {
+                a = NK_CONV_IM2COL;
+                s = &bfs;
+            } else {
+                s = &f32s;
+            }
+        }
 #ifndef NK_CONV_FLOAT
         if (a == NK_CONV_DIRECT_WGRAD) /* float32 only: float64 takes auto's choice */
             a = nk_conv_choose(s, 1, NK_CONV_BWD_FILTER);
@@ -1358,9 +1368,18 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
         rc = CFN(bias_grad)(s, dy, ymask, db, nt);
     }
     if (rc || !dx) return rc;
-    a = dx_algo == NK_CONV_AUTO || dx_algo == NK_CONV_DIRECT_WGRAD /* a dW algorithm only */
+    s = s0;
+    a = algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD /* a dW algorithm only */
             ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA)
-            : dx_algo;
+            : algo;
+    if (s0->lowp) {
+        if (nk_conv_lowp(s0, NK_CONV_BWD_DATA, a)) {
+            a = NK_CONV_IM2COL;
+            s = &bfs;
+        } else {
+            s = &f32s;
+        }
+    }
     if (a == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_BWD_DATA))
         return CFN(direct_dgrad)(s, dy, ymask, w, dx, acc, nk_conv_threads(s, nt));
     if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
@@ -1374,7 +1393,7 @@ static int CFN(forward)(const nk_conv_shape *s0, int algo, const T *x, const T *
 {
     nk_conv_shape s = nk_conv_norm(s0);
     const int64_t G = s.g;
-    if (s.c < NK_CONV_BF16_MIN_C) s.lowp = 0;
+    if (sizeof(T) != 4) s.lowp = 0;
     if (nk_conv_use_dw(&s, algo) && nk_conv_dw_fits(&s, sizeof(T), NK_CONV_FWD)) {
         if (s.n == 0 || s.oh == 0 || s.ow == 0 || s.f == 0) return 0;
         return CFN(dw_forward)(&s, x, w, bias, act, y, nt);
@@ -1394,7 +1413,7 @@ static int CFN(backward)(const nk_conv_shape *s0, int algo, const T *dy, const T
     nk_conv_shape s = nk_conv_norm(s0);
     const int64_t G = s.g, C = s.c, F = s.f;
     int rc = 0;
-    if (s.c < NK_CONV_BF16_MIN_C) s.lowp = 0;
+    if (sizeof(T) != 4) s.lowp = 0;
     if (nk_conv_use_dw(&s, algo) && s.n > 0 && s.oh > 0 && s.ow > 0 && s.f > 0 &&
         nk_conv_dw_fits(&s, sizeof(T), dw ? NK_CONV_BWD_FILTER : NK_CONV_BWD_DATA)) {
         const T *ymask = act == NK_ACT_NONE ? NULL : y;
