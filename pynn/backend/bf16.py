@@ -12,11 +12,13 @@ plain float32 op.
 That is the reference, and what the compiled kernels do for dense layers
 and most convolutions (nnkernels.gemm's precision="bfloat16": VDPBF16PS or
 its exact emulation; operands' subnormals flush to zero there).  Where
-float32 is faster the kernels keep it, which is only more accurate:
-convolutions with fewer than 8 input channels per group (first layers,
-depthwise) and data gradients that nnkernels gives to Winograd (3x3,
-stride 1, 16 or more channels in and out).  Compare them with this
-reference at bfloat16's accuracy (about 2**-8 of the magnitudes summed).
+float32 is faster the kernels keep it, which is only more accurate: a
+convolution product takes bf16 operands only where nnkernels would run it
+as an im2col GEMM (or a direct forward pass with 32 or more input
+channels); Winograd, direct_wgrad, the other direct cases (first layers)
+and depthwise convolutions stay float32 (see nnkernels.conv2d).  Compare
+them with this reference at bfloat16's accuracy (about 2**-8 of the
+magnitudes summed).
 
 ``round_bf16`` works on the bits of the float32 array (as uint32), with the
 array module ``xp`` (NumPy or CuPy):
