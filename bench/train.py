@@ -243,11 +243,7 @@ class OursImpl:
             # through pynn's public API by the builder Keras uses, with the
             # float32 softmax head of classifier_head
             self.m = keras_resnet20(pynn, INPUT_SHAPE[model], NUM_CLASSES, precision)
-            n = self.m.count_params()
-            if n != RESNET20_PARAMS:
-                raise ValueError(f"pynn ResNet-20 (bench._tf_train.keras_resnet20) has {n} "
-                                 f"parameters, not {RESNET20_PARAMS}")
-            opt = pynn.optimizers.SGD(0.01, momentum=0.9)
+            built_by = "bench._tf_train.keras_resnet20"
         elif model == "resnet20":
             import pynn.zoo
             try:
@@ -255,9 +251,11 @@ class OursImpl:
             except AttributeError as e:
                 raise AttributeError(f"pynn.zoo.resnet20 does not exist yet ({e})") from None
             self.m = make(input_shape=INPUT_SHAPE[model], num_classes=NUM_CLASSES)
+            built_by = "pynn.zoo.resnet20()"
+        if model == "resnet20":
             n = self.m.count_params()
             if n != RESNET20_PARAMS:
-                raise ValueError(f"pynn.zoo.resnet20() has {n} parameters, not the "
+                raise ValueError(f"pynn ResNet-20 ({built_by}) has {n} parameters, not the "
                                  f"{RESNET20_PARAMS} of Keras's ResNet-20 v1")
             opt = pynn.optimizers.SGD(0.01, momentum=0.9)
         elif model == "cnn":

@@ -191,6 +191,24 @@ def test_gemm_bf16_matches_reference(case, isa, num_threads, bf16_path):
     assert_bf16_close(got, exact, scale, "gemm bf16 vs exact")
 
 
+def _across_paths_and_threads(isa, fn):
+    """[((path, threads), fn())] for 1 and 2 threads on every bf16 path of
+    this ISA (VDPBF16PS and its emulation on avx512 where the CPU has it,
+    else the emulation); the native path is restored afterwards."""
+    runs = []
+    try:
+        for path in BF16_PATHS if isa == "avx512" else ["emulated"]:
+            if nk.bf16_native_supported():
+                nk.set_bf16_native(path == "native")
+            for t in (1, 2):
+                nk.set_num_threads(t)
+                runs.append(((path, t), fn()))
+    finally:
+        if nk.bf16_native_supported():
+            nk.set_bf16_native(True)
+    return runs
+
+
 @given(case=bf16_gemm_cases(max_dim=120))
 def test_gemm_bf16_bitwise_across_threads_and_paths(case, isa):
     """Same bits for 1 and 2 threads, and (AVX-512) for VDPBF16PS and its
@@ -199,17 +217,9 @@ def test_gemm_bf16_bitwise_across_threads_and_paths(case, isa):
     a, b, bias, cc = _gemm_operands(case)
     kw = dict(trans_a=case["trans_a"], trans_b=case["trans_b"], bias=bias,
               activation=case["act"], precision="bfloat16")
-    runs = []
-    for path in BF16_PATHS if isa == "avx512" else ["emulated"]:
-        if nk.bf16_native_supported():
-            nk.set_bf16_native(path == "native")
-        for t in (1, 2):
-            nk.set_num_threads(t)
-            runs.append((path, t, nk.gemm(a, b, **kw)))
-    if nk.bf16_native_supported():
-        nk.set_bf16_native(True)
-    for path, t, r in runs[1:]:
-        assert_bitwise_equal(r, runs[0][2], f"gemm bf16 {path} {t} threads vs {runs[0][:2]}")
+    runs = _across_paths_and_threads(isa, lambda: (nk.gemm(a, b, **kw),))
+    for who, (r,) in runs[1:]:
+        assert_bitwise_equal(r, runs[0][1][0], f"gemm bf16 {who} vs {runs[0][0]}")
 
 
 def test_gemm_bf16_rounds_operands_not_accumulation():
@@ -375,18 +385,12 @@ def test_conv2d_bf16_bitwise_across_threads_and_paths(isa):
     x = rng.standard_normal((4, 14, 14, 16)).astype(np.float32)
     w = rng.standard_normal((3, 3, 16, 24)).astype(np.float32)
     dy = rng.standard_normal((4, 14, 14, 24)).astype(np.float32)
-    runs = []
-    for path in BF16_PATHS if isa == "avx512" else ["emulated"]:
-        if nk.bf16_native_supported():
-            nk.set_bf16_native(path == "native")
-        for t in (1, 2):
-            nk.set_num_threads(t)
-            y = nk.conv2d(x, w, padding="same", activation="relu", precision="bfloat16")
-            g = nk.conv2d_backward(dy, x, w, padding="same", activation="relu", y=y,
-                                   precision="bfloat16")
-            runs.append(((path, t), (y,) + g))
-    if nk.bf16_native_supported():
-        nk.set_bf16_native(True)
+    def run():
+        y = nk.conv2d(x, w, padding="same", activation="relu", precision="bfloat16")
+        return (y,) + nk.conv2d_backward(dy, x, w, padding="same", activation="relu", y=y,
+                                         precision="bfloat16")
+
+    runs = _across_paths_and_threads(isa, run)
     for who, arrays in runs[1:]:
         for name, a0, a in zip(("y", "dx", "dw", "db"), runs[0][1], arrays):
             assert_bitwise_equal(a, a0, f"conv bf16 {name} {who} vs {runs[0][0]}")

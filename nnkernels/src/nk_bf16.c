@@ -47,15 +47,6 @@ const nk_bkern *nk_bkern_current(void)
     return &nk_bkern_generic;
 }
 
-/* Round to nearest even, denormals kept, NaN quieted (sign kept). */
-static inline uint16_t nk_bf16_rne(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 void nk_f32_to_bf16(const float *x, uint16_t *out, int64_t n)
 {
     NK_CHUNKED_PARALLEL(n, n * 6, {

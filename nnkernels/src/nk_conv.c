@@ -179,9 +179,24 @@ static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
  * not beat them (16->16 on 32x32: forward 2.8 vs 5.3 ms, dW 3.2 vs 5.7). */
 static int nk_conv_lowp(const nk_conv_shape *s, int pass, int algo)
 {
-    if (!s->lowp) return 0;
     if (algo == NK_CONV_IM2COL) return 1;
     return pass == NK_CONV_FWD && algo == NK_CONV_DIRECT && s->c >= 32;
+}
+
+/* The shape one product runs on, given *algo (float32's choice for it):
+ * s itself without s->lowp; with it, s and *algo = IM2COL where bf16
+ * products win (nk_conv_lowp), else *f32 = s with lowp cleared. */
+static const nk_conv_shape *nk_conv_precision(const nk_conv_shape *s, int pass, int *algo,
+                                              nk_conv_shape *f32)
+{
+    if (!s->lowp) return s;
+    if (nk_conv_lowp(s, pass, *algo)) {
+        *algo = NK_CONV_IM2COL;
+        return s;
+    }
+    *f32 = *s;
+    f32->lowp = 0;
+    return f32;
 }
 static int nk_conv_dw_fits(const nk_conv_shape *s, size_t esz, int pass);
 

@@ -1306,15 +1306,7 @@ static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *
     if (algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD) /* a dW algorithm only */
         algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
     nk_conv_shape f32s;
-    if (s->lowp) { /* bf16 products only where they are faster (nk_conv_lowp) */
-        if (nk_conv_lowp(s, NK_CONV_FWD, algo)) {
-            algo = NK_CONV_IM2COL;
-        } else {
-            f32s = *s;
-            f32s.lowp = 0;
-            s = &f32s;
-        }
-    }
+    s = nk_conv_precision(s, NK_CONV_FWD, &algo, &f32s); /* bf16 only where faster */
     if (algo == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_FWD))
         return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
     if (algo == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
@@ -1337,21 +1329,13 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
         return 0;
     }
     int a, rc = 0;
-    /* bf16 products only where they are faster than float32's algorithm
-     * (nk_conv_lowp): each product on a shape of its own */
-    nk_conv_shape f32s = *s, bfs = *s;
-    f32s.lowp = 0;
+    /* bf16 products only where they are faster than float32's algorithm:
+     * each product on the shape nk_conv_precision gives it */
+    nk_conv_shape f32s;
     const nk_conv_shape *const s0 = s;
     if (dw) {
         a = algo == NK_CONV_AUTO ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_FILTER) : algo;
-        if (s0->lowp) {
-            if (nk_conv_lowp(s0, NK_CONV_BWD_FILTER, a)) {
-                a = NK_CONV_IM2COL;
-                s = &bfs;
-            } else {
-                s = &f32s;
-            }
-        }
+        s = nk_conv_precision(s0, NK_CONV_BWD_FILTER, &a, &f32s);
 #ifndef NK_CONV_FLOAT
         if (a == NK_CONV_DIRECT_WGRAD) /* float32 only: float64 takes auto's choice */
             a = nk_conv_choose(s, 1, NK_CONV_BWD_FILTER);
@@ -1372,14 +1356,7 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
     a = algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD /* a dW algorithm only */
             ? nk_conv_choose(s, sizeof(T) == 8, NK_CONV_BWD_DATA)
             : algo;
-    if (s0->lowp) {
-        if (nk_conv_lowp(s0, NK_CONV_BWD_DATA, a)) {
-            a = NK_CONV_IM2COL;
-            s = &bfs;
-        } else {
-            s = &f32s;
-        }
-    }
+    s = nk_conv_precision(s0, NK_CONV_BWD_DATA, &a, &f32s);
     if (a == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_BWD_DATA))
         return CFN(direct_dgrad)(s, dy, ymask, w, dx, acc, nk_conv_threads(s, nt));
     if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)

@@ -56,15 +56,32 @@ typedef struct {
 extern const nk_bkern nk_bkern_generic, nk_bkern_avx2, nk_bkern_avx512, nk_bkern_avx512bf16;
 const nk_bkern *nk_bkern_current(void);
 
-/* float32 -> bf16 as VCVTNEPS2BF16 does it: round to nearest even, NaN
- * quieted (sign and top payload kept), zero and denormals to signed zero. */
+/* float32 -> bf16, round to nearest even, NaN quieted (sign and top
+ * payload kept), subnormals kept (nk.to_bf16, as ml_dtypes). */
+static inline uint16_t nk_bf16_rne(float x)
+{
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* ... as VCVTNEPS2BF16 does it (the products' operands): the same, but zero
+ * and subnormals give a signed zero. */
 static inline uint16_t nk_bf16_ftz(float x)
 {
     uint32_t u;
     __builtin_memcpy(&u, &x, 4);
     if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return nk_bf16_rne(x);
+}
+
+/* The bf16 pair at p (two uint16, any alignment) as one 32-bit lane. */
+static inline int32_t nk_ld_pair(const uint16_t *p)
+{
+    int32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
 }
 
 /* Kernel tables, one per ISA (NULL entries when not compiled in). */

@@ -41,12 +41,6 @@ static inline __m256i nk_mask4(int n)
 
 /* bfloat16 products, emulated: pairs unpacked to float32, two FMAs in
  * VDPBF16PS's order (see nk_kern_bf16_body.h) */
-static inline int32_t nk_ld_pair(const uint16_t *p)
-{
-    int32_t v;
-    __builtin_memcpy(&v, p, 4);
-    return v;
-}
 static inline __m256 nk_dp_emul256(__m256 acc, __m256i a, __m256i b)
 {
     const __m256i hi = _mm256_set1_epi32((int32_t)0xffff0000u);
@@ -63,13 +57,6 @@ static inline __m256 nk_dp_emul256(__m256 acc, __m256i a, __m256i b)
 #define PV_BCAST(p) _mm256_set1_epi32(nk_ld_pair(p))
 #define PV_DP(acc, a, b) nk_dp_emul256(acc, a, b)
 #include "nk_kern_bf16_body.h"
-#undef ISA_B
-#undef KERN_B
-#undef F32KERN
-#undef PV
-#undef PV_LOADU
-#undef PV_BCAST
-#undef PV_DP
 #include "nk_kern_undef.h"
 
 /* float64: 6 x 8 tile */

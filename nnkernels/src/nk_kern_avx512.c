@@ -7,38 +7,15 @@ NK_TARGET_AVX512_BEGIN
 #include <immintrin.h>
 
 #define ISA avx512
-/* float32: 8 x 32 tile, 16 zmm accumulators */
-#define T float
+/* float32 */
 #define S s
-#define V __m512
-#define VL 16
-#define NV 2
-#define MR 8
-#define MC 192 /* A block 384 KiB: in the 1 MiB L2 of Zen 4 */
-#define KC 512 /* measured: +3-4 % over 384 on 1024^3/2048^3 */
-#define NC 3072
 #define KERN nk_skern_avx512
-#define V_ZERO() _mm512_setzero_ps()
-#define V_LOAD(p) _mm512_load_ps(p)
-#define V_LOADU(p) _mm512_loadu_ps(p)
-#define V_STOREU(p, v) _mm512_storeu_ps(p, v)
-#define V_BCAST(x) _mm512_set1_ps(x)
-#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define V_MUL(a, b) _mm512_mul_ps(a, b)
-#define V_ADD(a, b) _mm512_add_ps(a, b)
-#define V_MAX(a, b) _mm512_max_ps(a, b)
-#define V_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#include "nk_kern_avx512_s.h"
 #include "nk_kern_body.h"
 
 /* bfloat16 products on AVX-512F without AVX512_BF16: pairs unpacked to
  * float32 (the high half is the float itself, the low half shifted up),
  * two FMAs in VDPBF16PS's order */
-static inline int32_t nk_ld_pair(const uint16_t *p)
-{
-    int32_t v;
-    __builtin_memcpy(&v, p, 4);
-    return v;
-}
 static inline __m512 nk_dp_emul512(__m512 acc, __m512i a, __m512i b)
 {
     const __m512i hi = _mm512_set1_epi32((int32_t)0xffff0000u);
@@ -55,13 +32,6 @@ static inline __m512 nk_dp_emul512(__m512 acc, __m512i a, __m512i b)
 #define PV_BCAST(p) _mm512_set1_epi32(nk_ld_pair(p))
 #define PV_DP(acc, a, b) nk_dp_emul512(acc, a, b)
 #include "nk_kern_bf16_body.h"
-#undef ISA_B
-#undef KERN_B
-#undef F32KERN
-#undef PV
-#undef PV_LOADU
-#undef PV_BCAST
-#undef PV_DP
 #include "nk_kern_undef.h"
 
 /* float64: 8 x 16 tile */
@@ -99,23 +69,7 @@ NK_TARGET_END
  * twice an FMA's) and VCVTNE2PS2BF16 for the conversion; only called when
  * CPUID reports AVX512_BF16 and AVX512BW (nk_cpu.c). */
 NK_TARGET_AVX512BF16_BEGIN
-#define T float
-#define V __m512
-#define VL 16
-#define NV 2
-#define MR 8
-#define MC 192
-#define KC 512
-#define NC 3072
-#define V_ZERO() _mm512_setzero_ps()
-#define V_LOADU(p) _mm512_loadu_ps(p)
-#define V_STOREU(p, v) _mm512_storeu_ps(p, v)
-#define V_BCAST(x) _mm512_set1_ps(x)
-#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define V_MUL(a, b) _mm512_mul_ps(a, b)
-#define V_ADD(a, b) _mm512_add_ps(a, b)
-#define V_MAX(a, b) _mm512_max_ps(a, b)
-#define V_LOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#include "nk_kern_avx512_s.h"
 
 /* 32 floats (x: 16, y: 16) -> 32 bf16 in the word order idx gives */
 static inline __m512i nk_cvt2_perm(__m512 x, __m512 y, __m512i idx)
@@ -169,14 +123,6 @@ static void nk_cvt_pairs_native(int64_t kc, int r, const float *restrict src,
     }
     if (p < kc) cvt_scalar_sb_avx512bf16(kc - p, r, src + p * r, dst + p * r);
 }
-#undef ISA_B
-#undef KERN_B
-#undef F32KERN
-#undef PV
-#undef PV_LOADU
-#undef PV_BCAST
-#undef PV_DP
-#undef CVT_FAST
 #include "nk_kern_undef.h"
 NK_TARGET_END
 #endif /* NK_X86 */

@@ -112,3 +112,12 @@ const nk_bkern KERN_B = {MR, NR_B, MC, KC, NC, &F32KERN, FNB(cvt), FNB(ukr), FNB
 #undef CATB
 #undef FNB
 #undef EPT
+/* the including file's parameters of this instance */
+#undef ISA_B
+#undef KERN_B
+#undef F32KERN
+#undef PV
+#undef PV_LOADU
+#undef PV_BCAST
+#undef PV_DP
+#undef CVT_FAST

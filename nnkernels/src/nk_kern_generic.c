@@ -79,13 +79,6 @@ static inline nk_v4f nk_dp_emul4(nk_v4f acc, nk_v4u a, nk_v4u b)
 #define PV_BCAST(p) nk_bc_pair(p)
 #define PV_DP(acc, a, b) nk_dp_emul4(acc, a, b)
 #include "nk_kern_bf16_body.h"
-#undef ISA_B
-#undef KERN_B
-#undef F32KERN
-#undef PV
-#undef PV_LOADU
-#undef PV_BCAST
-#undef PV_DP
 #include "nk_kern_undef.h"
 
 #define T double
