@@ -317,6 +317,33 @@ def test_dense_bf16_forward_backward(batch, n_in, units, relu, seed, num_threads
 
 # ----------------------------------------------------------------- conv --
 
+_WB = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], F64)   # B^T
+_WG = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], F64)
+_WA = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], F64)                            # A^T
+
+
+def winograd_bf16_scale(src, w, pt, pl, oh, ow):
+    """The error bound's scale of a Winograd F(2x2, 3x3) with bfloat16
+    products: |A^T| (sum_c |V| |U|) |A| per 2x2 output tile, V = B^T d B of
+    the source's 4x4 patches (zero outside, patch of tile (i, j) at (2i - pt,
+    2j - pl)), U = G g G^T.  Rounding V and U to bf16 (each within 2**-9)
+    changes each product by at most ~2**-8 |V| |U|; the transforms are float32."""
+    n, h, wd, c = src.shape
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    mg = 4   # margin: source pixel (r, s) at pad[:, mg + r, mg + s]; 0 <= pt, pl <= 2 here
+    pad = np.zeros((n, h + 2 * th + 2 * mg, wd + 2 * tw + 2 * mg, c), F64)
+    pad[:, mg:mg + h, mg:mg + wd] = src
+    rows = np.arange(th)[:, None] * 2 + np.arange(4)[None, :] - pt + mg   # (th, 4)
+    cols = np.arange(tw)[:, None] * 2 + np.arange(4)[None, :] - pl + mg
+    d = pad[:, rows[:, None, :, None], cols[None, :, None, :]]  # n, th, tw, 4, 4, c
+    v = np.abs(np.einsum("ia,ntwabc,jb->ntwijc", _WB, d, _WB))
+    u = np.abs(np.einsum("ia,abcf,jb->ijcf", _WG, w.astype(F64), _WG))
+    m = np.einsum("ntwijc,ijcf->ntwijf", v, u)
+    y = np.einsum("ai,ntwijf,bj->ntawbf", np.abs(_WA), m, np.abs(_WA))
+    return y.reshape(n, 2 * th, 2 * tw, -1)[:, :oh, :ow]
+
+
+
 @given(n=st.integers(1, 3), h=st.integers(3, 12), w_=st.integers(3, 12),
        c=st.sampled_from([1, 3, 16, 17, 32]), f=st.sampled_from([1, 8, 16, 33]),
        k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
@@ -333,8 +360,9 @@ def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, 
     y = nk.conv2d(x, w, b, activation=act, precision="bfloat16", **geo)
     # which products take bf16 operands (documented in nnkernels.conv2d):
     # those auto gives to im2col, and a direct forward pass with >= 32
-    # channels; the others are float32, so their references take the
-    # unrounded operands
+    # channels; Winograd with more than 32 channels on a side rounds its
+    # transformed operands (checked against the exact result below); the
+    # others are float32, so their references take the unrounded operands
     algo = {p: nk.conv2d_algo(x.shape, w.shape, product=p, **geo)
             for p in ("forward", "backward_data", "backward_filter")}
     bf = {"forward": algo["forward"] == "im2col" or (algo["forward"] == "direct" and c >= 32),
@@ -349,8 +377,10 @@ def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, 
     scale = ref_conv(np.abs(xr), np.abs(wr), np.abs(b).astype(F64), geo["strides"], padding,
                      geo["dilation"])
     kk = k * k * c
-    if algo["forward"] == "winograd":   # float32 Winograd: its own rounding (tests/test_conv.py)
-        assert_bf16_close(y, ref, scale, "conv2d bf16 (winograd)")
+    pt = 1 if padding == "same" else 0
+    if algo["forward"] == "winograd":   # bf16 transformed operands when > 32 channels on a side
+        wscale = winograd_bf16_scale(x, w, pt, pt, *y.shape[1:3]) + scale
+        assert_bf16_close(y, ref, wscale, "conv2d bf16 (winograd)")
     else:
         assert_close(y, ref, scale, np.float32, kk, f"conv2d bf16 ({algo['forward']})")
     dy = rng.standard_normal(y.shape).astype(np.float32)
@@ -373,6 +403,9 @@ def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, 
     # path is within bfloat16 accuracy of the exact gradient
     edx, _, edb = ref_conv_backward(dz.astype(F64), x.astype(F64), w.astype(F64),
                                     geo["strides"], padding, geo["dilation"])
+    if algo["backward_data"] == "winograd":
+        w_rot = w[::-1, ::-1].transpose(0, 1, 3, 2)
+        sdx = sdx + winograd_bf16_scale(dz, w_rot, 2 - pt, 2 - pt, h, w_)
     assert_bf16_close(dx, edx, sdx, "conv dx bf16")
     if algo["backward_data"] != "winograd":
         assert_close(dx, rdx, sdx, np.float32, k * k * f, f"conv dx bf16 ({algo['backward_data']})")
@@ -380,11 +413,14 @@ def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, 
                  dz.size // f, "conv db")
 
 
-def test_conv2d_bf16_bitwise_across_threads_and_paths(isa):
+# (C_in, C_out): the fused small-channel Winograd (float32 products), and the
+# blocked Winograd with bf16 products (forward: C_in > 32; dX: C_out > 32)
+@pytest.mark.parametrize("c,f", [(16, 24), (40, 24), (24, 40)])
+def test_conv2d_bf16_bitwise_across_threads_and_paths(isa, c, f):
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((4, 14, 14, 16)).astype(np.float32)
-    w = rng.standard_normal((3, 3, 16, 24)).astype(np.float32)
-    dy = rng.standard_normal((4, 14, 14, 24)).astype(np.float32)
+    x = rng.standard_normal((4, 14, 14, c)).astype(np.float32)
+    w = rng.standard_normal((3, 3, c, f)).astype(np.float32)
+    dy = rng.standard_normal((4, 14, 14, f)).astype(np.float32)
     def run():
         y = nk.conv2d(x, w, padding="same", activation="relu", precision="bfloat16")
         return (y,) + nk.conv2d_backward(dy, x, w, padding="same", activation="relu", y=y,
@@ -394,6 +430,40 @@ def test_conv2d_bf16_bitwise_across_threads_and_paths(isa):
     for who, arrays in runs[1:]:
         for name, a0, a in zip(("y", "dx", "dw", "db"), runs[0][1], arrays):
             assert_bitwise_equal(a, a0, f"conv bf16 {name} {who} vs {runs[0][0]}")
+
+
+@pytest.mark.parametrize("n,h,c,f,padding", [(8, 26, 32, 64, "valid"), (3, 9, 64, 64, "same"),
+                                               (2, 7, 65, 17, "same"), (1, 5, 33, 33, "valid")])
+def test_conv2d_bf16_winograd_accuracy(n, h, c, f, padding, num_threads, bf16_path):
+    """Winograd's blocked path (more than 32 channels on a side) rounds its
+    transformed operands V = B^T d B and U = G g G^T to bfloat16: within
+    bfloat16 accuracy of the exact forward pass and data gradient, and not
+    the float32 result (the bf16 products are really used)."""
+    rng = np.random.default_rng(h * c + f)
+    x = rng.standard_normal((n, h, h, c)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, c, f)) / np.sqrt(9 * c)).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    geo = dict(padding=padding, algo="winograd")
+    y = nk.conv2d(x, w, b, precision="bfloat16", **geo)
+    ref = ref_conv(x.astype(F64), w.astype(F64), b.astype(F64), (1, 1), padding, (1, 1), None)
+    scale = ref_conv(np.abs(x).astype(F64), np.abs(w).astype(F64), np.abs(b).astype(F64),
+                     (1, 1), padding, (1, 1))
+    pt = 1 if padding == "same" else 0
+    wscale = winograd_bf16_scale(x, w, pt, pt, *y.shape[1:3]) + scale   # + scale: bias, float32
+    assert_bf16_close(y, ref, wscale, "conv2d bf16 winograd")
+    assert not np.array_equal(y, nk.conv2d(x, w, b, **geo))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = nk.conv2d_backward(dy, x, w, need_dw=False, need_db=False, precision="bfloat16",
+                            **geo)[0]
+    edx, _, _ = ref_conv_backward(dy.astype(F64), x.astype(F64), w.astype(F64), (1, 1), padding,
+                                  (1, 1))
+    sdx, _, _ = ref_conv_backward(np.abs(dy).astype(F64), np.abs(x).astype(F64),
+                                  np.abs(w).astype(F64), (1, 1), padding, (1, 1))
+    w_rot = w[::-1, ::-1].transpose(0, 1, 3, 2)    # dX: the rotated, channel-swapped kernel
+    wsdx = winograd_bf16_scale(dy, w_rot, 2 - pt, 2 - pt, h, h) + sdx
+    assert_bf16_close(dx, edx, wsdx, "conv dx bf16 winograd")
+    assert not np.array_equal(dx, nk.conv2d_backward(dy, x, w, need_dw=False, need_db=False,
+                                                     **geo)[0])
 
 
 def test_bf16_environment_switch():

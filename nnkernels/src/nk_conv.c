@@ -128,6 +128,7 @@ typedef struct {
     int64_t mr, kc;      /* micro-kernel rows, k-block (channels) */
     int64_t tb;          /* tiles per block, a multiple of mr */
     int64_t v_xs, m_xs;  /* distance between the 16 planes of a block's V, M */
+    int lowp;            /* float32, blocked path: bf16 products (CFN(wino)) */
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
@@ -168,30 +169,42 @@ int nk_conv_wino_ok(const nk_conv_shape *s)
  *  - otherwise the implicit-im2col GEMM. */
 static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
 
-/* Whether a float32 product with s->lowp set runs with bfloat16 operands
- * (as the im2col GEMM), given the algorithm float32 would use for it: only
- * where that is faster (measured per product on the default CNN's and
- * ResNet-20's layers, 1 thread, Zen 4): instead of an im2col GEMM (a float32
- * dW of 3x3x32->64: 16.6 -> 11.3 ms), and instead of the direct forward
- * kernel with 32 or more input channels (strided 32->64: 1.30 -> 0.93 ms).
- * Winograd (2.25x fewer multiplications), the register-tiled direct_wgrad
- * and the direct kernels with few channels stay float32: bf16 pairs did
- * not beat them (16->16 on 32x32: forward 2.8 vs 5.3 ms, dW 3.2 vs 5.7). */
+/* Whether a float32 product with s->lowp set runs with bfloat16 operands,
+ * given the algorithm float32 would use for it: only where that is faster
+ * (measured per product on the default CNN's and ResNet-20's layers, 1
+ * thread, Zen 4): instead of an im2col GEMM (a float32 dW of 3x3x32->64:
+ * 16.6 -> 11.3 ms), instead of the direct forward kernel with 32 or more
+ * input channels (as an im2col GEMM: strided 32->64: 1.30 -> 0.93 ms), and
+ * in Winograd's blocked path (more than 32 channels on either side: the
+ * transforms stay float32, the 16 transformed-domain GEMMs take bf16
+ * operands; batch 128, 1 thread, Zen 5: 3x3x32->64 on 26x26 forward 9.2 ->
+ * 7.5 ms, dX 13.1 -> 11.6; 64->64 on 8x8 forward and dX 1.55 -> 1.24 / 1.34;
+ * the error stays within 2**-8 of sum |V| |U|, tests/test_bf16.py).
+ * The fused small-channel Winograd, the register-tiled direct_wgrad and the
+ * direct kernels with few channels stay float32: bf16 pairs did not beat
+ * them (16->16 on 32x32: forward 2.8 vs 5.3 ms, dW 3.2 vs 5.7). */
+static int nk_conv_wino_lowp(const nk_conv_shape *s)
+{
+    return s->c > 32 || s->f > 32; /* CFN(wino_use_fused) false either way */
+}
+
 static int nk_conv_lowp(const nk_conv_shape *s, int pass, int algo)
 {
     if (algo == NK_CONV_IM2COL) return 1;
+    if (algo == NK_CONV_WINOGRAD) return nk_conv_wino_lowp(s);
     return pass == NK_CONV_FWD && algo == NK_CONV_DIRECT && s->c >= 32;
 }
 
 /* The shape one product runs on, given *algo (float32's choice for it):
- * s itself without s->lowp; with it, s and *algo = IM2COL where bf16
- * products win (nk_conv_lowp), else *f32 = s with lowp cleared. */
+ * s itself without s->lowp; with it, s where bf16 products win
+ * (nk_conv_lowp; *algo becomes IM2COL unless it is Winograd), else *f32 =
+ * s with lowp cleared. */
 static const nk_conv_shape *nk_conv_precision(const nk_conv_shape *s, int pass, int *algo,
                                               nk_conv_shape *f32)
 {
     if (!s->lowp) return s;
     if (nk_conv_lowp(s, pass, *algo)) {
-        *algo = NK_CONV_IM2COL;
+        if (*algo != NK_CONV_WINOGRAD) *algo = NK_CONV_IM2COL;
         return s;
     }
     *f32 = *s;

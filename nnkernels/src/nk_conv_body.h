@@ -774,6 +774,11 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
     return 0;
 }
 
+#ifdef NK_CONV_FLOAT
+#define BK_ON (bk != NULL)
+#else
+#define BK_ON 0
+#endif
 static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int flip,
                      const T *bias, int act, T *y, int nt)
 {
@@ -801,12 +806,27 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     /* each part 64-byte aligned (ws is) */
     const int64_t u_len = (16 * C * F + ve - 1) / ve * ve, upk_len = (16 * C * Fp + ve - 1) / ve * ve;
     const int64_t z_len = (C + ve - 1) / ve * ve;
-    const int64_t per = 16 * (g->v_xs + g->m_xs);
+    /* bf16 products (float32, g->lowp): the transforms stay float32; V and U
+     * are converted to the bf16 kernel's pair slivers (the same mr, nr, kc as
+     * the float32 kernel, whose packed layouts they convert) right before
+     * the GEMMs: U once per call, V per block while in L2.  In uint16: a
+     * plane of U is (C + 1) * Fp, of V tb * (C + 1) (k padded to even). */
+#ifdef NK_CONV_FLOAT
+    const nk_bkern *bk = g->lowp ? nk_bkern_current() : NULL;
+    if (bk && (bk->mr != mr || bk->nr != nr || bk->kc != kc)) bk = NULL;
+#endif
+    const int lowp = BK_ON;
+    const int64_t ub_xs = (C + 1) * Fp, vb_xs = (tb * (C + 1) + 31) / 32 * 32;
+    const int64_t ub_len = lowp ? (16 * ub_xs / 2 + ve - 1) / ve * ve : 0;
+    const int64_t per = 16 * (g->v_xs + g->m_xs) + (lowp ? 16 * vb_xs / 2 : 0);
     int from_arena = 0;
-    T *ws = (T *)nk_ws_acquire((size_t)(u_len + upk_len + z_len + nt * per) * sizeof(T),
-                               &from_arena);
+    T *ws = (T *)nk_ws_acquire(
+        (size_t)(u_len + upk_len + ub_len + z_len + nt * per) * sizeof(T), &from_arena);
     if (!ws) return -1;
-    T *u_xcf = ws, *u_pk = u_xcf + u_len, *zero = u_pk + upk_len, *scr = zero + z_len;
+    T *u_xcf = ws, *u_pk = u_xcf + u_len, *zero = u_pk + upk_len + ub_len, *scr = zero + z_len;
+    uint16_t *u_bf = (uint16_t *)(u_pk + upk_len);
+    (void)u_bf;
+    (void)vb_xs;
     memset(zero, 0, (size_t)z_len * sizeof(T));
 
     CFN(wino_u)(g, w, flip, F, u_xcf);
@@ -817,6 +837,12 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
             const int64_t kcur = C - pc < kc ? C - pc : kc;
             kr->pack_b(kcur, F, u_xcf + (xi * C + pc) * F, F, 1, NULL, 0, 0, 0, NULL,
                        u_pk + xi * C * Fp + pc * Fp);
+#ifdef NK_CONV_FLOAT
+            if (lowp)
+                for (int64_t j0 = 0; j0 < F; j0 += nr)
+                    bk->cvt(kcur, (int)nr, u_pk + xi * C * Fp + pc * Fp + j0 * kcur,
+                            u_bf + xi * ub_xs + pc * Fp + j0 * ((kcur + 1) & ~(int64_t)1));
+#endif
         }
 
     void (*in)(const nk_wino *, const T *, const T *, int64_t, int64_t, T *, const T *) =
@@ -830,6 +856,8 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     {
         T *v_pk = scr + per * nk_thread_num();
         T *m_blk = v_pk + 16 * g->v_xs;
+        uint16_t *v_bf = (uint16_t *)(m_blk + 16 * g->m_xs);
+        (void)v_bf;
         EPT ep;
         memset(&ep, 0, sizeof ep);
         ep.alpha = (T)1;
@@ -840,6 +868,33 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
         for (int64_t blk = 0; blk < nblk; blk++) {
             const int64_t t0 = blk * tb, cnt = ntiles - t0 < tb ? ntiles - t0 : tb;
             in(g, src, mask, t0, cnt, v_pk, zero);
+#ifdef NK_CONV_FLOAT
+            if (lowp) {
+                const int64_t nsl = (cnt + mr - 1) / mr;
+                for (int64_t xi = 0; xi < 16; xi++)
+                    for (int64_t pc = 0; pc < C; pc += kc) {
+                        const int64_t kcur = C - pc < kc ? C - pc : kc;
+                        const int64_t kp = (kcur + 1) & ~(int64_t)1;
+                        const T *v = v_pk + xi * g->v_xs + pc * tb;
+                        uint16_t *vb = v_bf + xi * vb_xs + pc * tb;
+                        for (int64_t sl = 0; sl < nsl; sl++)
+                            bk->cvt(kcur, (int)mr, v + sl * mr * kcur, vb + sl * mr * kp);
+                        for (int64_t j0 = 0; j0 < F; j0 += nr) {
+                            const int nn = (int)(F - j0 < nr ? F - j0 : nr);
+                            const uint16_t *b = u_bf + xi * ub_xs + pc * Fp + j0 * kp;
+                            ep.accum = pc > 0;
+                            for (int64_t i0 = 0; i0 < cnt; i0 += mr) {
+                                const int mm = (int)(cnt - i0 < mr ? cnt - i0 : mr);
+                                (nn <= nr / 2 ? bk->ukr_half : bk->ukr)(
+                                    kp, vb + i0 * kp, b, m_blk + xi * g->m_xs + i0 * F + j0, F,
+                                    &ep, mm, nn);
+                            }
+                        }
+                    }
+                out(g, m_blk, t0, cnt, bias, act, y);
+                continue;
+            }
+#endif
             for (int64_t xi = 0; xi < 16; xi++) {
                 const T *v_x = v_pk + xi * g->v_xs, *u_x = u_pk + xi * C * Fp;
                 T *m_x = m_blk + xi * g->m_xs;
@@ -864,6 +919,7 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     nk_ws_release(ws, from_arena);
     return 0;
 }
+#undef BK_ON
 
 static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias, int act,
                          T *y, int nt)
@@ -874,6 +930,7 @@ static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T
     g.f = s->f; g.oh = s->oh; g.ow = s->ow;
     g.pt = s->pt; g.pl = s->pl;
     g.sp = s->ldx; g.op = s->ldy; g.ldw = s->ldw;
+    g.lowp = sizeof(T) == 4 && s->lowp;
     return CFN(wino)(&g, x, NULL, w, 0, bias, act, y, nk_conv_threads(s, nt));
 }
 
@@ -890,6 +947,7 @@ static int CFN(wino_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     g.f = s->c; g.oh = s->h; g.ow = s->w;
     g.pt = 2 - s->pt; g.pl = 2 - s->pl;
     g.sp = s->ldy; g.op = s->ldx; g.ldw = s->ldw;
+    g.lowp = sizeof(T) == 4 && s->lowp;
     return CFN(wino)(&g, dy, ymask, w, 1, NULL, NK_ACT_NONE, dx, nk_conv_threads(s, nt));
 }
 

@@ -15,10 +15,12 @@ its exact emulation; operands' subnormals flush to zero there).  Where
 float32 is faster the kernels keep it, which is only more accurate: a
 convolution product takes bf16 operands only where nnkernels would run it
 as an im2col GEMM (or a direct forward pass with 32 or more input
-channels); Winograd, direct_wgrad, the other direct cases (first layers)
-and depthwise convolutions stay float32 (see nnkernels.conv2d).  Compare
-them with this reference at bfloat16's accuracy (about 2**-8 of the
-magnitudes summed).
+channels); Winograd with more than 32 channels on a side rounds its
+transformed operands instead (a different rounding, of the same size);
+the small-channel Winograd, direct_wgrad, the other direct cases (first
+layers) and depthwise convolutions stay float32 (see nnkernels.conv2d).
+Compare them with this reference at bfloat16's accuracy (about 2**-8 of
+the magnitudes summed).
 
 ``round_bf16`` works on the bits of the float32 array (as uint32), with the
 array module ``xp`` (NumPy or CuPy):
