@@ -453,6 +453,49 @@ def test_fused_plan_equals_unfused():
     np.testing.assert_allclose(ga, gb, rtol=1e-10, atol=1e-12)
 
 
+def _conv_pool_model(dtype, pool, consumers=1):
+    pynn.utils.set_random_seed(5)
+    inp = L.Input((9, 9, 3))
+    c = L.Conv2D(5, 3, padding="same", activation="relu")(inp)
+    x = pool(c)
+    if consumers == 2:                       # the conv output read twice: not fused
+        x = L.add([L.GlobalMaxPooling2D()(x), L.GlobalAveragePooling2D()(c)])
+    out = L.Dense(3, activation="softmax")(L.Flatten()(x))
+    return compiled(pynn.Model(inp, out, dtype=dtype))
+
+
+@pytest.mark.parametrize("pool", [lambda: L.MaxPooling2D(2),
+                                  lambda: L.MaxPooling2D(3, strides=2, padding="same")],
+                         ids=["2x2", "3x3s2-same-overlapping"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_relu_pool_fusion_gives_the_same_bits(pool, dtype):
+    """Conv2D(relu) -> MaxPooling2D: the ReLU mask moves into the pooling's
+    backward (pynn/models/fusion.py); weights after training steps are
+    bitwise those of the layer-by-layer plan, overlapping windows included."""
+    from pynn.models import fusion
+    x_, y_ = data(12, shape=(9, 9, 3))
+    x_ = x_.astype(dtype)
+    runs = []
+    for enabled in (True, False):
+        old, fusion.ENABLED = fusion.ENABLED, enabled
+        try:
+            m = _conv_pool_model(dtype, lambda t: pool()(t))
+        finally:
+            fusion.ENABLED = old
+        kinds = [type(n.layer).__name__ for n in m._exec.nodes]
+        assert ("ConvMaskedByPool" in kinds and "PoolMasksRelu" in kinds) == enabled
+        for _ in range(3):
+            m.train_on_batch(x_, y_)
+        runs.append(m.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    if dtype == "float64":
+        check_grads(_conv_pool_model(dtype, lambda t: pool()(t)), x_, y_)
+    # a second consumer of the convolution's output keeps the plain nodes
+    m2 = _conv_pool_model(dtype, lambda t: pool()(t), consumers=2)
+    assert "ConvMaskedByPool" not in [type(n.layer).__name__ for n in m2._exec.nodes]
+
+
 def test_resnet20_weight_order_is_keras_order():
     """The same ResNet-20 code gives Keras 3's layer names, weight order and
     shapes (recorded from Keras 3.15 in tests/data), so get_weights /

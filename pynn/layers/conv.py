@@ -131,12 +131,14 @@ class Conv2D(_Conv):
 
     accumulates_dx = True
 
-    def backward(self, dy, need_dx=True, dx_into=None):
+    def backward(self, dy, need_dx=True, dx_into=None, relu_masked=False):
         """dx; with dx_into (the gradient the input already has from another
-        consumer) the data gradient is added to it in the same pass."""
+        consumer) the data gradient is added to it in the same pass; with
+        relu_masked (a fused ReLU whose mask the consumer applied:
+        pynn/models/fusion.py) dy is already dz."""
         c = self.ctx
         dz = self._pre_backward(self._activity_grad(dy, c.y), c.y)
-        act = self._kernel_act()
+        act = None if relu_masked else self._kernel_act()
         if need_dx and dx_into is not None:
             dx, acc = dx_into, True
         else:

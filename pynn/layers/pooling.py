@@ -44,12 +44,19 @@ class MaxPooling2D(_Pool2D):
         y = self._buf("y", shp)
         idx = self._buf("idx", shp, np.int32)
         self.ops.max_pool2d(x, self.pool_size, self.strides, self.padding, out=y, indices=idx)
-        self.ctx.xshape, self.ctx.idx = x.shape, idx
+        self.ctx.xshape, self.ctx.idx, self.ctx.y = x.shape, idx, y
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, relu_mask=False):
+        """dx; with relu_mask (the plan's fusion of a ReLU convolution into
+        this pooling: pynn/models/fusion.py) dy is first masked by y > 0 -- the
+        ReLU derivative at each window's maximum, which is that window's
+        output -- so the gradient leaves here as the producer's dz."""
         if not need_dx:
             return None
+        if relu_mask:
+            dy = self.ops.activation_backward("relu", dy, self.ctx.y,
+                                              out=self._buf("dy_masked", dy.shape))
         dx = self._buf("dx", self.ctx.xshape)
         return self.ops.max_pool2d_backward(dy, self.ctx.idx, self.ctx.xshape, out=dx,
                                             **self._geom())

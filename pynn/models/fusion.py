@@ -5,15 +5,27 @@ shortcut and then a ReLU.  Run as written, each is its own memory-bound pass
 over the activations, forward and backward.  Here such chains become one
 node whose batch-norm kernel does ``relu(BN(x) [+ shortcut])`` in its write
 pass, and in backward masks the gradient and writes the shortcut's gradient
-in the same pass.  A chain is fused only when its intermediate tensors have
-no other consumer and are not outputs, so nothing observable changes (the
-values are the same up to float rounding order, which is identical here).
+in the same pass.
+
+A ``Conv2D(activation="relu")`` whose output only a ``MaxPooling2D`` reads
+(the classic CNN block) keeps both nodes, but the ReLU's backward mask moves
+into the pooling: the gradient of a window reaches only its maximum, where
+the ReLU's derivative is ``window output > 0``, so masking the pooled
+gradient (a quarter of the size for 2x2) gives the convolution its dz
+exactly, and its backward kernels no longer read y for the mask.
+
+A chain is fused only when its intermediate tensors have no other consumer
+and are not outputs, so nothing observable changes (the values are the same
+up to float rounding order, which is identical here: the conv-pool case
+gives the same bits).
 """
 import os
 
+from ..layers.conv import Conv2D
 from ..layers.core import Activation
 from ..layers.merging import Add
 from ..layers.normalization import BatchNormalization
+from ..layers.pooling import MaxPooling2D
 
 
 # PYNN_FUSE=0 runs every layer on its own (for comparisons and debugging)
@@ -57,6 +69,47 @@ class FusedBatchNorm:
         return bn.backward(dy, need_dx)
 
 
+class _Delegate:
+    """A plan node's stand-in for one layer: runs it on the node's own ctx,
+    and reads every other attribute from it."""
+
+    def __init__(self, layer):
+        self.fused_of = layer
+        self.ctx = None
+
+    def __getattr__(self, name):          # only for what the instance lacks
+        return getattr(self.__dict__["fused_of"], name)
+
+    def forward(self, x, training=False):
+        lay = self.fused_of
+        lay.ctx = self.ctx
+        return lay.forward(x, training)
+
+
+class ConvMaskedByPool(_Delegate):
+    """Conv2D(activation="relu") whose gradient arrives already masked."""
+
+    def backward(self, dy, need_dx=True, dx_into=None):
+        lay = self.fused_of
+        lay.ctx = self.ctx
+        return lay.backward(dy, need_dx, dx_into, relu_masked=True)
+
+
+class PoolMasksRelu(_Delegate):
+    """MaxPooling2D that applies its producer's ReLU mask to the gradient."""
+
+    def backward(self, dy, need_dx=True):
+        lay = self.fused_of
+        lay.ctx = self.ctx
+        return lay.backward(dy, need_dx, relu_mask=True)
+
+
+def _relu_conv(layer):
+    """A Conv2D whose ReLU runs in its kernels (nothing between them)."""
+    return type(layer) is Conv2D and layer.activation == "relu" and \
+        layer.activity_regularizer is None and len(layer._inbound_nodes) == 1
+
+
 def _is_relu(layer):
     return isinstance(layer, Activation) and layer.activation == "relu" and \
         not layer.act_params and not getattr(layer, "emit_logits", False)
@@ -78,6 +131,15 @@ def fuse(nodes, outputs):
 
     drop, replace = set(), {}
     for node in nodes:
+        if _relu_conv(node.layer):
+            nxt = only_consumer(node.output_tensors[0])
+            if nxt is not None and type(nxt.layer) is MaxPooling2D and \
+                    len(nxt.layer._inbound_nodes) == 1:
+                replace[node] = PlanNode(ConvMaskedByPool(node.layer), list(node.input_tensors),
+                                         list(node.output_tensors))
+                replace[nxt] = PlanNode(PoolMasksRelu(nxt.layer), list(nxt.input_tensors),
+                                        list(nxt.output_tensors))
+            continue
         bn = node.layer
         if type(bn) is not BatchNormalization or len(bn._inbound_nodes) != 1 or node in drop:
             continue
