@@ -23,6 +23,10 @@ cdef extern from "nk_conv.h" nogil:
     int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
                           const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                           int act, void *y_nhwf, int nthreads)
+    int nk_conv2d_forward_maxpool(const nk_conv_shape *s, int dbl, int algo,
+                                  const void *x_nhwc, const void *w_hwcf, const void *bias_f,
+                                  int act, void *y_nhwf, void *pool_y, int32_t *pool_i,
+                                  int nthreads)
     int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
                            const void *dy_nhwf, const void *x_nhwc, const void *w_hwcf,
                            int act, const void *y_nhwf,
@@ -300,6 +304,63 @@ cdef object _conv2d_fwd(object x, object w, object bias, object strides, object 
     if rc != 0:
         raise MemoryError(f"nnkernels.{fname}: could not allocate the workspace")
     return out
+
+
+def conv2d_maxpool(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
+                   groups=1, activation=None, algo="auto", out=None, indices=None, y=None,
+                   precision=None):
+    """max_pool2d(conv2d(x, w, bias, ...), (2, 2)) in one call: returns
+    (out, indices), the values and indices max_pool2d (2x2 windows, stride 2,
+    "valid") gives for y = act(conv(x, w) + bias), bit for bit.
+
+    Same arguments as conv2d for the convolution.  Where its forward pass
+    runs as Winograd (float32, groups=1; see conv2d_algo) each 2x2 output
+    tile is one pooling window, pooled in the output transform: y is then
+    never written unless given.  Elsewhere the convolution runs first, into
+    y or, when y is None, into a workspace, and the pooling kernel after it.
+    out: optional (N, OH // 2, OW // 2, C_out) array of x's dtype; indices:
+    optional int32 array of that shape (h * OW + w in the OH x OW plane, as
+    max_pool2d); y: optional (N, OH, OW, C_out) array that receives the
+    convolution's output (all C-contiguous, not overlapping each other or
+    the inputs).  OH and OW must be at least 2.
+    """
+    x = _nhwc(x, "x")
+    w = _nhwc(w, "w")
+    cdef nk_conv_shape s
+    dt = _same_dtype([("x", x), ("w", w)])
+    cdef int act = _act_id(activation)
+    cdef int algo_id = _conv_algo(algo)
+    cdef int lowp = _lowp(precision, dt)
+    _conv_geometry(x.shape, w.shape, strides, padding, dilation, groups, &s)
+    s.lowp = lowp
+    _conv_check_algo(algo_id, &s)
+    if s.oh < 2 or s.ow < 2:
+        raise ValueError(f"conv2d_maxpool: the convolution's output is {s.oh}x{s.ow}; 2x2 "
+                         "pooling needs at least 2x2")
+    if bias is not None:
+        bias = _vector(bias, s.f * s.g, dt, "bias")
+    named = [("x", x), ("w", w), ("bias", bias)]
+    pshape = (s.n, s.oh // 2, s.ow // 2, s.f * s.g)
+    out = _conv_out(out, pshape, dt, "out", named)
+    if indices is not None and not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a numpy.ndarray, got {type(indices).__name__}")
+    indices = _conv_out(indices, pshape, _I32, "indices", named + [("out", out)])
+    if y is not None:
+        y = _conv_out(y, (s.n, s.oh, s.ow, s.f * s.g), dt, "y",
+                      named + [("out", out), ("indices", indices)])
+    cdef bint dbl = dt == _F64
+    cdef const void *px = _p(x)
+    cdef const void *pw = _p(w)
+    cdef const void *pb = _p(bias) if bias is not None else NULL
+    cdef void *py = _p(y) if y is not None else NULL
+    cdef void *po = _p(out)
+    cdef int32_t *pi = <int32_t *>_p(indices)
+    cdef int rc
+    with nogil:
+        rc = nk_conv2d_forward_maxpool(&s, dbl, algo_id, px, pw, pb, act, py, po, pi, 0)
+    if rc != 0:
+        raise MemoryError("nnkernels.conv2d_maxpool: could not allocate the workspace")
+    return out, indices
 
 
 def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1),

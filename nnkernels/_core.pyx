@@ -6,7 +6,7 @@ write out of bounds."""
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.string cimport memset
 
 cnp.import_array()

@@ -205,6 +205,14 @@ def make_call(g, nk):
             A((N, F)), a, b, y=A((N, F)) if g.p(0.5) else None,
             activation=pick([None, "relu"]), need_dx=g.p(0.7), need_db=g.p(0.7),
             dx=O((N, C)), dw=O((C, F)), db=O((F,)), precision=prec()), ins, guards
+    if kind == 3 and g.p(0.5):
+        x, w = A((N, H, W, C)), A((KH, KW, C, F))
+        ps = (N, H // 2, W // 2, F)
+        return "conv2d_maxpool", lambda: nk.conv2d_maxpool(
+            x, w, A((F,)) if g.p(0.3) else None, activation=pick([None, "relu"]),
+            algo=pick(["auto", "direct", "im2col", "winograd", "x"]), groups=g.int_arg(1),
+            out=O(ps), indices=O(ps, "int32") if g.p(0.7) else None,
+            y=O((N, H, W, F)) if g.p(0.5) else None, precision=prec(), **geo()), ins, guards
     if kind in (2, 3):
         x, w = A((N, H, W, C)), A((KH, KW, C, F))
         return "conv2d", lambda: nk.conv2d(

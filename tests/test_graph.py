@@ -464,14 +464,17 @@ def _conv_pool_model(dtype, pool, consumers=1):
     return compiled(pynn.Model(inp, out, dtype=dtype))
 
 
-@pytest.mark.parametrize("pool", [lambda: L.MaxPooling2D(2),
-                                  lambda: L.MaxPooling2D(3, strides=2, padding="same")],
-                         ids=["2x2", "3x3s2-same-overlapping"])
+@pytest.mark.parametrize("pool,fused", [
+    (lambda: L.MaxPooling2D(2), ["FusedConvPool"]),
+    (lambda: L.MaxPooling2D(3, strides=2, padding="same"), ["ConvMaskedByPool", "PoolMasksRelu"]),
+    (lambda: L.MaxPooling2D(2, strides=1), ["ConvMaskedByPool", "PoolMasksRelu"]),
+], ids=["2x2-one-kernel", "3x3s2-same-overlapping", "2x2s1"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_conv_relu_pool_fusion_gives_the_same_bits(pool, dtype):
+def test_conv_relu_pool_fusion_gives_the_same_bits(pool, fused, dtype):
     """Conv2D(relu) -> MaxPooling2D: the ReLU mask moves into the pooling's
-    backward (pynn/models/fusion.py); weights after training steps are
-    bitwise those of the layer-by-layer plan, overlapping windows included."""
+    backward, and 2x2/stride-2 pooling runs in the convolution's kernel call
+    (pynn/models/fusion.py); weights after training steps are bitwise those
+    of the layer-by-layer plan, overlapping windows included."""
     from pynn.models import fusion
     x_, y_ = data(12, shape=(9, 9, 3))
     x_ = x_.astype(dtype)
@@ -483,7 +486,7 @@ def test_conv_relu_pool_fusion_gives_the_same_bits(pool, dtype):
         finally:
             fusion.ENABLED = old
         kinds = [type(n.layer).__name__ for n in m._exec.nodes]
-        assert ("ConvMaskedByPool" in kinds and "PoolMasksRelu" in kinds) == enabled
+        assert all(k in kinds for k in fused) == enabled
         for _ in range(3):
             m.train_on_batch(x_, y_)
         runs.append(m.get_weights())
@@ -493,7 +496,7 @@ def test_conv_relu_pool_fusion_gives_the_same_bits(pool, dtype):
         check_grads(_conv_pool_model(dtype, lambda t: pool()(t)), x_, y_)
     # a second consumer of the convolution's output keeps the plain nodes
     m2 = _conv_pool_model(dtype, lambda t: pool()(t), consumers=2)
-    assert "ConvMaskedByPool" not in [type(n.layer).__name__ for n in m2._exec.nodes]
+    assert not set(fused) & {type(n.layer).__name__ for n in m2._exec.nodes}
 
 
 def test_resnet20_weight_order_is_keras_order():

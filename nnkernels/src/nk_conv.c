@@ -5,6 +5,7 @@
 #include <math.h>
 #include "nk_internal.h"
 #include "nk_conv.h"
+#include "nk_pool.h"
 #include "nk_target.h"
 _Static_assert(sizeof(void *) <= 8, "nk_conv_ptr_elems assumes pointers of at most 8 bytes");
 #ifdef _OPENMP
@@ -129,6 +130,12 @@ typedef struct {
     int64_t tb;          /* tiles per block, a multiple of mr */
     int64_t v_xs, m_xs;  /* distance between the 16 planes of a block's V, M */
     int lowp;            /* float32, blocked path: bf16 products (CFN(wino)) */
+    /* forward only: 2x2 stride-2 max pooling of act(output) in the output
+     * transform (each full 2x2 tile is one window): pooled values (N, oh/2,
+     * ow/2, f, T) and their int32 indices h * ow + w as nk_max_pool2d_fwd;
+     * NULL: none.  y may then be NULL (the output itself not stored). */
+    void *pool_y;
+    int32_t *pool_i;
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
@@ -608,6 +615,19 @@ int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo, const void *x_n
                          (const double *)bias_f, act, (double *)y_nhwf, nthreads);
     return forward_s(s, algo, (const float *)x_nhwc, (const float *)w_hwcf,
                      (const float *)bias_f, act, (float *)y_nhwf, nthreads);
+}
+
+int nk_conv2d_forward_maxpool(const nk_conv_shape *s, int dbl, int algo, const void *x_nhwc,
+                              const void *w_hwcf, const void *bias_f, int act, void *y_nhwf,
+                              void *pool_y, int32_t *pool_i, int nthreads)
+{
+    if (dbl)
+        return forward_pool_d(s, algo, (const double *)x_nhwc, (const double *)w_hwcf,
+                              (const double *)bias_f, act, (double *)y_nhwf, (double *)pool_y,
+                              pool_i, nthreads);
+    return forward_pool_s(s, algo, (const float *)x_nhwc, (const float *)w_hwcf,
+                          (const float *)bias_f, act, (float *)y_nhwf, (float *)pool_y, pool_i,
+                          nthreads);
 }
 
 int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo, const void *dy_nhwf,

@@ -124,6 +124,18 @@ int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
                       const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                       int act, void *y_nhwf, int nthreads);
 
+/* The forward pass followed by 2x2 stride-2 "valid" max pooling of its
+ * output: pool_y (N, oh/2, ow/2, g*f) and pool_i (int32, h * ow + w of each
+ * window's winner) exactly as nk_max_pool2d_fwd on y.  Where the forward
+ * pass runs as Winograd (float32, one group) the pooling happens in its
+ * output transform and y (may be NULL) is not needed; elsewhere y, or a
+ * workspace when NULL, receives the output first.  y pixels must be
+ * contiguous (ldy = g*f). */
+int nk_conv2d_forward_maxpool(const nk_conv_shape *s, int dbl, int algo,
+                              const void *x_nhwc, const void *w_hwcf, const void *bias_f,
+                              int act, void *y_nhwf, void *pool_y, int32_t *pool_i,
+                              int nthreads);
+
 /* dz = dy * act'(y) (y: forward output, needed for relu).  Any of dx_nhwc,
  * dw_hwcf and db_f may be NULL (not wanted): with dw_hwcf == NULL no weight
  * gradient is computed (x is not read; the data gradient alone is the

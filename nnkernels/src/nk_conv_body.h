@@ -921,11 +921,14 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
 }
 #undef BK_ON
 
+/* pool_y / pool_i: see nk_wino (NULL: no pooling; with them y may be NULL) */
 static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T *bias, int act,
-                         T *y, int nt)
+                         T *y, int nt, T *pool_y, int32_t *pool_i)
 {
     nk_wino g;
     memset(&g, 0, sizeof g);
+    g.pool_y = pool_y;
+    g.pool_i = pool_i;
     g.n = s->n; g.h = s->h; g.w = s->w; g.c = s->c;
     g.f = s->f; g.oh = s->oh; g.ow = s->ow;
     g.pt = s->pt; g.pl = s->pl;
@@ -1368,7 +1371,7 @@ static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *
     if (algo == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_FWD))
         return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
     if (algo == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
-        return CFN(wino_fwd)(s, x, w, bias, act, y, nt);
+        return CFN(wino_fwd)(s, x, w, bias, act, y, nt, NULL, NULL);
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
 }
 
@@ -1469,6 +1472,46 @@ static int CFN(backward)(const nk_conv_shape *s0, int algo, const T *dy, const T
         rc = CFN(backward1)(&s, algo, dy + j * F, x ? x + j * C : NULL, w + j * F, act,
                             y ? y + j * F : NULL, dx ? dx + j * C : NULL, acc,
                             dw ? dw + j * F : NULL, db ? db + j * F : NULL, nt);
+    return rc;
+}
+
+/* py, pi = 2x2 stride-2 max pooling of y = act(conv(x) + bias) (see
+ * nk_conv2d_forward_maxpool): in Winograd's output transform when the
+ * forward pass runs there (one group, float32: y is then stored only when
+ * given), else the convolution into y (or a workspace) and the pooling
+ * kernel after it. */
+static int CFN(forward_pool)(const nk_conv_shape *s0, int algo, const T *x, const T *w,
+                             const T *bias, int act, T *y, T *py, int32_t *pi, int nt)
+{
+    nk_conv_shape s = nk_conv_norm(s0);
+    if (sizeof(T) != 4) s.lowp = 0;
+    const int64_t F = s.f * (s.g > 1 ? s.g : 1);
+    const int plain = s.ldy == F && s.n > 0 && s.oh > 1 && s.ow > 1 && s.f > 0;
+    if (sizeof(T) == 4 && s.g <= 1 && plain && algo != NK_CONV_DEPTHWISE) {
+        int a = algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD
+                    ? nk_conv_choose(&s, 0, NK_CONV_FWD)
+                    : algo;
+        nk_conv_shape f32s;
+        const nk_conv_shape *sp = nk_conv_precision(&s, NK_CONV_FWD, &a, &f32s);
+        if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(sp) && KCUR()->mr <= WINO_MR_MAX)
+            return CFN(wino_fwd)(sp, x, w, bias, act, y, nt, py, pi);
+    }
+    int slot = 0;
+    T *yy = y;
+    if (!yy) {
+        yy = (T *)nk_ws_acquire((size_t)(s.n * s.oh * s.ow * F) * sizeof(T) + 64, &slot);
+        if (!yy) return -1;
+    }
+    int rc = CFN(forward)(&s, algo, x, w, bias, act, yy, nt);
+    if (rc == 0) {
+        nk_pool_geom pg;
+        memset(&pg, 0, sizeof pg);
+        pg.n = s.n; pg.h = s.oh; pg.w = s.ow; pg.c = F;
+        pg.oh = s.oh / 2; pg.ow = s.ow / 2;
+        pg.ph = pg.pw = pg.sh = pg.sw = 2;
+        nk_max_pool2d_fwd(&pg, yy, py, pi, sizeof(T) == 8);
+    }
+    if (!y) nk_ws_release(yy, slot);
     return rc;
 }
 

@@ -207,16 +207,60 @@ static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t 
 /* Output transform y = act(bias + A^T m A) of tiles [t0, t0 + cnt); m: the
  * 16 GEMM products, plane xi at m_blk + xi * m_xs, local tile j's F values
  * at + j * F.  Only the tile's outputs inside OH x OW are stored. */
+/* The output tile o[4] (rows a, columns b at o[2a + b]; act applied) of
+ * tile (n, oh/2, ow/2): added to y with g->accum, stored into y (unless y
+ * is NULL), and with g->pool_y its 2x2 window's maximum and index, which
+ * max pooling would find in y (the same comparison and scan order as
+ * nk_max_pool2d_fwd: first maximum wins ties, the first NaN wins). */
+WAI void WFN(wino_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int64_t ow,
+                         int rows, int cols, int64_t f0, int64_t fn)
+{
+    const int64_t OW = g->ow, OP = g->op;
+    if (y) {
+        T *yp = y + ((n * g->oh + oh) * OW + ow) * OP + f0;
+        if (g->accum) { /* y += (rows / columns inside the output only) */
+            o[0] += WFN(wld)(yp, fn);
+            if (cols == 2) o[1] += WFN(wld)(yp + OP, fn);
+            if (rows == 2) {
+                o[2] += WFN(wld)(yp + OW * OP, fn);
+                if (cols == 2) o[3] += WFN(wld)(yp + (OW + 1) * OP, fn);
+            }
+        }
+        WFN(wst)(yp, o[0], fn);
+        if (cols == 2) WFN(wst)(yp + OP, o[1], fn);
+        if (rows == 2) {
+            WFN(wst)(yp + OW * OP, o[2], fn);
+            if (cols == 2) WFN(wst)(yp + (OW + 1) * OP, o[3], fn);
+        }
+    }
+    if (g->pool_y && rows == 2 && cols == 2) {
+        const int64_t p0 = oh * OW + ow, PW = OW / 2;
+        WV best = o[0];
+        WVI bi = (WVI){0} + (TI)p0;
+        const int64_t off[4] = {0, 1, OW, OW + 1};
+#pragma GCC unroll 4
+        for (int k = 1; k < 4; k++) {
+            const WVI upd = ~(WVI)(o[k] <= best) & (WVI)(best == best);
+            best = (WV)(((WVI)o[k] & upd) | ((WVI)best & ~upd));
+            bi = (((WVI){0} + (TI)(p0 + off[k])) & upd) | (bi & ~upd);
+        }
+        const int64_t q = ((n * (g->oh / 2) + oh / 2) * PW + ow / 2) * g->f + f0;
+        WFN(wst)((T *)g->pool_y + q, best, fn);
+        TI t[64 / sizeof(T)];
+        memcpy(t, &bi, sizeof bi);
+        for (int64_t l = 0; l < fn; l++) g->pool_i[q + l] = (int32_t)t[l];
+    }
+}
+
 static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t cnt,
                           const T *bias, int act, T *y)
 {
-    const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs, OP = g->op;
+    const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs;
     for (int64_t j = 0; j < cnt; j++) {
         const int64_t t = t0 + j, n = t / (g->th * g->tw), r = t - n * (g->th * g->tw);
         const int64_t th = r / g->tw, tw = r - th * g->tw;
         const int64_t oh = 2 * th, ow = 2 * tw;
         const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
-        T *yp = y + ((n * OH + oh) * OW + ow) * OP;
         const T *mp = m_blk + j * F;
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
             const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
@@ -244,20 +288,7 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
             for (int k = 0; k < 4; k++) {
                 if (act == NK_ACT_RELU) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0)); /* NaN kept */
             }
-            if (g->accum) { /* y += (rows / columns inside the output only) */
-                o[0] += WFN(wld)(yp + f0, fn);
-                if (cols == 2) o[1] += WFN(wld)(yp + OP + f0, fn);
-                if (rows == 2) {
-                    o[2] += WFN(wld)(yp + OW * OP + f0, fn);
-                    if (cols == 2) o[3] += WFN(wld)(yp + (OW + 1) * OP + f0, fn);
-                }
-            }
-            WFN(wst)(yp + f0, o[0], fn);
-            if (cols == 2) WFN(wst)(yp + OP + f0, o[1], fn);
-            if (rows == 2) {
-                WFN(wst)(yp + OW * OP + f0, o[2], fn);
-                if (cols == 2) WFN(wst)(yp + (OW + 1) * OP + f0, o[3], fn);
-            }
+            WFN(wino_store)(g, o, y, n, oh, ow, rows, cols, f0, fn);
         }
     }
 }
@@ -333,7 +364,7 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
                            const int64_t fp, int64_t t0, int64_t cnt, T *restrict vb,
                            T *restrict mb, const T *bias, int act, T *y)
 {
-    const int64_t OH = g->oh, OW = g->ow, OP = g->op;
+    const int64_t OH = g->oh, OW = g->ow;
     const T *px[WINO_FR][16], *pm[WINO_FR][16];
     int left[WINO_FR];
     {
@@ -392,7 +423,6 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
         const int64_t th = r / g->tw, tw = r - th * g->tw;
         const int64_t oh = 2 * th, ow = 2 * tw;
         const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
-        T *yp = y + ((n * OH + oh) * OW + ow) * OP;
         const T *mp = mb + 16 * j * fp;
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
             const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
@@ -418,20 +448,7 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
 #pragma GCC unroll 16
                 for (int k = 0; k < 4; k++) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0));
             }
-            if (g->accum) {
-                o[0] += WFN(wld)(yp + f0, fn);
-                if (cols == 2) o[1] += WFN(wld)(yp + OP + f0, fn);
-                if (rows == 2) {
-                    o[2] += WFN(wld)(yp + OW * OP + f0, fn);
-                    if (cols == 2) o[3] += WFN(wld)(yp + (OW + 1) * OP + f0, fn);
-                }
-            }
-            WFN(wst)(yp + f0, o[0], fn);
-            if (cols == 2) WFN(wst)(yp + OP + f0, o[1], fn);
-            if (rows == 2) {
-                WFN(wst)(yp + OW * OP + f0, o[2], fn);
-                if (cols == 2) WFN(wst)(yp + (OW + 1) * OP + f0, o[3], fn);
-            }
+            WFN(wino_store)(g, o, y, n, oh, ow, rows, cols, f0, fn);
         }
     }
 }

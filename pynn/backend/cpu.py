@@ -43,6 +43,13 @@ class CPUOps(Ops):
         return self.nk.conv2d(x, w, b, strides=strides, padding=padding, dilation=dilation,
                               groups=groups, activation=activation, out=out, **_kw(precision))
 
+    def conv2d_maxpool_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+                               groups=1, activation=None, out=None, indices=None,
+                               precision=None):
+        return self.nk.conv2d_maxpool(x, w, b, strides=strides, padding=padding,
+                                      dilation=dilation, groups=groups, activation=activation,
+                                      out=out, indices=indices, **_kw(precision))
+
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
                         db=None, accumulate_dx=False, precision=None):

@@ -486,6 +486,17 @@ class Ops:
         return out
 
     # -- pooling ------------------------------------------------------------
+    def conv2d_maxpool_forward(self, x, w, b=None, *, strides=1, padding="valid", dilation=1,
+                               groups=1, activation=None, out=None, indices=None,
+                               precision=None):
+        """(pooled, indices): max_pool2d with 2x2 windows and stride 2
+        ("valid") of conv2d_forward's output, which is not returned (here it
+        is computed in full; the CPU kernel pools inside its Winograd output
+        transform)."""
+        y = self.conv2d_forward(x, w, b, strides=strides, padding=padding, dilation=dilation,
+                                groups=groups, activation=activation, precision=precision)
+        return self.max_pool2d(y, (2, 2), None, "valid", out=out, indices=indices)
+
     def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
         """(y, int32 indices h*W+w of the winner in its plane); first max wins."""
         ph, pw = _pair(pool_size, "pool_size")

@@ -7,6 +7,8 @@ pointwise part -- take bfloat16 operands with float32 accumulation, forward
 and backward (``precision="bfloat16"`` of the ops).  DepthwiseConv2D and
 SeparableConv2D's depthwise part stay float32: they are per-channel
 stencils, not products worth a bfloat16 path."""
+import numpy as np
+
 from .. import initializers
 from ..backend.geometry import (check_channels_last, conv_padding, pair, padding_mode,
                                 transpose_conv_length)
@@ -128,6 +130,26 @@ class Conv2D(_Conv):
         c.x, c.z, c.y = x, z, y
         self._record_activity(y, x.shape[0])
         return y
+
+    def forward_maxpool(self, x, pool):
+        """This layer (activation "relu", no activity regularizer) followed by
+        ``pool``, a MaxPooling2D(2, strides=2, padding="valid"), in one
+        kernel call (the plan's fusion, pynn/models/fusion.py): returns the
+        pooled output and fills pool.ctx as its own forward would.  The
+        convolution's output is not kept: its backward then takes dz from
+        the pooling's masked backward (relu_masked)."""
+        c = self.ctx
+        oh, ow = self._out_hw_checked(x.shape[1:])
+        yshape = (x.shape[0], oh, ow, self.filters)
+        pshape = (x.shape[0], oh // 2, ow // 2, self.filters)
+        py = pool._buf("y", pshape)
+        pi = pool._buf("idx", pshape, np.int32)
+        self.ops.conv2d_maxpool_forward(x, self.w["kernel"], self.w.get("bias"),
+                                        activation="relu", out=py, indices=pi, **self._geom(),
+                                        **self._product_kw)
+        c.x, c.z, c.y = x, None, None
+        pool.ctx.xshape, pool.ctx.idx, pool.ctx.y = yshape, pi, py
+        return py
 
     accumulates_dx = True
 

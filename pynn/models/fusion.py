@@ -8,11 +8,16 @@ pass, and in backward masks the gradient and writes the shortcut's gradient
 in the same pass.
 
 A ``Conv2D(activation="relu")`` whose output only a ``MaxPooling2D`` reads
-(the classic CNN block) keeps both nodes, but the ReLU's backward mask moves
-into the pooling: the gradient of a window reaches only its maximum, where
-the ReLU's derivative is ``window output > 0``, so masking the pooled
-gradient (a quarter of the size for 2x2) gives the convolution its dz
-exactly, and its backward kernels no longer read y for the mask.
+(the classic CNN block): the ReLU's backward mask moves into the pooling --
+the gradient of a window reaches only its maximum, where the ReLU's
+derivative is ``window output > 0``, so masking the pooled gradient (a
+quarter of the size for 2x2) gives the convolution its dz exactly, and its
+backward kernels no longer read y for the mask.  With 2x2 windows, stride 2
+and "valid" padding both run as one node (:class:`FusedConvPool`): one
+kernel call that pools inside Winograd's output transform, so the
+convolution's output is never written (nnkernels.conv2d_maxpool); other
+pool geometries keep two nodes (:class:`ConvMaskedByPool`,
+:class:`PoolMasksRelu`).
 
 A chain is fused only when its intermediate tensors have no other consumer
 and are not outputs, so nothing observable changes (the values are the same
@@ -104,6 +109,40 @@ class PoolMasksRelu(_Delegate):
         return lay.backward(dy, need_dx, relu_mask=True)
 
 
+class FusedConvPool(_Delegate):
+    """Conv2D(relu) -> MaxPooling2D(2, strides=2, "valid") as one plan node;
+    the weights are the convolution's, the pooling keeps its own ctx."""
+
+    def __init__(self, conv, pool):
+        super().__init__(conv)
+        self.pool = pool
+
+    def _ctxs(self):
+        conv, pool = self.fused_of, self.pool
+        conv.ctx = self.ctx
+        sub = getattr(self.ctx, "pool_ctx", None)
+        if sub is None:
+            sub = self.ctx.pool_ctx = type(self.ctx)(bufs={})
+        pool.ctx = sub
+        return conv, pool
+
+    def forward(self, x, training=False):
+        conv, pool = self._ctxs()
+        if min(x.shape[1:3]) < 2 or min(conv._out_hw_checked(x.shape[1:])) < 2:
+            return pool.forward(conv.forward(x, training), training)
+        return conv.forward_maxpool(x, pool)
+
+    def backward(self, dy, need_dx=True, dx_into=None):
+        conv, pool = self._ctxs()
+        dz = pool.backward(dy, True, relu_mask=True)
+        return conv.backward(dz, need_dx, dx_into, relu_masked=True)
+
+
+def _pool_2x2(layer):
+    return tuple(layer.pool_size) == (2, 2) and tuple(layer.strides) == (2, 2) and \
+        layer.padding == "valid"
+
+
 def _relu_conv(layer):
     """A Conv2D whose ReLU runs in its kernels (nothing between them)."""
     return type(layer) is Conv2D and layer.activation == "relu" and \
@@ -135,6 +174,11 @@ def fuse(nodes, outputs):
             nxt = only_consumer(node.output_tensors[0])
             if nxt is not None and type(nxt.layer) is MaxPooling2D and \
                     len(nxt.layer._inbound_nodes) == 1:
+                if _pool_2x2(nxt.layer):
+                    replace[node] = PlanNode(FusedConvPool(node.layer, nxt.layer),
+                                             list(node.input_tensors), list(nxt.output_tensors))
+                    drop.add(nxt)
+                    continue
                 replace[node] = PlanNode(ConvMaskedByPool(node.layer), list(node.input_tensors),
                                          list(node.output_tensors))
                 replace[nxt] = PlanNode(PoolMasksRelu(nxt.layer), list(nxt.input_tensors),
