@@ -251,7 +251,7 @@ def test_philox_matches_numpy():
 # --------------------------------------------------------------- dropout --
 
 @settings(deadline=None, max_examples=60)
-@given(n=st.sampled_from([0, 1, 3, 4, 5, 63, 64, 65, 127, 1000, 4099]),
+@given(n=st.sampled_from([0, 1, 3, 4, 5, 63, 64, 65, 127, 191, 320, 1000, 4099]),
        rate=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 0.999]),
        seed=st.integers(0, 2**64 - 1), offset=st.integers(0, 2**64 - 1),
        dtype=st.sampled_from(DTYPES), isa_name=st.sampled_from(ISAS))

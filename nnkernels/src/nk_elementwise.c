@@ -217,42 +217,77 @@ static inline void mulhilo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo)
     *hi = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
 }
 
-/* Keep-masks of the 64 elements of blocks b0 .. b0+15 (b0 % 16 == 0):
- * m[q] bit i <-> element 16q + i relative to 4*b0. */
-static inline void philox16_keep(const nk_drop_key *k, uint64_t b0, __mmask16 m[4])
+/* Keep-masks of NB groups of 64 elements: group j covers blocks b0 + 16j ..
+ * b0 + 16j + 15 (b0 % 16 == 0); m[4j + q] bit i <-> element 16q + i of
+ * group j (relative to 4 * (b0 + 16j)).  The NB Philox states run side by
+ * side so that their multiply latencies overlap (NB = 2: the rounds are a
+ * dependency chain, one group alone leaves the multipliers idle). */
+static inline __attribute__((always_inline)) void
+philox16_keep_n(const nk_drop_key *k, uint64_t b0, __mmask16 *m, const int NB)
 {
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)b0),
-                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                    12, 13, 14, 15));
-    __m512i c1 = _mm512_set1_epi32((int)(uint32_t)(b0 >> 32));
-    __m512i c2 = _mm512_set1_epi32((int)k->off0), c3 = _mm512_set1_epi32((int)k->off1);
+    __m512i c0[4], c1[4], c2[4], c3[4];
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int j = 0; j < NB; j++) {
+        const uint64_t b = b0 + 16 * (uint64_t)j;
+        c0[j] = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)b), lane);
+        /* the high counter word of each lane (a group never crosses 2**32: b0 % 16 == 0) */
+        c1[j] = _mm512_set1_epi32((int)(uint32_t)(b >> 32));
+        c2[j] = _mm512_set1_epi32((int)k->off0);
+        c3[j] = _mm512_set1_epi32((int)k->off1);
+    }
     const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
     uint32_t k0 = k->k0, k1 = k->k1;
     for (int r = 0; r < 10; r++) {
-        __m512i hi0, lo0, hi1, lo1;
-        mulhilo16(c0, m0, &hi0, &lo0);
-        mulhilo16(c2, m1, &hi1, &lo1);
-        c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32((int)k0), 0x96);
-        c1 = lo1;
-        c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32((int)k1), 0x96);
-        c3 = lo0;
+        const __m512i kv0 = _mm512_set1_epi32((int)k0), kv1 = _mm512_set1_epi32((int)k1);
+        for (int j = 0; j < NB; j++) {
+            __m512i hi0, lo0, hi1, lo1;
+            mulhilo16(c0[j], m0, &hi0, &lo0);
+            mulhilo16(c2[j], m1, &hi1, &lo1);
+            c0[j] = _mm512_ternarylogic_epi32(hi1, c1[j], kv0, 0x96);
+            c1[j] = lo1;
+            c2[j] = _mm512_ternarylogic_epi32(hi0, c3[j], kv1, 0x96);
+            c3[j] = lo0;
+        }
         k0 += PHILOX_W0;
         k1 += PHILOX_W1;
     }
-    const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
-    const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
-    /* uk, 128-bit chunk j: the 4 words of block 4j + k */
-    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
-    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
-    const __m512i a = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512i b = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512i c = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1));
-    const __m512i d = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 1, 3, 1));
     const __m512i thr = _mm512_set1_epi32((int)k->thr);
-    m[0] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)), thr);
-    m[1] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0)), thr);
-    m[2] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)), thr);
-    m[3] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1)), thr);
+    for (int j = 0; j < NB; j++) {
+        const __m512i t0 = _mm512_unpacklo_epi32(c0[j], c1[j]);
+        const __m512i t1 = _mm512_unpackhi_epi32(c0[j], c1[j]);
+        const __m512i t2 = _mm512_unpacklo_epi32(c2[j], c3[j]);
+        const __m512i t3 = _mm512_unpackhi_epi32(c2[j], c3[j]);
+        /* uk, 128-bit chunk i: the 4 words of block 4i + k */
+        const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+        const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+        const __m512i a = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i b = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i c = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512i d = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 1, 3, 1));
+        __mmask16 *mj = m + 4 * j;
+        mj[0] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)), thr);
+        mj[1] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0)), thr);
+        mj[2] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)), thr);
+        mj[3] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1)), thr);
+    }
+}
+
+static inline __attribute__((always_inline)) void philox16_keep(const nk_drop_key *k, uint64_t b0,
+                                                                 __mmask16 m[4])
+{
+    philox16_keep_n(k, b0, m, 1);
+}
+
+static inline __attribute__((always_inline)) void philox32_keep(const nk_drop_key *k, uint64_t b0,
+                                                                 __mmask16 m[8])
+{
+    philox16_keep_n(k, b0, m, 2);
+}
+
+static inline __attribute__((always_inline)) void philox64_keep(const nk_drop_key *k, uint64_t b0,
+                                                                 __mmask16 m[16])
+{
+    philox16_keep_n(k, b0, m, 4);
 }
 
 static void drop_s_avx512(const float *x, float *y, int64_t e0, int64_t e1,
@@ -260,6 +295,20 @@ static void drop_s_avx512(const float *x, float *y, int64_t e0, int64_t e1,
 {
     const __m512 sc = _mm512_set1_ps(scale);
     int64_t e = e0;
+    for (; e + 256 <= e1; e += 256) {
+        __mmask16 m[16];
+        philox64_keep(k, (uint64_t)e >> 2, m);
+        for (int q = 0; q < 16; q++)
+            _mm512_storeu_ps(y + e + 16 * q,
+                             _mm512_maskz_mul_ps(m[q], _mm512_loadu_ps(x + e + 16 * q), sc));
+    }
+    for (; e + 128 <= e1; e += 128) {
+        __mmask16 m[8];
+        philox32_keep(k, (uint64_t)e >> 2, m);
+        for (int q = 0; q < 8; q++)
+            _mm512_storeu_ps(y + e + 16 * q,
+                             _mm512_maskz_mul_ps(m[q], _mm512_loadu_ps(x + e + 16 * q), sc));
+    }
     for (; e + 64 <= e1; e += 64) {
         __mmask16 m[4];
         philox16_keep(k, (uint64_t)e >> 2, m);
@@ -275,6 +324,17 @@ static void drop_d_avx512(const double *x, double *y, int64_t e0, int64_t e1,
 {
     const __m512d sc = _mm512_set1_pd(scale);
     int64_t e = e0;
+    for (; e + 128 <= e1; e += 128) {
+        __mmask16 m[8];
+        philox32_keep(k, (uint64_t)e >> 2, m);
+        for (int q = 0; q < 8; q++) {
+            _mm512_storeu_pd(y + e + 16 * q,
+                             _mm512_maskz_mul_pd((__mmask8)m[q], _mm512_loadu_pd(x + e + 16 * q), sc));
+            _mm512_storeu_pd(y + e + 16 * q + 8,
+                             _mm512_maskz_mul_pd((__mmask8)(m[q] >> 8),
+                                                 _mm512_loadu_pd(x + e + 16 * q + 8), sc));
+        }
+    }
     for (; e + 64 <= e1; e += 64) {
         __mmask16 m[4];
         philox16_keep(k, (uint64_t)e >> 2, m);
