@@ -124,35 +124,57 @@ static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo)
     *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
 }
 
-/* Words of blocks b0 .. b0+7 (b0 % 8 == 0) in element order: e[q] holds the
- * uint32 of elements 8q .. 8q+7 relative to 4*b0. */
-static inline void philox8(const nk_drop_key *k, uint64_t b0, __m256i e[4])
+/* Words of NB groups of blocks: group j is blocks b0 + 8j .. b0 + 8j + 7
+ * (b0 % 8 == 0), in element order: e[4j + q] holds the uint32 of elements
+ * 8q .. 8q+7 of group j (relative to 4 * (b0 + 8j)).  The NB states run side
+ * by side so that their multiply latencies overlap (see philox16_keep_n). */
+static inline __attribute__((always_inline)) void
+philox8_n(const nk_drop_key *k, uint64_t b0, __m256i *e, const int NB)
 {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)b0),
-                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i c1 = _mm256_set1_epi32((int)(uint32_t)(b0 >> 32));
-    __m256i c2 = _mm256_set1_epi32((int)k->off0), c3 = _mm256_set1_epi32((int)k->off1);
+    __m256i c0[4], c1[4], c2[4], c3[4];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int j = 0; j < NB; j++) {
+        const uint64_t b = b0 + 8 * (uint64_t)j;
+        c0[j] = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)b), lane);
+        c1[j] = _mm256_set1_epi32((int)(uint32_t)(b >> 32));
+        c2[j] = _mm256_set1_epi32((int)k->off0);
+        c3[j] = _mm256_set1_epi32((int)k->off1);
+    }
     const __m256i m0 = _mm256_set1_epi32((int)PHILOX_M0), m1 = _mm256_set1_epi32((int)PHILOX_M1);
     uint32_t k0 = k->k0, k1 = k->k1;
     for (int r = 0; r < 10; r++) {
-        __m256i hi0, lo0, hi1, lo1;
-        mulhilo8(c0, m0, &hi0, &lo0);
-        mulhilo8(c2, m1, &hi1, &lo1);
-        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)k0));
-        c1 = lo1;
-        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)k1));
-        c3 = lo0;
+        const __m256i kv0 = _mm256_set1_epi32((int)k0), kv1 = _mm256_set1_epi32((int)k1);
+        for (int j = 0; j < NB; j++) {
+            __m256i hi0, lo0, hi1, lo1;
+            mulhilo8(c0[j], m0, &hi0, &lo0);
+            mulhilo8(c2[j], m1, &hi1, &lo1);
+            c0[j] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[j]), kv0);
+            c1[j] = lo1;
+            c2[j] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[j]), kv1);
+            c3[j] = lo0;
+        }
         k0 += PHILOX_W0;
         k1 += PHILOX_W1;
     }
-    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
-    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    e[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
-    e[1] = _mm256_permute2x128_si256(u2, u3, 0x20);
-    e[2] = _mm256_permute2x128_si256(u0, u1, 0x31);
-    e[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
+    for (int j = 0; j < NB; j++) {
+        const __m256i t0 = _mm256_unpacklo_epi32(c0[j], c1[j]);
+        const __m256i t1 = _mm256_unpackhi_epi32(c0[j], c1[j]);
+        const __m256i t2 = _mm256_unpacklo_epi32(c2[j], c3[j]);
+        const __m256i t3 = _mm256_unpackhi_epi32(c2[j], c3[j]);
+        const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        __m256i *ej = e + 4 * j;
+        ej[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
+        ej[1] = _mm256_permute2x128_si256(u2, u3, 0x20);
+        ej[2] = _mm256_permute2x128_si256(u0, u1, 0x31);
+        ej[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
+    }
+}
+
+static inline __attribute__((always_inline)) void philox8(const nk_drop_key *k, uint64_t b0,
+                                                          __m256i e[4])
+{
+    philox8_n(k, b0, e, 1);
 }
 
 static inline __m256i keep8(__m256i u, __m256i thr)
@@ -167,6 +189,15 @@ static void drop_s_avx2(const float *x, float *y, int64_t e0, int64_t e1,
     const __m256i thr = _mm256_set1_epi32((int)k->thr);
     const __m256 sc = _mm256_set1_ps(scale);
     int64_t e = e0;
+    for (; e + 128 <= e1; e += 128) {
+        __m256i u[16];
+        philox8_n(k, (uint64_t)e >> 2, u, 4);
+        for (int q = 0; q < 16; q++) {
+            const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + e + 8 * q), sc);
+            _mm256_storeu_ps(y + e + 8 * q,
+                             _mm256_and_ps(_mm256_castsi256_ps(keep8(u[q], thr)), v));
+        }
+    }
     for (; e + 32 <= e1; e += 32) {
         __m256i u[4];
         philox8(k, (uint64_t)e >> 2, u);
