@@ -51,7 +51,8 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-o
 SAN_TESTS ?= tests/test_kernel_hardening.py tests/test_errors.py tests/test_gemm.py \
              tests/test_dense.py tests/test_conv.py tests/test_conv_groups.py tests/test_pool.py \
              tests/test_pool2.py tests/test_elementwise.py tests/test_train_kernels.py \
-             tests/test_bn_fused.py tests/test_bf16.py tests/test_fuzz_kernels.py
+             tests/test_bn_fused.py tests/test_bf16.py tests/test_conv_pool.py \
+             tests/test_fuzz_kernels.py
 test-sanitize:
 	$(PYTHON) -m venv $(SAN_VENV)
 	rm -rf build
