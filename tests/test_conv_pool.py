@@ -115,3 +115,20 @@ def test_conv2d_maxpool_arguments():
     p, i = nk.conv2d_maxpool(x, w, padding="same")           # 5x5 -> pooled 2x2
     assert p.shape == (1, 2, 2, 4) and i.dtype == np.int32
     assert (p == nk.max_pool2d(nk.conv2d(x, w, padding="same"), 2)[0]).all()
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_ops_conv2d_maxpool_forward_cpu_matches_numpy_ops(padding):
+    """pynn's Ops.conv2d_maxpool_forward (the NumPy/CuPy reference: conv
+    then pool) and CPUOps' (this kernel) agree: values to float64 rounding,
+    indices exactly (random data: no ties)."""
+    from pynn import backend
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 8, 5))
+    w = rng.standard_normal((3, 3, 5, 7)) * 0.3
+    b = rng.standard_normal(7)
+    kw = dict(padding=padding, activation="relu")
+    pr, ir = backend.Ops().conv2d_maxpool_forward(x, w, b, **kw)
+    pc, ic = backend.get_ops("cpu").conv2d_maxpool_forward(x, w, b, **kw)
+    np.testing.assert_allclose(pc, pr, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(ic, ir)
