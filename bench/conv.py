@@ -1,6 +1,7 @@
 """Convolution benchmark: nnkernels vs torch.nn.functional.conv2d vs NumPy im2col.
 
     python -m bench.conv [--threads 1 2] [--batches 32 128] [--repeat 7] [--no-pool]
+    python -m bench.conv --layers resnet20 --batches 128 --no-pool   # ResNet-20's 7 conv shapes
 
 Per layer: forward, and forward+backward (dx, dW, db), ours with
 preallocated outputs, PyTorch (NCHW and channels_last; the faster is the
@@ -43,6 +44,41 @@ LAYERS = {
     "dw_512_3x3_4": dict(kind="depthwise", H=4, W=4, C=512, M=1, K=3, padding="same", batches=None),
     "dw_128_3x3_56": dict(kind="depthwise", H=56, W=56, C=128, M=1, K=3, padding="same", batches=[8]),
 }
+DEFAULT_LAYERS = list(LAYERS)
+# ResNet-20's convolutions (pynn.zoo.resnet20; all "same"; stride-2 3x3 and 1x1 projections at
+# each stage change), not in the default run: --layers resnet20 (or their names)
+RESNET20_LAYERS = {
+    "r20_16to16_3x3_32": dict(H=32, C=16, F=16, K=3, stride=1),
+    "r20_16to32_3x3s2_32": dict(H=32, C=16, F=32, K=3, stride=2),
+    "r20_16to32_1x1s2_32": dict(H=32, C=16, F=32, K=1, stride=2),
+    "r20_32to32_3x3_16": dict(H=16, C=32, F=32, K=3, stride=1),
+    "r20_32to64_3x3s2_16": dict(H=16, C=32, F=64, K=3, stride=2),
+    "r20_32to64_1x1s2_16": dict(H=16, C=32, F=64, K=1, stride=2),
+    "r20_64to64_3x3_8": dict(H=8, C=64, F=64, K=3, stride=1),
+}
+for _n, _v in RESNET20_LAYERS.items():
+    LAYERS[_n] = dict(kind="conv", W=_v["H"], padding="same", batches=None, **_v)
+
+
+def _expand_layers(names):
+    out = []
+    for n in names:
+        if n == "resnet20":
+            out.extend(RESNET20_LAYERS)
+        elif n in LAYERS:
+            out.append(n)
+        else:
+            raise SystemExit(f"unknown layer {n!r}: expected one of {sorted(LAYERS)} or resnet20")
+    return out
+
+
+def _pads(H, K, s, pad):
+    """(top, bottom) zero padding of TensorFlow/Keras for one axis."""
+    if pad != "same":
+        return 0, 0
+    OH = -(-H // s)
+    total = max((OH - 1) * s + K - H, 0)
+    return total // 2, total - total // 2
 
 
 def best_of(fn, repeat, warmup=2):
@@ -101,17 +137,17 @@ def wait_quiet(threads, peak_ref, frac=0.85, timeout=20.0):
 
 # ------------------------------------------------------------------ peers
 
-def numpy_conv_fns(x, w, b, dy, pad):
+def numpy_conv_fns(x, w, b, dy, pad, stride=1):
     """im2col baseline written with NumPy: explicit column matrix."""
     from numpy.lib.stride_tricks import sliding_window_view
     N, H, W, C = x.shape
     K, _, _, F = w.shape
-    p = (K - 1) // 2 if pad == "same" else 0
+    (pt, pb), (pl, pr) = _pads(H, K, stride, pad), _pads(W, K, stride, pad)
     w2 = w.reshape(K * K * C, F)
 
     def cols_of(x):
-        xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
-        v = sliding_window_view(xp, (K, K), axis=(1, 2))  # N, OH, OW, C, K, K
+        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt + pb + pl + pr else x
+        v = sliding_window_view(xp, (K, K), axis=(1, 2))[:, ::stride, ::stride]  # N,OH,OW,C,K,K
         return np.ascontiguousarray(v.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, K * K * C), xp.shape
 
     def fwd():
@@ -131,14 +167,18 @@ def numpy_conv_fns(x, w, b, dy, pad):
         dxp = np.zeros(xps, x.dtype)
         for kh in range(K):
             for kw in range(K):
-                dxp[:, kh:kh + OH, kw:kw + OW] += dcols[:, :, :, kh, kw]
-        dx = dxp[:, p:p + H, p:p + W] if p else dxp
+                dxp[:, kh:kh + (OH - 1) * stride + 1:stride,
+                    kw:kw + (OW - 1) * stride + 1:stride] += dcols[:, :, :, kh, kw]
+        dx = dxp[:, pt:pt + H, pl:pl + W]
         return y, dx, dw, db
 
     return fwd, fwd_bwd
 
 
-def torch_conv_fns(x, w, b, dy, pad, channels_last):
+def torch_conv_fns(x, w, b, dy, pad, channels_last, stride=1):
+    """torch's conv2d; "same" as symmetric padding (K - 1) // 2: TensorFlow's
+    padding of a stride-2 3x3 on an even size is (0, 1), the same output
+    size and work."""
     import torch
     import torch.nn.functional as Fn
     p = (w.shape[0] - 1) // 2 if pad == "same" else 0
@@ -150,11 +190,11 @@ def torch_conv_fns(x, w, b, dy, pad, channels_last):
 
     def fwd():
         with torch.no_grad():
-            return Fn.conv2d(xt, wt, bt, padding=p)
+            return Fn.conv2d(xt, wt, bt, padding=p, stride=stride)
 
     def fwd_bwd():
         xt.grad = wt.grad = bt.grad = None
-        y = Fn.conv2d(xt, wt, bt, padding=p)
+        y = Fn.conv2d(xt, wt, bt, padding=p, stride=stride)
         y.backward(dyt)
         return y
 
@@ -164,8 +204,11 @@ def torch_conv_fns(x, w, b, dy, pad, channels_last):
 # ------------------------------------------------------------------ conv
 
 def conv_flops(spec, batch):
-    H, W, K = spec["H"], spec["W"], spec["K"]
-    OH, OW = (H, W) if spec["padding"] == "same" else (H - K + 1, W - K + 1)
+    H, W, K, st = spec["H"], spec["W"], spec["K"], spec.get("stride", 1)
+    if spec["padding"] == "same":
+        OH, OW = -(-H // st), -(-W // st)
+    else:
+        OH, OW = (H - K) // st + 1, (W - K) // st + 1
     fwd = 2.0 * batch * OH * OW * K * K * spec["C"] * spec["F"]
     return fwd, 3.0 * fwd
 
@@ -174,25 +217,26 @@ def conv_row(name, spec, batch, threads, repeat, peak, have_torch):
     from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(0)
     H, W, C, F, K, pad = spec["H"], spec["W"], spec["C"], spec["F"], spec["K"], spec["padding"]
+    st = spec.get("stride", 1)
     x = rng.standard_normal((batch, H, W, C), dtype=np.float32)
     w = (rng.standard_normal((K, K, C, F), dtype=np.float32) / np.sqrt(K * K * C)).astype(np.float32)
     b = rng.standard_normal(F, dtype=np.float32)
-    y = nk.conv2d(x, w, b, padding=pad)
+    y = nk.conv2d(x, w, b, padding=pad, strides=st)
     dy = rng.standard_normal(y.shape, dtype=np.float32)
     dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
     f_fwd, f_all = conv_flops(spec, batch)
 
     def ours_fwd():
-        nk.conv2d(x, w, b, padding=pad, out=y)
+        nk.conv2d(x, w, b, padding=pad, strides=st, out=y)
 
     def ours_all():
-        nk.conv2d(x, w, b, padding=pad, out=y)
-        nk.conv2d_backward(dy, x, w, padding=pad, dx=dx, dw=dw, db=db)
+        nk.conv2d(x, w, b, padding=pad, strides=st, out=y)
+        nk.conv2d_backward(dy, x, w, padding=pad, strides=st, dx=dx, dw=dw, db=db)
 
     nk.set_num_threads(threads)
     row = dict(layer=name, batch=batch, threads=threads, gflop_fwd=f_fwd / 1e9,
                gflop_fwd_bwd=f_all / 1e9, peak_gflops=peak,
-               algo={p: nk.conv2d_algo(x.shape, w.shape, padding=pad, product=p)
+               algo={p: nk.conv2d_algo(x.shape, w.shape, strides=st, padding=pad, product=p)
                      for p in ("forward", "backward_data", "backward_filter")})
     row["machine_peak_now"] = wait_quiet(threads, peak)
     fns = {"ours_fwd": ours_fwd, "ours_fwd_bwd": ours_all}
@@ -201,11 +245,11 @@ def conv_row(name, spec, batch, threads, repeat, peak, have_torch):
         import torch
         torch.set_num_threads(threads)
         for fmt, cl in (("nchw", False), ("channels_last", True)):
-            tf, ta = torch_conv_fns(x, w, b, dy, pad, cl)
+            tf, ta = torch_conv_fns(x, w, b, dy, pad, cl, st)
             fns[f"torch_{fmt}_fwd"], fns[f"torch_{fmt}_fwd_bwd"] = tf, ta
             torch_fmts.append(fmt)
     with threadpool_limits(limits=threads):
-        nf, na = numpy_conv_fns(x, w, b, dy, pad)
+        nf, na = numpy_conv_fns(x, w, b, dy, pad, st)
         fns["numpy_fwd"], fns["numpy_fwd_bwd"] = nf, na
         res = best_of_interleaved(fns, repeat)
     for k, v in res.items():
@@ -368,8 +412,9 @@ def mem_probe(name, batch, threads):
     x = rng.standard_normal((batch, H, W, C), dtype=np.float32)
     w = rng.standard_normal((K, K, C, spec["M"] if dwise else F), dtype=np.float32)
     b = rng.standard_normal(F, dtype=np.float32)
+    st = spec.get("stride", 1)
     shp = nk.conv2d_output_shape(x.shape, w.reshape(K, K, 1, F).shape if dwise else w.shape,
-                                 padding=pad, groups=C if dwise else 1)
+                                 padding=pad, strides=st, groups=C if dwise else 1)
     y = np.ones(shp, np.float32)
     dy = np.ones(shp, np.float32)
     dx, dw, db = np.ones_like(x), np.ones_like(w), np.ones_like(b)
@@ -377,8 +422,8 @@ def mem_probe(name, batch, threads):
     bwd = nk.depthwise_conv2d_backward if dwise else nk.conv2d_backward
     base = _status_kb("VmRSS")
     for _ in range(3):
-        fwd(x, w, b, padding=pad, out=y)
-        bwd(dy, x, w, padding=pad, dx=dx, dw=dw, db=db)
+        fwd(x, w, b, padding=pad, strides=st, out=y)
+        bwd(dy, x, w, padding=pad, strides=st, dx=dx, dw=dw, db=db)
     hwm = _status_kb("VmHWM")
     print(json.dumps(dict(extra_mib=(hwm - base) / 1024.0,
                           arena_mib=nk.workspace_bytes() / 2**20,
@@ -392,12 +437,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 128])
-    ap.add_argument("--layers", nargs="+", default=list(LAYERS))
+    ap.add_argument("--layers", nargs="+", default=DEFAULT_LAYERS,
+                    help="layer names, or resnet20 for ResNet-20's convolutions "
+                         f"(default: {' '.join(DEFAULT_LAYERS)})")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-pool", action="store_true",
                     help="skip the default model's MaxPool 2x2 and Dropout layers (bench/pool.py)")
     ap.add_argument("--mem-probe", nargs=3, metavar=("LAYER", "BATCH", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.layers = _expand_layers(args.layers)
     if args.mem_probe:
         mem_probe(args.mem_probe[0], int(args.mem_probe[1]), int(args.mem_probe[2]))
         return
