@@ -352,6 +352,31 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
 
 /* dx (=, or += with acc) the data gradient; the two GEMM paths add dx as
  * their beta = 1 source, the column path adds in col2im. */
+/* One tile of output pixels [t * tile, ...) of im2col_dgrad: dcols = dz @
+ * w^T into `mine`, then col2im into dx, with `inner` threads. */
+static int CFN(dgrad_tile)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
+                           const T *w_fk, T *mine, int64_t t, int64_t tile, int whole, T *dx,
+                           int acc, int inner)
+{
+    const int64_t kkc = s->kh * s->kw * s->c, ohw = s->oh * s->ow, npix = s->n * ohw;
+    const int64_t q0 = t * tile, q1 = npix - q0 < tile ? npix : q0 + tile;
+    ARGS gt;
+    CFN(gemm_init)(&gt, s, inner);
+    gt.m = q1 - q0; gt.n = kkc; gt.k = s->f;
+    gt.a = dy + q0 * s->ldy; gt.rsa = s->ldy; gt.csa = 1;
+    if (ymask) {
+        gt.amask = ymask + q0 * s->ldy; gt.rsam = s->ldy; gt.csam = 1; gt.adact = act;
+    }
+    gt.b = w_fk; gt.rsb = kkc; gt.csb = 1;
+    gt.out = mine; gt.ldo = kkc;
+    if (GEMM(&gt) != 0) return 1;
+    if (whole)
+        CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, acc, inner);
+    else
+        CFN(col2im)(s, mine, q0, q1, dx, inner);
+    return 0;
+}
+
 static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
                              const T *w, T *dx, int acc, int nt)
 {
@@ -434,28 +459,20 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         for (int64_t f = 0; f < F; f++) w_fk[f * kkc + j] = w[j * s->ldw + f];
     if (!whole && !acc) nk_conv_zero_px(dx, s->n * s->h * s->w, C, s->ldx, sizeof(T), nt);
     int rc = 0;
+    /* No parallel construct at all with one outer thread: a GEMM or col2im
+     * team nested in an inactive region (`if (outer > 1)` false) is a new
+     * nested team to libgomp, whose threads it created and retired on every
+     * call (a 1x1 stride-2 dX at 2 threads took 4-7 ms instead of 0.35). */
+    if (outer > 1) {
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(outer) schedule(static) reduction(| : rc) if (outer > 1)
+#pragma omp parallel for num_threads(outer) schedule(static) reduction(| : rc)
 #endif
-    for (int64_t t = 0; t < ntiles; t++) {
-        const int64_t q0 = t * tile, q1 = npix - q0 < tile ? npix : q0 + tile;
-        T *mine = cols + (outer > 1 ? nk_thread_num() : 0) * tile * kkc;
-        ARGS gt;
-        CFN(gemm_init)(&gt, s, inner);
-        gt.m = q1 - q0; gt.n = kkc; gt.k = F;
-        gt.a = dy + q0 * s->ldy; gt.rsa = s->ldy; gt.csa = 1;
-        if (ymask) {
-            gt.amask = ymask + q0 * s->ldy; gt.rsam = s->ldy; gt.csam = 1; gt.adact = act;
-        }
-        gt.b = w_fk; gt.rsb = kkc; gt.csb = 1;
-        gt.out = mine; gt.ldo = kkc;
-        const int r = GEMM(&gt);
-        rc |= r;
-        if (r != 0) continue;
-        if (whole)
-            CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, acc, inner);
-        else
-            CFN(col2im)(s, mine, q0, q1, dx, inner);
+        for (int64_t t = 0; t < ntiles; t++)
+            rc |= CFN(dgrad_tile)(s, dy, ymask, act, w_fk, cols + nk_thread_num() * tile * kkc,
+                                  t, tile, whole, dx, acc, 1);
+    } else {
+        for (int64_t t = 0; t < ntiles && rc == 0; t++)
+            rc |= CFN(dgrad_tile)(s, dy, ymask, act, w_fk, cols, t, tile, whole, dx, acc, inner);
     }
     nk_ws_release(cols, from_arena);
     return rc ? -1 : 0;
