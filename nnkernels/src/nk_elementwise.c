@@ -171,66 +171,58 @@ philox8_n(const nk_drop_key *k, uint64_t b0, __m256i *e, const int NB)
     }
 }
 
-static inline __attribute__((always_inline)) void philox8(const nk_drop_key *k, uint64_t b0,
-                                                          __m256i e[4])
-{
-    philox8_n(k, b0, e, 1);
-}
-
 static inline __m256i keep8(__m256i u, __m256i thr)
 {
     return _mm256_cmpeq_epi32(_mm256_max_epu32(u, thr), u);
 }
 
-/* [e0, e1): e0 % 64 == 0 */
-static void drop_s_avx2(const float *x, float *y, int64_t e0, int64_t e1,
-                        const nk_drop_key *k, float scale)
+/* y = x * scale where kept, for the nq 8-element groups of u (words). */
+static inline __attribute__((always_inline)) void
+drop8_s(const float *x, float *y, const __m256i *u, int nq, __m256i thr, __m256 sc)
 {
-    const __m256i thr = _mm256_set1_epi32((int)k->thr);
-    const __m256 sc = _mm256_set1_ps(scale);
-    int64_t e = e0;
-    for (; e + 128 <= e1; e += 128) {
-        __m256i u[16];
-        philox8_n(k, (uint64_t)e >> 2, u, 4);
-        for (int q = 0; q < 16; q++) {
-            const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + e + 8 * q), sc);
-            _mm256_storeu_ps(y + e + 8 * q,
-                             _mm256_and_ps(_mm256_castsi256_ps(keep8(u[q], thr)), v));
-        }
+    for (int q = 0; q < nq; q++) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * q), sc);
+        _mm256_storeu_ps(y + 8 * q, _mm256_and_ps(_mm256_castsi256_ps(keep8(u[q], thr)), v));
     }
-    for (; e + 32 <= e1; e += 32) {
-        __m256i u[4];
-        philox8(k, (uint64_t)e >> 2, u);
-        for (int q = 0; q < 4; q++) {
-            const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + e + 8 * q), sc);
-            _mm256_storeu_ps(y + e + 8 * q,
-                             _mm256_and_ps(_mm256_castsi256_ps(keep8(u[q], thr)), v));
-        }
-    }
-    drop_scalar_s(x, y, e, e1, k, scale);
 }
 
-static void drop_d_avx2(const double *x, double *y, int64_t e0, int64_t e1,
-                        const nk_drop_key *k, double scale)
+static inline __attribute__((always_inline)) void
+drop8_d(const double *x, double *y, const __m256i *u, int nq, __m256i thr, __m256d sc)
 {
-    const __m256i thr = _mm256_set1_epi32((int)k->thr);
-    const __m256d sc = _mm256_set1_pd(scale);
-    int64_t e = e0;
-    for (; e + 32 <= e1; e += 32) {
-        __m256i u[4];
-        philox8(k, (uint64_t)e >> 2, u);
-        for (int q = 0; q < 4; q++) {
-            const __m256i kp = keep8(u[q], thr);
-            const __m256i klo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(kp));
-            const __m256i khi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(kp, 1));
-            const __m256d v0 = _mm256_mul_pd(_mm256_loadu_pd(x + e + 8 * q), sc);
-            const __m256d v1 = _mm256_mul_pd(_mm256_loadu_pd(x + e + 8 * q + 4), sc);
-            _mm256_storeu_pd(y + e + 8 * q, _mm256_and_pd(_mm256_castsi256_pd(klo), v0));
-            _mm256_storeu_pd(y + e + 8 * q + 4, _mm256_and_pd(_mm256_castsi256_pd(khi), v1));
-        }
+    for (int q = 0; q < nq; q++) {
+        const __m256i kp = keep8(u[q], thr);
+        const __m256i klo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(kp));
+        const __m256i khi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(kp, 1));
+        const __m256d v0 = _mm256_mul_pd(_mm256_loadu_pd(x + 8 * q), sc);
+        const __m256d v1 = _mm256_mul_pd(_mm256_loadu_pd(x + 8 * q + 4), sc);
+        _mm256_storeu_pd(y + 8 * q, _mm256_and_pd(_mm256_castsi256_pd(klo), v0));
+        _mm256_storeu_pd(y + 8 * q + 4, _mm256_and_pd(_mm256_castsi256_pd(khi), v1));
     }
-    drop_scalar_d(x, y, e, e1, k, scale);
 }
+
+/* [e0, e1): e0 % 64 == 0; 128 elements (four Philox states) at a time, then 32 */
+#define DROP_AVX2(T, SUF, VSET)                                                          \
+    static void drop_##SUF##_avx2(const T *x, T *y, int64_t e0, int64_t e1,              \
+                                  const nk_drop_key *k, T scale)                         \
+    {                                                                                    \
+        const __m256i thr = _mm256_set1_epi32((int)k->thr);                              \
+        const VSET;                                                                      \
+        int64_t e = e0;                                                                  \
+        for (; e + 128 <= e1; e += 128) {                                                \
+            __m256i u[16];                                                               \
+            philox8_n(k, (uint64_t)e >> 2, u, 4);                                        \
+            drop8_##SUF(x + e, y + e, u, 16, thr, sc);                                   \
+        }                                                                                \
+        for (; e + 32 <= e1; e += 32) {                                                  \
+            __m256i u[4];                                                                \
+            philox8_n(k, (uint64_t)e >> 2, u, 1);                                        \
+            drop8_##SUF(x + e, y + e, u, 4, thr, sc);                                    \
+        }                                                                                \
+        drop_scalar_##SUF(x, y, e, e1, k, scale);                                        \
+    }
+DROP_AVX2(float, s, __m256 sc = _mm256_set1_ps(scale))
+DROP_AVX2(double, d, __m256d sc = _mm256_set1_pd(scale))
+#undef DROP_AVX2
 NK_TARGET_END
 
 /* ------------------------------------------------------------- AVX-512 -- */
@@ -303,82 +295,47 @@ philox16_keep_n(const nk_drop_key *k, uint64_t b0, __mmask16 *m, const int NB)
     }
 }
 
-static inline __attribute__((always_inline)) void philox16_keep(const nk_drop_key *k, uint64_t b0,
-                                                                 __mmask16 m[4])
+/* y = x * scale where kept, for the nq 16-element groups of masks m. */
+static inline __attribute__((always_inline)) void
+drop16_s(const float *x, float *y, const __mmask16 *m, int nq, __m512 sc)
 {
-    philox16_keep_n(k, b0, m, 1);
+    for (int q = 0; q < nq; q++)
+        _mm512_storeu_ps(y + 16 * q, _mm512_maskz_mul_ps(m[q], _mm512_loadu_ps(x + 16 * q), sc));
 }
 
-static inline __attribute__((always_inline)) void philox32_keep(const nk_drop_key *k, uint64_t b0,
-                                                                 __mmask16 m[8])
+static inline __attribute__((always_inline)) void
+drop16_d(const double *x, double *y, const __mmask16 *m, int nq, __m512d sc)
 {
-    philox16_keep_n(k, b0, m, 2);
+    for (int q = 0; q < nq; q++) {
+        _mm512_storeu_pd(y + 16 * q,
+                         _mm512_maskz_mul_pd((__mmask8)m[q], _mm512_loadu_pd(x + 16 * q), sc));
+        _mm512_storeu_pd(y + 16 * q + 8, _mm512_maskz_mul_pd((__mmask8)(m[q] >> 8),
+                                                             _mm512_loadu_pd(x + 16 * q + 8), sc));
+    }
 }
 
-static inline __attribute__((always_inline)) void philox64_keep(const nk_drop_key *k, uint64_t b0,
-                                                                 __mmask16 m[16])
-{
-    philox16_keep_n(k, b0, m, 4);
-}
-
-static void drop_s_avx512(const float *x, float *y, int64_t e0, int64_t e1,
-                          const nk_drop_key *k, float scale)
-{
-    const __m512 sc = _mm512_set1_ps(scale);
-    int64_t e = e0;
-    for (; e + 256 <= e1; e += 256) {
-        __mmask16 m[16];
-        philox64_keep(k, (uint64_t)e >> 2, m);
-        for (int q = 0; q < 16; q++)
-            _mm512_storeu_ps(y + e + 16 * q,
-                             _mm512_maskz_mul_ps(m[q], _mm512_loadu_ps(x + e + 16 * q), sc));
+/* [e0, e1): e0 % 64 == 0; 256 elements (four Philox states) at a time, then 64 */
+#define DROP_AVX512(T, SUF, VSET)                                                        \
+    static void drop_##SUF##_avx512(const T *x, T *y, int64_t e0, int64_t e1,            \
+                                    const nk_drop_key *k, T scale)                       \
+    {                                                                                    \
+        const VSET;                                                                      \
+        int64_t e = e0;                                                                  \
+        for (; e + 256 <= e1; e += 256) {                                                \
+            __mmask16 m[16];                                                             \
+            philox16_keep_n(k, (uint64_t)e >> 2, m, 4);                                  \
+            drop16_##SUF(x + e, y + e, m, 16, sc);                                       \
+        }                                                                                \
+        for (; e + 64 <= e1; e += 64) {                                                  \
+            __mmask16 m[4];                                                              \
+            philox16_keep_n(k, (uint64_t)e >> 2, m, 1);                                  \
+            drop16_##SUF(x + e, y + e, m, 4, sc);                                        \
+        }                                                                                \
+        drop_scalar_##SUF(x, y, e, e1, k, scale);                                        \
     }
-    for (; e + 128 <= e1; e += 128) {
-        __mmask16 m[8];
-        philox32_keep(k, (uint64_t)e >> 2, m);
-        for (int q = 0; q < 8; q++)
-            _mm512_storeu_ps(y + e + 16 * q,
-                             _mm512_maskz_mul_ps(m[q], _mm512_loadu_ps(x + e + 16 * q), sc));
-    }
-    for (; e + 64 <= e1; e += 64) {
-        __mmask16 m[4];
-        philox16_keep(k, (uint64_t)e >> 2, m);
-        for (int q = 0; q < 4; q++)
-            _mm512_storeu_ps(y + e + 16 * q,
-                             _mm512_maskz_mul_ps(m[q], _mm512_loadu_ps(x + e + 16 * q), sc));
-    }
-    drop_scalar_s(x, y, e, e1, k, scale);
-}
-
-static void drop_d_avx512(const double *x, double *y, int64_t e0, int64_t e1,
-                          const nk_drop_key *k, double scale)
-{
-    const __m512d sc = _mm512_set1_pd(scale);
-    int64_t e = e0;
-    for (; e + 128 <= e1; e += 128) {
-        __mmask16 m[8];
-        philox32_keep(k, (uint64_t)e >> 2, m);
-        for (int q = 0; q < 8; q++) {
-            _mm512_storeu_pd(y + e + 16 * q,
-                             _mm512_maskz_mul_pd((__mmask8)m[q], _mm512_loadu_pd(x + e + 16 * q), sc));
-            _mm512_storeu_pd(y + e + 16 * q + 8,
-                             _mm512_maskz_mul_pd((__mmask8)(m[q] >> 8),
-                                                 _mm512_loadu_pd(x + e + 16 * q + 8), sc));
-        }
-    }
-    for (; e + 64 <= e1; e += 64) {
-        __mmask16 m[4];
-        philox16_keep(k, (uint64_t)e >> 2, m);
-        for (int q = 0; q < 4; q++) {
-            _mm512_storeu_pd(y + e + 16 * q,
-                             _mm512_maskz_mul_pd((__mmask8)m[q], _mm512_loadu_pd(x + e + 16 * q), sc));
-            _mm512_storeu_pd(y + e + 16 * q + 8,
-                             _mm512_maskz_mul_pd((__mmask8)(m[q] >> 8),
-                                                 _mm512_loadu_pd(x + e + 16 * q + 8), sc));
-        }
-    }
-    drop_scalar_d(x, y, e, e1, k, scale);
-}
+DROP_AVX512(float, s, __m512 sc = _mm512_set1_ps(scale))
+DROP_AVX512(double, d, __m512d sc = _mm512_set1_pd(scale))
+#undef DROP_AVX512
 NK_TARGET_END
 #endif /* NK_X86 */
 
