@@ -114,6 +114,34 @@ WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *
     return tw > 0;
 }
 
+/* Software prefetch of the source rows the tiles one tile row below
+ * tiles [t, t + cnt) add (patch rows 2, 3 of those tiles: image rows
+ * 2 th + 4 - pt and + 5), all channels (and the mask's): the transform reads
+ * each 4x4 patch as 16 short runs the hardware prefetchers do not follow
+ * (the GEMMs between blocks break their streams). */
+WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, int64_t t,
+                            int64_t cnt)
+{
+    const int64_t H = g->h, W = g->w, tpi = g->th * g->tw, bytes = g->c * (int64_t)sizeof(T);
+    for (int64_t i = 0; i < cnt; i++) {
+        const int64_t tt = t + i, n = tt / tpi, r = tt - n * tpi, th = r / g->tw + 1,
+                      tw = r % g->tw;
+        for (int a = 2; a < 4; a++) {
+            const int64_t ih = 2 * th - g->pt + a;
+            if ((uint64_t)ih >= (uint64_t)H) continue;
+            for (int b = tw > 0 ? 2 : 0; b < 4; b++) {
+                const int64_t iw = 2 * tw - g->pl + b;
+                if ((uint64_t)iw >= (uint64_t)W) continue;
+                const int64_t off = ((n * H + ih) * W + iw) * g->sp;
+                for (int64_t o = 0; o < bytes; o += 64) {
+                    __builtin_prefetch((const char *)(src + off) + o);
+                    if (mask) __builtin_prefetch((const char *)(mask + off) + o);
+                }
+            }
+        }
+    }
+}
+
 /* Column b of the row stage B^T d (B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
  * 0 1 0 -1]) for channels [c0, c0 + cn): u[4a + b], a < 4. */
 WAI void WFN(wino_col)(const T *const *px, const T *const *pm, int masked, int64_t c0,
@@ -155,6 +183,7 @@ static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t 
         int left[WINO_MR_MAX];
         for (int64_t i = 0; i < rows; i++)
             left[i] = WFN(wino_patch)(g, src, mask, zero, t0 + s * mr + i, px[i], pm[i]);
+        WFN(wino_prefetch)(g, src, mask, t0 + s * mr, rows);
         for (int64_t i = rows; i < mr; i++)
             for (int xi = 0; xi < 16; xi++) vt[xi][i] = (WV){0};
         for (int64_t c0 = 0; c0 < C; c0 += WVL) {
@@ -389,6 +418,7 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
             }
         }
     }
+    WFN(wino_prefetch)(g, src, mask, t0, cnt);
     for (int64_t c0 = 0; c0 < C; c0 += WVL) {
         const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
         WV uu[16];
