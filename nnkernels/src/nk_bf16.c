@@ -8,7 +8,8 @@
 
 static int g_bf16_off = 0; /* 1: emulate even where VDPBF16PS exists */
 
-int nk_bf16_native_supported(void)
+/* CPUID (see nk_isa_supported: asked once, then cached) */
+static int bf16_probe(void)
 {
 #if NK_X86
     unsigned a, b, c, d;
@@ -21,6 +22,17 @@ int nk_bf16_native_supported(void)
 #else
     return 0;
 #endif
+}
+
+int nk_bf16_native_supported(void)
+{
+    static int known = 0; /* 0: not asked yet, else 1 + the answer */
+    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (!k) {
+        k = 1 + bf16_probe();
+        __atomic_store_n(&known, k, __ATOMIC_RELAXED);
+    }
+    return k - 1;
 }
 
 int nk_bf16_native(void)

@@ -22,7 +22,10 @@ static uint64_t nk_xgetbv(void)
 }
 #endif
 
-int nk_isa_supported(int isa)
+/* CPUID and XGETBV: what the CPU and the OS support (asked once per ISA by
+ * nk_isa_supported, which caches the answer: under a hypervisor each CPUID
+ * is a VM exit, microseconds, and the kernels' dispatch asks per call) */
+static int isa_probe(int isa)
 {
     if (isa == NK_ISA_GENERIC) return 1;
 #if NK_X86
@@ -41,6 +44,18 @@ int nk_isa_supported(int isa)
         return avx2 && fma && avx512f && avx512dq && avx512vl && (xcr0 & 0xe6) == 0xe6;
 #endif
     return 0;
+}
+
+int nk_isa_supported(int isa)
+{
+    static int known[NK_ISA_COUNT] = {0}; /* 0: not asked yet, else 1 + the answer */
+    if (isa < 0 || isa >= NK_ISA_COUNT) return 0;
+    int k = __atomic_load_n(&known[isa], __ATOMIC_RELAXED);
+    if (!k) {
+        k = 1 + isa_probe(isa);
+        __atomic_store_n(&known[isa], k, __ATOMIC_RELAXED);
+    }
+    return k - 1;
 }
 
 const char *nk_isa_name(int isa)
