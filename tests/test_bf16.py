@@ -432,6 +432,39 @@ def test_conv2d_bf16_bitwise_across_threads_and_paths(isa, c, f):
             assert_bitwise_equal(a, a0, f"conv bf16 {name} {who} vs {runs[0][0]}")
 
 
+# The im2col weight gradient under bf16 (auto picks it for C_in >= 32 and
+# C_out > 32): with the native kernels and C_in % 8 == 0 its A operand (the
+# transposed windows) is packed straight into bf16 pairs, with the emulated
+# ones as float32 slivers then converted -- the same bits either way; an odd
+# pixel count leaves an odd last pair (zero partner), C_in % 16 == 8 a half
+# block of channels, and stride 2 / padding take pixels out of the image.
+@pytest.mark.parametrize("n,h,c,f,stride,padding", [
+    (3, 13, 40, 48, 1, "same"), (2, 15, 32, 40, 2, "same"), (1, 9, 48, 33, 1, "valid"),
+    (2, 11, 56, 64, 2, "valid"), (1, 5, 33, 40, 1, "same")])
+def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding):
+    geo = dict(strides=(stride, stride), padding=padding, dilation=(1, 1))
+    assert nk.conv2d_algo((n, h, h, c), (3, 3, c, f), product="backward_filter",
+                          **geo) == "im2col"
+    rng = np.random.default_rng(c * f + h)
+    x = rng.standard_normal((n, h, h, c)).astype(np.float32)
+    x[0, 1, 2, :4] = [1e-40, -1e-40, 3.0e37, 1.0 + 2.0**-8]  # flushed, large, a tie (to even)
+    w = rng.standard_normal((3, 3, c, f)).astype(np.float32)
+    dy = rng.standard_normal(nk.conv2d_output_shape(x.shape, w.shape, **geo)).astype(np.float32)
+
+    def run():
+        return nk.conv2d_backward(dy, x, w, need_dx=False, precision="bfloat16", **geo)[1:]
+
+    runs = _across_paths_and_threads(isa, run)
+    for who, arrays in runs[1:]:
+        for name, a0, a in zip(("dw", "db"), runs[0][1], arrays):
+            assert_bitwise_equal(a, a0, f"conv bf16 {name} {who} vs {runs[0][0]}")
+    _, rdw, _ = ref_conv_backward(ftz(dy).astype(F64), ftz(x).astype(F64), w.astype(F64),
+                                  geo["strides"], padding, geo["dilation"])
+    _, sdw, _ = ref_conv_backward(np.abs(dy).astype(F64), np.abs(x).astype(F64),
+                                  np.abs(w).astype(F64), geo["strides"], padding, geo["dilation"])
+    assert_close(runs[0][1][0], rdw, sdw, np.float32, dy.size // f, "conv dw bf16 (im2col)")
+
+
 @pytest.mark.parametrize("n,h,c,f,padding", [(8, 26, 32, 64, "valid"), (3, 9, 64, 64, "same"),
                                                (2, 7, 65, 17, "same"), (1, 5, 33, 33, "valid")])
 def test_conv2d_bf16_winograd_accuracy(n, h, c, f, padding, num_threads, bf16_path):

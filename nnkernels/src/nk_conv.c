@@ -584,6 +584,88 @@ static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0,
     }
 }
 NK_TARGET_END
+
+/* The dW GEMM's A block (rows [i0, i0 + mc) of cols^T, pixels [p0, p0 +
+ * kc): see pack_wt in nk_conv_body.h) packed straight into the bf16
+ * kernel's pair slivers of 8 rows (nk_pack_a_fn's pack_a_lowp): per tap and
+ * pixel pair, the two pixels' channel runs are converted together
+ * (VCVTNE2PS2BF16: round to nearest even, NaN quieted, denormals to signed
+ * zero -- what the conversion of the float32 slivers does) and interleaved
+ * into pairs with one word permutation per 16 channels.  Needs C % 8 == 0
+ * and i0, mc multiples of 8 (every sliver then lies in one tap); the caller
+ * checks C, and the GEMM blocks rows in multiples of MR = 8. */
+NK_TARGET_AVX512BF16_BEGIN
+static const uint16_t nk_pair_idx16[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+                                           8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+static const uint16_t nk_pair_idx8[16] = {0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15};
+
+static void nk_pack_wt_bf16_s(const void *ctx, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                              int mr, void *a_pk)
+{
+    const nk_conv_win *cw = (const nk_conv_win *)ctx;
+    const nk_conv_shape *s = cw->s;
+    const float *x = (const float *)cw->src;
+    const int64_t H = s->h, W = s->w, C = s->c, KW = s->kw, OH = s->oh, OW = s->ow;
+    const int64_t LD = s->ldx, img = H * W * LD, kc2 = (kc + 1) & ~(int64_t)1;
+    uint16_t *pk = (uint16_t *)a_pk;
+    const __m512i idx16 = _mm512_loadu_si512((const void *)nk_pair_idx16);
+    const __m256i idx8 = _mm256_loadu_si256((const __m256i *)nk_pair_idx8);
+    (void)mr; /* 8: checked by the caller */
+    for (int64_t g0 = 0; g0 < mc;) {
+        /* rows [g0, g1): one tap (kh, kw), channels [c0, c0 + g1 - g0) */
+        const int64_t r = i0 + g0, kk = r / C, kh = kk / KW, kw = kk - kh * KW;
+        const int64_t c0 = r - kk * C;
+        const int64_t g1 = g0 + (C - c0) < mc ? g0 + (C - c0) : mc;
+        const int64_t nch = g1 - g0;
+        const int64_t offh = kh * s->dh - s->pt, offw = kw * s->dw - s->pl;
+        const int64_t pp0 = p0 + cw->p_off;
+        int64_t n = pp0 / (OH * OW), rem = pp0 - n * (OH * OW);
+        int64_t oh = rem / OW, ow = rem - oh * OW;
+        uint16_t *dst = pk + g0 * kc2; /* sliver g0 / 8 */
+        for (int64_t p = 0; p < kc; p += 2) {
+            const float *xp[2];
+            for (int h = 0; h < 2; h++) {
+                xp[h] = NULL;
+                if (p + h < kc) {
+                    const int64_t ih = oh * s->sh + offh, iw = ow * s->sw + offw;
+                    if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W)
+                        xp[h] = x + n * img + (ih * W + iw) * LD + c0;
+                    if (++ow == OW) { ow = 0; if (++oh == OH) { oh = 0; n++; } }
+                }
+            }
+            uint16_t *d = dst + p * 8; /* pair p / 2 of every sliver: + sliver * 8 kc2 */
+            int64_t c = 0;
+            for (; c + 16 <= nch; c += 16) {
+                const __m512 a = xp[0] ? _mm512_loadu_ps(xp[0] + c) : _mm512_setzero_ps();
+                const __m512 b = xp[1] ? _mm512_loadu_ps(xp[1] + c) : _mm512_setzero_ps();
+                const __m512i v =
+                    _mm512_permutexvar_epi16(idx16, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+                _mm256_storeu_si256((__m256i *)(d + c * kc2), _mm512_castsi512_si256(v));
+                _mm256_storeu_si256((__m256i *)(d + (c + 8) * kc2),
+                                    _mm512_extracti64x4_epi64(v, 1));
+            }
+            if (c < nch) { /* 8 channels left */
+                const __m256 a = xp[0] ? _mm256_loadu_ps(xp[0] + c) : _mm256_setzero_ps();
+                const __m256 b = xp[1] ? _mm256_loadu_ps(xp[1] + c) : _mm256_setzero_ps();
+                const __m512 ab = _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
+                const __m256i v = _mm256_permutexvar_epi16(idx8, (__m256i)_mm512_cvtneps_pbh(ab));
+                _mm256_storeu_si256((__m256i *)(d + c * kc2), v);
+            }
+        }
+        g0 = g1;
+    }
+}
+NK_TARGET_END
+
+/* Whether nk_pack_wt_bf16_s can pack this dW GEMM's A: the bf16 kernels in
+ * use are the native ones (so the CPU converts too; with the emulated ones
+ * the float32 packing and its conversion run, the same bits) with MR 8, and
+ * every 8-row sliver is one tap's consecutive channels. */
+static int nk_conv_pack_wt_bf16_ok(const nk_conv_shape *s)
+{
+    const nk_bkern *bk = nk_bkern_current();
+    return s->c % 8 == 0 && nk_bf16_native() && bk == &nk_bkern_avx512bf16 && bk->mr == 8;
+}
 #endif /* NK_X86 */
 
 /* ------------------------------------------------- per-dtype drivers */

@@ -250,6 +250,9 @@ static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *
         cw.p_off = k0;
         g.pack_a = CFN(pack_wt);
         g.pack_a_ctx = &cw;
+#if defined(NK_CONV_FLOAT) && NK_X86
+        if (g.lowp && nk_conv_pack_wt_bf16_ok(s)) g.pack_a_lowp = nk_pack_wt_bf16_s;
+#endif
     }
     g.b = dy + k0 * s->ldy; g.rsb = s->ldy; g.csb = 1;
     if (ymask) {

@@ -58,7 +58,13 @@ enum { NK_ISA_GENERIC = 0, NK_ISA_AVX2 = 1, NK_ISA_AVX512 = 2, NK_ISA_COUNT = 3 
  * slivers of mr rows: element (i, p) of sliver s at
  * a_pk[s*mr*kc + p*mr + i] (i, p relative to i0, p0), rows past mc zeroed;
  * a_pk is T* (float or double, as the call).  It is called concurrently
- * from several threads on disjoint blocks: it must only read shared data. */
+ * from several threads on disjoint blocks: it must only read shared data.
+ * pack_a_lowp (float32 calls with lowp, optional): the same block packed
+ * straight into the bf16 kernel's pair slivers (uint16_t *a_pk, sliver i/mr
+ * at + i * kc2, kc2 = kc rounded up to even, see nk_kern_bf16_body.h; rows
+ * beyond mc and an odd kc's last partner zero), rounded as the conversion of
+ * pack_a's float32 slivers would round them; used instead of pack_a and
+ * that conversion. */
 typedef void (*nk_pack_a_fn)(const void *ctx, int64_t i0, int64_t mc, int64_t p0,
                              int64_t kc, int mr, void *a_pk);
 
@@ -79,6 +85,7 @@ typedef void (*nk_pack_a_fn)(const void *ctx, int64_t i0, int64_t mc, int64_t p0
         nk_pack_a_fn pack_a;         /* NULL: pack A from a/rsa/csa */         \
         const void *pack_a_ctx;                                                \
         int lowp;                    /* float32 only: bf16 products */         \
+        nk_pack_a_fn pack_a_lowp;    /* lowp: see nk_pack_a_fn */              \
     } NAME;
 
 NK_GEMM_ARGS_DECL(float, nk_sgemm_args)

@@ -171,6 +171,9 @@ static void FN(worker)(const ARGS *g, const KERNT *kr, int64_t r0, int64_t r1,
                 const int64_t mcur = r1 - ic < mc ? r1 - ic : mc;
 #if LOWP
                 float *ato = scr;
+                if (g->pack_a_lowp) /* straight into bf16 pairs */
+                    g->pack_a_lowp(g->pack_a_ctx, ic, mcur, pc, kcur, kr->mr, abuf);
+                else
 #else
                 PT *ato = abuf;
 #endif
@@ -181,8 +184,9 @@ static void FN(worker)(const ARGS *g, const KERNT *kr, int64_t r0, int64_t r1,
                                    g->amask ? g->amask + ic * g->rsam + pc * g->csam : NULL,
                                    g->rsam, g->csam, g->adact, ato);
 #if LOWP
-                for (int64_t i = 0; i < mcur; i += kr->mr)
-                    kr->cvt(kcur, kr->mr, scr + i * kcur, abuf + i * KP(kcur));
+                if (!g->pack_a_lowp)
+                    for (int64_t i = 0; i < mcur; i += kr->mr)
+                        kr->cvt(kcur, kr->mr, scr + i * kcur, abuf + i * KP(kcur));
 #endif
                 FN(macro)(g, kr, ic, jc, mcur, ncur, pc, kcur, abuf, &bv);
             }
