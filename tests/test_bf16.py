@@ -438,10 +438,13 @@ def test_conv2d_bf16_bitwise_across_threads_and_paths(isa, c, f):
 # ones as float32 slivers then converted -- the same bits either way; an odd
 # pixel count leaves an odd last pair (zero partner), C_in % 16 == 8 a half
 # block of channels, and stride 2 / padding take pixels out of the image.
+# Its B operand (dz, masked by the ReLU on the fly) is packed straight into
+# pairs too (full 32-column slivers: C_out = 33 and 40 leave a ragged one).
 @pytest.mark.parametrize("n,h,c,f,stride,padding", [
     (3, 13, 40, 48, 1, "same"), (2, 15, 32, 40, 2, "same"), (1, 9, 48, 33, 1, "valid"),
     (2, 11, 56, 64, 2, "valid"), (1, 5, 33, 40, 1, "same")])
-def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding):
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding, relu):
     geo = dict(strides=(stride, stride), padding=padding, dilation=(1, 1))
     assert nk.conv2d_algo((n, h, h, c), (3, 3, c, f), product="backward_filter",
                           **geo) == "im2col"
@@ -450,14 +453,21 @@ def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding):
     x[0, 1, 2, :4] = [1e-40, -1e-40, 3.0e37, 1.0 + 2.0**-8]  # flushed, large, a tie (to even)
     w = rng.standard_normal((3, 3, c, f)).astype(np.float32)
     dy = rng.standard_normal(nk.conv2d_output_shape(x.shape, w.shape, **geo)).astype(np.float32)
+    # relu: dz = y > 0 ? dy : 0 on the fly while B (dz) is packed, with NaN in y
+    y = rng.standard_normal(dy.shape).astype(np.float32) if relu else None
+    if relu:
+        y[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
 
     def run():
-        return nk.conv2d_backward(dy, x, w, need_dx=False, precision="bfloat16", **geo)[1:]
+        return nk.conv2d_backward(dy, x, w, need_dx=False, precision="bfloat16",
+                                  activation="relu" if relu else None, y=y, **geo)[1:]
 
     runs = _across_paths_and_threads(isa, run)
     for who, arrays in runs[1:]:
         for name, a0, a in zip(("dw", "db"), runs[0][1], arrays):
             assert_bitwise_equal(a, a0, f"conv bf16 {name} {who} vs {runs[0][0]}")
+    if relu:
+        dy = np.where(y > 0, dy, np.float32(0))
     _, rdw, _ = ref_conv_backward(ftz(dy).astype(F64), ftz(x).astype(F64), w.astype(F64),
                                   geo["strides"], padding, geo["dilation"])
     _, sdw, _ = ref_conv_backward(np.abs(dy).astype(F64), np.abs(x).astype(F64),

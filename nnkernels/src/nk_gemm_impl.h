@@ -87,6 +87,12 @@ static inline void FN(pack_b_sliver)(const ARGS *g, const KERNT *kr, int64_t j, 
                                      int64_t pc, int64_t kcur, PT *dst, float *scr)
 {
 #if LOWP
+    if (kr->pack_b_rows && nn == kr->nr && g->csb == 1 && (!g->bmask || g->csbm == 1)) {
+        kr->pack_b_rows(kcur, g->b + pc * g->rsb + j, g->rsb,
+                        g->bmask ? g->bmask + pc * g->rsbm + j : NULL, g->rsbm,
+                        g->bcolsum ? g->bcolsum + j : NULL, dst);
+        return;
+    }
     float *to = scr;
 #else
     PT *to = dst;

@@ -52,6 +52,11 @@ typedef struct {
                 const nk_sep *ep, int m, int n);
     void (*ukr_half)(int64_t kc2, const uint16_t *a_pk, const uint16_t *b_pk, float *c,
                      int64_t ldc, const nk_sep *ep, int m, int n);
+    /* optional (NULL: f32->pack_b then cvt): one full nr-column sliver of a
+     * row-major B (unit column stride; mask, if any, row-major too) packed
+     * straight into pairs, with f32->pack_b's masking, colsum and rounding */
+    void (*pack_b_rows)(int64_t kc, const float *b, int64_t rsb, const float *mask,
+                        int64_t rsm, float *colsum, uint16_t *b_pk);
 } nk_bkern;
 extern const nk_bkern nk_bkern_generic, nk_bkern_avx2, nk_bkern_avx512, nk_bkern_avx512bf16;
 const nk_bkern *nk_bkern_current(void);

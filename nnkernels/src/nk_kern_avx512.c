@@ -78,6 +78,9 @@ static inline __m512i nk_cvt2_perm(__m512 x, __m512 y, __m512i idx)
 }
 static void nk_cvt_pairs_native(int64_t kc, int r, const float *restrict src,
                                 uint16_t *restrict dst);
+static void nk_pack_b_rows_native(int64_t kc, const float *b, int64_t rsb, const float *mask,
+                                  int64_t rsm, float *colsum, uint16_t *b_pk);
+#define PACK_B_ROWS nk_pack_b_rows_native
 #define ISA_B avx512bf16
 #define KERN_B nk_bkern_avx512bf16
 #define F32KERN nk_skern_avx512
@@ -122,6 +125,57 @@ static void nk_cvt_pairs_native(int64_t kc, int r, const float *restrict src,
                                              _mm512_loadu_ps(src + p * 8 + 16), idx));
     }
     if (p < kc) cvt_scalar_sb_avx512bf16(kc - p, r, src + p * r, dst + p * r);
+}
+
+/* Row p of a 32-column sliver as the float32 packing has it: the two
+ * vectors, masked (mask > 0 ? b : 0, as pack_b's dact), or zero past kc. */
+static inline void nk_brow(const float *b, const float *m, __m512 *lo, __m512 *hi)
+{
+    *lo = _mm512_loadu_ps(b);
+    *hi = _mm512_loadu_ps(b + 16);
+    if (m) {
+        const __m512 z = _mm512_setzero_ps();
+        *lo = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(m), z, _CMP_GT_OQ), *lo);
+        *hi = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_loadu_ps(m + 16), z, _CMP_GT_OQ),
+                                  *hi);
+    }
+}
+
+/* pack_b_rows of this table (see nk_bkern): rows p, p + 1 of the sliver
+ * (32 columns) converted together into the pairs [p/2][j][2] (the layout
+ * and rounding of cvt), colsum += each row in ascending p (pack_b's order:
+ * the same float32 sums); an odd kc's last row gets a zero partner. */
+static void nk_pack_b_rows_native(int64_t kc, const float *b, int64_t rsb, const float *mask,
+                                  int64_t rsm, float *colsum, uint16_t *b_pk)
+{
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                         24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                         16, 0);
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    if (colsum) {
+        s0 = _mm512_loadu_ps(colsum);
+        s1 = _mm512_loadu_ps(colsum + 16);
+    }
+    for (int64_t p = 0; p < kc; p += 2) {
+        __m512 a0, a1, b0 = _mm512_setzero_ps(), b1 = b0;
+        nk_brow(b + p * rsb, mask ? mask + p * rsm : NULL, &a0, &a1);
+        if (p + 1 < kc) nk_brow(b + (p + 1) * rsb, mask ? mask + (p + 1) * rsm : NULL, &b0, &b1);
+        if (colsum) {
+            s0 = _mm512_add_ps(s0, a0);
+            s1 = _mm512_add_ps(s1, a1);
+            if (p + 1 < kc) {
+                s0 = _mm512_add_ps(s0, b0);
+                s1 = _mm512_add_ps(s1, b1);
+            }
+        }
+        uint16_t *d = b_pk + p * 32;
+        _mm512_storeu_si512((void *)d, nk_cvt2_perm(a0, b0, idx));
+        _mm512_storeu_si512((void *)(d + 32), nk_cvt2_perm(a1, b1, idx));
+    }
+    if (colsum) {
+        _mm512_storeu_ps(colsum, s0);
+        _mm512_storeu_ps(colsum + 16, s1);
+    }
 }
 #include "nk_kern_undef.h"
 NK_TARGET_END

@@ -12,6 +12,7 @@
  *                     (VDPBF16PS: the odd element of a pair first)
  *   CVT_FAST  optional: a function (kc, r, src, dst) converting the whole
  *             sliver faster than the scalar loop below, else undefined.
+ *   PACK_B_ROWS  optional: the table's pack_b_rows (see nk_bkern), else NULL.
  *
  * Packed layouts (k padded to an even kc2, the pad zero):
  *   A sliver: a_pk[(p/2)*2*MR + 2*i + (p&1)]      B sliver: b_pk[(p/2)*2*NR + 2*j + (p&1)]
@@ -105,7 +106,12 @@ static void FNB(ukr_half)(int64_t kc2, const uint16_t *restrict a, const uint16_
     FNB(ukr_impl)(kc2, a, b, c, ldc, ep, m, n, NV / 2);
 }
 
-const nk_bkern KERN_B = {MR, NR_B, MC, KC, NC, &F32KERN, FNB(cvt), FNB(ukr), FNB(ukr_half)};
+#ifndef PACK_B_ROWS
+#define PACK_B_ROWS NULL
+#endif
+const nk_bkern KERN_B = {MR,          NR_B,         MC,          KC, NC, &F32KERN, FNB(cvt),
+                         FNB(ukr),    FNB(ukr_half), PACK_B_ROWS};
+#undef PACK_B_ROWS
 
 #undef NR_B
 #undef CATB_
