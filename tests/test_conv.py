@@ -68,7 +68,7 @@ def conv_case(draw, max_c=20, max_f=40):
     (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, (sh, sw), padding, (dh, dw))
     assume(H + pt + pb >= (KH - 1) * dh + 1 and W + pl + pr >= (KW - 1) * dw + 1)
     return dict(N=draw(st.integers(1, 3)), H=H, W=W,
-                C=draw(st.sampled_from([1, 2, 3, 5, 8, 13, max_c])),
+                C=draw(st.sampled_from([1, 2, 3, 5, 8, 13, 16, 24, max_c])),
                 F=draw(st.sampled_from([1, 3, 16, 17, 33, max_f])),
                 KH=KH, KW=KW, strides=(sh, sw), dilation=(dh, dw), padding=padding)
 

@@ -586,14 +586,106 @@ static void nk_pack_win8_s_avx2(const nk_conv_win *cw, int64_t row0, int64_t p0,
 NK_TARGET_END
 
 /* The dW GEMM's A block (rows [i0, i0 + mc) of cols^T, pixels [p0, p0 +
- * kc): see pack_wt in nk_conv_body.h) packed straight into the bf16
- * kernel's pair slivers of 8 rows (nk_pack_a_fn's pack_a_lowp): per tap and
- * pixel pair, the two pixels' channel runs are converted together
- * (VCVTNE2PS2BF16: round to nearest even, NaN quieted, denormals to signed
- * zero -- what the conversion of the float32 slivers does) and interleaved
- * into pairs with one word permutation per 16 channels.  Needs C % 8 == 0
- * and i0, mc multiples of 8 (every sliver then lies in one tap); the caller
- * checks C, and the GEMM blocks rows in multiples of MR = 8. */
+ * kc): see pack_wt in nk_conv_body.h) packed by AVX-512 code, when C % 8 ==
+ * 0 and the kernel's MR is 8 (every 8-row sliver is then one tap's
+ * consecutive channels; the GEMM blocks rows in multiples of MR):
+ * nk_pack_wt8_s_avx512 into float32 slivers (pack_wt's layout and values),
+ * nk_pack_wt_bf16_s straight into the bf16 kernel's pair slivers
+ * (nk_pack_a_fn's pack_a_lowp; VCVTNE2PS2BF16: round to nearest even, NaN
+ * quieted, denormals to signed zero, as the conversion of float32 slivers,
+ * and one word permutation per pixel pair and 16 channels).  Both walk the
+ * pixels in runs whose source positions (tap (0, 0), padding not applied)
+ * are computed once for all taps; a tap's pixel outside the image reads
+ * nothing (a zero mask) and packs zeros. */
+#define NK_WT_RUN 256
+typedef struct {
+    int64_t base[NK_WT_RUN + 1];        /* image offset of tap (0, 0)'s pixel */
+    int32_t ih0[NK_WT_RUN + 1], iw0[NK_WT_RUN + 1];
+    int64_t n, oh, ow;                  /* the position after the run */
+} nk_wt_run;
+
+static void nk_wt_run_start(const nk_conv_win *cw, int64_t p0, nk_wt_run *r)
+{
+    const nk_conv_shape *s = cw->s;
+    const int64_t pp = p0 + cw->p_off, ohw = s->oh * s->ow, rem = pp % ohw;
+    r->n = pp / ohw;
+    r->oh = rem / s->ow;
+    r->ow = rem % s->ow;
+}
+
+/* the next qn (<= NK_WT_RUN) pixels; entry qn never lies inside the image
+ * (the partner of an odd kc's last pixel) */
+static void nk_wt_run_fill(const nk_conv_shape *s, int64_t qn, nk_wt_run *r)
+{
+    const int64_t W = s->w, LD = s->ldx, img = s->h * W * LD;
+    for (int64_t q = 0; q < qn; q++) {
+        r->ih0[q] = (int32_t)(r->oh * s->sh);
+        r->iw0[q] = (int32_t)(r->ow * s->sw);
+        r->base[q] = r->n * img + (r->oh * s->sh * W + r->ow * s->sw) * LD;
+        if (++r->ow == s->ow) { r->ow = 0; if (++r->oh == s->oh) { r->oh = 0; r->n++; } }
+    }
+    r->ih0[qn] = (int32_t)(s->h + 1 + s->dh * s->kh + s->pt);
+    r->iw0[qn] = 0;
+    r->base[qn] = 0;
+}
+
+/* Rows [g0, g1) of the block: one tap and its channels [c0, c0 + g1 - g0);
+ * returns g1. */
+static inline int64_t nk_wt_tap(const nk_conv_shape *s, int64_t i0, int64_t g0, int64_t mc,
+                                int64_t *offh, int64_t *offw, int64_t *c0)
+{
+    const int64_t r = i0 + g0, kk = r / s->c, kh = kk / s->kw, kw = kk - kh * s->kw;
+    *c0 = r - kk * s->c;
+    *offh = kh * s->dh - s->pt;
+    *offw = kw * s->dw - s->pl;
+    return g0 + (s->c - *c0) < mc ? g0 + (s->c - *c0) : mc;
+}
+
+static inline int nk_wt_in(const nk_conv_shape *s, const nk_wt_run *r, int64_t q, int64_t offh,
+                           int64_t offw)
+{
+    return (uint64_t)(r->ih0[q] + offh) < (uint64_t)s->h &&
+           (uint64_t)(r->iw0[q] + offw) < (uint64_t)s->w;
+}
+
+NK_TARGET_AVX512_BEGIN
+static void nk_pack_wt8_s_avx512(const void *ctx, int64_t i0, int64_t mc, int64_t p0,
+                                 int64_t kc, int mr, void *a_pk)
+{
+    const nk_conv_win *cw = (const nk_conv_win *)ctx;
+    const nk_conv_shape *s = cw->s;
+    const float *x = (const float *)cw->src;
+    float *pk = (float *)a_pk;
+    nk_wt_run run;
+    (void)mr; /* 8: checked by the caller */
+    nk_wt_run_start(cw, p0, &run);
+    for (int64_t q0 = 0; q0 < kc; q0 += NK_WT_RUN) {
+        const int64_t qn = kc - q0 < NK_WT_RUN ? kc - q0 : NK_WT_RUN;
+        nk_wt_run_fill(s, qn, &run);
+        for (int64_t g0 = 0, g1; g0 < mc; g0 = g1) {
+            int64_t offh, offw, c0;
+            g1 = nk_wt_tap(s, i0, g0, mc, &offh, &offw, &c0);
+            const int64_t nch = g1 - g0, toff = (offh * s->w + offw) * s->ldx + c0;
+            float *dst = pk + g0 * kc + q0 * 8; /* sliver g0 / 8, pixel q0 */
+            for (int64_t q = 0; q < qn; q++) {
+                const int v = nk_wt_in(s, &run, q, offh, offw);
+                const float *pa = v ? x + run.base[q] + toff : x;
+                const __mmask16 m = v ? 0xFFFF : 0;
+                float *d = dst + q * 8; /* + sliver * 8 kc */
+                int64_t c = 0;
+                for (; c + 16 <= nch; c += 16) {
+                    const __m512 a = _mm512_maskz_loadu_ps(m, pa + (v ? c : 0));
+                    _mm256_storeu_ps(d + c * kc, _mm512_castps512_ps256(a));
+                    _mm256_storeu_ps(d + (c + 8) * kc, _mm512_extractf32x8_ps(a, 1));
+                }
+                if (c < nch)
+                    _mm256_storeu_ps(d + c * kc, _mm256_maskz_loadu_ps((__mmask8)m, pa + (v ? c : 0)));
+            }
+        }
+    }
+}
+NK_TARGET_END
+
 NK_TARGET_AVX512BF16_BEGIN
 static const uint16_t nk_pair_idx16[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
                                            8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
@@ -605,62 +697,61 @@ static void nk_pack_wt_bf16_s(const void *ctx, int64_t i0, int64_t mc, int64_t p
     const nk_conv_win *cw = (const nk_conv_win *)ctx;
     const nk_conv_shape *s = cw->s;
     const float *x = (const float *)cw->src;
-    const int64_t H = s->h, W = s->w, C = s->c, KW = s->kw, OH = s->oh, OW = s->ow;
-    const int64_t LD = s->ldx, img = H * W * LD, kc2 = (kc + 1) & ~(int64_t)1;
+    const int64_t kc2 = (kc + 1) & ~(int64_t)1;
     uint16_t *pk = (uint16_t *)a_pk;
     const __m512i idx16 = _mm512_loadu_si512((const void *)nk_pair_idx16);
     const __m256i idx8 = _mm256_loadu_si256((const __m256i *)nk_pair_idx8);
+    nk_wt_run run;
     (void)mr; /* 8: checked by the caller */
-    for (int64_t g0 = 0; g0 < mc;) {
-        /* rows [g0, g1): one tap (kh, kw), channels [c0, c0 + g1 - g0) */
-        const int64_t r = i0 + g0, kk = r / C, kh = kk / KW, kw = kk - kh * KW;
-        const int64_t c0 = r - kk * C;
-        const int64_t g1 = g0 + (C - c0) < mc ? g0 + (C - c0) : mc;
-        const int64_t nch = g1 - g0;
-        const int64_t offh = kh * s->dh - s->pt, offw = kw * s->dw - s->pl;
-        const int64_t pp0 = p0 + cw->p_off;
-        int64_t n = pp0 / (OH * OW), rem = pp0 - n * (OH * OW);
-        int64_t oh = rem / OW, ow = rem - oh * OW;
-        uint16_t *dst = pk + g0 * kc2; /* sliver g0 / 8 */
-        for (int64_t p = 0; p < kc; p += 2) {
-            const float *xp[2];
-            for (int h = 0; h < 2; h++) {
-                xp[h] = NULL;
-                if (p + h < kc) {
-                    const int64_t ih = oh * s->sh + offh, iw = ow * s->sw + offw;
-                    if ((uint64_t)ih < (uint64_t)H && (uint64_t)iw < (uint64_t)W)
-                        xp[h] = x + n * img + (ih * W + iw) * LD + c0;
-                    if (++ow == OW) { ow = 0; if (++oh == OH) { oh = 0; n++; } }
+    nk_wt_run_start(cw, p0, &run);
+    for (int64_t q0 = 0; q0 < kc; q0 += NK_WT_RUN) { /* NK_WT_RUN even: q0 starts a pair */
+        const int64_t qn = kc - q0 < NK_WT_RUN ? kc - q0 : NK_WT_RUN;
+        nk_wt_run_fill(s, qn, &run);
+        for (int64_t g0 = 0, g1; g0 < mc; g0 = g1) {
+            int64_t offh, offw, c0;
+            g1 = nk_wt_tap(s, i0, g0, mc, &offh, &offw, &c0);
+            const int64_t nch = g1 - g0, toff = (offh * s->w + offw) * s->ldx + c0;
+            uint16_t *dst = pk + g0 * kc2 + q0 * 8; /* sliver g0 / 8, pair q0 / 2 */
+            for (int64_t q = 0; q < qn; q += 2) {
+                const int va = nk_wt_in(s, &run, q, offh, offw);
+                const int vb = nk_wt_in(s, &run, q + 1, offh, offw);
+                const float *pa = va ? x + run.base[q] + toff : x;
+                const float *pb = vb ? x + run.base[q + 1] + toff : x;
+                const __mmask16 ma = va ? 0xFFFF : 0, mb = vb ? 0xFFFF : 0;
+                uint16_t *d = dst + q * 8; /* + sliver * 8 kc2 */
+                int64_t c = 0;
+                for (; c + 16 <= nch; c += 16) {
+                    const __m512 a = _mm512_maskz_loadu_ps(ma, pa + (va ? c : 0));
+                    const __m512 b = _mm512_maskz_loadu_ps(mb, pb + (vb ? c : 0));
+                    const __m512i v =
+                        _mm512_permutexvar_epi16(idx16, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+                    _mm256_storeu_si256((__m256i *)(d + c * kc2), _mm512_castsi512_si256(v));
+                    _mm256_storeu_si256((__m256i *)(d + (c + 8) * kc2),
+                                        _mm512_extracti64x4_epi64(v, 1));
+                }
+                if (c < nch) { /* 8 channels left */
+                    const __m256 a = _mm256_maskz_loadu_ps((__mmask8)ma, pa + (va ? c : 0));
+                    const __m256 b = _mm256_maskz_loadu_ps((__mmask8)mb, pb + (vb ? c : 0));
+                    const __m512 ab = _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
+                    const __m256i v =
+                        _mm256_permutexvar_epi16(idx8, (__m256i)_mm512_cvtneps_pbh(ab));
+                    _mm256_storeu_si256((__m256i *)(d + c * kc2), v);
                 }
             }
-            uint16_t *d = dst + p * 8; /* pair p / 2 of every sliver: + sliver * 8 kc2 */
-            int64_t c = 0;
-            for (; c + 16 <= nch; c += 16) {
-                const __m512 a = xp[0] ? _mm512_loadu_ps(xp[0] + c) : _mm512_setzero_ps();
-                const __m512 b = xp[1] ? _mm512_loadu_ps(xp[1] + c) : _mm512_setzero_ps();
-                const __m512i v =
-                    _mm512_permutexvar_epi16(idx16, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-                _mm256_storeu_si256((__m256i *)(d + c * kc2), _mm512_castsi512_si256(v));
-                _mm256_storeu_si256((__m256i *)(d + (c + 8) * kc2),
-                                    _mm512_extracti64x4_epi64(v, 1));
-            }
-            if (c < nch) { /* 8 channels left */
-                const __m256 a = xp[0] ? _mm256_loadu_ps(xp[0] + c) : _mm256_setzero_ps();
-                const __m256 b = xp[1] ? _mm256_loadu_ps(xp[1] + c) : _mm256_setzero_ps();
-                const __m512 ab = _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
-                const __m256i v = _mm256_permutexvar_epi16(idx8, (__m256i)_mm512_cvtneps_pbh(ab));
-                _mm256_storeu_si256((__m256i *)(d + c * kc2), v);
-            }
         }
-        g0 = g1;
     }
 }
 NK_TARGET_END
 
-/* Whether nk_pack_wt_bf16_s can pack this dW GEMM's A: the bf16 kernels in
- * use are the native ones (so the CPU converts too; with the emulated ones
- * the float32 packing and its conversion run, the same bits) with MR 8, and
- * every 8-row sliver is one tap's consecutive channels. */
+/* Whether the packers above can pack this dW GEMM's A: C % 8 == 0 and the
+ * float32 kernel of the running ISA is AVX-512's (MR 8), and for the bf16
+ * one the bf16 kernels in use are the native ones (with the emulated ones
+ * the float32 packing and its conversion run: the same bits). */
+static int nk_conv_pack_wt8_ok(const nk_conv_shape *s)
+{
+    return s->c % 8 == 0 && nk_get_isa() == NK_ISA_AVX512 && nk_skern_current()->mr == 8;
+}
+
 static int nk_conv_pack_wt_bf16_ok(const nk_conv_shape *s)
 {
     const nk_bkern *bk = nk_bkern_current();

@@ -251,6 +251,7 @@ static int CFN(im2col_wgrad_part)(const nk_conv_shape *s, const T *dy, const T *
         g.pack_a = CFN(pack_wt);
         g.pack_a_ctx = &cw;
 #if defined(NK_CONV_FLOAT) && NK_X86
+        if (nk_conv_pack_wt8_ok(s)) g.pack_a = nk_pack_wt8_s_avx512;
         if (g.lowp && nk_conv_pack_wt_bf16_ok(s)) g.pack_a_lowp = nk_pack_wt_bf16_s;
 #endif
     }
