@@ -8,9 +8,11 @@
 
 static int g_bf16_off = 0; /* 1: emulate even where VDPBF16PS exists */
 
-/* CPUID (see nk_isa_supported: asked once, then cached) */
-static int bf16_probe(void)
+/* CPUID: AVX512_BF16 and AVX512BW (nk_bf16_native_supported asks once:
+ * nk_probe_once) */
+static int bf16_probe(int unused)
 {
+    (void)unused;
 #if NK_X86
     unsigned a, b, c, d;
     if (!nk_isa_supported(NK_ISA_AVX512)) return 0;
@@ -26,13 +28,8 @@ static int bf16_probe(void)
 
 int nk_bf16_native_supported(void)
 {
-    static int known = 0; /* 0: not asked yet, else 1 + the answer */
-    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
-    if (!k) {
-        k = 1 + bf16_probe();
-        __atomic_store_n(&known, k, __ATOMIC_RELAXED);
-    }
-    return k - 1;
+    static int known;
+    return nk_probe_once(&known, bf16_probe, 0);
 }
 
 int nk_bf16_native(void)

@@ -22,9 +22,8 @@ static uint64_t nk_xgetbv(void)
 }
 #endif
 
-/* CPUID and XGETBV: what the CPU and the OS support (asked once per ISA by
- * nk_isa_supported, which caches the answer: under a hypervisor each CPUID
- * is a VM exit, microseconds, and the kernels' dispatch asks per call) */
+/* CPUID and XGETBV: what the CPU and the OS support (nk_isa_supported asks
+ * once per ISA: nk_probe_once) */
 static int isa_probe(int isa)
 {
     if (isa == NK_ISA_GENERIC) return 1;
@@ -48,14 +47,9 @@ static int isa_probe(int isa)
 
 int nk_isa_supported(int isa)
 {
-    static int known[NK_ISA_COUNT] = {0}; /* 0: not asked yet, else 1 + the answer */
+    static int known[NK_ISA_COUNT];
     if (isa < 0 || isa >= NK_ISA_COUNT) return 0;
-    int k = __atomic_load_n(&known[isa], __ATOMIC_RELAXED);
-    if (!k) {
-        k = 1 + isa_probe(isa);
-        __atomic_store_n(&known[isa], k, __ATOMIC_RELAXED);
-    }
-    return k - 1;
+    return nk_probe_once(&known[isa], isa_probe, isa);
 }
 
 const char *nk_isa_name(int isa)

@@ -81,6 +81,20 @@ static inline uint16_t nk_bf16_ftz(float x)
     return nk_bf16_rne(x);
 }
 
+/* probe(arg), asked once: *known is 0 until then, 1 + the answer after (a
+ * benign race: every thread that asks stores the same value).  For the CPU
+ * probes (nk_isa_supported, nk_bf16_native_supported): under a hypervisor
+ * each CPUID is a VM exit, microseconds, and the dispatch asks per call. */
+static inline int nk_probe_once(int *known, int (*probe)(int), int arg)
+{
+    int k = __atomic_load_n(known, __ATOMIC_RELAXED);
+    if (!k) {
+        k = 1 + probe(arg);
+        __atomic_store_n(known, k, __ATOMIC_RELAXED);
+    }
+    return k - 1;
+}
+
 /* The bf16 pair at p (two uint16, any alignment) as one 32-bit lane. */
 static inline int32_t nk_ld_pair(const uint16_t *p)
 {

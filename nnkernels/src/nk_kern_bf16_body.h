@@ -109,8 +109,8 @@ static void FNB(ukr_half)(int64_t kc2, const uint16_t *restrict a, const uint16_
 #ifndef PACK_B_ROWS
 #define PACK_B_ROWS NULL
 #endif
-const nk_bkern KERN_B = {MR,          NR_B,         MC,          KC, NC, &F32KERN, FNB(cvt),
-                         FNB(ukr),    FNB(ukr_half), PACK_B_ROWS};
+const nk_bkern KERN_B = {MR,       NR_B,     MC,       KC,           NC,
+                         &F32KERN, FNB(cvt), FNB(ukr), FNB(ukr_half), PACK_B_ROWS};
 #undef PACK_B_ROWS
 
 #undef NR_B
