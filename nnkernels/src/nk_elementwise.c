@@ -200,6 +200,24 @@ drop8_d(const double *x, double *y, const __m256i *u, int nq, __m256i thr, __m25
     }
 }
 
+/* The Philox rounds of a block fill the out-of-order window: the hardware
+ * prefetchers alone leave a cold x read (and a y write) latency-bound
+ * (4.7 MB: 0.94 ms cold vs 0.29 ms in cache, one thread).  Ask for the
+ * block DROP_PF_AHEAD elements ahead: its source's and its
+ * destination's lines. */
+#define DROP_PF_AHEAD 1024
+static inline __attribute__((always_inline)) void
+drop_prefetch(const void *x, void *y, int64_t left, size_t es)
+{
+    if (left < DROP_PF_AHEAD + 256) return;
+    const char *px = (const char *)x + DROP_PF_AHEAD * es;
+    char *py = (char *)y + DROP_PF_AHEAD * es;
+    for (size_t b = 0; b < 256 * es; b += 64) {
+        _mm_prefetch(px + b, _MM_HINT_T0);
+        _mm_prefetch(py + b, _MM_HINT_T0);
+    }
+}
+
 /* [e0, e1): e0 % 64 == 0; 128 elements (four Philox states) at a time, then 32 */
 #define DROP_AVX2(T, SUF, VSET)                                                          \
     static void drop_##SUF##_avx2(const T *x, T *y, int64_t e0, int64_t e1,              \
@@ -210,6 +228,7 @@ drop8_d(const double *x, double *y, const __m256i *u, int nq, __m256i thr, __m25
         int64_t e = e0;                                                                  \
         for (; e + 128 <= e1; e += 128) {                                                \
             __m256i u[16];                                                               \
+            drop_prefetch(x + e, y + e, e1 - e, sizeof(T));                              \
             philox8_n(k, (uint64_t)e >> 2, u, 4);                                        \
             drop8_##SUF(x + e, y + e, u, 16, thr, sc);                                   \
         }                                                                                \
@@ -323,6 +342,7 @@ drop16_d(const double *x, double *y, const __mmask16 *m, int nq, __m512d sc)
         int64_t e = e0;                                                                  \
         for (; e + 256 <= e1; e += 256) {                                                \
             __mmask16 m[16];                                                             \
+            drop_prefetch(x + e, y + e, e1 - e, sizeof(T));                              \
             philox16_keep_n(k, (uint64_t)e >> 2, m, 4);                                  \
             drop16_##SUF(x + e, y + e, m, 16, sc);                                       \
         }                                                                                \
