@@ -33,6 +33,7 @@ cdef extern from "nk_conv.h" nogil:
                            void *dx_nhwc, int dx_accumulate, void *dw_hwcf, void *db_f,
                            int nthreads)
     int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass_)
+    int nk_conv_choose_run(const nk_conv_shape *s, int dbl, int pass_)
     int nk_conv_wino_ok(const nk_conv_shape *s)
     void nk_conv_set_col_budget(int64_t nbytes)
 
@@ -205,16 +206,19 @@ def conv2d_output_shape(x_shape, w_shape, strides=(1, 1), padding="valid", dilat
 
 
 def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 1),
-                dtype="float32", str product="forward", groups=1):
+                dtype="float32", str product="forward", groups=1, precision=None):
     """The algorithm algo="auto" picks for one product ("forward",
-    "backward_data" or "backward_filter") of this convolution:
+    "backward_data" or "backward_filter") of this convolution: "winograd"
+    for the float32 products of 3x3 convolutions with strides 1, dilation 1
+    and C_in, C_out >= 16 (forward, data and weight gradients); else
     "direct_wgrad" for the float32 weight gradient when C_in >= 2 and
-    (C_out <= 32 or C_in < 32); "direct" when C_in < 8; "winograd" for the
-    forward pass and the data gradient of float32 3x3 convolutions with
-    strides 1, dilation 1 and C_in, C_out >= 16; "direct" for the float32
-    forward pass of strided convolutions with C_in <= 32 and C_out a
-    multiple of 32; else "im2col".  With groups, C_in and C_out are those of one group
-    (each group is a convolution of its own)."""
+    (C_out <= 32 or C_in < 32); "direct" when C_in < 8; "direct" for the
+    float32 forward pass of strided convolutions with C_in <= 32 and C_out a
+    multiple of 32; else "im2col".  With groups, C_in and C_out are those of
+    one group (each group is a convolution of its own).  With
+    precision="bfloat16", the algorithm that runs under bf16 products:
+    "im2col" where bf16 operands are faster than float32's choice (see
+    conv2d)."""
     cdef nk_conv_shape s
     xs = _shape4(x_shape, "x_shape")
     ws = _shape4(w_shape, "w_shape")
@@ -223,7 +227,11 @@ def conv2d_algo(x_shape, w_shape, strides=(1, 1), padding="valid", dilation=(1, 
               "backward_filter": NK_CONV_BWD_FILTER}
     if product not in passes:
         raise ValueError(f"product must be one of {sorted(passes)}, got {product!r}")
-    dbl = _float_dtype_of(np.dtype(dtype), "dtype") is _F64
+    dt = _float_dtype_of(np.dtype(dtype), "dtype")
+    cdef int dbl = dt is _F64
+    if _lowp(precision, dt):
+        s.lowp = 1
+        return _CONV_ALGO_NAMES[nk_conv_choose_run(&s, dbl, passes[product])]
     return _CONV_ALGO_NAMES[nk_conv_choose(&s, dbl, passes[product])]
 
 
@@ -239,8 +247,10 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     im2col GEMM, no column buffer), "direct", "winograd" (F(2x2, 3x3): 3x3
     kernels, strides 1 and dilation 1 only, else ValueError; 2.25x fewer
     multiplications, results within a few ulps of the magnitude of the
-    sums of |x|*|w| of direct summation; conv2d_backward uses it for dx,
-    im2col for dw), "depthwise" (one input channel per group only: see
+    sums of |x|*|w| of direct summation; conv2d_backward uses it for dx and,
+    in float32, for dw and db: dW = G^T [sum over tiles (A dz A^T) .* (B^T d
+    B)] G, 16 (C_in x C_out) products summed over the tiles, float64 dw
+    takes im2col), "depthwise" (one input channel per group only: see
     depthwise_conv2d), "direct_wgrad" (a weight-gradient algorithm: in
     conv2d_backward the float32 dw and db come from register-tiled direct
     loops; the forward pass, dx and float64 dw take the "auto" choice) or
@@ -248,8 +258,9 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     channel; else per group: direct when C_in < 8, winograd for float32
     3x3 stride-1 convolutions with C_in, C_out >= 16, direct for float32
     strided forward passes with C_in <= 32 and C_out a multiple of 32, else
-    im2col, and for the float32 weight gradient direct_wgrad when C_in >= 2
-    and C_out <= 32 or C_in < 32; see conv2d_algo).  groups (Keras Conv2D(groups=g)): x has
+    im2col, and for the float32 weight gradient winograd where it applies
+    with C_in, C_out >= 16, else direct_wgrad when C_in >= 2 and C_out <= 32
+    or C_in < 32; see conv2d_algo).  groups (Keras Conv2D(groups=g)): x has
     C_in = g * C_g channels, w is (KH, KW, C_g, C_out) with C_out divisible
     by g, and output channels [j*C_out/g, (j+1)*C_out/g) see input channels
     [j*C_g, (j+1)*C_g) only; computed as g convolutions on channel windows

@@ -240,3 +240,33 @@ def ref_depthwise_backward(dy, x, w, strides, padding, dilation, act=None, y=Non
     dx, dw, db = ref_conv_grouped_backward(dy, x, w.reshape(KH, KW, 1, C * M), strides, padding,
                                            dilation, groups=C, act=act, y=y)
     return dx, dw.reshape(w.shape), db
+
+
+def wino_wgrad_scale(x, dz, pt, pl):
+    """(S, depth) bounding the float32 Winograd weight gradient (3x3,
+    stride 1; nk_conv_wino_wgrad.h): |dW - dW_exact| <= c * eps * depth * S.
+    Per tile t the transformed products are bounded by P_c(t) Q_f(t) (P_c:
+    sum of |x_c| over t's 4x4 source patch at (2th - pt, 2tw - pl), zero
+    outside the image; Q_f: sum of |dz_f| over its 2x2 outputs) and G^T M G
+    adds them with weights of total size <= 4: S[c, f] = sum_t P_c Q_f,
+    broadcast to dW's (3, 3, C, F).  depth: the summation depth, the tiles
+    of one of the 16 chunks in order, then the chunks (db: plain sums of
+    the same depth)."""
+    x = np.abs(np.asarray(x, F64))
+    N, H, W, C = x.shape
+    _, OH, OW, F = dz.shape
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    zp = np.zeros((N, 2 * TH, 2 * TW, F))
+    zp[:, :OH, :OW] = np.abs(dz)
+    Q = zp[:, 0::2, 0::2] + zp[:, 1::2, 0::2] + zp[:, 0::2, 1::2] + zp[:, 1::2, 1::2]
+    m = 4 + max(abs(pt), abs(pl))
+    xp = np.zeros((N, H + 2 * m + 2 * TH, W + 2 * m + 2 * TW, C))
+    xp[:, m:m + H, m:m + W] = x
+    P = np.zeros((N, TH, TW, C))
+    for a in range(4):
+        for b in range(4):
+            P += xp[:, m - pt + a:m - pt + a + 2 * TH:2, m - pl + b:m - pl + b + 2 * TW:2]
+    S = np.einsum("nhwc,nhwf->cf", P, Q)
+    depth = -(-(N * TH * TW) // 16) + 16
+    return np.broadcast_to(S, (3, 3, C, F)), depth
+

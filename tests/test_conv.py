@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import nnkernels as nk
 from reference import isa as use_isa
-from reference import ref_conv, ref_conv_backward, ref_pads
+from reference import threads
+from reference import ref_conv, ref_conv_backward, ref_pads, wino_wgrad_scale
 
 ISAS = nk.available_isas()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -153,6 +154,15 @@ def _wino_bound(got, exact, scale, dt):
     assert worst <= 1.0, f"error {worst:.3g} x the Winograd bound"
 
 
+def wino_wgrad_limits(x, dz, pt, pl):
+    """Error bounds of the float32 Winograd dW and db (reference.wino_wgrad_scale)."""
+    S, depth = wino_wgrad_scale(x, dz, pt, pl)
+    eps, tiny = np.finfo(np.float32).eps, np.finfo(np.float32).tiny
+    lim_w = (WINO_C + depth) * eps * S + tiny
+    lim_b = (WINO_C + depth) * eps * np.abs(dz).sum(axis=(0, 1, 2)) + tiny
+    return lim_w, lim_b
+
+
 @st.composite
 def wino_case(draw):
     kind = draw(st.sampled_from(["valid", "same", "explicit"]))
@@ -201,9 +211,16 @@ def test_winograd_vs_reference(case, dt, act, isa, seed, use_bias):
         dx, dw, db = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="winograd", **g)
         assert dx.dtype == dt
         _wino_bound(dx, dxr, dscale, dt)
-        # dW / db take the im2col path: identical to algo="im2col"
-        _, dw2, db2 = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="im2col", **g)
-        assert np.array_equal(dw, dw2) and np.array_equal(db, db2)
+        if dt == np.float64:  # float64 dW / db take the im2col path
+            _, dw2, db2 = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="im2col",
+                                             **g)
+            assert np.array_equal(dw, dw2) and np.array_equal(db, db2)
+        else:  # float32: Winograd's dW (nk_conv_wino_wgrad.h)
+            _, dwr, dbr = ref_conv_backward(dz, x64, w64, **g)
+            lim_w, lim_b = wino_wgrad_limits(x64, dz, pt, pl)
+            assert dw.dtype == dt and np.all(np.abs(dw - dwr) <= lim_w), \
+                f"dW error {float((np.abs(dw - dwr) / lim_w).max()):.3g} x its bound"
+            assert np.all(np.abs(db - dbr) <= lim_b)
 
 
 def test_winograd_many_blocks_and_threads():
@@ -271,6 +288,74 @@ def test_winograd_fused_blocks_and_threads(isa, C, F):
     dxr = ref_conv_backward(dz, x64, w64, **g)[0]
     _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 1, 1, 15, 13),
                 np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("N, H, W, C, F, padding, relu", [
+    (16, 26, 26, 32, 64, "valid", False),   # the default CNN's conv2: chunks of two blocks
+    (5, 15, 13, 16, 16, "same", True),      # odd sizes: partial tiles, tiles across images
+    (3, 9, 11, 17, 33, ((2, 0), (1, 3)), True),   # partial vectors, explicit padding
+    (2, 4, 3, 40, 24, "same", False),       # fewer tiles than chunks
+])
+def test_winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu):
+    """The float32 Winograd dW and db (nk_conv_wino_wgrad.h): within the
+    Winograd bound of the exact gradient, with and without the ReLU mask,
+    bitwise equal for 1 and 2 threads, and dx/dw/db computed together equal
+    to each computed alone."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((3, 3, C, F)).astype(np.float32)
+    g = dict(strides=(1, 1), padding=padding, dilation=(1, 1))
+    act = "relu" if relu else None
+    y = ref_conv(x, w, None, act=act, **g).astype(np.float32)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    kw = dict(activation=act, y=y if relu else None, algo="winograd", **g)
+    res = []
+    with use_isa(isa):
+        for t in (1, 2):
+            with threads(t):
+                res.append(nk.conv2d_backward(dy, x, w, **kw))
+        alone = nk.conv2d_backward(dy, x, w, need_dx=False, need_db=False, **kw)[1]
+        db_alone = nk.conv2d_backward(dy, x, w, need_dx=False, need_dw=False, **kw)[2]
+    for a, b in zip(res[0], res[1]):
+        assert np.array_equal(a, b)
+    dx, dw, db = res[0]
+    assert np.array_equal(dw, alone)
+    dz = dy.astype(np.float64) * ((y > 0) if relu else 1)
+    _, dwr, dbr = ref_conv_backward(dz, x.astype(np.float64), w.astype(np.float64), **g)
+    (pt, _), (pl, _) = ref_pads(H, W, 3, 3, (1, 1), padding, (1, 1))
+    lim_w, lim_b = wino_wgrad_limits(x, dz, pt, pl)
+    assert np.all(np.abs(dw - dwr) <= lim_w), \
+        f"dW error {float((np.abs(dw - dwr) / lim_w).max()):.3g} x its bound"
+    assert np.all(np.abs(db - dbr) <= lim_b) and np.all(np.abs(db_alone - dbr) <= lim_b)
+
+
+def test_winograd_wgrad_groups_and_views():
+    """Groups of 16 -> 24 channels (each group's Winograd dW reads a channel
+    window of x and dy and writes one of dw: pitches above C, F) and
+    non-contiguous views (copied by the API), against the reference."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 10, 9, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 48)).astype(np.float32)
+    g = dict(strides=(1, 1), padding="same", dilation=(1, 1))
+    assert nk.conv2d_algo(x.shape, w.shape, product="backward_filter", groups=2, **g) == \
+        "winograd"
+    y = nk.conv2d(x, w, groups=2, **g)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    _, dw, db = nk.conv2d_backward(dy, x, w, groups=2, need_dx=False, **g)
+    for k in range(2):
+        xs, dys = x[..., 16 * k:16 * (k + 1)], dy[..., 24 * k:24 * (k + 1)]
+        _, dwr, dbr = ref_conv_backward(dys.astype(np.float64), xs.astype(np.float64),
+                                        w[..., 24 * k:24 * (k + 1)].astype(np.float64), **g)
+        lim_w, lim_b = wino_wgrad_limits(xs, dys.astype(np.float64), 1, 1)
+        assert np.all(np.abs(dw[..., 24 * k:24 * (k + 1)] - dwr) <= lim_w)
+        assert np.all(np.abs(db[24 * k:24 * (k + 1)] - dbr) <= lim_b)
+    big = rng.standard_normal((6, 10, 18, 40)).astype(np.float32)
+    xv = big[::2, :, ::2, 3:35]           # (3, 10, 9, 32), strided
+    _, dwv, dbv = nk.conv2d_backward(dy, xv, w, groups=2, need_dx=False, **g)
+    _, dwc, dbc = nk.conv2d_backward(dy, np.ascontiguousarray(xv), w, groups=2,
+                                     need_dx=False, **g)
+    assert np.array_equal(dwv, dwc) and np.array_equal(dbv, dbc)
 
 
 @pytest.mark.parametrize("kw, w_shape", [
@@ -583,7 +668,13 @@ def test_auto_heuristic_documented():
     cnn2 = ((32, 26, 26, 32), (3, 3, 32, 64))
     assert nk.conv2d_algo(*cnn2) == "winograd"
     assert nk.conv2d_algo(*cnn2, product="backward_data") == "winograd"
-    assert nk.conv2d_algo(*cnn2, product="backward_filter") == "im2col"
+    assert nk.conv2d_algo(*cnn2, product="backward_filter") == "winograd"
+    # bf16 products: the weight gradient with more than 32 channels on a side
+    # is a bf16 im2col GEMM (Winograd's dW has float32 products only)
+    assert nk.conv2d_algo(*cnn2, product="backward_filter", precision="bfloat16") == "im2col"
+    assert nk.conv2d_algo(*cnn2, product="backward_data", precision="bfloat16") == "winograd"
+    assert nk.conv2d_algo((128, 32, 32, 16), (3, 3, 16, 16), product="backward_filter",
+                          padding="same", precision="bfloat16") == "winograd"
     assert nk.conv2d_algo(*cnn2, padding="same") == "winograd"
     for p in ("forward", "backward_data"):
         assert nk.conv2d_algo(*cnn2, dtype="float64", product=p) == "im2col"

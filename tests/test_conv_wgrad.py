@@ -195,16 +195,16 @@ def test_wgrad_auto_choice():
     bf = dict(dtype="float32", product="backward_filter")
     # ResNet-20 (batch 128, same padding)
     for xs, ws, s, want in [((128, 32, 32, 3), (3, 3, 3, 16), 1, "direct_wgrad"),
-                            ((128, 32, 32, 16), (3, 3, 16, 16), 1, "direct_wgrad"),
-                            ((128, 16, 16, 32), (3, 3, 32, 32), 1, "direct_wgrad"),
+                            ((128, 32, 32, 16), (3, 3, 16, 16), 1, "winograd"),
+                            ((128, 16, 16, 32), (3, 3, 32, 32), 1, "winograd"),
                             ((128, 32, 32, 16), (3, 3, 16, 32), 2, "direct_wgrad"),
                             ((128, 32, 32, 16), (1, 1, 16, 32), 2, "direct_wgrad"),
-                            ((128, 8, 8, 64), (3, 3, 64, 64), 1, "im2col"),
+                            ((128, 8, 8, 64), (3, 3, 64, 64), 1, "winograd"),
                             ((128, 16, 16, 32), (3, 3, 32, 64), 2, "im2col")]:
         assert nk.conv2d_algo(xs, ws, s, "same", **bf) == want, (xs, ws)
-    # the default CNN keeps its algorithms (bitwise-recorded training)
+    # the default CNN: direct for its first layer, Winograd for its second
     assert nk.conv2d_algo((128, 28, 28, 1), (3, 3, 1, 32), **bf) == "direct"
-    assert nk.conv2d_algo((128, 26, 26, 32), (3, 3, 32, 64), **bf) == "im2col"
+    assert nk.conv2d_algo((128, 26, 26, 32), (3, 3, 32, 64), **bf) == "winograd"
     # float64 and the other products never
     assert nk.conv2d_algo((8, 32, 32, 16), (3, 3, 16, 16), dtype="float64",
                           product="backward_filter") == "im2col"

@@ -154,15 +154,19 @@ int nk_conv_wino_ok(const nk_conv_shape *s)
  *    this small the GEMM's k (forward) or n (= C, data gradient) is a
  *    fraction of a register tile, so the GEMM wastes most of its work on
  *    packing and padding; the direct loops vectorise over F instead.
- *  - float32 dW with C >= 2 and F <= 32 or C < 32: the direct dW with
+ *  - float32 dW of a 3x3 stride-1 dilation-1 convolution with C, F >= 16:
+ *    Winograd F(2x2, 3x3) (nk_conv_wino_wgrad.h; batch 128, 1 thread, Zen 5:
+ *    16 -> 16 on 32x32 2.9 -> 2.3 ms, 32 -> 32 on 16x16 2.4 -> 1.65,
+ *    64 -> 64 on 8x8 2.6 -> 1.8, the default CNN's 32 -> 64 on 26x26 12.4
+ *    -> 7.2; its 16 transformed-domain products run at the FMA peak).
+ *  - other float32 dW with C >= 2 and F <= 32 or C < 32: the direct dW with
  *    register-resident tiles (nk_conv_wgrad.h): it reads x and dz once per
  *    tile pass from cache instead of packing the KH*KW-times larger column
- *    matrix (1.2-8x faster than im2col / direct for ResNet-20's shapes at
- *    batch 128).  With C >= 32 and F > 32 the GEMM is as fast and keeps
- *    dW (the default CNN's second layer among them); C == 1 (the default
- *    CNN's first layer) keeps the direct kernels, so that training the
- *    default CNN stays bitwise what it was (the new kernel is faster there
- *    too).
+ *    matrix (1.2-8x faster than im2col / direct for ResNet-20's other
+ *    shapes at batch 128).  With C >= 32 and F > 32 the GEMM is as fast and
+ *    keeps dW; C == 1 (the default CNN's first layer) keeps the direct
+ *    kernels (the register-tiled kernel is faster there too, but the
+ *    default CNN's training bits are recorded: tests/test_sequential_unchanged.py).
  *  - float32 3x3 stride-1 dilation-1 with C, F >= 16: Winograd F(2x2, 3x3)
  *    for the forward pass and dX (2.25x fewer multiplications; float64
  *    keeps im2col, whose sums are plain dot products).  dW: as above, else
@@ -211,7 +215,8 @@ static const nk_conv_shape *nk_conv_precision(const nk_conv_shape *s, int pass, 
 {
     if (!s->lowp) return s;
     if (nk_conv_lowp(s, pass, *algo)) {
-        if (*algo != NK_CONV_WINOGRAD) *algo = NK_CONV_IM2COL;
+        /* Winograd's dW has no bf16 products: the bf16 im2col GEMM instead */
+        if (*algo != NK_CONV_WINOGRAD || pass == NK_CONV_BWD_FILTER) *algo = NK_CONV_IM2COL;
         return s;
     }
     *f32 = *s;
@@ -220,10 +225,20 @@ static const nk_conv_shape *nk_conv_precision(const nk_conv_shape *s, int pass, 
 }
 static int nk_conv_dw_fits(const nk_conv_shape *s, size_t esz, int pass);
 
+int nk_conv_choose_run(const nk_conv_shape *s, int dbl, int pass)
+{
+    int a = nk_conv_choose(s, dbl, pass);
+    nk_conv_shape f32;
+    if (!dbl) nk_conv_precision(s, pass, &a, &f32);
+    return a;
+}
+
 int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 {
     const size_t esz = dbl ? sizeof(double) : sizeof(float);
     if (s->g > 1 && s->c == 1 && nk_conv_dw_fits(s, esz, pass)) return NK_CONV_DEPTHWISE;
+    if (!dbl && pass == NK_CONV_BWD_FILTER && nk_conv_wino_ok(s) && s->c >= 16 && s->f >= 16)
+        return NK_CONV_WINOGRAD;
     if (!dbl && pass == NK_CONV_BWD_FILTER && s->c >= 2 && (s->f <= 32 || s->c < 32))
         return NK_CONV_DIRECT_WGRAD;
     if (s->c < 8) return nk_conv_direct_fits(s, esz, pass) ? NK_CONV_DIRECT : NK_CONV_IM2COL;
@@ -243,6 +258,8 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 #define NK_CONV_WG2_GROUP_BYTES ((int64_t)8 << 10)
 #define NK_CONV_WG2_GROUP_PX 128
 #define NK_CONV_WG2_PART_BYTES ((int64_t)64 << 20)
+/* Winograd dW: V and Z of a block of tiles (per thread) about this many bytes */
+#define NK_CONV_WWG_BYTES ((int64_t)512 << 10)
 
 /* Elements of esz bytes that hold n pointers (or int64) in per-thread
  * scratch (row pointers, ring tags: never arrays on the stack), in whole

@@ -153,6 +153,9 @@ int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
 int nk_conv_wino_ok(const nk_conv_shape *s);
 /* The algorithm algo=AUTO uses for one product (NK_CONV_FWD, ...). */
 int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass);
+/* The algorithm that runs for it: with s->lowp (bf16 products), where bf16
+ * im2col replaces float32's choice (nk_conv_precision in nk_conv.c). */
+int nk_conv_choose_run(const nk_conv_shape *s, int dbl, int pass);
 
 /* Column-workspace budget in bytes (tests shrink it to exercise tiling);
  * <= 0 restores NK_CONV_COL_BUDGET. */

@@ -656,6 +656,100 @@ static int CFN(wg2_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, c
     nk_ws_release(ws, from_arena);
     return 0;
 }
+
+/* dW, db by Winograd F(2x2, 3x3) (3x3, stride 1, dilation 1; see
+ * nk_conv_wino_wgrad.h): the tiles in a fixed number of chunks (by shape
+ * only), each chunk's transformed-domain sums M (16 x C x F) and bias sums
+ * its own partials, added in chunk order; then dW = G^T M G per (c, f).
+ * Results do not depend on the thread count. */
+static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
+                           T *dw, T *db, int nt)
+{
+    nk_wino g;
+    memset(&g, 0, sizeof g);
+    g.n = s->n; g.h = s->h; g.w = s->w; g.c = s->c;
+    g.f = s->f; g.oh = s->oh; g.ow = s->ow;
+    g.pt = s->pt; g.pl = s->pl;
+    g.sp = s->ldx; g.op = s->ldy;
+    g.th = (g.oh + 1) / 2;
+    g.tw = (g.ow + 1) / 2;
+    const int64_t C = s->c, F = s->f, ve = 64 / (int64_t)sizeof(T);
+    const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
+    const int64_t ntiles = g.n * g.th * g.tw;
+    /* tiles per block: the block's V and Z in NK_CONV_WWG_BYTES */
+    int64_t tb = NK_CONV_WWG_BYTES / (16 * (cp + fp) * (int64_t)sizeof(T));
+    if (tb < 8) tb = 8;
+    if (tb > ntiles) tb = ntiles;
+    const int64_t nb = ntiles < NK_CONV_WGRAD_BLOCKS ? ntiles : NK_CONV_WGRAD_BLOCKS;
+    if (nt > nb) nt = (int)nb;
+    const int64_t per = 16 * cp * fp + fp;            /* partial M, partial db */
+    /* V and Z of a block (planes a line apart, see wino_wg_block), Z a
+     * few lines after V */
+    const int64_t scr_per = 16 * (tb * cp + ve) + 5 * ve + 16 * (tb * fp + ve);
+    int from_arena = 0;
+    T *ws = (T *)nk_ws_acquire((size_t)(cp + nb * per + nt * scr_per) * sizeof(T), &from_arena);
+    if (!ws) return -1;
+    T *zero = ws, *part = ws + cp, *scr0 = part + nb * per;
+    memset(zero, 0, (size_t)cp * sizeof(T));
+    memset(part, 0, (size_t)(nb * per) * sizeof(T));
+    void (*blk)(const nk_wino *, const T *, const T *, const T *, const T *, int64_t, int64_t,
+                int64_t, T *, T *, T *, T *) = CFN_ISA(wino_wg_block);
+    const nk_wino *gp = &g;
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        T *vb = scr0 + scr_per * nk_thread_num(), *zb = vb + 16 * (tb * cp + ve) + 5 * ve;
+        memset(vb, 0, (size_t)scr_per * sizeof(T));
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t b = 0; b < nb; b++) {
+            T *pm = part + b * per;
+            const int64_t c0 = ntiles * b / nb, c1 = ntiles * (b + 1) / nb;
+            for (int64_t t0 = c0; t0 < c1; t0 += tb)
+                blk(gp, x, dy, ymask, zero, t0, c1 - t0 < tb ? c1 - t0 : tb, tb, vb, zb, pm,
+                    pm + 16 * cp * fp);
+        }
+        /* sum the chunks (in order), then dW[u][v] = (G^T M G)[u][v] */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t e = 0; e < C * F; e++) {
+            const int64_t c = e / F, f = e - c * F;
+            T m[16];
+            for (int xi = 0; xi < 16; xi++) {
+                const int64_t o = (xi * cp + c) * fp + f;
+                T acc = part[o];
+                for (int64_t b = 1; b < nb; b++) acc += part[b * per + o];
+                m[xi] = acc;
+            }
+            T t[12]; /* G^T M: 3 x 4 */
+            for (int j = 0; j < 4; j++) {
+                const T h = (T)0.5 * (m[4 + j] + m[8 + j]);
+                t[j] = m[j] + h;
+                t[4 + j] = (T)0.5 * (m[4 + j] - m[8 + j]);
+                t[8 + j] = h + m[12 + j];
+            }
+            for (int u = 0; u < 3; u++) {
+                const T *r = t + 4 * u;
+                const T h = (T)0.5 * (r[1] + r[2]);
+                dw[((u * 3 + 0) * C + c) * s->ldw + f] = r[0] + h;
+                dw[((u * 3 + 1) * C + c) * s->ldw + f] = (T)0.5 * (r[1] - r[2]);
+                dw[((u * 3 + 2) * C + c) * s->ldw + f] = h + r[3];
+            }
+        }
+    }
+    if (db)
+        for (int64_t f = 0; f < F; f++) {
+            T acc = part[16 * cp * fp + f];
+            for (int64_t b = 1; b < nb; b++) acc += part[b * per + 16 * cp * fp + f];
+            db[f] = acc;
+        }
+    nk_ws_release(ws, from_arena);
+    return 0;
+}
 #endif
 
 /* db alone (no dW): db[f] = sum over output pixels of dz[p, f], over a
@@ -1427,6 +1521,8 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
 #ifdef NK_CONV_FLOAT
         else if (a == NK_CONV_DIRECT_WGRAD)
             rc = CFN(wg2_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
+        else if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s))
+            rc = CFN(wino_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
 #endif
         else
             rc = CFN(im2col_wgrad)(s, dy, ymask, act, x, dw, db, nt);

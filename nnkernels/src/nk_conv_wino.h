@@ -510,6 +510,10 @@ static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const
 #undef WFR_ST
 #undef WFR_TILE
 
+#if FB == 32 /* float32 */
+#include "nk_conv_wino_wgrad.h"
+#endif
+
 #undef WAI
 #undef WVL
 #undef WV

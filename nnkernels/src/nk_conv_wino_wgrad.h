@@ -1,0 +1,172 @@
+/* Winograd F(2x2, 3x3) weight gradient: one block of tiles (included by
+ * nk_conv_wino.h, float32 only, with its T, WV, WVL, WFN and helpers).
+ *
+ * The forward pass is Y = A^T [ (G g G^T) .* (B^T d B) ] A per tile, so the
+ * gradient of the 3x3 kernel g is
+ *     dW = G^T [ sum over tiles of (A dz A^T) .* (B^T d B) ] G
+ * with d the tile's 4x4 patch of x (the forward's V, wino_col) and dz its
+ * 2x2 block of output gradients.  Per transformed position xi (16 of them)
+ * and channel pair (c, f):  M[xi][c][f] += V[xi][t][c] * Z[xi][t][f] summed
+ * over the tiles t: 16 (C x F) products of length "tiles" (2.25x fewer
+ * multiplications than the 9 of the direct weight gradient per 4 outputs).
+ * G^T M G is applied once per call (CFN(wino_wgrad), nk_conv_body.h).
+ *
+ * A = [1 0; 1 1; 1 -1; 0 -1] (the transpose of wino_out's A^T), so the dz
+ * transform of a column (z0, z1) is (z0, z0 + z1, z0 - z1, -z1). */
+
+/* Z = A dz A^T of the 2x2 block d (d[2a + b]: output row a, column b). */
+WAI void WFN(wgw_ztrans)(const WV *d, WV *z)
+{
+    WV u[8]; /* columns b: rows a of A dz */
+#pragma GCC unroll 2
+    for (int b = 0; b < 2; b++) {
+        u[b] = d[b];
+        u[2 + b] = d[b] + d[2 + b];
+        u[4 + b] = d[b] - d[2 + b];
+        u[6 + b] = -d[2 + b];
+    }
+#pragma GCC unroll 4
+    for (int a = 0; a < 4; a++) { /* rows a: (A dz) A^T */
+        z[4 * a + 0] = u[2 * a];
+        z[4 * a + 1] = u[2 * a] + u[2 * a + 1];
+        z[4 * a + 2] = u[2 * a] - u[2 * a + 1];
+        z[4 * a + 3] = -u[2 * a + 1];
+    }
+}
+
+/* The 2x2 dz block of tile (n, th, tw), channels [f0, f0 + fn): dy where
+ * ymask > 0 (every dy without ymask), zero outside OH x OW. */
+WAI void WFN(wgw_dz)(const nk_wino *g, const T *dy, const T *ymask, int64_t n, int64_t th,
+                     int64_t tw, int64_t f0, int64_t fn, WV *d)
+{
+    const int64_t oh = 2 * th, ow = 2 * tw, OP = g->op;
+    const int inside = oh + 1 < g->oh && ow + 1 < g->ow && fn == WVL;
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        const int64_t r = oh + (k >> 1), c = ow + (k & 1);
+        const int64_t off = ((n * g->oh + r) * g->ow + c) * OP + f0;
+        if (inside) {
+            memcpy(&d[k], dy + off, sizeof(WV));
+            if (ymask) {
+                WV m;
+                memcpy(&m, ymask + off, sizeof m);
+                d[k] = (WV)((WVI)d[k] & (WVI)(m > (T)0));
+            }
+        } else if (r < g->oh && c < g->ow) {
+            d[k] = WFN(wld)(dy + off, fn);
+            if (ymask) d[k] = (WV)((WVI)d[k] & (WVI)(WFN(wld)(ymask + off, fn) > (T)0));
+        } else {
+            d[k] = (WV){0};
+        }
+    }
+}
+
+/* mp[xi][c][f] += sum over the cnt tiles of vb[xi][t][c] * zb[xi][t][f]
+ * for rows [c0, c0 + CB) and vectors [f0, f0 + NVF * WVL) of plane xi; the
+ * tiles in ascending order. */
+WAI void WFN(wgw_gemm_tile)(const T *restrict v, const T *restrict z, int64_t cnt, int64_t cp,
+                            int64_t fp, T *restrict m, const int CB, const int NVF)
+{
+    WV acc[16][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < CB; i++)
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) memcpy(&acc[i][k], m + i * fp + k * WVL, sizeof(WV));
+    for (int64_t t = 0; t < cnt; t++) {
+        WV zv[2];
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) memcpy(&zv[k], z + t * fp + k * WVL, sizeof(WV));
+        const T *vr = v + t * cp;
+#pragma GCC unroll 16
+        for (int i = 0; i < CB; i++)
+#pragma GCC unroll 2
+            for (int k = 0; k < NVF; k++) acc[i][k] += vr[i] * zv[k];
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < CB; i++)
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) memcpy(m + i * fp + k * WVL, &acc[i][k], sizeof(WV));
+}
+
+/* One block of tiles [t0, t0 + cnt) (cnt <= tb) into the partial sums mp
+ * (16 planes of C rows of fp) and bp (fp): the input transform of x into
+ * vb (plane xi, tile r at xi * (tb * cp + WVL) + r * cp), the dz transform
+ * into zb (at xi * (tb * fp + WVL) + r * fp), then the 16 products.  Every sum runs over the
+ * block's tiles in order, so a chunk's sums do not depend on the block
+ * size's placement or the thread. */
+static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const T *ymask,
+                               const T *zero, int64_t t0, int64_t cnt, int64_t tb, T *restrict vb,
+                               T *restrict zb, T *restrict mp, T *restrict bp)
+{
+    const int64_t C = g->c, F = g->f, ve = WVL;
+    const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
+    const int64_t tpi = g->th * g->tw;
+    /* plane strides a cache line more than the planes: the 16 planes'
+     * store streams must not share L1 sets */
+    const int64_t vxs = tb * cp + ve, zxs = tb * fp + ve;
+    /* tile (n, th, tw) of t0, then stepped along */
+    int64_t n = t0 / tpi, th = (t0 - n * tpi) / g->tw, tw = t0 - n * tpi - th * g->tw;
+    const int64_t H = g->h, W = g->w, SP = g->sp;
+    for (int64_t i = 0; i < cnt; i++) {
+        /* input transform V = B^T d B (as the forward's) */
+        const T *px[16], *pm[16];
+        const int64_t ih = 2 * th - g->pt, iw = 2 * tw - g->pl;
+        if (ih >= 0 && ih + 4 <= H && iw >= 0 && iw + 4 <= W) { /* inside the image */
+            const T *p0 = x + ((n * H + ih) * W + iw) * SP;
+#pragma GCC unroll 16
+            for (int k = 0; k < 16; k++) px[k] = p0 + ((k >> 2) * W + (k & 3)) * SP;
+        } else {
+            WFN(wino_patch)(g, x, NULL, zero, t0 + i, px, pm);
+        }
+        if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, t0 + i, cnt - i < 8 ? cnt - i : 8);
+        for (int64_t c0 = 0; c0 < C; c0 += ve) {
+            const int64_t cn = C - c0 < ve ? C - c0 : ve;
+            WV u[16];
+            WFN(wino_col)(px, pm, 0, c0, cn, 0, u);
+            WFN(wino_col)(px, pm, 0, c0, cn, 1, u);
+            WFN(wino_col)(px, pm, 0, c0, cn, 2, u);
+            WFN(wino_col)(px, pm, 0, c0, cn, 3, u);
+            T *restrict vt = vb + i * cp + c0;
+#pragma GCC unroll 4
+            for (int a = 0; a < 4; a++) {
+                const WV *q = u + 4 * a;
+                const WV v0 = q[0] - q[2], v1 = q[1] + q[2], v2 = q[2] - q[1], v3 = q[1] - q[3];
+                memcpy(vt + (4 * a + 0) * vxs, &v0, sizeof(WV));
+                memcpy(vt + (4 * a + 1) * vxs, &v1, sizeof(WV));
+                memcpy(vt + (4 * a + 2) * vxs, &v2, sizeof(WV));
+                memcpy(vt + (4 * a + 3) * vxs, &v3, sizeof(WV));
+            }
+        }
+        /* dz transform Z = A dz A^T, and the bias gradient */
+        for (int64_t f0 = 0; f0 < F; f0 += ve) {
+            const int64_t fn = F - f0 < ve ? F - f0 : ve;
+            WV d[4], z[16], bsum;
+            WFN(wgw_dz)(g, dy, ymask, n, th, tw, f0, fn, d);
+            memcpy(&bsum, bp + f0, sizeof bsum);
+            bsum += (d[0] + d[1]) + (d[2] + d[3]);
+            memcpy(bp + f0, &bsum, sizeof bsum);
+            WFN(wgw_ztrans)(d, z);
+            T *restrict zt = zb + i * fp + f0;
+#pragma GCC unroll 16
+            for (int xi = 0; xi < 16; xi++) memcpy(zt + xi * zxs, &z[xi], sizeof(WV));
+        }
+        if (++tw == g->tw) {
+            tw = 0;
+            if (++th == g->th) { th = 0; n++; }
+        }
+    }
+    /* the 16 products, register tiles of 16 rows x one vector or 8 rows x
+     * two vectors (rows of a partial tile beyond C are vb's zero padding:
+     * computed into mp's padding rows, which exist: mp has cp rows) */
+    for (int64_t xi = 0; xi < 16; xi++) {
+        const T *v = vb + xi * vxs, *z = zb + xi * zxs;
+        T *m = mp + xi * cp * fp;
+        int64_t f0 = 0;
+        for (; f0 + 2 * ve <= fp; f0 += 2 * ve)
+            for (int64_t c0 = 0; c0 < C; c0 += 8)
+                WFN(wgw_gemm_tile)(v + c0, z + f0, cnt, cp, fp, m + c0 * fp + f0, 8, 2);
+        for (; f0 < fp; f0 += ve)
+            for (int64_t c0 = 0; c0 < C; c0 += 16)
+                WFN(wgw_gemm_tile)(v + c0, z + f0, cnt, cp, fp, m + c0 * fp + f0, 16, 1);
+    }
+}
