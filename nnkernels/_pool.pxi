@@ -19,9 +19,11 @@ cdef extern from "nk_pool.h" nogil:
                            int32_t *idx_nhwc, int dbl)
     int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c,
                               int64_t oh, int64_t ow, const void *dy_nhwc,
-                              const int32_t *idx_nhwc, void *dx_nhwc, int dbl)
+                              const int32_t *idx_nhwc, const void *ym_nhwc, void *dx_nhwc,
+                              int dbl)
     int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
-                                   const int32_t *idx_nhwc, void *dx_nhwc, int dbl)
+                                   const int32_t *idx_nhwc, const void *ym_nhwc, void *dx_nhwc,
+                                   int dbl)
 
 cdef extern from "nk_elementwise.h" nogil:
     void nk_relu(int64_t n, const void *x, void *y, int dbl)
@@ -149,7 +151,7 @@ def max_pool2d(x, pool_size=(2, 2), strides=None, padding="valid", out=None, ind
 
 
 def max_pool2d_backward(dy, indices, x_shape, out=None, *, pool_size=None, strides=None,
-                        padding="valid"):
+                        padding="valid", y=None):
     """dx of max_pool2d: zeros, plus dy[n, oh, ow, c] added at the position
     indices[n, oh, ow, c] (= h * W + w) of each output element.
 
@@ -166,7 +168,11 @@ def max_pool2d_backward(dy, indices, x_shape, out=None, *, pool_size=None, strid
     this checks too that each index lies inside its own window.  Indices that
     are out of range (or outside their window) raise ValueError after the
     kernel ran (dx then holds the valid part of the gradient); they are never
-    used as an address.  out (dx) may be preallocated.
+    used as an address.  out (dx) may be preallocated.  y (optional): the
+    pooled values (max_pool2d's output, dy's shape and dtype); with it each
+    dy counts only where y > 0 (as +0 elsewhere, NaN y included): the ReLU's
+    derivative when the pooled input was relu(z), the same bits as
+    relu_backward(dy, y) followed by this call, without its pass.
     """
     dy = _c_array(dy, "dy", 4)
     if not isinstance(indices, np.ndarray):
@@ -191,8 +197,16 @@ def max_pool2d_backward(dy, indices, x_shape, out=None, *, pool_size=None, strid
                 f"dy shape {dy.shape} does not match the pooling of x_shape {xs} "
                 f"(expected {(t[0], t[4], t[5], t[3])})")
         _geom_set(&g, t)
-    out = _c_out(out, xs, dt, "out", [("dy", dy), ("indices", indices)])
+    if y is not None:
+        y = _c_array(y, "y", 4)
+        if y.shape != dy.shape:
+            raise ValueError(f"y has shape {y.shape}, expected dy's {dy.shape}")
+        if y.dtype != dt:
+            raise TypeError(f"dy ({dt}) and y ({y.dtype}) must have the same dtype")
+    out = _c_out(out, xs, dt, "out", [("dy", dy), ("indices", indices)] +
+                 ([("y", y)] if y is not None else []))
     cdef int dbl = dt == _F64
+    cdef const void *pym = _p(y) if y is not None else NULL
     cdef void *pdy = _p(dy)
     cdef void *pdx = _p(out)
     cdef int32_t *pi = <int32_t *>_p(indices)
@@ -201,9 +215,9 @@ def max_pool2d_backward(dy, indices, x_shape, out=None, *, pool_size=None, strid
     cdef int64_t oh = dy.shape[1], ow = dy.shape[2]
     with nogil:
         if geom:
-            bad = nk_max_pool2d_bwd_geom(&g, pdy, pi, pdx, dbl)
+            bad = nk_max_pool2d_bwd_geom(&g, pdy, pi, pym, pdx, dbl)
         else:
-            bad = nk_max_pool2d_bwd(n, h, w, c, oh, ow, pdy, pi, pdx, dbl)
+            bad = nk_max_pool2d_bwd(n, h, w, c, oh, ow, pdy, pi, pym, pdx, dbl)
     if not bad and h * w == 0 and indices.size:
         bad = indices.size  # H*W == 0: no index can be valid (the kernel writes nothing)
     if bad:

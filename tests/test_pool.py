@@ -103,6 +103,47 @@ def test_forward_backward_match_reference(case, seed, ties):
         np.testing.assert_array_equal(dx2, dx_ref)
 
 
+@settings(deadline=None, max_examples=80)
+@given(case=pool_cases(), seed=st.integers(0, 2**32 - 1), nt=st.sampled_from([1, 2]))
+def test_backward_relu_mask_is_relu_backward_then_pool(case, seed, nt):
+    """max_pool2d_backward(..., y=y) == max_pool2d_backward(relu_backward(dy, y))
+    bit for bit, on the scatter and gather paths (overlapping windows too),
+    with NaN, -0.0 and zero in y and dy (y > 0 fails for NaN: +0)."""
+    shape, pool, strides, padding, dtype, isa_name = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    with isa(isa_name), threads(nt):
+        y, idx = nk.max_pool2d(x, pool, strides, padding)
+        y = y.copy()
+        flat = y.reshape(-1)
+        k = flat.size
+        special = rng.integers(0, k, size=(3, max(1, k // 8)))
+        flat[special[0]] = np.nan
+        flat[special[1]] = -0.0
+        flat[special[2]] = 0.0
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dyf = dy.reshape(-1)
+        dyf[rng.integers(0, k, size=max(1, k // 8))] = np.nan
+        dyf[rng.integers(0, k, size=max(1, k // 8))] = -0.0
+        want = nk.max_pool2d_backward(nk.relu_backward(dy, y), idx, shape)
+        got = nk.max_pool2d_backward(dy, idx, shape, y=y)
+        assert got.tobytes() == want.tobytes()
+        want2 = nk.max_pool2d_backward(nk.relu_backward(dy, y), idx, shape, pool_size=pool,
+                                       strides=strides, padding=padding)
+        got2 = nk.max_pool2d_backward(dy, idx, shape, pool_size=pool, strides=strides,
+                                      padding=padding, y=y)
+        assert got2.tobytes() == want2.tobytes()
+
+
+def test_backward_relu_mask_errors():
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    y, idx = nk.max_pool2d(x, 2)
+    with pytest.raises(ValueError, match="y has shape"):
+        nk.max_pool2d_backward(y, idx, x.shape, y=y[:1])
+    with pytest.raises(TypeError, match="same dtype"):
+        nk.max_pool2d_backward(y, idx, x.shape, y=y.astype(np.float64))
+
+
 @pytest.mark.parametrize("isa_name", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ties_first_max_wins(isa_name, dtype):

@@ -60,8 +60,8 @@
     }                                                                                    \
     /* GATHER_ROW: dx row (n, ih) from dy/idx of batch item n; returns matches. */      \
     static int64_t gather_row_##SUF(const nk_pool_geom *g, const T *restrict dy_n,       \
-                                    const int32_t *restrict i_n, int64_t ih,             \
-                                    T *restrict dx_wc)                                   \
+                                    const int32_t *restrict i_n, const T *restrict ym_n, \
+                                    int64_t ih, T *restrict dx_wc)                       \
     {                                                                                    \
         const int64_t W = g->w, C = g->c, OW = g->ow;                                    \
         const int64_t ohl = nk_pool_win_lo(ih, g->pt, g->ph, g->sh);                     \
@@ -82,10 +82,19 @@
                     const T *restrict gy = dy_n + o;                                     \
                     const int32_t *restrict ix = i_n + o;                                \
                     int32_t k = 0;                                                       \
-                    for (int64_t c = 0; c < C; c++) {                                    \
-                        const int hit = ix[c] == pos;                                    \
-                        d[c] += hit ? gy[c] : (T)0;                                      \
-                        k += hit;                                                        \
+                    if (ym_n) {                                                          \
+                        const T *restrict ym = ym_n + o;                                 \
+                        for (int64_t c = 0; c < C; c++) {                                \
+                            const int hit = ix[c] == pos;                                \
+                            d[c] += hit & (ym[c] > (T)0) ? gy[c] : (T)0;                 \
+                            k += hit;                                                    \
+                        }                                                                \
+                    } else {                                                             \
+                        for (int64_t c = 0; c < C; c++) {                                \
+                            const int hit = ix[c] == pos;                                \
+                            d[c] += hit ? gy[c] : (T)0;                                  \
+                            k += hit;                                                    \
+                        }                                                                \
                     }                                                                    \
                     cnt += k;                                                            \
                 }                                                                        \
@@ -163,7 +172,8 @@ static void fwd_row_d_avx512(const nk_pool_geom *g, const double *restrict x_hwc
 }
 
 static int64_t gather_row_s_avx512(const nk_pool_geom *g, const float *restrict dy_n,
-                                   const int32_t *restrict i_n, int64_t ih, float *restrict dx_wc)
+                                   const int32_t *restrict i_n, const float *restrict ym_n,
+                                   int64_t ih, float *restrict dx_wc)
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t ohl = nk_pool_win_lo(ih, g->pt, g->ph, g->sh);
@@ -186,10 +196,12 @@ static int64_t gather_row_s_avx512(const nk_pool_geom *g, const float *restrict 
                     __mmask16 hit;
                     if (full) {
                         hit = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512((const void *)(i_n + o)), pos);
-                        acc = _mm512_mask_add_ps(acc, hit, acc, _mm512_loadu_ps(dy_n + o));
+                        const __mmask16 add = ym_n ? _mm512_cmp_ps_mask(_mm512_loadu_ps(ym_n + o), _mm512_setzero_ps(), _CMP_GT_OQ) & hit : hit;
+                        acc = _mm512_mask_add_ps(acc, add, acc, _mm512_loadu_ps(dy_n + o));
                     } else {
                         hit = _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, i_n + o), pos);
-                        acc = _mm512_mask_add_ps(acc, hit, acc, _mm512_maskz_loadu_ps(hit, dy_n + o));
+                        const __mmask16 add = ym_n ? _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(hit, ym_n + o), _mm512_setzero_ps(), _CMP_GT_OQ) & hit : hit;
+                        acc = _mm512_mask_add_ps(acc, add, acc, _mm512_maskz_loadu_ps(add, dy_n + o));
                     }
                     cnt += __builtin_popcount((unsigned)hit);
                 }
@@ -203,7 +215,8 @@ static int64_t gather_row_s_avx512(const nk_pool_geom *g, const float *restrict 
 }
 
 static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict dy_n,
-                                   const int32_t *restrict i_n, int64_t ih, double *restrict dx_wc)
+                                   const int32_t *restrict i_n, const double *restrict ym_n,
+                                   int64_t ih, double *restrict dx_wc)
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t ohl = nk_pool_win_lo(ih, g->pt, g->ph, g->sh);
@@ -226,10 +239,12 @@ static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict
                     __mmask8 hit;
                     if (full) {
                         hit = _mm256_cmpeq_epi32_mask(_mm256_loadu_si256((const void *)(i_n + o)), pos);
-                        acc = _mm512_mask_add_pd(acc, hit, acc, _mm512_loadu_pd(dy_n + o));
+                        const __mmask8 add = ym_n ? _mm512_cmp_pd_mask(_mm512_loadu_pd(ym_n + o), _mm512_setzero_pd(), _CMP_GT_OQ) & hit : hit;
+                        acc = _mm512_mask_add_pd(acc, add, acc, _mm512_loadu_pd(dy_n + o));
                     } else {
                         hit = _mm256_mask_cmpeq_epi32_mask(m, _mm256_maskz_loadu_epi32(m, i_n + o), pos);
-                        acc = _mm512_mask_add_pd(acc, hit, acc, _mm512_maskz_loadu_pd(hit, dy_n + o));
+                        const __mmask8 add = ym_n ? _mm512_cmp_pd_mask(_mm512_maskz_loadu_pd(hit, ym_n + o), _mm512_setzero_pd(), _CMP_GT_OQ) & hit : hit;
+                        acc = _mm512_mask_add_pd(acc, add, acc, _mm512_maskz_loadu_pd(add, dy_n + o));
                     }
                     cnt += __builtin_popcount((unsigned)hit);
                 }
@@ -250,11 +265,18 @@ static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict
  * window.  dx rows / columns that no window covers ("valid" remainders) are
  * zeroed.  Same bits as the general gather (0 + dy where the index hits). */
 static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict dy_n,
-                                     const int32_t *restrict i_n, int64_t oh,
-                                     float *restrict dx_n)
+                                     const int32_t *restrict i_n, const float *restrict ym_n,
+                                     int64_t oh, float *restrict dx_n)
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t h0 = oh * g->sh - g->pt;
+    if (oh + 1 < g->oh) /* the next output row's dy, indices and mask (read cold) */
+        for (int64_t b = 0; b < OW * C * (int64_t)sizeof(float); b += 64) {
+            const int64_t o = (oh + 1) * OW * C;
+            __builtin_prefetch((const char *)(dy_n + o) + b);
+            __builtin_prefetch((const char *)(i_n + o) + b / (int64_t)(sizeof(float) / 4));
+            if (ym_n) __builtin_prefetch((const char *)(ym_n + o) + b);
+        }
     const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
     const int64_t wcov = nk_imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
     int64_t cnt = 0;
@@ -270,7 +292,9 @@ static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict 
                 const int full = C - c >= 16;
                 const __mmask16 m = full ? (__mmask16)-1 : (__mmask16)((1u << (C - c)) - 1);
                 const __m512i ix = full ? _mm512_loadu_si512((const void *)(i_n + o + c)) : _mm512_maskz_loadu_epi32(m, i_n + o + c);
-                const __m512 gy = full ? _mm512_loadu_ps(dy_n + o + c) : _mm512_maskz_loadu_ps(m, dy_n + o + c);
+                __m512 gy = full ? _mm512_loadu_ps(dy_n + o + c) : _mm512_maskz_loadu_ps(m, dy_n + o + c);
+                if (ym_n) /* the ReLU derivative of the pooled value */
+                    gy = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, ym_n + o + c), zero, _CMP_GT_OQ), gy);
                 for (int64_t w = ws; w < we; w++) {
                     const __mmask16 hit = ICMP16(m, ix, (int32_t)(h * W + w));
                     const __m512 v = _mm512_maskz_add_ps(hit, zero, gy);
@@ -290,11 +314,18 @@ static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict 
 }
 
 static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict dy_n,
-                                     const int32_t *restrict i_n, int64_t oh,
-                                     double *restrict dx_n)
+                                     const int32_t *restrict i_n, const double *restrict ym_n,
+                                     int64_t oh, double *restrict dx_n)
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t h0 = oh * g->sh - g->pt;
+    if (oh + 1 < g->oh) /* the next output row's dy, indices and mask (read cold) */
+        for (int64_t b = 0; b < OW * C * (int64_t)sizeof(double); b += 64) {
+            const int64_t o = (oh + 1) * OW * C;
+            __builtin_prefetch((const char *)(dy_n + o) + b);
+            __builtin_prefetch((const char *)(i_n + o) + b / (int64_t)(sizeof(double) / 4));
+            if (ym_n) __builtin_prefetch((const char *)(ym_n + o) + b);
+        }
     const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
     const int64_t wcov = nk_imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
     int64_t cnt = 0;
@@ -310,7 +341,9 @@ static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict
                 const int full = C - c >= 8;
                 const __mmask8 m = full ? (__mmask8)-1 : (__mmask8)((1u << (C - c)) - 1);
                 const __m256i ix = full ? _mm256_loadu_si256((const __m256i *)(i_n + o + c)) : _mm256_maskz_loadu_epi32(m, i_n + o + c);
-                const __m512d gy = full ? _mm512_loadu_pd(dy_n + o + c) : _mm512_maskz_loadu_pd(m, dy_n + o + c);
+                __m512d gy = full ? _mm512_loadu_pd(dy_n + o + c) : _mm512_maskz_loadu_pd(m, dy_n + o + c);
+                if (ym_n) /* the ReLU derivative of the pooled value */
+                    gy = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(_mm512_maskz_loadu_pd(m, ym_n + o + c), zero, _CMP_GT_OQ), gy);
                 for (int64_t w = ws; w < we; w++) {
                     const __mmask8 hit = ICMP8(m, ix, (int32_t)(h * W + w));
                     const __m512d v = _mm512_maskz_add_pd(hit, zero, gy);
@@ -336,8 +369,8 @@ NK_POOL_C_BODY(float, s_generic)
 NK_POOL_C_BODY(double, d_generic)
 
 typedef void (*fwd_row_fn)(const nk_pool_geom *, const void *, int64_t, void *, int32_t *);
-typedef int64_t (*gather_row_fn)(const nk_pool_geom *, const void *, const int32_t *, int64_t,
-                                 void *);
+typedef int64_t (*gather_row_fn)(const nk_pool_geom *, const void *, const int32_t *,
+                                 const void *, int64_t, void *);
 
 static fwd_row_fn pick_fwd(int dbl)
 {
@@ -384,7 +417,8 @@ void nk_max_pool2d_fwd(const nk_pool_geom *g, const void *x_nhwc, void *y_nhwc,
 }
 
 int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
-                               const int32_t *idx_nhwc, void *dx_nhwc, int dbl)
+                               const int32_t *idx_nhwc, const void *ym_nhwc, void *dx_nhwc,
+                               int dbl)
 {
     const int64_t rows = g->n * g->h;
     const int64_t nout = g->n * g->oh * g->ow * g->c;
@@ -408,9 +442,11 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
             const int64_t n = r / g->oh, oh = r % g->oh;
             if (dbl)
                 matched += gather_nov_d_avx512(g, (const double *)dy + n * yplane, idx_nhwc + n * yplane,
+                                               ym_nhwc ? (const double *)ym_nhwc + n * yplane : NULL,
                                                oh, (double *)dx + n * xplane);
             else
                 matched += gather_nov_s_avx512(g, (const float *)dy + n * yplane, idx_nhwc + n * yplane,
+                                               ym_nhwc ? (const float *)ym_nhwc + n * yplane : NULL,
                                                oh, (float *)dx + n * xplane);
         }
         (void)dy; (void)dx;
@@ -425,7 +461,8 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 8) reduction(+ : matched) if (nt > 1)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t n = r / g->h, ih = r % g->h;
-        matched += fn(g, dy + es * (size_t)(n * yplane), idx_nhwc + n * yplane, ih,
+        matched += fn(g, dy + es * (size_t)(n * yplane), idx_nhwc + n * yplane,
+                      ym_nhwc ? (const char *)ym_nhwc + es * (size_t)(n * yplane) : NULL, ih,
                       dx + es * (size_t)(r * xrow));
     }
     return nout - matched;
@@ -441,6 +478,7 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
             T *restrict d = dxp + b * hw * c;                                            \
             const T *restrict gy = dyp + b * ohw * c;                                    \
             const int32_t *restrict ix = idx_nhwc + b * ohw * c;                         \
+            const T *restrict ym = ym_nhwc ? (const T *)ym_nhwc + b * ohw * c : NULL;     \
             if (nblk == 1)                                                               \
                 memset(d, 0, sizeof(T) * (size_t)(hw * c));                              \
             else                                                                         \
@@ -450,7 +488,8 @@ int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
                 for (int64_t k = c0; k < c1; k++) {                                      \
                     const uint32_t p = (uint32_t)ix[o * c + k];                          \
                     if (p < (uint64_t)hw)                                                \
-                        d[(int64_t)p * c + k] += gy[o * c + k];                          \
+                        d[(int64_t)p * c + k] +=                                         \
+                            !ym || ym[o * c + k] > (T)0 ? gy[o * c + k] : (T)0;          \
                     else                                                                 \
                         bad++;                                                           \
                 }                                                                        \
@@ -474,7 +513,7 @@ static int sample_in_windows(const nk_pool_geom *g, const int32_t *idx_nhwc)
 
 int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
                           int64_t ow, const void *dy_nhwc, const int32_t *idx_nhwc,
-                          void *dx_nhwc, int dbl)
+                          const void *ym_nhwc, void *dx_nhwc, int dbl)
 {
     const int64_t hw = h * w, ohw = oh * ow;
     if (n <= 0 || hw <= 0 || c <= 0) return 0;
@@ -488,7 +527,7 @@ int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh
     if (oh > 0 && ow > 0 && h / oh >= 1 && w / ow >= 1) {
         const nk_pool_geom g = {n, h, w, c, oh, ow, h / oh, w / ow, h / oh, w / ow, 0, 0};
         if (sample_in_windows(&g, idx_nhwc) &&
-            nk_max_pool2d_bwd_geom(&g, dy_nhwc, idx_nhwc, dx_nhwc, dbl) == 0)
+            nk_max_pool2d_bwd_geom(&g, dy_nhwc, idx_nhwc, ym_nhwc, dx_nhwc, dbl) == 0)
             return 0;
     }
     const size_t es = dbl ? sizeof(double) : sizeof(float);

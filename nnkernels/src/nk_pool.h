@@ -52,7 +52,12 @@ static inline int64_t nk_pool_win_hi(int64_t i, int64_t p, int64_t s) { return (
 void nk_max_pool2d_fwd(const nk_pool_geom *g, const void *x_nhwc, void *y_nhwc,
                        int32_t *idx_nhwc, int dbl);
 
-/* dx_nhwc (n, h, w, c) = 0, then dx[n, idx / w, idx % w, c] += dy for every
+/* Both backward passes take ym_nhwc (or NULL), the pooled values y (dy's
+ * shape): each dy counts only where y > 0 (else as +0), the ReLU's
+ * derivative at the window's maximum -- max pooling of relu(z), with the
+ * same bits as relu_backward(dy, y) followed by the pooling's backward.
+ *
+ * dx_nhwc (n, h, w, c) = 0, then dx[n, idx / w, idx % w, c] += dy for every
  * output element, item by item (each batch item's plane is zeroed and
  * scattered into while it is in cache: one pass over dx in memory).
  * Deterministic: fixed order within an item, items owned by one thread.
@@ -63,7 +68,8 @@ void nk_max_pool2d_fwd(const nk_pool_geom *g, const void *x_nhwc, void *y_nhwc,
  * that count (0 when all are valid). */
 int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c,
                           int64_t oh, int64_t ow, const void *dy_nhwc,
-                          const int32_t *idx_nhwc, void *dx_nhwc, int dbl);
+                          const int32_t *idx_nhwc, const void *ym_nhwc, void *dx_nhwc,
+                          int dbl);
 
 /* Same result computed as a gather, given the forward geometry: every dx
  * element is written exactly once (no separate zeroing), as the sum, in
@@ -71,7 +77,8 @@ int64_t nk_max_pool2d_bwd(int64_t n, int64_t h, int64_t w, int64_t c,
  * it.  Returns the number of indices that do not point inside their own
  * window (those gradients are dropped; 0 when all are valid). */
 int64_t nk_max_pool2d_bwd_geom(const nk_pool_geom *g, const void *dy_nhwc,
-                               const int32_t *idx_nhwc, void *dx_nhwc, int dbl);
+                               const int32_t *idx_nhwc, const void *ym_nhwc, void *dx_nhwc,
+                               int dbl);
 
 #ifdef __cplusplus
 }

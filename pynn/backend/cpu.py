@@ -81,8 +81,8 @@ class CPUOps(Ops):
     def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
         return self.nk.max_pool2d(x, pool_size, strides, padding, out=out, indices=indices)
 
-    def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
-        return self.nk.max_pool2d_backward(dy, indices, x_shape, out=out, **geometry)
+    def max_pool2d_backward(self, dy, indices, x_shape, out=None, y=None, **geometry):
+        return self.nk.max_pool2d_backward(dy, indices, x_shape, out=out, y=y, **geometry)
 
     def avg_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None):
         return self.nk.avg_pool2d(x, pool_size, strides, padding, out=out)

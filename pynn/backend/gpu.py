@@ -551,11 +551,13 @@ class GPUOps(Ops):
                      (x, out, indices) + tuple(np.int32(v) for v in geo))
         return out, indices
 
-    def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
+    def max_pool2d_backward(self, dy, indices, x_shape, out=None, y=None, **geometry):
         cp = self.xp
         x_shape = tuple(int(v) for v in x_shape)
         out = _out_cupy(cp, out, x_shape, dy.dtype)
         dy, indices = self._c(dy, "dy"), self._c(indices, "indices")
+        if y is not None:  # the ReLU derivative of the pooled values
+            dy = cp.where(self._c(y, "y") > 0, dy, cp.zeros((), dy.dtype))
         if indices.dtype != np.int32 or indices.shape != dy.shape:
             raise ValueError(f"indices must be int32 of dy's shape {dy.shape}, got "
                              f"{indices.dtype} {indices.shape}")

@@ -520,8 +520,12 @@ class Ops:
             indices[...] = idx
         return out, indices
 
-    def max_pool2d_backward(self, dy, indices, x_shape, out=None, **geometry):
+    def max_pool2d_backward(self, dy, indices, x_shape, out=None, y=None, **geometry):
+        """dx; with y (the pooled values) dy counts only where y > 0: the
+        ReLU derivative of a relu'd input, in the same pass."""
         n, h, w_, c = x_shape
+        if y is not None:
+            dy = self.xp.where(y > 0, dy, self.xp.zeros((), dy.dtype))
         out = _out(out, tuple(x_shape), dy.dtype)
         out[...] = 0
         flat = out.reshape(n, h * w_, c)

@@ -54,12 +54,9 @@ class MaxPooling2D(_Pool2D):
         output -- so the gradient leaves here as the producer's dz."""
         if not need_dx:
             return None
-        if relu_mask:
-            dy = self.ops.activation_backward("relu", dy, self.ctx.y,
-                                              out=self._buf("dy_masked", dy.shape))
         dx = self._buf("dx", self.ctx.xshape)
         return self.ops.max_pool2d_backward(dy, self.ctx.idx, self.ctx.xshape, out=dx,
-                                            **self._geom())
+                                            y=self.ctx.y if relu_mask else None, **self._geom())
 
 
 class AveragePooling2D(_Pool2D):
