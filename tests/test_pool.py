@@ -413,3 +413,22 @@ def test_scatter_guess_falls_back(isa_name):
     with isa(isa_name):
         dx = nk.max_pool2d_backward(dy, idx, shape)
     np.testing.assert_array_equal(dx, ref_backward(dy, idx, shape))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ops_backward_relu_mask_reference_matches_cpu(dtype):
+    """The backends' max_pool2d_backward(y=) (the reference Ops, written
+    against NumPy/CuPy, and CPUOps on nnkernels) agree bit for bit."""
+    from pynn import backend
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 8, 7, 5)).astype(dtype)
+    y, idx = nk.max_pool2d(x, 2)
+    y[0, 0, 0, :2] = np.nan
+    y[1, 1, 1, 1] = -0.0
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    ref = backend.Ops().max_pool2d_backward(dy, idx, x.shape, y=y, pool_size=(2, 2))
+    cpu = backend.get_ops("cpu").max_pool2d_backward(dy, idx, x.shape, y=y, pool_size=(2, 2))
+    assert ref.tobytes() == cpu.tobytes()
+    plain = backend.get_ops("cpu").max_pool2d_backward(np.where(y > 0, dy, 0).astype(dtype),
+                                                       idx, x.shape, pool_size=(2, 2))
+    assert cpu.tobytes() == plain.tobytes()
