@@ -330,6 +330,40 @@ def test_winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu):
     assert np.all(np.abs(db - dbr) <= lim_b) and np.all(np.abs(db_alone - dbr) <= lim_b)
 
 
+def test_winograd_wgrad_workspace_bound():
+    """The Winograd dW keeps its workspace within the column budget: wide
+    layers run with fewer chunks of partial sums (512 -> 512: 3 of 16.8 MB
+    each) and the same bits for 1 and 2 threads; where even one chunk does
+    not fit (C x F above about 1M) dW goes to im2col, auto and explicit.
+    A shrunk budget reduces the chunks and threads, not the result."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((2, 4, 5, 512)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, 512, 512)) * 0.05).astype(np.float32)
+    g = dict(strides=(1, 1), padding="same", dilation=(1, 1))
+    assert nk.conv2d_algo(x.shape, w.shape, product="backward_filter", **g) == "winograd"
+    dy = rng.standard_normal((2, 4, 5, 512)).astype(np.float32)
+    res = []
+    for t in (1, 2):
+        with threads(t):
+            nk.release_workspace()
+            res.append(nk.conv2d_backward(dy, x, w, need_dx=False, **g))
+            assert nk.workspace_bytes() <= 64 << 20   # 16 chunks would take 269 MB
+    assert np.array_equal(res[0][1], res[1][1]) and np.array_equal(res[0][2], res[1][2])
+    dz = dy.astype(np.float64)
+    _, dwr, dbr = ref_conv_backward(dz, x.astype(np.float64), w.astype(np.float64), **g)
+    lim_w, lim_b = wino_wgrad_limits(x, dz, 1, 1)
+    assert np.all(np.abs(res[0][1] - dwr) <= lim_w) and np.all(np.abs(res[0][2] - dbr) <= lim_b)
+    try:  # a budget for two chunks' partial sums (another order of the sums)
+        nk._core._set_conv_col_budget(40 << 20)
+        with threads(2):
+            small = nk.conv2d_backward(dy, x, w, need_dx=False, **g)
+    finally:
+        nk._core._set_conv_col_budget(0)
+    assert np.all(np.abs(small[1] - dwr) <= lim_w)
+    big = ((1, 4, 4, 1100), (3, 3, 1100, 1100))
+    assert nk.conv2d_algo(*big, product="backward_filter", **g) == "im2col"
+
+
 def test_winograd_wgrad_groups_and_views():
     """Groups of 16 -> 24 channels (each group's Winograd dW reads a channel
     window of x and dy and writes one of dw: pitches above C, F) and

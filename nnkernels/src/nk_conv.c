@@ -224,6 +224,7 @@ static const nk_conv_shape *nk_conv_precision(const nk_conv_shape *s, int pass, 
     return f32;
 }
 static int nk_conv_dw_fits(const nk_conv_shape *s, size_t esz, int pass);
+static int nk_conv_wwg_fits(const nk_conv_shape *s);
 
 int nk_conv_choose_run(const nk_conv_shape *s, int dbl, int pass)
 {
@@ -237,7 +238,8 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 {
     const size_t esz = dbl ? sizeof(double) : sizeof(float);
     if (s->g > 1 && s->c == 1 && nk_conv_dw_fits(s, esz, pass)) return NK_CONV_DEPTHWISE;
-    if (!dbl && pass == NK_CONV_BWD_FILTER && nk_conv_wino_ok(s) && s->c >= 16 && s->f >= 16)
+    if (!dbl && pass == NK_CONV_BWD_FILTER && nk_conv_wino_ok(s) && s->c >= 16 && s->f >= 16 &&
+        nk_conv_wwg_fits(s))
         return NK_CONV_WINOGRAD;
     if (!dbl && pass == NK_CONV_BWD_FILTER && s->c >= 2 && (s->f <= 32 || s->c < 32))
         return NK_CONV_DIRECT_WGRAD;
@@ -260,6 +262,26 @@ int nk_conv_choose(const nk_conv_shape *s, int dbl, int pass)
 #define NK_CONV_WG2_PART_BYTES ((int64_t)64 << 20)
 /* Winograd dW: V and Z of a block of tiles (per thread) about this many bytes */
 #define NK_CONV_WWG_BYTES ((int64_t)512 << 10)
+
+/* Winograd dW workspace in elements of 4 bytes (see CFN(wino_wgrad)): per
+ * thread the V and Z of a block of tb tiles; shared the zero row and nb
+ * chunks' partial sums (16 planes of cp x fp, plus fp). */
+static double nk_conv_wwg_scr(int64_t cp, int64_t fp, int64_t tb)
+{
+    return 16.0 * ((double)tb * (double)(cp + fp) + 32.0) + 80.0;
+}
+static double nk_conv_wwg_part(int64_t cp, int64_t fp)
+{
+    return 16.0 * (double)cp * (double)fp + (double)fp;
+}
+/* Whether the Winograd dW fits the column budget with one chunk, one
+ * thread and the smallest block (8 tiles): else im2col computes dW. */
+static int nk_conv_wwg_fits(const nk_conv_shape *s)
+{
+    const int64_t cp = (s->c + 15) / 16 * 16, fp = (s->f + 15) / 16 * 16;
+    return 4.0 * ((double)cp + nk_conv_wwg_part(cp, fp) + nk_conv_wwg_scr(cp, fp, 8)) <=
+           (double)g_col_budget;
+}
 
 /* Elements of esz bytes that hold n pointers (or int64) in per-thread
  * scratch (row pointers, ring tags: never arrays on the stack), in whole

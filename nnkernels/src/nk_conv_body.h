@@ -680,12 +680,18 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     int64_t tb = NK_CONV_WWG_BYTES / (16 * (cp + fp) * (int64_t)sizeof(T));
     if (tb < 8) tb = 8;
     if (tb > ntiles) tb = ntiles;
-    const int64_t nb = ntiles < NK_CONV_WGRAD_BLOCKS ? ntiles : NK_CONV_WGRAD_BLOCKS;
-    if (nt > nb) nt = (int)nb;
     const int64_t per = 16 * cp * fp + fp;            /* partial M, partial db */
     /* V and Z of a block (planes a line apart, see wino_wg_block), Z a
      * few lines after V */
     const int64_t scr_per = 16 * (tb * cp + ve) + 5 * ve + 16 * (tb * fp + ve);
+    /* chunks: NK_CONV_WGRAD_BLOCKS, fewer when their partial sums would
+     * pass the workspace budget (by shape only: the same for any thread
+     * count); then threads within what is left */
+    const double budget = (double)g_col_budget / (double)sizeof(T);
+    int64_t nb = ntiles < NK_CONV_WGRAD_BLOCKS ? ntiles : NK_CONV_WGRAD_BLOCKS;
+    while (nb > 1 && (double)(cp + nb * per + scr_per) > budget) nb--;
+    if (nt > nb) nt = (int)nb;
+    while (nt > 1 && (double)(cp + nb * per + nt * scr_per) > budget) nt--;
     int from_arena = 0;
     T *ws = (T *)nk_ws_acquire((size_t)(cp + nb * per + nt * scr_per) * sizeof(T), &from_arena);
     if (!ws) return -1;
@@ -1521,7 +1527,7 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
 #ifdef NK_CONV_FLOAT
         else if (a == NK_CONV_DIRECT_WGRAD)
             rc = CFN(wg2_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
-        else if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s))
+        else if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && nk_conv_wwg_fits(s))
             rc = CFN(wino_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
 #endif
         else
