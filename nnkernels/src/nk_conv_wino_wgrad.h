@@ -88,6 +88,10 @@ WAI void WFN(wgw_gemm_tile)(const T *restrict v, const T *restrict z, int64_t cn
         for (int k = 0; k < NVF; k++) memcpy(m + i * fp + k * WVL, &acc[i][k], sizeof(WV));
 }
 
+#ifndef WWG_KEEP
+#define WWG_KEEP 4 /* vectors of channels whose row stage the next tile reuses */
+#endif
+
 /* One block of tiles [t0, t0 + cnt) (cnt <= tb) into the partial sums mp
  * (16 planes of C rows of fp) and bp (fp): the input transform of x into
  * vb (plane xi, tile r at xi * (tb * cp + WVL) + r * cp), the dz transform
@@ -107,6 +111,7 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
     /* tile (n, th, tw) of t0, then stepped along */
     int64_t n = t0 / tpi, th = (t0 - n * tpi) / g->tw, tw = t0 - n * tpi - th * g->tw;
     const int64_t H = g->h, W = g->w, SP = g->sp;
+    WV keep[WWG_KEEP][8];
     for (int64_t i = 0; i < cnt; i++) {
         /* input transform V = B^T d B (as the forward's) */
         const T *px[16], *pm[16];
@@ -119,13 +124,31 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
             WFN(wino_patch)(g, x, NULL, zero, t0 + i, px, pm);
         }
         if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, t0 + i, cnt - i < 8 ? cnt - i : 8);
+        /* the left neighbour's columns 2, 3 are this tile's 0, 1: their row
+         * stage is reused (up to WWG_KEEP vectors of channels; same results) */
+        const int left = i > 0 && tw > 0 && C <= WWG_KEEP * ve;
         for (int64_t c0 = 0; c0 < C; c0 += ve) {
             const int64_t cn = C - c0 < ve ? C - c0 : ve;
             WV u[16];
-            WFN(wino_col)(px, pm, 0, c0, cn, 0, u);
-            WFN(wino_col)(px, pm, 0, c0, cn, 1, u);
+            WV *kp = keep[c0 / ve < WWG_KEEP ? c0 / ve : 0];
+            if (left) {
+#pragma GCC unroll 4
+                for (int a = 0; a < 4; a++) {
+                    u[4 * a] = kp[2 * a];
+                    u[4 * a + 1] = kp[2 * a + 1];
+                }
+            } else {
+                WFN(wino_col)(px, pm, 0, c0, cn, 0, u);
+                WFN(wino_col)(px, pm, 0, c0, cn, 1, u);
+            }
             WFN(wino_col)(px, pm, 0, c0, cn, 2, u);
             WFN(wino_col)(px, pm, 0, c0, cn, 3, u);
+            if (C <= WWG_KEEP * ve)
+#pragma GCC unroll 4
+                for (int a = 0; a < 4; a++) {
+                    kp[2 * a] = u[4 * a + 2];
+                    kp[2 * a + 1] = u[4 * a + 3];
+                }
             T *restrict vt = vb + i * cp + c0;
 #pragma GCC unroll 4
             for (int a = 0; a < 4; a++) {
