@@ -159,6 +159,21 @@ WAI void WFN(wino_col)(const T *const *px, const T *const *pm, int masked, int64
     u[12 + b] = d[1] - d[3];
 }
 
+/* The column stage (B^T d) B of the row stage u (u[4 * row + column]): the
+ * 16 planes' vectors stored at vt + xi * xs. */
+WAI void WFN(wino_vstore)(const WV *u, T *restrict vt, int64_t xs)
+{
+#pragma GCC unroll 4
+    for (int a = 0; a < 4; a++) {
+        const WV *q = u + 4 * a;
+        const WV v0 = q[0] - q[2], v1 = q[1] + q[2], v2 = q[2] - q[1], v3 = q[1] - q[3];
+        memcpy(vt + (4 * a + 0) * xs, &v0, sizeof(WV));
+        memcpy(vt + (4 * a + 1) * xs, &v1, sizeof(WV));
+        memcpy(vt + (4 * a + 2) * xs, &v2, sizeof(WV));
+        memcpy(vt + (4 * a + 3) * xs, &v3, sizeof(WV));
+    }
+}
+
 /* Input transform V = B^T d B of tiles [t0, t0 + cnt) into the packed-A
  * operand of the 16 GEMMs of one block of tb tiles (local tile j = sliver
  * j / mr, row j % mr): plane xi at v_pk + xi * v_xs, k-block [pc, pc + kcur)
@@ -435,16 +450,7 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
             }
             WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 2, uu);
             WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 3, uu);
-            T *restrict vt = vb + 16 * i * cp + c0;
-#pragma GCC unroll 4
-            for (int a = 0; a < 4; a++) {
-                const WV *q = uu + 4 * a;
-                const WV v0 = q[0] - q[2], v1 = q[1] + q[2], v2 = q[2] - q[1], v3 = q[1] - q[3];
-                memcpy(vt + (4 * a + 0) * cp, &v0, sizeof(WV));
-                memcpy(vt + (4 * a + 1) * cp, &v1, sizeof(WV));
-                memcpy(vt + (4 * a + 2) * cp, &v2, sizeof(WV));
-                memcpy(vt + (4 * a + 3) * cp, &v3, sizeof(WV));
-            }
+            WFN(wino_vstore)(uu, vb + 16 * i * cp + c0, cp);
         }
     }
     WFN(wino_fgemm)(vb, u, C, cp, fp, mb);

@@ -149,16 +149,7 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
                     kp[2 * a] = u[4 * a + 2];
                     kp[2 * a + 1] = u[4 * a + 3];
                 }
-            T *restrict vt = vb + i * cp + c0;
-#pragma GCC unroll 4
-            for (int a = 0; a < 4; a++) {
-                const WV *q = u + 4 * a;
-                const WV v0 = q[0] - q[2], v1 = q[1] + q[2], v2 = q[2] - q[1], v3 = q[1] - q[3];
-                memcpy(vt + (4 * a + 0) * vxs, &v0, sizeof(WV));
-                memcpy(vt + (4 * a + 1) * vxs, &v1, sizeof(WV));
-                memcpy(vt + (4 * a + 2) * vxs, &v2, sizeof(WV));
-                memcpy(vt + (4 * a + 3) * vxs, &v3, sizeof(WV));
-            }
+            WFN(wino_vstore)(u, vb + i * cp + c0, vxs);
         }
         /* dz transform Z = A dz A^T, and the bias gradient */
         for (int64_t f0 = 0; f0 < F; f0 += ve) {

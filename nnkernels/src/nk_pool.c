@@ -260,6 +260,20 @@ static int64_t gather_row_d_avx512(const nk_pool_geom *g, const double *restrict
 #define ICMP16(m, ix, p) _mm512_mask_cmpeq_epi32_mask((m), (ix), _mm512_set1_epi32(p))
 #define ICMP8(m, ix, p) _mm256_mask_cmpeq_epi32_mask((m), (ix), _mm256_set1_epi32(p))
 
+/* Prefetch the dy, indices and mask (if any) of output row oh + 1 of the
+ * same item (elements of es bytes; indices int32): the gather reads them cold. */
+static inline void nov_prefetch_next(const nk_pool_geom *g, const void *dy_n, const int32_t *i_n,
+                                     const void *ym_n, int64_t oh, size_t es)
+{
+    if (oh + 1 >= g->oh) return;
+    const int64_t o = (oh + 1) * g->ow * g->c, n = g->ow * g->c;
+    for (int64_t b = 0; b < n * (int64_t)es; b += 64) {
+        __builtin_prefetch((const char *)dy_n + o * (int64_t)es + b);
+        if (ym_n) __builtin_prefetch((const char *)ym_n + o * (int64_t)es + b);
+    }
+    for (int64_t b = 0; b < n * 4; b += 64) __builtin_prefetch((const char *)(i_n + o) + b);
+}
+
 /* Non-overlapping windows (strides == pool size): one task per output row
  * (n, oh) writes the dx rows of its windows; idx and dy are loaded once per
  * window.  dx rows / columns that no window covers ("valid" remainders) are
@@ -270,13 +284,7 @@ static int64_t gather_nov_s_avx512(const nk_pool_geom *g, const float *restrict 
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t h0 = oh * g->sh - g->pt;
-    if (oh + 1 < g->oh) /* the next output row's dy, indices and mask (read cold) */
-        for (int64_t b = 0; b < OW * C * (int64_t)sizeof(float); b += 64) {
-            const int64_t o = (oh + 1) * OW * C;
-            __builtin_prefetch((const char *)(dy_n + o) + b);
-            __builtin_prefetch((const char *)(i_n + o) + b / (int64_t)(sizeof(float) / 4));
-            if (ym_n) __builtin_prefetch((const char *)(ym_n + o) + b);
-        }
+    nov_prefetch_next(g, dy_n, i_n, ym_n, oh, sizeof(float));
     const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
     const int64_t wcov = nk_imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
     int64_t cnt = 0;
@@ -319,13 +327,7 @@ static int64_t gather_nov_d_avx512(const nk_pool_geom *g, const double *restrict
 {
     const int64_t W = g->w, C = g->c, OW = g->ow;
     const int64_t h0 = oh * g->sh - g->pt;
-    if (oh + 1 < g->oh) /* the next output row's dy, indices and mask (read cold) */
-        for (int64_t b = 0; b < OW * C * (int64_t)sizeof(double); b += 64) {
-            const int64_t o = (oh + 1) * OW * C;
-            __builtin_prefetch((const char *)(dy_n + o) + b);
-            __builtin_prefetch((const char *)(i_n + o) + b / (int64_t)(sizeof(double) / 4));
-            if (ym_n) __builtin_prefetch((const char *)(ym_n + o) + b);
-        }
+    nov_prefetch_next(g, dy_n, i_n, ym_n, oh, sizeof(double));
     const int64_t hs = nk_imax64(h0, 0), he = nk_imin64(h0 + g->ph, g->h);
     const int64_t wcov = nk_imin64(OW * g->sw - g->pl, W); /* columns >= wcov: no window */
     int64_t cnt = 0;
