@@ -441,6 +441,37 @@ def test_pointwise_and_first_layer_shapes(padding):
                     close(a, r, dt, 4 * N * H * W)
 
 
+@settings(max_examples=60, **SETTINGS)
+@given(W=st.integers(14, 53), C=st.sampled_from([1, 2, 3, 5]),
+       F=st.sampled_from([1, 3, 8, 16, 17, 33, 40]), K=st.sampled_from([1, 3, 5]),
+       s=st.sampled_from([1, 2]), padding=st.sampled_from(["valid", "same", ((2, 1), (3, 0))]),
+       dt=st.sampled_from([np.float32, np.float64]), act=st.sampled_from([None, "relu"]),
+       view=st.booleans(), isa=st.sampled_from(ISAS), seed=st.integers(0, 2**31 - 1))
+def test_direct_forward_wide_rows(W, C, F, K, s, padding, dt, act, view, isa, seed):
+    """The direct forward kernel on rows long enough for its widest register
+    tiles (2 x RB_FWD pixels when a channel block is one vector: F <= 16 in
+    float32, <= 8 in float64, and the last block of F = 17, 33, 40), their
+    remainders, zero-padded rows copied in one piece, pixels LD > C apart
+    (a channel slice of a wider tensor); 1 and 2 threads give the same bits."""
+    rng = np.random.default_rng(seed)
+    H = 3 + K
+    base = rng.standard_normal((2, H, W, C + 2 * view)).astype(dt)
+    x = base[..., 1:C + 1] if view else base
+    w = rng.standard_normal((K, K, C, F)).astype(dt)
+    b = rng.standard_normal(F).astype(dt)
+    g = dict(strides=(s, s), padding=padding, dilation=(1, 1))
+    (pt, pb), (pl, pr) = ref_pads(H, W, K, K, (s, s), padding, (1, 1))
+    assume(W + pl + pr >= K)
+    yr = ref_conv(np.ascontiguousarray(x), w, b, act=act, **g)
+    outs = []
+    with use_isa(isa):
+        for t in (1, 2):
+            with threads(t):
+                outs.append(nk.conv2d(x, w, b, activation=act, algo="direct", **g))
+    close(outs[0], yr, dt, K * K * C)
+    assert np.array_equal(outs[0], outs[1])
+
+
 def test_keras_output_sizes():
     # TensorFlow: same -> ceil(H/s), valid -> ceil((H - (K-1)*d) / s)
     for H in range(1, 12):
