@@ -139,6 +139,30 @@ typedef struct {
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
+/* A tile's place (n, th, tw) on the N x TH x TW grid: found once per run of
+ * tiles (nk_wtile_at, two divisions) and stepped along it (nk_wtile_next);
+ * divisions per tile were a measurable part of the small-channel kernels. */
+typedef struct {
+    int64_t n, th, tw;
+} nk_wtile;
+
+static inline nk_wtile nk_wtile_at(const nk_wino *g, int64_t t)
+{
+    const int64_t tpi = g->th * g->tw, n = t / tpi, r = t - n * tpi, th = r / g->tw;
+    return (nk_wtile){n, th, r - th * g->tw};
+}
+
+static inline void nk_wtile_next(const nk_wino *g, nk_wtile *p)
+{
+    if (++p->tw == g->tw) {
+        p->tw = 0;
+        if (++p->th == g->th) {
+            p->th = 0;
+            p->n++;
+        }
+    }
+}
+
 /* Winograd applies: 3x3, stride 1, dilation 1. */
 int nk_conv_wino_ok(const nk_conv_shape *s)
 {

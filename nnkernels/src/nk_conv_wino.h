@@ -92,13 +92,13 @@ WAI void WFN(tr8)(const WV *r, T *dst)
 #undef WINO_SH3
 #undef WINO_SH3H
 
-/* Source pixels of tile t's 4x4 patch (zero outside the image); returns
- * whether tile t - 1 is its left neighbour (its columns 2, 3 are t's 0, 1). */
-WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, int64_t t,
+/* Source pixels of tile p's 4x4 patch (zero outside the image); returns
+ * whether the tile before p is its left neighbour (its columns 2, 3 are p's
+ * 0, 1). */
+WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, nk_wtile p,
                          const T **px, const T **pm)
 {
-    const int64_t H = g->h, W = g->w, tpi = g->th * g->tw;
-    const int64_t n = t / tpi, r = t - n * tpi, th = r / g->tw, tw = r - th * g->tw;
+    const int64_t H = g->h, W = g->w, n = p.n, th = p.th, tw = p.tw;
     for (int a = 0; a < 4; a++)
         for (int b = 0; b < 4; b++) {
             const int64_t ih = 2 * th - g->pt + a, iw = 2 * tw - g->pl + b;
@@ -119,13 +119,12 @@ WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *
  * 2 th + 4 - pt and + 5), all channels (and the mask's): the transform reads
  * each 4x4 patch as 16 short runs the hardware prefetchers do not follow
  * (the GEMMs between blocks break their streams). */
-WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, int64_t t,
+WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wtile p,
                             int64_t cnt)
 {
-    const int64_t H = g->h, W = g->w, tpi = g->th * g->tw, bytes = g->c * (int64_t)sizeof(T);
-    for (int64_t i = 0; i < cnt; i++) {
-        const int64_t tt = t + i, n = tt / tpi, r = tt - n * tpi, th = r / g->tw + 1,
-                      tw = r % g->tw;
+    const int64_t H = g->h, W = g->w, bytes = g->c * (int64_t)sizeof(T);
+    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
+        const int64_t n = p.n, th = p.th + 1, tw = p.tw;
         for (int a = 2; a < 4; a++) {
             const int64_t ih = 2 * th - g->pt + a;
             if ((uint64_t)ih >= (uint64_t)H) continue;
@@ -193,12 +192,13 @@ static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t 
     const int64_t v_xs = g->v_xs, nsl = (cnt + mr - 1) / mr;
     WV vt[16][WINO_MR_MAX];
     const T *px[WINO_MR_MAX][16], *pm[WINO_MR_MAX][16];
+    nk_wtile p = nk_wtile_at(g, t0);
     for (int64_t s = 0; s < nsl; s++) {
         const int64_t rows = cnt - s * mr < mr ? cnt - s * mr : mr;
         int left[WINO_MR_MAX];
-        for (int64_t i = 0; i < rows; i++)
-            left[i] = WFN(wino_patch)(g, src, mask, zero, t0 + s * mr + i, px[i], pm[i]);
-        WFN(wino_prefetch)(g, src, mask, t0 + s * mr, rows);
+        WFN(wino_prefetch)(g, src, mask, p, rows);
+        for (int64_t i = 0; i < rows; i++, nk_wtile_next(g, &p))
+            left[i] = WFN(wino_patch)(g, src, mask, zero, p, px[i], pm[i]);
         for (int64_t i = rows; i < mr; i++)
             for (int xi = 0; xi < 16; xi++) vt[xi][i] = (WV){0};
         for (int64_t c0 = 0; c0 < C; c0 += WVL) {
@@ -300,10 +300,9 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
                           const T *bias, int act, T *y)
 {
     const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs;
-    for (int64_t j = 0; j < cnt; j++) {
-        const int64_t t = t0 + j, n = t / (g->th * g->tw), r = t - n * (g->th * g->tw);
-        const int64_t th = r / g->tw, tw = r - th * g->tw;
-        const int64_t oh = 2 * th, ow = 2 * tw;
+    nk_wtile p = nk_wtile_at(g, t0);
+    for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
+        const int64_t n = p.n, oh = 2 * p.th, ow = 2 * p.tw;
         const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
         const T *mp = m_blk + j * F;
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
@@ -411,10 +410,12 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
     const int64_t OH = g->oh, OW = g->ow;
     const T *px[WINO_FR][16], *pm[WINO_FR][16];
     int left[WINO_FR];
+    const nk_wtile p0 = nk_wtile_at(g, t0);
     {
-        const int64_t H = g->h, W = g->w, SP = g->sp, tpi = g->th * g->tw;
-        int64_t n = t0 / tpi, th = (t0 - n * tpi) / g->tw, tw = t0 - n * tpi - th * g->tw;
-        for (int64_t i = 0; i < cnt; i++) {
+        const int64_t H = g->h, W = g->w, SP = g->sp;
+        nk_wtile p = p0;
+        for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
+            const int64_t n = p.n, th = p.th, tw = p.tw;
             const int64_t ih = 2 * th - g->pt, iw = 2 * tw - g->pl;
             if (ih >= 0 && ih + 4 <= H && iw >= 0 && iw + 4 <= W) { /* inside the image */
                 const int64_t off = ((n * H + ih) * W + iw) * SP;
@@ -425,15 +426,11 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
                 }
                 left[i] = tw > 0;
             } else {
-                left[i] = WFN(wino_patch)(g, src, mask, zero, t0 + i, px[i], pm[i]);
-            }
-            if (++tw == g->tw) {
-                tw = 0;
-                if (++th == g->th) { th = 0; n++; }
+                left[i] = WFN(wino_patch)(g, src, mask, zero, p, px[i], pm[i]);
             }
         }
     }
-    WFN(wino_prefetch)(g, src, mask, t0, cnt);
+    WFN(wino_prefetch)(g, src, mask, p0, cnt);
     for (int64_t c0 = 0; c0 < C; c0 += WVL) {
         const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
         WV uu[16];
@@ -454,10 +451,9 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
         }
     }
     WFN(wino_fgemm)(vb, u, C, cp, fp, mb);
-    for (int64_t j = 0; j < cnt; j++) {
-        const int64_t t = t0 + j, n = t / (g->th * g->tw), r = t - n * (g->th * g->tw);
-        const int64_t th = r / g->tw, tw = r - th * g->tw;
-        const int64_t oh = 2 * th, ow = 2 * tw;
+    nk_wtile p = p0;
+    for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
+        const int64_t n = p.n, oh = 2 * p.th, ow = 2 * p.tw;
         const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
         const T *mp = mb + 16 * j * fp;
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {

@@ -104,15 +104,15 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
 {
     const int64_t C = g->c, F = g->f, ve = WVL;
     const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
-    const int64_t tpi = g->th * g->tw;
     /* plane strides a cache line more than the planes: the 16 planes'
      * store streams must not share L1 sets */
     const int64_t vxs = tb * cp + ve, zxs = tb * fp + ve;
     /* tile (n, th, tw) of t0, then stepped along */
-    int64_t n = t0 / tpi, th = (t0 - n * tpi) / g->tw, tw = t0 - n * tpi - th * g->tw;
+    nk_wtile p = nk_wtile_at(g, t0);
     const int64_t H = g->h, W = g->w, SP = g->sp;
     WV keep[WWG_KEEP][8];
-    for (int64_t i = 0; i < cnt; i++) {
+    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
+        const int64_t n = p.n, th = p.th, tw = p.tw;
         /* input transform V = B^T d B (as the forward's) */
         const T *px[16], *pm[16];
         const int64_t ih = 2 * th - g->pt, iw = 2 * tw - g->pl;
@@ -121,9 +121,9 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
 #pragma GCC unroll 16
             for (int k = 0; k < 16; k++) px[k] = p0 + ((k >> 2) * W + (k & 3)) * SP;
         } else {
-            WFN(wino_patch)(g, x, NULL, zero, t0 + i, px, pm);
+            WFN(wino_patch)(g, x, NULL, zero, p, px, pm);
         }
-        if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, t0 + i, cnt - i < 8 ? cnt - i : 8);
+        if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, p, cnt - i < 8 ? cnt - i : 8);
         /* the left neighbour's columns 2, 3 are this tile's 0, 1: their row
          * stage is reused (up to WWG_KEEP vectors of channels; same results) */
         const int left = i > 0 && tw > 0 && C <= WWG_KEEP * ve;
@@ -163,10 +163,6 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
             T *restrict zt = zb + i * fp + f0;
 #pragma GCC unroll 16
             for (int xi = 0; xi < 16; xi++) memcpy(zt + xi * zxs, &z[xi], sizeof(WV));
-        }
-        if (++tw == g->tw) {
-            tw = 0;
-            if (++th == g->th) { th = 0; n++; }
         }
     }
     /* the 16 products, register tiles of 16 rows x one vector or 8 rows x
