@@ -273,13 +273,12 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     float32's algorithm -- x and w rounded to bfloat16 and their products
     accumulated in float32 (see gemm) by the im2col GEMM -- when algo (or
     auto's choice, see conv2d_algo) is "im2col", or auto picks "direct" for
-    a forward pass with 32 or more input channels per group; "winograd" with
-    more than 32 input or output channels rounds its transformed operands
-    (B^T d B, G g G^T) to bfloat16 for the 16 transformed-domain products
-    (error within about 2**-8 of their absolute sums); the small-channel
-    Winograd kernel, direct_wgrad, the other direct cases and depthwise
-    convolutions stay float32 (only more accurate).  Bias and activation
-    stay float32.
+    a forward pass with 32 or more input channels per group; "winograd"
+    rounds its transformed operands (B^T d B, G g G^T) to bfloat16 for the
+    16 transformed-domain products (error within about 2**-8 of their
+    absolute sums; VDPBF16PS or its emulation, the same bits on every path);
+    direct_wgrad, the other direct cases and depthwise convolutions stay
+    float32 (only more accurate).  Bias and activation stay float32.
     Returns y.
     """
     x = _nhwc(x, "x")
@@ -393,9 +392,9 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     tensor with several consumers sums their gradients without a pass of its
     own.  precision="bfloat16": as in conv2d, for each product (dW and dX
     separately, by their algorithms): bf16 operands (dz, x, w) in the im2col
-    GEMMs and Winograd's transformed operands for a dX with more than 32
-    channels on a side, float32 elsewhere; db sums the unrounded dz in
-    float32.
+    GEMMs and Winograd's transformed operands for a dX; the Winograd dW
+    (at most 32 channels on both sides, else the bf16 im2col GEMM) and the
+    direct kernels are float32; db sums the unrounded dz in float32.
     """
     dy = _nhwc(dy, "dy")
     x = _nhwc(x, "x")

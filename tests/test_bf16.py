@@ -419,8 +419,8 @@ def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, 
                  dz.size // f, "conv db")
 
 
-# (C_in, C_out): the fused small-channel Winograd (float32 products), and the
-# blocked Winograd with bf16 products (forward: C_in > 32; dX: C_out > 32)
+# (C_in, C_out): the fused small-channel Winograd and the blocked Winograd
+# (forward: C_in > 32; dX: C_out > 32), both with bf16 products
 @pytest.mark.parametrize("c,f", [(16, 24), (40, 24), (24, 40)])
 def test_conv2d_bf16_bitwise_across_threads_and_paths(isa, c, f):
     rng = np.random.default_rng(5)
@@ -482,12 +482,16 @@ def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding, relu):
 
 
 @pytest.mark.parametrize("n,h,c,f,padding", [(8, 26, 32, 64, "valid"), (3, 9, 64, 64, "same"),
-                                               (2, 7, 65, 17, "same"), (1, 5, 33, 33, "valid")])
+                                               (2, 7, 65, 17, "same"), (1, 5, 33, 33, "valid"),
+                                               (4, 12, 16, 16, "same"), (2, 9, 32, 32, "valid"),
+                                               (3, 8, 17, 24, "same"), (2, 11, 24, 17, "valid")])
 def test_conv2d_bf16_winograd_accuracy(n, h, c, f, padding, num_threads, bf16_path):
-    """Winograd's blocked path (more than 32 channels on a side) rounds its
-    transformed operands V = B^T d B and U = G g G^T to bfloat16: within
-    bfloat16 accuracy of the exact forward pass and data gradient, and not
-    the float32 result (the bf16 products are really used)."""
+    """Winograd's forward pass and data gradient, blocked (more than 32
+    channels on a side) and fused (at most 32; channel counts that leave a
+    partial vector and an odd last pair), round their transformed operands
+    V = B^T d B and U = G g G^T to bfloat16: within bfloat16 accuracy of the
+    exact results, and not the float32 result (the bf16 products are really
+    used, natively or emulated)."""
     rng = np.random.default_rng(h * c + f)
     x = rng.standard_normal((n, h, h, c)).astype(np.float32)
     w = (rng.standard_normal((3, 3, c, f)) / np.sqrt(9 * c)).astype(np.float32)

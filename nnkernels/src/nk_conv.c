@@ -136,6 +136,13 @@ typedef struct {
      * NULL: none.  y may then be NULL (the output itself not stored). */
     void *pool_y;
     int32_t *pool_i;
+    /* float32, fused path with bf16 products (NULL: float32 products): U in
+     * bf16 pairs (plane xi, channel pair k, column f at (xi * c2 + k) * fp +
+     * f) and the product M = V @ U of a block whose V is in pairs (tile j,
+     * plane xi, pair k at (16 j + xi) * c2 + k); see nk_wino_fgemm_bf16 */
+    const uint32_t *u_bf;
+    void (*fgemm_bf)(const uint32_t *vw, const uint32_t *uw, int64_t c2, int64_t fp, void *mb);
+    int bf_native; /* VDPBF16PS (and VCVTNEPS2BF16) run; else their emulation */
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
@@ -214,10 +221,16 @@ static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
  * transforms stay float32, the 16 transformed-domain GEMMs take bf16
  * operands; batch 128, 1 thread, Zen 5: 3x3x32->64 on 26x26 forward 9.2 ->
  * 7.5 ms, dX 13.1 -> 11.6; 64->64 on 8x8 forward and dX 1.55 -> 1.24 / 1.34;
- * the error stays within 2**-8 of sum |V| |U|, tests/test_bf16.py).
- * The fused small-channel Winograd, the register-tiled direct_wgrad and the
- * direct kernels with few channels stay float32: bf16 pairs did not beat
- * them (16->16 on 32x32: forward 2.8 vs 5.3 ms, dW 3.2 vs 5.7). */
+ * the error stays within 2**-8 of sum |V| |U|, tests/test_bf16.py), and in
+ * the fused small-channel Winograd's products (V and U in bf16 pairs of
+ * channels, VDPBF16PS register tiles, nk_wino_fgemm_bf16; V rounded as the
+ * input transform stores it: batch 128, 1 thread, Zen 5: 16->16 on 32x32
+ * forward 2.06 -> 1.56 ms, dX 1.98 -> 1.54; 32->32 on 16x16 1.43 -> 0.91 /
+ * 0.93; the emulated paths give the same bits, slower than float32).
+ * Winograd's dW with at most 32 channels on both sides, the register-tiled
+ * direct_wgrad and the direct kernels with few channels stay float32: bf16
+ * pairs (through the im2col GEMM) did not beat them (16->16 on 32x32: dW
+ * 3.2 vs 5.7 ms). */
 static int nk_conv_wino_lowp(const nk_conv_shape *s)
 {
     return s->c > 32 || s->f > 32; /* CFN(wino_use_fused) false either way */
@@ -226,7 +239,8 @@ static int nk_conv_wino_lowp(const nk_conv_shape *s)
 static int nk_conv_lowp(const nk_conv_shape *s, int pass, int algo)
 {
     if (algo == NK_CONV_IM2COL) return 1;
-    if (algo == NK_CONV_WINOGRAD) return nk_conv_wino_lowp(s);
+    if (algo == NK_CONV_WINOGRAD) /* dW: the blocked path's sizes only (im2col) */
+        return pass != NK_CONV_BWD_FILTER || nk_conv_wino_lowp(s);
     return pass == NK_CONV_FWD && algo == NK_CONV_DIRECT && s->c >= 32;
 }
 
@@ -804,6 +818,64 @@ static void nk_pack_wt_bf16_s(const void *ctx, int64_t i0, int64_t mc, int64_t p
         }
     }
 }
+/* The 16 products M = V @ U of a fused Winograd block (WFN(wino_fused_b),
+ * float32 with bf16 products, WINO_FR = 12 tiles) with VDPBF16PS: V and U
+ * in bf16 pairs of channels (layouts: nk_wino.u_bf), M in float32 (tile j,
+ * plane xi at (16 j + xi) * fp).  Register tiles of 12 tiles x one or two
+ * vectors of F; channel pairs in ascending order.  Half the instructions of
+ * the float32 products (each does two multiply-adds per lane). */
+#define NK_FBF_TILE(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+static void nk_wino_fgemm_bf16(const uint32_t *vw, const uint32_t *uw, int64_t c2, int64_t fp,
+                               void *mb_)
+{
+    float *mb = (float *)mb_;
+    for (int64_t xi = 0; xi < 16; xi++) {
+        const uint32_t *vr = vw + xi * c2;
+        float *mr = mb + xi * fp;
+        const uint32_t *up = uw + xi * c2 * fp;
+        int64_t f0 = 0;
+#define NK_FBF_ACC(j) __m512 a##j = _mm512_setzero_ps(), b##j = _mm512_setzero_ps();
+#define NK_FBF_ACC1(j) __m512 a##j = _mm512_setzero_ps();
+#define NK_FBF_DP2(j)                                                                       \
+    {                                                                                       \
+        const __m512bh vj = (__m512bh)_mm512_set1_epi32((int)vr[(16 * (j)) * c2 + k]);      \
+        a##j = _mm512_dpbf16_ps(a##j, u0, vj);                                              \
+        b##j = _mm512_dpbf16_ps(b##j, u1, vj);                                              \
+    }
+#define NK_FBF_ST2(j)                                                                       \
+    _mm512_storeu_ps(mr + (16 * (j)) * fp + f0, a##j);                                      \
+    _mm512_storeu_ps(mr + (16 * (j)) * fp + f0 + 16, b##j);
+        for (; f0 + 32 <= fp; f0 += 32) {
+            NK_FBF_TILE(NK_FBF_ACC)
+            for (int64_t k = 0; k < c2; k++) {
+                const __m512bh u0 = (__m512bh)_mm512_loadu_si512(up + k * fp + f0);
+                const __m512bh u1 = (__m512bh)_mm512_loadu_si512(up + k * fp + f0 + 16);
+                NK_FBF_TILE(NK_FBF_DP2)
+            }
+            NK_FBF_TILE(NK_FBF_ST2)
+        }
+#define NK_FBF_DP1(j)                                                                       \
+    a##j = _mm512_dpbf16_ps(a##j, u0,                                                       \
+                            (__m512bh)_mm512_set1_epi32((int)vr[(16 * (j)) * c2 + k]));
+#define NK_FBF_ST1(j) _mm512_storeu_ps(mr + (16 * (j)) * fp + f0, a##j);
+        for (; f0 < fp; f0 += 16) {
+            NK_FBF_TILE(NK_FBF_ACC1)
+            for (int64_t k = 0; k < c2; k++) {
+                const __m512bh u0 = (__m512bh)_mm512_loadu_si512(up + k * fp + f0);
+                NK_FBF_TILE(NK_FBF_DP1)
+            }
+            NK_FBF_TILE(NK_FBF_ST1)
+        }
+#undef NK_FBF_ACC
+#undef NK_FBF_ACC1
+#undef NK_FBF_DP2
+#undef NK_FBF_ST2
+#undef NK_FBF_DP1
+#undef NK_FBF_ST1
+    }
+}
+#undef NK_FBF_TILE
+
 NK_TARGET_END
 
 /* Whether the packers above can pack this dW GEMM's A: C % 8 == 0 and the

@@ -110,9 +110,9 @@ typedef struct {
      * accumulation; see nk_gemm.h) where they are faster than float32's
      * algorithm: a product that algo (or AUTO's choice) gives to the im2col
      * GEMM, and the forward pass that AUTO gives to the direct kernel with
-     * 32 or more input channels, run as bf16 im2col GEMMs; Winograd with
-     * more than 32 channels on a side (its blocked path) rounds the
-     * transformed operands to bf16; the fused small-channel Winograd,
+     * 32 or more input channels, run as bf16 im2col GEMMs; Winograd's
+     * forward and dX (blocked and fused paths) round the transformed
+     * operands to bf16; its dW (at most 32 channels on both sides),
      * direct_wgrad, the other direct cases and the depthwise kernels stay
      * float32 (see nk_conv_lowp in nk_conv.c for the measurements). */
     int lowp;

@@ -867,28 +867,62 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
     const int64_t fr = CFN_ISA(wino_fr);
     const int64_t ntiles = g->n * g->th * g->tw, nblk = (ntiles + fr - 1) / fr;
     if (nt > nblk) nt = (int)nblk;
-    const int64_t u_len = 16 * C * fp, per = fr * 16 * (cp + fp);
+    /* bf16 products (float32 with g->lowp: VDPBF16PS or its emulation, the
+     * same bits): V and U in pairs of channels, c2 words per tile and plane
+     * (uint32_t has T's size here) */
+    int bf = 0;
+#ifdef NK_CONV_FLOAT
+    bf = g->lowp;
+#endif
+    const int64_t c2 = cp / 2, uw_len = bf ? 16 * c2 * fp : 0, vw_len = bf ? fr * 16 * c2 : 0;
+    const int64_t u_len = 16 * C * fp, per = fr * 16 * (cp + fp) + vw_len;
     int from_arena = 0;
-    T *ws = (T *)nk_ws_acquire((size_t)(u_len + cp + nt * per) * sizeof(T), &from_arena);
+    T *ws = (T *)nk_ws_acquire((size_t)(u_len + uw_len + cp + nt * per) * sizeof(T),
+                               &from_arena);
     if (!ws) return -1;
-    T *u = ws, *zero = u + u_len, *scr = zero + cp;
-    memset(u, 0, (size_t)(u_len + cp) * sizeof(T));
+    T *u = ws, *zero = u + u_len + uw_len, *scr = zero + cp;
+    memset(u, 0, (size_t)(u_len + uw_len + cp) * sizeof(T));
     CFN(wino_u)(g, w, flip, fp, u);
+    g->u_bf = NULL;
+    g->fgemm_bf = NULL;
+    g->bf_native = 0;
+#ifdef NK_CONV_FLOAT
+    if (bf) { /* U's pairs: channels 2k, 2k + 1 (zero beyond C), rounded as VCVTNEPS2BF16 */
+        uint32_t *uw = (uint32_t *)(u + u_len);
+        for (int64_t xi = 0; xi < 16; xi++)
+            for (int64_t k = 0; k < c2; k++)
+                for (int64_t f = 0; f < fp; f++) {
+                    const T lo = 2 * k < C ? u[(xi * C + 2 * k) * fp + f] : (T)0;
+                    const T hi = 2 * k + 1 < C ? u[(xi * C + 2 * k + 1) * fp + f] : (T)0;
+                    uw[(xi * c2 + k) * fp + f] =
+                        (uint32_t)nk_bf16_ftz(lo) | (uint32_t)nk_bf16_ftz(hi) << 16;
+                }
+        g->u_bf = uw;
+        g->fgemm_bf = CFN_ISA(wino_fgemm_bfe);
+#if NK_X86
+        if (nk_bf16_native() && fr == 12) { /* its register tile: AVX-512's 12 tiles */
+            g->fgemm_bf = nk_wino_fgemm_bf16;
+            g->bf_native = 1;
+        }
+#endif
+    }
+#endif
     void (*run)(const nk_wino *, const T *, const T *, const T *, const T *, int64_t, int64_t,
-                int64_t, int64_t, T *, T *, const T *, int, T *) = CFN_ISA(wino_fused);
+                int64_t, int64_t, T *, uint32_t *, T *, const T *, int, T *) = CFN_ISA(wino_fused);
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
         T *vb = scr + per * nk_thread_num(), *mb = vb + fr * 16 * cp;
+        uint32_t *vw = bf ? (uint32_t *)(mb + fr * 16 * fp) : NULL;
         memset(vb, 0, (size_t)per * sizeof(T));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t blk = 0; blk < nblk; blk++) {
             const int64_t t0 = blk * fr, cnt = ntiles - t0 < fr ? ntiles - t0 : fr;
-            run(g, src, mask, zero, u, cp, fp, t0, cnt, vb, mb, bias, act, y);
+            run(g, src, mask, zero, u, cp, fp, t0, cnt, vb, vw, mb, bias, act, y);
         }
     }
     nk_ws_release(ws, from_arena);

@@ -158,20 +158,76 @@ WAI void WFN(wino_col)(const T *const *px, const T *const *pm, int masked, int64
     u[12 + b] = d[1] - d[3];
 }
 
-/* The column stage (B^T d) B of the row stage u (u[4 * row + column]): the
- * 16 planes' vectors stored at vt + xi * xs. */
-WAI void WFN(wino_vstore)(const WV *u, T *restrict vt, int64_t xs)
+/* The column stage (B^T d) B of the row stage u (u[4 * row + column]):
+ * plane xi's vector into v[xi]. */
+WAI void WFN(wino_vcols)(const WV *u, WV *v)
 {
 #pragma GCC unroll 4
     for (int a = 0; a < 4; a++) {
         const WV *q = u + 4 * a;
-        const WV v0 = q[0] - q[2], v1 = q[1] + q[2], v2 = q[2] - q[1], v3 = q[1] - q[3];
-        memcpy(vt + (4 * a + 0) * xs, &v0, sizeof(WV));
-        memcpy(vt + (4 * a + 1) * xs, &v1, sizeof(WV));
-        memcpy(vt + (4 * a + 2) * xs, &v2, sizeof(WV));
-        memcpy(vt + (4 * a + 3) * xs, &v3, sizeof(WV));
+        v[4 * a + 0] = q[0] - q[2];
+        v[4 * a + 1] = q[1] + q[2];
+        v[4 * a + 2] = q[2] - q[1];
+        v[4 * a + 3] = q[1] - q[3];
     }
 }
+
+/* ... the 16 planes' vectors stored at vt + xi * xs. */
+WAI void WFN(wino_vstore)(const WV *u, T *restrict vt, int64_t xs)
+{
+    WV v[16];
+    WFN(wino_vcols)(u, v);
+#pragma GCC unroll 16
+    for (int xi = 0; xi < 16; xi++) memcpy(vt + xi * xs, &v[xi], sizeof(WV));
+}
+
+#if FB == 32 /* float32: the fused path's bf16 products (nk_wino.fgemm_bf) */
+#define WINO_BF16_PAIRS 1
+typedef uint32_t WCAT(wvecu, S, ISA) __attribute__((vector_size(64)));
+typedef uint32_t WCAT(wvecu8, S, ISA) __attribute__((vector_size(32)));
+/* v's 16 lanes rounded to bf16 as VCVTNEPS2BF16 does (nk_bf16_ftz: nearest
+ * even, NaN quieted, zero and subnormals to a signed zero), as 8 words of
+ * two channels each (lanes 2k, 2k + 1 in the low, high half of word k).
+ * native: the instruction itself (the caller knows the CPU has it; the
+ * assembler takes it in the AVX-512 region, where the compiler's intrinsic
+ * is not available), else the same rounding in integer arithmetic. */
+WAI WCAT(wvecu8, S, ISA) WFN(wino_bf16_pairs)(WV v, int native)
+{
+    typedef WCAT(wvecu, S, ISA) WU;
+    WCAT(wvecu8, S, ISA) o;
+#if defined(__AVX512F__) && NK_X86
+    if (native) {
+        __asm__("vcvtneps2bf16 %1, %0" : "=v"(o) : "v"(v));
+        return o;
+    }
+#else
+    (void)native;
+#endif
+    WU u;
+    memcpy(&u, &v, sizeof u);
+    const WU r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const WU nan = (WU)((u & 0x7fffffffu) > 0x7f800000u), sub = (WU)((u & 0x7f800000u) == 0);
+    WU b = (nan & ((u >> 16) | 0x40u)) | (~nan & r);
+    b = (sub & ((u >> 16) & 0x8000u)) | (~sub & b);
+    const WU w = b | (__builtin_shuffle(b, (WU){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14})
+                      << 16);
+    const WU c = __builtin_shuffle(w, (WU){0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14});
+    memcpy(&o, &c, sizeof o);
+    return o;
+}
+
+/* wino_vstore into bf16 pairs: plane xi's 8 words at vw + xi * xs */
+WAI void WFN(wino_vstore_bf)(const WV *u, uint32_t *restrict vw, int64_t xs, int native)
+{
+    WV v[16];
+    WFN(wino_vcols)(u, v);
+#pragma GCC unroll 16
+    for (int xi = 0; xi < 16; xi++) {
+        const WCAT(wvecu8, S, ISA) p = WFN(wino_bf16_pairs)(v[xi], native);
+        memcpy(vw + xi * xs, &p, sizeof p);
+    }
+}
+#endif
 
 /* Input transform V = B^T d B of tiles [t0, t0 + cnt) into the packed-A
  * operand of the 16 GEMMs of one block of tb tiles (local tile j = sliver
@@ -402,10 +458,49 @@ WAI void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp, i
         }
     }
 }
+#ifdef WINO_BF16_PAIRS
+/* M = V @ U of a fused block in bf16 pairs (nk_wino.u_bf's layouts) without
+ * VDPBF16PS: a product of two bf16 is exact in float32, so one multiply-add
+ * per element of a pair, the high (odd) one first, gives VDPBF16PS's bits
+ * (nk_wino_fgemm_bf16), except for accumulators in the denormal range,
+ * which the instruction flushes. */
+#define WFR_FMAE(j)                                                                         \
+    if (j < WINO_FR) {                                                                      \
+        const uint32_t w_ = vr[(16 * j) * c2 + k], h_ = w_ & 0xffff0000u, l_ = w_ << 16;    \
+        T vh_, vl_;                                                                         \
+        memcpy(&vh_, &h_, sizeof vh_);                                                      \
+        memcpy(&vl_, &l_, sizeof vl_);                                                      \
+        a_##j += vh_ * uh;                                                                  \
+        a_##j += vl_ * ul;                                                                  \
+    }
+static void WFN(wino_fgemm_bfe)(const uint32_t *vw, const uint32_t *uw, int64_t c2, int64_t fp,
+                                void *mb)
+{
+    typedef WCAT(wvecu, S, ISA) WU;
+    for (int64_t xi = 0; xi < 16; xi++) {
+        const uint32_t *vr = vw + xi * c2, *up = uw + xi * c2 * fp;
+        T *mr_ = (T *)mb + xi * fp;
+        for (int64_t f0 = 0; f0 < fp; f0 += WVL) {
+            WFR_TILE(WFR_ACC)
+            for (int64_t k = 0; k < c2; k++) {
+                WU q;
+                memcpy(&q, up + k * fp + f0, sizeof q);
+                const WU qh = q & 0xffff0000u, ql = q << 16;
+                WV uh, ul;
+                memcpy(&uh, &qh, sizeof uh);
+                memcpy(&ul, &ql, sizeof ul);
+                WFR_TILE(WFR_FMAE)
+            }
+            WFR_TILE(WFR_ST)
+        }
+    }
+}
+#undef WFR_FMAE
+#endif
 WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const T *zero,
                            const T *u, const int64_t C, const int64_t F, const int64_t cp,
                            const int64_t fp, int64_t t0, int64_t cnt, T *restrict vb,
-                           T *restrict mb, const T *bias, int act, T *y)
+                           uint32_t *restrict vw, T *restrict mb, const T *bias, int act, T *y)
 {
     const int64_t OH = g->oh, OW = g->ow;
     const T *px[WINO_FR][16], *pm[WINO_FR][16];
@@ -447,10 +542,19 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
             }
             WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 2, uu);
             WFN(wino_col)(px[i], pm[i], mask != NULL, c0, cn, 3, uu);
+#ifdef WINO_BF16_PAIRS
+            if (vw) {
+                WFN(wino_vstore_bf)(uu, vw + 16 * i * (cp / 2) + c0 / 2, cp / 2, g->bf_native);
+                continue;
+            }
+#endif
             WFN(wino_vstore)(uu, vb + 16 * i * cp + c0, cp);
         }
     }
-    WFN(wino_fgemm)(vb, u, C, cp, fp, mb);
+    if (vw)
+        g->fgemm_bf(vw, g->u_bf, cp / 2, fp, mb);
+    else
+        WFN(wino_fgemm)(vb, u, C, cp, fp, mb);
     nk_wtile p = p0;
     for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, oh = 2 * p.th, ow = 2 * p.tw;
@@ -487,22 +591,23 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
 /* wino_fused_b with the channel counts of ResNet's first stage constant */
 static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
                             const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
-                            T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
+                            T *restrict vb, uint32_t *restrict vw, T *restrict mb, const T *bias,
+                            int act, T *y)
 {
     const int64_t C = g->c, F = g->f;
     if (C == WVL && F == WVL)
-        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act, y);
+        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, vw, mb, bias, act, y);
     else if (C == WVL && F == 2 * WVL)
-        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, 2 * WVL, WVL, 2 * WVL, t0, cnt, vb, mb, bias,
+        WFN(wino_fused_b)(g, src, mask, zero, u, WVL, 2 * WVL, WVL, 2 * WVL, t0, cnt, vb, vw, mb, bias,
                           act, y);
     else if (C == 2 * WVL && F == WVL)
-        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, WVL, 2 * WVL, WVL, t0, cnt, vb, mb, bias,
+        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, WVL, 2 * WVL, WVL, t0, cnt, vb, vw, mb, bias,
                           act, y);
     else if (C == 2 * WVL && F == 2 * WVL)
-        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, t0, cnt, vb, mb,
-                          bias, act, y);
+        WFN(wino_fused_b)(g, src, mask, zero, u, 2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, t0, cnt, vb, vw,
+                          mb, bias, act, y);
     else
-        WFN(wino_fused_b)(g, src, mask, zero, u, g->c, g->f, cp, fp, t0, cnt, vb, mb, bias, act, y);
+        WFN(wino_fused_b)(g, src, mask, zero, u, g->c, g->f, cp, fp, t0, cnt, vb, vw, mb, bias, act, y);
 }
 #undef WFR_ACC
 #undef WFR_FMA
@@ -516,6 +621,7 @@ static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const
 #include "nk_conv_wino_wgrad.h"
 #endif
 
+#undef WINO_BF16_PAIRS
 #undef WAI
 #undef WVL
 #undef WV
