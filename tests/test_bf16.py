@@ -419,9 +419,9 @@ def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, 
                  dz.size // f, "conv db")
 
 
-# (C_in, C_out): the fused small-channel Winograd and the blocked Winograd
-# (forward: C_in > 32; dX: C_out > 32), both with bf16 products
-@pytest.mark.parametrize("c,f", [(16, 24), (40, 24), (24, 40)])
+# (C_in, C_out): the fused Winograd (bf16 products: up to 64 channels on
+# both sides) and the blocked one (forward: C_in > 64; dX: C_out > 64)
+@pytest.mark.parametrize("c,f", [(16, 24), (40, 24), (24, 40), (72, 24), (24, 72)])
 def test_conv2d_bf16_bitwise_across_threads_and_paths(isa, c, f):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 14, 14, c)).astype(np.float32)
@@ -486,8 +486,8 @@ def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding, relu):
                                                (4, 12, 16, 16, "same"), (2, 9, 32, 32, "valid"),
                                                (3, 8, 17, 24, "same"), (2, 11, 24, 17, "valid")])
 def test_conv2d_bf16_winograd_accuracy(n, h, c, f, padding, num_threads, bf16_path):
-    """Winograd's forward pass and data gradient, blocked (more than 32
-    channels on a side) and fused (at most 32; channel counts that leave a
+    """Winograd's forward pass and data gradient, blocked (more than 64
+    channels on a side) and fused (at most 64; channel counts that leave a
     partial vector and an odd last pair), round their transformed operands
     V = B^T d B and U = G g G^T to bfloat16: within bfloat16 accuracy of the
     exact results, and not the float32 result (the bf16 products are really

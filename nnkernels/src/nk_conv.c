@@ -233,7 +233,7 @@ static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
  * 3.2 vs 5.7 ms). */
 static int nk_conv_wino_lowp(const nk_conv_shape *s)
 {
-    return s->c > 32 || s->f > 32; /* CFN(wino_use_fused) false either way */
+    return s->c > 32 || s->f > 32; /* the sizes Winograd's dW leaves to im2col under bf16 */
 }
 
 static int nk_conv_lowp(const nk_conv_shape *s, int pass, int algo)
