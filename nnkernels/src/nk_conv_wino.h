@@ -141,6 +141,25 @@ WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wt
     }
 }
 
+/* Software prefetch, for writing, of the outputs of tiles [p, p + cnt)
+ * (channels [0, F)), issued before a fused block's transforms and products:
+ * the output is a pass over memory the training step last touched long
+ * ago, and without it the block's stores stall on their lines (ResNet-20,
+ * batch 128, 1 thread: the step 128 -> 118 ms with bf16 products, 147 ->
+ * 139 with float32; the default CNN with bf16 27.1 -> 25.7). */
+WAI void WFN(wino_prefetch_out)(const nk_wino *g, const T *y, nk_wtile p, int64_t cnt)
+{
+    const int64_t OH = g->oh, OW = g->ow, OP = g->op;
+    const int64_t bytes = g->f * (int64_t)sizeof(T);
+    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
+        for (int64_t a = 0; a < 2 && 2 * p.th + a < OH; a++) {
+            const char *q = (const char *)(y + ((p.n * OH + 2 * p.th + a) * OW + 2 * p.tw) * OP);
+            const char *end = q + (2 * p.tw + 1 < OW ? OP * (int64_t)sizeof(T) : 0) + bytes;
+            for (q -= (uintptr_t)q & 63; q < end; q += 64) __builtin_prefetch(q, 1);
+        }
+    }
+}
+
 /* Column b of the row stage B^T d (B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
  * 0 1 0 -1]) for channels [c0, c0 + cn): u[4a + b], a < 4. */
 WAI void WFN(wino_col)(const T *const *px, const T *const *pm, int masked, int64_t c0,
@@ -526,6 +545,7 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
         }
     }
     WFN(wino_prefetch)(g, src, mask, p0, cnt);
+    if (y) WFN(wino_prefetch_out)(g, y, p0, cnt);
     for (int64_t c0 = 0; c0 < C; c0 += WVL) {
         const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
         WV uu[16];
