@@ -371,15 +371,25 @@ WAI void WFN(wino_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, i
     }
 }
 
+#ifndef WINO_OUT_AHEAD
+#define WINO_OUT_AHEAD 8 /* tiles between a prefetch of outputs and their stores */
+#endif
 static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t cnt,
                           const T *bias, int act, T *y)
 {
     const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs;
-    nk_wtile p = nk_wtile_at(g, t0);
+    nk_wtile p = nk_wtile_at(g, t0), ahead = p;
+    const int64_t dist = cnt < WINO_OUT_AHEAD ? cnt : WINO_OUT_AHEAD;
+    if (y) WFN(wino_prefetch_out)(g, y, ahead, dist);
+    for (int64_t i = 0; i < dist; i++) nk_wtile_next(g, &ahead);
     for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, oh = 2 * p.th, ow = 2 * p.tw;
         const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
         const T *mp = m_blk + j * F;
+        if (y && j + dist < cnt) { /* the tile WINO_OUT_AHEAD on (see wino_prefetch_out) */
+            WFN(wino_prefetch_out)(g, y, ahead, 1);
+            nk_wtile_next(g, &ahead);
+        }
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
             const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
             WV m[16], u[8], o[4];
