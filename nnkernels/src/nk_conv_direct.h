@@ -198,6 +198,27 @@ AI void DFN(fwd_tile)(const nk_conv_shape *s, const T *const *xr, const T *wp, i
 #undef FWD_OUT
 }
 
+/* Tiles of RB_FWD, then 4, then 2 pixel groups (2 pixels a group with
+ * half, else 1) along one output row from ow0 while they fit; returns the
+ * first pixel left. */
+AI int64_t DFN(fwd_runs)(const nk_conv_shape *s, const T *const *xr, const T *wp, int64_t Fp,
+                         const T *bp, int act, int64_t ow0, int64_t f0, int64_t fb,
+                         const int half, T *yrow)
+{
+    const int64_t OW = s->ow, px = half ? 2 : 1;
+    for (; ow0 + px * RB_FWD <= OW; ow0 += px * RB_FWD)
+        DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, RB_FWD, half, yrow);
+    if (RB_FWD > 4 && ow0 + px * 4 <= OW) {
+        DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 4, half, yrow);
+        ow0 += px * 4;
+    }
+    if (RB_FWD > 2 && ow0 + px * 2 <= OW) {
+        DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 2, half, yrow);
+        ow0 += px * 2;
+    }
+    return ow0;
+}
+
 /* y = act(bias + conv(x, w)); parallel over output rows (n, oh).
  * wp: weights (KH*KW*C, Fp), bp: bias (Fp) or NULL, scr: per-thread
  * scratch of scr_per elements: KH row pointers (nk_conv_ptr_elems), then
@@ -224,28 +245,9 @@ static void DFN(direct_fwd)(const nk_conv_shape *s, const T *x, const T *wp, int
             for (int64_t f0 = 0; f0 < F; f0 += FB) {
                 const int64_t fb = F - f0 < FB ? F - f0 : FB;
                 int64_t ow0 = 0;
-                if (fb <= VL) { /* one vector of channels: tiles of 2 OB pixels */
-                    for (; ow0 + 2 * RB_FWD <= OW; ow0 += 2 * RB_FWD)
-                        DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, RB_FWD, 1, yrow);
-                    if (RB_FWD > 4 && ow0 + 8 <= OW) {
-                        DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 4, 1, yrow);
-                        ow0 += 8;
-                    }
-                    if (RB_FWD > 2 && ow0 + 4 <= OW) {
-                        DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 2, 1, yrow);
-                        ow0 += 4;
-                    }
-                }
-                for (; ow0 + RB_FWD <= OW; ow0 += RB_FWD)
-                    DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, RB_FWD, 0, yrow);
-                if (RB_FWD > 4 && ow0 + 4 <= OW) {
-                    DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 4, 0, yrow);
-                    ow0 += 4;
-                }
-                if (RB_FWD > 2 && ow0 + 2 <= OW) {
-                    DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 2, 0, yrow);
-                    ow0 += 2;
-                }
+                if (fb <= VL) /* one vector of channels: tiles of 2 OB pixels */
+                    ow0 = DFN(fwd_runs)(s, xr, wp, Fp, bp, act, 0, f0, fb, 1, yrow);
+                ow0 = DFN(fwd_runs)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 0, yrow);
                 for (; ow0 < OW; ow0++)
                     DFN(fwd_tile)(s, xr, wp, Fp, bp, act, ow0, f0, fb, 1, 0, yrow);
             }
