@@ -27,8 +27,10 @@ from reference import (
     gemm_ref,
     ref_conv,
     ref_conv_backward,
+    threads,
     wino_wgrad_scale,
 )
+from reference import isa as use_isa
 from strategies import dims, layouts, make_array
 
 F64 = np.float64
@@ -444,33 +446,24 @@ def test_conv2d_bf16_fused_winograd_same_bits_on_every_isa():
     threads: V and U round identically and each pair is accumulated in
     VDPBF16PS's order."""
     rng = np.random.default_rng(11)
-    old_isa, old_t = nk.get_isa(), nk.get_num_threads()
     for c, f, h in [(16, 16, 12), (17, 40, 9), (64, 33, 6)]:
         x = rng.standard_normal((2, h, h, c)).astype(np.float32)
         w = rng.standard_normal((3, 3, c, f)).astype(np.float32)
         dy = rng.standard_normal((2, h, h, f)).astype(np.float32)
+
+        def run():
+            y = nk.conv2d(x, w, padding="same", precision="bfloat16")
+            dx = nk.conv2d_backward(dy, x, w, padding="same", need_dw=False, need_db=False,
+                                    precision="bfloat16")[0]
+            return y, dx
+
         runs = []
-        try:
-            for isa in nk.available_isas():
-                nk.set_isa(isa)
-                paths = BF16_PATHS if isa == "avx512" and nk.bf16_native_supported() else ["emulated"]
-                for path in paths:
-                    if nk.bf16_native_supported():
-                        nk.set_bf16_native(path == "native")
-                    for t in (1, 2):
-                        nk.set_num_threads(t)
-                        y = nk.conv2d(x, w, padding="same", precision="bfloat16")
-                        dx = nk.conv2d_backward(dy, x, w, padding="same", need_dw=False,
-                                                need_db=False, precision="bfloat16")[0]
-                        runs.append(((isa, path, t), y, dx))
-        finally:
-            nk.set_isa(old_isa)
-            nk.set_num_threads(old_t)
-            if nk.bf16_native_supported():
-                nk.set_bf16_native(True)
-        for who, y, dx in runs[1:]:
-            assert_bitwise_equal(y, runs[0][1], f"fused winograd bf16 y {who} vs {runs[0][0]}")
-            assert_bitwise_equal(dx, runs[0][2], f"fused winograd bf16 dx {who} vs {runs[0][0]}")
+        for isa in nk.available_isas():
+            with use_isa(isa), threads(nk.get_num_threads()):
+                runs += [((isa,) + who, out) for who, out in _across_paths_and_threads(isa, run)]
+        for who, arrays in runs[1:]:
+            for name, a0, a in zip(("y", "dx"), runs[0][1], arrays):
+                assert_bitwise_equal(a, a0, f"fused winograd bf16 {name} {who} vs {runs[0][0]}")
 
 
 # The im2col weight gradient under bf16 (auto picks it for C_in >= 32 and

@@ -878,8 +878,10 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
 #ifdef NK_CONV_FLOAT
     bf = g->lowp;
 #endif
-    const int64_t c2 = cp / 2, uw_len = bf ? 16 * c2 * fp : 0, vw_len = bf ? fr * 16 * c2 : 0;
-    const int64_t u_len = 16 * C * fp, per = fr * 16 * (cp + fp) + vw_len;
+    const int64_t c2 = cp / 2, uw_len = bf ? 16 * c2 * fp : 0;
+    /* per thread: V (float32, or its pairs in c2 words per tile and plane), M */
+    const int64_t vb_len = fr * 16 * (bf ? c2 : cp), u_len = 16 * C * fp;
+    const int64_t per = vb_len + fr * 16 * fp;
     int from_arena = 0;
     T *ws = (T *)nk_ws_acquire((size_t)(u_len + uw_len + cp + nt * per) * sizeof(T),
                                &from_arena);
@@ -918,8 +920,8 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-        T *vb = scr + per * nk_thread_num(), *mb = vb + fr * 16 * cp;
-        uint32_t *vw = bf ? (uint32_t *)(mb + fr * 16 * fp) : NULL;
+        T *vb = scr + per * nk_thread_num(), *mb = vb + vb_len;
+        uint32_t *vw = bf ? (uint32_t *)vb : NULL; /* then vb is not used */
         memset(vb, 0, (size_t)per * sizeof(T));
 #ifdef _OPENMP
 #pragma omp for schedule(static)

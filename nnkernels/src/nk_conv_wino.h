@@ -141,27 +141,32 @@ WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wt
     }
 }
 
-/* Software prefetch, for writing (or reading: the weight gradient's dz),
- * of the outputs of tiles [p, p + cnt) (channels [0, F)), issued before a
- * fused block's transforms and products:
- * the output is a pass over memory the training step last touched long
- * ago, and without it the block's stores stall on their lines (ResNet-20,
- * batch 128, 1 thread: the step 128 -> 118 ms with bf16 products, 147 ->
- * 139 with float32; the default CNN with bf16 27.1 -> 25.7). */
-WAI void WFN(wino_prefetch_out)(const nk_wino *g, const T *y, nk_wtile p, int64_t cnt,
-                                const int write)
+/* Software prefetch of the output-shaped pixels (channels [0, F)) of the
+ * cnt tiles from *p, in a and, when not NULL, b; *p steps past them.  For
+ * writing (write = 1): the Winograd output transforms' outputs, a pass over
+ * memory the training step last touched long ago, whose stores stalled on
+ * their lines (ResNet-20, batch 128, 1 thread: the step 128 -> 118 ms with
+ * bf16 products, 147 -> 139 with float32; the default CNN with bf16 27.1 ->
+ * 25.7); each tile writes two rows, which the hardware prefetchers do not
+ * follow.  For reading: the weight gradient's dz blocks and their mask. */
+WAI void WFN(wino_prefetch_out)(const nk_wino *g, const T *a, const T *b, nk_wtile *p,
+                                int64_t cnt, const int write)
 {
     const int64_t OH = g->oh, OW = g->ow, OP = g->op;
     const int64_t bytes = g->f * (int64_t)sizeof(T);
-    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
-        for (int64_t a = 0; a < 2 && 2 * p.th + a < OH; a++) {
-            const char *q = (const char *)(y + ((p.n * OH + 2 * p.th + a) * OW + 2 * p.tw) * OP);
-            const char *end = q + (2 * p.tw + 1 < OW ? OP * (int64_t)sizeof(T) : 0) + bytes;
-            for (q -= (uintptr_t)q & 63; q < end; q += 64) {
-                if (write)
-                    __builtin_prefetch(q, 1);
-                else
-                    __builtin_prefetch(q, 0);
+    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, p)) {
+        for (int64_t r = 0; r < 2 && 2 * p->th + r < OH; r++) {
+            const int64_t off = ((p->n * OH + 2 * p->th + r) * OW + 2 * p->tw) * OP;
+            const int64_t span = (2 * p->tw + 1 < OW ? OP * (int64_t)sizeof(T) : 0) + bytes;
+            const T *arr[2] = {a, b};
+            for (int k = 0; k < 2 && arr[k]; k++) {
+                const char *q = (const char *)(arr[k] + off), *end = q + span;
+                for (q -= (uintptr_t)q & 63; q < end; q += 64) {
+                    if (write)
+                        __builtin_prefetch(q, 1);
+                    else
+                        __builtin_prefetch(q, 0);
+                }
             }
         }
     }
@@ -385,18 +390,14 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
                           const T *bias, int act, T *y)
 {
     const int64_t F = g->f, OH = g->oh, OW = g->ow, m_xs = g->m_xs;
-    nk_wtile p = nk_wtile_at(g, t0), ahead = p;
+    nk_wtile p = nk_wtile_at(g, t0), ahead = p; /* prefetched up to ahead */
     const int64_t dist = cnt < WINO_OUT_AHEAD ? cnt : WINO_OUT_AHEAD;
-    if (y) WFN(wino_prefetch_out)(g, y, ahead, dist, 1);
-    for (int64_t i = 0; i < dist; i++) nk_wtile_next(g, &ahead);
+    if (y) WFN(wino_prefetch_out)(g, y, NULL, &ahead, dist, 1);
     for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, oh = 2 * p.th, ow = 2 * p.tw;
         const int rows = oh + 1 < OH ? 2 : 1, cols = ow + 1 < OW ? 2 : 1;
         const T *mp = m_blk + j * F;
-        if (y && j + dist < cnt) { /* the tile WINO_OUT_AHEAD on (see wino_prefetch_out) */
-            WFN(wino_prefetch_out)(g, y, ahead, 1, 1);
-            nk_wtile_next(g, &ahead);
-        }
+        if (y && j + dist < cnt) WFN(wino_prefetch_out)(g, y, NULL, &ahead, 1, 1);
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
             const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
             WV m[16], u[8], o[4];
@@ -562,7 +563,10 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
         }
     }
     WFN(wino_prefetch)(g, src, mask, p0, cnt);
-    if (y) WFN(wino_prefetch_out)(g, y, p0, cnt, 1);
+    if (y) {
+        nk_wtile q = p0;
+        WFN(wino_prefetch_out)(g, y, NULL, &q, cnt, 1);
+    }
     for (int64_t c0 = 0; c0 < C; c0 += WVL) {
         const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
         WV uu[16];

@@ -112,18 +112,12 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
      * loads stalled) */
     nk_wtile p = nk_wtile_at(g, t0), ahead = p;
     const int64_t dist = cnt < WINO_OUT_AHEAD ? cnt : WINO_OUT_AHEAD;
-    WFN(wino_prefetch_out)(g, dy, ahead, dist, 0);
-    if (ymask) WFN(wino_prefetch_out)(g, ymask, ahead, dist, 0);
-    for (int64_t i = 0; i < dist; i++) nk_wtile_next(g, &ahead);
+    WFN(wino_prefetch_out)(g, dy, ymask, &ahead, dist, 0);
     const int64_t H = g->h, W = g->w, SP = g->sp;
     WV keep[WWG_KEEP][8];
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, th = p.th, tw = p.tw;
-        if (i + dist < cnt) {
-            WFN(wino_prefetch_out)(g, dy, ahead, 1, 0);
-            if (ymask) WFN(wino_prefetch_out)(g, ymask, ahead, 1, 0);
-            nk_wtile_next(g, &ahead);
-        }
+        if (i + dist < cnt) WFN(wino_prefetch_out)(g, dy, ymask, &ahead, 1, 0);
         /* input transform V = B^T d B (as the forward's) */
         const T *px[16], *pm[16];
         const int64_t ih = 2 * th - g->pt, iw = 2 * tw - g->pl;
