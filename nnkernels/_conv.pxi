@@ -392,9 +392,9 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     tensor with several consumers sums their gradients without a pass of its
     own.  precision="bfloat16": as in conv2d, for each product (dW and dX
     separately, by their algorithms): bf16 operands (dz, x, w) in the im2col
-    GEMMs and Winograd's transformed operands for a dX; the Winograd dW
-    (at most 32 channels on both sides, else the bf16 im2col GEMM) and the
-    direct kernels are float32; db sums the unrounded dz in float32.
+    GEMMs and Winograd's transformed operands for a dX or a dW (V = B^T d B
+    and A dz A^T, in pairs of tiles); direct_wgrad and the direct kernels
+    are float32; db sums the unrounded dz in float32.
     """
     dy = _nhwc(dy, "dy")
     x = _nhwc(x, "x")

@@ -347,6 +347,18 @@ def winograd_bf16_scale(src, w, pt, pl, oh, ow):
 
 
 
+def wino_wgrad_bf16_limit(x, dz, pt):
+    """The error bound of the Winograd weight gradient with bf16 products
+    (3x3, stride 1, padding pt on both axes; nk_conv_wino_wgrad.h): V = B^T d B
+    and Z = A dz A^T are bounded by P and Q of wino_wgrad_scale and each
+    rounds to bf16 within 2**-8 of itself, so each transformed product moves
+    by at most (2 * 2**-8 + 2**-16) P Q; G^T M G adds them with weights of
+    total size <= 4: 4 * 2**-7 * (1 + 2**-9) * S, plus the float32 sums'."""
+    S, depth = wino_wgrad_scale(x, dz, pt, pt)
+    return ((4 * 2.0 ** -7 * (1 + 2.0 ** -9) + (8 + depth) * np.finfo(np.float32).eps) * S
+            + np.finfo(np.float32).tiny)
+
+
 @given(n=st.integers(1, 3), h=st.integers(3, 12), w_=st.integers(3, 12),
        c=st.sampled_from([1, 3, 16, 17, 32]), f=st.sampled_from([1, 8, 16, 33]),
        k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
@@ -395,10 +407,9 @@ def test_conv2d_bf16_forward_backward(n, h, w_, c, f, k, stride, padding, relu, 
                                   geo["dilation"])
     _, sdw, _ = ref_conv_backward(np.abs(dz).astype(F64), np.abs(x).astype(F64),
                                   np.abs(w).astype(F64), geo["strides"], padding, geo["dilation"])
-    if algo["backward_filter"] == "winograd":  # float32 Winograd dW (tests/test_conv.py)
-        S, depth = wino_wgrad_scale(x, dz, pt, pt)
-        lim = (8 + depth) * np.finfo(np.float32).eps * S + np.finfo(np.float32).tiny
-        assert np.all(np.abs(dw - rdw) <= lim), "conv dw bf16 (winograd, float32 products)"
+    if algo["backward_filter"] == "winograd":  # bf16 products: wino_wgrad_bf16_limit
+        assert np.all(np.abs(dw - rdw) <= wino_wgrad_bf16_limit(x, dz, pt)), \
+            "conv dw bf16 (winograd, bf16 products)"
     else:
         assert_close(dw, rdw, sdw, np.float32, n * y.shape[1] * y.shape[2],
                      f"conv dw bf16 ({algo['backward_filter']})")
@@ -442,9 +453,9 @@ def test_conv2d_bf16_bitwise_across_threads_and_paths(isa, c, f):
 
 def test_conv2d_bf16_fused_winograd_same_bits_on_every_isa():
     """The fused Winograd's bf16 products (forward and dX, up to 64 channels)
-    give the same bits on every ISA path, VDPBF16PS or emulated, 1 or 2
-    threads: V and U round identically and each pair is accumulated in
-    VDPBF16PS's order."""
+    and the Winograd weight gradient's (pairs of tiles) give the same bits on
+    every ISA path, VDPBF16PS or emulated, 1 or 2 threads: the operands
+    round identically and each pair is accumulated in VDPBF16PS's order."""
     rng = np.random.default_rng(11)
     for c, f, h in [(16, 16, 12), (17, 40, 9), (64, 33, 6)]:
         x = rng.standard_normal((2, h, h, c)).astype(np.float32)
@@ -455,19 +466,22 @@ def test_conv2d_bf16_fused_winograd_same_bits_on_every_isa():
             y = nk.conv2d(x, w, padding="same", precision="bfloat16")
             dx = nk.conv2d_backward(dy, x, w, padding="same", need_dw=False, need_db=False,
                                     precision="bfloat16")[0]
-            return y, dx
+            dw = nk.conv2d_backward(dy, x, w, padding="same", activation="relu", y=y,
+                                    need_dx=False, precision="bfloat16")[1]
+            return y, dx, dw
 
         runs = []
         for isa in nk.available_isas():
             with use_isa(isa), threads(nk.get_num_threads()):
                 runs += [((isa,) + who, out) for who, out in _across_paths_and_threads(isa, run)]
         for who, arrays in runs[1:]:
-            for name, a0, a in zip(("y", "dx"), runs[0][1], arrays):
+            for name, a0, a in zip(("y", "dx", "dw"), runs[0][1], arrays):
                 assert_bitwise_equal(a, a0, f"fused winograd bf16 {name} {who} vs {runs[0][0]}")
 
 
-# The im2col weight gradient under bf16 (auto picks it for C_in >= 32 and
-# C_out > 32): with the native kernels and C_in % 8 == 0 its A operand (the
+# The im2col weight gradient under bf16 (auto picks it for strided 3x3
+# convolutions with C_in >= 32 and C_out > 32; stride 1 goes to Winograd and
+# is forced to im2col here): with the native kernels and C_in % 8 == 0 its A operand (the
 # transposed windows) is packed straight into bf16 pairs, with the emulated
 # ones as float32 slivers then converted -- the same bits either way; an odd
 # pixel count leaves an odd last pair (zero partner), C_in % 16 == 8 a half
@@ -480,8 +494,9 @@ def test_conv2d_bf16_fused_winograd_same_bits_on_every_isa():
 @pytest.mark.parametrize("relu", [False, True])
 def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding, relu):
     geo = dict(strides=(stride, stride), padding=padding, dilation=(1, 1))
-    assert nk.conv2d_algo((n, h, h, c), (3, 3, c, f), product="backward_filter",
-                          precision="bfloat16", **geo) == "im2col"
+    if stride > 1:
+        assert nk.conv2d_algo((n, h, h, c), (3, 3, c, f), product="backward_filter",
+                              precision="bfloat16", **geo) == "im2col"
     rng = np.random.default_rng(c * f + h)
     x = rng.standard_normal((n, h, h, c)).astype(np.float32)
     x[0, 1, 2, :4] = [1e-40, -1e-40, 3.0e37, 1.0 + 2.0**-8]  # flushed, large, a tie (to even)
@@ -493,7 +508,7 @@ def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding, relu):
         y[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
 
     def run():
-        return nk.conv2d_backward(dy, x, w, need_dx=False, precision="bfloat16",
+        return nk.conv2d_backward(dy, x, w, need_dx=False, precision="bfloat16", algo="im2col",
                                   activation="relu" if relu else None, y=y, **geo)[1:]
 
     runs = _across_paths_and_threads(isa, run)
@@ -517,9 +532,10 @@ def test_conv2d_bf16_winograd_accuracy(n, h, c, f, padding, num_threads, bf16_pa
     """Winograd's forward pass and data gradient, blocked (more than 64
     channels on a side) and fused (at most 64; channel counts that leave a
     partial vector and an odd last pair), round their transformed operands
-    V = B^T d B and U = G g G^T to bfloat16: within bfloat16 accuracy of the
-    exact results, and not the float32 result (the bf16 products are really
-    used, natively or emulated)."""
+    V = B^T d B and U = G g G^T to bfloat16, and its weight gradient V and
+    Z = A dz A^T: within bfloat16 accuracy of the exact results, and not the
+    float32 result (the bf16 products are really used, natively or
+    emulated)."""
     rng = np.random.default_rng(h * c + f)
     x = rng.standard_normal((n, h, h, c)).astype(np.float32)
     w = (rng.standard_normal((3, 3, c, f)) / np.sqrt(9 * c)).astype(np.float32)
@@ -545,6 +561,15 @@ def test_conv2d_bf16_winograd_accuracy(n, h, c, f, padding, num_threads, bf16_pa
     assert_bf16_close(dx, edx, wsdx, "conv dx bf16 winograd")
     assert not np.array_equal(dx, nk.conv2d_backward(dy, x, w, need_dw=False, need_db=False,
                                                      **geo)[0])
+    # dW: Winograd with bf16 products on pairs of tiles (an odd tile count
+    # leaves a zero partner), db from the unrounded dz
+    _, dw, db = nk.conv2d_backward(dy, x, w, need_dx=False, precision="bfloat16", **geo)
+    _, edw, edb = ref_conv_backward(dy.astype(F64), x.astype(F64), w.astype(F64), (1, 1),
+                                    padding, (1, 1))
+    assert np.all(np.abs(dw - edw) <= wino_wgrad_bf16_limit(x, dy, pt)), "conv dw bf16 winograd"
+    dw32, db32 = nk.conv2d_backward(dy, x, w, need_dx=False, **geo)[1:]
+    assert not np.array_equal(dw, dw32)
+    assert_bitwise_equal(db, db32, "conv db bf16 winograd (float32 sums of dz)")
 
 
 def test_bf16_environment_switch():

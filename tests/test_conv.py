@@ -734,9 +734,10 @@ def test_auto_heuristic_documented():
     assert nk.conv2d_algo(*cnn2) == "winograd"
     assert nk.conv2d_algo(*cnn2, product="backward_data") == "winograd"
     assert nk.conv2d_algo(*cnn2, product="backward_filter") == "winograd"
-    # bf16 products: the weight gradient with more than 32 channels on a side
-    # is a bf16 im2col GEMM (Winograd's dW has float32 products only)
-    assert nk.conv2d_algo(*cnn2, product="backward_filter", precision="bfloat16") == "im2col"
+    # bf16 products: Winograd's weight gradient takes them too (pairs of tiles)
+    assert nk.conv2d_algo(*cnn2, product="backward_filter", precision="bfloat16") == "winograd"
+    assert nk.conv2d_algo(*cnn2, strides=2, product="backward_filter",
+                          precision="bfloat16") == "im2col"
     assert nk.conv2d_algo(*cnn2, product="backward_data", precision="bfloat16") == "winograd"
     assert nk.conv2d_algo((128, 32, 32, 16), (3, 3, 16, 16), product="backward_filter",
                           padding="same", precision="bfloat16") == "winograd"

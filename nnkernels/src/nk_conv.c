@@ -143,6 +143,10 @@ typedef struct {
     const uint32_t *u_bf;
     void (*fgemm_bf)(const uint32_t *vw, const uint32_t *uw, int64_t c2, int64_t fp, void *mb);
     int bf_native; /* VDPBF16PS (and VCVTNEPS2BF16) run; else their emulation */
+    /* the weight gradient with bf16 products (lowp): a block's 16 products
+     * on V and Z in bf16 pairs of tiles (nk_conv_wino_wgrad.h) */
+    void (*wgemm_bf)(const uint32_t *vw, const uint32_t *zw, int64_t np, int64_t c, int64_t cp,
+                     int64_t fp, int64_t vxs, int64_t zxs, void *mp);
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
@@ -226,21 +230,16 @@ static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
  * channels, VDPBF16PS register tiles, nk_wino_fgemm_bf16; V rounded as the
  * input transform stores it: batch 128, 1 thread, Zen 5: 16->16 on 32x32
  * forward 2.06 -> 1.56 ms, dX 1.98 -> 1.54; 32->32 on 16x16 1.43 -> 0.91 /
- * 0.93; the emulated paths give the same bits, slower than float32).
- * Winograd's dW with at most 32 channels on both sides, the register-tiled
- * direct_wgrad and the direct kernels with few channels stay float32: bf16
- * pairs (through the im2col GEMM) did not beat them (16->16 on 32x32: dW
- * 3.2 vs 5.7 ms). */
-static int nk_conv_wino_lowp(const nk_conv_shape *s)
-{
-    return s->c > 32 || s->f > 32; /* the sizes Winograd's dW leaves to im2col under bf16 */
-}
-
+ * 0.93; the emulated paths give the same bits, slower than float32), and
+ * in Winograd's weight gradient (V and Z in bf16 pairs of tiles, one
+ * VDPBF16PS per pair, nk_wino_wgemm_bf16: batch 128, 1 thread, Zen 4:
+ * 16->16 on 32x32 4.95 -> 3.85 ms, 32->32 on 16x16 3.58 -> 2.39, and
+ * 64->64 on 8x8 3.33 -> 2.39 instead of the bf16 im2col GEMM).  The
+ * register-tiled direct_wgrad and the direct kernels with few channels
+ * stay float32: bf16 pairs (through the im2col GEMM) did not beat them. */
 static int nk_conv_lowp(const nk_conv_shape *s, int pass, int algo)
 {
-    if (algo == NK_CONV_IM2COL) return 1;
-    if (algo == NK_CONV_WINOGRAD) /* dW: the blocked path's sizes only (im2col) */
-        return pass != NK_CONV_BWD_FILTER || nk_conv_wino_lowp(s);
+    if (algo == NK_CONV_IM2COL || algo == NK_CONV_WINOGRAD) return 1;
     return pass == NK_CONV_FWD && algo == NK_CONV_DIRECT && s->c >= 32;
 }
 
@@ -253,8 +252,7 @@ static const nk_conv_shape *nk_conv_precision(const nk_conv_shape *s, int pass, 
 {
     if (!s->lowp) return s;
     if (nk_conv_lowp(s, pass, *algo)) {
-        /* Winograd's dW has no bf16 products: the bf16 im2col GEMM instead */
-        if (*algo != NK_CONV_WINOGRAD || pass == NK_CONV_BWD_FILTER) *algo = NK_CONV_IM2COL;
+        if (*algo != NK_CONV_WINOGRAD) *algo = NK_CONV_IM2COL;
         return s;
     }
     *f32 = *s;
@@ -875,6 +873,56 @@ static void nk_wino_fgemm_bf16(const uint32_t *vw, const uint32_t *uw, int64_t c
     }
 }
 #undef NK_FBF_TILE
+
+/* One register tile of nk_wino_wgemm_bf16: CB rows (channels of x) x NVF
+ * vectors of F, over np pairs of tiles in ascending order */
+static inline __attribute__((always_inline)) void
+nk_wwg_bf16_tile(const uint32_t *restrict v, const uint32_t *restrict z, int64_t np, int64_t cp,
+                 int64_t fp, float *restrict m, const int CB, const int NVF)
+{
+    __m512 acc[16][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < CB; i++)
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) acc[i][k] = _mm512_loadu_ps(m + i * fp + k * 16);
+    for (int64_t q = 0; q < np; q++) {
+        __m512bh zv[2];
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) zv[k] = (__m512bh)_mm512_loadu_si512(z + q * fp + k * 16);
+        const uint32_t *vr = v + q * cp;
+#pragma GCC unroll 16
+        for (int i = 0; i < CB; i++) {
+            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)vr[i]);
+#pragma GCC unroll 2
+            for (int k = 0; k < NVF; k++) acc[i][k] = _mm512_dpbf16_ps(acc[i][k], zv[k], b);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < CB; i++)
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) _mm512_storeu_ps(m + i * fp + k * 16, acc[i][k]);
+}
+
+/* The 16 products of a Winograd weight-gradient block with bf16 products
+ * (nk_wino.wgemm_bf; layouts in nk_conv_wino_wgrad.h) with VDPBF16PS:
+ * M[xi] (cp x fp, float32) += V[xi]^T Z[xi] over np pairs of tiles, one
+ * instruction per pair, register tiles of 8 rows x 2 vectors or 16 x 1 */
+static void nk_wino_wgemm_bf16(const uint32_t *vw, const uint32_t *zw, int64_t np, int64_t C,
+                               int64_t cp, int64_t fp, int64_t vxs, int64_t zxs, void *mp_)
+{
+    float *mp = (float *)mp_;
+    for (int64_t xi = 0; xi < 16; xi++) {
+        const uint32_t *v = vw + xi * vxs, *z = zw + xi * zxs;
+        float *m = mp + xi * cp * fp;
+        int64_t f0 = 0;
+        for (; f0 + 32 <= fp; f0 += 32)
+            for (int64_t c0 = 0; c0 < C; c0 += 8)
+                nk_wwg_bf16_tile(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 8, 2);
+        for (; f0 < fp; f0 += 16)
+            for (int64_t c0 = 0; c0 < C; c0 += 16)
+                nk_wwg_bf16_tile(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 16, 1);
+    }
+}
 
 NK_TARGET_END
 

@@ -673,6 +673,18 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     g.sp = s->ldx; g.op = s->ldy;
     g.th = (g.oh + 1) / 2;
     g.tw = (g.ow + 1) / 2;
+    /* bf16 products (float32 with s->lowp): VDPBF16PS on pairs of tiles, or
+     * its emulation (the same bits) */
+    g.lowp = s->lowp;
+    if (g.lowp) {
+        g.wgemm_bf = CFN_ISA(wgw_gemm_bfe);
+#if NK_X86
+        if (nk_bf16_native() && CFN_ISA(wino_fr) == 12) { /* the AVX-512 transforms */
+            g.wgemm_bf = nk_wino_wgemm_bf16;
+            g.bf_native = 1;
+        }
+#endif
+    }
     const int64_t C = s->c, F = s->f, ve = 64 / (int64_t)sizeof(T);
     const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
     const int64_t ntiles = g.n * g.th * g.tw;

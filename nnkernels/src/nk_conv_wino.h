@@ -216,6 +216,20 @@ WAI void WFN(wino_vstore)(const WV *u, T *restrict vt, int64_t xs)
 #define WINO_BF16_PAIRS 1
 typedef uint32_t WCAT(wvecu, S, ISA) __attribute__((vector_size(64)));
 typedef uint32_t WCAT(wvecu8, S, ISA) __attribute__((vector_size(32)));
+/* v's 16 lanes rounded to bf16 in integer arithmetic as VCVTNEPS2BF16 does
+ * (nk_bf16_ftz: nearest even, NaN quieted, zero and subnormals to a signed
+ * zero): lane k's bf16 in the low half of its 32-bit lane (the high half zero) */
+WAI WCAT(wvecu, S, ISA) WFN(wino_bf16_int)(WV v)
+{
+    typedef WCAT(wvecu, S, ISA) WU;
+    WU u;
+    memcpy(&u, &v, sizeof u);
+    const WU r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const WU nan = (WU)((u & 0x7fffffffu) > 0x7f800000u), sub = (WU)((u & 0x7f800000u) == 0);
+    const WU b = (nan & ((u >> 16) | 0x40u)) | (~nan & r);
+    return (sub & ((u >> 16) & 0x8000u)) | (~sub & b);
+}
+
 /* v's 16 lanes rounded to bf16 as VCVTNEPS2BF16 does (nk_bf16_ftz: nearest
  * even, NaN quieted, zero and subnormals to a signed zero), as 8 words of
  * two channels each (lanes 2k, 2k + 1 in the low, high half of word k).
@@ -234,12 +248,7 @@ WAI WCAT(wvecu8, S, ISA) WFN(wino_bf16_pairs)(WV v, int native)
 #else
     (void)native;
 #endif
-    WU u;
-    memcpy(&u, &v, sizeof u);
-    const WU r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const WU nan = (WU)((u & 0x7fffffffu) > 0x7f800000u), sub = (WU)((u & 0x7f800000u) == 0);
-    WU b = (nan & ((u >> 16) | 0x40u)) | (~nan & r);
-    b = (sub & ((u >> 16) & 0x8000u)) | (~sub & b);
+    const WU b = WFN(wino_bf16_int)(v);
     const WU w = b | (__builtin_shuffle(b, (WU){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14})
                       << 16);
     const WU c = __builtin_shuffle(w, (WU){0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14});

@@ -88,6 +88,99 @@ WAI void WFN(wgw_gemm_tile)(const T *restrict v, const T *restrict z, int64_t cn
         for (int k = 0; k < NVF; k++) memcpy(m + i * fp + k * WVL, &acc[i][k], sizeof(WV));
 }
 
+/* bf16 products (nk_wino.lowp, float32): a block's V and Z are stored as
+ * bf16 pairs of tiles, plane xi, tile pair q = i / 2, channel c in the word
+ * q * cp + c (V) and q * fp + f (Z), tile 2q in its low half and 2q + 1 in
+ * the high half (a block's missing last odd tile zero in both); each pair
+ * is then one VDPBF16PS multiply-add per word (nk_wino_wgemm_bf16) or its
+ * emulation (wgw_gemm_bfe), the same bits.  The transforms, the bias
+ * gradient and G^T M G stay float32. */
+
+/* v rounded to bf16 (as VCVTNEPS2BF16: the instruction where native, else
+ * wino_bf16_int) into tile i's half of the 16 words at w: an even tile
+ * writes the words (their high half zero), an odd one adds its half */
+WAI void WFN(wgw_bf_put)(WV v, uint32_t *w, int odd, int native)
+{
+    typedef WCAT(wvecu, S, ISA) WU;
+    WU b;
+#if defined(__AVX512F__) && NK_X86
+    if (native) /* rounded into 16 words, then widened to the 16 lanes */
+        __asm__("vcvtneps2bf16 %1, %t0\n\tvpmovzxwd %t0, %0" : "=v"(b) : "v"(v));
+    else
+#endif
+        b = WFN(wino_bf16_int)(v);
+    (void)native;
+    if (odd) {
+        WU old;
+        memcpy(&old, w, sizeof old);
+        b = old | (b << 16);
+    }
+    memcpy(w, &b, sizeof b);
+}
+
+/* wgw_gemm_tile on np bf16 pairs of tiles without VDPBF16PS: a product of
+ * two bf16 is exact in float32, so one multiply-add per element of a pair,
+ * the high (odd tile) one first, gives the instruction's bits (as
+ * wino_fgemm_bfe; accumulators in the denormal range aside) */
+WAI void WFN(wgw_gemm_bfe_tile)(const uint32_t *restrict v, const uint32_t *restrict z, int64_t np,
+                                int64_t cp, int64_t fp, T *restrict m, const int CB, const int NVF)
+{
+    typedef WCAT(wvecu, S, ISA) WU;
+    WV acc[16][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < CB; i++)
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) memcpy(&acc[i][k], m + i * fp + k * WVL, sizeof(WV));
+    for (int64_t q = 0; q < np; q++) {
+        WV zh[2], zl[2];
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) {
+            WU w;
+            memcpy(&w, z + q * fp + k * WVL, sizeof w);
+            const WU h = w & 0xffff0000u, l = w << 16;
+            memcpy(&zh[k], &h, sizeof h);
+            memcpy(&zl[k], &l, sizeof l);
+        }
+        const uint32_t *vr = v + q * cp;
+#pragma GCC unroll 16
+        for (int i = 0; i < CB; i++) {
+            const uint32_t h = vr[i] & 0xffff0000u, l = vr[i] << 16;
+            T vh, vl;
+            memcpy(&vh, &h, sizeof vh);
+            memcpy(&vl, &l, sizeof vl);
+#pragma GCC unroll 2
+            for (int k = 0; k < NVF; k++) {
+                acc[i][k] += vh * zh[k];
+                acc[i][k] += vl * zl[k];
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < CB; i++)
+#pragma GCC unroll 2
+        for (int k = 0; k < NVF; k++) memcpy(m + i * fp + k * WVL, &acc[i][k], sizeof(WV));
+}
+
+/* The 16 products of a block in bf16 pairs (np pairs; V plane xi at
+ * vw + xi * vxs, Z at zw + xi * zxs) added into mp (16 planes of cp x fp):
+ * the emulated nk_wino.wgemm_bf, register tiles as the float32 products */
+static void WFN(wgw_gemm_bfe)(const uint32_t *vw, const uint32_t *zw, int64_t np, int64_t C,
+                              int64_t cp, int64_t fp, int64_t vxs, int64_t zxs, void *mp_)
+{
+    T *mp = (T *)mp_;
+    for (int64_t xi = 0; xi < 16; xi++) {
+        const uint32_t *v = vw + xi * vxs, *z = zw + xi * zxs;
+        T *m = mp + xi * cp * fp;
+        int64_t f0 = 0;
+        for (; f0 + 2 * WVL <= fp; f0 += 2 * WVL)
+            for (int64_t c0 = 0; c0 < C; c0 += 8)
+                WFN(wgw_gemm_bfe_tile)(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 8, 2);
+        for (; f0 < fp; f0 += WVL)
+            for (int64_t c0 = 0; c0 < C; c0 += 16)
+                WFN(wgw_gemm_bfe_tile)(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 16, 1);
+    }
+}
+
 #ifndef WWG_KEEP
 #define WWG_KEEP 4 /* vectors of channels whose row stage the next tile reuses */
 #endif
@@ -107,6 +200,10 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
     /* plane strides a cache line more than the planes: the 16 planes'
      * store streams must not share L1 sets */
     const int64_t vxs = tb * cp + ve, zxs = tb * fp + ve;
+    /* bf16 products: V and Z in pairs of tiles, in vb's and zb's memory */
+    const int bf = g->lowp;
+    uint32_t *restrict vw = (uint32_t *)vb, *restrict zw = (uint32_t *)zb;
+    const int64_t vws = (tb + 1) / 2 * cp + ve, zws = (tb + 1) / 2 * fp + ve;
     /* tile (n, th, tw) of t0, then stepped along; dz (and its mask) read
      * WINO_OUT_AHEAD tiles ahead (dz was written a whole pass earlier: its
      * loads stalled) */
@@ -154,7 +251,16 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
                     kp[2 * a] = u[4 * a + 2];
                     kp[2 * a + 1] = u[4 * a + 3];
                 }
-            WFN(wino_vstore)(u, vb + i * cp + c0, vxs);
+            if (bf) {
+                WV v[16];
+                WFN(wino_vcols)(u, v);
+#pragma GCC unroll 16
+                for (int xi = 0; xi < 16; xi++)
+                    WFN(wgw_bf_put)(v[xi], vw + xi * vws + (i >> 1) * cp + c0, (int)(i & 1),
+                                    g->bf_native);
+            } else {
+                WFN(wino_vstore)(u, vb + i * cp + c0, vxs);
+            }
         }
         /* dz transform Z = A dz A^T, and the bias gradient */
         for (int64_t f0 = 0; f0 < F; f0 += ve) {
@@ -165,10 +271,21 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
             bsum += (d[0] + d[1]) + (d[2] + d[3]);
             memcpy(bp + f0, &bsum, sizeof bsum);
             WFN(wgw_ztrans)(d, z);
+            if (bf) {
+#pragma GCC unroll 16
+                for (int xi = 0; xi < 16; xi++)
+                    WFN(wgw_bf_put)(z[xi], zw + xi * zws + (i >> 1) * fp + f0, (int)(i & 1),
+                                    g->bf_native);
+                continue;
+            }
             T *restrict zt = zb + i * fp + f0;
 #pragma GCC unroll 16
             for (int xi = 0; xi < 16; xi++) memcpy(zt + xi * zxs, &z[xi], sizeof(WV));
         }
+    }
+    if (bf) {
+        g->wgemm_bf(vw, zw, (cnt + 1) / 2, C, cp, fp, vws, zws, mp);
+        return;
     }
     /* the 16 products, register tiles of 16 rows x one vector or 8 rows x
      * two vectors (rows of a partial tile beyond C are vb's zero padding:

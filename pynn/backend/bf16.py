@@ -15,9 +15,8 @@ its exact emulation; operands' subnormals flush to zero there).  Where
 float32 is faster the kernels keep it, which is only more accurate: a
 convolution product takes bf16 operands only where nnkernels would run it
 as an im2col GEMM (or a direct forward pass with 32 or more input
-channels); Winograd's forward pass and data gradient round their
+channels); Winograd's forward pass, data and weight gradients round their
 transformed operands instead (a different rounding, of the same size);
-Winograd's weight gradient with at most 32 channels on both sides,
 direct_wgrad, the other direct cases (first layers) and depthwise
 convolutions stay float32 (see nnkernels.conv2d).
 Compare them with this reference at bfloat16's accuracy (about 2**-8 of
