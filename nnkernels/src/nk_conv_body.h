@@ -374,9 +374,9 @@ static int CFN(dgrad_tile)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     gt.b = w_fk; gt.rsb = kkc; gt.csb = 1;
     gt.out = mine; gt.ldo = kkc;
     if (GEMM(&gt) != 0) return 1;
-    if (whole)
-        CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, acc, inner);
-    else
+    if (whole) {
+        if (CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, acc, inner)) return 1;
+    } else
         CFN(col2im)(s, mine, q0, q1, dx, inner);
     return 0;
 }
