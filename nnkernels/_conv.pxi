@@ -273,12 +273,14 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     float32's algorithm -- x and w rounded to bfloat16 and their products
     accumulated in float32 (see gemm) by the im2col GEMM -- when algo (or
     auto's choice, see conv2d_algo) is "im2col", or auto picks "direct" for
-    a forward pass with 32 or more input channels per group; "winograd"
+    a forward pass with 32 or more input channels per group, or
+    "direct_wgrad" for a weight gradient with 16 or more; "winograd"
     rounds its transformed operands (B^T d B, G g G^T) to bfloat16 for the
     16 transformed-domain products (error within about 2**-8 of their
     absolute sums; VDPBF16PS or its emulation, the same bits on every path);
-    direct_wgrad, the other direct cases and depthwise convolutions stay
-    float32 (only more accurate).  Bias and activation stay float32.
+    direct_wgrad with fewer input channels, the other direct cases and
+    depthwise convolutions stay float32 (only more accurate).  Bias and
+    activation stay float32.
     Returns y.
     """
     x = _nhwc(x, "x")
@@ -393,8 +395,9 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     own.  precision="bfloat16": as in conv2d, for each product (dW and dX
     separately, by their algorithms): bf16 operands (dz, x, w) in the im2col
     GEMMs and Winograd's transformed operands for a dX or a dW (V = B^T d B
-    and A dz A^T, in pairs of tiles); direct_wgrad and the direct kernels
-    are float32; db sums the unrounded dz in float32.
+    and A dz A^T, in pairs of tiles); direct_wgrad with C_in >= 16 runs as
+    the bf16 im2col GEMM; with fewer, and the direct kernels, float32; db
+    sums the unrounded dz in float32.
     """
     dy = _nhwc(dy, "dy")
     x = _nhwc(x, "x")

@@ -738,6 +738,15 @@ def test_auto_heuristic_documented():
     assert nk.conv2d_algo(*cnn2, product="backward_filter", precision="bfloat16") == "winograd"
     assert nk.conv2d_algo(*cnn2, strides=2, product="backward_filter",
                           precision="bfloat16") == "im2col"
+    # ... and direct_wgrad's with >= 16 input channels (ResNet's strided
+    # 16 -> 32) is a bf16 im2col GEMM; with fewer (the 3 -> 16 stem) float32
+    down = ((128, 32, 32, 16), (3, 3, 16, 32))
+    assert nk.conv2d_algo(*down, strides=2, padding="same",
+                          product="backward_filter") == "direct_wgrad"
+    assert nk.conv2d_algo(*down, strides=2, padding="same", product="backward_filter",
+                          precision="bfloat16") == "im2col"
+    assert nk.conv2d_algo((128, 32, 32, 3), (3, 3, 3, 16), padding="same",
+                          product="backward_filter", precision="bfloat16") == "direct_wgrad"
     assert nk.conv2d_algo(*cnn2, product="backward_data", precision="bfloat16") == "winograd"
     assert nk.conv2d_algo((128, 32, 32, 16), (3, 3, 16, 16), product="backward_filter",
                           padding="same", precision="bfloat16") == "winograd"

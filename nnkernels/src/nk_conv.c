@@ -234,12 +234,16 @@ static int nk_conv_direct_fits(const nk_conv_shape *s, size_t esz, int pass);
  * in Winograd's weight gradient (V and Z in bf16 pairs of tiles, one
  * VDPBF16PS per pair, nk_wino_wgemm_bf16: batch 128, 1 thread, Zen 4:
  * 16->16 on 32x32 4.95 -> 3.85 ms, 32->32 on 16x16 3.58 -> 2.39, and
- * 64->64 on 8x8 3.33 -> 2.39 instead of the bf16 im2col GEMM).  The
- * register-tiled direct_wgrad and the direct kernels with few channels
- * stay float32: bf16 pairs (through the im2col GEMM) did not beat them. */
+ * 64->64 on 8x8 3.33 -> 2.39 instead of the bf16 im2col GEMM), and
+ * instead of the register-tiled direct_wgrad with 16 or more input channels
+ * (as an im2col GEMM: ResNet's strided 16->32 3x3 3.2 -> 2.56 ms, 1x1 0.55
+ * -> 0.42; batch 128, 1 thread, Zen 4).  direct_wgrad with fewer channels
+ * (first layers: the 3->16 stem 1.34 vs 5.5 ms) and the direct kernels
+ * with few channels stay float32. */
 static int nk_conv_lowp(const nk_conv_shape *s, int pass, int algo)
 {
     if (algo == NK_CONV_IM2COL || algo == NK_CONV_WINOGRAD) return 1;
+    if (algo == NK_CONV_DIRECT_WGRAD) return s->c >= 16;
     return pass == NK_CONV_FWD && algo == NK_CONV_DIRECT && s->c >= 32;
 }
 
