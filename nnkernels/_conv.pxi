@@ -273,8 +273,9 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     float32's algorithm -- x and w rounded to bfloat16 and their products
     accumulated in float32 (see gemm) by the im2col GEMM -- when algo (or
     auto's choice, see conv2d_algo) is "im2col", or auto picks "direct" for
-    a forward pass with 32 or more input channels per group, or
-    "direct_wgrad" for a weight gradient with 16 or more; "winograd"
+    a forward pass with 16 or more input channels per group and a window
+    of 32 or more values (KH * KW * C_in), or "direct_wgrad" for a weight
+    gradient with 16 or more input channels; "winograd"
     rounds its transformed operands (B^T d B, G g G^T) to bfloat16 for the
     16 transformed-domain products (error within about 2**-8 of their
     absolute sums; VDPBF16PS or its emulation, the same bits on every path);

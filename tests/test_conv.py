@@ -747,6 +747,14 @@ def test_auto_heuristic_documented():
                           precision="bfloat16") == "im2col"
     assert nk.conv2d_algo((128, 32, 32, 3), (3, 3, 3, 16), padding="same",
                           product="backward_filter", precision="bfloat16") == "direct_wgrad"
+    # the strided forward: direct in float32; bf16 im2col from 16 input
+    # channels with a window of >= 32 values (3x3), not the 1x1 projection
+    assert nk.conv2d_algo(*down, strides=2, padding="same") == "direct"
+    assert nk.conv2d_algo(*down, strides=2, padding="same", precision="bfloat16") == "im2col"
+    assert nk.conv2d_algo((128, 32, 32, 16), (1, 1, 16, 32), strides=2,
+                          precision="bfloat16") == "direct"
+    assert nk.conv2d_algo((128, 16, 16, 32), (1, 1, 32, 64), strides=2,
+                          precision="bfloat16") == "im2col"
     assert nk.conv2d_algo(*cnn2, product="backward_data", precision="bfloat16") == "winograd"
     assert nk.conv2d_algo((128, 32, 32, 16), (3, 3, 16, 16), product="backward_filter",
                           padding="same", precision="bfloat16") == "winograd"

@@ -14,9 +14,11 @@ and most convolutions (nnkernels.gemm's precision="bfloat16": VDPBF16PS or
 its exact emulation; operands' subnormals flush to zero there).  Where
 float32 is faster the kernels keep it, which is only more accurate: a
 convolution product takes bf16 operands only where nnkernels would run it
-as an im2col GEMM (or a direct forward pass with 32 or more input
-channels, or a direct_wgrad weight gradient with 16 or more); Winograd's forward pass, data and weight gradients round their
-transformed operands instead (a different rounding, of the same size);
+as an im2col GEMM (or a direct forward pass with 16 or more input
+channels and a window of 32 or more values, or a direct_wgrad weight
+gradient with 16 or more input channels); Winograd's forward pass, data
+and weight gradients round their transformed operands instead (a
+different rounding, of the same size);
 direct_wgrad with fewer input channels, the other direct cases (first
 layers) and depthwise convolutions stay float32 (see nnkernels.conv2d).
 Compare them with this reference at bfloat16's accuracy (about 2**-8 of
