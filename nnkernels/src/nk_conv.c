@@ -150,6 +150,27 @@ typedef struct {
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
+/* The Winograd weight gradient's 16 products of a block (float32; every ISA
+ * and the bf16 ones alike), plane by plane: plane xi's V rows at
+ * v0 + xi * vxs, its Z at z0 + xi * zxs, its sums M (cp x fp) at
+ * m0 + xi * cp * fp; register tiles TILE(v, z, m, rows, vectors) of 8 rows
+ * x two vectors of 16 columns, the last vector as 16 rows x one (rows of a
+ * partial tile beyond C are the operands' zero padding, computed into M's
+ * padding rows, which exist: M has cp rows). */
+#define NK_WWG_PLANES(v0, vxs, z0, zxs, m0, C, cp, fp, TILE)                               \
+    for (int64_t xi_ = 0; xi_ < 16; xi_++) {                                                \
+        const __typeof__(v0) v_ = (v0) + xi_ * (vxs);                                       \
+        const __typeof__(z0) z_ = (z0) + xi_ * (zxs);                                       \
+        const __typeof__(m0) m_ = (m0) + xi_ * (cp) * (fp);                                 \
+        int64_t f0_ = 0;                                                                    \
+        for (; f0_ + 32 <= (fp); f0_ += 32)                                                 \
+            for (int64_t c0_ = 0; c0_ < (C); c0_ += 8)                                      \
+                TILE(v_ + c0_, z_ + f0_, m_ + c0_ * (fp) + f0_, 8, 2);                      \
+        for (; f0_ < (fp); f0_ += 16)                                                       \
+            for (int64_t c0_ = 0; c0_ < (C); c0_ += 16)                                     \
+                TILE(v_ + c0_, z_ + f0_, m_ + c0_ * (fp) + f0_, 16, 1);                     \
+    }
+
 /* A tile's place (n, th, tw) on the N x TH x TW grid: found once per run of
  * tiles (nk_wtile_at, two divisions) and stepped along it (nk_wtile_next);
  * divisions per tile were a measurable part of the small-channel kernels. */
@@ -919,17 +940,9 @@ static void nk_wino_wgemm_bf16(const uint32_t *vw, const uint32_t *zw, int64_t n
                                int64_t cp, int64_t fp, int64_t vxs, int64_t zxs, void *mp_)
 {
     float *mp = (float *)mp_;
-    for (int64_t xi = 0; xi < 16; xi++) {
-        const uint32_t *v = vw + xi * vxs, *z = zw + xi * zxs;
-        float *m = mp + xi * cp * fp;
-        int64_t f0 = 0;
-        for (; f0 + 32 <= fp; f0 += 32)
-            for (int64_t c0 = 0; c0 < C; c0 += 8)
-                nk_wwg_bf16_tile(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 8, 2);
-        for (; f0 < fp; f0 += 16)
-            for (int64_t c0 = 0; c0 < C; c0 += 16)
-                nk_wwg_bf16_tile(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 16, 1);
-    }
+#define NK_WWG_BF16_TILE(v, z, m, CB, NVF) nk_wwg_bf16_tile(v, z, np, cp, fp, m, CB, NVF)
+    NK_WWG_PLANES(vw, vxs, zw, zxs, mp, C, cp, fp, NK_WWG_BF16_TILE)
+#undef NK_WWG_BF16_TILE
 }
 
 NK_TARGET_END

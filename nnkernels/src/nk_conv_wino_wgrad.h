@@ -168,17 +168,9 @@ static void WFN(wgw_gemm_bfe)(const uint32_t *vw, const uint32_t *zw, int64_t np
                               int64_t cp, int64_t fp, int64_t vxs, int64_t zxs, void *mp_)
 {
     T *mp = (T *)mp_;
-    for (int64_t xi = 0; xi < 16; xi++) {
-        const uint32_t *v = vw + xi * vxs, *z = zw + xi * zxs;
-        T *m = mp + xi * cp * fp;
-        int64_t f0 = 0;
-        for (; f0 + 2 * WVL <= fp; f0 += 2 * WVL)
-            for (int64_t c0 = 0; c0 < C; c0 += 8)
-                WFN(wgw_gemm_bfe_tile)(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 8, 2);
-        for (; f0 < fp; f0 += WVL)
-            for (int64_t c0 = 0; c0 < C; c0 += 16)
-                WFN(wgw_gemm_bfe_tile)(v + c0, z + f0, np, cp, fp, m + c0 * fp + f0, 16, 1);
-    }
+#define WGW_BFE_TILE(v, z, m, CB, NVF) WFN(wgw_gemm_bfe_tile)(v, z, np, cp, fp, m, CB, NVF)
+    NK_WWG_PLANES(vw, vxs, zw, zxs, mp, C, cp, fp, WGW_BFE_TILE)
+#undef WGW_BFE_TILE
 }
 
 #ifndef WWG_KEEP
@@ -287,18 +279,8 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
         g->wgemm_bf(vw, zw, (cnt + 1) / 2, C, cp, fp, vws, zws, mp);
         return;
     }
-    /* the 16 products, register tiles of 16 rows x one vector or 8 rows x
-     * two vectors (rows of a partial tile beyond C are vb's zero padding:
-     * computed into mp's padding rows, which exist: mp has cp rows) */
-    for (int64_t xi = 0; xi < 16; xi++) {
-        const T *v = vb + xi * vxs, *z = zb + xi * zxs;
-        T *m = mp + xi * cp * fp;
-        int64_t f0 = 0;
-        for (; f0 + 2 * ve <= fp; f0 += 2 * ve)
-            for (int64_t c0 = 0; c0 < C; c0 += 8)
-                WFN(wgw_gemm_tile)(v + c0, z + f0, cnt, cp, fp, m + c0 * fp + f0, 8, 2);
-        for (; f0 < fp; f0 += ve)
-            for (int64_t c0 = 0; c0 < C; c0 += 16)
-                WFN(wgw_gemm_tile)(v + c0, z + f0, cnt, cp, fp, m + c0 * fp + f0, 16, 1);
-    }
+    /* the 16 products (NK_WWG_PLANES) */
+#define WGW_TILE(v, z, m, CB, NVF) WFN(wgw_gemm_tile)(v, z, cnt, cp, fp, m, CB, NVF)
+    NK_WWG_PLANES((const T *)vb, vxs, (const T *)zb, zxs, mp, C, cp, fp, WGW_TILE)
+#undef WGW_TILE
 }
