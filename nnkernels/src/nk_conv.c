@@ -53,6 +53,44 @@ static int nk_conv_is_pointwise(const nk_conv_shape *s)
            s->oh == s->h && s->ow == s->w;
 }
 
+/* The taps of the im2col data gradient's col2im (gather form), in
+ * nk_col2im_taps_len(s) entries: per input row h, its count then the offset
+ * of each tap row kh (ascending) into an image's columns, (oh * OW) * KKC +
+ * kh * KW * C; then per input column iw, its count then the offset of each
+ * tap kw (ascending), ow * KKC + kw * C.  Built once per call: the strided
+ * data gradients (3x3 and 1x1 stride 2) spent most of their col2im time on
+ * the divisions by the stride when they were made per pixel. */
+static int64_t nk_col2im_taps_len(const nk_conv_shape *s)
+{
+    return s->h * (s->kh + 1) + s->w * (s->kw + 1);
+}
+
+static void nk_col2im_taps(const nk_conv_shape *s, int64_t *taps)
+{
+    const int64_t KH = s->kh, KW = s->kw, kkc = KH * KW * s->c;
+    int64_t *t = taps;
+    for (int64_t h = 0; h < s->h; h++, t += KH + 1) {
+        int64_t cnt = 0;
+        for (int64_t kh = 0; kh < KH; kh++) {
+            const int64_t th = h + s->pt - kh * s->dh;
+            if (th < 0) break; /* th decreases with kh */
+            const int64_t oh = th / s->sh;
+            if (oh * s->sh == th && oh < s->oh) t[1 + cnt++] = oh * s->ow * kkc + kh * KW * s->c;
+        }
+        t[0] = cnt;
+    }
+    for (int64_t iw = 0; iw < s->w; iw++, t += KW + 1) {
+        int64_t cnt = 0;
+        for (int64_t kw = 0; kw < KW; kw++) {
+            const int64_t tw = iw + s->pl - kw * s->dw;
+            if (tw < 0) break;
+            const int64_t ow = tw / s->sw;
+            if (ow * s->sw == tw && ow < s->ow) t[1 + cnt++] = ow * kkc + kw * s->c;
+        }
+        t[0] = cnt;
+    }
+}
+
 static void nk_conv_win_fwd(nk_conv_win *cw, const nk_conv_shape *s, const void *x)
 {
     memset(cw, 0, sizeof *cw);
@@ -129,7 +167,7 @@ typedef struct {
     int64_t mr, kc;      /* micro-kernel rows, k-block (channels) */
     int64_t tb;          /* tiles per block, a multiple of mr */
     int64_t v_xs, m_xs;  /* distance between the 16 planes of a block's V, M */
-    int lowp;            /* float32, blocked path: bf16 products (CFN(wino)) */
+    int lowp;            /* float32: bf16 products (blocked path: CFN(wino); dW: wgemm_bf) */
     /* forward only: 2x2 stride-2 max pooling of act(output) in the output
      * transform (each full 2x2 tile is one window): pooled values (N, oh/2,
      * ow/2, f, T) and their int32 indices h * ow + w as nk_max_pool2d_fwd;

@@ -357,10 +357,11 @@ static void CFN(col2im)(const nk_conv_shape *s, const T *dcols, int64_t q0, int6
 /* dx (=, or += with acc) the data gradient; the two GEMM paths add dx as
  * their beta = 1 source, the column path adds in col2im. */
 /* One tile of output pixels [t * tile, ...) of im2col_dgrad: dcols = dz @
- * w^T into `mine`, then col2im into dx, with `inner` threads. */
+ * w^T into `mine`, then col2im into dx, with `inner` threads (in gather
+ * form with the tap tables `taps` when tiles are whole images, else NULL). */
 static int CFN(dgrad_tile)(const nk_conv_shape *s, const T *dy, const T *ymask, int act,
-                           const T *w_fk, T *mine, int64_t t, int64_t tile, int whole, T *dx,
-                           int acc, int inner)
+                           const T *w_fk, T *mine, int64_t t, int64_t tile,
+                           const int64_t *taps, T *dx, int acc, int inner)
 {
     const int64_t kkc = s->kh * s->kw * s->c, ohw = s->oh * s->ow, npix = s->n * ohw;
     const int64_t q0 = t * tile, q1 = npix - q0 < tile ? npix : q0 + tile;
@@ -374,9 +375,9 @@ static int CFN(dgrad_tile)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     gt.b = w_fk; gt.rsb = kkc; gt.csb = 1;
     gt.out = mine; gt.ldo = kkc;
     if (GEMM(&gt) != 0) return 1;
-    if (whole) {
-        if (CFN_ISA(col2im_gather)(s, mine, q0 / ohw, q1 / ohw, dx, acc, inner)) return 1;
-    } else
+    if (taps) /* whole images */
+        CFN_ISA(col2im_gather)(s, taps, mine, q0 / ohw, q1 / ohw, dx, acc, inner);
+    else
         CFN(col2im)(s, mine, q0, q1, dx, inner);
     return 0;
 }
@@ -453,12 +454,15 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     if (whole && nt > 1 && ntiles >= 2 * (int64_t)nt) outer = nt;
     const int inner = outer > 1 ? 1 : nt;
     /* w^T (F, KK*C) transposed once, so every tile's GEMM packs B with
-     * contiguous vector loads */
+     * contiguous vector loads; then, for whole images, col2im's tap tables */
     int from_arena = 0;
-    T *cols = (T *)nk_ws_acquire((size_t)(outer * tile * kkc + F * kkc) * sizeof(T),
-                                      &from_arena);
+    const size_t tab_at = ((size_t)(outer * tile * kkc + F * kkc) * sizeof(T) + 63) & ~(size_t)63;
+    const size_t tab_len = whole ? (size_t)nk_col2im_taps_len(s) : 0;
+    T *cols = (T *)nk_ws_acquire(tab_at + tab_len * sizeof(int64_t), &from_arena);
     if (!cols) return -1;
     T *w_fk = cols + outer * tile * kkc;
+    int64_t *taps = whole ? (int64_t *)((char *)cols + tab_at) : NULL;
+    if (taps) nk_col2im_taps(s, taps);
     for (int64_t j = 0; j < kkc; j++)
         for (int64_t f = 0; f < F; f++) w_fk[f * kkc + j] = w[j * s->ldw + f];
     if (!whole && !acc) nk_conv_zero_px(dx, s->n * s->h * s->w, C, s->ldx, sizeof(T), nt);
@@ -473,10 +477,10 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
 #endif
         for (int64_t t = 0; t < ntiles; t++)
             rc |= CFN(dgrad_tile)(s, dy, ymask, act, w_fk, cols + nk_thread_num() * tile * kkc,
-                                  t, tile, whole, dx, acc, 1);
+                                  t, tile, taps, dx, acc, 1);
     } else {
         for (int64_t t = 0; t < ntiles && rc == 0; t++)
-            rc |= CFN(dgrad_tile)(s, dy, ymask, act, w_fk, cols, t, tile, whole, dx, acc, inner);
+            rc |= CFN(dgrad_tile)(s, dy, ymask, act, w_fk, cols, t, tile, taps, dx, acc, inner);
     }
     nk_ws_release(cols, from_arena);
     return rc ? -1 : 0;

@@ -471,42 +471,14 @@ static void DFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymas
 /* col2im in gather form for the whole images [n0, n1) whose columns are in
  * dcols: every dx element is written once (no zeroing pass; added to with
  * acc, which leaves pixels without taps untouched), summing its taps in
- * (kh, kw) order; parallel over input rows.  The taps of each input row h
- * (kh ascending: offset of output row oh's columns of tap row kh) and of
- * each input column iw (kw ascending: offset of output column ow's tap kw)
- * are tabulated once per call, count first: no divisions per pixel (the
- * strided data gradients, stride-2 3x3 and 1x1, spent most of their col2im
- * time on them).  Returns nonzero when the tables' workspace fails. */
-static int DFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n0, int64_t n1,
-                              T *dx, int acc, int nt)
+ * (kh, kw) order, as tabulated by nk_col2im_taps (no divisions per pixel);
+ * parallel over input rows. */
+static void DFN(col2im_gather)(const nk_conv_shape *s, const int64_t *taps, const T *dcols,
+                               int64_t n0, int64_t n1, T *dx, int acc, int nt)
 {
     const int64_t H = s->h, W = s->w, C = s->c, KH = s->kh, KW = s->kw;
     const int64_t OH = s->oh, OW = s->ow, kkc = KH * KW * C, rows = (n1 - n0) * H;
-    int from_arena = 0;
-    int64_t *rtab = (int64_t *)nk_ws_acquire(
-        (size_t)(H * (KH + 1) + W * (KW + 1)) * sizeof(int64_t), &from_arena);
-    if (!rtab) return 1;
-    int64_t *ctab = rtab + H * (KH + 1);
-    for (int64_t h = 0; h < H; h++) {
-        int64_t *t = rtab + h * (KH + 1), cnt = 0;
-        for (int64_t kh = 0; kh < KH; kh++) {
-            const int64_t th = h + s->pt - kh * s->dh;
-            if (th < 0) break; /* th decreases with kh */
-            const int64_t oh = th / s->sh;
-            if (oh * s->sh == th && oh < OH) t[1 + cnt++] = oh * OW * kkc + kh * KW * C;
-        }
-        t[0] = cnt;
-    }
-    for (int64_t iw = 0; iw < W; iw++) {
-        int64_t *t = ctab + iw * (KW + 1), cnt = 0;
-        for (int64_t kw = 0; kw < KW; kw++) {
-            const int64_t tw = iw + s->pl - kw * s->dw;
-            if (tw < 0) break;
-            const int64_t ow = tw / s->sw;
-            if (ow * s->sw == tw && ow < OW) t[1 + cnt++] = ow * kkc + kw * C;
-        }
-        t[0] = cnt;
-    }
+    const int64_t *rtab = taps, *ctab = taps + H * (KH + 1);
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
@@ -556,8 +528,6 @@ static int DFN(col2im_gather)(const nk_conv_shape *s, const T *dcols, int64_t n0
 #undef C2I_TAPS
         }
     }
-    nk_ws_release(rtab, from_arena);
-    return 0;
 }
 
 #undef AI

@@ -256,6 +256,26 @@ WAI WCAT(wvecu8, S, ISA) WFN(wino_bf16_pairs)(WV v, int native)
     return o;
 }
 
+/* The two bf16 of the pair words at p, as float32 (exact): the high (odd)
+ * elements into *hi, the low (even) ones into *lo -- 16 words, and one
+ * (wino_bf16_split1); the emulated VDPBF16PS multiply-adds take them in
+ * that order */
+WAI void WFN(wino_bf16_split)(const uint32_t *p, WV *hi, WV *lo)
+{
+    typedef WCAT(wvecu, S, ISA) WU;
+    WU w;
+    memcpy(&w, p, sizeof w);
+    const WU h = w & 0xffff0000u, l = w << 16;
+    memcpy(hi, &h, sizeof h);
+    memcpy(lo, &l, sizeof l);
+}
+WAI void WFN(wino_bf16_split1)(uint32_t w, T *hi, T *lo)
+{
+    const uint32_t h = w & 0xffff0000u, l = w << 16;
+    memcpy(hi, &h, sizeof h);
+    memcpy(lo, &l, sizeof l);
+}
+
 /* wino_vstore into bf16 pairs: plane xi's 8 words at vw + xi * xs */
 WAI void WFN(wino_vstore_bf)(const WV *u, uint32_t *restrict vw, int64_t xs, int native)
 {
@@ -512,29 +532,22 @@ WAI void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp, i
  * which the instruction flushes. */
 #define WFR_FMAE(j)                                                                         \
     if (j < WINO_FR) {                                                                      \
-        const uint32_t w_ = vr[(16 * j) * c2 + k], h_ = w_ & 0xffff0000u, l_ = w_ << 16;    \
         T vh_, vl_;                                                                         \
-        memcpy(&vh_, &h_, sizeof vh_);                                                      \
-        memcpy(&vl_, &l_, sizeof vl_);                                                      \
+        WFN(wino_bf16_split1)(vr[(16 * j) * c2 + k], &vh_, &vl_);                          \
         a_##j += vh_ * uh;                                                                  \
         a_##j += vl_ * ul;                                                                  \
     }
 static void WFN(wino_fgemm_bfe)(const uint32_t *vw, const uint32_t *uw, int64_t c2, int64_t fp,
                                 void *mb)
 {
-    typedef WCAT(wvecu, S, ISA) WU;
     for (int64_t xi = 0; xi < 16; xi++) {
         const uint32_t *vr = vw + xi * c2, *up = uw + xi * c2 * fp;
         T *mr_ = (T *)mb + xi * fp;
         for (int64_t f0 = 0; f0 < fp; f0 += WVL) {
             WFR_TILE(WFR_ACC)
             for (int64_t k = 0; k < c2; k++) {
-                WU q;
-                memcpy(&q, up + k * fp + f0, sizeof q);
-                const WU qh = q & 0xffff0000u, ql = q << 16;
                 WV uh, ul;
-                memcpy(&uh, &qh, sizeof uh);
-                memcpy(&ul, &ql, sizeof ul);
+                WFN(wino_bf16_split)(up + k * fp + f0, &uh, &ul);
                 WFR_TILE(WFR_FMAE)
             }
             WFR_TILE(WFR_ST)

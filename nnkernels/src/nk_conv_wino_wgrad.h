@@ -125,7 +125,6 @@ WAI void WFN(wgw_bf_put)(WV v, uint32_t *w, int odd, int native)
 WAI void WFN(wgw_gemm_bfe_tile)(const uint32_t *restrict v, const uint32_t *restrict z, int64_t np,
                                 int64_t cp, int64_t fp, T *restrict m, const int CB, const int NVF)
 {
-    typedef WCAT(wvecu, S, ISA) WU;
     WV acc[16][2];
 #pragma GCC unroll 16
     for (int i = 0; i < CB; i++)
@@ -134,20 +133,12 @@ WAI void WFN(wgw_gemm_bfe_tile)(const uint32_t *restrict v, const uint32_t *rest
     for (int64_t q = 0; q < np; q++) {
         WV zh[2], zl[2];
 #pragma GCC unroll 2
-        for (int k = 0; k < NVF; k++) {
-            WU w;
-            memcpy(&w, z + q * fp + k * WVL, sizeof w);
-            const WU h = w & 0xffff0000u, l = w << 16;
-            memcpy(&zh[k], &h, sizeof h);
-            memcpy(&zl[k], &l, sizeof l);
-        }
+        for (int k = 0; k < NVF; k++) WFN(wino_bf16_split)(z + q * fp + k * WVL, &zh[k], &zl[k]);
         const uint32_t *vr = v + q * cp;
 #pragma GCC unroll 16
         for (int i = 0; i < CB; i++) {
-            const uint32_t h = vr[i] & 0xffff0000u, l = vr[i] << 16;
             T vh, vl;
-            memcpy(&vh, &h, sizeof vh);
-            memcpy(&vl, &l, sizeof vl);
+            WFN(wino_bf16_split1)(vr[i], &vh, &vl);
 #pragma GCC unroll 2
             for (int k = 0; k < NVF; k++) {
                 acc[i][k] += vh * zh[k];
