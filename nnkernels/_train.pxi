@@ -58,14 +58,15 @@ cdef extern from "nk_train.h" nogil:
                                      const void *res_mc, const void *gamma, const void *beta,
                                      void *y_mc, int act, double eps, double momentum,
                                      void *moving_mean, void *moving_var, void *save_mean,
-                                     void *save_invstd, int dbl)
+                                     void *save_invstd, void *save_scale, int dbl)
     int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc,
                                      const void *res_mc, const void *gamma, const void *beta,
                                      const void *moving_mean, const void *moving_var,
                                      double eps, void *y_mc, int act, int dbl)
     int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *y_mc,
                                int act, const void *x_mc, const void *gamma,
-                               const void *save_mean, const void *save_invstd, void *dx_mc,
+                               const void *save_mean, const void *save_invstd,
+                               const void *mask_scale, const void *mask_shift, void *dx_mc,
                                void *dres_mc, void *dgamma, void *dbeta, int dbl)
 
 _I64 = np.dtype(np.int64)
@@ -422,7 +423,7 @@ cdef _bn_inplace_or_disjoint(object out, str oname, object a, str aname):
 
 def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=None,
                       momentum=0.99, epsilon=1e-3, out=None, save_mean=None,
-                      save_invstd=None, residual=None, activation=None):
+                      save_invstd=None, residual=None, activation=None, save_scale=None):
     """Batch normalisation over every axis but the last (Keras
     BatchNormalization(axis=-1)), with an optional fused residual add and
     ReLU (a residual block's BN -> ReLU and BN -> Add(shortcut) -> ReLU in
@@ -440,7 +441,10 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     1 / sqrt(var + epsilon);  moving_mean = moving_mean*momentum +
     mean*(1 - momentum) and moving_var likewise with the biased variance
     (updated in place when given);  save_mean / save_invstd (when given)
-    receive mean and invstd for batchnorm_backward.
+    receive mean and invstd for batchnorm_backward, save_scale ((C,), when
+    given) the scale applied, gamma * invstd rounded to x's dtype, with
+    which batchnorm_backward recomputes the ReLU mask from x instead of
+    reading out (forward without residual).
     training=False: out = (x - moving_mean) * (gamma / sqrt(moving_var +
     epsilon)) + beta (moving_mean, moving_var required; nothing updated).
 
@@ -481,13 +485,15 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
             save_mean = _state(save_mean, "save_mean", (c,), dt)
         if save_invstd is not None:
             save_invstd = _state(save_invstd, "save_invstd", (c,), dt)
+        if save_scale is not None:
+            save_scale = _state(save_scale, "save_scale", (c,), dt)
     else:
         moving_mean = _bn_vec(moving_mean, "moving_mean", c, dt, False)
         moving_var = _bn_vec(moving_var, "moving_var", c, dt, False)
-        save_mean = save_invstd = None
+        save_mean = save_invstd = save_scale = None
     ins = [("x", x), ("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
            ("moving_var", moving_var)]
-    outs = [("save_mean", save_mean), ("save_invstd", save_invstd)]
+    outs = [("save_mean", save_mean), ("save_invstd", save_invstd), ("save_scale", save_scale)]
     out = _c_out(out, x.shape, dt, "out", [(nm, a) for nm, a in ins + outs if a is not None],
                  inplace_ok=x)
     # out may also be exactly the residual (elementwise: read before written)
@@ -506,11 +512,12 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     cdef void *pmv = _p(moving_var) if moving_var is not None else NULL
     cdef void *psm = _p(save_mean) if save_mean is not None else NULL
     cdef void *psi = _p(save_invstd) if save_invstd is not None else NULL
+    cdef void *pss = _p(save_scale) if save_scale is not None else NULL
     cdef int rc = 0
     with nogil:
         if train:
             rc = nk_batchnorm_fwd_train_fused(m, c, px, pr, pg, pb, py, act, eps, mom, pmm, pmv,
-                                              psm, psi, dbl)
+                                              psm, psi, pss, dbl)
         else:
             rc = nk_batchnorm_fwd_infer_fused(m, c, px, pr, pg, pb, pmm, pmv, eps, py, act, dbl)
     if rc != 0:
@@ -519,7 +526,8 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
 
 
 def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
-                       dx=None, dgamma=None, dbeta=None, dresidual=None):
+                       dx=None, dgamma=None, dbeta=None, dresidual=None, save_scale=None,
+                       beta=None):
     """Gradients of batchnorm_forward(training=True), including its fused
     residual/ReLU epilogue; returns (dx, dgamma, dbeta).
 
@@ -528,10 +536,15 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     save_invstd: (C,) as written by the forward.
 
     activation: None / "linear": dz = dy.  "relu": y (the forward's output,
-    x's shape and dtype; required) gives dz = dy where y > 0, else 0 (as
+    x's shape and dtype) gives dz = dy where y > 0, else 0 (as
     nnkernels.relu_backward), computed on the fly in both passes, never
-    stored except into dresidual.  y is not read without "relu" (its shape
-    and dtype are still checked when given).
+    stored except into dresidual.  Without y, save_scale (the forward's
+    save_scale output) and beta (its beta; None: 0) give the mask as
+    (x - save_mean) * save_scale + beta > 0: the forward's pre-activation
+    recomputed, bitwise the same mask as y > 0 when the forward had no
+    residual, without reading y (not valid after a forward with a
+    residual: pass y then).  y / save_scale / beta are not read without
+    "relu" (y's shape and dtype are still checked when given).
 
     With xhat = (x - mean) * invstd:  dbeta = sum dz,  dgamma = sum dz*xhat,
     dx = gamma*invstd/M * (M*dz - dbeta - xhat*dgamma).  One reduction pass
@@ -554,10 +567,15 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
         raise TypeError(f"dy ({dt}) and x ({x.dtype}) must have the same dtype")
     cdef int64_t m = m_, c = c_
     cdef int act = _act_id(activation)
-    if act == NK_ACT_RELU:
-        if y is None:
+    if act == NK_ACT_RELU and y is None:
+        if save_scale is None:
             raise ValueError("batchnorm_backward(activation='relu') needs y, the forward's "
-                             "output (its ReLU mask)")
+                             "output, or the forward's save_scale (and beta) for its ReLU mask")
+        save_scale = _bn_vec(save_scale, "save_scale", c, dt, False)
+        beta = _bn_vec(beta, "beta", c, dt, True)
+    else:
+        save_scale = beta = None
+    if act == NK_ACT_RELU and y is not None:
         y = _bn_like(y, "y", dy, "dy")
     elif y is not None:
         # not read, but a wrong array here is a caller's bug
@@ -571,7 +589,7 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     save_mean = _bn_vec(save_mean, "save_mean", c, dt, False)
     save_invstd = _bn_vec(save_invstd, "save_invstd", c, dt, False)
     ins = [("dy", dy), ("x", x), ("y", y), ("gamma", gamma), ("save_mean", save_mean),
-           ("save_invstd", save_invstd)]
+           ("save_invstd", save_invstd), ("save_scale", save_scale), ("beta", beta)]
     ins = [(nm, a) for nm, a in ins if a is not None]
     dx = _c_out(dx, dy.shape, dt, "dx", ins, inplace_ok=dy)
     if dresidual is not None:
@@ -589,14 +607,16 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     cdef void *pg = _p(gamma) if gamma is not None else NULL
     cdef void *psm = _p(save_mean)
     cdef void *psi = _p(save_invstd)
+    cdef void *pss = _p(save_scale) if save_scale is not None else NULL
+    cdef void *pbe = _p(beta) if beta is not None else NULL
     cdef void *pdx = _p(dx)
     cdef void *pdr = _p(dresidual) if dresidual is not None else NULL
     cdef void *pdg = _p(dgamma)
     cdef void *pdb = _p(dbeta)
     cdef int rc = 0
     with nogil:
-        rc = nk_batchnorm_bwd_fused(m, c, pdy, py, act, px, pg, psm, psi, pdx, pdr, pdg, pdb,
-                                    dbl)
+        rc = nk_batchnorm_bwd_fused(m, c, pdy, py, act, px, pg, psm, psi, pss, pbe, pdx, pdr,
+                                    pdg, pdb, dbl)
     if rc != 0:
         raise MemoryError("batchnorm_backward: could not allocate its workspace")
     return dx, dgamma, dbeta

@@ -3,6 +3,8 @@ and BN -> Add(shortcut) -> ReLU):
 
   batchnorm_forward(..., residual=, activation=)   out = act(BN(x) + residual)
   batchnorm_backward(..., y=, activation=, dresidual=)
+  batchnorm_backward(..., save_scale=, beta=, activation="relu")  the ReLU
+      mask recomputed from x (a forward without residual), bitwise y > 0
 
 against float64 NumPy references, bitwise against the separate kernels
 (batchnorm then add then relu; relu_backward then batchnorm_backward),
@@ -24,7 +26,7 @@ EPS = 1e-3
 # M = 1, primes (the last ones: several row blocks, threaded); C as in a
 # ResNet plus sizes around the SIMD widths
 ROWS = [1, 2, 3, 7, 13, 31, 97, 251, 1009, 4099]
-CHANNELS = [1, 3, 16, 17, 64, 130]
+CHANNELS = [1, 3, 16, 17, 32, 48, 64, 130]  # the reductions' blocks: 32, 16, tails
 
 
 # ------------------------------------------------------------ references --
@@ -113,18 +115,23 @@ def test_fused_matches_reference_separate_and_threads(m, c, nhwc, dtype, trainin
                                                       else "no"]
         mm, mv = mm0.copy(), mv0.copy()
         sm, si = np.full(c, np.nan, dtype), np.full(c, np.nan, dtype)
-        kw = (dict(training=True, moving_mean=mm, moving_var=mv, save_mean=sm, save_invstd=si)
-              if training else dict(training=False, moving_mean=mm0, moving_var=mv0))
+        ss = np.full(c, np.nan, dtype)
+        kw = (dict(training=True, moving_mean=mm, moving_var=mv, save_mean=sm, save_invstd=si,
+                   save_scale=ss)
+              if training else dict(training=False, moving_mean=mm0, moving_var=mv0,
+                                    save_scale=ss))
         with threads(nt):
             y = nk.batchnorm_forward(xin, gamma, beta, residual=rin, activation=activation,
                                      out=out, **kw)
         if out is not None:
             assert y is out
         assert y.shape == x.shape and y.dtype == x.dtype and y.flags.c_contiguous
-        runs.append((y, mm, mv, sm, si))
+        if not training:
+            assert np.isnan(ss).all()  # inference writes no statistics
+        runs.append((y, mm, mv, sm, si, ss))
     for a, b in zip(*runs):
         assert_bitwise_equal(a, b)
-    y, mm, mv, sm, si = runs[0]
+    y, mm, mv, sm, si, ss = runs[0]
 
     # ---- against the separate kernels (bitwise) and the float64 reference
     kw = (dict(training=True, save_mean=np.empty(c, dtype), save_invstd=np.empty(c, dtype))
@@ -134,6 +141,8 @@ def test_fused_matches_reference_separate_and_threads(m, c, nhwc, dtype, trainin
         y_r, mean_r, var_r, invstd_r = fwd_ref(x, gamma, beta, res, activation)
         np.testing.assert_allclose(sm, mean_r, rtol=rt, atol=at * 4)
         np.testing.assert_allclose(si, invstd_r, rtol=rt, atol=at)
+        g_r = np.ones(c) if gamma is None else gamma.astype(F64)
+        np.testing.assert_allclose(ss, g_r * invstd_r, rtol=rt, atol=at)
         np.testing.assert_allclose(mm, mm0 * 0.99 + mean_r * 0.01, rtol=rt, atol=at * 4)
         np.testing.assert_allclose(mv, mv0 * 0.99 + var_r * 0.01, rtol=rt, atol=at * 4)
     else:
@@ -161,6 +170,20 @@ def test_fused_matches_reference_separate_and_threads(m, c, nhwc, dtype, trainin
     assert_bitwise_equal(dg, sg)
     assert_bitwise_equal(db, sb)
     assert_bitwise_equal(dres, dz)
+    if relu and not with_res:
+        # the mask recomputed from x with the forward's scale and beta: the
+        # same bits as reading y, any thread count, with and without dresidual
+        for nt in (1, 2):
+            with threads(nt):
+                dres2 = np.full(shape, np.nan, dtype)
+                r = nk.batchnorm_backward(dy, x, gamma, sm, si, activation="relu",
+                                          save_scale=ss, beta=beta, dresidual=dres2)
+                r1 = nk.batchnorm_backward(dy, x, gamma, sm, si, activation="relu",
+                                           save_scale=ss, beta=beta)
+            for a, b in zip(r + (dres2,), (dx, dg, db, dres)):
+                assert_bitwise_equal(a, b)
+            for a, b in zip(r1, (dx, dg, db)):
+                assert_bitwise_equal(a, b)
     # the float64 reference
     dx_r, dg_r, db_r, dz_r = bwd_ref(dy, x, y, gamma, sm, si, activation)
     M = x.size // c
@@ -270,6 +293,20 @@ def _bn_all_variants(x, gamma, beta, res, dy, y_mask, mm0, mv0):
                                          residual=r, activation=act), mm, mv, sm, si]
             out.append(nk.batchnorm_forward(x, gamma, beta, training=False, moving_mean=mm0,
                                             moving_var=mv0, residual=r, activation=act))
+    # the ReLU mask recomputed from x (forward without residual) is the mask
+    # of y, bitwise, on every path (NaNs compared as NaNs: where two meet,
+    # which one propagates follows each loop's operand order)
+    sm, si, ss = (np.empty(c, x.dtype) for _ in range(3))
+    yf = nk.batchnorm_forward(x, gamma, beta, training=True, save_mean=sm, save_invstd=si,
+                              save_scale=ss, activation="relu")
+    for dres in (None, np.empty_like(x)):
+        bx = nk.batchnorm_backward(dy, x, gamma, sm, si, activation="relu", save_scale=ss,
+                                   beta=beta, dresidual=dres)
+        by = nk.batchnorm_backward(dy, x, gamma, sm, si, activation="relu", y=yf)
+        for a, b in zip(bx, by):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            assert_bitwise_equal(a[~np.isnan(a)], b[~np.isnan(b)])
+        out += list(bx) + [ss] + ([dres] if dres is not None else [])
     # the backward on statistics from the generic path (fixed inputs)
     sm, si = mm0, 1.0 / np.sqrt(mv0 + np.asarray(EPS, x.dtype))
     for act in (None, "relu"):
@@ -283,7 +320,7 @@ def _bn_all_variants(x, gamma, beta, res, dy, y_mask, mm0, mv0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("c", [1, 3, 4, 8, 16, 17, 33, 64])
+@pytest.mark.parametrize("c", [1, 3, 4, 8, 16, 17, 32, 33, 48, 64])
 def test_isa_paths_bitwise(dtype, c):
     """Every ISA path this CPU has, with 1 and 2 threads, gives the same bits
     for every variant (plain and fused): the loops differ only in vector
@@ -505,6 +542,15 @@ def test_fused_backward_errors():
 
     with pytest.raises(ValueError, match="needs y"):
         bwd(activation="relu")
+    with pytest.raises(ValueError, match="needs y, the forward's output, or the forward's "
+                                         "save_scale"):
+        bwd(activation="relu", beta=v)
+    with pytest.raises(ValueError, match="save_scale"):
+        bwd(activation="relu", save_scale=np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="save_scale"):
+        bwd(activation="relu", save_scale=np.ones(3))
+    with pytest.raises(ValueError, match="beta"):
+        bwd(activation="relu", save_scale=v, beta=np.ones(4, np.float32))
     with pytest.raises(ValueError, match=r"y has shape \(4, 2\), expected dy's \(4, 3\)"):
         bwd(activation="relu", y=np.zeros((4, 2), np.float32))
     with pytest.raises(TypeError, match="y has dtype float64"):
@@ -577,4 +623,67 @@ def test_fused_backward_zero_rows_and_plain_path():
     r = nk.batchnorm_backward(dy, x, None, sm, si, dresidual=dres, activation="linear")
     assert_bitwise_equal(dres, dy)
     for a, b in zip(r, nk.batchnorm_backward(dy, x, None, sm, si)):
+        assert_bitwise_equal(a, b)
+
+
+# ------------------------------------- the mask from x: reference and model --
+
+def test_reference_ops_mask_from_x():
+    """The NumPy reference Ops take save_scale / beta as the kernels do: the
+    same gradients as with y (a forward without residual), and the scale
+    applied is gamma * invstd."""
+    from pynn import backend
+    ops = backend.Ops()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 6)) * 2 + 1
+    gamma, beta = rng.uniform(0.5, 1.5, 6), rng.standard_normal(6)
+    dy = rng.standard_normal((40, 6))
+    sm, si, ss = np.empty(6), np.empty(6), np.empty(6)
+    y = ops.batchnorm_forward(x, gamma, beta, training=True, moving_mean=np.zeros(6),
+                              moving_var=np.ones(6), save_mean=sm, save_invstd=si,
+                              save_scale=ss, activation="relu")
+    np.testing.assert_allclose(ss, gamma * si, rtol=1e-15)
+    assert (y == 0).any() and (y > 0).any()
+    by = ops.batchnorm_backward(dy, x, gamma, sm, si, y=y, activation="relu",
+                                dgamma=np.empty(6), dbeta=np.empty(6))
+    bx = ops.batchnorm_backward(dy, x, gamma, sm, si, save_scale=ss, beta=beta,
+                                activation="relu", dgamma=np.empty(6), dbeta=np.empty(6))
+    for a, b in zip(bx, by):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # and the kernels agree with it
+    kx = nk.batchnorm_backward(dy, x, gamma, sm, si, save_scale=ss, beta=beta,
+                               activation="relu")
+    for a, b in zip(kx, bx):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_model_mask_from_x_same_bits(monkeypatch):
+    """A Conv -> BN -> ReLU model (the BN and ReLU fused into one plan node)
+    trains to the same bits whether its backward reads y for the ReLU mask
+    or recomputes it from x (the CPU backend's choice); the fused node does
+    use the recomputed mask."""
+    import pynn as keras
+    from pynn.backend.cpu import CPUOps
+
+    rng = np.random.default_rng(6)
+    xb = rng.standard_normal((16, 9, 9, 3)).astype(np.float32)
+    yb = rng.integers(0, 4, 16)
+
+    def train(from_x):
+        monkeypatch.setattr(CPUOps, "bn_relu_mask_from_x", from_x)
+        keras.utils.set_random_seed(3)
+        m = keras.Sequential([keras.Input((9, 9, 3)), keras.layers.Conv2D(8, 3),
+                              keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                              keras.layers.Flatten(), keras.layers.Dense(4)])
+        m.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for _ in range(3):
+            m.train_on_batch(xb, yb)
+        bn = m.layers[1]
+        return m.get_weights(), bn.ctx.scale is not None
+
+    w_x, used_x = train(True)
+    w_y, used_y = train(False)
+    assert used_x and not used_y
+    for a, b in zip(w_x, w_y):
         assert_bitwise_equal(a, b)

@@ -6,11 +6,16 @@
  *   T     float or double        TI   unsigned integer of T's width
  *   S     s or d (names)         ISA  generic, avx2 or avx512 (names)
  *   BN_MASK_INT  1: the reduction's ReLU mask through an integer AND (float)
+ *   BN_VEC       1: the vector-extension loops (AVX2, AVX-512); 0: only
+ *                the plain ones (the generic path: 32-byte vectors split
+ *                in two without AVX ran twice as slow as the plain loops)
  * It defines static functions BN_FN(name) = name_S_ISA and the table
  * nk_bn_kern_S_ISA (nk_bn_kern.h).
  *
- * One plain-C body for every ISA, auto-vectorised across channels (the j
- * loops); only the vector width differs.  The results are bitwise the same
+ * One C body for every ISA: on the AVX paths the loops over whole vectors
+ * of channels are written with GCC / Clang vector extensions (below), the
+ * rest (and the generic path) are plain loops auto-vectorised across
+ * channels (the j loops).  The results are bitwise the same
  * on every path: each element sees the same operations in the same order
  * (vectorising across channels does not reorder the per-channel sums, which
  * run over the rows of the block in row order), and nk_bn_kern.c compiles
@@ -23,7 +28,9 @@
  *
  * Fused epilogues: a residual block's BN -> ReLU and BN -> Add(shortcut) ->
  * ReLU in the one write pass each way, and in the backward the ReLU mask
- * applied on the fly in the reduction pass too.  Each element is computed
+ * applied on the fly in the reduction pass too, read from the forward's
+ * output y or, without residual, recomputed from x (one array fewer to read
+ * in both passes).  Each element is computed
  * with the operations, in T and in the order, of the unfused kernels
  * followed by the separate elementwise ones (z = bn + res, then relu: z <= 0
  * ? 0 : z, NaN kept; backward mask: y > 0 ? dy : 0, as nk_relu /
@@ -55,14 +62,126 @@ static inline T BN_FN(bn_mask)(T g, T y)
 #endif
 }
 
-/* s[c] += x - k, q[c] += (x - k)^2 over rows [r0, r1), in double */
+/* The reductions keep the double sums of a block of channels in registers
+ * across the rows (GCC / Clang vector extensions: ng groups of 4 lanes, T
+ * converted to double; blocks of 32 channels where c is a multiple of 32,
+ * else of 16); per-channel sums kept in memory chain each row's addition
+ * through a store and a reload, which made these passes latency bound at
+ * about half the memory bandwidth.  The channels past the last whole block
+ * go through the plain loops.  Each channel still adds its rows in row
+ * order, with the same operations: the same bits. */
+#define BN_NGMAX 8
+#define BN_NG(c) ((c) % 32 == 0 ? 8 : 4)
+#define BN_INL static inline __attribute__((always_inline))
+#define BN_V4D BN_CAT(bn_v4d, S, ISA)
+#define BN_VT4 BN_CAT(bn_vt4, S, ISA)
+#define BN_VT4I BN_CAT(bn_vt4i, S, ISA)
+#define BN_VV BN_CAT(bn_vv, S, ISA)
+#define BN_VVI BN_CAT(bn_vvi, S, ISA)
+#define BN_VL ((int)(32 / sizeof(T))) /* lanes of BN_VV */
+typedef double BN_V4D __attribute__((vector_size(32)));
+typedef T BN_VT4 __attribute__((vector_size(4 * sizeof(T))));
+typedef TI BN_VT4I __attribute__((vector_size(4 * sizeof(T))));
+typedef T BN_VV __attribute__((vector_size(32)));
+typedef TI BN_VVI __attribute__((vector_size(32)));
+
+static inline BN_VV BN_FN(bn_ldv)(const T *p)
+{
+    BN_VV v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void BN_FN(bn_stv)(T *p, BN_VV v) { memcpy(p, &v, sizeof v); }
+
+static inline BN_V4D BN_FN(bn_ld4d)(const double *p)
+{
+    BN_V4D v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The reductions work on groups of 4 values, T converted to double; the
+ * conversion goes lane by lane, which GCC 12 compiles to one VCVTPS2PD
+ * (__builtin_convertvector from 4 floats: two 2-lane conversions and an
+ * insert; 8-float vectors taken apart in halves went through general
+ * registers or cost more than the 4-lane masks) */
+static inline BN_VT4 BN_FN(bn_ldt4)(const T *p)
+{
+    BN_VT4 t;
+    memcpy(&t, p, sizeof t);
+    return t;
+}
+
+static inline BN_V4D BN_FN(bn_cvt4)(BN_VT4 t)
+{
+    return (BN_V4D){(double)t[0], (double)t[1], (double)t[2], (double)t[3]};
+}
+
+static inline BN_V4D BN_FN(bn_ld4)(const T *p) { return BN_FN(bn_cvt4)(BN_FN(bn_ldt4)(p)); }
+
+/* g where v > 0, else +0, on 4 lanes */
+static inline BN_VT4 BN_FN(bn_vpos4)(BN_VT4 g, BN_VT4 v)
+{
+    const BN_VT4 z = {0};
+    return (BN_VT4)((BN_VT4I)g & (BN_VT4I)(v > z));
+}
+
+/* g where v > 0, else +0 (bn_mask on a vector) */
+static inline BN_VV BN_FN(bn_vpos)(BN_VV g, BN_VV v)
+{
+    const BN_VV z = {0};
+    return (BN_VV)((BN_VVI)g & (BN_VVI)(v > z));
+}
+
+/* v <= 0 ? +0 : v (NaN kept) */
+static inline BN_VV BN_FN(bn_vrelu)(BN_VV v)
+{
+    const BN_VV z = {0};
+    return (BN_VV)((BN_VVI)v & ~(BN_VVI)(v <= z));
+}
+
+/* the channel blocks of bn_sums, ng groups of 4 each; returns the first
+ * channel not done */
+BN_INL int64_t BN_FN(bn_sums_blk)(const T *restrict x, int64_t c, int64_t r0, int64_t r1,
+                                  const double *restrict k, double *restrict s,
+                                  double *restrict q, const int ng)
+{
+    int64_t j0 = 0;
+    for (; j0 + 4 * ng <= c; j0 += 4 * ng) {
+        BN_V4D kv[BN_NGMAX], as[BN_NGMAX], aq[BN_NGMAX];
+        for (int g = 0; g < ng; g++) {
+            kv[g] = BN_FN(bn_ld4d)(k + j0 + 4 * g);
+            as[g] = aq[g] = (BN_V4D){0};
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            const T *restrict xr = x + r * c + j0;
+            for (int g = 0; g < ng; g++) {
+                const BN_V4D d = BN_FN(bn_ld4)(xr + 4 * g) - kv[g];
+                as[g] += d;
+                aq[g] += d * d;
+            }
+        }
+        for (int g = 0; g < ng; g++) {
+            memcpy(s + j0 + 4 * g, &as[g], sizeof as[g]);
+            memcpy(q + j0 + 4 * g, &aq[g], sizeof aq[g]);
+        }
+    }
+    return j0;
+}
+
+/* s[c] = sum (x - k), q[c] = sum (x - k)^2 over rows [r0, r1), in double */
 static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r1,
                            const double *restrict k, double *restrict s, double *restrict q)
 {
-    for (int64_t j = 0; j < c; j++) s[j] = q[j] = 0.0;
+    const int64_t j0 = !BN_VEC        ? 0
+                       : BN_NG(c) == 8 ? BN_FN(bn_sums_blk)(x, c, r0, r1, k, s, q, 8)
+                                       : BN_FN(bn_sums_blk)(x, c, r0, r1, k, s, q, 4);
+    if (j0 == c) return;
+    for (int64_t j = j0; j < c; j++) s[j] = q[j] = 0.0;
     for (int64_t r = r0; r < r1; r++) {
         const T *restrict xr = x + r * c;
-        for (int64_t j = 0; j < c; j++) {
+        for (int64_t j = j0; j < c; j++) {
             const double d = (double)xr[j] - k[j];
             s[j] += d;
             q[j] += d * d;
@@ -70,10 +189,28 @@ static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r
     }
 }
 
+/* The write passes run each row's channels as 32-byte vectors up to the
+ * last whole one (j0), then the rest element by element (BN_ROWS from j0):
+ * the auto-vectorised row loop of c = 16 or 32 elements paid a loop set-up
+ * and an aliasing check per row.  Same operations per element, in the same
+ * order: the same bits.  Loads and stores go through memcpy in program
+ * order, so y / dx / dres may alias their inputs as documented. */
+/* rows [r0, r1), channels [0, j0) with j0 = c rounded down to whole vectors:
+ * BODY sees i_ (the element index of vector k) and jk (its channel) */
+#define BN_VROWS(BODY)                                                                   \
+    for (int64_t r = r0; r < r1; r++) {                                                  \
+        const int64_t o_ = r * c;                                                        \
+        for (int64_t jk = 0; jk < j0; jk += BN_VL) {                                     \
+            const int64_t i_ = o_ + jk;                                                  \
+            BODY;                                                                        \
+        }                                                                                \
+    }
+#define BN_P(p) BN_FN(bn_ldv)((p) + jk)
+
 #define BN_ROWS(BODY)                                                                    \
     for (int64_t r = r0; r < r1; r++) {                                                  \
         const int64_t o_ = r * c;                                                        \
-        for (int64_t j = 0; j < c; j++) {                                                \
+        for (int64_t j = j0; j < c; j++) {                                               \
             BODY;                                                                        \
         }                                                                                \
     }
@@ -84,6 +221,19 @@ static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_
                                int64_t r1, const T *restrict mu, const T *restrict sc,
                                const T *restrict sh, int relu)
 {
+    const int64_t j0 = BN_VEC ? c - c % BN_VL : 0;
+#define BN_AFF ((BN_FN(bn_ldv)(x + i_) - BN_P(mu)) * BN_P(sc) + BN_P(sh))
+    if (res && relu) {
+        BN_VROWS(BN_FN(bn_stv)(y + i_, BN_FN(bn_vrelu)(BN_AFF + BN_FN(bn_ldv)(res + i_))))
+    } else if (res) {
+        BN_VROWS(BN_FN(bn_stv)(y + i_, BN_AFF + BN_FN(bn_ldv)(res + i_)))
+    } else if (relu) {
+        BN_VROWS(BN_FN(bn_stv)(y + i_, BN_FN(bn_vrelu)(BN_AFF)))
+    } else {
+        BN_VROWS(BN_FN(bn_stv)(y + i_, BN_AFF))
+    }
+#undef BN_AFF
+    if (j0 == c) return;
     if (res && relu) {
         BN_ROWS(const T v = (x[o_ + j] - mu[j]) * sc[j] + sh[j] + res[o_ + j];
                 y[o_ + j] = v <= (T)0 ? (T)0 : v)
@@ -93,27 +243,91 @@ static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_
         BN_ROWS(const T v = (x[o_ + j] - mu[j]) * sc[j] + sh[j];
                 y[o_ + j] = v <= (T)0 ? (T)0 : v)
     } else {
-        for (int64_t r = r0; r < r1; r++) {
-            const T *xr = x + r * c;
-            T *yr = y + r * c;
-            for (int64_t j = 0; j < c; j++) yr[j] = (xr[j] - mu[j]) * sc[j] + sh[j];
-        }
+        BN_ROWS(y[o_ + j] = (x[o_ + j] - mu[j]) * sc[j] + sh[j])
     }
 }
 
-/* sd[c] += dz, sx[c] += dz * (x - mu) over rows [r0, r1), in double; dz = dy,
- * or y > 0 ? dy : 0 when y (the forward output, for the ReLU mask) is given */
+/* the channel blocks of bn_bsums, ng groups of 4 each; returns the first
+ * channel not done */
+BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
+                                   const T *restrict x, int64_t c, int64_t r0, int64_t r1,
+                                   const double *restrict mu, const T *restrict mmu,
+                                   const T *restrict msc, const T *restrict msh,
+                                   double *restrict sd, double *restrict sx, const int ng)
+{
+    int64_t j0 = 0;
+    for (; j0 + 4 * ng <= c; j0 += 4 * ng) {
+        BN_V4D mv[BN_NGMAX], ad[BN_NGMAX], ax[BN_NGMAX];
+        for (int g = 0; g < ng; g++) {
+            mv[g] = BN_FN(bn_ld4d)(mu + j0 + 4 * g);
+            ad[g] = ax[g] = (BN_V4D){0};
+        }
+#define BN_BSUM_ROWS(DZ)                                                                 \
+    for (int64_t r = r0; r < r1; r++) {                                                  \
+        const int64_t o_ = r * c + j0;                                                   \
+        for (int g = 0; g < ng; g++) {                                                   \
+            const int64_t i_ = o_ + 4 * g;                                               \
+            const BN_V4D dz = BN_FN(bn_cvt4)(DZ);                                         \
+            ad[g] += dz;                                                                 \
+            ax[g] += dz * (BN_FN(bn_ld4)(x + i_) - mv[g]);                               \
+        }                                                                                \
+    }
+        if (y) {
+            BN_BSUM_ROWS(BN_FN(bn_vpos4)(BN_FN(bn_ldt4)(dy + i_), BN_FN(bn_ldt4)(y + i_)))
+        } else if (msc) {
+            BN_VT4 pm[BN_NGMAX], ps[BN_NGMAX], ph[BN_NGMAX];
+            for (int g = 0; g < ng; g++) {
+                pm[g] = BN_FN(bn_ldt4)(mmu + j0 + 4 * g);
+                ps[g] = BN_FN(bn_ldt4)(msc + j0 + 4 * g);
+                ph[g] = BN_FN(bn_ldt4)(msh + j0 + 4 * g);
+            }
+            BN_BSUM_ROWS(BN_FN(bn_vpos4)(BN_FN(bn_ldt4)(dy + i_),
+                                         (BN_FN(bn_ldt4)(x + i_) - pm[g]) * ps[g] + ph[g]))
+        } else {
+            BN_BSUM_ROWS(BN_FN(bn_ldt4)(dy + i_))
+        }
+#undef BN_BSUM_ROWS
+        for (int g = 0; g < ng; g++) {
+            memcpy(sd + j0 + 4 * g, &ad[g], sizeof ad[g]);
+            memcpy(sx + j0 + 4 * g, &ax[g], sizeof ax[g]);
+        }
+    }
+    return j0;
+}
+
+/* sd[c] = sum dz, sx[c] = sum dz * (x - mu) over rows [r0, r1), in double;
+ * dz = dy, or, for the ReLU mask, y > 0 ? dy : 0 when y (the forward output)
+ * is given, else v > 0 ? dy : 0 when msc is given, with v = (x - mmu) * msc
+ * + msh the forward's pre-activation recomputed in T as bn_apply_ep computes
+ * it (a forward without residual: then v > 0 exactly where y > 0, NaN
+ * included) */
 static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const T *restrict x,
                             int64_t c, int64_t r0, int64_t r1, const double *restrict mu,
-                            double *restrict sd, double *restrict sx)
+                            const T *restrict mmu, const T *restrict msc,
+                            const T *restrict msh, double *restrict sd, double *restrict sx)
 {
-    for (int64_t j = 0; j < c; j++) sd[j] = sx[j] = 0.0;
+    const int64_t j0 =
+        !BN_VEC         ? 0
+        : BN_NG(c) == 8 ? BN_FN(bn_bsums_blk)(dy, y, x, c, r0, r1, mu, mmu, msc, msh, sd, sx, 8)
+                        : BN_FN(bn_bsums_blk)(dy, y, x, c, r0, r1, mu, mmu, msc, msh, sd, sx, 4);
+    if (j0 == c) return;
+    for (int64_t j = j0; j < c; j++) sd[j] = sx[j] = 0.0;
     if (y) {
         for (int64_t r = r0; r < r1; r++) {
             const T *restrict dr = dy + r * c, *restrict yr = y + r * c;
             const T *restrict xr = x + r * c;
-            for (int64_t j = 0; j < c; j++) {
+            for (int64_t j = j0; j < c; j++) {
                 const double g = (double)BN_FN(bn_mask)(dr[j], yr[j]);
+                sd[j] += g;
+                sx[j] += g * ((double)xr[j] - mu[j]);
+            }
+        }
+    } else if (msc) {
+        for (int64_t r = r0; r < r1; r++) {
+            const T *restrict dr = dy + r * c, *restrict xr = x + r * c;
+            for (int64_t j = j0; j < c; j++) {
+                const T v = (xr[j] - mmu[j]) * msc[j] + msh[j];
+                const double g = (double)BN_FN(bn_mask)(dr[j], v);
                 sd[j] += g;
                 sx[j] += g * ((double)xr[j] - mu[j]);
             }
@@ -121,7 +335,7 @@ static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const T *
     } else {
         for (int64_t r = r0; r < r1; r++) {
             const T *restrict dr = dy + r * c, *restrict xr = x + r * c;
-            for (int64_t j = 0; j < c; j++) {
+            for (int64_t j = j0; j < c; j++) {
                 const double g = (double)dr[j];
                 sd[j] += g;
                 sx[j] += g * ((double)xr[j] - mu[j]);
@@ -130,12 +344,45 @@ static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const T *
     }
 }
 
-/* dx = a*(dz - e) + b*(x - mu) on rows [r0, r1), dz = (y ? (y > 0 ? dy : 0) :
- * dy), and dres = dz when dres != NULL; dx and dres may each be dy */
+/* dx = a*(dz - e) + b*(x - mu) on rows [r0, r1), dz as in bn_bsums (mask from
+ * y, else from x with msc / msh when msc is given, else none), and dres = dz
+ * when dres != NULL; dx and dres may each be dy */
 static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres, int64_t c,
                             int64_t r0, int64_t r1, const T *restrict mu, const T *restrict a,
-                            const T *restrict b, const T *restrict e)
+                            const T *restrict b, const T *restrict e, const T *restrict msc,
+                            const T *restrict msh)
 {
+    const int64_t j0 = BN_VEC ? c - c % BN_VL : 0;
+    /* dz of the vector from its mask, then dx (and dres) */
+#define BN_DX(DZ, D)                                                                     \
+    const BN_VV d_ = (D);                                                                \
+    const BN_VV g_ = (DZ);                                                               \
+    BN_FN(bn_stv)(dx + i_, BN_P(a) * (g_ - BN_P(e)) + BN_P(b) * d_)
+#define BN_DXR(DZ, D)                                                                    \
+    BN_DX(DZ, D);                                                                        \
+    BN_FN(bn_stv)(dres + i_, g_)
+#define BN_YZ BN_FN(bn_vpos)(BN_FN(bn_ldv)(dy + i_), BN_FN(bn_ldv)(y + i_))
+#define BN_XD (BN_FN(bn_ldv)(x + i_) - BN_P(mu))
+#define BN_XZ BN_FN(bn_vpos)(BN_FN(bn_ldv)(dy + i_), d_ * BN_P(msc) + BN_P(msh))
+    if (y && dres) {
+        BN_VROWS(BN_DXR(BN_YZ, BN_XD))
+    } else if (y) {
+        BN_VROWS(BN_DX(BN_YZ, BN_XD))
+    } else if (msc && dres) {
+        BN_VROWS(BN_DXR(BN_XZ, BN_XD))
+    } else if (msc) {
+        BN_VROWS(BN_DX(BN_XZ, BN_XD))
+    } else if (dres) {
+        BN_VROWS(BN_DXR(BN_FN(bn_ldv)(dy + i_), BN_XD))
+    } else {
+        BN_VROWS(BN_DX(BN_FN(bn_ldv)(dy + i_), BN_XD))
+    }
+#undef BN_DX
+#undef BN_DXR
+#undef BN_YZ
+#undef BN_XD
+#undef BN_XZ
+    if (j0 == c) return;
     if (y && dres) {
         BN_ROWS(const T gt = dy[o_ + j]; const T xv = x[o_ + j];
                 const T g = y[o_ + j] > (T)0 ? gt : (T)0;
@@ -145,16 +392,21 @@ static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres,
         BN_ROWS(const T gt = dy[o_ + j]; const T xv = x[o_ + j];
                 const T g = y[o_ + j] > (T)0 ? gt : (T)0;
                 dx[o_ + j] = a[j] * (g - e[j]) + b[j] * (xv - mu[j]))
+    } else if (msc && dres) {
+        BN_ROWS(const T gt = dy[o_ + j]; const T d = x[o_ + j] - mu[j];
+                const T g = d * msc[j] + msh[j] > (T)0 ? gt : (T)0;
+                dx[o_ + j] = a[j] * (g - e[j]) + b[j] * d;
+                dres[o_ + j] = g)
+    } else if (msc) {
+        BN_ROWS(const T gt = dy[o_ + j]; const T d = x[o_ + j] - mu[j];
+                const T g = d * msc[j] + msh[j] > (T)0 ? gt : (T)0;
+                dx[o_ + j] = a[j] * (g - e[j]) + b[j] * d)
     } else if (dres) {
         BN_ROWS(const T g = dy[o_ + j]; const T xv = x[o_ + j];
                 dx[o_ + j] = a[j] * (g - e[j]) + b[j] * (xv - mu[j]);
                 dres[o_ + j] = g)
     } else {
-        for (int64_t r = r0; r < r1; r++) {
-            const T *dr = dy + r * c, *restrict xr = x + r * c;
-            T *o = dx + r * c;
-            for (int64_t j = 0; j < c; j++) o[j] = a[j] * (dr[j] - e[j]) + b[j] * (xr[j] - mu[j]);
-        }
+        BN_ROWS(dx[o_ + j] = a[j] * (dy[o_ + j] - e[j]) + b[j] * (x[o_ + j] - mu[j]))
     }
 }
 
@@ -166,6 +418,17 @@ const BN_CAT(nk_bn, kern, S) BN_CAT(nk_bn_kern, S, ISA) = {
 };
 
 #undef BN_ROWS
+#undef BN_VROWS
+#undef BN_P
+#undef BN_VV
+#undef BN_VVI
+#undef BN_VL
+#undef BN_NGMAX
+#undef BN_NG
+#undef BN_INL
+#undef BN_V4D
+#undef BN_VT4
+#undef BN_VT4I
 #undef BN_FN
 #undef BN_CAT
 #undef BN_CAT_

@@ -25,6 +25,10 @@
 #elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
 #endif
+#if defined(__GNUC__)
+/* the reductions' 32-byte vector helpers are static inline: no ABI crosses */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #include <stdint.h>
 #include <string.h>
 #include "nk_internal.h"
@@ -40,7 +44,10 @@
 #endif
 
 #define ISA generic
+#define BN_VEC 0
 #include "nk_bn_inst.h"
+#undef BN_VEC
+#define BN_VEC 1
 
 #if NK_X86
 NK_TARGET_BEGIN_(NK_BN_FLAGS_AVX2)
@@ -53,6 +60,7 @@ NK_TARGET_BEGIN_(NK_BN_FLAGS_AVX512)
 #include "nk_bn_inst.h"
 NK_TARGET_END
 #endif
+#undef BN_VEC
 
 const nk_bn_kern_s *nk_bn_kern_s_current(void)
 {

@@ -423,13 +423,13 @@ static void bn_blocks(int64_t m, int64_t c, int64_t *nb, int64_t *bs)
 }
 
 /* The workspace of the training forward and of the backward: c doubles (per
- * channel), then 2 c doubles of partial sums per row block, then three
+ * channel), then 2 c doubles of partial sums per row block, then four
  * per-channel vectors of T. */
 typedef struct {
     int64_t nb, bs; /* row blocks and their size (bn_blocks) */
     int slot;
     double *vec, *part;
-    void *t[3];
+    void *t[4];
 } bn_ws;
 
 static int bn_ws_get(int64_t m, int64_t c, int dbl, bn_ws *w)
@@ -437,12 +437,12 @@ static int bn_ws_get(int64_t m, int64_t c, int dbl, bn_ws *w)
     bn_blocks(m, c, &w->nb, &w->bs);
     const size_t es = dbl ? 8 : 4;
     const size_t bytes =
-        sizeof(double) * (size_t)c * (size_t)(1 + 2 * w->nb) + 3 * es * (size_t)c + 64;
+        sizeof(double) * (size_t)c * (size_t)(1 + 2 * w->nb) + 4 * es * (size_t)c + 64;
     w->vec = (double *)nk_ws_acquire(bytes, &w->slot);
     if (!w->vec) return -1;
     w->part = w->vec + c;
     char *t = (char *)(w->part + 2 * w->nb * c);
-    for (int i = 0; i < 3; i++) w->t[i] = t + (size_t)i * es * (size_t)c;
+    for (int i = 0; i < 4; i++) w->t[i] = t + (size_t)i * es * (size_t)c;
     return 0;
 }
 
@@ -498,13 +498,14 @@ int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *g
 {
     return nk_batchnorm_fwd_train_fused(m, c, x_mc, NULL, gamma, beta, y_mc, NK_ACT_NONE, eps,
                                         momentum, moving_mean, moving_var, save_mean,
-                                        save_invstd, dbl);
+                                        save_invstd, NULL, dbl);
 }
 
 int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
                                  const void *gamma, const void *beta, void *y_mc, int act,
                                  double eps, double momentum, void *moving_mean,
-                                 void *moving_var, void *save_mean, void *save_invstd, int dbl)
+                                 void *moving_var, void *save_mean, void *save_invstd,
+                                 void *save_scale, int dbl)
 {
     if (m <= 0 || c <= 0) return 0;
     const int64_t es = dbl ? 8 : 4;
@@ -540,6 +541,7 @@ int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const v
         st(sh, j, beta ? ld(beta, j, dbl) : 0.0, dbl);
         if (save_mean) st(save_mean, j, mean, dbl);
         if (save_invstd) st(save_invstd, j, invstd, dbl);
+        if (save_scale) st(save_scale, j, gj * invstd, dbl);
         if (moving_mean)
             st(moving_mean, j, ld(moving_mean, j, dbl) * momentum + mean * (1.0 - momentum), dbl);
         if (moving_var)
@@ -584,16 +586,21 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
                      void *dx_mc, void *dgamma, void *dbeta, int dbl)
 {
     return nk_batchnorm_bwd_fused(m, c, dy_mc, NULL, NK_ACT_NONE, x_mc, gamma, save_mean,
-                                  save_invstd, dx_mc, NULL, dgamma, dbeta, dbl);
+                                  save_invstd, NULL, NULL, dx_mc, NULL, dgamma, dbeta, dbl);
 }
 
 int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *y_mc, int act,
                            const void *x_mc, const void *gamma, const void *save_mean,
-                           const void *save_invstd, void *dx_mc, void *dres_mc, void *dgamma,
+                           const void *save_invstd, const void *mask_scale,
+                           const void *mask_shift, void *dx_mc, void *dres_mc, void *dgamma,
                            void *dbeta, int dbl)
 {
-    /* the relu mask reads y; without relu y is not used */
-    const void *ym = act == NK_ACT_RELU ? y_mc : NULL;
+    /* the relu mask reads y, else recomputes the pre-activation from x with
+     * mask_scale / mask_shift; without relu neither is used */
+    const int relu = act == NK_ACT_RELU;
+    const void *ym = relu ? y_mc : NULL;
+    const void *msc = relu && !ym ? mask_scale : NULL;
+    if (relu && !ym && !msc) return -2;
     if (c <= 0) return 0;
     if (m <= 0) {
         for (int64_t j = 0; j < c; j++) {
@@ -603,11 +610,19 @@ int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *
         return 0;
     }
     const int64_t es = dbl ? 8 : 4;
-    bn_ws w; /* vec: save_mean in double; T vectors: a, bb, e */
+    bn_ws w; /* vec: save_mean in double; T vectors: a, bb, e, the mask's shift */
     if (bn_ws_get(m, c, dbl, &w)) return -1;
     const int64_t nb = w.nb, bs = w.bs;
     double *mud = w.vec, *part = w.part;
     void *a = w.t[0], *bb = w.t[1], *e = w.t[2];
+    const void *msh = NULL;
+    if (msc) {
+        if (mask_shift) msh = mask_shift;
+        else {
+            for (int64_t j = 0; j < c; j++) st(w.t[3], j, 0.0, dbl);
+            msh = w.t[3];
+        }
+    }
     for (int64_t j = 0; j < c; j++) mud[j] = ld(save_mean, j, dbl);
     const nk_bn_kern_s *ks = nk_bn_kern_s_current();
     const nk_bn_kern_d *kd = nk_bn_kern_d_current();
@@ -618,10 +633,12 @@ int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *
         double *sd = part + 2 * b * c, *sx = sd + c;
         if (dbl)
             kd->bsums((const double *)dy_mc, (const double *)ym, (const double *)x_mc, c, r0, r1,
-                      mud, sd, sx);
+                      mud, (const double *)save_mean, (const double *)msc,
+                      (const double *)msh, sd, sx);
         else
             ks->bsums((const float *)dy_mc, (const float *)ym, (const float *)x_mc, c, r0, r1,
-                      mud, sd, sx);
+                      mud, (const float *)save_mean, (const float *)msc, (const float *)msh,
+                      sd, sx);
     }
     const double dm = (double)m;
     for (int64_t j = 0; j < c; j++) {
@@ -645,11 +662,13 @@ int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *
         if (dbl)
             kd->dx_ep((const double *)dy_mc, (const double *)ym, (const double *)x_mc,
                       (double *)dx_mc, (double *)dres_mc, c, r0, r1, (const double *)save_mean,
-                      (const double *)a, (const double *)bb, (const double *)e);
+                      (const double *)a, (const double *)bb, (const double *)e,
+                      (const double *)msc, (const double *)msh);
         else
             ks->dx_ep((const float *)dy_mc, (const float *)ym, (const float *)x_mc,
                       (float *)dx_mc, (float *)dres_mc, c, r0, r1, (const float *)save_mean,
-                      (const float *)a, (const float *)bb, (const float *)e);
+                      (const float *)a, (const float *)bb, (const float *)e,
+                      (const float *)msc, (const float *)msh);
     }
     nk_ws_release(w.vec, w.slot);
     return 0;

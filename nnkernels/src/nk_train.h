@@ -119,19 +119,25 @@ int nk_batchnorm_bwd(int64_t m, int64_t c, const void *dy_mc, const void *x_mc,
  * (res_mc: (m, c) or NULL, added after the affine transform), relu(z) =
  * z <= 0 ? 0 : z (NaN kept), in T and in that order: bitwise the result of
  * the unfused kernel followed by a separate add and relu.  y may equal x
- * and/or res (element i is read before it is written); no other overlap. */
+ * and/or res (element i is read before it is written); no other overlap.
+ * save_scale (may be NULL): receives the scale applied, gamma * invstd
+ * rounded to T, for the backward's ReLU mask recomputed from x. */
 int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
                                  const void *gamma, const void *beta, void *y_mc, int act,
                                  double eps, double momentum, void *moving_mean,
                                  void *moving_var, void *save_mean, void *save_invstd,
-                                 int dbl);
+                                 void *save_scale, int dbl);
 int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
                                  const void *gamma, const void *beta, const void *moving_mean,
                                  const void *moving_var, double eps, void *y_mc, int act,
                                  int dbl);
 
-/* Backward of the fused forward: with act == NK_ACT_RELU (y_mc: the forward
- * output, required) dz = y > 0 ? dy : 0, else dz = dy (y_mc unused); dz,
+/* Backward of the fused forward: with act == NK_ACT_RELU dz = y > 0 ? dy : 0
+ * where y_mc (the forward output) is given, else dz = v > 0 ? dy : 0 with
+ * v = (x - save_mean) * mask_scale + mask_shift, the pre-activation of a
+ * forward without residual recomputed in T (mask_scale: the forward's
+ * save_scale, required then; mask_shift: its beta, NULL for 0): the same
+ * mask, bitwise, without reading y.  Without relu dz = dy (y_mc unused); dz,
  * computed on the fly in both the reduction and the write pass, replaces dy
  * in nk_batchnorm_bwd, and dres (may be NULL) = dz is written in the write
  * pass (the gradient of the residual input).  Bitwise the result of a
@@ -139,7 +145,8 @@ int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const v
  * each (not both) equal dy; no other overlap. */
 int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *y_mc, int act,
                            const void *x_mc, const void *gamma, const void *save_mean,
-                           const void *save_invstd, void *dx_mc, void *dres_mc, void *dgamma,
+                           const void *save_invstd, const void *mask_scale,
+                           const void *mask_shift, void *dx_mc, void *dres_mc, void *dgamma,
                            void *dbeta, int dbl);
 
 #ifdef __cplusplus

@@ -666,6 +666,9 @@ class GPUOps(Ops):
         return DeviceResult(host, ev, check)
 
     # -- batch normalisation -----------------------------------------------
+    # the ReLU mask of the batch-norm backward is read from y
+    bn_relu_mask_from_x = False
+
     def batchnorm_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
                           momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None,
                           residual=None, activation=None):

@@ -728,13 +728,18 @@ class Ops:
         return fn(self.xp, y_pred, y_true, need_grad, **params)
 
     # -- batch normalisation -----------------------------------------------
+    # batchnorm_forward's save_scale and batchnorm_backward's save_scale /
+    # beta (the ReLU mask recomputed from x) are implemented
+    bn_relu_mask_from_x = True
+
     def batchnorm_forward(self, x, gamma, beta, *, training, moving_mean, moving_var,
                           momentum=0.99, epsilon=1e-3, out=None, save_mean=None, save_invstd=None,
-                          residual=None, activation=None):
+                          residual=None, activation=None, save_scale=None):
         """out = act(BN(x) + residual) (residual optional, act None or "relu");
         the statistics are those of x.  training: moving_* updated, save_*
-        (when given) receive the batch mean and 1/sqrt(var + epsilon);
-        inference: nothing but out is written."""
+        (when given) receive the batch mean, 1/sqrt(var + epsilon) and the
+        scale gamma/sqrt(var + epsilon); inference: nothing but out is
+        written."""
         c = x.shape[-1]
         x2 = x.reshape(-1, c)
         out = _out(out, x.shape, x.dtype)
@@ -761,14 +766,21 @@ class Ops:
                 save_mean[...] = mean
             if save_invstd is not None:
                 save_invstd[...] = invstd
+            if save_scale is not None:
+                save_scale[...] = invstd * g
         return out
 
     def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, *, y=None, activation=None,
-                           dx=None, dgamma=None, dbeta=None, dresidual=None):
+                           dx=None, dgamma=None, dbeta=None, dresidual=None, save_scale=None,
+                           beta=None):
         """Gradients of batchnorm_forward(training=True); with activation
-        "relu" (y: the forward output) dy is masked by y > 0 first, and
-        dresidual receives the gradient of the residual input."""
+        "relu" dy is masked first by y > 0 (y: the forward output) or, without
+        y, by the forward's pre-activation recomputed from x with its
+        save_scale and beta (a forward without residual), and dresidual
+        receives the gradient of the residual input."""
         if activation == "relu":
+            if y is None:
+                y = (x - save_mean) * save_scale + (beta if beta is not None else 0)
             dy = dy * (y > 0)
         if dresidual is not None:
             dresidual[...] = dy

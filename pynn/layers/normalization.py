@@ -55,12 +55,19 @@ class BatchNormalization(Layer):
         y = self._buf("y", x.shape)
         sm = self._buf("mean", (c,))
         si = self._buf("invstd", (c,))
+        # BN -> ReLU without residual: the backward recomputes the ReLU mask
+        # from x with the scale applied (one array fewer to read than y)
+        ss = None
+        if (training and activation == "relu" and residual is None
+                and self.ops.bn_relu_mask_from_x):
+            ss = self._buf("scale", (c,))
         self.ops.batchnorm_forward(x, self.w.get("gamma"), self.w.get("beta"), training=training,
                                    moving_mean=self.w["moving_mean"],
                                    moving_var=self.w["moving_variance"], momentum=self.momentum,
                                    epsilon=self.epsilon, out=y, save_mean=sm, save_invstd=si,
-                                   residual=residual, activation=activation)
-        ctx.x, ctx.training, ctx.mean, ctx.invstd = x, training, sm, si
+                                   residual=residual, activation=activation,
+                                   **({} if ss is None else {"save_scale": ss}))
+        ctx.x, ctx.training, ctx.mean, ctx.invstd, ctx.scale = x, training, sm, si, ss
         ctx.y, ctx.activation, ctx.residual = y, activation, residual is not None
         return y
 
@@ -73,6 +80,8 @@ class BatchNormalization(Layer):
         dbeta = self.g.get("beta", self._buf("dbeta_unused", (c,)))
         dres = self._buf("dres", dy.shape) if ctx.residual else None
         fused = dict(y=ctx.y, activation=ctx.activation, dresidual=dres)
+        if ctx.scale is not None:
+            fused.update(y=None, save_scale=ctx.scale, beta=self.w.get("beta"))
         if not ctx.training:
             # the statistics were constants: the moving ones
             self.ops.batchnorm_backward_inference(dy, ctx.x, self.w.get("gamma"),
