@@ -137,12 +137,13 @@ int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const v
  * v = (x - save_mean) * mask_scale + mask_shift, the pre-activation of a
  * forward without residual recomputed in T (mask_scale: the forward's
  * save_scale, required then; mask_shift: its beta, NULL for 0): the same
- * mask, bitwise, without reading y.  Without relu dz = dy (y_mc unused); dz,
- * computed on the fly in both the reduction and the write pass, replaces dy
- * in nk_batchnorm_bwd, and dres (may be NULL) = dz is written in the write
- * pass (the gradient of the residual input).  Bitwise the result of a
- * separate relu backward followed by nk_batchnorm_bwd.  dx and dres may
- * each (not both) equal dy; no other overlap. */
+ * mask, bitwise, without reading y (-2 when relu has neither).  Without
+ * relu dz = dy (y_mc unused); dz, computed on the fly in both the reduction
+ * and the write pass, replaces dy in nk_batchnorm_bwd, and dres (may be
+ * NULL) = dz is written in the write pass (the gradient of the residual
+ * input).  Bitwise the result of a separate relu backward followed by
+ * nk_batchnorm_bwd.  dx and dres may each (not both) equal dy; no other
+ * overlap. */
 int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *y_mc, int act,
                            const void *x_mc, const void *gamma, const void *save_mean,
                            const void *save_invstd, const void *mask_scale,
