@@ -44,6 +44,7 @@
 #endif
 
 #define ISA generic
+#define BN_GL 4
 #define BN_VEC 0
 #include "nk_bn_inst.h"
 #undef BN_VEC
@@ -56,11 +57,14 @@ NK_TARGET_BEGIN_(NK_BN_FLAGS_AVX2)
 NK_TARGET_END
 
 NK_TARGET_BEGIN_(NK_BN_FLAGS_AVX512)
+#undef BN_GL
 #define ISA avx512
+#define BN_GL 8
 #include "nk_bn_inst.h"
 NK_TARGET_END
 #endif
 #undef BN_VEC
+#undef BN_GL
 
 const nk_bn_kern_s *nk_bn_kern_s_current(void)
 {
