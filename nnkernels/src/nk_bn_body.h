@@ -10,8 +10,9 @@
  *                (half the instructions of 4: the ReLU mask recomputed from
  *                x 12-18 % faster), else 4
  *   BN_VEC       1: the vector-extension loops (AVX2, AVX-512); 0: only
- *                the plain ones (the generic path: 32-byte vectors split
- *                in two without AVX ran twice as slow as the plain loops)
+ *                the plain ones, and no vector code compiled (the generic
+ *                path: 32-byte vectors split in two without AVX ran twice
+ *                as slow as the plain loops)
  * It defines static functions BN_FN(name) = name_S_ISA and the table
  * nk_bn_kern_S_ISA (nk_bn_kern.h).
  *
@@ -65,6 +66,7 @@ static inline T BN_FN(bn_mask)(T g, T y)
 #endif
 }
 
+#if BN_VEC
 /* The reductions keep the double sums of a block of channels in registers
  * across the rows (GCC / Clang vector extensions: ng groups of BN_GL lanes,
  * T converted to double; blocks of 32 channels where c is a multiple of 32,
@@ -148,6 +150,27 @@ static inline BN_VV BN_FN(bn_vrelu)(BN_VV v)
     return (BN_VV)((BN_VVI)v & ~(BN_VVI)(v <= z));
 }
 
+/* A reductions' channel block from j0, ng groups of BN_GL: its start (v[g]
+ * = group g of the per-channel doubles src; the two sums a and b zero) and
+ * its end (a and b stored into s and q) */
+BN_INL void BN_FN(bn_blk_begin)(const double *restrict src, int64_t j0, const int ng,
+                                BN_VGD *v, BN_VGD *a, BN_VGD *b)
+{
+    for (int g = 0; g < ng; g++) {
+        v[g] = BN_FN(bn_ldgd)(src + j0 + BN_GL * g);
+        a[g] = b[g] = (BN_VGD){0};
+    }
+}
+
+BN_INL void BN_FN(bn_blk_end)(double *restrict s, double *restrict q, int64_t j0, const int ng,
+                              const BN_VGD *a, const BN_VGD *b)
+{
+    for (int g = 0; g < ng; g++) {
+        memcpy(s + j0 + BN_GL * g, &a[g], sizeof a[g]);
+        memcpy(q + j0 + BN_GL * g, &b[g], sizeof b[g]);
+    }
+}
+
 /* the channel blocks of bn_sums, ng groups of BN_GL each; returns the first
  * channel not done */
 BN_INL int64_t BN_FN(bn_sums_blk)(const T *restrict x, int64_t c, int64_t r0, int64_t r1,
@@ -157,10 +180,7 @@ BN_INL int64_t BN_FN(bn_sums_blk)(const T *restrict x, int64_t c, int64_t r0, in
     int64_t j0 = 0;
     for (; j0 + BN_GL * ng <= c; j0 += BN_GL * ng) {
         BN_VGD kv[BN_NGMAX], as[BN_NGMAX], aq[BN_NGMAX];
-        for (int g = 0; g < ng; g++) {
-            kv[g] = BN_FN(bn_ldgd)(k + j0 + BN_GL * g);
-            as[g] = aq[g] = (BN_VGD){0};
-        }
+        BN_FN(bn_blk_begin)(k, j0, ng, kv, as, aq);
         for (int64_t r = r0; r < r1; r++) {
             const T *restrict xr = x + r * c + j0;
             for (int g = 0; g < ng; g++) {
@@ -169,21 +189,23 @@ BN_INL int64_t BN_FN(bn_sums_blk)(const T *restrict x, int64_t c, int64_t r0, in
                 aq[g] += d * d;
             }
         }
-        for (int g = 0; g < ng; g++) {
-            memcpy(s + j0 + BN_GL * g, &as[g], sizeof as[g]);
-            memcpy(q + j0 + BN_GL * g, &aq[g], sizeof aq[g]);
-        }
+        BN_FN(bn_blk_end)(s, q, j0, ng, as, aq);
     }
     return j0;
 }
+
+#endif /* BN_VEC */
 
 /* s[c] = sum (x - k), q[c] = sum (x - k)^2 over rows [r0, r1), in double */
 static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r1,
                            const double *restrict k, double *restrict s, double *restrict q)
 {
-    const int64_t j0 = !BN_VEC        ? 0
-                       : c % 32 == 0 ? BN_FN(bn_sums_blk)(x, c, r0, r1, k, s, q, 32 / BN_GL)
-                                     : BN_FN(bn_sums_blk)(x, c, r0, r1, k, s, q, 16 / BN_GL);
+#if BN_VEC
+    const int64_t j0 = c % 32 == 0 ? BN_FN(bn_sums_blk)(x, c, r0, r1, k, s, q, 32 / BN_GL)
+                                   : BN_FN(bn_sums_blk)(x, c, r0, r1, k, s, q, 16 / BN_GL);
+#else
+    const int64_t j0 = 0;
+#endif
     if (j0 == c) return;
     for (int64_t j = j0; j < c; j++) s[j] = q[j] = 0.0;
     for (int64_t r = r0; r < r1; r++) {
@@ -202,6 +224,7 @@ static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r
  * and an aliasing check per row.  Same operations per element, in the same
  * order: the same bits.  Loads and stores go through memcpy in program
  * order, so y / dx / dres may alias their inputs as documented. */
+#if BN_VEC
 /* rows [r0, r1), channels [0, j0) with j0 = c rounded down to whole vectors:
  * BODY sees i_ (the element index of vector k) and jk (its channel) */
 #define BN_VROWS(BODY)                                                                   \
@@ -213,6 +236,8 @@ static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r
         }                                                                                \
     }
 #define BN_P(p) BN_FN(bn_ldv)((p) + jk)
+
+#endif
 
 #define BN_ROWS(BODY)                                                                    \
     for (int64_t r = r0; r < r1; r++) {                                                  \
@@ -228,7 +253,8 @@ static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_
                                int64_t r1, const T *restrict mu, const T *restrict sc,
                                const T *restrict sh, int relu)
 {
-    const int64_t j0 = BN_VEC ? c - c % BN_VL : 0;
+#if BN_VEC
+    const int64_t j0 = c - c % BN_VL;
 #define BN_AFF ((BN_FN(bn_ldv)(x + i_) - BN_P(mu)) * BN_P(sc) + BN_P(sh))
     if (res && relu) {
         BN_VROWS(BN_FN(bn_stv)(y + i_, BN_FN(bn_vrelu)(BN_AFF + BN_FN(bn_ldv)(res + i_))))
@@ -241,6 +267,9 @@ static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_
     }
 #undef BN_AFF
     if (j0 == c) return;
+#else
+    const int64_t j0 = 0;
+#endif
     if (res && relu) {
         BN_ROWS(const T v = (x[o_ + j] - mu[j]) * sc[j] + sh[j] + res[o_ + j];
                 y[o_ + j] = v <= (T)0 ? (T)0 : v)
@@ -254,6 +283,7 @@ static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_
     }
 }
 
+#if BN_VEC
 /* the channel blocks of bn_bsums, ng groups of BN_GL each; returns the first
  * channel not done */
 BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
@@ -265,16 +295,13 @@ BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
     int64_t j0 = 0;
     for (; j0 + BN_GL * ng <= c; j0 += BN_GL * ng) {
         BN_VGD mv[BN_NGMAX], ad[BN_NGMAX], ax[BN_NGMAX];
-        for (int g = 0; g < ng; g++) {
-            mv[g] = BN_FN(bn_ldgd)(mu + j0 + BN_GL * g);
-            ad[g] = ax[g] = (BN_VGD){0};
-        }
+        BN_FN(bn_blk_begin)(mu, j0, ng, mv, ad, ax);
 #define BN_BSUM_ROWS(DZ)                                                                 \
     for (int64_t r = r0; r < r1; r++) {                                                  \
         const int64_t o_ = r * c + j0;                                                   \
         for (int g = 0; g < ng; g++) {                                                   \
-            const int64_t i_ = o_ + BN_GL * g;                                               \
-            const BN_VGD dz = BN_FN(bn_cvtg)(DZ);                                         \
+            const int64_t i_ = o_ + BN_GL * g;                                           \
+            const BN_VGD dz = BN_FN(bn_cvtg)(DZ);                                        \
             ad[g] += dz;                                                                 \
             ax[g] += dz * (BN_FN(bn_ldg)(x + i_) - mv[g]);                               \
         }                                                                                \
@@ -294,13 +321,11 @@ BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
             BN_BSUM_ROWS(BN_FN(bn_ldtg)(dy + i_))
         }
 #undef BN_BSUM_ROWS
-        for (int g = 0; g < ng; g++) {
-            memcpy(sd + j0 + BN_GL * g, &ad[g], sizeof ad[g]);
-            memcpy(sx + j0 + BN_GL * g, &ax[g], sizeof ax[g]);
-        }
+        BN_FN(bn_blk_end)(sd, sx, j0, ng, ad, ax);
     }
     return j0;
 }
+#endif
 
 /* sd[c] = sum dz, sx[c] = sum dz * (x - mu) over rows [r0, r1), in double;
  * dz = dy, or, for the ReLU mask, y > 0 ? dy : 0 when y (the forward output)
@@ -313,11 +338,14 @@ static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const T *
                             const T *restrict mmu, const T *restrict msc,
                             const T *restrict msh, double *restrict sd, double *restrict sx)
 {
+#if BN_VEC
     const int64_t j0 =
-        !BN_VEC         ? 0
-        : c % 32 == 0
+        c % 32 == 0
             ? BN_FN(bn_bsums_blk)(dy, y, x, c, r0, r1, mu, mmu, msc, msh, sd, sx, 32 / BN_GL)
             : BN_FN(bn_bsums_blk)(dy, y, x, c, r0, r1, mu, mmu, msc, msh, sd, sx, 16 / BN_GL);
+#else
+    const int64_t j0 = 0;
+#endif
     if (j0 == c) return;
     for (int64_t j = j0; j < c; j++) sd[j] = sx[j] = 0.0;
     if (y) {
@@ -360,7 +388,8 @@ static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres,
                             const T *restrict b, const T *restrict e, const T *restrict msc,
                             const T *restrict msh)
 {
-    const int64_t j0 = BN_VEC ? c - c % BN_VL : 0;
+#if BN_VEC
+    const int64_t j0 = c - c % BN_VL;
     /* dz of the vector from its mask, then dx (and dres) */
 #define BN_DX(DZ, D)                                                                     \
     const BN_VV d_ = (D);                                                                \
@@ -391,6 +420,9 @@ static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres,
 #undef BN_XD
 #undef BN_XZ
     if (j0 == c) return;
+#else
+    const int64_t j0 = 0;
+#endif
     if (y && dres) {
         BN_ROWS(const T gt = dy[o_ + j]; const T xv = x[o_ + j];
                 const T g = y[o_ + j] > (T)0 ? gt : (T)0;

@@ -25,10 +25,6 @@
 #elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
 #endif
-#if defined(__GNUC__)
-/* the reductions' 32-byte vector helpers are static inline: no ABI crosses */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 #include <stdint.h>
 #include <string.h>
 #include "nk_internal.h"
@@ -44,11 +40,11 @@
 #endif
 
 #define ISA generic
-#define BN_GL 4
 #define BN_VEC 0
 #include "nk_bn_inst.h"
 #undef BN_VEC
 #define BN_VEC 1
+#define BN_GL 4
 
 #if NK_X86
 NK_TARGET_BEGIN_(NK_BN_FLAGS_AVX2)

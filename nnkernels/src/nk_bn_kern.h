@@ -15,12 +15,12 @@
         /* y = act((x - mu) * sc + sh [+ res]); relu: act is ReLU */                     \
         void (*apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_t r0,          \
                          int64_t r1, const T *mu, const T *sc, const T *sh, int relu);   \
-        /* sd = sum dz, sx = sum dz * (x - mu); dz = y ? (y > 0 ? dy : 0) :       */     \
-        /* msc ? ((x - mmu) * msc + msh > 0 ? dy : 0) : dy                         */     \
+        /* sd = sum dz, sx = sum dz * (x - mu); dz = y ? (y > 0 ? dy : 0) : msc ?  */    \
+        /* ((x - mmu) * msc + msh > 0 ? dy : 0) : dy                               */    \
         void (*bsums)(const T *dy, const T *y, const T *x, int64_t c, int64_t r0,        \
                       int64_t r1, const double *mu, const T *mmu, const T *msc,          \
                       const T *msh, double *sd, double *sx);                             \
-        /* dx = a*(dz - e) + b*(x - mu), dz as in bsums (mmu = mu), dres = dz */          \
+        /* dx = a*(dz - e) + b*(x - mu), dz as in bsums (mmu = mu), dres = dz */         \
         void (*dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres, int64_t c,    \
                       int64_t r0, int64_t r1, const T *mu, const T *a, const T *b,       \
                       const T *e, const T *msc, const T *msh);                           \
