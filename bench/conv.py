@@ -16,8 +16,9 @@ largest batch is measured in a fresh subprocess (VmHWM - VmRSS before the
 first call, inputs and outputs already allocated).  Writes
 bench/results/conv.json and conv.png and prints a table.
 
-Then (unless --no-pool) the default CNN's MaxPool 2x2 and Dropout layers
-through bench/pool.py, in the same run and with the same threads.
+Then (unless --no-pool) the default CNN's MaxPool 2x2 and Dropout layers and
+ResNet-20's batch norms through bench/pool.py, in the same run and with the
+same threads.
 """
 import argparse
 import json
@@ -442,7 +443,7 @@ def main(argv=None):
                          f"(default: {' '.join(DEFAULT_LAYERS)})")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-pool", action="store_true",
-                    help="skip the default model's MaxPool 2x2 and Dropout layers (bench/pool.py)")
+                    help="skip the pooling, dropout and batch-norm layers (bench/pool.py)")
     ap.add_argument("--mem-probe", nargs=3, metavar=("LAYER", "BATCH", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.layers = _expand_layers(args.layers)

@@ -1,10 +1,17 @@
-"""Max pooling and dropout: nnkernels vs PyTorch (CPU) vs NumPy.
+"""Max pooling, dropout and batch norm: nnkernels vs PyTorch (CPU) vs NumPy.
 
     python -m bench.pool [--threads 1,2] [--repeats 15] [--only maxpool,128x] [--out bench/results]
 
 Workloads (float32, NHWC for ours, both NCHW and channels_last for torch):
   * MaxPool 2x2 / stride 2, forward + backward, x = (N, 24, 24, 64), N = 32, 128
   * Dropout(0.25) forward + backward, x = (128, 12, 12, 64)
+  * BatchNormalization (training) -> ReLU and -> Add(shortcut) -> ReLU,
+    forward + backward, ResNet-20's three shapes (128, 32, 32, 16), (128, 16,
+    16, 32), (128, 8, 8, 64): ours as the model runs it (the fused kernels;
+    without a shortcut the backward recomputes the ReLU mask from x where
+    this nnkernels has save_scale, else reads y), torch channels_last through
+    autograd and through ATen's native_batch_norm(_backward) with the
+    ReLU / add as separate ops (no NumPy baseline)
 Ours runs on preallocated outputs (out=, indices=): a training step reuses its
 buffers.  "nnkernels" passes pool_size to the backward (gather kernel);
 "nnkernels (bwd, indices only)" calls max_pool2d_backward(dy, indices,
@@ -16,7 +23,8 @@ implementations (the machine is shared: interleaving spreads other load
 evenly), after warm-up, with the same thread count for nnkernels and torch.
 "vs torch" = best time / the fastest torch variant's best time.  GB/s counts the bytes each pass
 must move at least (fwd: read x, write y (+ int32 indices); bwd: read dy
-(+ indices), write dx).  Minor page faults per call are counted too.
+(+ indices), write dx; batch norm: fwd read x (+ shortcut), write y, bwd read
+dy and x, write dx (+ the shortcut's gradient)).  Minor page faults per call are counted too.
 Writes JSON (+ PNG if matplotlib is installed) to bench/results/.
 """
 from __future__ import annotations
@@ -209,6 +217,97 @@ def dropout_impls(shape=(128, 12, 12, 64), rate=0.25):
     return impls, checks, 1 - rate, nbytes
 
 
+# ----------------------------------------------------------- batch norm --
+
+def batchnorm_impls(shape, residual, eps=1e-3):
+    """Training-mode BN -> [+ shortcut] -> ReLU, forward and backward (the
+    gradients of x, gamma, beta and the shortcut).  checksum: sum |dx|, its
+    float64 NumPy value expected."""
+    rng = np.random.default_rng(3)
+    c = shape[-1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    res = rng.standard_normal(shape).astype(np.float32) if residual else None
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    y, dx = np.empty_like(x), np.empty_like(x)
+    dres = np.empty_like(x) if residual else None
+    mm, mv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    sm, si, ss = (np.empty(c, np.float32) for _ in range(3))
+    dg, db = np.empty(c, np.float32), np.empty(c, np.float32)
+    # the ReLU mask from x: an nnkernels that has save_scale, no shortcut
+    try:
+        nk.batchnorm_forward(x, gamma, beta, training=True, moving_mean=mm, moving_var=mv,
+                             save_mean=sm, save_invstd=si, save_scale=ss, activation="relu")
+        from_x = not residual
+    except TypeError:
+        from_x = False
+    fwd_kw = dict(save_scale=ss) if from_x else {}
+    bwd_kw = dict(save_scale=ss, beta=beta) if from_x else dict(y=y)
+    impls, checks = {}, {}
+
+    def ours():
+        nk.batchnorm_forward(x, gamma, beta, training=True, moving_mean=mm, moving_var=mv,
+                             save_mean=sm, save_invstd=si, residual=res, activation="relu",
+                             out=y, **fwd_kw)
+        nk.batchnorm_backward(dy, x, gamma, sm, si, activation="relu", dx=dx, dgamma=dg,
+                              dbeta=db, dresidual=dres, **bwd_kw)
+    name = "nnkernels" + (" (mask from x)" if from_x else "")
+    impls[name] = ours
+    checks[name] = lambda: float(np.abs(dx).sum(dtype=np.float64))
+
+    # float64 reference of sum |dx|
+    x2, d2 = x.reshape(-1, c).astype(np.float64), dy.reshape(-1, c).astype(np.float64)
+    mean, var = x2.mean(0), x2.var(0)
+    xh = (x2 - mean) / np.sqrt(var + eps)
+    z = xh * gamma + beta + (res.reshape(-1, c) if residual else 0)
+    g = d2 * (z > 0)
+    dx_r = gamma / np.sqrt(var + eps) * (g - g.mean(0) - xh * (g * xh).mean(0))
+    ref = float(np.abs(dx_r).sum())
+
+    if torch is not None:
+        def nchw(a):  # a channels_last NCHW tensor over our NHWC data
+            return torch.from_numpy(a).permute(0, 3, 1, 2)
+        xt = nchw(x).clone(memory_format=torch.channels_last).requires_grad_(True)
+        rt = (nchw(res).clone(memory_format=torch.channels_last).requires_grad_(True)
+              if residual else None)
+        dyt = nchw(dy).clone(memory_format=torch.channels_last)
+        wt = torch.from_numpy(gamma.copy()).requires_grad_(True)
+        bt = torch.from_numpy(beta.copy()).requires_grad_(True)
+        rmean, rvar = torch.zeros(c), torch.ones(c)
+        out = {}
+
+        def autograd_step():
+            t = F.batch_norm(xt, rmean, rvar, wt, bt, training=True, momentum=0.01, eps=eps)
+            if residual:
+                t = t + rt
+            t = F.relu(t)
+            ins = (xt, wt, bt) + ((rt,) if residual else ())
+            out["a"] = torch.autograd.grad(t, ins, dyt)
+        impls["torch autograd channels_last"] = autograd_step
+        checks["torch autograd channels_last"] = lambda: float(out["a"][0].double().abs().sum())
+
+        xd, wd, bd = xt.detach(), wt.detach(), bt.detach()
+        rd = rt.detach() if residual else None
+
+        def aten():
+            with torch.no_grad():
+                t, smean, sinv = torch.ops.aten.native_batch_norm(xd, wd, bd, rmean, rvar, True,
+                                                                  0.01, eps)
+                if residual:
+                    t = t + rd
+                t = torch.relu(t)
+                gz = torch.ops.aten.threshold_backward(dyt, t, 0.0)
+                out["n"] = torch.ops.aten.native_batch_norm_backward(
+                    gz, xd, wd, rmean, rvar, smean, sinv, True, eps, [True, True, True])
+        impls["torch aten native_batch_norm"] = aten
+        checks["torch aten native_batch_norm"] = lambda: float(out["n"][0].double().abs().sum())
+    # at least: forward reads x (and the shortcut) and writes y; backward
+    # reads dy and x and writes dx (and the shortcut's gradient)
+    nbytes = (5 + 2 * residual) * x.nbytes
+    return impls, checks, ref, nbytes
+
+
 # ----------------------------------------------------------------- main --
 
 def machine():
@@ -240,6 +339,10 @@ def main(argv=None):
     threads = [int(t) for t in args.threads.split(",")]
     cases = [("maxpool2x2 fwd+bwd", f"{n}x24x24x64", lambda n=n: maxpool_impls(n)) for n in (32, 128)]
     cases.append(("dropout0.25 fwd+bwd", "128x12x12x64", dropout_impls))
+    for shp in ((128, 32, 32, 16), (128, 16, 16, 32), (128, 8, 8, 64)):
+        for r in (False, True):
+            cases.append((f"batchnorm{'+add' if r else ''}+relu fwd+bwd",
+                          "x".join(map(str, shp)), lambda shp=shp, r=r: batchnorm_impls(shp, r)))
     if args.only:
         keys = [k for k in args.only.split(",") if k]
         cases = [c for c in cases if all(k in f"{c[0]} {c[1]}" for k in keys)]

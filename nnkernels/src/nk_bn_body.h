@@ -8,7 +8,7 @@
  *   BN_MASK_INT  1: the reduction's ReLU mask through an integer AND (float)
  *   BN_GL        lanes of the reductions' double vectors: 8 on AVX-512
  *                (half the instructions of 4: the ReLU mask recomputed from
- *                x 12-18 % faster), else 4
+ *                x 8-18 % faster), else 4
  *   BN_VEC       1: the vector-extension loops (AVX2, AVX-512); 0: only
  *                the plain ones, and no vector code compiled (the generic
  *                path: 32-byte vectors split in two without AVX ran twice
