@@ -36,6 +36,8 @@ cdef extern from "nk_conv.h" nogil:
     int nk_conv_choose_run(const nk_conv_shape *s, int dbl, int pass_)
     int nk_conv_wino_ok(const nk_conv_shape *s)
     void nk_conv_set_col_budget(int64_t nbytes)
+    void nk_conv_set_wino4(int on)
+    int nk_conv_wino4_on()
 
 _CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT,
                "winograd": NK_CONV_WINOGRAD, "depthwise": NK_CONV_DEPTHWISE,
@@ -589,3 +591,12 @@ def depthwise_conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dila
 def _set_conv_col_budget(nbytes):
     """Testing hook: column-workspace budget in bytes (<= 0: the default 64 MiB)."""
     nk_conv_set_col_budget(int(nbytes))
+
+
+def _set_winograd4(bint on):
+    """Testing hook: Winograd F(4x4, 3x3) where it applies (True, the
+    default) or F(2x2, 3x3) everywhere (False); returns the previous
+    setting."""
+    cdef int was = nk_conv_wino4_on()
+    nk_conv_set_wino4(on)
+    return bool(was)

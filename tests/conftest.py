@@ -9,6 +9,7 @@ Fixtures:
   isa          parametrised over every kernel path (avx512, avx2, generic);
                forces it with set_isa and restores the previous path.
   num_threads  parametrised over 1 and 2 kernel threads; restores afterwards.
+  winograd2    Winograd F(2x2, 3x3) everywhere (F(4x4, 3x3) off) for the test.
 
 The tests import the *installed* package (run them with the `pytest` script,
 not `python -m pytest` from the repository root) and the helper modules of
@@ -90,3 +91,13 @@ def num_threads(request):
         yield request.param
     finally:
         nk.set_num_threads(previous)
+
+
+@pytest.fixture
+def winograd2():
+    """Winograd F(2x2, 3x3) everywhere for the test (F(4x4, 3x3) off), for
+    tests of paths it would otherwise replace (e.g. the bf16 products of
+    the fused F(2x2, 3x3) at 16 channels)."""
+    from reference import wino4
+    with wino4(False):
+        yield

@@ -143,6 +143,18 @@ def threads(n):
         nk.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def wino4(on):
+    """Winograd F(4x4, 3x3) where it applies (on, the default) or F(2x2, 3x3)
+    everywhere (off) inside the block."""
+    from nnkernels import _core
+    old = _core._set_winograd4(on)
+    try:
+        yield
+    finally:
+        _core._set_winograd4(old)
+
+
 # ----------------------------------------------------------- convolution --
 # The references loop over the KH x KW taps and use einsum over each tap's
 # window (no im2col), so they share no code or idea with the kernels beyond
@@ -240,6 +252,36 @@ def ref_depthwise_backward(dy, x, w, strides, padding, dilation, act=None, y=Non
     dx, dw, db = ref_conv_grouped_backward(dy, x, w.reshape(KH, KW, 1, C * M), strides, padding,
                                            dilation, groups=C, act=act, y=y)
     return dx, dw.reshape(w.shape), db
+
+
+# Winograd F(4x4, 3x3) (nk_conv_wino4.h, float32 only) is bounded like
+# F(2x2, 3x3) (test_conv.py, WINO_C) over its 6x6 patches (wino_scale(...,
+# m=4)), but its transforms multiply by up to 5 (B^T) and 8 (A^T) before the
+# cancellation: observed ratios up to ~6.4 over 300 random shapes with
+# magnitudes spread over six decades, so WINO4_C = 64; a wrong transform,
+# tile or padding gives errors of order 1 / eps.
+WINO4_C = 64
+
+
+def wino_scale(x, w, b, pt, pl, OH, OW, m=2):
+    """sum_c P_c K_c (+ |b|) per output of Winograd F(m x m, 3x3) (m = 2 or
+    4): P_c = sum of |x| over the (m + 2) x (m + 2) patch of the output's
+    tile, read at (m th - pt + a, m tw - pl + b) of source x (N, H, W, C)
+    (zero outside; pt, pl may be negative), K_c = sum of |w| over the kernel
+    w (3, 3, C, F)."""
+    N, H, W, C = x.shape
+    TH, TW = -(-OH // m), -(-OW // m)
+    M = m + 2 + max(abs(pt), abs(pl))
+    xp = np.zeros((N, H + 2 * M + m * TH, W + 2 * M + m * TW, C))
+    xp[:, M:M + H, M:M + W] = np.abs(x)
+    P = np.zeros((N, TH, TW, C))
+    for a in range(m + 2):
+        for bb in range(m + 2):
+            r0, c0 = M - pt + a, M - pl + bb
+            P += xp[:, r0:r0 + m * TH:m, c0:c0 + m * TW:m]
+    S = np.einsum("nhwc,cf->nhwf", P, np.abs(w).sum(axis=(0, 1)))
+    S = S.repeat(m, axis=1).repeat(m, axis=2)[:, :OH, :OW]
+    return S + (np.abs(b) if b is not None else 0)
 
 
 def wino_wgrad_scale(x, dz, pt, pl):

@@ -451,6 +451,7 @@ def test_conv2d_bf16_bitwise_across_threads_and_paths(isa, c, f):
             assert_bitwise_equal(a, a0, f"conv bf16 {name} {who} vs {runs[0][0]}")
 
 
+@pytest.mark.usefixtures("winograd2")
 def test_conv2d_bf16_fused_winograd_same_bits_on_every_isa():
     """The fused Winograd's bf16 products (forward and dX, up to 64 channels)
     and the Winograd weight gradient's (pairs of tiles) give the same bits on
@@ -528,6 +529,7 @@ def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding, relu):
                                                (2, 7, 65, 17, "same"), (1, 5, 33, 33, "valid"),
                                                (4, 12, 16, 16, "same"), (2, 9, 32, 32, "valid"),
                                                (3, 8, 17, 24, "same"), (2, 11, 24, 17, "valid")])
+@pytest.mark.usefixtures("winograd2")
 def test_conv2d_bf16_winograd_accuracy(n, h, c, f, padding, num_threads, bf16_path):
     """Winograd's forward pass and data gradient, blocked (more than 64
     channels on a side) and fused (at most 64; channel counts that leave a

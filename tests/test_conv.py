@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 import nnkernels as nk
 from reference import isa as use_isa
 from reference import threads
-from reference import ref_conv, ref_conv_backward, ref_pads, wino_wgrad_scale
+from reference import ref_conv, ref_conv_backward, ref_pads, wino_scale, wino_wgrad_scale
+from reference import WINO4_C, wino4
 
 ISAS = nk.available_isas()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,30 +127,12 @@ def test_forward_backward_vs_reference(case, dt, act, isa, seed, use_bias):
 # Observed ratios are below ~0.5 for random data; WINO_C = 8 leaves margin,
 # while a wrong transform, tile or padding gives errors of order 1 / eps.
 WINO_C = 8
+# F(4x4, 3x3): the same form over its 6x6 patches, WINO4_C (reference.py).
 
 
-def wino_scale(x, w, b, pt, pl, OH, OW):
-    """sum_c P_c K_c (+ |b|) per output, for source x (N, H, W, C) read at
-    (2th - pt + a, 2tw - pl + b) (zero outside; pt, pl may be negative) and
-    kernel w (3, 3, C, F)."""
-    N, H, W, C = x.shape
-    TH, TW = -(-OH // 2), -(-OW // 2)
-    M = 4 + max(abs(pt), abs(pl))
-    xp = np.zeros((N, H + 2 * M + 2 * TH, W + 2 * M + 2 * TW, C))
-    xp[:, M:M + H, M:M + W] = np.abs(x)
-    P = np.zeros((N, TH, TW, C))
-    for a in range(4):
-        for bb in range(4):
-            r0, c0 = M - pt + a, M - pl + bb
-            P += xp[:, r0:r0 + 2 * TH:2, c0:c0 + 2 * TW:2]
-    S = np.einsum("nhwc,cf->nhwf", P, np.abs(w).sum(axis=(0, 1)))
-    S = S.repeat(2, axis=1).repeat(2, axis=2)[:, :OH, :OW]
-    return S + (np.abs(b) if b is not None else 0)
-
-
-def _wino_bound(got, exact, scale, dt):
+def _wino_bound(got, exact, scale, dt, c=WINO_C):
     err = np.abs(got.astype(np.float64) - exact)
-    lim = WINO_C * np.finfo(dt).eps * scale + np.finfo(dt).tiny
+    lim = c * np.finfo(dt).eps * scale + np.finfo(dt).tiny
     worst = float((err / lim).max()) if err.size else 0.0
     assert worst <= 1.0, f"error {worst:.3g} x the Winograd bound"
 
@@ -187,6 +170,13 @@ def wino_case(draw):
        act=st.sampled_from([None, "relu"]), isa=st.sampled_from(ISAS),
        seed=st.integers(0, 2**31 - 1), use_bias=st.booleans())
 def test_winograd_vs_reference(case, dt, act, isa, seed, use_bias):
+    """F(2x2, 3x3) everywhere (F(4x4, 3x3) off: its own tests are in
+    test_conv_winograd4.py)."""
+    with wino4(False):
+        _winograd_vs_reference(case, dt, act, isa, seed, use_bias)
+
+
+def _winograd_vs_reference(case, dt, act, isa, seed, use_bias):
     rng, x, w, b = make(case, dt, seed)
     b = b if use_bias else None
     g = geo(case)
@@ -223,9 +213,16 @@ def test_winograd_vs_reference(case, dt, act, isa, seed, use_bias):
             assert np.all(np.abs(db - dbr) <= lim_b)
 
 
-def test_winograd_many_blocks_and_threads():
+@pytest.mark.parametrize("f4", [False, True])
+def test_winograd_many_blocks_and_threads(f4):
     """Enough tiles for several blocks per thread; bitwise equal for 1 and 2
-    threads; the CNN's second convolution (auto picks winograd)."""
+    threads; the CNN's second convolution (auto picks winograd), with
+    F(2x2, 3x3) and with F(4x4, 3x3) (its own bound: WINO4_C)."""
+    with wino4(f4):
+        _winograd_many_blocks_and_threads(f4)
+
+
+def _winograd_many_blocks_and_threads(f4):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((16, 26, 26, 32)).astype(np.float32)
     w = rng.standard_normal((3, 3, 32, 64)).astype(np.float32)
@@ -247,20 +244,29 @@ def test_winograd_many_blocks_and_threads():
     finally:
         nk.set_num_threads(old)
     y, dx = res[0]
-    _wino_bound(y, yr, wino_scale(x64, w64, b, 0, 0, 24, 24), np.float32)
+    m, c = (4, WINO4_C) if f4 else (2, WINO_C)
+    _wino_bound(y, yr, wino_scale(x64, w64, b, 0, 0, 24, 24, m), np.float32, c)
     dz = dy.astype(np.float64) * (y > 0)
     dxr = ref_conv_backward(dz, x64, w64, **g)[0]
-    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 2, 2, 26, 26),
-                np.float32)
+    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 2, 2, 26, 26, m),
+                np.float32, c)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("C, F", [(16, 16), (16, 32), (32, 16), (32, 32), (13, 20), (8, 8)])
-def test_winograd_fused_blocks_and_threads(isa, C, F):
-    """The fused float32 Winograd (C, F <= 32; constant-count variants for
-    16 / 32 channels, the generic body otherwise): many
-    blocks (some partial, tiles across image rows and images, odd sizes),
-    relu mask in dX, bitwise equal for 1 and 2 threads, within the bound."""
+@pytest.mark.parametrize("C, F", [(16, 16), (16, 32), (32, 16), (32, 32), (13, 20), (8, 8),
+                                  (64, 48)])
+@pytest.mark.parametrize("f4", [False, True])
+def test_winograd_fused_blocks_and_threads(isa, C, F, f4):
+    """The fused float32 Winograd (F(2x2, 3x3): C, F <= 32; F(4x4, 3x3): up
+    to 64; constant-count variants for 16 / 32 channels, the generic body
+    otherwise): many blocks (some partial, tiles across image rows and
+    images, odd sizes), relu mask in dX, bitwise equal for 1 and 2 threads,
+    within the bound."""
+    with wino4(f4):
+        _winograd_fused_blocks_and_threads(isa, C, F, f4)
+
+
+def _winograd_fused_blocks_and_threads(isa, C, F, f4):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((5, 15, 13, C)).astype(np.float32)
     w = rng.standard_normal((3, 3, C, F)).astype(np.float32)
@@ -283,11 +289,12 @@ def test_winograd_fused_blocks_and_threads(isa, C, F):
     finally:
         nk.set_num_threads(old)
     y, dx = res[0]
-    _wino_bound(y, yr, wino_scale(x64, w64, b, 1, 1, 15, 13), np.float32)
+    m, c = (4, WINO4_C) if f4 else (2, WINO_C)
+    _wino_bound(y, yr, wino_scale(x64, w64, b, 1, 1, 15, 13, m), np.float32, c)
     dz = dy.astype(np.float64) * (y > 0)
     dxr = ref_conv_backward(dz, x64, w64, **g)[0]
-    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 1, 1, 15, 13),
-                np.float32)
+    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 1, 1, 15, 13, m),
+                np.float32, c)
 
 
 @pytest.mark.parametrize("isa", ISAS)

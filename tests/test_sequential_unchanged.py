@@ -10,7 +10,14 @@ im2col GEMM (nk_conv_wino_wgrad.h; 12.4 -> 7.2 ms at batch 128, 1 thread),
 which changes its rounding, so the CNN's sums were re-recorded then.  With
 that one product forced back to im2col the three old CNN sums
 (21d5ff92be4cb901, f9c85266b0abf9e8, 3800c1f15a54c06d) came out again,
-bit for bit: nothing else had moved."""
+bit for bit: nothing else had moved.
+
+A second one: Winograd F(4x4, 3x3) (nk_conv_wino4.h) runs the CNN's second
+convolution's forward pass (with its pooling) and data gradient, a different
+rounding again.  The sums above are those of F(2x2, 3x3) everywhere (the
+testing switch nnkernels._core._set_winograd4(False)), which must still come
+out bit for bit; RECORDED_F4 holds the CNN's sums of the default, recorded
+when F(4x4, 3x3) came (the MLP has no convolution)."""
 import hashlib
 
 import numpy as np
@@ -21,11 +28,15 @@ import pynn
 from pynn import utils, zoo
 
 from reference import isa as use_isa
+from reference import wino4
 
 RECORDED = {   # (ISA path, model) -> first 16 hex digits of sha256(weights)
     ("avx512", "cnn"): "3ee2983247e8aa79", ("avx512", "mlp"): "8e12d315ba3eba06",
     ("avx2", "cnn"): "5d9a3411f6984734", ("avx2", "mlp"): "f18a2e61b136d25b",
     ("generic", "cnn"): "97a15a6091dcea7b", ("generic", "mlp"): "8e938353da677544",
+}
+RECORDED_F4 = {
+    "avx512": "595200da51c43299", "avx2": "416081ea3a4c2634", "generic": "14b17a837b073730",
 }
 
 
@@ -53,5 +64,13 @@ def fingerprint(model_name):
 def test_sequential_weights_bitwise_unchanged(isa_name, model_name):
     if not nk.isa_supported(isa_name):
         pytest.skip(f"this CPU cannot run the {isa_name} path")
-    with use_isa(isa_name):
+    with use_isa(isa_name), wino4(False):
         assert fingerprint(model_name) == RECORDED[(isa_name, model_name)]
+
+
+@pytest.mark.parametrize("isa_name", ["avx512", "avx2", "generic"])
+def test_cnn_weights_with_winograd4_unchanged(isa_name):
+    if not nk.isa_supported(isa_name):
+        pytest.skip(f"this CPU cannot run the {isa_name} path")
+    with use_isa(isa_name):
+        assert fingerprint("cnn") == RECORDED_F4[isa_name]

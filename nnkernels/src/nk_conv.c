@@ -15,6 +15,10 @@ _Static_assert(sizeof(void *) <= 8, "nk_conv_ptr_elems assumes pointers of at mo
 static int64_t g_col_budget = NK_CONV_COL_BUDGET;
 void nk_conv_set_col_budget(int64_t bytes) { g_col_budget = bytes > 0 ? bytes : NK_CONV_COL_BUDGET; }
 
+static int g_wino4_off = 0;
+void nk_conv_set_wino4(int on) { g_wino4_off = !on; }
+int nk_conv_wino4_on(void) { return !g_wino4_off; }
+
 /* ---------------------------------------------------------------- helpers */
 
 /* Window-packing context (see pack_win in nk_conv_body.h). */
@@ -163,7 +167,8 @@ typedef struct {
     int accum;           /* add the output transform to y instead of storing it */
     int64_t oh, ow;      /* output size */
     int64_t pt, pl;      /* source pixel of output (0, 0): (-pt, -pl) */
-    int64_t th, tw;      /* tile grid: ceil(oh / 2) x ceil(ow / 2) */
+    int64_t th, tw;      /* tile grid: ceil(oh / 2) x ceil(ow / 2) (m4: ceil(oh / 4) x ...) */
+    int m4;              /* F(4x4, 3x3) tiles (fused path, nk_conv_wino4.h); else F(2x2, 3x3) */
     int64_t mr, kc;      /* micro-kernel rows, k-block (channels) */
     int64_t tb;          /* tiles per block, a multiple of mr */
     int64_t v_xs, m_xs;  /* distance between the 16 planes of a block's V, M */

@@ -161,6 +161,11 @@ int nk_conv_choose_run(const nk_conv_shape *s, int dbl, int pass);
  * <= 0 restores NK_CONV_COL_BUDGET. */
 void nk_conv_set_col_budget(int64_t bytes);
 
+/* Winograd F(4x4, 3x3) where it applies (on, the default) or F(2x2, 3x3)
+ * everywhere (off; tests compare the two) */
+void nk_conv_set_wino4(int on);
+int nk_conv_wino4_on(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -861,6 +861,51 @@ static void CFN(wino_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *u
         }
 }
 
+/* U = G g G^T for F(4x4, 3x3) (G in nk_conv_wino4.h): plane xi = 6a + b,
+ * channel c, column f at u + (xi * C + c) * fp + f; each entry computed in
+ * double and rounded once. */
+static void CFN(wino4_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *u_out)
+{
+    static const double G[6][3] = {{1.0 / 4, 0, 0},
+                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                   {0, 0, 1}};
+    const int64_t C = g->c, F = g->f;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t f = 0; f < F; f++) {
+            double gk[3][3], t[6][3];
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++)
+                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * g->ldw + c]
+                                    : w[((a * 3 + b) * C + c) * g->ldw + f];
+            for (int a = 0; a < 6; a++)
+                for (int b = 0; b < 3; b++)
+                    t[a][b] = G[a][0] * gk[0][b] + G[a][1] * gk[1][b] + G[a][2] * gk[2][b];
+            for (int a = 0; a < 6; a++)
+                for (int b = 0; b < 6; b++)
+                    u_out[((6 * a + b) * C + c) * fp + f] =
+                        (T)(t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2]);
+        }
+}
+
+/* Whether F(4x4, 3x3) runs (g->m4, nk_conv_wino4.h), unless switched off
+ * (nk_conv_set_wino4): float32 on the fused path with C and F at most 64
+ * and no pooling in the output transform.  Measured against F(2x2, 3x3)
+ * (AVX-512, batch 128, 1 thread, Zen 4, forward / dX in ms): 16 -> 16 on
+ * 32x32 4.1 / 4.1 -> 2.7 / 2.7; 32 -> 32 on 16x16 3.1 / 3.1 -> 2.05 / 2.05;
+ * 64 -> 64 on 8x8 3.1 / 3.1 -> 2.0 / 2.0; the default CNN's dX (64 -> 32
+ * on 24x24, relu mask) 22.2 -> 15.9.  With bf16 products (lowp) it takes
+ * float32 products, so only where that still wins: 16 -> 16 (3.0 / 3.0
+ * with F(2x2, 3x3)'s bf16 products -> 2.5 / 2.6); 32 -> 32 ties, 64 -> 64
+ * and the CNN's 32 -> 64 lose (2.05 vs 1.85 ms, 13.3 vs 11.4). */
+static int CFN(wino_use_f4)(const nk_wino *g)
+{
+    const int64_t most = g->lowp ? 16 : 64;
+    return sizeof(T) == 4 && nk_conv_wino4_on() && g->c <= most && g->f <= most;
+}
+
 /* Whether the fused Winograd (WFN(wino_fused) in nk_conv_wino.h) runs: C
  * and F (GEMM k and n) at most 32, where the blocked path's transposes and
  * micro-kernel calls of k = C cost as much as the products.  Measured
@@ -892,19 +937,23 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
      * (uint32_t has T's size here) */
     int bf = 0;
 #ifdef NK_CONV_FLOAT
-    bf = g->lowp;
+    bf = g->lowp && !g->m4; /* F(4x4, 3x3) takes float32 products */
 #endif
+    const int64_t np = g->m4 ? 36 : 16; /* planes */
     const int64_t c2 = cp / 2, uw_len = bf ? 16 * c2 * fp : 0;
     /* per thread: V (float32, or its pairs in c2 words per tile and plane), M */
-    const int64_t vb_len = fr * 16 * (bf ? c2 : cp), u_len = 16 * C * fp;
-    const int64_t per = vb_len + fr * 16 * fp;
+    const int64_t vb_len = fr * np * (bf ? c2 : cp), u_len = np * C * fp;
+    const int64_t per = vb_len + fr * np * fp;
     int from_arena = 0;
     T *ws = (T *)nk_ws_acquire((size_t)(u_len + uw_len + cp + nt * per) * sizeof(T),
                                &from_arena);
     if (!ws) return -1;
     T *u = ws, *zero = u + u_len + uw_len, *scr = zero + cp;
     memset(u, 0, (size_t)(u_len + uw_len + cp) * sizeof(T));
-    CFN(wino_u)(g, w, flip, fp, u);
+    if (g->m4)
+        CFN(wino4_u)(g, w, flip, fp, u);
+    else
+        CFN(wino_u)(g, w, flip, fp, u);
     g->u_bf = NULL;
     g->fgemm_bf = NULL;
     g->bf_native = 0;
@@ -931,6 +980,11 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
 #endif
     void (*run)(const nk_wino *, const T *, const T *, const T *, const T *, int64_t, int64_t,
                 int64_t, int64_t, T *, uint32_t *, T *, const T *, int, T *) = CFN_ISA(wino_fused);
+    void (*run4)(const nk_wino *, const T *, const T *, const T *, const T *, int64_t, int64_t,
+                 int64_t, int64_t, T *, T *, const T *, int, T *) = NULL;
+#ifdef NK_CONV_FLOAT
+    if (g->m4) run4 = CFN_ISA(wino4_fused);
+#endif
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -944,7 +998,10 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
 #endif
         for (int64_t blk = 0; blk < nblk; blk++) {
             const int64_t t0 = blk * fr, cnt = ntiles - t0 < fr ? ntiles - t0 : fr;
-            run(g, src, mask, zero, u, cp, fp, t0, cnt, vb, vw, mb, bias, act, y);
+            if (run4)
+                run4(g, src, mask, zero, u, cp, fp, t0, cnt, vb, mb, bias, act, y);
+            else
+                run(g, src, mask, zero, u, cp, fp, t0, cnt, vb, vw, mb, bias, act, y);
         }
     }
     nk_ws_release(ws, from_arena);
@@ -962,11 +1019,13 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     const KTAB *kr = KCUR();
     const int64_t C = g->c, F = g->f, mr = kr->mr, nr = kr->nr, kc = kr->kc;
     const int64_t Fp = (F + nr - 1) / nr * nr, ve = 64 / (int64_t)sizeof(T);
-    g->th = (g->oh + 1) / 2;
-    g->tw = (g->ow + 1) / 2;
+    g->m4 = CFN(wino_use_f4)(g);
+    g->th = g->m4 ? (g->oh + 3) / 4 : (g->oh + 1) / 2;
+    g->tw = g->m4 ? (g->ow + 3) / 4 : (g->ow + 1) / 2;
     g->mr = mr;
     g->kc = kc;
-    if (CFN(wino_use_fused)(C, F, g->lowp)) return CFN(wino_fused_run)(g, src, mask, w, flip, bias, act, y, nt);
+    if (g->m4 || CFN(wino_use_fused)(C, F, g->lowp))
+        return CFN(wino_fused_run)(g, src, mask, w, flip, bias, act, y, nt);
     const int64_t ntiles = g->n * g->th * g->tw;
     /* tiles per block: V + M of a block in WINO_L2_BYTES, [mr, 32 mr] */
     int64_t tb = WINO_L2_BYTES / (16 * (C + F) * (int64_t)sizeof(T)) / mr * mr;

@@ -364,14 +364,34 @@ static void WFN(wino_in)(const nk_wino *g, const T *src, const T *mask, int64_t 
     }
 }
 
-/* Output transform y = act(bias + A^T m A) of tiles [t0, t0 + cnt); m: the
- * 16 GEMM products, plane xi at m_blk + xi * m_xs, local tile j's F values
- * at + j * F.  Only the tile's outputs inside OH x OW are stored. */
+/* The 2x2 window o[4] (rows a, columns b at o[2a + b]) at output (oh, ow),
+ * both even, into g->pool_y / g->pool_i: its maximum and index, which max
+ * pooling would find in y (the same comparison and scan order as
+ * nk_max_pool2d_fwd: first maximum wins ties, the first NaN wins). */
+WAI void WFN(wino_pool)(const nk_wino *g, const WV *o, int64_t n, int64_t oh, int64_t ow,
+                        int64_t f0, int64_t fn)
+{
+    const int64_t OW = g->ow, p0 = oh * OW + ow, PW = OW / 2;
+    WV best = o[0];
+    WVI bi = (WVI){0} + (TI)p0;
+    const int64_t off[4] = {0, 1, OW, OW + 1};
+#pragma GCC unroll 4
+    for (int k = 1; k < 4; k++) {
+        const WVI upd = ~(WVI)(o[k] <= best) & (WVI)(best == best);
+        best = (WV)(((WVI)o[k] & upd) | ((WVI)best & ~upd));
+        bi = (((WVI){0} + (TI)(p0 + off[k])) & upd) | (bi & ~upd);
+    }
+    const int64_t q = ((n * (g->oh / 2) + oh / 2) * PW + ow / 2) * g->f + f0;
+    WFN(wst)((T *)g->pool_y + q, best, fn);
+    TI t[64 / sizeof(T)];
+    memcpy(t, &bi, sizeof bi);
+    for (int64_t l = 0; l < fn; l++) g->pool_i[q + l] = (int32_t)t[l];
+}
+
 /* The output tile o[4] (rows a, columns b at o[2a + b]; act applied) of
  * tile (n, oh/2, ow/2): added to y with g->accum, stored into y (unless y
- * is NULL), and with g->pool_y its 2x2 window's maximum and index, which
- * max pooling would find in y (the same comparison and scan order as
- * nk_max_pool2d_fwd: first maximum wins ties, the first NaN wins). */
+ * is NULL), and with g->pool_y its 2x2 window's maximum and index
+ * (wino_pool). */
 WAI void WFN(wino_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int64_t ow,
                          int rows, int cols, int64_t f0, int64_t fn)
 {
@@ -393,25 +413,12 @@ WAI void WFN(wino_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, i
             if (cols == 2) WFN(wst)(yp + (OW + 1) * OP, o[3], fn);
         }
     }
-    if (g->pool_y && rows == 2 && cols == 2) {
-        const int64_t p0 = oh * OW + ow, PW = OW / 2;
-        WV best = o[0];
-        WVI bi = (WVI){0} + (TI)p0;
-        const int64_t off[4] = {0, 1, OW, OW + 1};
-#pragma GCC unroll 4
-        for (int k = 1; k < 4; k++) {
-            const WVI upd = ~(WVI)(o[k] <= best) & (WVI)(best == best);
-            best = (WV)(((WVI)o[k] & upd) | ((WVI)best & ~upd));
-            bi = (((WVI){0} + (TI)(p0 + off[k])) & upd) | (bi & ~upd);
-        }
-        const int64_t q = ((n * (g->oh / 2) + oh / 2) * PW + ow / 2) * g->f + f0;
-        WFN(wst)((T *)g->pool_y + q, best, fn);
-        TI t[64 / sizeof(T)];
-        memcpy(t, &bi, sizeof bi);
-        for (int64_t l = 0; l < fn; l++) g->pool_i[q + l] = (int32_t)t[l];
-    }
+    if (g->pool_y && rows == 2 && cols == 2) WFN(wino_pool)(g, o, n, oh, ow, f0, fn);
 }
 
+/* Output transform y = act(bias + A^T m A) of tiles [t0, t0 + cnt); m: the
+ * 16 GEMM products, plane xi at m_blk + xi * m_xs, local tile j's F values
+ * at + j * F.  Only the tile's outputs inside OH x OW are stored. */
 #ifndef WINO_OUT_AHEAD
 #define WINO_OUT_AHEAD 8 /* tiles between a prefetch of outputs and their stores */
 #endif
@@ -475,23 +482,25 @@ static void WFN(wino_out)(const nk_wino *g, const T *m_blk, int64_t t0, int64_t 
  * are (their products are computed and dropped).  Every tile's result
  * depends only on its own data: independent of the block and thread. */
 #define WFR_ACC(j) WV a_##j = (WV){0};
-#define WFR_FMA(j) if (j < WINO_FR) a_##j += vr[(16 * j) * cp + c] * uv;
-#define WFR_ST(j) if (j < WINO_FR) memcpy(mr_ + (16 * j) * fp + f0, &a_##j, sizeof(WV));
+#define WFR_FMA(j) if (j < WINO_FR) a_##j += vr[(NP * j) * cp + c] * uv;
+#define WFR_ST(j) if (j < WINO_FR) memcpy(mr_ + (NP * j) * fp + f0, &a_##j, sizeof(WV));
 #define WFR_ACC2(j) WV b_##j = (WV){0};
 #define WFR_FMA2(j)                                                                         \
     if (j < WINO_FR) {                                                                      \
-        const T vj = vr[(16 * j) * cp + c];                                                 \
+        const T vj = vr[(NP * j) * cp + c];                                                 \
         a_##j += vj * uv;                                                                   \
         b_##j += vj * uv2;                                                                  \
     }
-#define WFR_ST2(j) if (j < WINO_FR) memcpy(mr_ + (16 * j) * fp + f0 + WVL, &b_##j, sizeof(WV));
+#define WFR_ST2(j) if (j < WINO_FR) memcpy(mr_ + (NP * j) * fp + f0 + WVL, &b_##j, sizeof(WV));
 #define WFR_TILE(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 static const int WFN(wino_fr) = WINO_FR;
-/* M = V @ U of a fused block (see wino_fused) */
+/* M = V @ U of a fused block (see wino_fused) of NP planes (16: F(2x2, 3x3);
+ * 36: F(4x4, 3x3), nk_conv_wino4.h): tile j's plane xi of V at
+ * vb + (NP j + xi) * cp, of M at mb + (NP j + xi) * fp */
 WAI void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp, int64_t fp,
-                         T *mb)
+                         T *mb, const int NP)
 {
-    for (int64_t xi = 0; xi < 16; xi++) {
+    for (int64_t xi = 0; xi < NP; xi++) {
         const T *vr = vb + xi * cp;
         T *mr_ = mb + xi * fp;
         int64_t f0 = 0;
@@ -540,7 +549,8 @@ WAI void WFN(wino_fgemm)(const T *vb, const T *u, const int64_t C, int64_t cp, i
 static void WFN(wino_fgemm_bfe)(const uint32_t *vw, const uint32_t *uw, int64_t c2, int64_t fp,
                                 void *mb)
 {
-    for (int64_t xi = 0; xi < 16; xi++) {
+    const int NP = 16; /* planes (WFR_ST) */
+    for (int64_t xi = 0; xi < NP; xi++) {
         const uint32_t *vr = vw + xi * c2, *up = uw + xi * c2 * fp;
         T *mr_ = (T *)mb + xi * fp;
         for (int64_t f0 = 0; f0 < fp; f0 += WVL) {
@@ -617,7 +627,7 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
     if (vw)
         g->fgemm_bf(vw, g->u_bf, cp / 2, fp, mb);
     else
-        WFN(wino_fgemm)(vb, u, C, cp, fp, mb);
+        WFN(wino_fgemm)(vb, u, C, cp, fp, mb, 16);
     nk_wtile p = p0;
     for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, oh = 2 * p.th, ow = 2 * p.tw;
@@ -672,6 +682,9 @@ static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const
     else
         WFN(wino_fused_b)(g, src, mask, zero, u, g->c, g->f, cp, fp, t0, cnt, vb, vw, mb, bias, act, y);
 }
+#if FB == 32 /* float32: F(4x4, 3x3) on the fused path */
+#include "nk_conv_wino4.h"
+#endif
 #undef WFR_ACC
 #undef WFR_FMA
 #undef WFR_ACC2

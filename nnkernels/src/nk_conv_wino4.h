@@ -1,0 +1,240 @@
+/* Winograd F(4x4, 3x3) on the fused path (float32 products, C and F at
+ * most 32): included by nk_conv_wino.h (float32 only) with its T, WV, WVL,
+ * WFN, WFR_* and helpers.  The algorithm is F(2x2, 3x3)'s (nk_conv_body.h,
+ * CFN(wino)) with 4x4 output tiles read from 6x6 patches and 36 transformed
+ * planes, xi = 6 * row + column (Lavin and Gray 2016, points 0, 1, -1, 2,
+ * -2 and infinity):
+ *
+ *   B^T = [4  0 -5  0 1 0;  0 -4 -4  1 1 0;  0  4 -4 -1 1 0;
+ *          0 -2 -1  2 1 0;  0  2 -1 -2 1 0;  0  4  0 -5 0 1]
+ *   A^T = [1 1  1 1  1 0;  0 1 -1 2 -2 0;  0 1 1 4 4 0;  0 1 -1 8 -8 1]
+ *   G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6;
+ *          1/24 -1/12 1/6; 0 0 1]                (CFN(wino4_u))
+ *
+ * 4x4 outputs take 36 products per channel pair instead of 4 x 16 = 64 (and
+ * 144 direct): 1.78x fewer than F(2x2, 3x3).  The larger coefficients cost
+ * accuracy: within about 16 ulps of the magnitude (the sum of |x| |w|) of
+ * each output, against 1-2 for F(2x2, 3x3) (tests/test_conv_winograd4.py),
+ * which is why it is float32 with float32 products only.
+ *
+ * Tile t = (n, th, tw) on the N x TH x TW grid (TH = ceil(OH / 4)) covers
+ * outputs (4th + a, 4tw + b), a, b < 4, and reads the 6x6 patch whose
+ * top-left pixel is (4th - pt, 4tw - pl), zero outside the image. */
+
+/* The 1-D input transform t = B^T d of six vectors */
+WAI void WFN(w4_bt)(WV d0, WV d1, WV d2, WV d3, WV d4, WV d5, WV *t, const int ts)
+{
+    const WV s12 = d1 + d2, m12 = d1 - d2, m42 = d4 - d2, m31 = d3 - d1;
+    t[0] = (d4 - (T)5 * d2) + (T)4 * d0;
+    t[ts] = (d3 + d4) - (T)4 * s12;
+    t[2 * ts] = (d4 - d3) + (T)4 * m12;
+    t[3 * ts] = m42 + (T)2 * m31;
+    t[4 * ts] = m42 - (T)2 * m31;
+    t[5 * ts] = (d5 - (T)5 * d3) + (T)4 * d1;
+}
+
+/* The 1-D output transform o = A^T m of six vectors */
+WAI void WFN(w4_at)(WV m0, WV m1, WV m2, WV m3, WV m4, WV m5, WV *o, const int os)
+{
+    const WV s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+    o[0] = (m0 + s12) + s34;
+    o[os] = d12 + (T)2 * d34;
+    o[2 * os] = s12 + (T)4 * s34;
+    o[3 * os] = (d12 + (T)8 * d34) + m5;
+}
+
+/* Column b of the row stage B^T d of a patch (pointers px, relu mask pm):
+ * u[6a + b], a < 6, channels [c0, c0 + cn) */
+WAI void WFN(w4_col)(const T *const *px, const T *const *pm, int masked, int64_t c0, int64_t cn,
+                     const int b, WV *u)
+{
+    WV d[6];
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; a++) {
+        d[a] = WFN(wld)(px[6 * a + b] + c0, cn);
+        if (masked) d[a] = (WV)((WVI)d[a] & (WVI)(WFN(wld)(pm[6 * a + b] + c0, cn) > (T)0));
+    }
+    WFN(w4_bt)(d[0], d[1], d[2], d[3], d[4], d[5], u + b, 6);
+}
+
+/* Software prefetch of the patch rows the tiles one tile row below tiles
+ * [t, t + cnt) add (their rows 2-5), as wino_prefetch does for 4x4 patches */
+WAI void WFN(w4_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wtile p, int64_t cnt)
+{
+    const int64_t H = g->h, W = g->w, bytes = g->c * (int64_t)sizeof(T);
+    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
+        const int64_t n = p.n, th = p.th + 1, tw = p.tw;
+        for (int a = 2; a < 6; a++) {
+            const int64_t ih = 4 * th - g->pt + a;
+            if ((uint64_t)ih >= (uint64_t)H) continue;
+            for (int b = tw > 0 ? 2 : 0; b < 6; b++) {
+                const int64_t iw = 4 * tw - g->pl + b;
+                if ((uint64_t)iw >= (uint64_t)W) continue;
+                const int64_t off = ((n * H + ih) * W + iw) * g->sp;
+                for (int64_t o = 0; o < bytes; o += 64) {
+                    __builtin_prefetch((const char *)(src + off) + o);
+                    if (mask) __builtin_prefetch((const char *)(mask + off) + o);
+                }
+            }
+        }
+    }
+}
+
+/* The 4x4 output tile o (row a, column b at o[4a + b]; act applied) of
+ * tile (n, oh / 4, ow / 4): rows / columns inside the output stored into y
+ * (added to it with g->accum; none if y is NULL), and with g->pool_y each
+ * of its whole 2x2 windows' maximum and index, as wino_store does for its
+ * one window. */
+WAI void WFN(w4_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int64_t ow, int rows,
+                       int cols, int64_t f0, int64_t fn)
+{
+    const int64_t OW = g->ow, OP = g->op;
+    if (y) {
+        T *yp = y + ((n * g->oh + oh) * OW + ow) * OP + f0;
+        for (int a = 0; a < rows; a++)
+            for (int b = 0; b < cols; b++) {
+                T *q = yp + (a * OW + b) * OP;
+                WV v = o[4 * a + b];
+                if (g->accum) v += WFN(wld)(q, fn);
+                WFN(wst)(q, v, fn);
+            }
+    }
+    if (g->pool_y)
+        for (int wa = 0; 2 * wa + 1 < rows; wa++)
+            for (int wb = 0; 2 * wb + 1 < cols; wb++) {
+                WV w4[4] = {o[8 * wa + 2 * wb], o[8 * wa + 2 * wb + 1], o[8 * wa + 4 + 2 * wb],
+                            o[8 * wa + 4 + 2 * wb + 1]};
+                WFN(wino_pool)(g, w4, n, oh + 2 * wa, ow + 2 * wb, f0, fn);
+            }
+}
+
+/* One fused block of F(4x4, 3x3) tiles [t0, t0 + cnt) (cnt <= WINO_FR), as
+ * wino_fused_b: V of tile r, plane xi at vb + (36 r + xi) * cp, the 36
+ * products M = V @ U by wino_fgemm into mb (tile r, plane xi at
+ * (36 r + xi) * fp), then y = act(bias + A^T M A) (or += with g->accum).
+ * u: U, plane xi, channel c at (xi * C + c) * fp.  A tile whose left
+ * neighbour precedes it in the block reuses that tile's row stage of their
+ * two shared columns (same operations, so same results). */
+WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                            const T *u, const int64_t C, const int64_t F, const int64_t cp,
+                            const int64_t fp, int64_t t0, int64_t cnt, T *restrict vb,
+                            T *restrict mb, const T *bias, int act, T *y)
+{
+    const int64_t H = g->h, W = g->w, SP = g->sp, OH = g->oh, OW = g->ow;
+    const nk_wtile p0 = nk_wtile_at(g, t0);
+    WFN(w4_prefetch)(g, src, mask, p0, cnt);
+    WV keep[4][12]; /* columns 4, 5 of the previous tile's row stage, per vector of C */
+    nk_wtile p = p0;
+    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
+        const T *px[36], *pm[36];
+        const int64_t ih = 4 * p.th - g->pt, iw = 4 * p.tw - g->pl;
+        if (ih >= 0 && ih + 6 <= H && iw >= 0 && iw + 6 <= W) { /* inside the image */
+            const int64_t off = ((p.n * H + ih) * W + iw) * SP;
+#pragma GCC unroll 36
+            for (int k = 0; k < 36; k++) {
+                px[k] = src + off + ((k / 6) * W + k % 6) * SP;
+                pm[k] = mask ? mask + off + ((k / 6) * W + k % 6) * SP : zero;
+            }
+        } else {
+            for (int k = 0; k < 36; k++) {
+                const int64_t r = ih + k / 6, c = iw + k % 6;
+                if ((uint64_t)r < (uint64_t)H && (uint64_t)c < (uint64_t)W) {
+                    const int64_t off = ((p.n * H + r) * W + c) * SP;
+                    px[k] = src + off;
+                    pm[k] = mask ? mask + off : zero;
+                } else {
+                    px[k] = zero;
+                    pm[k] = zero;
+                }
+            }
+        }
+        const int left = i > 0 && p.tw > 0;
+        for (int64_t c0 = 0; c0 < C; c0 += WVL) {
+            const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
+            WV uu[36], v[36];
+            WV *kp = keep[c0 / WVL];
+            if (left) {
+#pragma GCC unroll 6
+                for (int a = 0; a < 6; a++) {
+                    uu[6 * a] = kp[2 * a];
+                    uu[6 * a + 1] = kp[2 * a + 1];
+                }
+            } else {
+                WFN(w4_col)(px, pm, mask != NULL, c0, cn, 0, uu);
+                WFN(w4_col)(px, pm, mask != NULL, c0, cn, 1, uu);
+            }
+#pragma GCC unroll 4
+            for (int b = 2; b < 6; b++) WFN(w4_col)(px, pm, mask != NULL, c0, cn, b, uu);
+#pragma GCC unroll 6
+            for (int a = 0; a < 6; a++) {
+                kp[2 * a] = uu[6 * a + 4];
+                kp[2 * a + 1] = uu[6 * a + 5];
+            }
+            /* columns: (B^T d) B */
+#pragma GCC unroll 6
+            for (int a = 0; a < 6; a++) {
+                const WV *q = uu + 6 * a;
+                WFN(w4_bt)(q[0], q[1], q[2], q[3], q[4], q[5], v + 6 * a, 1);
+            }
+            T *dst = vb + 36 * i * cp + c0;
+#pragma GCC unroll 36
+            for (int xi = 0; xi < 36; xi++) memcpy(dst + xi * cp, &v[xi], sizeof(WV));
+        }
+    }
+    WFN(wino_fgemm)(vb, u, C, cp, fp, mb, 36);
+    p = p0;
+    for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
+        const int64_t n = p.n, oh = 4 * p.th, ow = 4 * p.tw;
+        const int rows = OH - oh < 4 ? (int)(OH - oh) : 4, cols = OW - ow < 4 ? (int)(OW - ow) : 4;
+        const T *mp = mb + 36 * j * fp;
+        for (int64_t f0 = 0; f0 < F; f0 += WVL) {
+            const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
+            WV t[24], o[16];
+            /* rows: A^T m, column by column (t[6a + b], a < 4) */
+#pragma GCC unroll 6
+            for (int b = 0; b < 6; b++) {
+                WV m[6];
+#pragma GCC unroll 6
+                for (int a = 0; a < 6; a++) memcpy(&m[a], mp + (6 * a + b) * fp + f0, sizeof(WV));
+                WFN(w4_at)(m[0], m[1], m[2], m[3], m[4], m[5], t + b, 6);
+            }
+            /* columns: (A^T m) A */
+#pragma GCC unroll 4
+            for (int a = 0; a < 4; a++) {
+                const WV *q = t + 6 * a;
+                WFN(w4_at)(q[0], q[1], q[2], q[3], q[4], q[5], o + 4 * a, 1);
+            }
+            if (bias) {
+                const WV bv = WFN(wld)(bias + f0, fn);
+#pragma GCC unroll 16
+                for (int k = 0; k < 16; k++) o[k] += bv;
+            }
+            if (act == NK_ACT_RELU) {
+#pragma GCC unroll 16
+                for (int k = 0; k < 16; k++) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0));
+            }
+            WFN(w4_store)(g, o, y, n, oh, ow, rows, cols, f0, fn);
+        }
+    }
+}
+
+/* wino4_fused_b with the channel counts of ResNet's first two stages constant */
+static void WFN(wino4_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                             const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
+                             T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
+{
+    const int64_t C = g->c, F = g->f;
+    if (C == WVL && F == WVL)
+        WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act, y);
+    else if (C == WVL && F == 2 * WVL)
+        WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, 2 * WVL, WVL, 2 * WVL, t0, cnt, vb, mb, bias,
+                           act, y);
+    else if (C == 2 * WVL && F == WVL)
+        WFN(wino4_fused_b)(g, src, mask, zero, u, 2 * WVL, WVL, 2 * WVL, WVL, t0, cnt, vb, mb, bias,
+                           act, y);
+    else if (C == 2 * WVL && F == 2 * WVL)
+        WFN(wino4_fused_b)(g, src, mask, zero, u, 2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, t0, cnt, vb, mb,
+                           bias, act, y);
+    else
+        WFN(wino4_fused_b)(g, src, mask, zero, u, g->c, g->f, cp, fp, t0, cnt, vb, mb, bias, act, y);
+}
