@@ -38,6 +38,7 @@ cdef extern from "nk_conv.h" nogil:
     void nk_conv_set_col_budget(int64_t nbytes)
     void nk_conv_set_wino4(int on)
     int nk_conv_wino4_on()
+    int nk_conv_use_wino4(int64_t c, int64_t f, int lowp, int wgrad)
 
 _CONV_ALGOS = {"auto": NK_CONV_AUTO, "im2col": NK_CONV_IM2COL, "direct": NK_CONV_DIRECT,
                "winograd": NK_CONV_WINOGRAD, "depthwise": NK_CONV_DEPTHWISE,
@@ -600,3 +601,11 @@ def _set_winograd4(bint on):
     cdef int was = nk_conv_wino4_on()
     nk_conv_set_wino4(on)
     return bool(was)
+
+
+def _winograd_tile(c_in, c_out, bint bf16=False, bint wgrad=False):
+    """Testing hook: the output tile (4: F(4x4, 3x3), 2: F(2x2, 3x3)) of a
+    float32 Winograd product of c_in -> c_out channels (forward C_in ->
+    C_out, dX C_out -> C_in; with wgrad the weight gradient of C_in, C_out;
+    bf16: bf16 products requested)."""
+    return 4 if nk_conv_use_wino4(c_in, c_out, bf16, wgrad) else 2

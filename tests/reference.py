@@ -254,6 +254,7 @@ def ref_depthwise_backward(dy, x, w, strides, padding, dilation, act=None, y=Non
     return dx, dw.reshape(w.shape), db
 
 
+WINO_C = 8   # F(2x2, 3x3)'s bound (see test_conv.py)
 # Winograd F(4x4, 3x3) (nk_conv_wino4.h, float32 only) is bounded like
 # F(2x2, 3x3) (test_conv.py, WINO_C) over its 6x6 patches (wino_scale(...,
 # m=4)), but its transforms multiply by up to 5 (B^T) and 8 (A^T) before the
@@ -284,30 +285,32 @@ def wino_scale(x, w, b, pt, pl, OH, OW, m=2):
     return S + (np.abs(b) if b is not None else 0)
 
 
-def wino_wgrad_scale(x, dz, pt, pl):
+def wino_wgrad_scale(x, dz, pt, pl, m=2):
     """(S, depth) bounding the float32 Winograd weight gradient (3x3,
-    stride 1; nk_conv_wino_wgrad.h): |dW - dW_exact| <= c * eps * depth * S.
+    stride 1; F(m x m, 3x3), m = 2: nk_conv_wino_wgrad.h, m = 4:
+    nk_conv_wino4_wgrad.h): |dW - dW_exact| <= c * eps * depth * S.
     Per tile t the transformed products are bounded by P_c(t) Q_f(t) (P_c:
-    sum of |x_c| over t's 4x4 source patch at (2th - pt, 2tw - pl), zero
-    outside the image; Q_f: sum of |dz_f| over its 2x2 outputs) and G^T M G
-    adds them with weights of total size <= 4: S[c, f] = sum_t P_c Q_f,
-    broadcast to dW's (3, 3, C, F).  depth: the summation depth, the tiles
-    of one of the 16 chunks in order, then the chunks (db: plain sums of
-    the same depth)."""
+    sum of |x_c| over t's (m + 2) x (m + 2) source patch at (m th - pt,
+    m tw - pl), zero outside the image; Q_f: sum of |dz_f| over its m x m
+    outputs) times the transforms' growth (1 for m = 2; the constant c
+    takes it for m = 4) and G^T M G adds them with weights of total size
+    <= 4: S[c, f] = sum_t P_c Q_f, broadcast to dW's (3, 3, C, F).  depth:
+    the summation depth, the tiles of one of the 16 chunks in order, then
+    the chunks (db: plain sums of the same depth)."""
     x = np.abs(np.asarray(x, F64))
     N, H, W, C = x.shape
     _, OH, OW, F = dz.shape
-    TH, TW = -(-OH // 2), -(-OW // 2)
-    zp = np.zeros((N, 2 * TH, 2 * TW, F))
+    TH, TW = -(-OH // m), -(-OW // m)
+    zp = np.zeros((N, m * TH, m * TW, F))
     zp[:, :OH, :OW] = np.abs(dz)
-    Q = zp[:, 0::2, 0::2] + zp[:, 1::2, 0::2] + zp[:, 0::2, 1::2] + zp[:, 1::2, 1::2]
-    m = 4 + max(abs(pt), abs(pl))
-    xp = np.zeros((N, H + 2 * m + 2 * TH, W + 2 * m + 2 * TW, C))
-    xp[:, m:m + H, m:m + W] = x
+    Q = sum(zp[:, i::m, j::m] for i in range(m) for j in range(m))
+    M = m + 2 + max(abs(pt), abs(pl))
+    xp = np.zeros((N, H + 2 * M + m * TH, W + 2 * M + m * TW, C))
+    xp[:, M:M + H, M:M + W] = x
     P = np.zeros((N, TH, TW, C))
-    for a in range(4):
-        for b in range(4):
-            P += xp[:, m - pt + a:m - pt + a + 2 * TH:2, m - pl + b:m - pl + b + 2 * TW:2]
+    for a in range(m + 2):
+        for b in range(m + 2):
+            P += xp[:, M - pt + a:M - pt + a + m * TH:m, M - pl + b:M - pl + b + m * TW:m]
     S = np.einsum("nhwc,nhwf->cf", P, Q)
     depth = -(-(N * TH * TW) // 16) + 16
     return np.broadcast_to(S, (3, 3, C, F)), depth

@@ -12,7 +12,7 @@ import nnkernels as nk
 from reference import isa as use_isa
 from reference import threads
 from reference import ref_conv, ref_conv_backward, ref_pads, wino_scale, wino_wgrad_scale
-from reference import WINO4_C, wino4
+from reference import WINO4_C, WINO_C, wino4
 
 ISAS = nk.available_isas()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,8 +126,8 @@ def test_forward_backward_vs_reference(case, dt, act, isa, seed, use_bias):
 #   P_c = sum of |d_c| over the 4x4 patch, K_c = sum of |g_c| over the kernel.
 # Observed ratios are below ~0.5 for random data; WINO_C = 8 leaves margin,
 # while a wrong transform, tile or padding gives errors of order 1 / eps.
-WINO_C = 8
-# F(4x4, 3x3): the same form over its 6x6 patches, WINO4_C (reference.py).
+# (WINO_C = 8, in reference.py.)  F(4x4, 3x3): the same form over its 6x6
+# patches, WINO4_C (reference.py).
 
 
 def _wino_bound(got, exact, scale, dt, c=WINO_C):
@@ -138,11 +138,15 @@ def _wino_bound(got, exact, scale, dt, c=WINO_C):
 
 
 def wino_wgrad_limits(x, dz, pt, pl):
-    """Error bounds of the float32 Winograd dW and db (reference.wino_wgrad_scale)."""
-    S, depth = wino_wgrad_scale(x, dz, pt, pl)
+    """Error bounds of the float32 Winograd dW and db (reference.wino_wgrad_scale)
+    for the tile the kernels pick for these channel counts (F(4x4, 3x3) or
+    F(2x2, 3x3), with the switch as it is)."""
+    m = nk._core._winograd_tile(x.shape[-1], dz.shape[-1], wgrad=True)
+    S, depth = wino_wgrad_scale(x, dz, pt, pl, m)
     eps, tiny = np.finfo(np.float32).eps, np.finfo(np.float32).tiny
-    lim_w = (WINO_C + depth) * eps * S + tiny
-    lim_b = (WINO_C + depth) * eps * np.abs(dz).sum(axis=(0, 1, 2)) + tiny
+    c = WINO4_C if m == 4 else WINO_C
+    lim_w = (c + depth) * eps * S + tiny
+    lim_b = (c + depth) * eps * np.abs(dz).sum(axis=(0, 1, 2)) + tiny
     return lim_w, lim_b
 
 
@@ -304,11 +308,18 @@ def _winograd_fused_blocks_and_threads(isa, C, F, f4):
     (3, 9, 11, 17, 33, ((2, 0), (1, 3)), True),   # partial vectors, explicit padding
     (2, 4, 3, 40, 24, "same", False),       # fewer tiles than chunks
 ])
-def test_winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu):
-    """The float32 Winograd dW and db (nk_conv_wino_wgrad.h): within the
-    Winograd bound of the exact gradient, with and without the ReLU mask,
-    bitwise equal for 1 and 2 threads, and dx/dw/db computed together equal
-    to each computed alone."""
+@pytest.mark.parametrize("f4", [False, True])
+def test_winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu, f4):
+    """The float32 Winograd dW and db (nk_conv_wino_wgrad.h, and with f4
+    nk_conv_wino4_wgrad.h up to 64 channels): within the Winograd bound of
+    the exact gradient, with and without the ReLU mask, bitwise equal for 1
+    and 2 threads, and dx/dw/db computed together equal to each computed
+    alone."""
+    with wino4(f4):
+        _winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu)
+
+
+def _winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((N, H, W, C)).astype(np.float32)
     w = rng.standard_normal((3, 3, C, F)).astype(np.float32)

@@ -1,7 +1,8 @@
-"""Winograd F(4x4, 3x3) (nnkernels/src/nk_conv_wino4.h): the float32 forward
-pass (with bias, ReLU and the fused 2x2 max pooling) and data gradient (with
-the ReLU mask and accumulation into dx) on the fused path, C_in and C_out up
-to 64 (16 with bf16 products requested).  Against the float64 reference
+"""Winograd F(4x4, 3x3) (nnkernels/src/nk_conv_wino4.h,
+nk_conv_wino4_wgrad.h): the float32 forward pass (with bias, ReLU and the
+fused 2x2 max pooling), data gradient (with the ReLU mask and accumulation
+into dx) and weight and bias gradients, C_in and C_out up to 64 (16 with
+bf16 products requested).  Against the float64 reference
 within its bound (reference.WINO4_C), bitwise equal for 1 and 2 threads,
 the pooled forward bit for bit max_pool2d of the convolution, and running
 exactly where conv2d's docstring says (compared with F(2x2, 3x3), forced by
@@ -12,9 +13,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import nnkernels as nk
-from reference import WINO4_C, assert_bitwise_equal, ref_conv, ref_conv_backward, ref_pads
+from reference import WINO4_C, WINO_C, assert_bitwise_equal, ref_conv, ref_conv_backward, ref_pads
 from reference import isa as use_isa
-from reference import threads, wino4, wino_scale
+from reference import threads, wino4, wino_scale, wino_wgrad_scale
 
 ISAS = nk.available_isas()
 F32, F64 = np.float32, np.float64
@@ -92,14 +93,27 @@ def test_winograd4_vs_reference(c, act, isa, seed, use_bias, accumulate):
             with threads(t):
                 y = nk.conv2d(x, w, b, activation=act, algo="winograd", **g)
                 dx = dx0.copy() if accumulate else None
-                dx = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="winograd",
-                                        need_dw=False, need_db=False, dx=dx,
-                                        accumulate_dx=accumulate, **g)[0]
-                res.append((y, dx))
-    for (y1, dx1), (y2, dx2) in zip(res, res[1:]):
-        assert_bitwise_equal(y2, y1, "y, 2 threads vs 1")
-        assert_bitwise_equal(dx2, dx1, "dx, 2 threads vs 1")
-    y, dx = res[0]
+                dx, dw, db = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt,
+                                                algo="winograd", dx=dx,
+                                                accumulate_dx=accumulate, **g)
+                res.append((y, dx, dw, db))
+    for r1, r2 in zip(res, res[1:]):
+        for a1, a2, what in zip(r1, r2, ("y", "dx", "dw", "db")):
+            assert_bitwise_equal(a2, a1, f"{what}, 2 threads vs 1")
+    y, dx, dw, db = res[0]
+    # dW, db: each group's transformed products summed over its tiles
+    eps, tiny = np.finfo(F32).eps, np.finfo(F32).tiny
+    for j in range(G):
+        _, dwr, dbr = ref_conv_backward(part(dz, j, fg), part(x64, j, cg), part(w64, j, fg),
+                                        (1, 1), c["padding"], (1, 1))
+        m = nk._core._winograd_tile(cg, fg, wgrad=True)   # F(2x2) above 32 input channels
+        S, depth = wino_wgrad_scale(part(x64, j, cg), part(dz, j, fg), c["pt"], c["pl"], m)
+        k = (WINO4_C if m == 4 else WINO_C) + depth
+        lim_w = k * eps * S + tiny
+        lim_b = k * eps * np.abs(part(dz, j, fg)).sum(axis=(0, 1, 2)) + tiny
+        err = np.abs(part(dw, j, fg) - dwr)
+        assert np.all(err <= lim_w), f"dW error {float((err / lim_w).max()):.3g} x its bound"
+        assert np.all(np.abs(part(db, j, fg) - dbr) <= lim_b)
     assert y.shape == yr.shape and y.dtype == F32
     _bound(y, yr, scale, "forward")
     if accumulate:
@@ -107,26 +121,34 @@ def test_winograd4_vs_reference(c, act, isa, seed, use_bias, accumulate):
     _bound(dx, dxr, dscale, "dx")
 
 
-@pytest.mark.parametrize("C, F, runs", [
-    (16, 16, True), (32, 32, True), (64, 64, True), (16, 64, True), (13, 20, True),
-    (65, 16, False), (16, 65, False),   # more than 64: the blocked F(2x2, 3x3)
+@pytest.mark.parametrize("C, F, fwd4, dx4, dw4", [
+    (16, 16, True, True, True), (32, 32, True, True, True), (16, 64, True, True, True),
+    (13, 20, True, True, True), (32, 64, True, True, True),   # the default CNN's conv2
+    (64, 64, True, True, False), (64, 16, True, True, False),  # dW: F(4x4) up to 32 in
+    (65, 16, False, False, False), (16, 65, False, False, False),  # the blocked F(2x2)
 ])
-def test_winograd4_runs_where_documented(C, F, runs):
-    """Where F(4x4, 3x3) applies its results differ from F(2x2, 3x3)'s (other
-    roundings), elsewhere they are the same bits; conv2d_algo says
-    "winograd" either way."""
+def test_winograd4_runs_where_documented(C, F, fwd4, dx4, dw4):
+    """Where F(4x4, 3x3) applies (nk_conv_use_wino4: forward and dX up to 64
+    channels on each side, dW up to 32 input and 64 output channels) its
+    results differ from F(2x2, 3x3)'s (other roundings), elsewhere they are
+    the same bits; the testing hook _winograd_tile agrees; conv2d_algo says
+    "winograd" either way (from 16 channels on each side)."""
     rng = np.random.default_rng(C * 100 + F)
     x = rng.standard_normal((2, 12, 10, C)).astype(F32)
     w = rng.standard_normal((3, 3, C, F)).astype(F32)
     dy = rng.standard_normal((2, 12, 10, F)).astype(F32)
+    if min(C, F) >= 16:   # auto's choice (fewer channels: im2col; winograd when asked for)
+        assert nk.conv2d_algo(x.shape, w.shape, padding="same") == "winograd"
     got = {}
     for on in (True, False):
         with wino4(on):
             y = nk.conv2d(x, w, padding="same", algo="winograd")
-            dx = nk.conv2d_backward(dy, x, w, padding="same", algo="winograd", need_dw=False,
-                                    need_db=False)[0]
-            got[on] = (y, dx)
-    for a4, a2, what in zip(got[True], got[False], ("y", "dx")):
+            dx, dw, _ = nk.conv2d_backward(dy, x, w, padding="same", algo="winograd")
+            got[on] = (y, dx, dw)
+            tiles = (nk._core._winograd_tile(C, F), nk._core._winograd_tile(F, C),
+                     nk._core._winograd_tile(C, F, wgrad=True))
+            assert tiles == tuple(4 if on and r else 2 for r in (fwd4, dx4, dw4))
+    for a4, a2, runs, what in zip(got[True], got[False], (fwd4, dx4, dw4), ("y", "dx", "dw")):
         if runs:
             assert not np.array_equal(a4, a2), f"{what}: F(4x4, 3x3) did not run"
         else:
@@ -136,25 +158,25 @@ def test_winograd4_runs_where_documented(C, F, runs):
 @pytest.mark.parametrize("C, F, f4", [(16, 16, True), (13, 16, True), (16, 32, False),
                                       (32, 32, False), (64, 64, False)])
 def test_winograd4_with_bf16_products_requested(C, F, f4):
-    """precision="bfloat16" takes F(4x4, 3x3) with float32 products where
-    that is faster than F(2x2, 3x3) with bf16 products (16 channels or fewer
-    on both sides): then the float32 result, bit for bit; elsewhere the bf16
-    products of F(2x2, 3x3) as before."""
+    """precision="bfloat16" takes F(4x4, 3x3) with float32 products for the
+    forward pass and dX where that is faster than F(2x2, 3x3) with bf16
+    products (16 channels or fewer on both sides): then the float32 result,
+    bit for bit; elsewhere, and for dW everywhere, the bf16 products of
+    F(2x2, 3x3) as before."""
     rng = np.random.default_rng(C + F)
     x = rng.standard_normal((2, 9, 11, C)).astype(F32)
     w = rng.standard_normal((3, 3, C, F)).astype(F32)
     dy = rng.standard_normal((2, 9, 11, F)).astype(F32)
 
     def run(**kw):
-        return (nk.conv2d(x, w, padding="same", algo="winograd", **kw),
-                nk.conv2d_backward(dy, x, w, padding="same", algo="winograd", need_dw=False,
-                                   need_db=False, **kw)[0])
+        dx, dw, _ = nk.conv2d_backward(dy, x, w, padding="same", algo="winograd", **kw)
+        return nk.conv2d(x, w, padding="same", algo="winograd", **kw), dx, dw
 
     bf, f32 = run(precision="bfloat16"), run()
     with wino4(False):
         bf2 = run(precision="bfloat16")
-    for a, a32, a2, what in zip(bf, f32, bf2, ("y", "dx")):
-        if f4:
+    for a, a32, a2, what in zip(bf, f32, bf2, ("y", "dx", "dw")):
+        if f4 and what != "dw":
             assert_bitwise_equal(a, a32, f"{what}: bf16 requested vs float32")
         else:
             assert_bitwise_equal(a, a2, f"{what}: bf16 products of F(2x2, 3x3)")

@@ -12,9 +12,9 @@ that one product forced back to im2col the three old CNN sums
 (21d5ff92be4cb901, f9c85266b0abf9e8, 3800c1f15a54c06d) came out again,
 bit for bit: nothing else had moved.
 
-A second one: Winograd F(4x4, 3x3) (nk_conv_wino4.h) runs the CNN's second
-convolution's forward pass (with its pooling) and data gradient, a different
-rounding again.  The sums above are those of F(2x2, 3x3) everywhere (the
+A second one: Winograd F(4x4, 3x3) (nk_conv_wino4.h, nk_conv_wino4_wgrad.h)
+runs the CNN's second convolution's forward pass (with its pooling), data
+gradient and weight gradient, a different rounding again.  The sums above are those of F(2x2, 3x3) everywhere (the
 testing switch nnkernels._core._set_winograd4(False)), which must still come
 out bit for bit; RECORDED_F4 holds the CNN's sums of the default, recorded
 when F(4x4, 3x3) came (the MLP has no convolution)."""
@@ -36,7 +36,7 @@ RECORDED = {   # (ISA path, model) -> first 16 hex digits of sha256(weights)
     ("generic", "cnn"): "97a15a6091dcea7b", ("generic", "mlp"): "8e938353da677544",
 }
 RECORDED_F4 = {
-    "avx512": "595200da51c43299", "avx2": "416081ea3a4c2634", "generic": "14b17a837b073730",
+    "avx512": "1f4cdd47313ce0c5", "avx2": "6acfd9aa3c47260c", "generic": "0b5a94e2ee857aa9",
 }
 
 

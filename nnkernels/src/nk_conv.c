@@ -19,6 +19,37 @@ static int g_wino4_off = 0;
 void nk_conv_set_wino4(int on) { g_wino4_off = !on; }
 int nk_conv_wino4_on(void) { return !g_wino4_off; }
 
+/* Whether a float32 Winograd product takes F(4x4, 3x3) (nk_conv_wino4.h,
+ * nk_conv_wino4_wgrad.h) instead of F(2x2, 3x3), unless switched off
+ * (nk_conv_set_wino4).  c, f: the source and output channels of a forward
+ * pass or data gradient (GEMM k and n: forward C_in -> C_out, dX C_out ->
+ * C_in), with wgrad the weight gradient's C_in and C_out.  With float32
+ * products up to 64 channels on each side (the fused path's register tiles;
+ * beyond, F(2x2)'s blocked path), the weight gradient up to 32 input
+ * channels (64 -> 64 on 8x8 ties isolated and loses in ResNet-20's step);
+ * with bf16 products requested (lowp) the forward pass and dX up to 16,
+ * where F(4x4)'s float32 products still beat F(2x2)'s bf16 ones, and no
+ * weight gradient (16 -> 16 on 32x32 wins isolated, loses in ResNet-20's
+ * step: its stage's backward 49.1-50.1 -> 50.4-52.8 ms).  Measured (AVX-512, batch
+ * 128, 1 thread, Zen 4; forward / dX / dW in ms, F(2x2) -> F(4x4)):
+ *   16 -> 16 on 32x32  4.1 / 4.1 / 5.0 -> 2.7 / 2.7 / 3.2
+ *   32 -> 32 on 16x16  3.1 / 3.1 / 3.5 -> 2.05 / 2.05 / 2.5
+ *   64 -> 64 on 8x8    3.1 / 3.1 / 3.5 -> 2.0 / 2.0 / (3.45)
+ *   the default CNN's 32 -> 64 on 26x26: forward with its 2x2 max pooling
+ *   17.4 -> 11.7, dX (relu mask) 22.2 -> 15.9, dW 17.0 -> 14.5
+ *   in ResNet-20's step, per stage (all its passes): dW of 64 -> 64 by
+ *   F(4x4) 39.7 -> 44.7 ms, so it stays F(2x2)
+ * bf16 products requested, F(2x2)'s bf16 products -> F(4x4)'s float32 ones:
+ *   16 -> 16 on 32x32  3.0 / 3.0 / 4.1 -> 2.5 / 2.6 / (3.5-3.9)
+ *   32 -> 32 ties (2.0 / 2.0 / 2.45); 64 -> 64 and the CNN's 32 -> 64 lose
+ *   (forward 1.85 -> 2.05, 10.0 -> 10.5). */
+int nk_conv_use_wino4(int64_t c, int64_t f, int lowp, int wgrad)
+{
+    if (g_wino4_off) return 0;
+    if (lowp) return !wgrad && c <= 16 && f <= 16;
+    return c <= (wgrad ? 32 : 64) && f <= 64;
+}
+
 /* ---------------------------------------------------------------- helpers */
 
 /* Window-packing context (see pack_win in nk_conv_body.h). */
@@ -193,15 +224,16 @@ typedef struct {
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
-/* The Winograd weight gradient's 16 products of a block (float32; every ISA
- * and the bf16 ones alike), plane by plane: plane xi's V rows at
+/* The Winograd weight gradient's NP products of a block (16 planes of
+ * F(2x2, 3x3), 36 of F(4x4, 3x3); float32, every ISA and the bf16 ones
+ * alike), plane by plane: plane xi's V rows at
  * v0 + xi * vxs, its Z at z0 + xi * zxs, its sums M (cp x fp) at
  * m0 + xi * cp * fp; register tiles TILE(v, z, m, rows, vectors) of 8 rows
  * x two vectors of 16 columns, the last vector as 16 rows x one (rows of a
  * partial tile beyond C are the operands' zero padding, computed into M's
  * padding rows, which exist: M has cp rows). */
-#define NK_WWG_PLANES(v0, vxs, z0, zxs, m0, C, cp, fp, TILE)                               \
-    for (int64_t xi_ = 0; xi_ < 16; xi_++) {                                                \
+#define NK_WWG_PLANES(NP, v0, vxs, z0, zxs, m0, C, cp, fp, TILE)                           \
+    for (int64_t xi_ = 0; xi_ < (NP); xi_++) {                                              \
         const __typeof__(v0) v_ = (v0) + xi_ * (vxs);                                       \
         const __typeof__(z0) z_ = (z0) + xi_ * (zxs);                                       \
         const __typeof__(m0) m_ = (m0) + xi_ * (cp) * (fp);                                 \
@@ -984,7 +1016,7 @@ static void nk_wino_wgemm_bf16(const uint32_t *vw, const uint32_t *zw, int64_t n
 {
     float *mp = (float *)mp_;
 #define NK_WWG_BF16_TILE(v, z, m, CB, NVF) nk_wwg_bf16_tile(v, z, np, cp, fp, m, CB, NVF)
-    NK_WWG_PLANES(vw, vxs, zw, zxs, mp, C, cp, fp, NK_WWG_BF16_TILE)
+    NK_WWG_PLANES(16, vw, vxs, zw, zxs, mp, C, cp, fp, NK_WWG_BF16_TILE)
 #undef NK_WWG_BF16_TILE
 }
 

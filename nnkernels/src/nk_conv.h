@@ -165,6 +165,9 @@ void nk_conv_set_col_budget(int64_t bytes);
  * everywhere (off; tests compare the two) */
 void nk_conv_set_wino4(int on);
 int nk_conv_wino4_on(void);
+/* Whether a float32 Winograd product of c -> f channels (wgrad: the weight
+ * gradient of C_in = c, C_out = f) takes F(4x4, 3x3) */
+int nk_conv_use_wino4(int64_t c, int64_t f, int lowp, int wgrad);
 
 #ifdef __cplusplus
 }

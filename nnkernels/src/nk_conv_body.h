@@ -661,11 +661,47 @@ static int CFN(wg2_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, c
     return 0;
 }
 
+/* F(4x4, 3x3)'s dW[u][v] = (G^T M G)[u][v] (u, v < 3) of channel pair
+ * (c, f): M[xi] the chunks' sums of plane xi (added in chunk order), G as
+ * in CFN(wino4_u), in double, each tap rounded once; tap (u, v) at
+ * dw + (3u + v) * tap_stride. */
+static void CFN(wino4_gmg)(const T *part, int64_t nb, int64_t per, int64_t cp, int64_t fp,
+                           int64_t c, int64_t f, T *dw, int64_t tap_stride)
+{
+    static const double G[6][3] = {{1.0 / 4, 0, 0},
+                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                   {0, 0, 1}};
+    double m[36], t[3][6];
+    for (int xi = 0; xi < 36; xi++) {
+        const int64_t o = (xi * cp + c) * fp + f;
+        T acc = part[o];
+        for (int64_t b = 1; b < nb; b++) acc += part[b * per + o];
+        m[xi] = (double)acc;
+    }
+    for (int u = 0; u < 3; u++) /* G^T M */
+        for (int j = 0; j < 6; j++) {
+            double a = 0;
+            for (int i = 0; i < 6; i++) a += G[i][u] * m[6 * i + j];
+            t[u][j] = a;
+        }
+    for (int u = 0; u < 3; u++) /* (G^T M) G */
+        for (int v = 0; v < 3; v++) {
+            double a = 0;
+            for (int j = 0; j < 6; j++) a += t[u][j] * G[j][v];
+            dw[(3 * u + v) * tap_stride] = (T)a;
+        }
+}
+
 /* dW, db by Winograd F(2x2, 3x3) (3x3, stride 1, dilation 1; see
- * nk_conv_wino_wgrad.h): the tiles in a fixed number of chunks (by shape
- * only), each chunk's transformed-domain sums M (16 x C x F) and bias sums
- * its own partials, added in chunk order; then dW = G^T M G per (c, f).
- * Results do not depend on the thread count. */
+ * nk_conv_wino_wgrad.h) or F(4x4, 3x3) (nk_conv_wino4_wgrad.h; float32
+ * products; where nk_conv_use_wino4 says, with its measurements): the tiles in a fixed
+ * number of chunks (by shape only), each chunk's transformed-domain sums M
+ * (16 or 36 planes of C x F) and bias sums its own partials, added in chunk
+ * order; then dW = G^T M G per (c, f).  Results do not depend on the thread
+ * count. */
 static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
                            T *dw, T *db, int nt)
 {
@@ -675,11 +711,13 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     g.f = s->f; g.oh = s->oh; g.ow = s->ow;
     g.pt = s->pt; g.pl = s->pl;
     g.sp = s->ldx; g.op = s->ldy;
-    g.th = (g.oh + 1) / 2;
-    g.tw = (g.ow + 1) / 2;
+    g.m4 = nk_conv_use_wino4(s->c, s->f, s->lowp, 1);
+    g.th = g.m4 ? (g.oh + 3) / 4 : (g.oh + 1) / 2;
+    g.tw = g.m4 ? (g.ow + 3) / 4 : (g.ow + 1) / 2;
+    const int64_t np = g.m4 ? 36 : 16; /* planes */
     /* bf16 products (float32 with s->lowp): VDPBF16PS on pairs of tiles, or
-     * its emulation (the same bits) */
-    g.lowp = s->lowp;
+     * its emulation (the same bits); F(4x4, 3x3) takes float32 products */
+    g.lowp = s->lowp && !g.m4;
     if (g.lowp) {
         g.wgemm_bf = CFN_ISA(wgw_gemm_bfe);
 #if NK_X86
@@ -693,13 +731,13 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
     const int64_t ntiles = g.n * g.th * g.tw;
     /* tiles per block: the block's V and Z in NK_CONV_WWG_BYTES */
-    int64_t tb = NK_CONV_WWG_BYTES / (16 * (cp + fp) * (int64_t)sizeof(T));
+    int64_t tb = NK_CONV_WWG_BYTES / (np * (cp + fp) * (int64_t)sizeof(T));
     if (tb < 8) tb = 8;
     if (tb > ntiles) tb = ntiles;
-    const int64_t per = 16 * cp * fp + fp;            /* partial M, partial db */
+    const int64_t per = np * cp * fp + fp;            /* partial M, partial db */
     /* V and Z of a block (planes a line apart, see wino_wg_block), Z a
      * few lines after V */
-    const int64_t scr_per = 16 * (tb * cp + ve) + 5 * ve + 16 * (tb * fp + ve);
+    const int64_t scr_per = np * (tb * cp + ve) + 5 * ve + np * (tb * fp + ve);
     /* chunks: NK_CONV_WGRAD_BLOCKS, fewer when their partial sums would
      * pass the workspace budget (by shape only: the same for any thread
      * count); then threads within what is left */
@@ -715,14 +753,15 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     memset(zero, 0, (size_t)cp * sizeof(T));
     memset(part, 0, (size_t)(nb * per) * sizeof(T));
     void (*blk)(const nk_wino *, const T *, const T *, const T *, const T *, int64_t, int64_t,
-                int64_t, T *, T *, T *, T *) = CFN_ISA(wino_wg_block);
+                int64_t, T *, T *, T *, T *) =
+        g.m4 ? CFN_ISA(wino4_wg_block) : CFN_ISA(wino_wg_block);
     const nk_wino *gp = &g;
     (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-        T *vb = scr0 + scr_per * nk_thread_num(), *zb = vb + 16 * (tb * cp + ve) + 5 * ve;
+        T *vb = scr0 + scr_per * nk_thread_num(), *zb = vb + np * (tb * cp + ve) + 5 * ve;
         memset(vb, 0, (size_t)scr_per * sizeof(T));
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -732,7 +771,7 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
             const int64_t c0 = ntiles * b / nb, c1 = ntiles * (b + 1) / nb;
             for (int64_t t0 = c0; t0 < c1; t0 += tb)
                 blk(gp, x, dy, ymask, zero, t0, c1 - t0 < tb ? c1 - t0 : tb, tb, vb, zb, pm,
-                    pm + 16 * cp * fp);
+                    pm + np * cp * fp);
         }
         /* sum the chunks (in order), then dW[u][v] = (G^T M G)[u][v] */
 #ifdef _OPENMP
@@ -740,6 +779,11 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
 #endif
         for (int64_t e = 0; e < C * F; e++) {
             const int64_t c = e / F, f = e - c * F;
+            if (g.m4) {
+                CFN(wino4_gmg)(part, nb, per, cp, fp, c, f, dw + (int64_t)c * s->ldw + f,
+                               C * s->ldw);
+                continue;
+            }
             T m[16];
             for (int xi = 0; xi < 16; xi++) {
                 const int64_t o = (xi * cp + c) * fp + f;
@@ -765,8 +809,8 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
     }
     if (db)
         for (int64_t f = 0; f < F; f++) {
-            T acc = part[16 * cp * fp + f];
-            for (int64_t b = 1; b < nb; b++) acc += part[b * per + 16 * cp * fp + f];
+            T acc = part[np * cp * fp + f];
+            for (int64_t b = 1; b < nb; b++) acc += part[b * per + np * cp * fp + f];
             db[f] = acc;
         }
     nk_ws_release(ws, from_arena);
@@ -890,20 +934,11 @@ static void CFN(wino4_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *
         }
 }
 
-/* Whether F(4x4, 3x3) runs (g->m4, nk_conv_wino4.h), unless switched off
- * (nk_conv_set_wino4): float32 on the fused path with C and F at most 64
- * and no pooling in the output transform.  Measured against F(2x2, 3x3)
- * (AVX-512, batch 128, 1 thread, Zen 4, forward / dX in ms): 16 -> 16 on
- * 32x32 4.1 / 4.1 -> 2.7 / 2.7; 32 -> 32 on 16x16 3.1 / 3.1 -> 2.05 / 2.05;
- * 64 -> 64 on 8x8 3.1 / 3.1 -> 2.0 / 2.0; the default CNN's dX (64 -> 32
- * on 24x24, relu mask) 22.2 -> 15.9.  With bf16 products (lowp) it takes
- * float32 products, so only where that still wins: 16 -> 16 (3.0 / 3.0
- * with F(2x2, 3x3)'s bf16 products -> 2.5 / 2.6); 32 -> 32 ties, 64 -> 64
- * and the CNN's 32 -> 64 lose (2.05 vs 1.85 ms, 13.3 vs 11.4). */
+/* Whether F(4x4, 3x3) runs on the fused path (g->m4, nk_conv_wino4.h):
+ * nk_conv_use_wino4 (nk_conv.c), float32 only. */
 static int CFN(wino_use_f4)(const nk_wino *g)
 {
-    const int64_t most = g->lowp ? 16 : 64;
-    return sizeof(T) == 4 && nk_conv_wino4_on() && g->c <= most && g->f <= most;
+    return sizeof(T) == 4 && nk_conv_use_wino4(g->c, g->f, g->lowp, 0);
 }
 
 /* Whether the fused Winograd (WFN(wino_fused) in nk_conv_wino.h) runs: C

@@ -695,6 +695,7 @@ static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const
 
 #if FB == 32 /* float32 */
 #include "nk_conv_wino_wgrad.h"
+#include "nk_conv_wino4_wgrad.h"
 #endif
 
 #undef WINO_BF16_PAIRS

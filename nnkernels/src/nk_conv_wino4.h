@@ -57,6 +57,69 @@ WAI void WFN(w4_col)(const T *const *px, const T *const *pm, int masked, int64_t
     WFN(w4_bt)(d[0], d[1], d[2], d[3], d[4], d[5], u + b, 6);
 }
 
+/* Pointers to the 36 pixels of tile p's 6x6 patch (and its mask's; zero
+ * outside the image) */
+WAI void WFN(w4_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, nk_wtile p,
+                       const T **px, const T **pm)
+{
+    const int64_t H = g->h, W = g->w, SP = g->sp;
+    const int64_t ih = 4 * p.th - g->pt, iw = 4 * p.tw - g->pl;
+    if (ih >= 0 && ih + 6 <= H && iw >= 0 && iw + 6 <= W) { /* inside the image */
+        const int64_t off = ((p.n * H + ih) * W + iw) * SP;
+#pragma GCC unroll 36
+        for (int k = 0; k < 36; k++) {
+            px[k] = src + off + ((k / 6) * W + k % 6) * SP;
+            pm[k] = mask ? mask + off + ((k / 6) * W + k % 6) * SP : zero;
+        }
+        return;
+    }
+    for (int k = 0; k < 36; k++) {
+        const int64_t r = ih + k / 6, c = iw + k % 6;
+        if ((uint64_t)r < (uint64_t)H && (uint64_t)c < (uint64_t)W) {
+            const int64_t off = ((p.n * H + r) * W + c) * SP;
+            px[k] = src + off;
+            pm[k] = mask ? mask + off : zero;
+        } else {
+            px[k] = zero;
+            pm[k] = zero;
+        }
+    }
+}
+
+/* The tile's V = B^T d B, channels [c0, c0 + cn), into its 36 planes v[xi]:
+ * with left, the row stage of columns 0, 1 is the left neighbour's columns
+ * 4, 5 kept in keep (same operations, so same results); keep then holds
+ * this tile's (unless keep is NULL). */
+WAI void WFN(w4_vtile)(const T *const *px, const T *const *pm, int masked, int64_t c0, int64_t cn,
+                       int left, WV *keep, WV *v)
+{
+    WV uu[36];
+    if (left) {
+#pragma GCC unroll 6
+        for (int a = 0; a < 6; a++) {
+            uu[6 * a] = keep[2 * a];
+            uu[6 * a + 1] = keep[2 * a + 1];
+        }
+    } else {
+        WFN(w4_col)(px, pm, masked, c0, cn, 0, uu);
+        WFN(w4_col)(px, pm, masked, c0, cn, 1, uu);
+    }
+#pragma GCC unroll 4
+    for (int b = 2; b < 6; b++) WFN(w4_col)(px, pm, masked, c0, cn, b, uu);
+    if (keep)
+#pragma GCC unroll 6
+        for (int a = 0; a < 6; a++) {
+            keep[2 * a] = uu[6 * a + 4];
+            keep[2 * a + 1] = uu[6 * a + 5];
+        }
+    /* columns: (B^T d) B */
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; a++) {
+        const WV *q = uu + 6 * a;
+        WFN(w4_bt)(q[0], q[1], q[2], q[3], q[4], q[5], v + 6 * a, 1);
+    }
+}
+
 /* Software prefetch of the patch rows the tiles one tile row below tiles
  * [t, t + cnt) add (their rows 2-5), as wino_prefetch does for 4x4 patches */
 WAI void WFN(w4_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wtile p, int64_t cnt)
@@ -120,62 +183,19 @@ WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const
                             const int64_t fp, int64_t t0, int64_t cnt, T *restrict vb,
                             T *restrict mb, const T *bias, int act, T *y)
 {
-    const int64_t H = g->h, W = g->w, SP = g->sp, OH = g->oh, OW = g->ow;
+    const int64_t OH = g->oh, OW = g->ow;
     const nk_wtile p0 = nk_wtile_at(g, t0);
     WFN(w4_prefetch)(g, src, mask, p0, cnt);
     WV keep[4][12]; /* columns 4, 5 of the previous tile's row stage, per vector of C */
     nk_wtile p = p0;
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
         const T *px[36], *pm[36];
-        const int64_t ih = 4 * p.th - g->pt, iw = 4 * p.tw - g->pl;
-        if (ih >= 0 && ih + 6 <= H && iw >= 0 && iw + 6 <= W) { /* inside the image */
-            const int64_t off = ((p.n * H + ih) * W + iw) * SP;
-#pragma GCC unroll 36
-            for (int k = 0; k < 36; k++) {
-                px[k] = src + off + ((k / 6) * W + k % 6) * SP;
-                pm[k] = mask ? mask + off + ((k / 6) * W + k % 6) * SP : zero;
-            }
-        } else {
-            for (int k = 0; k < 36; k++) {
-                const int64_t r = ih + k / 6, c = iw + k % 6;
-                if ((uint64_t)r < (uint64_t)H && (uint64_t)c < (uint64_t)W) {
-                    const int64_t off = ((p.n * H + r) * W + c) * SP;
-                    px[k] = src + off;
-                    pm[k] = mask ? mask + off : zero;
-                } else {
-                    px[k] = zero;
-                    pm[k] = zero;
-                }
-            }
-        }
+        WFN(w4_patch)(g, src, mask, zero, p, px, pm);
         const int left = i > 0 && p.tw > 0;
         for (int64_t c0 = 0; c0 < C; c0 += WVL) {
-            const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
-            WV uu[36], v[36];
-            WV *kp = keep[c0 / WVL];
-            if (left) {
-#pragma GCC unroll 6
-                for (int a = 0; a < 6; a++) {
-                    uu[6 * a] = kp[2 * a];
-                    uu[6 * a + 1] = kp[2 * a + 1];
-                }
-            } else {
-                WFN(w4_col)(px, pm, mask != NULL, c0, cn, 0, uu);
-                WFN(w4_col)(px, pm, mask != NULL, c0, cn, 1, uu);
-            }
-#pragma GCC unroll 4
-            for (int b = 2; b < 6; b++) WFN(w4_col)(px, pm, mask != NULL, c0, cn, b, uu);
-#pragma GCC unroll 6
-            for (int a = 0; a < 6; a++) {
-                kp[2 * a] = uu[6 * a + 4];
-                kp[2 * a + 1] = uu[6 * a + 5];
-            }
-            /* columns: (B^T d) B */
-#pragma GCC unroll 6
-            for (int a = 0; a < 6; a++) {
-                const WV *q = uu + 6 * a;
-                WFN(w4_bt)(q[0], q[1], q[2], q[3], q[4], q[5], v + 6 * a, 1);
-            }
+            WV v[36];
+            WFN(w4_vtile)(px, pm, mask != NULL, c0, C - c0 < WVL ? C - c0 : WVL, left,
+                          keep[c0 / WVL], v);
             T *dst = vb + 36 * i * cp + c0;
 #pragma GCC unroll 36
             for (int xi = 0; xi < 36; xi++) memcpy(dst + xi * cp, &v[xi], sizeof(WV));

@@ -63,9 +63,10 @@ WAI void WFN(wgw_dz)(const nk_wino *g, const T *dy, const T *ymask, int64_t n, i
 
 /* mp[xi][c][f] += sum over the cnt tiles of vb[xi][t][c] * zb[xi][t][f]
  * for rows [c0, c0 + CB) and vectors [f0, f0 + NVF * WVL) of plane xi; the
- * tiles in ascending order. */
-WAI void WFN(wgw_gemm_tile)(const T *restrict v, const T *restrict z, int64_t cnt, int64_t cp,
-                            int64_t fp, T *restrict m, const int CB, const int NVF)
+ * tiles in ascending order, tile t's V row at v + t * vs and Z row at
+ * z + t * zs; M's rows fp apart. */
+WAI void WFN(wgw_gemm_tile)(const T *restrict v, int64_t vs, const T *restrict z, int64_t zs,
+                            int64_t cnt, int64_t fp, T *restrict m, const int CB, const int NVF)
 {
     WV acc[16][2];
 #pragma GCC unroll 16
@@ -75,8 +76,8 @@ WAI void WFN(wgw_gemm_tile)(const T *restrict v, const T *restrict z, int64_t cn
     for (int64_t t = 0; t < cnt; t++) {
         WV zv[2];
 #pragma GCC unroll 2
-        for (int k = 0; k < NVF; k++) memcpy(&zv[k], z + t * fp + k * WVL, sizeof(WV));
-        const T *vr = v + t * cp;
+        for (int k = 0; k < NVF; k++) memcpy(&zv[k], z + t * zs + k * WVL, sizeof(WV));
+        const T *vr = v + t * vs;
 #pragma GCC unroll 16
         for (int i = 0; i < CB; i++)
 #pragma GCC unroll 2
@@ -160,7 +161,7 @@ static void WFN(wgw_gemm_bfe)(const uint32_t *vw, const uint32_t *zw, int64_t np
 {
     T *mp = (T *)mp_;
 #define WGW_BFE_TILE(v, z, m, CB, NVF) WFN(wgw_gemm_bfe_tile)(v, z, np, cp, fp, m, CB, NVF)
-    NK_WWG_PLANES(vw, vxs, zw, zxs, mp, C, cp, fp, WGW_BFE_TILE)
+    NK_WWG_PLANES(16, vw, vxs, zw, zxs, mp, C, cp, fp, WGW_BFE_TILE)
 #undef WGW_BFE_TILE
 }
 
@@ -271,7 +272,7 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
         return;
     }
     /* the 16 products (NK_WWG_PLANES) */
-#define WGW_TILE(v, z, m, CB, NVF) WFN(wgw_gemm_tile)(v, z, cnt, cp, fp, m, CB, NVF)
-    NK_WWG_PLANES((const T *)vb, vxs, (const T *)zb, zxs, mp, C, cp, fp, WGW_TILE)
+#define WGW_TILE(v, z, m, CB, NVF) WFN(wgw_gemm_tile)(v, cp, z, fp, cnt, fp, m, CB, NVF)
+    NK_WWG_PLANES(16, (const T *)vb, vxs, (const T *)zb, zxs, mp, C, cp, fp, WGW_TILE)
 #undef WGW_TILE
 }
