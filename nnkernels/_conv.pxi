@@ -247,13 +247,18 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     padding: "valid", "same" (TensorFlow/Keras: OH = ceil(H / sh), extra
     padding row/column at the bottom/right) or ((top, bottom), (left, right)).
     activation: None, "linear" or "relu" (fused).  algo: "im2col" (implicit
-    im2col GEMM, no column buffer), "direct", "winograd" (F(2x2, 3x3): 3x3
-    kernels, strides 1 and dilation 1 only, else ValueError; 2.25x fewer
-    multiplications, results within a few ulps of the magnitude of the
-    sums of |x|*|w| of direct summation; conv2d_backward uses it for dx and,
-    in float32, for dw and db: dW = G^T [sum over tiles (A dz A^T) .* (B^T d
-    B)] G, 16 (C_in x C_out) products summed over the tiles, float64 dw
-    takes im2col), "depthwise" (one input channel per group only: see
+    im2col GEMM, no column buffer), "direct", "winograd" (3x3 kernels,
+    strides 1 and dilation 1 only, else ValueError: Winograd F(2x2, 3x3),
+    2.25x fewer multiplications than direct summation, results within a few
+    ulps of the magnitude of the sums of |x|*|w| over the tile's 4x4 patch
+    and the kernel; in float32 with at most 64 channels on each side
+    F(4x4, 3x3) instead, 4x fewer, within about 64 ulps of those sums over
+    its 6x6 patch (dX alike; see nk_conv_use_wino4 in nk_conv.c for where and
+    how much faster); conv2d_backward uses it for dx and, in float32, for dw
+    and db: dW = G^T [sum over tiles (A dz A^T) .* (B^T d B)] G, 16 (or,
+    F(4x4, 3x3) with at most 32 input and 64 output channels, 36) (C_in x
+    C_out) products summed over the tiles, float64 dw takes im2col),
+    "depthwise" (one input channel per group only: see
     depthwise_conv2d), "direct_wgrad" (a weight-gradient algorithm: in
     conv2d_backward the float32 dw and db come from register-tiled direct
     loops; the forward pass, dx and float64 dw take the "auto" choice) or
@@ -280,9 +285,12 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     of 32 or more values (KH * KW * C_in), or "direct_wgrad" for a weight
     gradient with 16 or more input channels; "winograd"
     rounds its transformed operands (B^T d B, G g G^T) to bfloat16 for the
-    16 transformed-domain products (error within about 2**-8 of their
-    absolute sums; VDPBF16PS or its emulation, the same bits on every path);
-    direct_wgrad with fewer input channels, the other direct cases and
+    16 transformed-domain products of F(2x2, 3x3) (error within about 2**-8
+    of their absolute sums; VDPBF16PS or its emulation, the same bits on
+    every path), except for forward passes and dX with at most 16 channels
+    on each side, where F(4x4, 3x3) with float32 products is faster (and
+    gives the float32 result); direct_wgrad with fewer input channels, the
+    other direct cases and
     depthwise convolutions stay float32 (only more accurate).  Bias and
     activation stay float32.
     Returns y.

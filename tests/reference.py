@@ -264,6 +264,14 @@ WINO_C = 8   # F(2x2, 3x3)'s bound (see test_conv.py)
 WINO4_C = 64
 
 
+def assert_wino_bound(got, exact, scale, dt, c, what="result"):
+    """|got - exact| <= c * eps * scale (+ tiny) everywhere (scale: wino_scale)."""
+    err = np.abs(got.astype(F64) - exact)
+    lim = c * np.finfo(dt).eps * scale + np.finfo(dt).tiny
+    worst = float((err / lim).max()) if err.size else 0.0
+    assert worst <= 1.0, f"{what}: error {worst:.3g} x the Winograd bound"
+
+
 def wino_scale(x, w, b, pt, pl, OH, OW, m=2):
     """sum_c P_c K_c (+ |b|) per output of Winograd F(m x m, 3x3) (m = 2 or
     4): P_c = sum of |x| over the (m + 2) x (m + 2) patch of the output's

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+from hypothesis import assume
 from hypothesis import strategies as st
 
 DTYPES = ("float32", "float64")
@@ -334,3 +335,23 @@ def dense_cases(draw, max_dim=300, dtype=None, activation="any"):
         layout_y=draw(layouts()),
         seed=draw(seeds()),
     )
+
+
+@st.composite
+def wino_geometry(draw, sizes, ref_pads):
+    """(H, W, padding, (pt, pl)) of a 3x3 stride-1 convolution for the
+    Winograd tests: "valid", "same" or explicit padding up to 3 (more than 2
+    makes dX's padding negative: cropping), at least one output pixel.
+    ref_pads: reference.ref_pads (passed in: this module imports no
+    reference code)."""
+    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
+    if kind == "explicit":
+        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
+    else:
+        padding = kind
+    H, W = draw(st.sampled_from(sizes)), draw(st.sampled_from(sizes))
+    (pt, pb), (pl, pr) = ref_pads(H, W, 3, 3, (1, 1), padding, (1, 1))
+    assume(H + pt + pb >= 3 and W + pl + pr >= 3)
+    return H, W, padding, (pt, pl)
+

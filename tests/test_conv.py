@@ -12,7 +12,8 @@ import nnkernels as nk
 from reference import isa as use_isa
 from reference import threads
 from reference import ref_conv, ref_conv_backward, ref_pads, wino_scale, wino_wgrad_scale
-from reference import WINO4_C, WINO_C, wino4
+from reference import WINO4_C, WINO_C, assert_wino_bound, wino4
+from strategies import wino_geometry
 
 ISAS = nk.available_isas()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -131,10 +132,7 @@ def test_forward_backward_vs_reference(case, dt, act, isa, seed, use_bias):
 
 
 def _wino_bound(got, exact, scale, dt, c=WINO_C):
-    err = np.abs(got.astype(np.float64) - exact)
-    lim = c * np.finfo(dt).eps * scale + np.finfo(dt).tiny
-    worst = float((err / lim).max()) if err.size else 0.0
-    assert worst <= 1.0, f"error {worst:.3g} x the Winograd bound"
+    assert_wino_bound(got, exact, scale, dt, c)
 
 
 def wino_wgrad_limits(x, dz, pt, pl):
@@ -152,16 +150,7 @@ def wino_wgrad_limits(x, dz, pt, pl):
 
 @st.composite
 def wino_case(draw):
-    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
-    if kind == "explicit":  # padding > 2 makes dX's padding negative (cropping)
-        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
-                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
-    else:
-        padding = kind
-    sizes = [1, 2, 3, 4, 5, 7, 8, 11, 13]
-    H, W = draw(st.sampled_from(sizes)), draw(st.sampled_from(sizes))
-    (pt, pb), (pl, pr) = ref_pads(H, W, 3, 3, (1, 1), padding, (1, 1))
-    assume(H + pt + pb >= 3 and W + pl + pr >= 3)
+    H, W, padding, _ = draw(wino_geometry([1, 2, 3, 4, 5, 7, 8, 11, 13], ref_pads))
     # 300 and 520 channels: more than one k-block of every kernel (kc 256 / 512)
     C = draw(st.sampled_from([1, 2, 3, 5, 13, 16, 17, 32, 300, 520]))
     F = draw(st.sampled_from([1, 3, 16, 17, 33, 64] + ([] if C > 32 else [300, 520])))

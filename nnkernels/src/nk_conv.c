@@ -224,6 +224,15 @@ typedef struct {
 } nk_wino;
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
+/* F(4x4, 3x3)'s kernel transform G (6x3; nk_conv_wino4.h), for U = G g G^T
+ * (CFN(wino4_u)) and the weight gradient's dW = G^T M G (CFN(wino4_gmg)) */
+static const double nk_wino4_G[6][3] = {{1.0 / 4, 0, 0},
+                                        {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                        {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                        {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                        {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                        {0, 0, 1}};
+
 /* The Winograd weight gradient's NP products of a block (16 planes of
  * F(2x2, 3x3), 36 of F(4x4, 3x3); float32, every ISA and the bf16 ones
  * alike), plane by plane: plane xi's V rows at

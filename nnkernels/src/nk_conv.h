@@ -33,14 +33,19 @@
  *    layers).
  *  - NK_CONV_WINOGRAD (3x3, stride 1, dilation 1): Winograd F(2x2, 3x3) for
  *    the forward pass and dX (the "full" correlation of dz with the rotated,
- *    channel-swapped kernel, dz masked while transformed); dW uses im2col.
+ *    channel-swapped kernel, dz masked while transformed) and the float32
+ *    dW (nk_conv_wino_wgrad.h; float64 dW uses im2col).
  *    Per block of 2x2-output tiles: input transform written straight in the
  *    micro-kernel's packed-A format, 16 GEMMs (tiles x C) @ (C x F) against
  *    the transformed kernel packed once per call, output transform with
  *    bias and activation (see nk_conv_body.h, nk_conv_wino.h).  float32
- *    with small C and F (both <= 32): a fused kernel instead,
- *    per block of a few tiles all in L1 (V stored channels-contiguous,
- *    products as broadcast-FMA register tiles, no packing or transposes).
+ *    with small C and F (both <= 32, 64 with bf16 products): a fused kernel
+ *    instead, per block of a few tiles all in L1 (V stored
+ *    channels-contiguous, products as broadcast-FMA register tiles, no
+ *    packing or transposes).  float32 with float32 products and C, F <= 64
+ *    (dW: C <= 32): F(4x4, 3x3) on that fused path, 36 products per 4x4
+ *    outputs instead of 64 (nk_conv_wino4.h, nk_conv_wino4_wgrad.h; where
+ *    exactly: nk_conv_use_wino4).
  *
  *  - NK_CONV_DEPTHWISE (one input channel per group, g = C groups of
  *    f = M outputs: Keras DepthwiseConv2D): direct loops vectorised over

@@ -662,18 +662,13 @@ static int CFN(wg2_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, c
 }
 
 /* F(4x4, 3x3)'s dW[u][v] = (G^T M G)[u][v] (u, v < 3) of channel pair
- * (c, f): M[xi] the chunks' sums of plane xi (added in chunk order), G as
- * in CFN(wino4_u), in double, each tap rounded once; tap (u, v) at
+ * (c, f): M[xi] the chunks' sums of plane xi (added in chunk order), G =
+ * nk_wino4_G, in double, each tap rounded once; tap (u, v) at
  * dw + (3u + v) * tap_stride. */
 static void CFN(wino4_gmg)(const T *part, int64_t nb, int64_t per, int64_t cp, int64_t fp,
                            int64_t c, int64_t f, T *dw, int64_t tap_stride)
 {
-    static const double G[6][3] = {{1.0 / 4, 0, 0},
-                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                   {0, 0, 1}};
+    const double(*G)[3] = nk_wino4_G;
     double m[36], t[3][6];
     for (int xi = 0; xi < 36; xi++) {
         const int64_t o = (xi * cp + c) * fp + f;
@@ -874,8 +869,24 @@ static int CFN(bias_grad)(const nk_conv_shape *s, const T *dy, const T *ymask, T
  * (3, 3, C, F) kernel, or with flip, the forward kernel (3, 3, F, C) rotated
  * by 180 degrees with its channel axes swapped (the data gradient); its rows
  * g->ldw apart.  Output pixels g->op apart.  Tiles of the output plane
- * (oh, ow) read src at (2th - pt + a, 2tw - pl + b). */
+ * (oh, ow) read src at (2th - pt + a, 2tw - pl + b).  Where
+ * nk_conv_use_wino4 (nk_conv.c) says, F(4x4, 3x3) runs instead, on the
+ * fused path (g->m4: nk_conv_wino4.h; its weight gradient
+ * nk_conv_wino4_wgrad.h). */
 #define WINO_L2_BYTES ((int64_t)256 << 10) /* V + M of one block */
+
+/* The 3x3 kernel g of channel pair (c, f) (GEMM k, n): w's taps, or with
+ * flip (the data gradient) the forward kernel (3, 3, F, C) rotated by 180
+ * degrees with its channel axes swapped; rows g->ldw apart. */
+static void CFN(wino_taps)(const nk_wino *g, const T *w, int flip, int64_t c, int64_t f,
+                           T gk[3][3])
+{
+    const int64_t C = g->c, F = g->f;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * g->ldw + c]
+                            : w[((a * 3 + b) * C + c) * g->ldw + f];
+}
 
 /* U = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]: plane xi,
  * channel c, column f at u + (xi * C + c) * fp + f (f < F; fp >= F). */
@@ -885,10 +896,7 @@ static void CFN(wino_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *u
     for (int64_t c = 0; c < C; c++)
         for (int64_t f = 0; f < F; f++) {
             T gk[3][3], t[4][3];
-            for (int a = 0; a < 3; a++)
-                for (int b = 0; b < 3; b++)
-                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * g->ldw + c]
-                                    : w[((a * 3 + b) * C + c) * g->ldw + f];
+            CFN(wino_taps)(g, w, flip, c, f, gk);
             for (int b = 0; b < 3; b++) {
                 t[0][b] = gk[0][b];
                 t[1][b] = (T)0.5 * (gk[0][b] + gk[1][b] + gk[2][b]);
@@ -905,25 +913,20 @@ static void CFN(wino_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *u
         }
 }
 
-/* U = G g G^T for F(4x4, 3x3) (G in nk_conv_wino4.h): plane xi = 6a + b,
+/* U = G g G^T for F(4x4, 3x3) (G = nk_wino4_G): plane xi = 6a + b,
  * channel c, column f at u + (xi * C + c) * fp + f; each entry computed in
  * double and rounded once. */
 static void CFN(wino4_u)(const nk_wino *g, const T *w, int flip, int64_t fp, T *u_out)
 {
-    static const double G[6][3] = {{1.0 / 4, 0, 0},
-                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                   {0, 0, 1}};
+    const double(*G)[3] = nk_wino4_G;
     const int64_t C = g->c, F = g->f;
     for (int64_t c = 0; c < C; c++)
         for (int64_t f = 0; f < F; f++) {
+            T gt[3][3];
             double gk[3][3], t[6][3];
+            CFN(wino_taps)(g, w, flip, c, f, gt);
             for (int a = 0; a < 3; a++)
-                for (int b = 0; b < 3; b++)
-                    gk[a][b] = flip ? w[(((2 - a) * 3 + (2 - b)) * F + f) * g->ldw + c]
-                                    : w[((a * 3 + b) * C + c) * g->ldw + f];
+                for (int b = 0; b < 3; b++) gk[a][b] = (double)gt[a][b];
             for (int a = 0; a < 6; a++)
                 for (int b = 0; b < 3; b++)
                     t[a][b] = G[a][0] * gk[0][b] + G[a][1] * gk[1][b] + G[a][2] * gk[2][b];

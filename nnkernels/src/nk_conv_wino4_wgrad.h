@@ -34,19 +34,7 @@ WAI void WFN(w4_dz)(const nk_wino *g, const T *dy, const T *ymask, nk_wtile p, i
     for (int k = 0; k < 16; k++) {
         const int64_t r = oh + (k >> 2), c = ow + (k & 3);
         const int64_t off = ((p.n * g->oh + r) * g->ow + c) * OP + f0;
-        if (inside) {
-            memcpy(&d[k], dy + off, sizeof(WV));
-            if (ymask) {
-                WV m;
-                memcpy(&m, ymask + off, sizeof m);
-                d[k] = (WV)((WVI)d[k] & (WVI)(m > (T)0));
-            }
-        } else if (r < g->oh && c < g->ow) {
-            d[k] = WFN(wld)(dy + off, fn);
-            if (ymask) d[k] = (WV)((WVI)d[k] & (WVI)(WFN(wld)(ymask + off, fn) > (T)0));
-        } else {
-            d[k] = (WV){0};
-        }
+        d[k] = WFN(wgw_dz1)(dy, ymask, off, inside, r < g->oh && c < g->ow, fn);
     }
 }
 

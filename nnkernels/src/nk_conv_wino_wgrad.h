@@ -34,6 +34,29 @@ WAI void WFN(wgw_ztrans)(const WV *d, WV *z)
     }
 }
 
+/* One pixel's vector of dz, channels [f0, f0 + fn) at dy + off: dy where
+ * ymask > 0 (every dy without ymask); whole: fn is a whole vector and the
+ * pixel inside OH x OW (the common case, no checks); else zero where
+ * outside (in false). */
+WAI WV WFN(wgw_dz1)(const T *dy, const T *ymask, int64_t off, int whole, int in, int64_t fn)
+{
+    WV d;
+    if (whole) {
+        memcpy(&d, dy + off, sizeof(WV));
+        if (ymask) {
+            WV m;
+            memcpy(&m, ymask + off, sizeof m);
+            d = (WV)((WVI)d & (WVI)(m > (T)0));
+        }
+    } else if (in) {
+        d = WFN(wld)(dy + off, fn);
+        if (ymask) d = (WV)((WVI)d & (WVI)(WFN(wld)(ymask + off, fn) > (T)0));
+    } else {
+        d = (WV){0};
+    }
+    return d;
+}
+
 /* The 2x2 dz block of tile (n, th, tw), channels [f0, f0 + fn): dy where
  * ymask > 0 (every dy without ymask), zero outside OH x OW. */
 WAI void WFN(wgw_dz)(const nk_wino *g, const T *dy, const T *ymask, int64_t n, int64_t th,
@@ -45,19 +68,7 @@ WAI void WFN(wgw_dz)(const nk_wino *g, const T *dy, const T *ymask, int64_t n, i
     for (int k = 0; k < 4; k++) {
         const int64_t r = oh + (k >> 1), c = ow + (k & 1);
         const int64_t off = ((n * g->oh + r) * g->ow + c) * OP + f0;
-        if (inside) {
-            memcpy(&d[k], dy + off, sizeof(WV));
-            if (ymask) {
-                WV m;
-                memcpy(&m, ymask + off, sizeof m);
-                d[k] = (WV)((WVI)d[k] & (WVI)(m > (T)0));
-            }
-        } else if (r < g->oh && c < g->ow) {
-            d[k] = WFN(wld)(dy + off, fn);
-            if (ymask) d[k] = (WV)((WVI)d[k] & (WVI)(WFN(wld)(ymask + off, fn) > (T)0));
-        } else {
-            d[k] = (WV){0};
-        }
+        d[k] = WFN(wgw_dz1)(dy, ymask, off, inside, r < g->oh && c < g->ow, fn);
     }
 }
 
