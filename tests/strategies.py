@@ -338,18 +338,24 @@ def dense_cases(draw, max_dim=300, dtype=None, activation="any"):
 
 
 @st.composite
+def conv_paddings(draw):
+    """A convolution's padding: "valid", "same" or explicit ((top, bottom),
+    (left, right)), each up to 3."""
+    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
+    if kind != "explicit":
+        return kind
+    return ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+            (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
+
+
+@st.composite
 def wino_geometry(draw, sizes, ref_pads):
     """(H, W, padding, (pt, pl)) of a 3x3 stride-1 convolution for the
     Winograd tests: "valid", "same" or explicit padding up to 3 (more than 2
     makes dX's padding negative: cropping), at least one output pixel.
     ref_pads: reference.ref_pads (passed in: this module imports no
     reference code)."""
-    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
-    if kind == "explicit":
-        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
-                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
-    else:
-        padding = kind
+    padding = draw(conv_paddings())
     H, W = draw(st.sampled_from(sizes)), draw(st.sampled_from(sizes))
     (pt, pb), (pl, pr) = ref_pads(H, W, 3, 3, (1, 1), padding, (1, 1))
     assume(H + pt + pb >= 3 and W + pl + pr >= 3)

@@ -13,7 +13,7 @@ from reference import isa as use_isa
 from reference import threads
 from reference import ref_conv, ref_conv_backward, ref_pads, wino_scale, wino_wgrad_scale
 from reference import WINO4_C, WINO_C, assert_wino_bound, wino4
-from strategies import wino_geometry
+from strategies import conv_paddings, wino_geometry
 
 ISAS = nk.available_isas()
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -61,12 +61,7 @@ def conv_case(draw, max_c=20, max_f=40):
     KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     dh, dw = draw(st.sampled_from([1, 1, 2, 3])), draw(st.sampled_from([1, 1, 2]))
-    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
-    if kind == "explicit":
-        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
-                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
-    else:
-        padding = kind
+    padding = draw(conv_paddings())
     H, W = draw(st.integers(1, 11)), draw(st.integers(1, 13))
     (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, (sh, sw), padding, (dh, dw))
     assume(H + pt + pb >= (KH - 1) * dh + 1 and W + pl + pr >= (KW - 1) * dw + 1)

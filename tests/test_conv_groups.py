@@ -12,6 +12,7 @@ import nnkernels as nk
 from reference import (assert_bitwise_equal, isa as use_isa, ref_conv_grouped,
                        ref_conv_grouped_backward, ref_depthwise, ref_depthwise_backward,
                        ref_pads, threads as use_threads)
+from strategies import conv_paddings
 
 ISAS = tuple(nk.available_isas())
 DTYPES = (np.float32, np.float64)
@@ -40,12 +41,7 @@ def geometry(draw, max_k=4, max_h=11, max_w=13, max_n=3):
     KH, KW = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     dh, dw = draw(st.sampled_from([1, 1, 2, 3])), draw(st.sampled_from([1, 1, 2]))
-    kind = draw(st.sampled_from(["valid", "same", "explicit"]))
-    if kind == "explicit":
-        padding = ((draw(st.integers(0, 3)), draw(st.integers(0, 3))),
-                   (draw(st.integers(0, 3)), draw(st.integers(0, 3))))
-    else:
-        padding = kind
+    padding = draw(conv_paddings())
     H, W = draw(st.integers(1, max_h)), draw(st.integers(1, max_w))
     (pt, pb), (pl, pr) = ref_pads(H, W, KH, KW, (sh, sw), padding, (dh, dw))
     assume(H + pt + pb >= (KH - 1) * dh + 1 and W + pl + pr >= (KW - 1) * dw + 1)

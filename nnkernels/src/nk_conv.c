@@ -30,15 +30,16 @@ int nk_conv_wino4_on(void) { return !g_wino4_off; }
  * with bf16 products requested (lowp) the forward pass and dX up to 16,
  * where F(4x4)'s float32 products still beat F(2x2)'s bf16 ones, and no
  * weight gradient (16 -> 16 on 32x32 wins isolated, loses in ResNet-20's
- * step: its stage's backward 49.1-50.1 -> 50.4-52.8 ms).  Measured (AVX-512, batch
- * 128, 1 thread, Zen 4; forward / dX / dW in ms, F(2x2) -> F(4x4)):
+ * step: that stage's convolution backward 49.1-50.1 -> 50.4-52.8 ms).
+ * Measured (AVX-512, batch 128, 1 thread, Zen 4; forward / dX / dW in ms,
+ * F(2x2) -> F(4x4)):
  *   16 -> 16 on 32x32  4.1 / 4.1 / 5.0 -> 2.7 / 2.7 / 3.2
  *   32 -> 32 on 16x16  3.1 / 3.1 / 3.5 -> 2.05 / 2.05 / 2.5
  *   64 -> 64 on 8x8    3.1 / 3.1 / 3.5 -> 2.0 / 2.0 / (3.45)
  *   the default CNN's 32 -> 64 on 26x26: forward with its 2x2 max pooling
  *   17.4 -> 11.7, dX (relu mask) 22.2 -> 15.9, dW 17.0 -> 14.5
- *   in ResNet-20's step, per stage (all its passes): dW of 64 -> 64 by
- *   F(4x4) 39.7 -> 44.7 ms, so it stays F(2x2)
+ *   in ResNet-20's step, its 8x8 stage's convolution backward with dW of
+ *   64 -> 64 by F(4x4): 39.3-40.1 -> 44.5-45.0 ms, so it stays F(2x2)
  * bf16 products requested, F(2x2)'s bf16 products -> F(4x4)'s float32 ones:
  *   16 -> 16 on 32x32  3.0 / 3.0 / 4.1 -> 2.5 / 2.6 / (3.5-3.9)
  *   32 -> 32 ties (2.0 / 2.0 / 2.45); 64 -> 64 and the CNN's 32 -> 64 lose

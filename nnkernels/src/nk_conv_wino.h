@@ -115,21 +115,23 @@ WAI int WFN(wino_patch)(const nk_wino *g, const T *src, const T *mask, const T *
 }
 
 /* Software prefetch of the source rows the tiles one tile row below
- * tiles [t, t + cnt) add (patch rows 2, 3 of those tiles: image rows
- * 2 th + 4 - pt and + 5), all channels (and the mask's): the transform reads
- * each 4x4 patch as 16 short runs the hardware prefetchers do not follow
- * (the GEMMs between blocks break their streams). */
+ * tiles [t, t + cnt) add (patch rows 2 .. m + 1 of those tiles, m the tile
+ * size: 2, or 4 with g->m4; the columns a left neighbour does not share),
+ * all channels (and the mask's): the transform reads each patch as short
+ * runs the hardware prefetchers do not follow (the GEMMs between blocks
+ * break their streams). */
 WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wtile p,
                             int64_t cnt)
 {
     const int64_t H = g->h, W = g->w, bytes = g->c * (int64_t)sizeof(T);
+    const int m = g->m4 ? 4 : 2;
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, th = p.th + 1, tw = p.tw;
-        for (int a = 2; a < 4; a++) {
-            const int64_t ih = 2 * th - g->pt + a;
+        for (int a = 2; a < m + 2; a++) {
+            const int64_t ih = m * th - g->pt + a;
             if ((uint64_t)ih >= (uint64_t)H) continue;
-            for (int b = tw > 0 ? 2 : 0; b < 4; b++) {
-                const int64_t iw = 2 * tw - g->pl + b;
+            for (int b = tw > 0 ? 2 : 0; b < m + 2; b++) {
+                const int64_t iw = m * tw - g->pl + b;
                 if ((uint64_t)iw >= (uint64_t)W) continue;
                 const int64_t off = ((n * H + ih) * W + iw) * g->sp;
                 for (int64_t o = 0; o < bytes; o += 64) {

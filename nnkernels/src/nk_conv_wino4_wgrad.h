@@ -50,14 +50,14 @@ static void WFN(wino4_wg_block)(const nk_wino *g, const T *x, const T *dy, const
 {
     const int64_t C = g->c, F = g->f, ve = WVL;
     const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
-    (void)tb;
+    (void)tb; /* tile-major V and Z: cnt <= tb tiles of 36 rows fit the planes' scratch */
     const int reuse = C <= 4 * ve; /* the left neighbour's row stage kept for up to 4 vectors */
     WV keep[4][12];
     nk_wtile p = nk_wtile_at(g, t0);
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
         const T *px[36], *pm[36];
         WFN(w4_patch)(g, x, NULL, zero, p, px, pm);
-        if ((i & 7) == 0) WFN(w4_prefetch)(g, x, NULL, p, cnt - i < 8 ? cnt - i : 8);
+        if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, p, cnt - i < 8 ? cnt - i : 8);
         const int left = reuse && i > 0 && p.tw > 0;
         for (int64_t c0 = 0; c0 < C; c0 += ve) {
             WV v[36];
