@@ -287,9 +287,9 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     rounds its transformed operands (B^T d B, G g G^T) to bfloat16 for the
     16 transformed-domain products of F(2x2, 3x3) (error within about 2**-8
     of their absolute sums; VDPBF16PS or its emulation, the same bits on
-    every path), except for forward passes and dX with at most 16 channels
-    on each side, where F(4x4, 3x3) with float32 products is faster (and
-    gives the float32 result); direct_wgrad with fewer input channels, the
+    every path), except with at most 16 channels on each side, where
+    F(4x4, 3x3) with float32 products is faster (and gives the float32
+    result; in conv2d_backward dW too); direct_wgrad with fewer input channels, the
     other direct cases and
     depthwise convolutions stay float32 (only more accurate).  Bias and
     activation stay float32.
@@ -407,7 +407,8 @@ def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1
     own.  precision="bfloat16": as in conv2d, for each product (dW and dX
     separately, by their algorithms): bf16 operands (dz, x, w) in the im2col
     GEMMs and Winograd's transformed operands for a dX or a dW (V = B^T d B
-    and A dz A^T, in pairs of tiles); direct_wgrad with C_in >= 16 runs as
+    and A dz A^T, in pairs of tiles; with at most 16 channels on each side
+    F(4x4, 3x3) with float32 products, as in conv2d); direct_wgrad with C_in >= 16 runs as
     the bf16 im2col GEMM; with fewer, and the direct kernels, float32; db
     sums the unrounded dz in float32.
     """

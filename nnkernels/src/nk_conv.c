@@ -27,10 +27,13 @@ int nk_conv_wino4_on(void) { return !g_wino4_off; }
  * products up to 64 channels on each side (the fused path's register tiles;
  * beyond, F(2x2)'s blocked path), the weight gradient up to 32 input
  * channels (64 -> 64 on 8x8 ties isolated and loses in ResNet-20's step);
- * with bf16 products requested (lowp) the forward pass and dX up to 16,
- * where F(4x4)'s float32 products still beat F(2x2)'s bf16 ones, and no
- * weight gradient (16 -> 16 on 32x32 wins isolated, loses in ResNet-20's
- * step: that stage's convolution backward 49.1-50.1 -> 50.4-52.8 ms).
+ * with bf16 products requested (lowp) up to 16 channels on each side,
+ * forward, dX and dW, where F(4x4)'s float32 products still beat F(2x2)'s
+ * bf16 ones.  (dW there lost in ResNet-20's step at first, 49.1-50.1 ->
+ * 50.4-52.8 ms for that stage's convolution backward; since the chunk
+ * sums run as contiguous runs (CFN(sum_chunks)) it wins: 1 thread 48.3-50.7
+ * against 49.8-52.8 ms with F(2x2)'s bf16 dW, 2 threads 25.7-26.9 against
+ * 25.95-27.6, three interleaved pairs each.)
  * Measured (AVX-512, batch 128, 1 thread, Zen 4; forward / dX / dW in ms,
  * F(2x2) -> F(4x4)):
  *   16 -> 16 on 32x32  4.1 / 4.1 / 5.0 -> 2.7 / 2.7 / 3.2
@@ -41,13 +44,13 @@ int nk_conv_wino4_on(void) { return !g_wino4_off; }
  *   in ResNet-20's step, its 8x8 stage's convolution backward with dW of
  *   64 -> 64 by F(4x4): 39.3-40.1 -> 44.5-45.0 ms, so it stays F(2x2)
  * bf16 products requested, F(2x2)'s bf16 products -> F(4x4)'s float32 ones:
- *   16 -> 16 on 32x32  3.0 / 3.0 / 4.1 -> 2.5 / 2.6 / (3.5-3.9)
+ *   16 -> 16 on 32x32  3.0 / 3.0 / 4.1 -> 2.5 / 2.6 / 3.5-3.9
  *   32 -> 32 ties (2.0 / 2.0 / 2.45); 64 -> 64 and the CNN's 32 -> 64 lose
  *   (forward 1.85 -> 2.05, 10.0 -> 10.5). */
 int nk_conv_use_wino4(int64_t c, int64_t f, int lowp, int wgrad)
 {
     if (g_wino4_off) return 0;
-    if (lowp) return !wgrad && c <= 16 && f <= 16;
+    if (lowp) return c <= 16 && f <= 16;
     return c <= (wgrad ? 32 : 64) && f <= 64;
 }
 
