@@ -20,9 +20,13 @@ cdef extern from "nk_conv.h" nogil:
         int64_t g
         int64_t ldx, ldy, ldw
         int lowp
+        int out_bf16
     int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
                           const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                           int act, void *y_nhwf, int nthreads)
+    int nk_conv2d_forward_bf16(const nk_conv_shape *s, int algo, const float *x_nhwc,
+                               const float *w_hwcf, const float *bias_f, int act,
+                               uint16_t *y16, int nthreads)
     int nk_conv2d_forward_maxpool(const nk_conv_shape *s, int dbl, int algo,
                                   const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                                   int act, void *y_nhwf, void *pool_y, int32_t *pool_i,
@@ -174,6 +178,7 @@ cdef object _conv_geometry(tuple xs, tuple ws, object strides, object padding, o
     s.oh, s.ow = oh, ow
     s.g, s.ldx, s.ldy, s.ldw = G, C, F, F
     s.lowp = 0
+    s.out_bf16 = 0
     return pads
 
 
@@ -276,7 +281,12 @@ def conv2d(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation=(1, 1),
     channel counts (or, with C_g = 1, by the depthwise kernels in one pass).
     out: optional preallocated
     (N, OH, OW, C_out) C-contiguous array of the same dtype; it must not
-    overlap the inputs.  Non-contiguous x / w / bias are copied first.
+    overlap the inputs.  Non-contiguous x / w / bias are copied first.  A
+    uint16 out (float32 x and w): the output stored as bfloat16 bit patterns
+    (from_bf16 widens them), each the float32 result rounded as
+    VCVTNEPS2BF16 rounds (nearest even, subnormals to signed zero) -- half
+    the bytes written: the fused Winograd paths round in their output
+    transform, the others compute into a workspace and round it after.
     precision="bfloat16" (float32 only): bfloat16 products where they beat
     float32's algorithm -- x and w rounded to bfloat16 and their products
     accumulated in float32 (see gemm) by the im2col GEMM -- when algo (or
@@ -315,8 +325,13 @@ cdef object _conv2d_fwd(object x, object w, object bias, object strides, object 
     _conv_check_algo(algo_id, &s)
     if bias is not None:
         bias = _vector(bias, s.f * s.g, dt, "bias")
-    out = _conv_out(out, (s.n, s.oh, s.ow, s.f * s.g), dt, "out",
-                    [("x", x), ("w", w), ("bias", bias)])
+    # a uint16 out: the float32 output stored as bfloat16 bit patterns
+    cdef bint obf = (isinstance(out, np.ndarray) and out.dtype == np.uint16
+                     and fname == "conv2d")
+    if obf and dt != _F32:
+        raise TypeError(f"a bfloat16 (uint16) out needs float32 x and w, got {dt}")
+    out = _conv_out(out, (s.n, s.oh, s.ow, s.f * s.g), np.dtype(np.uint16) if obf else dt,
+                    "out", [("x", x), ("w", w), ("bias", bias)])
     cdef bint dbl = dt == _F64
     cdef const void *px = _p(x)
     cdef const void *pw = _p(w)
@@ -324,7 +339,11 @@ cdef object _conv2d_fwd(object x, object w, object bias, object strides, object 
     cdef void *py = _p(out)
     cdef int rc
     with nogil:
-        rc = nk_conv2d_forward(&s, dbl, algo_id, px, pw, pb, act, py, 0)
+        if obf:
+            rc = nk_conv2d_forward_bf16(&s, algo_id, <const float *>px, <const float *>pw,
+                                        <const float *>pb, act, <uint16_t *>py, 0)
+        else:
+            rc = nk_conv2d_forward(&s, dbl, algo_id, px, pw, pb, act, py, 0)
     if rc != 0:
         raise MemoryError(f"nnkernels.{fname}: could not allocate the workspace")
     return out

@@ -44,6 +44,10 @@ cdef extern from "nk_train.h" nogil:
     void nk_adadelta_update(int64_t n, void *p, const void *g, void *acc_g, void *acc_d,
                             double lr, double rho, double epsilon, int dbl)
     double nk_sum_squares(int64_t n, const void *x, int dbl)
+    enum:
+        NK_BN_F32
+        NK_BN_F64
+        NK_BN_F32_XBF16
     int nk_batchnorm_fwd_train(int64_t m, int64_t c, const void *x_mc, const void *gamma,
                                const void *beta, void *y_mc, double eps, double momentum,
                                void *moving_mean, void *moving_var, void *save_mean,
@@ -379,9 +383,13 @@ def sum_squares(x):
 
 # ------------------------------------------------- batch normalisation --
 
-cdef tuple _bn_x(object x, str name):
-    """x as C-contiguous float array with ndim >= 2; returns (x, M, C)."""
-    x = _c_array(x, name)
+cdef tuple _bn_x(object x, str name, bint bf16_ok=False):
+    """x as C-contiguous float array with ndim >= 2 (or, with bf16_ok, a
+    uint16 array of bfloat16 bit patterns); returns (x, M, C)."""
+    if bf16_ok and isinstance(x, np.ndarray) and x.dtype == np.uint16:
+        x = _aligned(x)
+    else:
+        x = _c_array(x, name)
     if x.ndim < 2:
         raise ValueError(f"{name} must have at least 2 dimensions ((N, C) or (N, H, W, C)), "
                          f"got shape {x.shape}")
@@ -400,12 +408,14 @@ cdef object _bn_vec(object a, str name, Py_ssize_t c, object dt, bint optional):
     return _same_as(a, name, (c,), dt)
 
 
-cdef object _bn_like(object a, str name, object ref, str refname):
-    """An input of ref's shape and dtype (activation-sized) as a C-contiguous,
-    aligned array (copied if it is not one)."""
+cdef object _bn_like(object a, str name, object ref, str refname, object dt=None):
+    """An input of ref's shape and dtype (or dt) (activation-sized) as a
+    C-contiguous, aligned array (copied if it is not one)."""
     a = _c_array(a, name)
-    if a.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {refname}'s {ref.dtype}")
+    if dt is None:
+        dt = ref.dtype
+    if a.dtype != dt:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {refname}'s {dt}")
     if a.shape != ref.shape:
         raise ValueError(f"{name} has shape {a.shape}, expected {refname}'s {ref.shape}")
     return a
@@ -430,7 +440,11 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     one write pass); returns out.
 
     x: (N, C), (N, H, W, C) or any (..., C) float32/float64, treated as
-    (M, C) with M = prod(shape[:-1]) (copied if not C-contiguous).
+    (M, C) with M = prod(shape[:-1]) (copied if not C-contiguous); or
+    uint16, bfloat16 bit patterns (to_bf16; a convolution's bf16 output,
+    conv2d's out): float32 batch norm of x widened, bit for bit, reading
+    half the bytes -- every other array is then float32 ("x's dtype" below
+    means float32).
     gamma, beta: (C,) of x's dtype, or None for scale=False (gamma = 1) /
     center=False (beta = 0).  moving_mean, moving_var, save_mean,
     save_invstd: (C,) of x's dtype, C-contiguous.
@@ -463,8 +477,9 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     itself and/or residual itself (in place), but must not otherwise
     overlap them or any of the (C,) vectors.
     """
-    x, m_, c_ = _bn_x(x, "x")
-    dt = x.dtype
+    x, m_, c_ = _bn_x(x, "x", True)
+    cdef bint xbf = x.dtype == np.uint16
+    dt = _F32 if xbf else x.dtype
     cdef int64_t m = m_, c = c_
     cdef bint train = bool(training)
     cdef double mom = _real(momentum, "momentum"), eps = _real(epsilon, "epsilon")
@@ -472,7 +487,7 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     gamma = _bn_vec(gamma, "gamma", c, dt, True)
     beta = _bn_vec(beta, "beta", c, dt, True)
     if residual is not None:
-        residual = _bn_like(residual, "residual", x, "x")
+        residual = _bn_like(residual, "residual", x, "x", dt)
     if train:
         if m == 0 and c > 0:
             raise ValueError(f"batchnorm_forward(training=True) needs at least one row, "
@@ -495,14 +510,14 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
            ("moving_var", moving_var)]
     outs = [("save_mean", save_mean), ("save_invstd", save_invstd), ("save_scale", save_scale)]
     out = _c_out(out, x.shape, dt, "out", [(nm, a) for nm, a in ins + outs if a is not None],
-                 inplace_ok=x)
+                 inplace_ok=None if xbf else x)
     # out may also be exactly the residual (elementwise: read before written)
     _bn_inplace_or_disjoint(out, "out", residual, "residual")
     # the (C,) vectors the kernel writes must not overlap anything else
     _writes_disjoint(outs + [("moving_mean", moving_mean), ("moving_var", moving_var)]
                      if train else [],
                      ins + outs + [("out", out), ("residual", residual)])
-    cdef int dbl = dt == _F64
+    cdef int dbl = NK_BN_F32_XBF16 if xbf else (NK_BN_F64 if dt == _F64 else NK_BN_F32)
     cdef void *px = _p(x)
     cdef void *pr = _p(residual) if residual is not None else NULL
     cdef void *py = _p(out)
@@ -531,7 +546,9 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     """Gradients of batchnorm_forward(training=True), including its fused
     residual/ReLU epilogue; returns (dx, dgamma, dbeta).
 
-    dy, x: same shape (..., C) and dtype, treated as (M, C).  gamma: (C,) or
+    dy, x: same shape (..., C) and dtype, treated as (M, C); or dy float32
+    and x uint16, bfloat16 bit patterns (the forward's bf16 x: float32
+    gradients of x widened, bit for bit).  gamma: (C,) or
     None (scale=False: gamma = 1; dgamma is still computed).  save_mean,
     save_invstd: (C,) as written by the forward.
 
@@ -559,11 +576,14 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     the same write pass; it may be dy itself when dx is not.
     """
     dy, m_, c_ = _bn_x(dy, "dy")
-    x = _c_array(x, "x")
+    x, _, _ = _bn_x(x, "x", True)
     if x.shape != dy.shape:
         raise ValueError(f"x has shape {x.shape}, expected dy's {dy.shape}")
     dt = dy.dtype
-    if x.dtype != dt:
+    cdef bint xbf = x.dtype == np.uint16
+    if xbf and dt != _F32:
+        raise TypeError(f"with a bfloat16 x (uint16) dy must be float32, got {dt}")
+    if x.dtype != dt and not xbf:
         raise TypeError(f"dy ({dt}) and x ({x.dtype}) must have the same dtype")
     cdef int64_t m = m_, c = c_
     cdef int act = _act_id(activation)
@@ -600,7 +620,7 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     outs = [("dx", dx)] + ([("dresidual", dresidual)] if dresidual is not None else [])
     dgamma = _c_out(dgamma, (c,), dt, "dgamma", ins + outs)
     dbeta = _c_out(dbeta, (c,), dt, "dbeta", ins + outs + [("dgamma", dgamma)])
-    cdef int dbl = dt == _F64
+    cdef int dbl = NK_BN_F32_XBF16 if xbf else (NK_BN_F64 if dt == _F64 else NK_BN_F32)
     cdef void *pdy = _p(dy)
     cdef void *px = _p(x)
     cdef void *py = _p(y) if y is not None else NULL

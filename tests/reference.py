@@ -122,6 +122,33 @@ def assert_bitwise_equal(x, y, what="result"):
             f"{np.asarray(x)[i]!r} vs {np.asarray(y)[i]!r}")
 
 
+# bfloat16 bit patterns by NumPy bit operations (not the kernels' code)
+def _u32(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+
+
+def rne_bits(a):
+    """bfloat16 bit patterns of float32 `a`: nearest even, denormals kept,
+    NaN quieted (sign and top payload bits kept)."""
+    u = _u32(a)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    r = np.where(nan, (u >> 16) | 0x40, r)
+    return r.astype(np.uint16)
+
+
+def ftz_bits(a):
+    """As rne_bits, but zero and denormal inputs give a signed zero."""
+    u = _u32(a)
+    r = rne_bits(a).astype(np.uint64)
+    r = np.where((u & 0x7F800000) == 0, (u >> 16) & 0x8000, r)
+    return r.astype(np.uint16)
+
+
+def widen(bits16):
+    return (bits16.astype(np.uint32) << 16).view(np.float32)
+
+
 # Kernel state for one block of a test (hypothesis examples run inside it).
 @contextlib.contextmanager
 def isa(name):

@@ -24,10 +24,13 @@ from reference import (
     assert_bitwise_equal,
     assert_close,
     dense_backward_ref,
+    ftz_bits,
     gemm_ref,
     ref_conv,
     ref_conv_backward,
+    rne_bits,
     threads,
+    widen,
     wino_wgrad_scale,
 )
 from reference import isa as use_isa
@@ -39,32 +42,6 @@ BF16_PATHS = ["native", "emulated"] if nk.bf16_native_supported() else ["emulate
 
 
 # ------------------------------------------------------------ references --
-
-def _u32(a):
-    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
-
-
-def rne_bits(a):
-    """bfloat16 bit patterns of float32 `a`: nearest even, denormals kept,
-    NaN quieted (sign and top payload bits kept)."""
-    u = _u32(a)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    r = np.where(nan, (u >> 16) | 0x40, r)
-    return r.astype(np.uint16)
-
-
-def ftz_bits(a):
-    """As rne_bits, but zero and denormal inputs give a signed zero."""
-    u = _u32(a)
-    r = rne_bits(a).astype(np.uint64)
-    r = np.where((u & 0x7F800000) == 0, (u >> 16) & 0x8000, r)
-    return r.astype(np.uint16)
-
-
-def widen(bits16):
-    return (bits16.astype(np.uint32) << 16).view(np.float32)
-
 
 def ftz(a):
     """float32 values of `a` rounded as the products' operands are."""

@@ -563,3 +563,57 @@ def test_training_on_the_cpu_kernels_under_mixed_bfloat16():
         losses[device] = m.fit(x, y, batch_size=16, epochs=3, shuffle=False,
                                verbose=0).history["loss"]
     np.testing.assert_allclose(losses["cpu"], losses["numpy"], rtol=0.02)
+
+
+@needs_bf16_kernels
+def test_conv_output_read_by_batch_norm_is_stored_as_bf16(monkeypatch):
+    """Under mixed_bfloat16 on the CPU backend a Conv2D (no activation)
+    whose output only a batch norm reads stores that output as bfloat16
+    (pynn/models/fusion.py, ConvBF16Out): training gives bitwise the weights
+    of the same model whose convolution outputs are rounded to bfloat16 by
+    hand (kept float32), as Keras' bf16 layer outputs are; a convolution
+    whose output has another reader, or under float32, keeps float32."""
+    from pynn.backend.cpu import CPUOps
+    from pynn.layers.conv import Conv2D
+    from reference import ftz_bits, widen
+
+    rng = np.random.default_rng(7)
+    xb = rng.standard_normal((16, 10, 10, 3)).astype(F32)
+    yb = rng.integers(0, 4, 16)
+    forward = Conv2D.forward
+
+    def rounding_forward(self, x, training=False, bf16_out=False):
+        y = forward(self, x, training, bf16_out)
+        if y.dtype == F32 and self.compute_dtype == "bfloat16" and self.name != "side":
+            y[...] = widen(ftz_bits(y)).reshape(y.shape)
+        return y
+
+    def train(policy, storage):
+        monkeypatch.setattr(CPUOps, "bf16_storage", storage)
+        monkeypatch.setattr(Conv2D, "forward", forward if storage else rounding_forward)
+        mixed_precision.set_global_policy(policy)
+        pynn.utils.set_random_seed(5)
+        inp = pynn.Input((10, 10, 3))
+        h = L.Conv2D(16, 3, padding="same")(inp)
+        h = L.ReLU()(L.BatchNormalization()(h))
+        c2 = L.Conv2D(16, 3, padding="same")(h)
+        h = L.ReLU()(L.Add()([L.BatchNormalization()(c2), h]))
+        side = L.Conv2D(8, 1, name="side")(h)            # read by BN and by the pooling
+        h = L.Concatenate()([L.BatchNormalization()(side), side])
+        out = L.Dense(4, dtype="float32")(L.GlobalAveragePooling2D()(h))
+        m = pynn.Model(inp, out)
+        m.compile(optimizer=optimizers.SGD(0.1, momentum=0.9),
+                  loss=pynn.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for _ in range(3):
+            m.train_on_batch(xb, yb)
+        kinds = {lay.name: lay.ctx.z.dtype for lay in m.layers if isinstance(lay, Conv2D)}
+        return m.get_weights(), kinds
+
+    w_st, kinds = train("mixed_bfloat16", True)
+    assert [str(k) for k in kinds.values()] == ["uint16", "uint16", "float32"], kinds
+    w_hand, kinds_hand = train("mixed_bfloat16", False)
+    assert all(k == F32 for k in kinds_hand.values())
+    for a, b in zip(w_st, w_hand):
+        np.testing.assert_array_equal(bits(a), bits(b))
+    _, kinds32 = train(None, True)
+    assert all(k == F32 for k in kinds32.values())

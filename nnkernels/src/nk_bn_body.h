@@ -13,6 +13,12 @@
  *                the plain ones, and no vector code compiled (the generic
  *                path: 32-byte vectors split in two without AVX ran twice
  *                as slow as the plain loops)
+ *   BN_XBF16     (optional, T float) x -- the normalised input, which the
+ *                reductions and the write passes read -- is stored as
+ *                bfloat16 (uint16_t bit patterns, XT); each x is widened
+ *                to float32 exactly as it is loaded, so every result is
+ *                bitwise that of the float32 kernels on x widened.  The
+ *                other arrays (residual, y, dy, dx, dres) stay T.
  * It defines static functions BN_FN(name) = name_S_ISA and the table
  * nk_bn_kern_S_ISA (nk_bn_kern.h).
  *
@@ -52,6 +58,21 @@
 #define BN_CAT_(a, b, c) a##_##b##_##c
 #define BN_CAT(a, b, c) BN_CAT_(a, b, c)
 #define BN_FN(name) BN_CAT(name, S, ISA)
+
+/* x's element type and its scalar load (as T) */
+#ifdef BN_XBF16
+#define XT uint16_t
+static inline T BN_FN(bn_xs)(const XT *p)
+{
+    const uint32_t u = (uint32_t)*p << 16;
+    T v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+#else
+#define XT T
+static inline T BN_FN(bn_xs)(const XT *p) { return *p; }
+#endif
 
 static inline T BN_FN(bn_mask)(T g, T y)
 {
@@ -129,6 +150,32 @@ static inline BN_VGD BN_FN(bn_cvtg)(BN_VGT t)
 
 static inline BN_VGD BN_FN(bn_ldg)(const T *p) { return BN_FN(bn_cvtg)(BN_FN(bn_ldtg)(p)); }
 
+/* x's loads: a group of BN_GL (bn_ldxg), a 32-byte vector (bn_ldxv), as T;
+ * bfloat16 widened by a zero extension and a shift (exact) */
+#ifdef BN_XBF16
+#define BN_VXG BN_CAT(bn_vxg, S, ISA)
+#define BN_VXV BN_CAT(bn_vxv, S, ISA)
+typedef uint16_t BN_VXG __attribute__((vector_size(2 * BN_GL)));
+typedef uint16_t BN_VXV __attribute__((vector_size(2 * BN_VL)));
+static inline BN_VGT BN_FN(bn_ldxg)(const XT *p)
+{
+    BN_VXG h;
+    memcpy(&h, p, sizeof h);
+    return (BN_VGT)(__builtin_convertvector(h, BN_VGI) << 16);
+}
+static inline BN_VV BN_FN(bn_ldxv)(const XT *p)
+{
+    BN_VXV h;
+    memcpy(&h, p, sizeof h);
+    return (BN_VV)(__builtin_convertvector(h, BN_VVI) << 16);
+}
+#undef BN_VXG
+#undef BN_VXV
+#else
+static inline BN_VGT BN_FN(bn_ldxg)(const XT *p) { return BN_FN(bn_ldtg)(p); }
+static inline BN_VV BN_FN(bn_ldxv)(const XT *p) { return BN_FN(bn_ldv)(p); }
+#endif
+
 /* g where v > 0, else +0, on BN_GL lanes */
 static inline BN_VGT BN_FN(bn_vposg)(BN_VGT g, BN_VGT v)
 {
@@ -173,7 +220,7 @@ BN_INL void BN_FN(bn_blk_end)(double *restrict s, double *restrict q, int64_t j0
 
 /* the channel blocks of bn_sums, ng groups of BN_GL each; returns the first
  * channel not done */
-BN_INL int64_t BN_FN(bn_sums_blk)(const T *restrict x, int64_t c, int64_t r0, int64_t r1,
+BN_INL int64_t BN_FN(bn_sums_blk)(const XT *restrict x, int64_t c, int64_t r0, int64_t r1,
                                   const double *restrict k, double *restrict s,
                                   double *restrict q, const int ng)
 {
@@ -182,9 +229,9 @@ BN_INL int64_t BN_FN(bn_sums_blk)(const T *restrict x, int64_t c, int64_t r0, in
         BN_VGD kv[BN_NGMAX], as[BN_NGMAX], aq[BN_NGMAX];
         BN_FN(bn_blk_begin)(k, j0, ng, kv, as, aq);
         for (int64_t r = r0; r < r1; r++) {
-            const T *restrict xr = x + r * c + j0;
+            const XT *restrict xr = x + r * c + j0;
             for (int g = 0; g < ng; g++) {
-                const BN_VGD d = BN_FN(bn_ldg)(xr + BN_GL * g) - kv[g];
+                const BN_VGD d = BN_FN(bn_cvtg)(BN_FN(bn_ldxg)(xr + BN_GL * g)) - kv[g];
                 as[g] += d;
                 aq[g] += d * d;
             }
@@ -197,7 +244,7 @@ BN_INL int64_t BN_FN(bn_sums_blk)(const T *restrict x, int64_t c, int64_t r0, in
 #endif /* BN_VEC */
 
 /* s[c] = sum (x - k), q[c] = sum (x - k)^2 over rows [r0, r1), in double */
-static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r1,
+static void BN_FN(bn_sums)(const XT *restrict x, int64_t c, int64_t r0, int64_t r1,
                            const double *restrict k, double *restrict s, double *restrict q)
 {
 #if BN_VEC
@@ -209,9 +256,9 @@ static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r
     if (j0 == c) return;
     for (int64_t j = j0; j < c; j++) s[j] = q[j] = 0.0;
     for (int64_t r = r0; r < r1; r++) {
-        const T *restrict xr = x + r * c;
+        const XT *restrict xr = x + r * c;
         for (int64_t j = j0; j < c; j++) {
-            const double d = (double)xr[j] - k[j];
+            const double d = (double)BN_FN(bn_xs)(xr + j) - k[j];
             s[j] += d;
             q[j] += d * d;
         }
@@ -249,13 +296,13 @@ static void BN_FN(bn_sums)(const T *restrict x, int64_t c, int64_t r0, int64_t r
 
 /* y = act((x - mu) * sc + sh + res) on rows [r0, r1); res may be NULL; y may
  * be x and/or res */
-static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_t r0,
+static void BN_FN(bn_apply_ep)(const XT *x, const T *res, T *y, int64_t c, int64_t r0,
                                int64_t r1, const T *restrict mu, const T *restrict sc,
                                const T *restrict sh, int relu)
 {
 #if BN_VEC
     const int64_t j0 = c - c % BN_VL;
-#define BN_AFF ((BN_FN(bn_ldv)(x + i_) - BN_P(mu)) * BN_P(sc) + BN_P(sh))
+#define BN_AFF ((BN_FN(bn_ldxv)(x + i_) - BN_P(mu)) * BN_P(sc) + BN_P(sh))
     if (res && relu) {
         BN_VROWS(BN_FN(bn_stv)(y + i_, BN_FN(bn_vrelu)(BN_AFF + BN_FN(bn_ldv)(res + i_))))
     } else if (res) {
@@ -271,15 +318,15 @@ static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_
     const int64_t j0 = 0;
 #endif
     if (res && relu) {
-        BN_ROWS(const T v = (x[o_ + j] - mu[j]) * sc[j] + sh[j] + res[o_ + j];
+        BN_ROWS(const T v = (BN_FN(bn_xs)(x + o_ + j) - mu[j]) * sc[j] + sh[j] + res[o_ + j];
                 y[o_ + j] = v <= (T)0 ? (T)0 : v)
     } else if (res) {
-        BN_ROWS(y[o_ + j] = (x[o_ + j] - mu[j]) * sc[j] + sh[j] + res[o_ + j])
+        BN_ROWS(y[o_ + j] = (BN_FN(bn_xs)(x + o_ + j) - mu[j]) * sc[j] + sh[j] + res[o_ + j])
     } else if (relu) {
-        BN_ROWS(const T v = (x[o_ + j] - mu[j]) * sc[j] + sh[j];
+        BN_ROWS(const T v = (BN_FN(bn_xs)(x + o_ + j) - mu[j]) * sc[j] + sh[j];
                 y[o_ + j] = v <= (T)0 ? (T)0 : v)
     } else {
-        BN_ROWS(y[o_ + j] = (x[o_ + j] - mu[j]) * sc[j] + sh[j])
+        BN_ROWS(y[o_ + j] = (BN_FN(bn_xs)(x + o_ + j) - mu[j]) * sc[j] + sh[j])
     }
 }
 
@@ -287,7 +334,7 @@ static void BN_FN(bn_apply_ep)(const T *x, const T *res, T *y, int64_t c, int64_
 /* the channel blocks of bn_bsums, ng groups of BN_GL each; returns the first
  * channel not done */
 BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
-                                   const T *restrict x, int64_t c, int64_t r0, int64_t r1,
+                                   const XT *restrict x, int64_t c, int64_t r0, int64_t r1,
                                    const double *restrict mu, const T *restrict mmu,
                                    const T *restrict msc, const T *restrict msh,
                                    double *restrict sd, double *restrict sx, const int ng)
@@ -303,7 +350,7 @@ BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
             const int64_t i_ = o_ + BN_GL * g;                                           \
             const BN_VGD dz = BN_FN(bn_cvtg)(DZ);                                        \
             ad[g] += dz;                                                                 \
-            ax[g] += dz * (BN_FN(bn_ldg)(x + i_) - mv[g]);                               \
+            ax[g] += dz * (BN_FN(bn_cvtg)(BN_FN(bn_ldxg)(x + i_)) - mv[g]);                               \
         }                                                                                \
     }
         if (y) {
@@ -316,7 +363,7 @@ BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
                 ph[g] = BN_FN(bn_ldtg)(msh + j0 + BN_GL * g);
             }
             BN_BSUM_ROWS(BN_FN(bn_vposg)(BN_FN(bn_ldtg)(dy + i_),
-                                         (BN_FN(bn_ldtg)(x + i_) - pm[g]) * ps[g] + ph[g]))
+                                         (BN_FN(bn_ldxg)(x + i_) - pm[g]) * ps[g] + ph[g]))
         } else {
             BN_BSUM_ROWS(BN_FN(bn_ldtg)(dy + i_))
         }
@@ -333,7 +380,7 @@ BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
  * + msh the forward's pre-activation recomputed in T as bn_apply_ep computes
  * it (a forward without residual: then v > 0 exactly where y > 0, NaN
  * included) */
-static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const T *restrict x,
+static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const XT *restrict x,
                             int64_t c, int64_t r0, int64_t r1, const double *restrict mu,
                             const T *restrict mmu, const T *restrict msc,
                             const T *restrict msh, double *restrict sd, double *restrict sx)
@@ -351,30 +398,32 @@ static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const T *
     if (y) {
         for (int64_t r = r0; r < r1; r++) {
             const T *restrict dr = dy + r * c, *restrict yr = y + r * c;
-            const T *restrict xr = x + r * c;
+            const XT *restrict xr = x + r * c;
             for (int64_t j = j0; j < c; j++) {
                 const double g = (double)BN_FN(bn_mask)(dr[j], yr[j]);
                 sd[j] += g;
-                sx[j] += g * ((double)xr[j] - mu[j]);
+                sx[j] += g * ((double)BN_FN(bn_xs)(xr + j) - mu[j]);
             }
         }
     } else if (msc) {
         for (int64_t r = r0; r < r1; r++) {
-            const T *restrict dr = dy + r * c, *restrict xr = x + r * c;
+            const T *restrict dr = dy + r * c;
+            const XT *restrict xr = x + r * c;
             for (int64_t j = j0; j < c; j++) {
-                const T v = (xr[j] - mmu[j]) * msc[j] + msh[j];
+                const T v = (BN_FN(bn_xs)(xr + j) - mmu[j]) * msc[j] + msh[j];
                 const double g = (double)BN_FN(bn_mask)(dr[j], v);
                 sd[j] += g;
-                sx[j] += g * ((double)xr[j] - mu[j]);
+                sx[j] += g * ((double)BN_FN(bn_xs)(xr + j) - mu[j]);
             }
         }
     } else {
         for (int64_t r = r0; r < r1; r++) {
-            const T *restrict dr = dy + r * c, *restrict xr = x + r * c;
+            const T *restrict dr = dy + r * c;
+            const XT *restrict xr = x + r * c;
             for (int64_t j = j0; j < c; j++) {
                 const double g = (double)dr[j];
                 sd[j] += g;
-                sx[j] += g * ((double)xr[j] - mu[j]);
+                sx[j] += g * ((double)BN_FN(bn_xs)(xr + j) - mu[j]);
             }
         }
     }
@@ -383,7 +432,7 @@ static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const T *
 /* dx = a*(dz - e) + b*(x - mu) on rows [r0, r1), dz as in bn_bsums (mask from
  * y, else from x with msc / msh when msc is given, else none), and dres = dz
  * when dres != NULL; dx and dres may each be dy */
-static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres, int64_t c,
+static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const XT *x, T *dx, T *dres, int64_t c,
                             int64_t r0, int64_t r1, const T *restrict mu, const T *restrict a,
                             const T *restrict b, const T *restrict e, const T *restrict msc,
                             const T *restrict msh)
@@ -399,7 +448,7 @@ static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres,
     BN_DX(DZ, D);                                                                        \
     BN_FN(bn_stv)(dres + i_, g_)
 #define BN_YZ BN_FN(bn_vpos)(BN_FN(bn_ldv)(dy + i_), BN_FN(bn_ldv)(y + i_))
-#define BN_XD (BN_FN(bn_ldv)(x + i_) - BN_P(mu))
+#define BN_XD (BN_FN(bn_ldxv)(x + i_) - BN_P(mu))
 #define BN_XZ BN_FN(bn_vpos)(BN_FN(bn_ldv)(dy + i_), d_ * BN_P(msc) + BN_P(msh))
     if (y && dres) {
         BN_VROWS(BN_DXR(BN_YZ, BN_XD))
@@ -424,29 +473,29 @@ static void BN_FN(bn_dx_ep)(const T *dy, const T *y, const T *x, T *dx, T *dres,
     const int64_t j0 = 0;
 #endif
     if (y && dres) {
-        BN_ROWS(const T gt = dy[o_ + j]; const T xv = x[o_ + j];
+        BN_ROWS(const T gt = dy[o_ + j]; const T xv = BN_FN(bn_xs)(x + o_ + j);
                 const T g = y[o_ + j] > (T)0 ? gt : (T)0;
                 dx[o_ + j] = a[j] * (g - e[j]) + b[j] * (xv - mu[j]);
                 dres[o_ + j] = g)
     } else if (y) {
-        BN_ROWS(const T gt = dy[o_ + j]; const T xv = x[o_ + j];
+        BN_ROWS(const T gt = dy[o_ + j]; const T xv = BN_FN(bn_xs)(x + o_ + j);
                 const T g = y[o_ + j] > (T)0 ? gt : (T)0;
                 dx[o_ + j] = a[j] * (g - e[j]) + b[j] * (xv - mu[j]))
     } else if (msc && dres) {
-        BN_ROWS(const T gt = dy[o_ + j]; const T d = x[o_ + j] - mu[j];
+        BN_ROWS(const T gt = dy[o_ + j]; const T d = BN_FN(bn_xs)(x + o_ + j) - mu[j];
                 const T g = d * msc[j] + msh[j] > (T)0 ? gt : (T)0;
                 dx[o_ + j] = a[j] * (g - e[j]) + b[j] * d;
                 dres[o_ + j] = g)
     } else if (msc) {
-        BN_ROWS(const T gt = dy[o_ + j]; const T d = x[o_ + j] - mu[j];
+        BN_ROWS(const T gt = dy[o_ + j]; const T d = BN_FN(bn_xs)(x + o_ + j) - mu[j];
                 const T g = d * msc[j] + msh[j] > (T)0 ? gt : (T)0;
                 dx[o_ + j] = a[j] * (g - e[j]) + b[j] * d)
     } else if (dres) {
-        BN_ROWS(const T g = dy[o_ + j]; const T xv = x[o_ + j];
+        BN_ROWS(const T g = dy[o_ + j]; const T xv = BN_FN(bn_xs)(x + o_ + j);
                 dx[o_ + j] = a[j] * (g - e[j]) + b[j] * (xv - mu[j]);
                 dres[o_ + j] = g)
     } else {
-        BN_ROWS(dx[o_ + j] = a[j] * (dy[o_ + j] - e[j]) + b[j] * (x[o_ + j] - mu[j]))
+        BN_ROWS(dx[o_ + j] = a[j] * (dy[o_ + j] - e[j]) + b[j] * (BN_FN(bn_xs)(x + o_ + j) - mu[j]))
     }
 }
 
@@ -471,3 +520,4 @@ const BN_CAT(nk_bn, kern, S) BN_CAT(nk_bn_kern, S, ISA) = {
 #undef BN_FN
 #undef BN_CAT
 #undef BN_CAT_
+#undef XT

@@ -62,24 +62,22 @@ NK_TARGET_END
 #undef BN_VEC
 #undef BN_GL
 
-const nk_bn_kern_s *nk_bn_kern_s_current(void)
-{
+/* nk_bn_kern_S_current: the table of the ISA path in use */
 #if NK_X86
-    switch (nk_get_isa()) {
-    case NK_ISA_AVX512: return &nk_bn_kern_s_avx512;
-    case NK_ISA_AVX2: return &nk_bn_kern_s_avx2;
+#define NK_BN_CURRENT(S)                                                                 \
+    const nk_bn_kern_##S *nk_bn_kern_##S##_current(void)                                 \
+    {                                                                                    \
+        switch (nk_get_isa()) {                                                          \
+        case NK_ISA_AVX512: return &nk_bn_kern_##S##_avx512;                             \
+        case NK_ISA_AVX2: return &nk_bn_kern_##S##_avx2;                                 \
+        }                                                                                \
+        return &nk_bn_kern_##S##_generic;                                                \
     }
+#else
+#define NK_BN_CURRENT(S)                                                                 \
+    const nk_bn_kern_##S *nk_bn_kern_##S##_current(void) { return &nk_bn_kern_##S##_generic; }
 #endif
-    return &nk_bn_kern_s_generic;
-}
-
-const nk_bn_kern_d *nk_bn_kern_d_current(void)
-{
-#if NK_X86
-    switch (nk_get_isa()) {
-    case NK_ISA_AVX512: return &nk_bn_kern_d_avx512;
-    case NK_ISA_AVX2: return &nk_bn_kern_d_avx2;
-    }
-#endif
-    return &nk_bn_kern_d_generic;
-}
+NK_BN_CURRENT(s)
+NK_BN_CURRENT(d)
+NK_BN_CURRENT(h)
+#undef NK_BN_CURRENT

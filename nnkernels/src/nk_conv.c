@@ -214,6 +214,11 @@ typedef struct {
      * NULL: none.  y may then be NULL (the output itself not stored). */
     void *pool_y;
     int32_t *pool_i;
+    /* float32 forward on the fused path (nk_conv2d_forward_bf16): the
+     * output stored as bfloat16 bit patterns here instead of into y, with
+     * VCVTNEPS2BF16 when y16_native, else its emulation (the same bits) */
+    uint16_t *y16;
+    int y16_native;
     /* float32, fused path with bf16 products (NULL: float32 products): U in
      * bf16 pairs (plane xi, channel pair k, column f at (xi * c2 + k) * fp +
      * f) and the product M = V @ U of a block whose V is in pairs (tile j,
@@ -1080,6 +1085,34 @@ int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo, const void *x_n
                          (const double *)bias_f, act, (double *)y_nhwf, nthreads);
     return forward_s(s, algo, (const float *)x_nhwc, (const float *)w_hwcf,
                      (const float *)bias_f, act, (float *)y_nhwf, nthreads);
+}
+
+int nk_conv2d_forward_bf16(const nk_conv_shape *s, int algo, const float *x_nhwc,
+                           const float *w_hwcf, const float *bias_f, int act, uint16_t *y16,
+                           int nthreads)
+{
+    nk_conv_shape t = *s;
+    t.out_bf16 = 1;
+    int rc = forward_s(&t, algo, x_nhwc, w_hwcf, bias_f, act, (float *)y16, nthreads);
+    if (rc != NK_CONV_NEED_F32) return rc;
+    /* the other paths: float32 into a workspace (the output's pixels at
+     * their pitch), then rounded */
+    t.out_bf16 = 0;
+    const int64_t G = t.g > 1 ? t.g : 1, ldy = t.ldy > 0 ? t.ldy : G * t.f;
+    const int64_t pix = t.n * t.oh * t.ow, n = pix * ldy;
+    int slot = 0;
+    float *y = (float *)nk_ws_acquire((size_t)n * sizeof(float) + 64, &slot);
+    if (!y) return -1;
+    rc = forward_s(&t, algo, x_nhwc, w_hwcf, bias_f, act, y, nthreads);
+    if (rc == 0) {
+        const int64_t width = G * t.f; /* channels written per pixel */
+        NK_CHUNKED_PARALLEL(pix, pix * width * 6, {
+            for (int64_t p = e0; p < e1; p++)
+                for (int64_t j = 0; j < width; j++) y16[p * ldy + j] = nk_bf16_ftz(y[p * ldy + j]);
+        });
+    }
+    nk_ws_release(y, slot);
+    return rc;
 }
 
 int nk_conv2d_forward_maxpool(const nk_conv_shape *s, int dbl, int algo, const void *x_nhwc,

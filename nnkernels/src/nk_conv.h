@@ -121,10 +121,26 @@ typedef struct {
      * direct_wgrad, the other direct cases and the depthwise kernels stay
      * float32 (see nk_conv_lowp in nk_conv.c for the measurements). */
     int lowp;
+    /* float32 forward only (set by nk_conv2d_forward_bf16, 0 elsewhere): y
+     * is bfloat16 bit patterns (uint16_t), which the fused Winograd paths
+     * store; every other path returns NK_CONV_NEED_F32 */
+    int out_bf16;
 } nk_conv_shape;
+#define NK_CONV_NEED_F32 (-3)
 
 /* All return 0, or -1 when workspace memory could not be obtained.
  * nthreads <= 0: nk_get_num_threads().  act: NK_ACT_NONE / NK_ACT_RELU. */
+
+/* float32 forward pass whose output y16 is stored as bfloat16 bit patterns
+ * (pixels s->ldy apart), each value rounded as VCVTNEPS2BF16 rounds
+ * (nk_bf16_ftz: nearest even, NaN quieted, subnormals to signed zero): the
+ * bits of nk_conv2d_forward's float32 output so rounded.  The fused
+ * Winograd paths (F(2x2) and F(4x4), one group: ResNet's 3x3 stride-1
+ * layers) round in their output transform, so the float32 output is never
+ * written; the other paths write it to a workspace and round it after. */
+int nk_conv2d_forward_bf16(const nk_conv_shape *s, int algo, const float *x_nhwc,
+                           const float *w_hwcf, const float *bias_f, int act, uint16_t *y16,
+                           int nthreads);
 int nk_conv2d_forward(const nk_conv_shape *s, int dbl, int algo,
                       const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                       int act, void *y_nhwf, int nthreads);

@@ -1091,6 +1091,7 @@ static int CFN(wino)(nk_wino *g, const T *src, const T *mask, const T *w, int fl
     g->kc = kc;
     if (g->m4 || CFN(wino_use_fused)(C, F, g->lowp))
         return CFN(wino_fused_run)(g, src, mask, w, flip, bias, act, y, nt);
+    if (g->y16) return NK_CONV_NEED_F32; /* the blocked path stores float32 only */
     const int64_t ntiles = g->n * g->th * g->tw;
     /* tiles per block: V + M of a block in WINO_L2_BYTES, [mr, 32 mr] */
     int64_t tb = WINO_L2_BYTES / (16 * (C + F) * (int64_t)sizeof(T)) / mr * mr;
@@ -1235,6 +1236,13 @@ static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T
     g.pt = s->pt; g.pl = s->pl;
     g.sp = s->ldx; g.op = s->ldy; g.ldw = s->ldw;
     g.lowp = sizeof(T) == 4 && s->lowp;
+    if (s->out_bf16) { /* float32 only (nk_conv2d_forward_bf16) */
+        g.y16 = (uint16_t *)y;
+        y = NULL;
+#if NK_X86
+        g.y16_native = nk_bf16_native() && CFN_ISA(wino_fr) == 12; /* the AVX-512 transforms */
+#endif
+    }
     return CFN(wino)(&g, x, NULL, w, 0, bias, act, y, nk_conv_threads(s, nt));
 }
 
@@ -1668,10 +1676,11 @@ static int CFN(forward1)(const nk_conv_shape *s, int algo, const T *x, const T *
         algo = nk_conv_choose(s, sizeof(T) == 8, NK_CONV_FWD);
     nk_conv_shape f32s;
     s = nk_conv_precision(s, NK_CONV_FWD, &algo, &f32s); /* bf16 only where faster */
+    const int wino = algo == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX;
+    if (s->out_bf16 && !wino) return NK_CONV_NEED_F32; /* only Winograd stores bf16 */
     if (algo == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_FWD))
         return CFN(direct_fwd)(s, x, w, bias, act, y, nk_conv_threads(s, nt));
-    if (algo == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
-        return CFN(wino_fwd)(s, x, w, bias, act, y, nt, NULL, NULL);
+    if (wino) return CFN(wino_fwd)(s, x, w, bias, act, y, nt, NULL, NULL);
     return CFN(im2col_fwd)(s, x, w, bias, act, y, nt);
 }
 
@@ -1735,10 +1744,12 @@ static int CFN(forward)(const nk_conv_shape *s0, int algo, const T *x, const T *
     const int64_t G = s.g;
     if (sizeof(T) != 4) s.lowp = 0;
     if (nk_conv_use_dw(&s, algo) && nk_conv_dw_fits(&s, sizeof(T), NK_CONV_FWD)) {
+        if (s.out_bf16) return NK_CONV_NEED_F32;
         if (s.n == 0 || s.oh == 0 || s.ow == 0 || s.f == 0) return 0;
         return CFN(dw_forward)(&s, x, w, bias, act, y, nt);
     }
     if (algo == NK_CONV_DEPTHWISE) algo = NK_CONV_AUTO; /* c > 1: not a depthwise shape */
+    if (s.out_bf16 && G > 1) return NK_CONV_NEED_F32;
     s.g = 1;
     int rc = 0;
     for (int64_t j = 0; j < G && rc == 0; j++)

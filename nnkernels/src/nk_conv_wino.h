@@ -258,6 +258,20 @@ WAI WCAT(wvecu8, S, ISA) WFN(wino_bf16_pairs)(WV v, int native)
     return o;
 }
 
+/* v's first n lanes rounded to bf16 (wino_bf16_pairs) and stored at p:
+ * a bfloat16 output (nk_wino.y16) */
+WAI void WFN(wst_bf16)(uint16_t *p, WV v, int64_t n, int native)
+{
+    const WCAT(wvecu8, S, ISA) o = WFN(wino_bf16_pairs)(v, native);
+    if (n == WVL) {
+        memcpy(p, &o, sizeof o);
+    } else {
+        uint16_t t[16];
+        memcpy(t, &o, sizeof o);
+        memcpy(p, t, (size_t)n * sizeof(uint16_t));
+    }
+}
+
 /* The two bf16 of the pair words at p, as float32 (exact): the high (odd)
  * elements into *hi, the low (even) ones into *lo -- 16 words, and one
  * (wino_bf16_split1); the emulated VDPBF16PS multiply-adds take them in
@@ -392,8 +406,8 @@ WAI void WFN(wino_pool)(const nk_wino *g, const WV *o, int64_t n, int64_t oh, in
 
 /* The output tile o[4] (rows a, columns b at o[2a + b]; act applied) of
  * tile (n, oh/2, ow/2): added to y with g->accum, stored into y (unless y
- * is NULL), and with g->pool_y its 2x2 window's maximum and index
- * (wino_pool). */
+ * is NULL; then into g->y16 as bf16 when that is set), and with g->pool_y
+ * its 2x2 window's maximum and index (wino_pool). */
 WAI void WFN(wino_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int64_t ow,
                          int rows, int cols, int64_t f0, int64_t fn)
 {
@@ -415,6 +429,14 @@ WAI void WFN(wino_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, i
             if (cols == 2) WFN(wst)(yp + (OW + 1) * OP, o[3], fn);
         }
     }
+#ifdef WINO_BF16_PAIRS
+    else if (g->y16) {
+        uint16_t *yp = g->y16 + ((n * g->oh + oh) * OW + ow) * OP + f0;
+        for (int a = 0; a < rows; a++)
+            for (int b = 0; b < cols; b++)
+                WFN(wst_bf16)(yp + (a * OW + b) * OP, o[2 * a + b], fn, g->y16_native);
+    }
+#endif
     if (g->pool_y && rows == 2 && cols == 2) WFN(wino_pool)(g, o, n, oh, ow, f0, fn);
 }
 

@@ -124,7 +124,8 @@ WAI void WFN(w4_vtile)(const T *const *px, const T *const *pm, int masked, int64
 
 /* The 4x4 output tile o (row a, column b at o[4a + b]; act applied) of
  * tile (n, oh / 4, ow / 4): rows / columns inside the output stored into y
- * (added to it with g->accum; none if y is NULL), and with g->pool_y each
+ * (added to it with g->accum; if y is NULL into g->y16 as bf16 when that is
+ * set, else nowhere), and with g->pool_y each
  * of its whole 2x2 windows' maximum and index, as wino_store does for its
  * one window. */
 WAI void WFN(w4_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int64_t ow, int rows,
@@ -140,6 +141,11 @@ WAI void WFN(w4_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int
                 if (g->accum) v += WFN(wld)(q, fn);
                 WFN(wst)(q, v, fn);
             }
+    } else if (g->y16) {
+        uint16_t *yp = g->y16 + ((n * g->oh + oh) * OW + ow) * OP + f0;
+        for (int a = 0; a < rows; a++)
+            for (int b = 0; b < cols; b++)
+                WFN(wst_bf16)(yp + (a * OW + b) * OP, o[4 * a + b], fn, g->y16_native);
     }
     if (g->pool_y)
         for (int wa = 0; 2 * wa + 1 < rows; wa++)

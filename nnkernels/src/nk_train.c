@@ -462,6 +462,14 @@ static inline double ld(const void *p, int64_t i, int dbl)
 {
     return dbl ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
+/* element i of a bfloat16 array (uint16_t bit patterns), widened */
+static inline double ld_bf16(const void *p, int64_t i)
+{
+    const uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return (double)v;
+}
 static inline void st(void *p, int64_t i, double v, int dbl)
 {
     if (dbl) ((double *)p)[i] = v;
@@ -471,18 +479,23 @@ static inline void st(void *p, int64_t i, double v, int dbl)
 /* y = act((x - mu) * sc + sh [+ res]) with per-channel T vectors, over row
  * blocks (res NULL and act NK_ACT_NONE: the unfused bn_apply). */
 static void bn_apply_all(int64_t m, int64_t c, const void *x, const void *res, void *y,
-                         const void *mu, const void *sc, const void *sh, int act, int dbl)
+                         const void *mu, const void *sc, const void *sh, int act, int dt)
 {
+    const int dbl = dt == NK_BN_F64;
     int64_t nb, bs;
     bn_blocks(m, c, &nb, &bs);
     const int relu = act == NK_ACT_RELU;
     const nk_bn_kern_s *ks = nk_bn_kern_s_current();
     const nk_bn_kern_d *kd = nk_bn_kern_d_current();
+    const nk_bn_kern_h *kh = nk_bn_kern_h_current();
     const int nt = nk_par_threads((dbl ? 8 : 4) * (res ? 3 : 2) * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
-        if (dbl)
+        if (dt == NK_BN_F32_XBF16)
+            kh->apply_ep((const uint16_t *)x, (const float *)res, (float *)y, c, r0, r1,
+                         (const float *)mu, (const float *)sc, (const float *)sh, relu);
+        else if (dbl)
             kd->apply_ep((const double *)x, (const double *)res, (double *)y, c, r0, r1,
                          (const double *)mu, (const double *)sc, (const double *)sh, relu);
         else
@@ -505,9 +518,10 @@ int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const v
                                  const void *gamma, const void *beta, void *y_mc, int act,
                                  double eps, double momentum, void *moving_mean,
                                  void *moving_var, void *save_mean, void *save_invstd,
-                                 void *save_scale, int dbl)
+                                 void *save_scale, int dt)
 {
     if (m <= 0 || c <= 0) return 0;
+    const int dbl = dt == NK_BN_F64, xh = dt == NK_BN_F32_XBF16;
     const int64_t es = dbl ? 8 : 4;
     bn_ws w; /* vec: the shift k; T vectors: mu, sc, sh */
     if (bn_ws_get(m, c, dbl, &w)) return -1;
@@ -516,15 +530,17 @@ int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const v
     void *mu = w.t[0], *sc = w.t[1], *sh = w.t[2];
     /* shift by the first row: sums of (x - x0) lose nothing to cancellation
      * when |mean| >> std */
-    for (int64_t j = 0; j < c; j++) k[j] = ld(x_mc, j, dbl);
+    for (int64_t j = 0; j < c; j++) k[j] = xh ? ld_bf16(x_mc, j) : ld(x_mc, j, dbl);
     const nk_bn_kern_s *ks = nk_bn_kern_s_current();
     const nk_bn_kern_d *kd = nk_bn_kern_d_current();
-    const int nt = nk_par_threads(es * m * c, nb);
+    const nk_bn_kern_h *kh = nk_bn_kern_h_current();
+    const int nt = nk_par_threads((xh ? 2 : es) * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         double *s = part + 2 * b * c, *q = s + c;
-        if (dbl) kd->sums((const double *)x_mc, c, r0, r1, k, s, q);
+        if (xh) kh->sums((const uint16_t *)x_mc, c, r0, r1, k, s, q);
+        else if (dbl) kd->sums((const double *)x_mc, c, r0, r1, k, s, q);
         else ks->sums((const float *)x_mc, c, r0, r1, k, s, q);
     }
     const double dm = (double)m;
@@ -547,7 +563,7 @@ int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const v
         if (moving_var)
             st(moving_var, j, ld(moving_var, j, dbl) * momentum + var * (1.0 - momentum), dbl);
     }
-    bn_apply_all(m, c, x_mc, res_mc, y_mc, mu, sc, sh, act, dbl);
+    bn_apply_all(m, c, x_mc, res_mc, y_mc, mu, sc, sh, act, dt);
     nk_ws_release(w.vec, w.slot);
     return 0;
 }
@@ -563,9 +579,10 @@ int nk_batchnorm_fwd_infer(int64_t m, int64_t c, const void *x_mc, const void *g
 int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
                                  const void *gamma, const void *beta, const void *moving_mean,
                                  const void *moving_var, double eps, void *y_mc, int act,
-                                 int dbl)
+                                 int dt)
 {
     if (m <= 0 || c <= 0) return 0;
+    const int dbl = dt == NK_BN_F64;
     const int64_t es = dbl ? 8 : 4;
     int slot;
     char *ws = (char *)nk_ws_acquire((size_t)(2 * es * c) + 64, &slot);
@@ -576,7 +593,7 @@ int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const v
         st(sc, j, (gamma ? ld(gamma, j, dbl) : 1.0) * is, dbl);
         st(sh, j, beta ? ld(beta, j, dbl) : 0.0, dbl);
     }
-    bn_apply_all(m, c, x_mc, res_mc, y_mc, moving_mean, sc, sh, act, dbl);
+    bn_apply_all(m, c, x_mc, res_mc, y_mc, moving_mean, sc, sh, act, dt);
     nk_ws_release(ws, slot);
     return 0;
 }
@@ -593,8 +610,9 @@ int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *
                            const void *x_mc, const void *gamma, const void *save_mean,
                            const void *save_invstd, const void *mask_scale,
                            const void *mask_shift, void *dx_mc, void *dres_mc, void *dgamma,
-                           void *dbeta, int dbl)
+                           void *dbeta, int dt)
 {
+    const int dbl = dt == NK_BN_F64, xh = dt == NK_BN_F32_XBF16;
     /* the relu mask reads y, else recomputes the pre-activation from x with
      * mask_scale / mask_shift; without relu neither is used */
     const int relu = act == NK_ACT_RELU;
@@ -626,12 +644,17 @@ int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *
     for (int64_t j = 0; j < c; j++) mud[j] = ld(save_mean, j, dbl);
     const nk_bn_kern_s *ks = nk_bn_kern_s_current();
     const nk_bn_kern_d *kd = nk_bn_kern_d_current();
+    const nk_bn_kern_h *kh = nk_bn_kern_h_current();
     int nt = nk_par_threads((ym ? 3 : 2) * es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
         double *sd = part + 2 * b * c, *sx = sd + c;
-        if (dbl)
+        if (xh)
+            kh->bsums((const float *)dy_mc, (const float *)ym, (const uint16_t *)x_mc, c, r0, r1,
+                      mud, (const float *)save_mean, (const float *)msc, (const float *)msh,
+                      sd, sx);
+        else if (dbl)
             kd->bsums((const double *)dy_mc, (const double *)ym, (const double *)x_mc, c, r0, r1,
                       mud, (const double *)save_mean, (const double *)msc,
                       (const double *)msh, sd, sx);
@@ -659,7 +682,12 @@ int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
-        if (dbl)
+        if (xh)
+            kh->dx_ep((const float *)dy_mc, (const float *)ym, (const uint16_t *)x_mc,
+                      (float *)dx_mc, (float *)dres_mc, c, r0, r1, (const float *)save_mean,
+                      (const float *)a, (const float *)bb, (const float *)e,
+                      (const float *)msc, (const float *)msh);
+        else if (dbl)
             kd->dx_ep((const double *)dy_mc, (const double *)ym, (const double *)x_mc,
                       (double *)dx_mc, (double *)dres_mc, c, r0, r1, (const double *)save_mean,
                       (const double *)a, (const double *)bb, (const double *)e,

@@ -84,7 +84,14 @@ double nk_sum_squares(int64_t n, const void *x, int dbl);
 
 /* ------------------------------------------------- batch normalisation -- */
 /* x_mc: (m, c) rows (NHWC viewed as (N*H*W, C)).  gamma, beta may be NULL
- * (1 and 0).  Per-channel vectors are of the data's dtype. */
+ * (1 and 0).  Per-channel vectors are of the data's dtype.  dbl: float64
+ * (1) or float32 (0); the fused kernels take dt instead, one of: */
+#define NK_BN_F32 0
+#define NK_BN_F64 1
+/* float32, with x_mc (the normalised input only: not res, y, dy, dx, dres)
+ * stored as bfloat16 bit patterns (uint16_t), each widened exactly to
+ * float32 as it is read: bitwise the float32 results of x widened */
+#define NK_BN_F32_XBF16 2
 
 /* Training: mean, biased var over the m rows (m >= 1); y = (x - mean) *
  * (gamma*invstd) + beta, invstd = 1/sqrt(var + eps); moving_mean/var (may be
@@ -126,11 +133,11 @@ int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const v
                                  const void *gamma, const void *beta, void *y_mc, int act,
                                  double eps, double momentum, void *moving_mean,
                                  void *moving_var, void *save_mean, void *save_invstd,
-                                 void *save_scale, int dbl);
+                                 void *save_scale, int dt);
 int nk_batchnorm_fwd_infer_fused(int64_t m, int64_t c, const void *x_mc, const void *res_mc,
                                  const void *gamma, const void *beta, const void *moving_mean,
                                  const void *moving_var, double eps, void *y_mc, int act,
-                                 int dbl);
+                                 int dt);
 
 /* Backward of the fused forward: with act == NK_ACT_RELU dz = y > 0 ? dy : 0
  * where y_mc (the forward output) is given, else dz = v > 0 ? dy : 0 with
@@ -148,7 +155,7 @@ int nk_batchnorm_bwd_fused(int64_t m, int64_t c, const void *dy_mc, const void *
                            const void *x_mc, const void *gamma, const void *save_mean,
                            const void *save_invstd, const void *mask_scale,
                            const void *mask_shift, void *dx_mc, void *dres_mc, void *dgamma,
-                           void *dbeta, int dbl);
+                           void *dbeta, int dt);
 
 #ifdef __cplusplus
 }

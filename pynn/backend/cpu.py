@@ -21,6 +21,9 @@ class CPUOps(Ops):
     """Ops with the hot paths in nnkernels (float32 / float64, C-contiguous)."""
 
     name = "cpu"
+    # conv2d_forward's out may be uint16 (bfloat16 bit patterns) and the
+    # batch norm ops take such an x (nnkernels): pynn/models/fusion.py
+    bf16_storage = True
 
     def __init__(self):
         import nnkernels

@@ -120,9 +120,13 @@ class Conv2D(_Conv):
         g["groups"] = self.groups
         return g
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, bf16_out=False):
+        """y = act(conv(x) + bias); with bf16_out (no activation: the plan's
+        fusion, pynn/models/fusion.py) y is stored as bfloat16 bit patterns
+        (uint16) for a batch norm to read."""
         c = self.ctx
-        z = self._buf("z", (x.shape[0],) + self._out_hw_checked(x.shape[1:]) + (self.filters,))
+        z = self._buf("z", (x.shape[0],) + self._out_hw_checked(x.shape[1:]) + (self.filters,),
+                      np.uint16 if bf16_out else None)
         self.ops.conv2d_forward(x, self.w["kernel"], self.w.get("bias"),
                                 activation=self._kernel_act(), out=z, **self._geom(),
                                 **self._product_kw)

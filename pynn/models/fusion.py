@@ -23,6 +23,13 @@ A chain is fused only when its intermediate tensors have no other consumer
 and are not outputs, so nothing observable changes (the values are the same
 up to float rounding order, which is identical here: the conv-pool case
 gives the same bits).
+
+Under mixed_bfloat16 on the CPU backend, a Conv2D without activation whose
+output only a batch norm reads (ResNet's Conv2D -> BN) stores that output
+as bfloat16 (:class:`ConvBF16Out`), as Keras' bfloat16 compute dtype does;
+the batch norm reads it widened to float32 (half the bytes of the largest
+activations written and read twice; statistics in double as always).
+Only the rounding of that tensor changes, to what Keras' layer outputs are.
 """
 import os
 
@@ -91,6 +98,22 @@ class _Delegate:
         return lay.forward(x, training)
 
 
+class ConvBF16Out(_Delegate):
+    """Conv2D whose output (read only by a batch norm) is stored as bf16
+    where the backend stores bf16 activations (checked per call: the model
+    may move to another device)."""
+
+    def forward(self, x, training=False):
+        lay = self.fused_of
+        lay.ctx = self.ctx
+        return lay.forward(x, training, bf16_out=getattr(lay.ops, "bf16_storage", False))
+
+    def backward(self, dy, need_dx=True, dx_into=None):
+        lay = self.fused_of
+        lay.ctx = self.ctx
+        return lay.backward(dy, need_dx, dx_into)
+
+
 class ConvMaskedByPool(_Delegate):
     """Conv2D(activation="relu") whose gradient arrives already masked."""
 
@@ -149,6 +172,14 @@ def _relu_conv(layer):
         layer.activity_regularizer is None and len(layer._inbound_nodes) == 1
 
 
+def _bf16_conv(layer):
+    """A Conv2D computing in bfloat16 with nothing after its products (no
+    activation, no activity regularizer)."""
+    return type(layer) is Conv2D and layer.activation in (None, "linear") and \
+        layer.activity_regularizer is None and len(layer._inbound_nodes) == 1 and \
+        layer.compute_dtype == "bfloat16"
+
+
 def _is_relu(layer):
     return isinstance(layer, Activation) and layer.activation == "relu" and \
         not layer.act_params and not getattr(layer, "emit_logits", False)
@@ -170,6 +201,13 @@ def fuse(nodes, outputs):
 
     drop, replace = set(), {}
     for node in nodes:
+        if _bf16_conv(node.layer):
+            nxt = only_consumer(node.output_tensors[0])
+            if nxt is not None and type(nxt.layer) is BatchNormalization and \
+                    nxt.input_tensors[0] is node.output_tensors[0]:
+                replace[node] = PlanNode(ConvBF16Out(node.layer), list(node.input_tensors),
+                                         list(node.output_tensors))
+            continue
         if _relu_conv(node.layer):
             nxt = only_consumer(node.output_tensors[0])
             if nxt is not None and type(nxt.layer) is MaxPooling2D and \
