@@ -572,10 +572,11 @@ def test_conv_output_read_by_batch_norm_is_stored_as_bf16(monkeypatch):
     (pynn/models/fusion.py, ConvBF16Out): training gives bitwise the weights
     of the same model whose convolution outputs are rounded to bfloat16 by
     hand (kept float32), as Keras' bf16 layer outputs are; a convolution
-    whose output has another reader, or under float32, keeps float32."""
+    whose output has another reader, or under float32, keeps float32.  1 and
+    2 threads give the same bits."""
     from pynn.backend.cpu import CPUOps
     from pynn.layers.conv import Conv2D
-    from reference import ftz_bits, widen
+    from reference import ftz_bits, threads, widen
 
     rng = np.random.default_rng(7)
     xb = rng.standard_normal((16, 10, 10, 3)).astype(F32)
@@ -609,8 +610,13 @@ def test_conv_output_read_by_batch_norm_is_stored_as_bf16(monkeypatch):
         kinds = {lay.name: lay.ctx.z.dtype for lay in m.layers if isinstance(lay, Conv2D)}
         return m.get_weights(), kinds
 
-    w_st, kinds = train("mixed_bfloat16", True)
+    with threads(2):
+        w_st2, _ = train("mixed_bfloat16", True)
+    with threads(1):
+        w_st, kinds = train("mixed_bfloat16", True)
     assert [str(k) for k in kinds.values()] == ["uint16", "uint16", "float32"], kinds
+    for a, b in zip(w_st, w_st2):
+        np.testing.assert_array_equal(bits(a), bits(b))
     w_hand, kinds_hand = train("mixed_bfloat16", False)
     assert all(k == F32 for k in kinds_hand.values())
     for a, b in zip(w_st, w_hand):
