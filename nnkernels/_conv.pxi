@@ -326,8 +326,7 @@ cdef object _conv2d_fwd(object x, object w, object bias, object strides, object 
     if bias is not None:
         bias = _vector(bias, s.f * s.g, dt, "bias")
     # a uint16 out: the float32 output stored as bfloat16 bit patterns
-    cdef bint obf = (isinstance(out, np.ndarray) and out.dtype == np.uint16
-                     and fname == "conv2d")
+    cdef bint obf = isinstance(out, np.ndarray) and out.dtype == np.uint16
     if obf and dt != _F32:
         raise TypeError(f"a bfloat16 (uint16) out needs float32 x and w, got {dt}")
     out = _conv_out(out, (s.n, s.oh, s.ow, s.f * s.g), np.dtype(np.uint16) if obf else dt,

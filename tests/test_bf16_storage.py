@@ -4,7 +4,8 @@ bfloat16 input (batchnorm_forward / batchnorm_backward with a uint16 x).
 
 Both are defined by the float32 kernels, so the tests compare bits: the
 stored output is the float32 output rounded as VCVTNEPS2BF16 rounds
-(reference.ftz_bits: nearest even, subnormals to signed zero, NaN quieted),
+(reference.ftz_bits: nearest even, subnormals to signed zero, NaN quieted;
+NaNs compared as NaNs, see assert_rounded),
 on every path that computes the convolution (the fused Winograd paths round
 in their output transform, the others in a pass after); batch norm of a
 bfloat16 x gives bitwise what the float32 kernels give for x widened (every
@@ -50,6 +51,19 @@ def _with_specials(a, rng):
 
 # -------------------------------------------- conv2d with a bfloat16 out --
 
+def assert_rounded(out, y, what="out"):
+    """out (uint16) holds ftz_bits of the float32 output y: bit for bit,
+    except that a NaN's sign and payload are not compared -- which NaN
+    propagates where two meet is the compiler's choice of operand order, and
+    the kernel storing bf16 is compiled apart from the float32 one (the
+    kernels promise the same of their float32 paths)."""
+    want = ftz_bits(y).reshape(y.shape)
+    nan = np.isnan(y)
+    assert np.array_equal((out & 0x7FFF) > 0x7F80, nan), f"{what}: NaN positions differ"
+    bad = (out != want) & ~nan
+    assert not bad.any(), f"{what}: {int(bad.sum())} of {out.size} values differ"
+
+
 @st.composite
 def conv_cases(draw):
     k = draw(st.sampled_from([1, 3, 5]))
@@ -92,7 +106,6 @@ def test_conv2d_bf16_out_is_the_float32_output_rounded(isa, c):
         return   # no output pixel
     with use_isa(isa):
         y = nk.conv2d(x, w, b, **kw)
-        want = ftz_bits(y).reshape(y.shape)
         try:
             for native in NATIVE if isa == "avx512" else [False]:
                 _native(native)
@@ -101,7 +114,7 @@ def test_conv2d_bf16_out_is_the_float32_output_rounded(isa, c):
                         out = np.full(y.shape, 0xABCD, np.uint16)
                         got = nk.conv2d(x, w, b, out=out, **kw)
                         assert got is out
-                        assert np.array_equal(out, want), (native, t, int((out != want).sum()))
+                        assert_rounded(out, y, f"native {native}, {t} threads")
         finally:
             _restore_native()
 
@@ -129,9 +142,28 @@ def test_conv2d_bf16_out_fused_winograd_tiles(isa, C, F):
                             out = np.empty(y.shape, np.uint16)
                             nk.conv2d(x, w, b, padding="same", activation="relu",
                                       precision=prec, out=out)
-                            assert np.array_equal(out, ftz_bits(y).reshape(y.shape))
+                            assert_rounded(out, y, f"precision {prec}, F(4x4) {on}")
         finally:
             _restore_native()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_depthwise_conv2d_bf16_out(isa):
+    """depthwise_conv2d takes a uint16 out as conv2d does (its direct loops
+    write float32 to a workspace, rounded after): the float32 output
+    rounded, 1 and 2 threads."""
+    rng = np.random.default_rng(11)
+    x = _with_specials(rng.standard_normal((2, 9, 8, 6)).astype(F32), rng)
+    w = rng.standard_normal((3, 3, 6, 2)).astype(F32)
+    b = rng.standard_normal(12).astype(F32)
+    with use_isa(isa):
+        for t in (1, 2):
+            with threads(t):
+                y = nk.depthwise_conv2d(x, w, b, strides=2, padding="same", activation="relu")
+                out = np.empty(y.shape, np.uint16)
+                nk.depthwise_conv2d(x, w, b, strides=2, padding="same", activation="relu",
+                                    out=out)
+                assert_rounded(out, y, f"{t} threads")
 
 
 def test_conv2d_bf16_out_pitch_and_errors():

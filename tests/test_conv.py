@@ -126,10 +126,6 @@ def test_forward_backward_vs_reference(case, dt, act, isa, seed, use_bias):
 # patches, WINO4_C (reference.py).
 
 
-def _wino_bound(got, exact, scale, dt, c=WINO_C):
-    assert_wino_bound(got, exact, scale, dt, c)
-
-
 def wino_wgrad_limits(x, dz, pt, pl):
     """Error bounds of the float32 Winograd dW and db (reference.wino_wgrad_scale)
     for the tile the kernels pick for these channel counts (F(4x4, 3x3) or
@@ -185,10 +181,10 @@ def _winograd_vs_reference(case, dt, act, isa, seed, use_bias):
     with use_isa(isa):
         y = nk.conv2d(x, w, b, activation=act, algo="winograd", **g)
         assert y.shape == yr.shape and y.dtype == dt
-        _wino_bound(y, yr, scale, dt)
+        assert_wino_bound(y, yr, scale, dt, WINO_C)
         dx, dw, db = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="winograd", **g)
         assert dx.dtype == dt
-        _wino_bound(dx, dxr, dscale, dt)
+        assert_wino_bound(dx, dxr, dscale, dt, WINO_C)
         if dt == np.float64:  # float64 dW / db take the im2col path
             _, dw2, db2 = nk.conv2d_backward(dy, x, w, activation=act, y=y_dt, algo="im2col",
                                              **g)
@@ -233,11 +229,11 @@ def _winograd_many_blocks_and_threads(f4):
         nk.set_num_threads(old)
     y, dx = res[0]
     m, c = (4, WINO4_C) if f4 else (2, WINO_C)
-    _wino_bound(y, yr, wino_scale(x64, w64, b, 0, 0, 24, 24, m), np.float32, c)
+    assert_wino_bound(y, yr, wino_scale(x64, w64, b, 0, 0, 24, 24, m), np.float32, c)
     dz = dy.astype(np.float64) * (y > 0)
     dxr = ref_conv_backward(dz, x64, w64, **g)[0]
-    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 2, 2, 26, 26, m),
-                np.float32, c)
+    assert_wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 2, 2, 26, 26, m),
+                      np.float32, c)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -278,11 +274,11 @@ def _winograd_fused_blocks_and_threads(isa, C, F, f4):
         nk.set_num_threads(old)
     y, dx = res[0]
     m, c = (4, WINO4_C) if f4 else (2, WINO_C)
-    _wino_bound(y, yr, wino_scale(x64, w64, b, 1, 1, 15, 13, m), np.float32, c)
+    assert_wino_bound(y, yr, wino_scale(x64, w64, b, 1, 1, 15, 13, m), np.float32, c)
     dz = dy.astype(np.float64) * (y > 0)
     dxr = ref_conv_backward(dz, x64, w64, **g)[0]
-    _wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 1, 1, 15, 13, m),
-                np.float32, c)
+    assert_wino_bound(dx, dxr, wino_scale(dz, w64.transpose(0, 1, 3, 2), None, 1, 1, 15, 13, m),
+                      np.float32, c)
 
 
 @pytest.mark.parametrize("isa", ISAS)

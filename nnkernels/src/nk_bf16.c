@@ -66,9 +66,6 @@ void nk_f32_to_bf16(const float *x, uint16_t *out, int64_t n)
 void nk_bf16_to_f32(const uint16_t *x, float *out, int64_t n)
 {
     NK_CHUNKED_PARALLEL(n, n * 6, {
-        for (int64_t i = e0; i < e1; i++) {
-            const uint32_t u = (uint32_t)x[i] << 16;
-            memcpy(out + i, &u, 4);
-        }
+        for (int64_t i = e0; i < e1; i++) out[i] = nk_bf16_widen(x[i]);
     });
 }

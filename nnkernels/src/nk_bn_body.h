@@ -62,13 +62,7 @@
 /* x's element type and its scalar load (as T) */
 #ifdef BN_XBF16
 #define XT uint16_t
-static inline T BN_FN(bn_xs)(const XT *p)
-{
-    const uint32_t u = (uint32_t)*p << 16;
-    T v;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
+static inline T BN_FN(bn_xs)(const XT *p) { return nk_bf16_widen(*p); }
 #else
 #define XT T
 static inline T BN_FN(bn_xs)(const XT *p) { return *p; }

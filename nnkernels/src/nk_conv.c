@@ -1098,14 +1098,13 @@ int nk_conv2d_forward_bf16(const nk_conv_shape *s, int algo, const float *x_nhwc
     /* the other paths: float32 into a workspace (the output's pixels at
      * their pitch), then rounded */
     t.out_bf16 = 0;
-    const int64_t G = t.g > 1 ? t.g : 1, ldy = t.ldy > 0 ? t.ldy : G * t.f;
-    const int64_t pix = t.n * t.oh * t.ow, n = pix * ldy;
+    const nk_conv_shape u = nk_conv_norm(&t); /* the output's pitch and channels */
+    const int64_t ldy = u.ldy, width = u.g * u.f, pix = u.n * u.oh * u.ow, n = pix * ldy;
     int slot = 0;
     float *y = (float *)nk_ws_acquire((size_t)n * sizeof(float) + 64, &slot);
     if (!y) return -1;
     rc = forward_s(&t, algo, x_nhwc, w_hwcf, bias_f, act, y, nthreads);
     if (rc == 0) {
-        const int64_t width = G * t.f; /* channels written per pixel */
         NK_CHUNKED_PARALLEL(pix, pix * width * 6, {
             for (int64_t p = e0; p < e1; p++)
                 for (int64_t j = 0; j < width; j++) y16[p * ldy + j] = nk_bf16_ftz(y[p * ldy + j]);

@@ -81,6 +81,15 @@ static inline uint16_t nk_bf16_ftz(float x)
     return nk_bf16_rne(x);
 }
 
+/* bf16 bit pattern -> float32, exactly */
+static inline float nk_bf16_widen(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float x;
+    __builtin_memcpy(&x, &u, 4);
+    return x;
+}
+
 /* probe(arg), asked once: *known is 0 until then, 1 + the answer after (a
  * benign race: every thread that asks stores the same value).  For the CPU
  * probes (nk_isa_supported, nk_bf16_native_supported): under a hypervisor

@@ -462,14 +462,6 @@ static inline double ld(const void *p, int64_t i, int dbl)
 {
     return dbl ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
-/* element i of a bfloat16 array (uint16_t bit patterns), widened */
-static inline double ld_bf16(const void *p, int64_t i)
-{
-    const uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float v;
-    memcpy(&v, &u, sizeof v);
-    return (double)v;
-}
 static inline void st(void *p, int64_t i, double v, int dbl)
 {
     if (dbl) ((double *)p)[i] = v;
@@ -530,11 +522,11 @@ int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const v
     void *mu = w.t[0], *sc = w.t[1], *sh = w.t[2];
     /* shift by the first row: sums of (x - x0) lose nothing to cancellation
      * when |mean| >> std */
-    for (int64_t j = 0; j < c; j++) k[j] = xh ? ld_bf16(x_mc, j) : ld(x_mc, j, dbl);
+    for (int64_t j = 0; j < c; j++) k[j] = xh ? (double)nk_bf16_widen(((const uint16_t *)x_mc)[j]) : ld(x_mc, j, dbl);
     const nk_bn_kern_s *ks = nk_bn_kern_s_current();
     const nk_bn_kern_d *kd = nk_bn_kern_d_current();
     const nk_bn_kern_h *kh = nk_bn_kern_h_current();
-    const int nt = nk_par_threads((xh ? 2 : es) * m * c, nb);
+    const int nt = nk_par_threads(es * m * c, nb);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = b * bs, r1 = nk_imin64(r0 + bs, m);
