@@ -1048,7 +1048,7 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
     void (*run4)(const nk_wino *, const T *, const T *, const T *, const T *, int64_t, int64_t,
                  int64_t, int64_t, T *, T *, const T *, int, T *) = NULL;
 #ifdef NK_CONV_FLOAT
-    if (g->m4) run4 = CFN_ISA(wino4_fused);
+    if (g->m4) run4 = g->y16 ? CFN_ISA(wino4_fused_y16) : CFN_ISA(wino4_fused);
 #endif
     (void)nt;
 #ifdef _OPENMP

@@ -124,9 +124,8 @@ WAI void WFN(w4_vtile)(const T *const *px, const T *const *pm, int masked, int64
 
 /* The 4x4 output tile o (row a, column b at o[4a + b]; act applied) of
  * tile (n, oh / 4, ow / 4): rows / columns inside the output stored into y
- * (added to it with g->accum; if y is NULL, with y16 into g->y16 as bf16,
- * else nowhere: y16 a constant, so that the float32 store loop does not
- * carry the bf16 one -- it made F(4x4)'s float32 forward 8 % slower), and with g->pool_y each
+ * (added to it with g->accum; if y is NULL, with y16 (a constant: see
+ * wino4_fused_y16) into g->y16 as bf16, else nowhere), and with g->pool_y each
  * of its whole 2x2 windows' maximum and index, as wino_store does for its
  * one window. */
 WAI void WFN(w4_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int64_t ow, int rows,
@@ -230,14 +229,7 @@ static void WFN(wino4_fused)(const nk_wino *g, const T *src, const T *mask, cons
                              T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
 {
     const int64_t C = g->c, F = g->f;
-    if (g->y16) { /* bf16 output: 16 -> 16 (ResNet's first stage under bf16) and the rest */
-        if (C == WVL && F == WVL)
-            WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias,
-                               act, NULL, 1);
-        else
-            WFN(wino4_fused_b)(g, src, mask, zero, u, C, F, cp, fp, t0, cnt, vb, mb, bias, act,
-                               NULL, 1);
-    } else if (C == WVL && F == WVL)
+    if (C == WVL && F == WVL)
         WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act, y,
                            0);
     else if (C == WVL && F == 2 * WVL)
@@ -251,4 +243,21 @@ static void WFN(wino4_fused)(const nk_wino *g, const T *src, const T *mask, cons
                            bias, act, y, 0);
     else
         WFN(wino4_fused_b)(g, src, mask, zero, u, C, F, cp, fp, t0, cnt, vb, mb, bias, act, y, 0);
+}
+
+/* wino4_fused with the output stored as bf16 into g->y16 (y unused), in a
+ * function of its own: in wino4_fused's, its variants made the float32
+ * ones 5-8 % slower (16 -> 16 on 32x32, batch 128, 1 thread) */
+static void WFN(wino4_fused_y16)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                                 const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
+                                 T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
+{
+    const int64_t C = g->c, F = g->f;
+    (void)y;
+    if (C == WVL && F == WVL) /* ResNet's first stage under bf16 */
+        WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act,
+                           NULL, 1);
+    else
+        WFN(wino4_fused_b)(g, src, mask, zero, u, C, F, cp, fp, t0, cnt, vb, mb, bias, act, NULL,
+                           1);
 }
