@@ -45,55 +45,68 @@ WAI void WFN(w4_at)(WV m0, WV m1, WV m2, WV m3, WV m4, WV m5, WV *o, const int o
     o[3 * os] = (d12 + (T)8 * d34) + m5;
 }
 
-/* Column b of the row stage B^T d of a patch (pointers px, relu mask pm):
- * u[6a + b], a < 6, channels [c0, c0 + cn) */
-WAI void WFN(w4_col)(const T *const *px, const T *const *pm, int masked, int64_t c0, int64_t cn,
-                     const int b, WV *u)
+/* Tile p's 6x6 patch: pixel (a, b) of the source at q.x + a * q.rs + b *
+ * q.sp (of the mask at q.m + ...), inside the image where bit 6a + b of
+ * q.ok is set (W4_ALL: every pixel); the others read as zero.  Addresses
+ * only: an outside pixel's is formed but never read. */
+#ifndef W4_ALL
+#define W4_ALL ((UINT64_C(1) << 36) - 1)
+#endif
+typedef struct {
+    uintptr_t x, m;
+    int64_t rs, sp; /* bytes */
+    uint64_t ok;
+} WFN(w4src);
+
+WAI WFN(w4src) WFN(w4_patch)(const nk_wino *g, const T *src, const T *mask, nk_wtile p)
+{
+    const int64_t H = g->h, W = g->w;
+    const int64_t ih = 4 * p.th - g->pt, iw = 4 * p.tw - g->pl;
+    const int64_t off = ((p.n * H + ih) * W + iw) * g->sp * (int64_t)sizeof(T);
+    WFN(w4src) q = {(uintptr_t)src + (uintptr_t)off, mask ? (uintptr_t)mask + (uintptr_t)off : 0,
+                    W * g->sp * (int64_t)sizeof(T), g->sp * (int64_t)sizeof(T), W4_ALL};
+    if (ih >= 0 && ih + 6 <= H && iw >= 0 && iw + 6 <= W) return q; /* inside the image */
+    uint64_t rows = 0, cols = 0;
+    for (int k = 0; k < 6; k++) {
+        rows |= (uint64_t)((uint64_t)(ih + k) < (uint64_t)H) << (6 * k);
+        cols |= (uint64_t)((uint64_t)(iw + k) < (uint64_t)W) << k;
+    }
+    q.ok = rows * 0x3f & cols * (UINT64_C(1) | 1 << 6 | 1 << 12 | 1 << 18 | (UINT64_C(1) << 24) |
+                                 (UINT64_C(1) << 30));
+    return q;
+}
+
+/* Pixel k = 6a + b of patch q, channels [c0, c0 + cn) (zero outside the
+ * image; with masked, where the mask is not > 0).  ok is q.ok, passed
+ * apart so that a constant W4_ALL drops the selects. */
+WAI WV WFN(w4_ld)(const WFN(w4src) *q, uint64_t ok, const T *zero, int masked, int k, int64_t c0,
+                  int64_t cn)
+{
+    const uintptr_t o = (uintptr_t)((k / 6) * q->rs + (k % 6) * q->sp);
+    const int in = ok == W4_ALL || (ok >> k & 1);
+    WV d = WFN(wld)((in ? (const T *)(q->x + o) : zero) + c0, cn);
+    if (masked)
+        d = (WV)((WVI)d & (WVI)(WFN(wld)((in ? (const T *)(q->m + o) : zero) + c0, cn) > (T)0));
+    return d;
+}
+
+/* Column b of the row stage B^T d of patch q: u[6a + b], a < 6, channels
+ * [c0, c0 + cn) */
+WAI void WFN(w4_col)(const WFN(w4src) *q, uint64_t ok, const T *zero, int masked, int64_t c0,
+                     int64_t cn, const int b, WV *u)
 {
     WV d[6];
 #pragma GCC unroll 6
-    for (int a = 0; a < 6; a++) {
-        d[a] = WFN(wld)(px[6 * a + b] + c0, cn);
-        if (masked) d[a] = (WV)((WVI)d[a] & (WVI)(WFN(wld)(pm[6 * a + b] + c0, cn) > (T)0));
-    }
+    for (int a = 0; a < 6; a++) d[a] = WFN(w4_ld)(q, ok, zero, masked, 6 * a + b, c0, cn);
     WFN(w4_bt)(d[0], d[1], d[2], d[3], d[4], d[5], u + b, 6);
-}
-
-/* Pointers to the 36 pixels of tile p's 6x6 patch (and its mask's; zero
- * outside the image) */
-WAI void WFN(w4_patch)(const nk_wino *g, const T *src, const T *mask, const T *zero, nk_wtile p,
-                       const T **px, const T **pm)
-{
-    const int64_t H = g->h, W = g->w, SP = g->sp;
-    const int64_t ih = 4 * p.th - g->pt, iw = 4 * p.tw - g->pl;
-    if (ih >= 0 && ih + 6 <= H && iw >= 0 && iw + 6 <= W) { /* inside the image */
-        const int64_t off = ((p.n * H + ih) * W + iw) * SP;
-#pragma GCC unroll 36
-        for (int k = 0; k < 36; k++) {
-            px[k] = src + off + ((k / 6) * W + k % 6) * SP;
-            pm[k] = mask ? mask + off + ((k / 6) * W + k % 6) * SP : zero;
-        }
-        return;
-    }
-    for (int k = 0; k < 36; k++) {
-        const int64_t r = ih + k / 6, c = iw + k % 6;
-        if ((uint64_t)r < (uint64_t)H && (uint64_t)c < (uint64_t)W) {
-            const int64_t off = ((p.n * H + r) * W + c) * SP;
-            px[k] = src + off;
-            pm[k] = mask ? mask + off : zero;
-        } else {
-            px[k] = zero;
-            pm[k] = zero;
-        }
-    }
 }
 
 /* The tile's V = B^T d B, channels [c0, c0 + cn), into its 36 planes v[xi]:
  * with left, the row stage of columns 0, 1 is the left neighbour's columns
  * 4, 5 kept in keep (same operations, so same results); keep then holds
  * this tile's (unless keep is NULL). */
-WAI void WFN(w4_vtile)(const T *const *px, const T *const *pm, int masked, int64_t c0, int64_t cn,
-                       int left, WV *keep, WV *v)
+WAI void WFN(w4_vtile)(const WFN(w4src) *q, uint64_t ok, const T *zero, int masked, int64_t c0,
+                       int64_t cn, int left, WV *keep, WV *v)
 {
     WV uu[36];
     if (left) {
@@ -103,11 +116,11 @@ WAI void WFN(w4_vtile)(const T *const *px, const T *const *pm, int masked, int64
             uu[6 * a + 1] = keep[2 * a + 1];
         }
     } else {
-        WFN(w4_col)(px, pm, masked, c0, cn, 0, uu);
-        WFN(w4_col)(px, pm, masked, c0, cn, 1, uu);
+        WFN(w4_col)(q, ok, zero, masked, c0, cn, 0, uu);
+        WFN(w4_col)(q, ok, zero, masked, c0, cn, 1, uu);
     }
 #pragma GCC unroll 4
-    for (int b = 2; b < 6; b++) WFN(w4_col)(px, pm, masked, c0, cn, b, uu);
+    for (int b = 2; b < 6; b++) WFN(w4_col)(q, ok, zero, masked, c0, cn, b, uu);
     if (keep)
 #pragma GCC unroll 6
         for (int a = 0; a < 6; a++) {
@@ -117,9 +130,22 @@ WAI void WFN(w4_vtile)(const T *const *px, const T *const *pm, int masked, int64
     /* columns: (B^T d) B */
 #pragma GCC unroll 6
     for (int a = 0; a < 6; a++) {
-        const WV *q = uu + 6 * a;
-        WFN(w4_bt)(q[0], q[1], q[2], q[3], q[4], q[5], v + 6 * a, 1);
+        const WV *r = uu + 6 * a;
+        WFN(w4_bt)(r[0], r[1], r[2], r[3], r[4], r[5], v + 6 * a, 1);
     }
+}
+
+/* w4_vtile of tile p's patch: the whole tiles inside the image compiled
+ * apart, without the selects */
+WAI void WFN(w4_vtile_at)(const nk_wino *g, const T *src, const T *mask, const T *zero,
+                          nk_wtile p, int masked, int64_t c0, int64_t cn, int left, WV *keep,
+                          WV *v)
+{
+    const WFN(w4src) q = WFN(w4_patch)(g, src, mask, p);
+    if (q.ok == W4_ALL)
+        WFN(w4_vtile)(&q, W4_ALL, zero, masked, c0, cn, left, keep, v);
+    else
+        WFN(w4_vtile)(&q, q.ok, zero, masked, c0, cn, left, keep, v);
 }
 
 /* The 4x4 output tile o (row a, column b at o[4a + b]; act applied) of
@@ -158,15 +184,17 @@ WAI void WFN(w4_store)(const nk_wino *g, WV *o, T *y, int64_t n, int64_t oh, int
 
 /* One fused block of F(4x4, 3x3) tiles [t0, t0 + cnt) (cnt <= WINO_FR), as
  * wino_fused_b: V of tile r, plane xi at vb + (36 r + xi) * cp, the 36
- * products M = V @ U by wino_fgemm into mb (tile r, plane xi at
- * (36 r + xi) * fp), then y = act(bias + A^T M A) (or += with g->accum).
+ * products M = V @ U by wino_fgemm into mb (plane-major: tile r, plane xi
+ * at (WINO_FR xi + r) * fp), then y = act(bias + A^T M A) (or += with
+ * g->accum).  With masked (a constant), the source is read where mask > 0.
  * u: U, plane xi, channel c at (xi * C + c) * fp.  A tile whose left
  * neighbour precedes it in the block reuses that tile's row stage of their
  * two shared columns (same operations, so same results). */
 WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const T *zero,
                             const T *u, const int64_t C, const int64_t F, const int64_t cp,
                             const int64_t fp, int64_t t0, int64_t cnt, T *restrict vb,
-                            T *restrict mb, const T *bias, int act, T *y, const int y16)
+                            T *restrict mb, const T *bias, int act, T *y, const int y16,
+                            const int masked)
 {
     const int64_t OH = g->oh, OW = g->ow;
     const nk_wtile p0 = nk_wtile_at(g, t0);
@@ -174,24 +202,22 @@ WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const
     WV keep[4][12]; /* columns 4, 5 of the previous tile's row stage, per vector of C */
     nk_wtile p = p0;
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
-        const T *px[36], *pm[36];
-        WFN(w4_patch)(g, src, mask, zero, p, px, pm);
         const int left = i > 0 && p.tw > 0;
         for (int64_t c0 = 0; c0 < C; c0 += WVL) {
             WV v[36];
-            WFN(w4_vtile)(px, pm, mask != NULL, c0, C - c0 < WVL ? C - c0 : WVL, left,
-                          keep[c0 / WVL], v);
+            WFN(w4_vtile_at)(g, src, mask, zero, p, masked, c0, C - c0 < WVL ? C - c0 : WVL, left,
+                             keep[c0 / WVL], v);
             T *dst = vb + 36 * i * cp + c0;
 #pragma GCC unroll 36
             for (int xi = 0; xi < 36; xi++) memcpy(dst + xi * cp, &v[xi], sizeof(WV));
         }
     }
-    WFN(wino_fgemm)(vb, u, C, cp, fp, mb, 36);
+    WFN(wino_fgemm)(vb, u, C, cp, fp, mb, 36, 1);
     p = p0;
     for (int64_t j = 0; j < cnt; j++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, oh = 4 * p.th, ow = 4 * p.tw;
         const int rows = OH - oh < 4 ? (int)(OH - oh) : 4, cols = OW - ow < 4 ? (int)(OW - ow) : 4;
-        const T *mp = mb + 36 * j * fp;
+        const T *mp = mb + j * fp; /* plane xi at mp + xi * WINO_FR * fp */
         for (int64_t f0 = 0; f0 < F; f0 += WVL) {
             const int64_t fn = F - f0 < WVL ? F - f0 : WVL;
             WV t[24], o[16];
@@ -200,7 +226,8 @@ WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const
             for (int b = 0; b < 6; b++) {
                 WV m[6];
 #pragma GCC unroll 6
-                for (int a = 0; a < 6; a++) memcpy(&m[a], mp + (6 * a + b) * fp + f0, sizeof(WV));
+                for (int a = 0; a < 6; a++)
+                    memcpy(&m[a], mp + (6 * a + b) * WINO_FR * fp + f0, sizeof(WV));
                 WFN(w4_at)(m[0], m[1], m[2], m[3], m[4], m[5], t + b, 6);
             }
             /* columns: (A^T m) A */
@@ -218,31 +245,36 @@ WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const
 #pragma GCC unroll 16
                 for (int k = 0; k < 16; k++) o[k] = (WV)((WVI)o[k] & ~(WVI)(o[k] < (T)0));
             }
-            WFN(w4_store)(g, o, y, n, oh, ow, rows, cols, f0, fn, y16);
+            if (rows == 4 && cols == 4) /* whole tiles: the stores unrolled, o in registers */
+                WFN(w4_store)(g, o, y, n, oh, ow, 4, 4, f0, fn, y16);
+            else
+                WFN(w4_store)(g, o, y, n, oh, ow, rows, cols, f0, fn, y16);
         }
     }
 }
 
-/* wino4_fused_b with the channel counts of ResNet's first two stages constant */
+/* wino4_fused_b with the channel counts of ResNet's first two stages constant
+ * (without a mask: with one, dX after a fused ReLU, the generic body) */
 static void WFN(wino4_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
                              const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
                              T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
 {
     const int64_t C = g->c, F = g->f;
-    if (C == WVL && F == WVL)
-        WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act, y,
-                           0);
+#define W4F(CC, FF, CP, FP, M)                                                                  \
+    WFN(wino4_fused_b)(g, src, mask, zero, u, CC, FF, CP, FP, t0, cnt, vb, mb, bias, act, y, 0, M)
+    if (mask)
+        W4F(C, F, cp, fp, 1);
+    else if (C == WVL && F == WVL)
+        W4F(WVL, WVL, WVL, WVL, 0);
     else if (C == WVL && F == 2 * WVL)
-        WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, 2 * WVL, WVL, 2 * WVL, t0, cnt, vb, mb, bias,
-                           act, y, 0);
+        W4F(WVL, 2 * WVL, WVL, 2 * WVL, 0);
     else if (C == 2 * WVL && F == WVL)
-        WFN(wino4_fused_b)(g, src, mask, zero, u, 2 * WVL, WVL, 2 * WVL, WVL, t0, cnt, vb, mb, bias,
-                           act, y, 0);
+        W4F(2 * WVL, WVL, 2 * WVL, WVL, 0);
     else if (C == 2 * WVL && F == 2 * WVL)
-        WFN(wino4_fused_b)(g, src, mask, zero, u, 2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, t0, cnt, vb, mb,
-                           bias, act, y, 0);
+        W4F(2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, 0);
     else
-        WFN(wino4_fused_b)(g, src, mask, zero, u, C, F, cp, fp, t0, cnt, vb, mb, bias, act, y, 0);
+        W4F(C, F, cp, fp, 0);
+#undef W4F
 }
 
 /* wino4_fused with the output stored as bf16 into g->y16 (y unused), in a
@@ -254,10 +286,10 @@ static void WFN(wino4_fused_y16)(const nk_wino *g, const T *src, const T *mask, 
 {
     const int64_t C = g->c, F = g->f;
     (void)y;
-    if (C == WVL && F == WVL) /* ResNet's first stage under bf16 */
+    if (C == WVL && F == WVL && !mask) /* ResNet's first stage under bf16 */
         WFN(wino4_fused_b)(g, src, mask, zero, u, WVL, WVL, WVL, WVL, t0, cnt, vb, mb, bias, act,
-                           NULL, 1);
+                           NULL, 1, 0);
     else
         WFN(wino4_fused_b)(g, src, mask, zero, u, C, F, cp, fp, t0, cnt, vb, mb, bias, act, NULL,
-                           1);
+                           1, mask != NULL);
 }
