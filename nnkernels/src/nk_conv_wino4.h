@@ -45,59 +45,14 @@ WAI void WFN(w4_at)(WV m0, WV m1, WV m2, WV m3, WV m4, WV m5, WV *o, const int o
     o[3 * os] = (d12 + (T)8 * d34) + m5;
 }
 
-/* Tile p's 6x6 patch: pixel (a, b) of the source at q.x + a * q.rs + b *
- * q.sp (of the mask at q.m + ...), inside the image where bit 6a + b of
- * q.ok is set (W4_ALL: every pixel); the others read as zero.  Addresses
- * only: an outside pixel's is formed but never read. */
-#ifndef W4_ALL
-#define W4_ALL ((UINT64_C(1) << 36) - 1)
-#endif
-typedef struct {
-    uintptr_t x, m;
-    int64_t rs, sp; /* bytes */
-    uint64_t ok;
-} WFN(w4src);
-
-WAI WFN(w4src) WFN(w4_patch)(const nk_wino *g, const T *src, const T *mask, nk_wtile p)
-{
-    const int64_t H = g->h, W = g->w;
-    const int64_t ih = 4 * p.th - g->pt, iw = 4 * p.tw - g->pl;
-    const int64_t off = ((p.n * H + ih) * W + iw) * g->sp * (int64_t)sizeof(T);
-    WFN(w4src) q = {(uintptr_t)src + (uintptr_t)off, mask ? (uintptr_t)mask + (uintptr_t)off : 0,
-                    W * g->sp * (int64_t)sizeof(T), g->sp * (int64_t)sizeof(T), W4_ALL};
-    if (ih >= 0 && ih + 6 <= H && iw >= 0 && iw + 6 <= W) return q; /* inside the image */
-    uint64_t rows = 0, cols = 0;
-    for (int k = 0; k < 6; k++) {
-        rows |= (uint64_t)((uint64_t)(ih + k) < (uint64_t)H) << (6 * k);
-        cols |= (uint64_t)((uint64_t)(iw + k) < (uint64_t)W) << k;
-    }
-    q.ok = rows * 0x3f & cols * (UINT64_C(1) | 1 << 6 | 1 << 12 | 1 << 18 | (UINT64_C(1) << 24) |
-                                 (UINT64_C(1) << 30));
-    return q;
-}
-
-/* Pixel k = 6a + b of patch q, channels [c0, c0 + cn) (zero outside the
- * image; with masked, where the mask is not > 0).  ok is q.ok, passed
- * apart so that a constant W4_ALL drops the selects. */
-WAI WV WFN(w4_ld)(const WFN(w4src) *q, uint64_t ok, const T *zero, int masked, int k, int64_t c0,
-                  int64_t cn)
-{
-    const uintptr_t o = (uintptr_t)((k / 6) * q->rs + (k % 6) * q->sp);
-    const int in = ok == W4_ALL || (ok >> k & 1);
-    WV d = WFN(wld)((in ? (const T *)(q->x + o) : zero) + c0, cn);
-    if (masked)
-        d = (WV)((WVI)d & (WVI)(WFN(wld)((in ? (const T *)(q->m + o) : zero) + c0, cn) > (T)0));
-    return d;
-}
-
 /* Column b of the row stage B^T d of patch q: u[6a + b], a < 6, channels
  * [c0, c0 + cn) */
-WAI void WFN(w4_col)(const WFN(w4src) *q, uint64_t ok, const T *zero, int masked, int64_t c0,
+WAI void WFN(w4_col)(const WFN(wsrc) *q, uint64_t ok, const T *zero, int masked, int64_t c0,
                      int64_t cn, const int b, WV *u)
 {
     WV d[6];
 #pragma GCC unroll 6
-    for (int a = 0; a < 6; a++) d[a] = WFN(w4_ld)(q, ok, zero, masked, 6 * a + b, c0, cn);
+    for (int a = 0; a < 6; a++) d[a] = WFN(wino_ld)(q, ok, zero, masked, a, b, c0, cn, 4);
     WFN(w4_bt)(d[0], d[1], d[2], d[3], d[4], d[5], u + b, 6);
 }
 
@@ -105,7 +60,7 @@ WAI void WFN(w4_col)(const WFN(w4src) *q, uint64_t ok, const T *zero, int masked
  * with left, the row stage of columns 0, 1 is the left neighbour's columns
  * 4, 5 kept in keep (same operations, so same results); keep then holds
  * this tile's (unless keep is NULL). */
-WAI void WFN(w4_vtile)(const WFN(w4src) *q, uint64_t ok, const T *zero, int masked, int64_t c0,
+WAI void WFN(w4_vtile)(const WFN(wsrc) *q, uint64_t ok, const T *zero, int masked, int64_t c0,
                        int64_t cn, int left, WV *keep, WV *v)
 {
     WV uu[36];
@@ -141,9 +96,9 @@ WAI void WFN(w4_vtile_at)(const nk_wino *g, const T *src, const T *mask, const T
                           nk_wtile p, int masked, int64_t c0, int64_t cn, int left, WV *keep,
                           WV *v)
 {
-    const WFN(w4src) q = WFN(w4_patch)(g, src, mask, p);
-    if (q.ok == W4_ALL)
-        WFN(w4_vtile)(&q, W4_ALL, zero, masked, c0, cn, left, keep, v);
+    const WFN(wsrc) q = WFN(wino_src)(g, src, mask, p, 4);
+    if (q.ok == WINO_ALL(4))
+        WFN(w4_vtile)(&q, WINO_ALL(4), zero, masked, c0, cn, left, keep, v);
     else
         WFN(w4_vtile)(&q, q.ok, zero, masked, c0, cn, left, keep, v);
 }

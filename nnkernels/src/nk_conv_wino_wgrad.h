@@ -205,21 +205,12 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
     nk_wtile p = nk_wtile_at(g, t0), ahead = p;
     const int64_t dist = cnt < WINO_OUT_AHEAD ? cnt : WINO_OUT_AHEAD;
     WFN(wino_prefetch_out)(g, dy, ymask, &ahead, dist, 0);
-    const int64_t H = g->h, W = g->w, SP = g->sp;
     WV keep[WWG_KEEP][8];
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, th = p.th, tw = p.tw;
         if (i + dist < cnt) WFN(wino_prefetch_out)(g, dy, ymask, &ahead, 1, 0);
         /* input transform V = B^T d B (as the forward's) */
-        const T *px[16], *pm[16];
-        const int64_t ih = 2 * th - g->pt, iw = 2 * tw - g->pl;
-        if (ih >= 0 && ih + 4 <= H && iw >= 0 && iw + 4 <= W) { /* inside the image */
-            const T *p0 = x + ((n * H + ih) * W + iw) * SP;
-#pragma GCC unroll 16
-            for (int k = 0; k < 16; k++) px[k] = p0 + ((k >> 2) * W + (k & 3)) * SP;
-        } else {
-            WFN(wino_patch)(g, x, NULL, zero, p, px, pm);
-        }
+        const WFN(wsrc) q = WFN(wino_src)(g, x, NULL, p, 2);
         if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, p, cnt - i < 8 ? cnt - i : 8);
         /* the left neighbour's columns 2, 3 are this tile's 0, 1: their row
          * stage is reused (up to WWG_KEEP vectors of channels; same results) */
@@ -228,18 +219,7 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
             const int64_t cn = C - c0 < ve ? C - c0 : ve;
             WV u[16];
             WV *kp = keep[c0 / ve < WWG_KEEP ? c0 / ve : 0];
-            if (left) {
-#pragma GCC unroll 4
-                for (int a = 0; a < 4; a++) {
-                    u[4 * a] = kp[2 * a];
-                    u[4 * a + 1] = kp[2 * a + 1];
-                }
-            } else {
-                WFN(wino_col)(px, pm, 0, c0, cn, 0, u);
-                WFN(wino_col)(px, pm, 0, c0, cn, 1, u);
-            }
-            WFN(wino_col)(px, pm, 0, c0, cn, 2, u);
-            WFN(wino_col)(px, pm, 0, c0, cn, 3, u);
+            WFN(wino_rows_ok)(&q, q.ok, zero, 0, c0, cn, left, kp, u);
             if (C <= WWG_KEEP * ve)
 #pragma GCC unroll 4
                 for (int a = 0; a < 4; a++) {
