@@ -219,6 +219,8 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
             const int64_t cn = C - c0 < ve ? C - c0 : ve;
             WV u[16];
             WV *kp = keep[c0 / ve < WWG_KEEP ? c0 / ve : 0];
+            /* one body with the selects for every tile (the inside tiles compiled
+             * apart, as the forward does, measured no faster here) */
             WFN(wino_rows_ok)(&q, q.ok, zero, 0, c0, cn, left, kp, u);
             if (C <= WWG_KEEP * ve)
 #pragma GCC unroll 4
