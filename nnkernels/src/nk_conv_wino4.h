@@ -90,17 +90,15 @@ WAI void WFN(w4_vtile)(const WFN(wsrc) *q, uint64_t ok, const T *zero, int maske
     }
 }
 
-/* w4_vtile of tile p's patch: the whole tiles inside the image compiled
- * apart, without the selects */
-WAI void WFN(w4_vtile_at)(const nk_wino *g, const T *src, const T *mask, const T *zero,
-                          nk_wtile p, int masked, int64_t c0, int64_t cn, int left, WV *keep,
-                          WV *v)
+/* w4_vtile of patch q (wino_src, once per tile): the whole tiles inside the
+ * image compiled apart, without the selects */
+WAI void WFN(w4_vtile_at)(const WFN(wsrc) *q, const T *zero, int masked, int64_t c0, int64_t cn,
+                          int left, WV *keep, WV *v)
 {
-    const WFN(wsrc) q = WFN(wino_src)(g, src, mask, p, 4);
-    if (q.ok == WINO_ALL(4))
-        WFN(w4_vtile)(&q, WINO_ALL(4), zero, masked, c0, cn, left, keep, v);
+    if (q->ok == WINO_ALL(4))
+        WFN(w4_vtile)(q, WINO_ALL(4), zero, masked, c0, cn, left, keep, v);
     else
-        WFN(w4_vtile)(&q, q.ok, zero, masked, c0, cn, left, keep, v);
+        WFN(w4_vtile)(q, q->ok, zero, masked, c0, cn, left, keep, v);
 }
 
 /* The 4x4 output tile o (row a, column b at o[4a + b]; act applied) of
@@ -158,9 +156,10 @@ WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const
     nk_wtile p = p0;
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
         const int left = i > 0 && p.tw > 0;
+        const WFN(wsrc) q = WFN(wino_src)(g, src, mask, p, 4);
         for (int64_t c0 = 0; c0 < C; c0 += WVL) {
             WV v[36];
-            WFN(w4_vtile_at)(g, src, mask, zero, p, masked, c0, C - c0 < WVL ? C - c0 : WVL, left,
+            WFN(w4_vtile_at)(&q, zero, masked, c0, C - c0 < WVL ? C - c0 : WVL, left,
                              keep[c0 / WVL], v);
             T *dst = vb + 36 * i * cp + c0;
 #pragma GCC unroll 36

@@ -71,9 +71,10 @@ WAI void WFN(wino4_wg_b)(const nk_wino *g, const T *x, const T *dy, const T *yma
         if (i + dist < cnt) WFN(wino_prefetch_out)(g, dy, masked ? ymask : NULL, &ahead, 1, 0);
         if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, p, cnt - i < 8 ? cnt - i : 8);
         const int left = reuse && i > 0 && p.tw > 0;
+        const WFN(wsrc) q = WFN(wino_src)(g, x, NULL, p, 4);
         for (int64_t c0 = 0; c0 < C; c0 += ve) {
             WV v[36];
-            WFN(w4_vtile_at)(g, x, NULL, zero, p, 0, c0, C - c0 < ve ? C - c0 : ve, left,
+            WFN(w4_vtile_at)(&q, zero, 0, c0, C - c0 < ve ? C - c0 : ve, left,
                              reuse ? keep[c0 / ve] : NULL, v);
             T *restrict vt = vb + 36 * i * cp + c0;
 #pragma GCC unroll 36
