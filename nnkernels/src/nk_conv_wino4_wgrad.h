@@ -24,20 +24,13 @@ WAI void WFN(w4_a)(WV d0, WV d1, WV d2, WV d3, WV *z, const int zs)
 }
 
 /* The 4x4 dz block of tile (n, th, tw), channels [f0, f0 + fn): dy where
- * ymask > 0 (every dy without masked), zero outside OH x OW; d[4a + b].
- * Whole tiles without a mask are loaded straight. */
+ * ymask > 0 (every dy without masked), zero outside OH x OW; d[4a + b] */
 WAI void WFN(w4_dz)(const nk_wino *g, const T *dy, const T *ymask, int masked, nk_wtile p,
                     int64_t f0, int64_t fn, WV *d)
 {
     const int64_t oh = 4 * p.th, ow = 4 * p.tw, OP = g->op;
     const int inside = oh + 4 <= g->oh && ow + 4 <= g->ow && fn == WVL;
     const int64_t off0 = ((p.n * g->oh + oh) * g->ow + ow) * OP + f0;
-    if (inside && !masked) {
-#pragma GCC unroll 16
-        for (int k = 0; k < 16; k++)
-            memcpy(&d[k], dy + off0 + ((k >> 2) * g->ow + (k & 3)) * OP, sizeof(WV));
-        return;
-    }
 #pragma GCC unroll 16
     for (int k = 0; k < 16; k++) {
         const int64_t r = oh + (k >> 2), c = ow + (k & 3);
