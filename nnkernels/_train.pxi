@@ -9,7 +9,8 @@
 #
 # Determinism: reductions (loss, n_correct, sum_squares, batch-norm sums) sum
 # fixed blocks, whose size depends only on the array sizes, in a fixed order,
-# in double; updates are elementwise.  Every result is bitwise the same for
+# in double (float32 batch norm: float runs of 8 rows within each block);
+# updates are elementwise.  Every result is bitwise the same for
 # any thread count, and for any ISA setting: these kernels have one portable,
 # auto-vectorised body (batch norm's row loops are compiled once per ISA
 # path from that one body, without FMA contraction: nk_bn_kern.c).  The one
@@ -450,8 +451,9 @@ def batchnorm_forward(x, gamma, beta, *, training, moving_mean=None, moving_var=
     save_invstd: (C,) of x's dtype, C-contiguous.
 
     training=True (M >= 1): per-channel batch mean and biased variance
-    (summed in double over fixed row blocks: the same bits for any thread
-    count);  out = (x - mean) * (gamma * invstd) + beta with invstd =
+    (float64 x: summed in double; float32: float sums of runs of 8 rows,
+    shifted by the mean of 64 sampled rows, added in double; both over
+    fixed row blocks: the same bits for any thread count);  out = (x - mean) * (gamma * invstd) + beta with invstd =
     1 / sqrt(var + epsilon);  moving_mean = moving_mean*momentum +
     mean*(1 - momentum) and moving_var likewise with the biased variance
     (updated in place when given);  save_mean / save_invstd (when given)
@@ -565,7 +567,8 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
 
     With xhat = (x - mean) * invstd:  dbeta = sum dz,  dgamma = sum dz*xhat,
     dx = gamma*invstd/M * (M*dz - dbeta - xhat*dgamma).  One reduction pass
-    (double, fixed row blocks: the same bits for any thread count) and one
+    (as the forward's: double, or float runs of 8 rows added in double for
+    float32; fixed row blocks: the same bits for any thread count) and one
     write pass; the results are bitwise those of relu_backward followed by
     the unfused batchnorm_backward.
 

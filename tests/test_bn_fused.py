@@ -243,6 +243,41 @@ def test_fused_threads_bitwise_large(dtype):
     assert_bitwise_equal(outs[0][6], dz)
 
 
+@pytest.mark.parametrize("xdtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", ["offset", "outlier_first_row", "sorted"])
+def test_float_statistics_accuracy(xdtype, case):
+    """The float32 statistics (float runs of 8 rows added in double, shifted
+    by a sampled mean) against float64 on the same values: mean and var
+    within a few float32 roundings, also where the data sits far from zero
+    (|mean| = 1000 std), where the first row is 50 standard deviations out
+    (the old shift, the first row, then lost three digits of var), and
+    where the rows are sorted (no sample is near the mean).  Backward
+    (dgamma, dbeta) likewise."""
+    rng = np.random.default_rng(77)
+    m, c = 20011, 16
+    x = rng.standard_normal((m, c)) * np.linspace(0.5, 4, c) + 1000.0 * (case == "offset")
+    if case == "outlier_first_row":
+        x[0] = 50 * np.linspace(0.5, 4, c)
+    if case == "sorted":
+        x = np.sort(x, axis=0) * 10
+    x = x.astype(np.float32)
+    xk = nk.to_bf16(x) if xdtype == "bfloat16" else x
+    xv = nk.from_bf16(xk).astype(F64) if xdtype == "bfloat16" else x.astype(F64)
+    sm, si = np.empty(c, np.float32), np.empty(c, np.float32)
+    nk.batchnorm_forward(xk, None, None, training=True, save_mean=sm, save_invstd=si,
+                         epsilon=0.0)
+    mean, var = xv.mean(axis=0), xv.var(axis=0)
+    std = np.sqrt(var)
+    assert np.all(np.abs(sm - mean) <= 1e-6 * std + 2 * np.spacing(np.abs(mean).astype(np.float32)))
+    np.testing.assert_allclose(1.0 / si.astype(F64) ** 2, var, rtol=2e-6)
+    dy = rng.standard_normal((m, c)).astype(np.float32)
+    dx, dg, db = nk.batchnorm_backward(dy, xk, None, sm, si)
+    xhat = (xv - sm.astype(F64)) * si.astype(F64)
+    np.testing.assert_allclose(db, dy.astype(F64).sum(axis=0), rtol=1e-5, atol=1e-5 * np.sqrt(m))
+    np.testing.assert_allclose(dg, (dy.astype(F64) * xhat).sum(axis=0), rtol=1e-5,
+                               atol=1e-5 * np.sqrt(m))
+
+
 def test_fused_nan_inf_semantics():
     """relu keeps NaN (as nnkernels.relu); the backward mask is y > 0, so a
     NaN or -0 output blocks the gradient (as nnkernels.relu_backward)."""

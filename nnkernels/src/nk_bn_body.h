@@ -13,6 +13,8 @@
  *                the plain ones, and no vector code compiled (the generic
  *                path: 32-byte vectors split in two without AVX ran twice
  *                as slow as the plain loops)
+ *   BN_SUBSUM    1 (T float): the reductions of nk_bn_sums_f.h (float runs of
+ *                rows added in double); 0: the ones here (all in double)
  *   BN_XBF16     (optional, T float) x -- the normalised input, which the
  *                reductions and the write passes read -- is stored as
  *                bfloat16 (uint16_t bit patterns, XT); each x is widened
@@ -212,6 +214,7 @@ BN_INL void BN_FN(bn_blk_end)(double *restrict s, double *restrict q, int64_t j0
     }
 }
 
+#if !BN_SUBSUM
 /* the channel blocks of bn_sums, ng groups of BN_GL each; returns the first
  * channel not done */
 BN_INL int64_t BN_FN(bn_sums_blk)(const XT *restrict x, int64_t c, int64_t r0, int64_t r1,
@@ -235,8 +238,12 @@ BN_INL int64_t BN_FN(bn_sums_blk)(const XT *restrict x, int64_t c, int64_t r0, i
     return j0;
 }
 
+#endif /* !BN_SUBSUM */
 #endif /* BN_VEC */
 
+#if BN_SUBSUM
+#include "nk_bn_sums_f.h"
+#else
 /* s[c] = sum (x - k), q[c] = sum (x - k)^2 over rows [r0, r1), in double */
 static void BN_FN(bn_sums)(const XT *restrict x, int64_t c, int64_t r0, int64_t r1,
                            const double *restrict k, double *restrict s, double *restrict q)
@@ -258,6 +265,8 @@ static void BN_FN(bn_sums)(const XT *restrict x, int64_t c, int64_t r0, int64_t 
         }
     }
 }
+
+#endif /* BN_SUBSUM */
 
 /* The write passes run each row's channels as 32-byte vectors up to the
  * last whole one (j0), then the rest element by element (BN_ROWS from j0):
@@ -324,6 +333,7 @@ static void BN_FN(bn_apply_ep)(const XT *x, const T *res, T *y, int64_t c, int64
     }
 }
 
+#if !BN_SUBSUM
 #if BN_VEC
 /* the channel blocks of bn_bsums, ng groups of BN_GL each; returns the first
  * channel not done */
@@ -422,6 +432,8 @@ static void BN_FN(bn_bsums)(const T *restrict dy, const T *restrict y, const XT 
         }
     }
 }
+
+#endif /* !BN_SUBSUM */
 
 /* dx = a*(dz - e) + b*(x - mu) on rows [r0, r1), dz as in bn_bsums (mask from
  * y, else from x with msc / msh when msc is given, else none), and dres = dz

@@ -468,6 +468,38 @@ static inline void st(void *p, int64_t i, double v, int dbl)
     else ((float *)p)[i] = (float)v;
 }
 
+/* x's element i as a double (T, or bfloat16 widened) */
+static inline double bn_ldx(const void *x, int64_t i, int dt)
+{
+    return dt == NK_BN_F32_XBF16 ? (double)nk_bf16_widen(((const uint16_t *)x)[i])
+                                 : ld(x, i, dt == NK_BN_F64);
+}
+
+/* The shift k of the training forward's sums (s = sum (x - k), q = sum (x -
+ * k)^2, var = q/m - (s/m)^2): the mean of BN_SHIFT_ROWS rows spread evenly
+ * over the batch, rounded to T (so that x - k is formed in T by the float
+ * sums), per channel.  The nearer k is to the mean, the less the variance
+ * loses to cancellation: its relative error grows with 1 + (k - mean)^2 /
+ * var times that of the float runs of the sums (nk_bn_sums_f.h), so a
+ * first row 50 standard deviations out (the shift used before) cost three
+ * digits.  Where that mean is not finite (x has inf or NaN there, and so
+ * the statistics), the first row's value, as before. */
+#define BN_SHIFT_ROWS 64
+static void bn_shift(int64_t m, int64_t c, const void *x, int dt, double *k)
+{
+    const int64_t ns = m < BN_SHIFT_ROWS ? m : BN_SHIFT_ROWS;
+    const int dbl = dt == NK_BN_F64;
+    for (int64_t j = 0; j < c; j++) k[j] = 0.0;
+    for (int64_t i = 0; i < ns; i++) {
+        const int64_t r = i * m / ns;
+        for (int64_t j = 0; j < c; j++) k[j] += bn_ldx(x, r * c + j, dt);
+    }
+    for (int64_t j = 0; j < c; j++) {
+        const double v = dbl ? k[j] / (double)ns : (double)(float)(k[j] / (double)ns);
+        k[j] = isfinite(v) ? v : bn_ldx(x, j, dt);
+    }
+}
+
 /* y = act((x - mu) * sc + sh [+ res]) with per-channel T vectors, over row
  * blocks (res NULL and act NK_ACT_NONE: the unfused bn_apply). */
 static void bn_apply_all(int64_t m, int64_t c, const void *x, const void *res, void *y,
@@ -520,9 +552,7 @@ int nk_batchnorm_fwd_train_fused(int64_t m, int64_t c, const void *x_mc, const v
     const int64_t nb = w.nb, bs = w.bs;
     double *k = w.vec, *part = w.part;
     void *mu = w.t[0], *sc = w.t[1], *sh = w.t[2];
-    /* shift by the first row: sums of (x - x0) lose nothing to cancellation
-     * when |mean| >> std */
-    for (int64_t j = 0; j < c; j++) k[j] = xh ? (double)nk_bf16_widen(((const uint16_t *)x_mc)[j]) : ld(x_mc, j, dbl);
+    bn_shift(m, c, x_mc, dt, k);
     const nk_bn_kern_s *ks = nk_bn_kern_s_current();
     const nk_bn_kern_d *kd = nk_bn_kern_d_current();
     const nk_bn_kern_h *kh = nk_bn_kern_h_current();
