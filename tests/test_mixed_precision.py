@@ -623,3 +623,45 @@ def test_conv_output_read_by_batch_norm_is_stored_as_bf16(monkeypatch):
         np.testing.assert_array_equal(bits(a), bits(b))
     _, kinds32 = train(None, True)
     assert all(k == F32 for k in kinds32.values())
+
+
+@needs_bf16_kernels
+def test_frozen_batch_norm_after_a_bf16_conv_output():
+    """A frozen BatchNormalization (trainable=False: constant statistics, as
+    in fine-tuning) reading a convolution whose output is stored as bfloat16
+    (ConvBF16Out) trains -- its backward widens that x (it raised ValueError
+    on the bit patterns) -- and its gradients are those of the unfused
+    model, whose convolution output stays float32, within bfloat16's
+    rounding of that output."""
+    import pynn.models.fusion as fusion
+
+    rng = np.random.default_rng(11)
+    xb = rng.standard_normal((16, 8, 8, 5)).astype(F32)
+    yb = rng.integers(0, 4, 16)
+
+    def step(fused):
+        fusion.ENABLED = fused
+        try:
+            mixed_precision.set_global_policy("mixed_bfloat16")
+            pynn.utils.set_random_seed(3)
+            inp = pynn.Input((8, 8, 5))
+            bn = L.BatchNormalization()
+            h = L.ReLU()(bn(L.Conv2D(16, 3, padding="same")(inp)))
+            out = L.Dense(4, dtype="float32")(L.Flatten()(h))
+            m = pynn.Model(inp, out)
+            bn.trainable = False
+            m.compile(optimizer=optimizers.SGD(0.1),
+                      loss=pynn.losses.SparseCategoricalCrossentropy(from_logits=True))
+            w0 = m.get_weights()[0].copy()
+            m.train_on_batch(xb, yb)
+            kind = m.layers[1].ctx.z.dtype
+            return m.get_weights()[0] - w0, kind
+        finally:
+            fusion.ENABLED = True
+
+    d_fused, kind = step(True)
+    d_plain, kind_plain = step(False)
+    assert kind == np.uint16 and kind_plain == F32
+    assert np.abs(d_plain).max() > 0
+    rel = np.linalg.norm(d_fused - d_plain) / np.linalg.norm(d_plain)
+    assert rel < 0.01, rel

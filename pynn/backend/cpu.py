@@ -5,6 +5,8 @@ when it is asked for (``nk.dense_forward``, ``nk.dense_backward``,
 ``nk.conv2d``, ``nk.conv2d_backward``, ``nk.conv2d_backward_data``); float32
 calls are made exactly as without it.
 """
+import numpy as np
+
 from .bf16 import is_bf16
 from .ops import Ops
 
@@ -152,6 +154,20 @@ class CPUOps(Ops):
 
     def batchnorm_backward(self, dy, x, gamma, save_mean, save_invstd, **kw):
         return self.nk.batchnorm_backward(dy, x, gamma, save_mean, save_invstd, **kw)
+
+    def from_bf16(self, a):
+        """A bfloat16 activation (uint16 bit patterns) widened to float32;
+        any other array as it is."""
+        return self.nk.from_bf16(a) if a.dtype == np.uint16 else a
+
+    def batchnorm_backward_inference(self, dy, x, gamma, moving_mean, moving_var, epsilon, *,
+                                     y=None, **kw):
+        # a frozen batch norm (constant statistics) after a convolution that
+        # stores bfloat16 (ConvBF16Out): Ops' NumPy formula on x widened
+        # (on the bit patterns it raised ValueError for its dx)
+        return super().batchnorm_backward_inference(
+            dy, self.from_bf16(x), gamma, moving_mean, moving_var, epsilon,
+            y=None if y is None else self.from_bf16(y), **kw)
 
     def sum_squares(self, x):
         return self.nk.sum_squares(x)
