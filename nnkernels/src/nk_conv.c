@@ -1104,12 +1104,7 @@ int nk_conv2d_forward_bf16(const nk_conv_shape *s, int algo, const float *x_nhwc
     float *y = (float *)nk_ws_acquire((size_t)n * sizeof(float) + 64, &slot);
     if (!y) return -1;
     rc = forward_s(&t, algo, x_nhwc, w_hwcf, bias_f, act, y, nthreads);
-    if (rc == 0) {
-        NK_CHUNKED_PARALLEL(pix, pix * width * 6, {
-            for (int64_t p = e0; p < e1; p++)
-                for (int64_t j = 0; j < width; j++) y16[p * ldy + j] = nk_bf16_ftz(y[p * ldy + j]);
-        });
-    }
+    if (rc == 0) nk_f32_to_bf16_ftz_rows(y, y16, pix, width, ldy);
     nk_ws_release(y, slot);
     return rc;
 }

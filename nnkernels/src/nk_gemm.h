@@ -143,6 +143,10 @@ int nk_set_bf16_native(int on);
  * references do); from_bf16 is exact. */
 void nk_f32_to_bf16(const float *x, uint16_t *out, int64_t n);
 void nk_bf16_to_f32(const uint16_t *x, float *out, int64_t n);
+/* rows of float32 (n rows of w values, ld apart) -> bf16 as nk_bf16_ftz
+ * rounds (VCVTNEPS2BF16: nearest even, NaN quieted, zero and subnormals to
+ * signed zero), into rows as far apart; branch-free, vectorised */
+void nk_f32_to_bf16_ftz_rows(const float *x, uint16_t *out, int64_t n, int64_t w, int64_t ld);
 
 /* Free the workspace arenas (tests/benchmarks); bytes they hold now. */
 void nk_release_workspace(void);

@@ -75,10 +75,16 @@ static inline uint16_t nk_bf16_rne(float x)
  * and subnormals give a signed zero. */
 static inline uint16_t nk_bf16_ftz(float x)
 {
+    /* without branches, so that loops of it vectorise */
     uint32_t u;
     __builtin_memcpy(&u, &x, 4);
-    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-    return nk_bf16_rne(x);
+    const uint32_t hi = u >> 16;
+    const uint32_t nan = 0u - (uint32_t)((u & 0x7fffffffu) > 0x7f800000u);
+    const uint32_t tiny = 0u - (uint32_t)((u & 0x7f800000u) == 0);
+    uint32_t r = (u + 0x7fffu + (hi & 1u)) >> 16;
+    r = (r & ~nan) | ((hi | 0x40u) & nan);
+    r = (r & ~tiny) | (hi & 0x8000u & tiny);
+    return (uint16_t)r;
 }
 
 /* bf16 bit pattern -> float32, exactly */
