@@ -72,6 +72,41 @@ static void bf16_ftz_run(const float *restrict x, uint16_t *restrict out, int64_
     }
 }
 
+static void bf16_pairs_run(const float *restrict lo, const float *restrict hi,
+                           uint32_t *restrict out, int64_t n)
+{
+    if (hi)
+        for (int64_t i = 0; i < n; i++)
+            out[i] = (uint32_t)nk_bf16_ftz(lo[i]) | (uint32_t)nk_bf16_ftz(hi[i]) << 16;
+    else
+        for (int64_t i = 0; i < n; i++) out[i] = nk_bf16_ftz(lo[i]);
+}
+
+#if NK_X86
+NK_TARGET_AVX512_BEGIN
+static void bf16_pairs_run_avx512(const float *restrict lo, const float *restrict hi,
+                                  uint32_t *restrict out, int64_t n)
+{
+    if (hi)
+        for (int64_t i = 0; i < n; i++)
+            out[i] = (uint32_t)nk_bf16_ftz(lo[i]) | (uint32_t)nk_bf16_ftz(hi[i]) << 16;
+    else
+        for (int64_t i = 0; i < n; i++) out[i] = nk_bf16_ftz(lo[i]);
+}
+NK_TARGET_END
+#endif
+
+void nk_bf16_pairs_ftz(const float *lo, const float *hi, uint32_t *out, int64_t n)
+{
+#if NK_X86
+    if (nk_get_isa() == NK_ISA_AVX512) {
+        bf16_pairs_run_avx512(lo, hi, out, n);
+        return;
+    }
+#endif
+    bf16_pairs_run(lo, hi, out, n);
+}
+
 #if NK_X86
 /* the same loop compiled for AVX-512 (the baseline's SSE2 narrowing took
  * 0.57 ns per element), and VCVTNEPS2BF16 itself where it runs (the same

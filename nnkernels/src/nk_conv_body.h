@@ -1026,13 +1026,14 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
     if (bf) { /* U's pairs: channels 2k, 2k + 1 (zero beyond C), rounded as VCVTNEPS2BF16 */
         uint32_t *uw = (uint32_t *)(u + u_len);
         for (int64_t xi = 0; xi < 16; xi++)
-            for (int64_t k = 0; k < c2; k++)
-                for (int64_t f = 0; f < fp; f++) {
-                    const T lo = 2 * k < C ? u[(xi * C + 2 * k) * fp + f] : (T)0;
-                    const T hi = 2 * k + 1 < C ? u[(xi * C + 2 * k + 1) * fp + f] : (T)0;
-                    uw[(xi * c2 + k) * fp + f] =
-                        (uint32_t)nk_bf16_ftz(lo) | (uint32_t)nk_bf16_ftz(hi) << 16;
-                }
+            for (int64_t k = 0; k < c2; k++) {
+                uint32_t *dst = uw + (xi * c2 + k) * fp;
+                const T *lo = u + (xi * C + 2 * k) * fp;
+                if (2 * k < C)
+                    nk_bf16_pairs_ftz(lo, 2 * k + 1 < C ? lo + fp : NULL, dst, fp);
+                else
+                    memset(dst, 0, (size_t)fp * sizeof *dst);
+            }
         g->u_bf = uw;
         g->fgemm_bf = CFN_ISA(wino_fgemm_bfe);
 #if NK_X86

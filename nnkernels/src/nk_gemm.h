@@ -147,6 +147,9 @@ void nk_bf16_to_f32(const uint16_t *x, float *out, int64_t n);
  * rounds (VCVTNEPS2BF16: nearest even, NaN quieted, zero and subnormals to
  * signed zero), into rows as far apart; branch-free, vectorised */
 void nk_f32_to_bf16_ftz_rows(const float *x, uint16_t *out, int64_t n, int64_t w, int64_t ld);
+/* out[i] = bf16 pair (lo[i] low, hi[i] high; hi NULL: zeros), rounded as
+ * nk_bf16_ftz, i < n (one thread; vectorised) */
+void nk_bf16_pairs_ftz(const float *lo, const float *hi, uint32_t *out, int64_t n);
 
 /* Free the workspace arenas (tests/benchmarks); bytes they hold now. */
 void nk_release_workspace(void);
