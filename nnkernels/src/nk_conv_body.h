@@ -1028,10 +1028,10 @@ static int CFN(wino_fused_run)(nk_wino *g, const T *src, const T *mask, const T 
         for (int64_t xi = 0; xi < 16; xi++)
             for (int64_t k = 0; k < c2; k++) {
                 uint32_t *dst = uw + (xi * c2 + k) * fp;
-                const T *lo = u + (xi * C + 2 * k) * fp;
-                if (2 * k < C)
+                if (2 * k < C) {
+                    const T *lo = u + (xi * C + 2 * k) * fp;
                     nk_bf16_pairs_ftz(lo, 2 * k + 1 < C ? lo + fp : NULL, dst, fp);
-                else
+                } else
                     memset(dst, 0, (size_t)fp * sizeof *dst);
             }
         g->u_bf = uw;
