@@ -75,9 +75,13 @@ BN_INL void BN_FN(bn_flush)(BN_VGD *acc, BN_VF f)
 }
 
 /* nr runs of bn_sums' channel block j0 (ng vectors of BN_FL) at once: run
- * h the len rows from rb + h * BN_R (nr = 2: both whole; two runs give the
- * float additions two independent chains where 16 channels had one); each
- * run's sums then added to as / aq in run order, as one run at a time */
+ * h the len rows from rb + h * BN_R (nr = 2: both whole); each run's sums
+ * then added to as / aq in run order, as one run at a time.  Two runs at
+ * once only for a block of one vector (16 channels on AVX-512), whose float
+ * additions had one chain each; with two vectors and more the interleaved
+ * rows made the passes slower in the model (ResNet-20 float32, 1 thread:
+ * 16 x 16 x 32 backward 6.8-7.5 against 4.9-5.2 ms a step, cache-cold),
+ * though not in a warm loop */
 BN_INL void BN_FN(bn_sums_runs)(const XT *restrict x, int64_t c, int64_t j0, int64_t rb,
                                 int64_t len, const int nr, const int ng, const BN_VF *kf,
                                 BN_VGD *as, BN_VGD *aq)
@@ -116,7 +120,7 @@ BN_INL int64_t BN_FN(bn_sums_blk)(const XT *restrict x, int64_t c, int64_t r0, i
             as[2 * g] = as[2 * g + 1] = aq[2 * g] = aq[2 * g + 1] = (BN_VGD){0};
         }
         int64_t rb = r0;
-        for (; rb + 2 * BN_R <= r1; rb += 2 * BN_R)
+        for (; ng == 1 && rb + 2 * BN_R <= r1; rb += 2 * BN_R)
             BN_FN(bn_sums_runs)(x, c, j0, rb, BN_R, 2, ng, kf, as, aq);
         for (; rb < r1; rb += BN_R)
             BN_FN(bn_sums_runs)(x, c, j0, rb, r1 - rb < BN_R ? r1 - rb : BN_R, 1, ng, kf, as, aq);
@@ -224,7 +228,7 @@ BN_INL int64_t BN_FN(bn_bsums_blk)(const T *restrict dy, const T *restrict y,
             ad[2 * g] = ad[2 * g + 1] = ax[2 * g] = ax[2 * g + 1] = (BN_VGD){0};
         }
         int64_t rb = r0;
-        for (; rb + 2 * BN_R <= r1; rb += 2 * BN_R)
+        for (; ng == 1 && rb + 2 * BN_R <= r1; rb += 2 * BN_R)
             BN_FN(bn_bsums_runs)(dy, y, x, c, j0, rb, BN_R, 2, ng, mode, mv, ps, ph, ad, ax);
         for (; rb < r1; rb += BN_R)
             BN_FN(bn_bsums_runs)(dy, y, x, c, j0, rb, r1 - rb < BN_R ? r1 - rb : BN_R, 1, ng,
