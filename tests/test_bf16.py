@@ -502,6 +502,76 @@ def test_conv2d_bf16_im2col_wgrad(isa, n, h, c, f, stride, padding, relu):
     assert_close(runs[0][1][0], rdw, sdw, np.float32, dy.size // f, "conv dw bf16 (im2col)")
 
 
+# The im2col forward under bf16 (auto picks it for strided 3x3 and 1x1
+# convolutions; forced here for the others): with the native kernels and an
+# even C_in its A operand (the windows) is packed straight into bf16 pairs,
+# 8 output pixels x 16 channels at a time, with the emulated ones as float32
+# slivers then converted -- the same bits either way.  The cases take
+# output rows of fewer and more than 8 pixels (one sliver spanning two rows
+# or two images), pixel counts that leave a ragged last sliver, channel
+# counts with a half or odd block (C_in % 16 = 8, 6, 2; odd C_in packs
+# float32 slivers on both paths), kernels 1, 3 and 5, stride 2 and padding
+# (pixels outside the image); the data gradient of a stride-1 convolution
+# with C_in >= 64 packs dz the same way, masked by the ReLU (NaN in y).
+@pytest.mark.parametrize("n,h,c,f,k,stride,padding", [
+    (2, 16, 16, 32, 3, 2, "same"), (3, 13, 24, 17, 3, 2, "same"), (1, 9, 40, 33, 3, 1, "valid"),
+    (2, 11, 6, 8, 5, 2, "same"), (1, 7, 2, 16, 3, 1, "same"), (2, 10, 16, 32, 1, 2, "same"),
+    (1, 12, 7, 16, 3, 2, "same"), (5, 3, 32, 64, 3, 2, "valid")])
+def test_conv2d_bf16_im2col_forward(isa, n, h, c, f, k, stride, padding):
+    geo = dict(strides=(stride, stride), padding=padding, dilation=(1, 1))
+    rng = np.random.default_rng(c * f + h + k)
+    x = rng.standard_normal((n, h, h, c)).astype(np.float32)
+    x[0, 1, 2, :2] = [1e-40, 1.0 + 2.0**-8]  # flushed, a tie (to even)
+    x[-1, -1, -1, -1] = 3.0e37
+    w = (rng.standard_normal((k, k, c, f)) * 0.3).astype(np.float32)
+    y16 = np.empty(nk.conv2d_output_shape(x.shape, w.shape, **geo), np.uint16)
+
+    def run():
+        y = nk.conv2d(x, w, precision="bfloat16", algo="im2col", **geo)
+        nk.conv2d(x, w, precision="bfloat16", algo="im2col", out=y16, **geo)
+        return y, y16.copy()
+
+    runs = _across_paths_and_threads(isa, run)
+    for who, (y, y16b) in runs[1:]:
+        assert_bitwise_equal(y, runs[0][1][0], f"conv bf16 im2col y {who} vs {runs[0][0]}")
+        np.testing.assert_array_equal(y16b, runs[0][1][1], f"bf16 output {who} vs {runs[0][0]}")
+    y, y16b = runs[0][1]
+    np.testing.assert_array_equal(y16b, nk.to_bf16(y), "the bf16 output: float32's, rounded")
+    ref = ref_conv(ftz(x).astype(F64), ftz(w).astype(F64), None, geo["strides"], padding,
+                   geo["dilation"])
+    scale = ref_conv(np.abs(x).astype(F64), np.abs(w).astype(F64), None, geo["strides"],
+                     padding, geo["dilation"])
+    assert_close(y, ref, scale, np.float32, k * k * c, "conv2d bf16 (im2col)")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_bf16_im2col_data_gradient_masked(isa, relu):
+    n, h, c, f = 2, 9, 64, 24
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, h, h, c)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, c, f)) * 0.3).astype(np.float32)
+    dy = rng.standard_normal((n, h, h, f)).astype(np.float32)
+    dy[0, 0, 0, 0] = 1e-40
+    y = rng.standard_normal(dy.shape).astype(np.float32) if relu else None
+    if relu:
+        y[0, 1, 1, :3] = [np.nan, 0.0, -0.0]
+
+    def run():
+        return nk.conv2d_backward(dy, x, w, padding="same", need_dw=False, need_db=False,
+                                  precision="bfloat16", algo="im2col",
+                                  activation="relu" if relu else None, y=y)[:1]
+
+    runs = _across_paths_and_threads(isa, run)
+    for who, (dx,) in runs[1:]:
+        assert_bitwise_equal(dx, runs[0][1][0], f"conv bf16 im2col dx {who} vs {runs[0][0]}")
+    dz = np.where(y > 0, dy, np.float32(0)) if relu else dy
+    rdx, _, _ = ref_conv_backward(ftz(dz).astype(F64), x.astype(F64), ftz(w).astype(F64),
+                                  (1, 1), "same", (1, 1))
+    sdx, _, _ = ref_conv_backward(np.abs(dz).astype(F64), np.abs(x).astype(F64),
+                                  np.abs(w).astype(F64), (1, 1), "same", (1, 1))
+    assert_close(runs[0][1][0], rdx, sdx, np.float32, 9 * f, "conv dx bf16 (im2col)")
+
+
 @pytest.mark.parametrize("n,h,c,f,padding", [(8, 26, 32, 64, "valid"), (3, 9, 64, 64, "same"),
                                                (2, 7, 65, 17, "same"), (1, 5, 33, 33, "valid"),
                                                (4, 12, 16, 16, "same"), (2, 9, 32, 32, "valid"),

@@ -225,6 +225,9 @@ static int CFN(im2col_fwd)(const nk_conv_shape *s, const T *x, const T *w, const
         nk_conv_win_fwd(&cw, s, x);
         g.pack_a = CFN(pack_win);
         g.pack_a_ctx = &cw;
+#if defined(NK_CONV_FLOAT) && NK_X86
+        if (g.lowp && nk_conv_pack_win_bf16_ok(&cw)) g.pack_a_lowp = nk_pack_win_bf16_s;
+#endif
     }
     return GEMM(&g);
 }
@@ -416,6 +419,9 @@ static int CFN(im2col_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
         cw.sa = 1; cw.sb = 1; cw.oa = s->pt; cw.ob = s->pl; cw.ka = -s->dh; cw.kb = -s->dw;
         g.pack_a = CFN(pack_win);
         g.pack_a_ctx = &cw;
+#if defined(NK_CONV_FLOAT) && NK_X86
+        if (g.lowp && nk_conv_pack_win_bf16_ok(&cw)) g.pack_a_lowp = nk_pack_win_bf16_s;
+#endif
         g.b = wt; g.rsb = C; g.csb = 1;
         g.out = dx; g.ldo = s->ldx;
         if (acc) { g.beta = (T)1; g.c = dx; g.ldc = s->ldx; }
