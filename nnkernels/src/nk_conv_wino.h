@@ -182,19 +182,19 @@ WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wt
  * bf16 products, 147 -> 139 with float32; the default CNN with bf16 27.1 ->
  * 25.7); each tile writes two rows, which the hardware prefetchers do not
  * follow.  For reading: the weight gradient's dz blocks and their mask. */
-WAI void WFN(wino_prefetch_out)(const nk_wino *g, const T *a, const T *b, nk_wtile *p,
-                                int64_t cnt, const int write)
+WAI void WFN(wino_prefetch_out_e)(const nk_wino *g, const void *a, const void *b, nk_wtile *p,
+                                  int64_t cnt, const int write, const int64_t esz)
 {
     const int64_t OH = g->oh, OW = g->ow, OP = g->op, m = g->m4 ? 4 : 2;
-    const int64_t bytes = g->f * (int64_t)sizeof(T);
+    const int64_t bytes = g->f * esz;
     for (int64_t i = 0; i < cnt && p->n < g->n; i++, nk_wtile_next(g, p)) {
         const int64_t ow = m * p->tw, cols = OW - ow < m ? OW - ow : m;
-        const int64_t span = (cols - 1) * OP * (int64_t)sizeof(T) + bytes;
+        const int64_t span = (cols - 1) * OP * esz + bytes;
         for (int64_t r = 0; r < m && m * p->th + r < OH; r++) {
-            const int64_t off = ((p->n * OH + m * p->th + r) * OW + ow) * OP;
-            const T *arr[2] = {a, b};
+            const int64_t off = ((p->n * OH + m * p->th + r) * OW + ow) * OP * esz;
+            const char *arr[2] = {(const char *)a, (const char *)b};
             for (int k = 0; k < 2 && arr[k]; k++) {
-                const char *q = (const char *)(arr[k] + off), *end = q + span;
+                const char *q = arr[k] + off, *end = q + span;
                 for (q -= (uintptr_t)q & 63; q < end; q += 64) {
                     if (write)
                         __builtin_prefetch(q, 1);
@@ -204,6 +204,22 @@ WAI void WFN(wino_prefetch_out)(const nk_wino *g, const T *a, const T *b, nk_wti
             }
         }
     }
+}
+
+/* wino_prefetch_out of T elements; the fused passes' outputs (float32 y,
+ * or bf16 g->y16: elements of 2 bytes) */
+WAI void WFN(wino_prefetch_out)(const nk_wino *g, const T *a, const T *b, nk_wtile *p,
+                                int64_t cnt, const int write)
+{
+    WFN(wino_prefetch_out_e)(g, a, b, p, cnt, write, (int64_t)sizeof(T));
+}
+
+WAI void WFN(wino_prefetch_y)(const nk_wino *g, const T *y, nk_wtile p, int64_t cnt)
+{
+    if (y)
+        WFN(wino_prefetch_out_e)(g, y, NULL, &p, cnt, 1, (int64_t)sizeof(T));
+    else if (g->y16)
+        WFN(wino_prefetch_out_e)(g, g->y16, NULL, &p, cnt, 1, 2);
 }
 
 /* Column b of the row stage B^T d (B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
@@ -664,10 +680,7 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
         }
     }
     WFN(wino_prefetch)(g, src, mask, p0, cnt);
-    if (y) {
-        nk_wtile q = p0;
-        WFN(wino_prefetch_out)(g, y, NULL, &q, cnt, 1);
-    }
+    WFN(wino_prefetch_y)(g, y, p0, cnt);
     for (int64_t c0 = 0; c0 < C; c0 += WVL) {
         const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
         WV uu[16];
