@@ -544,6 +544,27 @@ def test_conv2d_bf16_im2col_forward(isa, n, h, c, f, k, stride, padding):
     assert_close(y, ref, scale, np.float32, k * k * c, "conv2d bf16 (im2col)")
 
 
+# A bf16 output of the paths that compute float32 (direct, im2col) is
+# rounded a few images at a time (512 KiB of float32 outputs: 2 of these
+# images), so 3 images take two passes; the bits are those of the float32
+# output rounded, for 1 and 2 threads.
+@pytest.mark.parametrize("h,c,f,k,stride,algo", [(32, 3, 64, 3, 1, "direct"),
+                                                 (64, 16, 64, 1, 2, "im2col"),
+                                                 (64, 16, 64, 3, 2, "auto")])
+def test_conv2d_bf16_output_in_passes_of_a_few_images(h, c, f, k, stride, algo):
+    rng = np.random.default_rng(h + c + k)
+    x = rng.standard_normal((3, h, h, c)).astype(np.float32)
+    w = (rng.standard_normal((k, k, c, f)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(f).astype(np.float32)
+    geo = dict(strides=(stride, stride), padding="same", algo=algo)
+    for t in (1, 2):
+        with threads(t):
+            y = nk.conv2d(x, w, b, activation="relu", precision="bfloat16", **geo)
+            y16 = np.full(y.shape, 0xFFFF, np.uint16)
+            nk.conv2d(x, w, b, activation="relu", precision="bfloat16", out=y16, **geo)
+        np.testing.assert_array_equal(y16, nk.to_bf16(y), f"{algo} bf16 output, {t} threads")
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_conv2d_bf16_im2col_data_gradient_masked(isa, relu):
     n, h, c, f = 2, 9, 64, 24
