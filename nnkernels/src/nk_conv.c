@@ -1174,19 +1174,23 @@ static int nk_conv_pack_wt8_ok(const nk_conv_shape *s)
     return s->c % 8 == 0 && nk_get_isa() == NK_ISA_AVX512 && nk_skern_current()->mr == 8;
 }
 
-static int nk_conv_pack_wt_bf16_ok(const nk_conv_shape *s)
+static int nk_conv_bf16_packers_ok(void)
 {
     const nk_bkern *bk = nk_bkern_current();
-    return s->c % 8 == 0 && nk_bf16_native() && bk == &nk_bkern_avx512bf16 && bk->mr == 8;
+    return nk_bf16_native() && bk == &nk_bkern_avx512bf16 && bk->mr == 8 && bk->kc % 2 == 0;
+}
+
+static int nk_conv_pack_wt_bf16_ok(const nk_conv_shape *s)
+{
+    return s->c % 8 == 0 && nk_conv_bf16_packers_ok();
 }
 
 /* Whether nk_pack_win_bf16_s can pack the window GEMM of cw: the native
- * bf16 kernel (MR 8), an even channel count and even column blocks. */
+ * bf16 kernel as above, an even channel count (and even column blocks:
+ * an even KC). */
 static int nk_conv_pack_win_bf16_ok(const nk_conv_win *cw)
 {
-    const nk_bkern *bk = nk_bkern_current();
-    return cw->sc % 2 == 0 && nk_bf16_native() && bk == &nk_bkern_avx512bf16 && bk->mr == 8 &&
-           bk->kc % 2 == 0;
+    return cw->sc % 2 == 0 && nk_conv_bf16_packers_ok();
 }
 #endif /* NK_X86 */
 
@@ -1238,11 +1242,12 @@ int nk_conv2d_forward_bf16(const nk_conv_shape *s, int algo, const float *x_nhwc
      * pixel's sum is the same with any batch: the same bits).  In
      * ResNet-20's step (bf16, batch 128, 1 thread), against one float32
      * workspace for the batch: the first convolution (3 -> 16, direct)
-     * 2.76 -> 1.92 ms, the strided ones (im2col) 6.3 -> 6.0 ms together. */
+     * 2.76 -> 1.92 ms, the strided ones (im2col) 6.2 -> 6.0 ms together. */
     t.out_bf16 = 0;
     const nk_conv_shape u = nk_conv_norm(&t); /* the output's pitch and channels */
     const int64_t ldy = u.ldy, width = u.g * u.f, ipix = u.oh * u.ow;
     const int64_t ipitch = u.h * u.w * u.ldx; /* x's elements per image */
+    if (u.n == 0 || ipix * ldy == 0) return 0; /* no outputs */
     int64_t nb = NK_CONV_BF16_CHUNK / (ipix * ldy * (int64_t)sizeof(float));
     if (nb < 1) nb = 1;
     if (nb > u.n) nb = u.n;

@@ -206,14 +206,15 @@ WAI void WFN(wino_prefetch_out_e)(const nk_wino *g, const void *a, const void *b
     }
 }
 
-/* wino_prefetch_out of T elements; the fused passes' outputs (float32 y,
- * or bf16 g->y16: elements of 2 bytes) */
+/* wino_prefetch_out of T elements */
 WAI void WFN(wino_prefetch_out)(const nk_wino *g, const T *a, const T *b, nk_wtile *p,
                                 int64_t cnt, const int write)
 {
     WFN(wino_prefetch_out_e)(g, a, b, p, cnt, write, (int64_t)sizeof(T));
 }
 
+/* for writing, the lines of a fused pass's output tiles: y (T), else
+ * g->y16 (bf16) where it stores there */
 WAI void WFN(wino_prefetch_y)(const nk_wino *g, const T *y, nk_wtile p, int64_t cnt)
 {
     if (y)

@@ -152,6 +152,8 @@ WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const
     const int64_t OH = g->oh, OW = g->ow;
     const nk_wtile p0 = nk_wtile_at(g, t0);
     WFN(wino_prefetch)(g, src, mask, p0, cnt);
+    /* the output's lines for writing (16 -> 16 on 32x32, bf16 output,
+     * cache-cold, 1 thread: 3.27 -> 2.89 ms) */
     if (y || y16) WFN(wino_prefetch_y)(g, y, p0, cnt);
     WV keep[4][12]; /* columns 4, 5 of the previous tile's row stage, per vector of C */
     nk_wtile p = p0;
