@@ -287,14 +287,20 @@ def _winograd_fused_blocks_and_threads(isa, C, F, f4):
     (5, 15, 13, 16, 16, "same", True),      # odd sizes: partial tiles, tiles across images
     (3, 9, 11, 17, 33, ((2, 0), (1, 3)), True),   # partial vectors, explicit padding
     (2, 4, 3, 40, 24, "same", False),       # fewer tiles than chunks
+    # 4 to 7 chunks (F(2x2): 6 tiles; F(4x4): 6 tiles of 8x12): 1 thread
+    # adds each chunk into the running sum as it completes, 2 threads sum
+    # the chunks' partials at the end (nk_conv_body.h, wino_wgrad)
+    (1, 4, 6, 16, 8, "same", True),
+    (1, 8, 12, 16, 16, "same", False),
 ])
 @pytest.mark.parametrize("f4", [False, True])
 def test_winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu, f4):
     """The float32 Winograd dW and db (nk_conv_wino_wgrad.h, and with f4
     nk_conv_wino4_wgrad.h up to 64 channels): within the Winograd bound of
     the exact gradient, with and without the ReLU mask, bitwise equal for 1
-    and 2 threads, and dx/dw/db computed together equal to each computed
-    alone."""
+    and 2 threads (the chunks added as they complete, or summed at the end:
+    the same additions in the same order), and dx/dw/db computed together
+    equal to each computed alone."""
     with wino4(f4):
         _winograd_wgrad_threads_and_paths(isa, N, H, W, C, F, padding, relu)
 
