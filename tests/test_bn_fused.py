@@ -722,3 +722,63 @@ def test_model_mask_from_x_same_bits(monkeypatch):
     assert used_x and not used_y
     for a, b in zip(w_x, w_y):
         assert_bitwise_equal(a, b)
+
+
+def test_model_dx_over_dy_same_bits(monkeypatch):
+    """The graph hands a batch norm the buffer of its output gradient when
+    nothing else holds it (``dy_free``), and the CPU backend's batch norm
+    writes dx over it: a residual model (fused BN -> ReLU and BN -> Add ->
+    ReLU, a plain BN beside a branch on the same tensor, a BN as the last
+    layer) trains to the same bits as without, for 1 and 2 threads; the
+    BNs of the residual block take it, the two that read one gradient (an
+    Add's, for both its inputs) and the last one (the loss's gradient) do
+    not."""
+    import pynn as keras
+    from pynn.backend.cpu import CPUOps
+    from pynn.layers.normalization import BatchNormalization
+
+    L = keras.layers
+    rng = np.random.default_rng(7)
+    xb = rng.standard_normal((12, 8, 8, 3)).astype(np.float32)
+    yb = rng.standard_normal((12, 5)).astype(np.float32)
+    calls = []
+    backward = BatchNormalization.backward
+
+    def spy(self, dy, need_dx=True, dy_free=False):
+        r = backward(self, dy, need_dx, dy_free)
+        dx = r[0] if isinstance(r, list) else r
+        calls.append((self.name, dy_free, dx is dy))
+        return r
+
+    monkeypatch.setattr(BatchNormalization, "backward", spy)
+
+    def train(in_place, t):
+        monkeypatch.setattr(CPUOps, "bn_dx_in_dy", in_place)
+        keras.utils.set_random_seed(3)
+        inp = keras.Input((8, 8, 3))
+        a = L.ReLU()(L.BatchNormalization(name="bn0")(L.Conv2D(6, 3, padding="same")(inp)))
+        h = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(6, 3, padding="same")(a)))
+        h = L.BatchNormalization(name="bn2")(L.Conv2D(6, 3, padding="same")(h))
+        r = L.ReLU()(L.Add()([h, a]))
+        side = L.BatchNormalization(name="bn_side")(r)
+        br = L.ReLU()(L.BatchNormalization(name="bn3")(L.Conv2D(6, 1)(r)))
+        o = L.GlobalAveragePooling2D()(L.Add()([side, br]))
+        out = L.BatchNormalization(name="bn_last")(L.Dense(5)(o))
+        m = keras.Model(inp, out)
+        m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        calls.clear()
+        with threads(t):
+            for _ in range(3):
+                m.train_on_batch(xb, yb)
+        return m.get_weights(), list(calls)
+
+    for t in (1, 2):
+        w_on, c_on = train(True, t)
+        w_off, c_off = train(False, t)
+        for a, b in zip(w_on, w_off):
+            assert_bitwise_equal(a, b)
+        # bn_side and bn3 read one gradient (the Add's, for both of its
+        # inputs): neither may write over it
+        assert {nm for nm, free, same in c_on if free and same} == {"bn0", "bn1", "bn2"}, c_on
+        assert not any(free for nm, free, _ in c_on if nm in ("bn_side", "bn3", "bn_last"))
+        assert not any(same for _, _, same in c_off)

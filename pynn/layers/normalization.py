@@ -11,6 +11,7 @@ class BatchNormalization(Layer):
     A non-trainable layer normalises with its moving statistics even in
     training (Keras 3), which is what fine-tuning a frozen base needs."""
     fresh_grads = True      # its input gradients are buffers of its own
+    dx_in_dy = True         # backward(dy_free=True) may write dx over dy (graph.py)
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
@@ -71,11 +72,20 @@ class BatchNormalization(Layer):
         ctx.y, ctx.activation, ctx.residual = y, activation, residual is not None
         return y
 
-    def backward(self, dy, need_dx=True):
-        """dx; after a fused forward with a residual, (dx, d residual)."""
+    def backward(self, dy, need_dx=True, dy_free=False):
+        """dx; after a fused forward with a residual, (dx, d residual).
+        dy_free: dy is a buffer nothing reads after this call (the graph
+        says so), which the training backward may write dx over where the
+        backend allows it (``bn_dx_in_dy``): the write pass then stores to
+        lines it has just read instead of a buffer of its own (batch norm's
+        backward is memory-bound)."""
         ctx = self.ctx
         c = dy.shape[-1]
-        dx = self._buf("dx", dy.shape)
+        if (dy_free and ctx.training and getattr(self.ops, "bn_dx_in_dy", False)
+                and dy.dtype == self._array_dtype):
+            dx = dy
+        else:
+            dx = self._buf("dx", dy.shape)
         dgamma = self.g.get("gamma", self._buf("dgamma_unused", (c,)))
         dbeta = self.g.get("beta", self._buf("dbeta_unused", (c,)))
         dres = self._buf("dres", dy.shape) if ctx.residual else None

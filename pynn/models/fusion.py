@@ -56,6 +56,7 @@ class FusedBatchNorm:
     """BN [+ residual] + ReLU as one plan node; the weights are the BN layer's."""
     emit_logits = None
     fresh_grads = True
+    dx_in_dy = True
 
     def __init__(self, bn, residual):
         self.fused_of = bn
@@ -75,10 +76,10 @@ class FusedBatchNorm:
             return bn.forward(x[0], training, residual=x[1], activation="relu")
         return bn.forward(x, training, activation="relu")
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, dy_free=False):
         bn = self.fused_of
         bn.ctx = self.ctx
-        return bn.backward(dy, need_dx)
+        return bn.backward(dy, need_dx, dy_free)
 
 
 class _Delegate:

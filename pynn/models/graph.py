@@ -181,7 +181,10 @@ class Plan:
         own kernel when it can accumulate (``accumulates_dx``: the
         convolution's data gradient is added in its write pass) and the
         first is a buffer that only this tensor holds (``fresh_grads``),
-        else in a buffer of the store."""
+        else in a buffer of the store.  A layer that can write its input
+        gradient over its output gradient (``dx_in_dy``: batch norm) is
+        given ``dy_free=True`` when that gradient is such a buffer: nothing
+        reads it after the layer's backward."""
         nback, tgrad = flags
         grads, owners, fresh = {}, {}, {}
         acc = store.setdefault("__acc__", {})
@@ -225,13 +228,17 @@ class Plan:
                             g = acc[key] = ops.alloc(tuple(shape), dt, zeros=True)
                     dys.append(g)
                 need_dx = any(tgrad.get(id(t), False) for t in node.input_tensors)
+                free = (len(dys) == 1 and getattr(layer, "dx_in_dy", False)
+                        and fresh.get(id(dys[0])) and owners.get(id(dys[0])) == 1)
+                if free:    # its buffer may come back as an input gradient
+                    owners[id(dys[0])] = 0
                 into = None
                 if need_dx and getattr(layer, "accumulates_dx", False):
                     prev = grads.get(id(node.input_tensors[0]))
                     if prev is not None and fresh.get(id(prev)) and owners.get(id(prev)) == 1:
                         into = prev
                 dx = self._call_backward(layer, dys if len(dys) > 1 else dys[0], need_dx, run,
-                                         into)
+                                         into, free)
                 if need_dx and into is None:
                     dxs = dx if getattr(layer, "takes_list", False) else [dx]
                     is_fresh = getattr(layer, "fresh_grads", False)
@@ -243,8 +250,10 @@ class Plan:
         return [grads.get(id(t)) for t in self.inputs]
 
     @staticmethod
-    def _call_backward(layer, dy, need_dx, run, into=None):
+    def _call_backward(layer, dy, need_dx, run, into=None, dy_free=False):
         kw = {} if into is None else {"dx_into": into}
+        if dy_free:
+            kw["dy_free"] = True
         if getattr(layer, "is_model", False):
             layer._outer_run = run
             return layer.backward(dy, need_dx)
