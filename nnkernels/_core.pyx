@@ -419,13 +419,13 @@ cdef cnp.ndarray _output(object out, Py_ssize_t r, Py_ssize_t c, object dt, str 
 
 
 cdef object _c_out(object out, tuple shape, object dt, str name, list inputs,
-                   object inplace_ok=None):
+                   object inplace_ok=None, object inplace_ok2=None):
     """The one check of a caller's C-contiguous output buffer (or a new
     array when out is None): an ndarray of exactly dtype dt and `shape`,
     writeable, C-contiguous and aligned (ValueError otherwise: it is written
     in place, so a copy would lose the result), not overlapping any of the
-    named inputs; `inplace_ok` is an input that out may be exactly (same
-    buffer, same layout)."""
+    named inputs; `inplace_ok` (and `inplace_ok2`) an input that out may be
+    exactly (same buffer, same layout)."""
     if out is None:
         return np.empty(shape, dtype=dt)
     if not isinstance(out, np.ndarray):
@@ -443,11 +443,12 @@ cdef object _c_out(object out, tuple shape, object dt, str name, list inputs,
     for nm, arr in inputs:
         if arr is None or not out.size or not arr.size:
             continue
-        if inplace_ok is not None and arr is inplace_ok and _same_buffer(out, arr):
+        ok = arr is not None and (arr is inplace_ok or arr is inplace_ok2)
+        if ok and _same_buffer(out, arr):
             continue
         if np.may_share_memory(out, arr):
             raise ValueError(f"{name} overlaps input {nm}; pass a separate buffer"
-                             + (" (or exactly the same array for in-place)" if arr is inplace_ok else ""))
+                             + (" (or exactly the same array for in-place)" if ok else ""))
     return out
 
 

@@ -576,7 +576,9 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     C-contiguous outputs of x's dtype.  dresidual: optional C-contiguous
     output of x's shape and dtype that receives dz (the gradient of the
     forward's residual input; a copy of dy without activation), written in
-    the same write pass; it may be dy itself when dx is not.
+    the same write pass; it may be dy itself when dx is not, or y itself
+    (with "relu": each element's mask is read before its dz is stored, and
+    the reduction pass has read all of y before the write pass starts).
     """
     dy, m_, c_ = _bn_x(dy, "dy")
     x, _, _ = _bn_x(x, "x", True)
@@ -616,7 +618,8 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     ins = [(nm, a) for nm, a in ins if a is not None]
     dx = _c_out(dx, dy.shape, dt, "dx", ins, inplace_ok=dy)
     if dresidual is not None:
-        dresidual = _c_out(dresidual, dy.shape, dt, "dresidual", ins, inplace_ok=dy)
+        dresidual = _c_out(dresidual, dy.shape, dt, "dresidual", ins, inplace_ok=dy,
+                           inplace_ok2=y)
         if dx.size and np.may_share_memory(dx, dresidual):
             raise ValueError("dx and dresidual overlap; they must be separate buffers "
                              "(at most one of them may be dy itself)")

@@ -205,6 +205,16 @@ def test_fused_matches_reference_separate_and_threads(m, c, nhwc, dtype, trainin
     assert r[0] is dxo
     assert_bitwise_equal(dxo, dx)
     assert_bitwise_equal(dyc, dres)
+    # dx = dy and dresidual = y together (pynn's graph, where nothing reads
+    # them afterwards), 1 and 2 threads: the same bits
+    for nt in (1, 2):
+        dyc, yc = dy.copy(), y.copy()
+        with threads(nt):
+            r = nk.batchnorm_backward(dyc, x, gamma, sm, si, y=yc if relu else None,
+                                      activation=activation, dx=dyc, dresidual=yc)
+        assert r[0] is dyc
+        assert_bitwise_equal(dyc, dx)
+        assert_bitwise_equal(yc, dres)
 
 
 # ------------------------------------------------------ fixed, threaded --
@@ -613,8 +623,13 @@ def test_fused_backward_errors():
     with pytest.raises(ValueError, match="dresidual overlaps input x"):
         bwd(dresidual=x)
     yy = y.copy()
+    yb = np.zeros(13, np.float32)
+    yb[:12] = yy.reshape(-1)
     with pytest.raises(ValueError, match="dresidual overlaps input y"):
-        bwd(activation="relu", y=yy, dresidual=yy)
+        bwd(activation="relu", y=yb[:12].reshape(4, 3), dresidual=yb[1:].reshape(4, 3))
+    # dresidual may be y itself: each mask is read before its dz is stored
+    r = bwd(activation="relu", y=yy, dresidual=yy)
+    assert_bitwise_equal(yy, np.where(y > 0, dy, np.float32(0)))
     with pytest.raises(ValueError, match="dx overlaps input y"):
         bwd(activation="relu", y=yy, dx=yy)
     d = np.zeros((4, 3), np.float32)
@@ -724,15 +739,18 @@ def test_model_mask_from_x_same_bits(monkeypatch):
         assert_bitwise_equal(a, b)
 
 
-def test_model_dx_over_dy_same_bits(monkeypatch):
-    """The graph hands a batch norm the buffer of its output gradient when
-    nothing else holds it (``dy_free``), and the CPU backend's batch norm
-    writes dx over it: a residual model (fused BN -> ReLU and BN -> Add ->
-    ReLU, a plain BN beside a branch on the same tensor, a BN as the last
-    layer) trains to the same bits as without, for 1 and 2 threads; the
-    BNs of the residual block take it, the two that read one gradient (an
-    Add's, for both its inputs) and the last one (the loss's gradient) do
-    not."""
+def test_model_backward_in_place_same_bits(monkeypatch):
+    """The graph tells a batch norm when nothing reads its output gradient
+    (``dy_free``) or its output (``y_free``) after its backward, and the CPU
+    backend's batch norm then writes dx over dy and, after a residual
+    forward, d residual over its output: a residual model (fused BN -> ReLU
+    and BN -> Add -> ReLU, a plain BN beside a branch on the same tensor, a
+    residual block on a Dense layer whose output is a model output, a BN
+    as the last layer)
+    trains to the same bits as without, for 1 and 2 threads.  The BNs of the
+    inner residual block write in place; the two that read one gradient (an
+    Add's, for both its inputs) and the last one (the loss's gradient) keep
+    dy; the block whose output the model returns keeps its output."""
     import pynn as keras
     from pynn.backend.cpu import CPUOps
     from pynn.layers.normalization import BatchNormalization
@@ -740,32 +758,39 @@ def test_model_dx_over_dy_same_bits(monkeypatch):
     L = keras.layers
     rng = np.random.default_rng(7)
     xb = rng.standard_normal((12, 8, 8, 3)).astype(np.float32)
-    yb = rng.standard_normal((12, 5)).astype(np.float32)
+    yb = [rng.standard_normal((12, 5)).astype(np.float32),
+          rng.standard_normal((12, 6)).astype(np.float32)]
     calls = []
     backward = BatchNormalization.backward
 
-    def spy(self, dy, need_dx=True, dy_free=False):
-        r = backward(self, dy, need_dx, dy_free)
-        dx = r[0] if isinstance(r, list) else r
-        calls.append((self.name, dy_free, dx is dy))
+    def spy(self, dy, need_dx=True, dy_free=False, y_free=False):
+        y = self.ctx.y
+        r = backward(self, dy, need_dx, dy_free, y_free)
+        dx, dres = (r[0], r[1]) if isinstance(r, list) else (r, None)
+        calls.append((self.name, dy_free, dx is dy, dres is not None and dres is y,
+                      self.ctx.residual))
         return r
 
     monkeypatch.setattr(BatchNormalization, "backward", spy)
 
     def train(in_place, t):
-        monkeypatch.setattr(CPUOps, "bn_dx_in_dy", in_place)
+        monkeypatch.setattr(CPUOps, "bn_backward_in_place", in_place)
         keras.utils.set_random_seed(3)
         inp = keras.Input((8, 8, 3))
         a = L.ReLU()(L.BatchNormalization(name="bn0")(L.Conv2D(6, 3, padding="same")(inp)))
         h = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(6, 3, padding="same")(a)))
         h = L.BatchNormalization(name="bn2")(L.Conv2D(6, 3, padding="same")(h))
         r = L.ReLU()(L.Add()([h, a]))
-        side = L.BatchNormalization(name="bn_side")(r)
-        br = L.ReLU()(L.BatchNormalization(name="bn3")(L.Conv2D(6, 1)(r)))
+        h2 = L.BatchNormalization(name="bn4")(L.Conv2D(6, 3, padding="same")(r))
+        r2 = L.ReLU()(L.Add()([h2, r]))
+        side = L.BatchNormalization(name="bn_side")(r2)
+        br = L.ReLU()(L.BatchNormalization(name="bn3")(L.Conv2D(6, 1)(r2)))
         o = L.GlobalAveragePooling2D()(L.Add()([side, br]))
         out = L.BatchNormalization(name="bn_last")(L.Dense(5)(o))
-        m = keras.Model(inp, out)
-        m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        d = L.Dense(6)(o)
+        r3 = L.ReLU()(L.Add()([L.BatchNormalization(name="bn5")(L.Dense(6)(d)), d]))
+        m = keras.Model(inp, [out, r3])
+        m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=["mse", "mse"])
         calls.clear()
         with threads(t):
             for _ in range(3):
@@ -779,6 +804,11 @@ def test_model_dx_over_dy_same_bits(monkeypatch):
             assert_bitwise_equal(a, b)
         # bn_side and bn3 read one gradient (the Add's, for both of its
         # inputs): neither may write over it
-        assert {nm for nm, free, same in c_on if free and same} == {"bn0", "bn1", "bn2"}, c_on
-        assert not any(free for nm, free, _ in c_on if nm in ("bn_side", "bn3", "bn_last"))
-        assert not any(same for _, _, same in c_off)
+        assert {nm for nm, free, dx_dy, _, _ in c_on if free and dx_dy} == \
+            {"bn0", "bn1", "bn2", "bn4"}, c_on
+        assert not any(free for nm, free, _, _, _ in c_on if nm in ("bn_side", "bn3", "bn_last"))
+        # residual blocks: bn2's and bn4's outputs feed other layers only,
+        # bn5's is the model's second output
+        assert {nm for nm, *_, res in c_on if res} == {"bn2", "bn4", "bn5"}, c_on
+        assert {nm for nm, _, _, res_y, _ in c_on if res_y} == {"bn2", "bn4"}, c_on
+        assert not any(dx_dy or res_y for _, _, dx_dy, res_y, _ in c_off)

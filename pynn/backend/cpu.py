@@ -26,10 +26,11 @@ class CPUOps(Ops):
     # conv2d_forward's out may be uint16 (bfloat16 bit patterns) and the
     # batch norm ops take such an x (nnkernels): pynn/models/fusion.py
     bf16_storage = True
-    # batchnorm_backward may write dx over dy (nnkernels reads each element
-    # of dy before it writes it): pynn/models/graph.py gives a batch norm
-    # the buffer of its output gradient when nothing else holds it
-    bn_dx_in_dy = True
+    # batchnorm_backward may write dx over dy and dresidual over y (nnkernels
+    # reads each element before it writes it): pynn/models/graph.py tells
+    # a batch norm when nothing reads its output gradient, or its output,
+    # after its backward
+    bn_backward_in_place = True
 
     def __init__(self):
         import nnkernels

@@ -12,6 +12,7 @@ class BatchNormalization(Layer):
     training (Keras 3), which is what fine-tuning a frozen base needs."""
     fresh_grads = True      # its input gradients are buffers of its own
     dx_in_dy = True         # backward(dy_free=True) may write dx over dy (graph.py)
+    dres_in_y = True        # backward(y_free=True), after a residual forward: dres over y
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
@@ -72,23 +73,26 @@ class BatchNormalization(Layer):
         ctx.y, ctx.activation, ctx.residual = y, activation, residual is not None
         return y
 
-    def backward(self, dy, need_dx=True, dy_free=False):
+    def backward(self, dy, need_dx=True, dy_free=False, y_free=False):
         """dx; after a fused forward with a residual, (dx, d residual).
-        dy_free: dy is a buffer nothing reads after this call (the graph
-        says so), which the training backward may write dx over where the
-        backend allows it (``bn_dx_in_dy``): the write pass then stores to
-        lines it has just read instead of a buffer of its own (batch norm's
-        backward is memory-bound)."""
+        dy_free / y_free: nothing reads dy / this layer's output after this
+        call (the graph says so); where the backend allows it
+        (``bn_backward_in_place``) the training backward then writes dx over
+        dy and d residual over the output, so that its memory-bound write
+        pass stores to lines it has just read instead of buffers of its own."""
         ctx = self.ctx
         c = dy.shape[-1]
-        if (dy_free and ctx.training and getattr(self.ops, "bn_dx_in_dy", False)
-                and dy.dtype == self._array_dtype):
-            dx = dy
-        else:
+        in_place = ctx.training and getattr(self.ops, "bn_backward_in_place", False)
+        dx = dy if in_place and dy_free and dy.dtype == self._array_dtype else None
+        if dx is None:
             dx = self._buf("dx", dy.shape)
         dgamma = self.g.get("gamma", self._buf("dgamma_unused", (c,)))
         dbeta = self.g.get("beta", self._buf("dbeta_unused", (c,)))
-        dres = self._buf("dres", dy.shape) if ctx.residual else None
+        dres = None
+        if ctx.residual:
+            y = ctx.y
+            dres = (y if in_place and y_free and y.dtype == dy.dtype and y.shape == dy.shape
+                    else self._buf("dres", dy.shape))
         fused = dict(y=ctx.y, activation=ctx.activation, dresidual=dres)
         if ctx.scale is not None:
             fused.update(y=None, save_scale=ctx.scale, beta=self.w.get("beta"))

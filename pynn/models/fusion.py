@@ -63,6 +63,7 @@ class FusedBatchNorm:
         self.residual = residual
         self.name = bn.name
         self.takes_list = residual
+        self.dres_in_y = residual
         self.ctx = None
 
     @property
@@ -76,10 +77,10 @@ class FusedBatchNorm:
             return bn.forward(x[0], training, residual=x[1], activation="relu")
         return bn.forward(x, training, activation="relu")
 
-    def backward(self, dy, need_dx=True, dy_free=False):
+    def backward(self, dy, need_dx=True, dy_free=False, y_free=False):
         bn = self.fused_of
         bn.ctx = self.ctx
-        return bn.backward(dy, need_dx, dy_free)
+        return bn.backward(dy, need_dx, dy_free, y_free)
 
 
 class _Delegate:

@@ -184,7 +184,11 @@ class Plan:
         else in a buffer of the store.  A layer that can write its input
         gradient over its output gradient (``dx_in_dy``: batch norm) is
         given ``dy_free=True`` when that gradient is such a buffer: nothing
-        reads it after the layer's backward."""
+        reads it after the layer's backward.  One that can write a gradient
+        over its own output (``dres_in_y``: batch norm after a residual
+        forward) is given ``y_free=True`` when that output is not an output
+        of the graph: its consumers' backwards, the last to read it, have
+        run (one backward per forward)."""
         nback, tgrad = flags
         grads, owners, fresh = {}, {}, {}
         acc = store.setdefault("__acc__", {})
@@ -209,6 +213,7 @@ class Plan:
         for t, g in zip(self.outputs, douts):
             if g is not None:
                 add(t, g, False)
+        out_ids = {id(t) for t in self.outputs}
         for pos in range(len(self.nodes) - 1, -1, -1):
             node = self.nodes[pos]
             if nback[pos]:
@@ -232,13 +237,15 @@ class Plan:
                         and fresh.get(id(dys[0])) and owners.get(id(dys[0])) == 1)
                 if free:    # its buffer may come back as an input gradient
                     owners[id(dys[0])] = 0
+                y_free = (getattr(layer, "dres_in_y", False)
+                          and not any(id(t) in out_ids for t in node.output_tensors))
                 into = None
                 if need_dx and getattr(layer, "accumulates_dx", False):
                     prev = grads.get(id(node.input_tensors[0]))
                     if prev is not None and fresh.get(id(prev)) and owners.get(id(prev)) == 1:
                         into = prev
                 dx = self._call_backward(layer, dys if len(dys) > 1 else dys[0], need_dx, run,
-                                         into, free)
+                                         into, free, y_free)
                 if need_dx and into is None:
                     dxs = dx if getattr(layer, "takes_list", False) else [dx]
                     is_fresh = getattr(layer, "fresh_grads", False)
@@ -250,10 +257,12 @@ class Plan:
         return [grads.get(id(t)) for t in self.inputs]
 
     @staticmethod
-    def _call_backward(layer, dy, need_dx, run, into=None, dy_free=False):
+    def _call_backward(layer, dy, need_dx, run, into=None, dy_free=False, y_free=False):
         kw = {} if into is None else {"dx_into": into}
         if dy_free:
             kw["dy_free"] = True
+        if y_free:
+            kw["y_free"] = True
         if getattr(layer, "is_model", False):
             layer._outer_run = run
             return layer.backward(dy, need_dx)
