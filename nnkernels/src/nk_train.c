@@ -422,7 +422,7 @@ double nk_sum_squares(int64_t n, const void *x, int dbl)
  * often the lines another core had just read or written, and a backward
  * writing dx over dy (pynn's graph does, pynn/models/graph.py) stored into
  * lines held by the other core (residual block's backward, 128x32x32x16,
- * 2 threads, isolated: 1.36-1.43 ms with dx apart, 2.7-3.3 over dy;
+ * 2 threads, isolated, medians: 1.36-1.43 ms with dx apart, 3.25 over dy;
  * statically 1.20-1.29 and 1.06-1.07). */
 static void bn_blocks(int64_t m, int64_t c, int64_t *nb, int64_t *bs)
 {
