@@ -443,7 +443,7 @@ cdef object _c_out(object out, tuple shape, object dt, str name, list inputs,
     for nm, arr in inputs:
         if arr is None or not out.size or not arr.size:
             continue
-        ok = arr is not None and (arr is inplace_ok or arr is inplace_ok2)
+        ok = arr is inplace_ok or arr is inplace_ok2
         if ok and _same_buffer(out, arr):
             continue
         if np.may_share_memory(out, arr):

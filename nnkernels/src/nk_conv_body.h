@@ -562,6 +562,13 @@ static int CFN(direct_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask
     return 0;
 }
 
+/* acc[i] += p[i], i < n: one chunk's partial sums added into the running
+ * ones (CFN(sum_chunks) a run at a time; wino_wgrad a chunk as it completes) */
+static void CFN(add_chunk)(T *restrict acc, const T *restrict p, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) acc[i] += p[i];
+}
+
 /* The partial sums of a weight gradient's nb chunks (per elements each,
  * chunk b at part + b * per) added into chunk 0's, in chunk order: each
  * element gets the additions, in the order, of acc = part[o]; acc +=
@@ -580,10 +587,7 @@ static void CFN(sum_chunks)(T *part, int64_t nb, int64_t per)
     for (int64_t q = 0; q < nr; q++) {
         T *restrict p0 = part + q * run;
         const int64_t len = per - q * run < run ? per - q * run : run;
-        for (int64_t b = 1; b < nb; b++) {
-            const T *restrict pb = p0 + b * per;
-            for (int64_t i = 0; i < len; i++) p0[i] += pb[i];
-        }
+        for (int64_t b = 1; b < nb; b++) CFN(add_chunk)(p0, p0 + b * per, len);
     }
 }
 
@@ -714,13 +718,6 @@ static void CFN(wino4_gmg)(const T *part, int64_t cp, int64_t fp, int64_t c, int
         }
 }
 
-/* acc[i] += p[i], i < per: a chunk's partial added into the running sum
- * (the additions CFN(sum_chunks) makes for that chunk) */
-static void CFN(add_chunk)(T *restrict acc, const T *restrict p, int64_t per)
-{
-    for (int64_t i = 0; i < per; i++) acc[i] += p[i];
-}
-
 /* Chunk b of nb of a Winograd weight gradient's ntiles tiles, in blocks of
  * tb tiles, into the partial sums pm (its transformed-domain sums, then the
  * bias sums) */
@@ -816,9 +813,9 @@ static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, 
 #endif
     {
         T *vb = scr0 + scr_per * nk_thread_num(), *zb = vb + np * (tb * cp + ve) + 5 * ve;
-        T *own = part + per * (1 + nk_thread_num()); /* run: this thread's partial */
         memset(vb, 0, (size_t)scr_per * sizeof(T));
         if (run) {
+            T *own = part + per * (1 + nk_thread_num()); /* this thread's partial */
 #ifdef _OPENMP
 #pragma omp for schedule(static, 1) ordered
 #endif

@@ -83,9 +83,8 @@ class BatchNormalization(Layer):
         ctx = self.ctx
         c = dy.shape[-1]
         in_place = ctx.training and getattr(self.ops, "bn_backward_in_place", False)
-        dx = dy if in_place and dy_free and dy.dtype == self._array_dtype else None
-        if dx is None:
-            dx = self._buf("dx", dy.shape)
+        dx = (dy if in_place and dy_free and dy.dtype == self._array_dtype
+              else self._buf("dx", dy.shape))
         dgamma = self.g.get("gamma", self._buf("dgamma_unused", (c,)))
         dbeta = self.g.get("beta", self._buf("dbeta_unused", (c,)))
         dres = None
