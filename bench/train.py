@@ -60,6 +60,13 @@ this order (bench._tf_train.measure):
 3. inference: predict over --predict-size test images at batch
    --predict-batch, best of --repeats.
 
+--rounds N gives every contender N such turns, in the order of --contenders,
+then reversed, and so on; each figure is the best turn's, and every turn's
+figures are recorded (results[...]["rounds"]; the page-fault criterion takes
+the most of any turn).  This host's slow phases (memory-bound work 20-35 %
+slower) last minutes: with one turn each, a ratio can compare one contender's
+fast phase with the other's slow one.
+
 Contenders:
 
 * ours: the public pynn API only -- pynn.utils.set_num_threads,
@@ -657,6 +664,8 @@ def run_contender(c, m, p, t, d, ma, torch, torch_note, tc, tf_py, tf_note, data
                 fmt = ma.torch_format if m in IMAGE_MODELS else None
                 if m == "resnet20" and fmt == "auto":
                     fmt = "channels_last"
+                if fmt == "auto" and m in fmts:  # picked in an earlier round
+                    fmt = fmts[m]
                 if fmt == "auto":
                     with tc.limit(t):
                         fmt, fmt_timing[m] = pick_torch_format(torch, d, ma)
@@ -675,6 +684,34 @@ def run_contender(c, m, p, t, d, ma, torch, torch_note, tc, tf_py, tf_note, data
              "traceback": traceback.format_exc()[-3000:]}
         log(f"{tag} unavailable: {r['error'][:300]}")
     return r
+
+
+METRICS = ("epoch", "steady", "predict")
+
+
+def merge_round(prev, r):
+    """A contender's result over --rounds: per metric (epoch, steady, predict)
+    the round with the most img/s, as --repeats does within a round; every
+    round's figures (and steady-state page faults per step) listed in
+    "rounds", errors of failed rounds in "round_errors".  prev: the merge of
+    the earlier rounds (None before the first)."""
+    if "error" in r:
+        if prev is None or "error" in prev:
+            return r
+        prev.setdefault("round_errors", []).append(r["error"])
+        return prev
+    fig = {k: r[k]["img_per_s"] for k in METRICS}
+    fig["minflt_per_step"] = r["steady"]["minflt_per_step"]
+    if prev is None or "error" in prev:
+        if prev is not None:
+            r["round_errors"] = prev.get("round_errors", []) + [prev["error"]]
+        r["rounds"] = [fig]
+        return r
+    prev["rounds"].append(fig)
+    for k in METRICS:
+        if r[k]["img_per_s"] > prev[k]["img_per_s"]:
+            prev[k] = r[k]
+    return prev
 
 
 # --------------------------------------------------------------------------
@@ -740,6 +777,9 @@ def table(results, limits, torch_fmt) -> str:
                         f"{100 * r['steady']['img_per_s'] / limits[t][m]:5.1f}% "
                         f"{r['predict']['img_per_s']:13.0f} "
                         f"{r['steady']['minflt_per_step']:11.1f} {max_load(r):4.1f}")
+                    if len(r.get("rounds", ())) > 1:
+                        lines.append(f"{m:{mw}s} {'':18s} steady img/s by round: " + ", ".join(
+                            f"{x['steady']:.0f}" for x in r["rounds"]))
                     for prob in _get(r, "info", "precision_problems") or ():
                         lines.append(f"{m:{mw}s} {'':18s} note: {prob[:200]}")
                 for other in ("torch", "keras"):
@@ -856,9 +896,13 @@ def acceptance(results) -> list:
                 missing.append(f"{m} t={t}: {short_error(r)}")
                 continue
             v = r["steady"]["minflt_per_step"]
+            fig = (f"{m} t={t} {v:.1f} ({'+'.join(str(f) for f in r['steady']['minflt_runs'])}"
+                   " faults)")
+            if len(r.get("rounds", ())) > 1:  # every round counts, not only the fastest
+                v = max(x["minflt_per_step"] for x in r["rounds"])
+                fig += f", most of {len(r['rounds'])} rounds {v:.1f}"
             vals.append(v)
-            figs.append(f"{m} t={t} {v:.1f} ({'+'.join(str(f) for f in r['steady']['minflt_runs'])}"
-                        " faults)")
+            figs.append(fig)
     item = {"criterion": f"ours bf16: 0 page faults per steady step (mean < {ACCEPT_MINFLT})",
             "minflt_per_step": dict(zip(figs, vals))}
     if not vals:
@@ -933,6 +977,11 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=None,
                     help="steady-state warm-up steps (default 10, resnet20: 5)")
     ap.add_argument("--repeats", type=int, default=3, help="steady-state and predict runs (best)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="turns of every contender per model, precision and thread count, "
+                         "the order reversed every other round; each figure is the best round's "
+                         "(all recorded): the host's slow phases last minutes, so one turn each "
+                         "can put one contender in a slow phase and the other in a fast one")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--predict-size", type=int, default=None,
                     help="test images predicted (default 10000, resnet20: 2000)")
@@ -968,6 +1017,8 @@ def main(argv=None):
             ap.error("--worker runs one precision")
         a.threads = int(a.threads)
         return worker_main(a)
+    if a.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {a.rounds}")
     threads_list = C.parse_threads(a.threads)
     models = [m for m in a.models.split(",") if m]
     contenders = [c for c in a.contenders.split(",") if c]
@@ -1012,10 +1063,12 @@ def main(argv=None):
                 for p in precisions:  # the precisions of one model back to back
                     ma = model_args(a, m, p)
                     per = results[p][t][m] = {}
-                    for c in contenders:
-                        per[c] = run_contender(c, m, p, t, d, ma, torch, torch_note, tc, tf_py,
-                                               tf_note, data_path, torch_fmt[p][t],
-                                               fmt_timing[p][t])
+                    for rnd in range(a.rounds):  # odd rounds in reverse order
+                        for c in (contenders if rnd % 2 == 0 else contenders[::-1]):
+                            r = run_contender(c, m, p, t, d, ma, torch, torch_note, tc, tf_py,
+                                              tf_note, data_path, torch_fmt[p][t],
+                                              fmt_timing[p][t])
+                            per[c] = merge_round(per.get(c), r)
                     if "ours" in per and "error" not in per["ours"]:
                         ratios = {}
                         for other in ("torch", "keras"):
