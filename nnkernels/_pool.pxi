@@ -282,7 +282,7 @@ def add(a, b, out=None):
     out = _c_out(out, a.shape, a.dtype, "out", [])
     if out.size:
         for nm, arr in (("a", a), ("b", b)):
-            if not _same_buffer(out, arr) and np.may_share_memory(out, arr):
+            if not _same_buffer(out, arr) and _may_share(out, arr):
                 raise ValueError(f"out overlaps input {nm}; pass a separate buffer "
                                  f"(or exactly {nm} itself for in-place)")
     cdef int dbl = a.dtype == _F64

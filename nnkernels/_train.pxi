@@ -117,7 +117,7 @@ cdef _disjoint(list arrays):
             nj, aj = arrays[j]
             if aj is None or not aj.size:
                 continue
-            if np.may_share_memory(ai, aj):
+            if _may_share(ai, aj):
                 raise ValueError(f"{ni} and {nj} overlap; they must be separate buffers")
 
 
@@ -130,7 +130,7 @@ cdef _writes_disjoint(list writes, list arrays):
         for na, a in arrays:
             if a is None or na == nw or not a.size:
                 continue
-            if np.may_share_memory(w, a):
+            if _may_share(w, a):
                 raise ValueError(f"{nw} overlaps {na}; they must be separate buffers")
 
 
@@ -213,7 +213,7 @@ def softmax_xent(logits, labels, *, dlogits=None, probs=None, from_logits=True,
         probs = _c_out(probs, x.shape, dt, "probs",
                        [("logits", x), ("dlogits", dlogits)] + lab_in, inplace_ok=x)
         # both may be `logits` itself (each alone is fine), but not the same memory
-        if dlogits is not None and np.may_share_memory(probs, dlogits):
+        if dlogits is not None and _may_share(probs, dlogits):
             raise ValueError("probs and dlogits must not overlap each other")
     cdef nk_xent_desc d
     d.n = n
@@ -427,7 +427,7 @@ cdef _bn_inplace_or_disjoint(object out, str oname, object a, str aname):
     (same address, shape, strides and dtype: elementwise in place)."""
     if out is None or a is None or not out.size or not a.size:
         return
-    if np.may_share_memory(out, a) and not _same_buffer(out, a):
+    if _may_share(out, a) and not _same_buffer(out, a):
         raise ValueError(f"{oname} overlaps input {aname}; pass a separate buffer (or "
                          f"exactly the {aname} array itself, for in place)")
 
@@ -620,7 +620,7 @@ def batchnorm_backward(dy, x, gamma, save_mean, save_invstd, *, y=None, activati
     if dresidual is not None:
         dresidual = _c_out(dresidual, dy.shape, dt, "dresidual", ins, inplace_ok=dy,
                            inplace_ok2=y)
-        if dx.size and np.may_share_memory(dx, dresidual):
+        if dx.size and _may_share(dx, dresidual):
             raise ValueError("dx and dresidual overlap; they must be separate buffers "
                              "(at most one of them may be dy itself)")
     outs = [("dx", dx)] + ([("dresidual", dresidual)] if dresidual is not None else [])
