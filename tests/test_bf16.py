@@ -435,7 +435,8 @@ def test_conv2d_bf16_fused_winograd_same_bits_on_every_isa():
     every ISA path, VDPBF16PS or emulated, 1 or 2 threads: the operands
     round identically and each pair is accumulated in VDPBF16PS's order."""
     rng = np.random.default_rng(11)
-    for c, f, h in [(16, 16, 12), (17, 40, 9), (64, 33, 6)]:
+    # (32, 64), (64, 32), (64, 64): bodies compiled with the counts constant
+    for c, f, h in [(16, 16, 12), (17, 40, 9), (64, 33, 6), (32, 64, 7), (64, 32, 5), (64, 64, 4)]:
         x = rng.standard_normal((2, h, h, c)).astype(np.float32)
         w = rng.standard_normal((3, 3, c, f)).astype(np.float32)
         dy = rng.standard_normal((2, h, h, f)).astype(np.float32)

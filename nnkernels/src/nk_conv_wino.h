@@ -733,29 +733,56 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
         }
     }
 }
-/* wino_fused_b with the channel counts of ResNet's first stage constant */
+/* wino_fused_b with C = CV and F = FV vectors constant, each its own
+ * function (one body per function keeps each one's register allocation
+ * and code layout apart; inlined together, adding shapes slowed the others) */
+#define W2F_ARGS                                                                               \
+    const nk_wino *g, const T *src, const T *mask, const T *zero, const T *u, int64_t t0,        \
+        int64_t cnt, T *restrict vb, uint32_t *restrict vw, T *restrict mb, const T *bias,      \
+        int act, T *y
+#define W2F_FN(CV, FV)                                                                         \
+    static __attribute__((noinline)) void WCAT(WFN(wino_fused_k), CV, FV)(W2F_ARGS)             \
+    {                                                                                          \
+        WFN(wino_fused_b)(g, src, NULL, zero, u, CV * WVL, FV * WVL, CV * WVL, FV * WVL, t0,     \
+                          cnt, vb, vw, mb, bias, act, y, 0);                                   \
+    }
+W2F_FN(1, 1)
+W2F_FN(1, 2)
+W2F_FN(2, 1)
+W2F_FN(2, 2)
+W2F_FN(2, 4)
+W2F_FN(4, 2)
+W2F_FN(4, 4)
+/* the channel counts of ResNet's stages and the default CNN's 32 -> 64
+ * (forward; 64 -> 32 for its data gradient) constant; the others, and the
+ * data gradient after a fused ReLU (mask), the generic body */
 static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
                             const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
                             T *restrict vb, uint32_t *restrict vw, T *restrict mb, const T *bias,
                             int act, T *y)
 {
     const int64_t C = g->c, F = g->f;
-#define W2F(CC, FF, CP, FP, M)                                                                  \
-    WFN(wino_fused_b)(g, src, mask, zero, u, CC, FF, CP, FP, t0, cnt, vb, vw, mb, bias, act, y, M)
-    if (mask) /* dX after a fused ReLU: the generic body */
-        W2F(C, F, cp, fp, 1);
-    else if (C == WVL && F == WVL)
-        W2F(WVL, WVL, WVL, WVL, 0);
-    else if (C == WVL && F == 2 * WVL)
-        W2F(WVL, 2 * WVL, WVL, 2 * WVL, 0);
-    else if (C == 2 * WVL && F == WVL)
-        W2F(2 * WVL, WVL, 2 * WVL, WVL, 0);
-    else if (C == 2 * WVL && F == 2 * WVL)
-        W2F(2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, 0);
-    else
-        W2F(C, F, cp, fp, 0);
-#undef W2F
+    const int cv = C % WVL ? 0 : (int)(C / WVL), fv = F % WVL ? 0 : (int)(F / WVL);
+#define W2F_CASE(CV, FV)                                                                       \
+    if (cv == CV && fv == FV) {                                                                \
+        WCAT(WFN(wino_fused_k), CV, FV)(g, src, mask, zero, u, t0, cnt, vb, vw, mb, bias, act, y); \
+        return;                                                                                \
+    }
+    if (!mask) {
+        W2F_CASE(1, 1)
+        W2F_CASE(1, 2)
+        W2F_CASE(2, 1)
+        W2F_CASE(2, 2)
+        W2F_CASE(2, 4)
+        W2F_CASE(4, 2)
+        W2F_CASE(4, 4)
+    }
+    WFN(wino_fused_b)(g, src, mask, zero, u, C, F, cp, fp, t0, cnt, vb, vw, mb, bias, act, y,
+                      mask != NULL);
+#undef W2F_CASE
 }
+#undef W2F_FN
+#undef W2F_ARGS
 #if FB == 32 /* float32: F(4x4, 3x3) on the fused path */
 #include "nk_conv_wino4.h"
 #endif

@@ -215,28 +215,43 @@ WAI void WFN(wino4_fused_b)(const nk_wino *g, const T *src, const T *mask, const
     }
 }
 
-/* wino4_fused_b with the channel counts of ResNet's first two stages constant
- * (without a mask: with one, dX after a fused ReLU, the generic body) */
+/* wino4_fused_b with C = CV and F = FV vectors constant, each its own
+ * function (as wino_fused's) */
+#define W4F_FN(CV, FV)                                                                         \
+    static __attribute__((noinline)) void WCAT(WFN(wino4_fused_k), CV, FV)(                     \
+        const nk_wino *g, const T *src, const T *zero, const T *u, int64_t t0, int64_t cnt,     \
+        T *restrict vb, T *restrict mb, const T *bias, int act, T *y)                          \
+    {                                                                                          \
+        WFN(wino4_fused_b)(g, src, NULL, zero, u, CV * WVL, FV * WVL, CV * WVL, FV * WVL, t0,    \
+                           cnt, vb, mb, bias, act, y, 0, 0);                                   \
+    }
+W4F_FN(1, 1)
+W4F_FN(1, 2)
+W4F_FN(2, 1)
+W4F_FN(2, 2)
+#undef W4F_FN
+/* the channel counts of ResNet's first two stages constant (without a
+ * mask: with one, dX after a fused ReLU, the generic body) */
 static void WFN(wino4_fused)(const nk_wino *g, const T *src, const T *mask, const T *zero,
                              const T *u, int64_t cp, int64_t fp, int64_t t0, int64_t cnt,
                              T *restrict vb, T *restrict mb, const T *bias, int act, T *y)
 {
     const int64_t C = g->c, F = g->f;
-#define W4F(CC, FF, CP, FP, M)                                                                  \
-    WFN(wino4_fused_b)(g, src, mask, zero, u, CC, FF, CP, FP, t0, cnt, vb, mb, bias, act, y, 0, M)
-    if (mask)
-        W4F(C, F, cp, fp, 1);
-    else if (C == WVL && F == WVL)
-        W4F(WVL, WVL, WVL, WVL, 0);
-    else if (C == WVL && F == 2 * WVL)
-        W4F(WVL, 2 * WVL, WVL, 2 * WVL, 0);
-    else if (C == 2 * WVL && F == WVL)
-        W4F(2 * WVL, WVL, 2 * WVL, WVL, 0);
-    else if (C == 2 * WVL && F == 2 * WVL)
-        W4F(2 * WVL, 2 * WVL, 2 * WVL, 2 * WVL, 0);
-    else
-        W4F(C, F, cp, fp, 0);
-#undef W4F
+    const int cv = C % WVL ? 0 : (int)(C / WVL), fv = F % WVL ? 0 : (int)(F / WVL);
+#define W4F_CASE(CV, FV)                                                                       \
+    if (cv == CV && fv == FV) {                                                                \
+        WCAT(WFN(wino4_fused_k), CV, FV)(g, src, zero, u, t0, cnt, vb, mb, bias, act, y);       \
+        return;                                                                                \
+    }
+    if (!mask) {
+        W4F_CASE(1, 1)
+        W4F_CASE(1, 2)
+        W4F_CASE(2, 1)
+        W4F_CASE(2, 2)
+    }
+#undef W4F_CASE
+    WFN(wino4_fused_b)(g, src, mask, zero, u, C, F, cp, fp, t0, cnt, vb, mb, bias, act, y, 0,
+                       mask != NULL);
 }
 
 /* wino4_fused with the output stored as bf16 into g->y16 (y unused), in a

@@ -186,11 +186,12 @@ static void WFN(wgw_gemm_bfe)(const uint32_t *vw, const uint32_t *zw, int64_t np
  * into zb (at xi * (tb * fp + WVL) + r * fp), then the 16 products.  Every sum runs over the
  * block's tiles in order, so a chunk's sums do not depend on the block
  * size's placement or the thread. */
-static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const T *ymask,
-                               const T *zero, int64_t t0, int64_t cnt, int64_t tb, T *restrict vb,
-                               T *restrict zb, T *restrict mp, T *restrict bp)
+WAI void WFN(wino_wg_block_b)(const nk_wino *g, const T *x, const T *dy, const T *ymask,
+                              const T *zero, int64_t t0, int64_t cnt, int64_t tb, T *restrict vb,
+                              T *restrict zb, T *restrict mp, T *restrict bp, const int64_t C,
+                              const int64_t F)
 {
-    const int64_t C = g->c, F = g->f, ve = WVL;
+    const int64_t ve = WVL;
     const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
     /* plane strides a cache line more than the planes: the 16 planes'
      * store streams must not share L1 sets */
@@ -269,3 +270,42 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
     NK_WWG_PLANES(16, (const T *)vb, vxs, (const T *)zb, zxs, mp, C, cp, fp, WGW_TILE)
 #undef WGW_TILE
 }
+
+/* wino_wg_block_b with C = CV and F = FV vectors constant (as wino_fused's
+ * shapes, each its own function); the others the generic body */
+#define WWG_FN(CV, FV)                                                                         \
+    static __attribute__((noinline)) void WCAT(WFN(wino_wg_block_k), CV, FV)(                   \
+        const nk_wino *g, const T *x, const T *dy, const T *ymask, const T *zero, int64_t t0,   \
+        int64_t cnt, int64_t tb, T *restrict vb, T *restrict zb, T *restrict mp,                \
+        T *restrict bp)                                                                        \
+    {                                                                                          \
+        WFN(wino_wg_block_b)(g, x, dy, ymask, zero, t0, cnt, tb, vb, zb, mp, bp, CV * WVL,       \
+                             FV * WVL);                                                        \
+    }
+WWG_FN(1, 2)
+WWG_FN(2, 1)
+WWG_FN(2, 2)
+WWG_FN(2, 4)
+WWG_FN(4, 2)
+WWG_FN(4, 4)
+static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const T *ymask,
+                               const T *zero, int64_t t0, int64_t cnt, int64_t tb, T *restrict vb,
+                               T *restrict zb, T *restrict mp, T *restrict bp)
+{
+    const int64_t C = g->c, F = g->f;
+    const int cv = C % WVL ? 0 : (int)(C / WVL), fv = F % WVL ? 0 : (int)(F / WVL);
+#define WWG_CASE(CV, FV)                                                                       \
+    if (cv == CV && fv == FV) {                                                                \
+        WCAT(WFN(wino_wg_block_k), CV, FV)(g, x, dy, ymask, zero, t0, cnt, tb, vb, zb, mp, bp); \
+        return;                                                                                \
+    }
+    WWG_CASE(1, 2)
+    WWG_CASE(2, 1)
+    WWG_CASE(2, 2)
+    WWG_CASE(2, 4)
+    WWG_CASE(4, 2)
+    WWG_CASE(4, 4)
+#undef WWG_CASE
+    WFN(wino_wg_block_b)(g, x, dy, ymask, zero, t0, cnt, tb, vb, zb, mp, bp, C, F);
+}
+#undef WWG_FN
