@@ -36,6 +36,7 @@ from ._core import (
     conv2d_backward,
     conv2d_backward_data,
     conv2d_maxpool,
+    conv2d_maxpool_backward,
     conv2d_output_shape,
     depthwise_conv2d,
     depthwise_conv2d_backward,
@@ -91,7 +92,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "gemm", "dense_forward", "dense_backward", "conv2d", "conv2d_backward",
-    "conv2d_backward_data", "conv2d_maxpool", "depthwise_conv2d", "depthwise_conv2d_backward",
+    "conv2d_backward_data", "conv2d_maxpool", "conv2d_maxpool_backward",
+    "depthwise_conv2d", "depthwise_conv2d_backward",
     "conv2d_output_shape", "conv2d_algo", "info", "set_num_threads",
     "get_num_threads", "MAX_THREADS", "cgroup_cpu_limit", "get_isa", "set_isa", "available_isas", "isa_supported",
     "fma_peak", "openmp_enabled", "release_workspace", "workspace_bytes", "default_num_threads",

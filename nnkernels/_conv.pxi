@@ -31,6 +31,13 @@ cdef extern from "nk_conv.h" nogil:
                                   const void *x_nhwc, const void *w_hwcf, const void *bias_f,
                                   int act, void *y_nhwf, void *pool_y, int32_t *pool_i,
                                   int nthreads)
+    int nk_conv2d_backward_maxpool(const nk_conv_shape *s, int dbl, int algo,
+                                   const void *dy_pool, const int32_t *pool_i,
+                                   const void *pool_y, const void *x_nhwc, const void *w_hwcf,
+                                   void *dx_nhwc, int dx_accumulate, void *dw_hwcf, void *db_f,
+                                   int nthreads)
+    int nk_conv2d_backward_maxpool_fused(const nk_conv_shape *s, int dbl, int algo,
+                                         int need_dx, int need_dw, int need_db)
     int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo,
                            const void *dy_nhwf, const void *x_nhwc, const void *w_hwcf,
                            int act, const void *y_nhwf,
@@ -405,6 +412,90 @@ def conv2d_maxpool(x, w, bias=None, *, strides=(1, 1), padding="valid", dilation
     return out, indices
 
 
+def conv2d_maxpool_backward(dy, indices, x, w, *, strides=(1, 1), padding="valid",
+                            dilation=(1, 1), groups=1, activation=None, y=None,
+                            bint need_dx=True, bint need_dw=True, bint need_db=True,
+                            algo="auto", dx=None, dw=None, db=None, bint accumulate_dx=False,
+                            precision=None):
+    """The gradients of conv2d_maxpool's convolution: conv2d_backward(dz, x,
+    w, ...) where dz = max_pool2d_backward(dy, indices, ...) is the gradient
+    of the 2x2 stride-2 pooling of the convolution's output, bit for bit.
+
+    dy: dL/d(pooled output), (N, OH // 2, OW // 2, C_out); indices: the
+    int32 indices conv2d_maxpool returned (same shape).  activation: None
+    or "relu" (then y, the pooled output conv2d_maxpool returned, is
+    required: dy counts where y > 0, the ReLU's derivative at each window's
+    maximum).  Other arguments and the result (dx, dw, db) as in
+    conv2d_backward.  Where both products run as F(2x2, 3x3) Winograd
+    (float32 with groups=1 and even top and left padding; the data gradient
+    on the fused path, see conv2d_algo) the transforms read dz from dy and
+    indices, and the full-size dz is never written; elsewhere it goes to a
+    workspace first.  Gradients whose index lies outside its own window are
+    dropped (indices are expected from conv2d_maxpool; they are never used
+    as addresses).
+    """
+    dy = _nhwc(dy, "dy")
+    x = _nhwc(x, "x")
+    w = _nhwc(w, "w")
+    cdef nk_conv_shape s
+    cdef int act = _act_id(activation)
+    cdef int algo_id = _conv_algo(algo)
+    named = [("dy", dy), ("x", x), ("w", w)]
+    if act != NK_ACT_NONE:
+        if y is None:
+            raise ValueError(f"activation={activation!r} needs the pooled output y")
+        y = _nhwc(y, "y")
+        named.append(("y", y))
+    elif y is not None:
+        raise ValueError("y (the pooled output) is read only with activation='relu'")
+    dt = _same_dtype(named)
+    cdef int lowp = _lowp(precision, dt)
+    _conv_geometry(x.shape, w.shape, strides, padding, dilation, groups, &s)
+    s.lowp = lowp
+    _conv_check_algo(algo_id, &s)
+    if s.oh < 2 or s.ow < 2:
+        raise ValueError(f"conv2d_maxpool_backward: the convolution's output is {s.oh}x{s.ow}; "
+                         "2x2 pooling needs at least 2x2")
+    pshape = (s.n, s.oh // 2, s.ow // 2, s.f * s.g)
+    if dy.shape != pshape:
+        raise ValueError(f"dy has shape {dy.shape}, expected {pshape} (the pooled output of "
+                         f"x{x.shape}, w{w.shape})")
+    if y is not None and y.shape != pshape:
+        raise ValueError(f"y has shape {y.shape}, expected {pshape} (the pooled output)")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be a numpy.ndarray of int32, got {type(indices).__name__}")
+    if indices.dtype != _I32:
+        raise TypeError(f"indices has dtype {indices.dtype}, expected int32")
+    if indices.shape != pshape:
+        raise ValueError(f"indices has shape {indices.shape}, expected {pshape}")
+    indices = _aligned(indices)
+    ins = named + [("indices", indices)]
+    if accumulate_dx and (dx is None or not need_dx):
+        raise ValueError("accumulate_dx=True needs need_dx=True and dx= (the array to add to)")
+    for flag, buf, nm in ((need_dx, dx, "dx"), (need_dw, dw, "dw"), (need_db, db, "db")):
+        if not flag:
+            _unused(buf, nm, f"need_{nm}=False")
+    dw = _conv_out(dw, w.shape, dt, "dw", ins) if need_dw else None
+    db = _conv_out(db, (s.f * s.g,), dt, "db", ins + [("dw", dw)]) if need_db else None
+    dx = _conv_out(dx, x.shape, dt, "dx", ins + [("dw", dw), ("db", db)]) if need_dx else None
+    cdef bint dbl = dt == _F64
+    cdef const void *pdy = _p(dy)
+    cdef const int32_t *pi = <const int32_t *>_p(indices)
+    cdef const void *py = _p(y) if y is not None else NULL
+    cdef const void *px = _p(x)
+    cdef const void *pw = _p(w)
+    cdef void *pdx = _p(dx) if dx is not None else NULL
+    cdef void *pdw = _p(dw) if dw is not None else NULL
+    cdef void *pdb = _p(db) if db is not None else NULL
+    cdef int rc
+    with nogil:
+        rc = nk_conv2d_backward_maxpool(&s, dbl, algo_id, pdy, pi, py, px, pw, pdx,
+                                        accumulate_dx, pdw, pdb, 0)
+    if rc != 0:
+        raise MemoryError("nnkernels.conv2d_maxpool_backward: could not allocate the workspace")
+    return dx, dw, db
+
+
 def conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dilation=(1, 1),
                     groups=1, activation=None, y=None, bint need_dx=True, bint need_dw=True,
                     bint need_db=True, algo="auto", dx=None, dw=None, db=None,
@@ -614,6 +705,23 @@ def depthwise_conv2d_backward(dy, x, w, *, strides=(1, 1), padding="valid", dila
     return _conv2d_bwd(dy, x, _dw_kernel(x, w), w.shape, strides, padding, dilation, x.shape[3],
                        activation, y, need_dx, need_dw, need_db, algo, dx, dw, db,
                        accumulate_dx, "depthwise_conv2d_backward")
+
+
+def _conv2d_maxpool_backward_fused(x_shape, w_shape, strides=(1, 1), padding="valid",
+                                   dilation=(1, 1), groups=1, dtype="float32", precision=None,
+                                   bint need_dx=True, bint need_dw=True, bint need_db=True,
+                                   algo="auto"):
+    """Whether conv2d_maxpool_backward with these arguments reads the
+    convolution's gradient through the pooled one (True) or writes it to a
+    workspace first (False); for tests."""
+    cdef nk_conv_shape s
+    xs = _shape4(x_shape, "x_shape")
+    ws = _shape4(w_shape, "w_shape")
+    _conv_geometry(xs, ws, strides, padding, dilation, groups, &s)
+    dt = _float_dtype_of(np.dtype(dtype), "dtype")
+    s.lowp = _lowp(precision, dt)
+    return bool(nk_conv2d_backward_maxpool_fused(&s, dt is _F64, _conv_algo(algo), need_dx,
+                                                 need_dw, need_db))
 
 
 def _set_conv_col_budget(nbytes):

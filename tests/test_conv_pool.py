@@ -128,3 +128,155 @@ def test_ops_conv2d_maxpool_forward_cpu_matches_numpy_ops(padding):
     pc, ic = backend.get_ops("cpu").conv2d_maxpool_forward(x, w, b, **kw)
     np.testing.assert_allclose(pc, pr, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(ic, ir)
+
+
+# ------------------------------------------------------------------ backward
+# conv2d_maxpool_backward: the gradients of conv2d_maxpool's convolution from
+# the pooled output's gradient.  Where both products run as F(2x2, 3x3)
+# Winograd (float32 with bf16 products here, valid or even padding) the
+# transforms read dz through the pooled gradient and its indices; elsewhere
+# the pooling's backward writes dz first.  Either way: the bits of
+# max_pool2d_backward followed by conv2d_backward.
+
+@st.composite
+def fused_cases(draw):
+    """Shapes the pooled-gradient path takes (and near misses: channel counts
+    off the vector width, odd outputs, explicit even padding)."""
+    pt, pl = draw(st.sampled_from([(0, 0), (2, 0), (0, 2), (2, 2)]))
+    h, w = draw(st.integers(4, 13)), draw(st.integers(4, 13))
+    return dict(n=draw(st.integers(1, 3)), h=h, w=w, c=draw(st.sampled_from([16, 17, 32, 33, 64])),
+                f=draw(st.sampled_from([16, 24, 32, 40, 64])), k=3, stride=1,
+                padding=((pt, draw(st.integers(0, 1))), (pl, draw(st.integers(0, 1)))),
+                dtype=np.float32, precision="bfloat16", relu=draw(st.booleans()),
+                bias=False, nan=draw(st.booleans()), isa=draw(st.sampled_from(ISAS)),
+                threads=draw(st.sampled_from([1, 2])), seed=draw(st.integers(0, 2**31)))
+
+
+NEEDS = [(True, True, True), (True, False, False), (False, True, True), (False, True, False),
+         (True, True, False), (True, False, True)]
+
+
+def _check_maxpool_backward(cs, acc, need):
+    x, wt, b, kw = _operands(cs)
+    need_dx, need_dw, need_db = need
+    acc = acc and need_dx
+    rng = np.random.default_rng(cs["seed"] + 1)
+    dt, relu = cs["dtype"], cs["relu"]
+    geo = dict(strides=cs["stride"], padding=cs["padding"], precision=cs["precision"])
+    with isa(cs["isa"]), threads(cs["threads"]):
+        p, i = nk.conv2d_maxpool(x, wt, b, **kw)
+        g = rng.standard_normal(p.shape).astype(dt)
+        g.flat[::7] = -0.0                     # dz holds 0 + g: +0 where g is -0
+        yshape = nk.conv2d_output_shape(x.shape, wt.shape, strides=cs["stride"],
+                                        padding=cs["padding"])
+        dz = nk.max_pool2d_backward(g, i, yshape, y=p if relu else None, pool_size=2, strides=2)
+        base = rng.standard_normal(x.shape).astype(dt)
+        flags = dict(need_dx=need_dx, need_dw=need_dw, need_db=need_db, accumulate_dx=acc)
+        ref = nk.conv2d_backward(dz, x, wt, dx=base.copy() if acc else None, **flags, **geo)
+        out = nk.conv2d_maxpool_backward(g, i, x, wt, activation=kw["activation"],
+                                         y=p if relu else None,
+                                         dx=base.copy() if acc else None, **flags, **geo)
+    for name, r, o in zip(("dx", "dw", "db"), ref, out):
+        assert (r is None) == (o is None), name
+        if r is not None:
+            assert_bitwise_equal(o, r, f"conv2d_maxpool_backward {name}")
+
+
+@given(cs=cases(), acc=st.booleans(), need=st.sampled_from(NEEDS))
+def test_conv2d_maxpool_backward_is_pool_then_conv_backward_bitwise(cs, acc, need):
+    _check_maxpool_backward(cs, acc, need)
+
+
+@given(cs=fused_cases(), acc=st.booleans(), need=st.sampled_from(NEEDS))
+def test_conv2d_maxpool_backward_through_the_pooled_gradient_bitwise(cs, acc, need):
+    _check_maxpool_backward(cs, acc, need)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["vdpbf16ps", "emulated"])
+@pytest.mark.parametrize("isa_name", ISAS)
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("c,f,h,padding", [(32, 64, 26, "valid"), (64, 32, 11, "valid"),
+                                           (64, 64, 8, ((2, 2), (0, 1))), (17, 40, 9, "valid")])
+def test_conv2d_maxpool_backward_reads_the_pooled_gradient(native, isa_name, n_threads, c, f, h,
+                                                           padding):
+    """The default CNN's 32 -> 64 under bf16 and other shapes take the
+    pooled-gradient path (no full-size dz), with the same bits as the two
+    steps, on each bf16 path."""
+    if native and (isa_name != "avx512" or not nk.bf16_native_supported()):
+        pytest.skip("VDPBF16PS runs on the avx512 path of CPUs with AVX512_BF16 only "
+                    "(the emulated case covers this one)")
+    assert nk._core._conv2d_maxpool_backward_fused((3, h, h, c), (3, 3, c, f), padding=padding,
+                                                   precision="bfloat16")
+    cs = dict(n=3, h=h, w=h, c=c, f=f, k=3, stride=1, padding=padding, dtype=np.float32,
+              precision="bfloat16", relu=True, bias=True, nan=False, isa=isa_name,
+              threads=n_threads, seed=c * f + h)
+    try:
+        if nk.bf16_native_supported():
+            nk.set_bf16_native(native)
+        _check_maxpool_backward(cs, False, (True, True, True))
+        _check_maxpool_backward(dict(cs, relu=False), True, (True, True, False))
+    finally:
+        if nk.bf16_native_supported():
+            nk.set_bf16_native(True)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", [
+    ((2, 10, 10, 32), (3, 3, 32, 32), dict(padding="same", precision="bfloat16")),  # odd dX padding
+    ((2, 10, 10, 32), (3, 3, 32, 64), dict(precision=None)),       # float32: F(4x4) / blocked dX
+    ((2, 10, 10, 16), (3, 3, 16, 16), dict(precision="bfloat16")),  # F(4x4) with 16 channels
+    ((2, 10, 10, 72), (3, 3, 72, 24), dict(precision="bfloat16")),  # dX on the blocked path
+    ((2, 10, 10, 32), (3, 3, 16, 32), dict(precision="bfloat16", groups=2)),
+    ((2, 10, 10, 32), (3, 3, 32, 64), dict(precision="bfloat16", need_dw=False)),  # db alone
+])
+def test_conv2d_maxpool_backward_writes_dz_elsewhere(x_shape, w_shape, kw):
+    kw = dict(kw)
+    need_dw = kw.pop("need_dw", True)
+    assert not nk._core._conv2d_maxpool_backward_fused(x_shape, w_shape, need_dw=need_dw, **kw)
+
+
+def test_conv2d_maxpool_backward_arguments():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 6, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    p, i = nk.conv2d_maxpool(x, w, activation="relu")
+    g = np.ones_like(p)
+    with pytest.raises(ValueError, match="pooled output y"):
+        nk.conv2d_maxpool_backward(g, i, x, w, activation="relu")
+    with pytest.raises(ValueError, match="only with activation"):
+        nk.conv2d_maxpool_backward(g, i, x, w, y=p)
+    with pytest.raises(TypeError, match="int32"):
+        nk.conv2d_maxpool_backward(g, i.astype(np.int64), x, w)
+    with pytest.raises(TypeError, match="ndarray"):
+        nk.conv2d_maxpool_backward(g, i.tolist(), x, w)
+    with pytest.raises(ValueError, match="indices has shape"):
+        nk.conv2d_maxpool_backward(g, i[:, :1], x, w)
+    with pytest.raises(ValueError, match="dy has shape"):
+        nk.conv2d_maxpool_backward(g[:, :1], i, x, w)
+    with pytest.raises(ValueError, match="2x2"):
+        nk.conv2d_maxpool_backward(g, i, x[:, :3], w)
+    with pytest.raises(ValueError, match="accumulate_dx"):
+        nk.conv2d_maxpool_backward(g, i, x, w, accumulate_dx=True)
+    with pytest.raises(ValueError):                                  # dx overlaps x
+        nk.conv2d_maxpool_backward(g, i, x, w, dx=x)
+    with pytest.raises(TypeError):
+        nk.conv2d_maxpool_backward(g.astype(np.float64), i, x, w)
+    dx, dw, db = nk.conv2d_maxpool_backward(g, i, x, w, activation="relu", y=p, need_db=False)
+    assert dx.shape == x.shape and dw.shape == w.shape and db is None
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_ops_conv2d_maxpool_backward_cpu_matches_numpy_ops(padding):
+    """pynn's Ops.conv2d_maxpool_backward (the NumPy/CuPy reference: the
+    pooling's backward, then the convolution's) and CPUOps' (this kernel)
+    agree to float64 rounding."""
+    from pynn import backend
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 9, 8, 5))
+    w = rng.standard_normal((3, 3, 5, 7)) * 0.3
+    kw = dict(padding=padding, activation="relu")
+    p, i = backend.get_ops("cpu").conv2d_maxpool_forward(x, w, None, **kw)
+    g = rng.standard_normal(p.shape)
+    r = backend.Ops().conv2d_maxpool_backward(g, i, x, w, y=p, db=np.empty(7), **kw)
+    c = backend.get_ops("cpu").conv2d_maxpool_backward(g, i, x, w, y=p, db=np.empty(7), **kw)
+    for a, b_ in zip(c, r):
+        np.testing.assert_allclose(a, b_, rtol=1e-10, atol=1e-12)

@@ -499,6 +499,43 @@ def test_conv_relu_pool_fusion_gives_the_same_bits(pool, fused, dtype):
     assert not set(fused) & {type(n.layer).__name__ for n in m2._exec.nodes}
 
 
+def test_conv_relu_pool_backward_through_the_pooled_gradient_gives_the_same_bits():
+    """Under mixed_bfloat16 the fused Conv2D(relu) -> MaxPooling2D(2) node's
+    backward is one kernel call that reads the convolution's gradient
+    through the pooled one (nnkernels.conv2d_maxpool_backward; this geometry
+    takes that path): weights after training steps are bitwise those of the
+    layer-by-layer plan."""
+    import nnkernels as nk
+    from pynn.models import fusion
+    assert nk._core._conv2d_maxpool_backward_fused((12, 10, 10, 16), (3, 3, 16, 32),
+                                                   precision="bfloat16")
+    x_, y_ = data(12, shape=(10, 10, 16))
+    x_ = x_.astype("float32")
+
+    def model():
+        pynn.utils.set_random_seed(7)
+        inp = L.Input((10, 10, 16))
+        c = L.Conv2D(32, 3, activation="relu", dtype="mixed_bfloat16")(inp)
+        x = L.MaxPooling2D(2, dtype="mixed_bfloat16")(c)
+        out = L.Dense(3, activation="softmax")(L.Flatten()(x))
+        return compiled(pynn.Model(inp, out))
+
+    runs = []
+    for enabled in (True, False):
+        old, fusion.ENABLED = fusion.ENABLED, enabled
+        try:
+            m = model()
+        finally:
+            fusion.ENABLED = old
+        kinds = [type(n.layer).__name__ for n in m._exec.nodes]
+        assert ("FusedConvPool" in kinds) == enabled
+        for _ in range(3):
+            m.train_on_batch(x_, y_)
+        runs.append(m.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_resnet20_weight_order_is_keras_order():
     """The same ResNet-20 code gives Keras 3's layer names, weight order and
     shapes (recorded from Keras 3.15 in tests/data), so get_weights /

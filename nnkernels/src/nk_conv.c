@@ -230,7 +230,34 @@ typedef struct {
      * on V and Z in bf16 pairs of tiles (nk_conv_wino_wgrad.h) */
     void (*wgemm_bf)(const uint32_t *vw, const uint32_t *zw, int64_t np, int64_t c, int64_t cp,
                      int64_t fp, int64_t vxs, int64_t zxs, void *mp);
+    /* conv2d_maxpool's backward (CFN(backward_maxpool)), F(2x2, 3x3) only:
+     * with up_i, dz (the source of dX, the dy of dW) is read from the
+     * gradient of the output's 2x2 stride-2 max pooling (N x up_ph x up_pw
+     * windows, the full dz's pixel pitch) and its int32 indices up_i (same
+     * layout): each window's gradient at the pixel its index names (h * OW
+     * + w), zero at the others and outside the windows; with up_m (the
+     * pooled output, same layout) only where up_m > 0 (the ReLU's
+     * derivative at the window's maximum).  The values are those
+     * nk_max_pool2d_bwd writes (0 + gradient), so the results are the same
+     * bits as through a written dz. */
+    const int32_t *up_i;
+    const void *up_m;
+    int64_t up_ph, up_pw;
 } nk_wino;
+/* the pooled gradient's indices, mask and windows (nk_wino.up_i ...) */
+typedef struct {
+    const int32_t *i;
+    const void *m;
+    int64_t ph, pw;
+} nk_unpool;
+static void nk_wino_set_up(nk_wino *g, const nk_unpool *up)
+{
+    if (!up) return;
+    g->up_i = up->i;
+    g->up_m = up->m;
+    g->up_ph = up->ph;
+    g->up_pw = up->pw;
+}
 #define WINO_MR_MAX 8 /* micro-kernel rows the transforms handle (all kernels: 4..8) */
 
 /* F(4x4, 3x3)'s kernel transform G (6x3; nk_conv_wino4.h), for U = G g G^T
@@ -1275,6 +1302,30 @@ int nk_conv2d_forward_maxpool(const nk_conv_shape *s, int dbl, int algo, const v
     return forward_pool_s(s, algo, (const float *)x_nhwc, (const float *)w_hwcf,
                           (const float *)bias_f, act, (float *)y_nhwf, (float *)pool_y, pool_i,
                           nthreads);
+}
+
+int nk_conv2d_backward_maxpool(const nk_conv_shape *s, int dbl, int algo, const void *dy_pool,
+                               const int32_t *pool_i, const void *pool_y, const void *x_nhwc,
+                               const void *w_hwcf, void *dx_nhwc, int dx_accumulate,
+                               void *dw_hwcf, void *db_f, int nthreads)
+{
+    if (dbl)
+        return backward_maxpool_d(s, algo, (const double *)dy_pool, pool_i,
+                                  (const double *)pool_y, (const double *)x_nhwc,
+                                  (const double *)w_hwcf, (double *)dx_nhwc, dx_accumulate,
+                                  (double *)dw_hwcf, (double *)db_f, nthreads);
+    return backward_maxpool_s(s, algo, (const float *)dy_pool, pool_i, (const float *)pool_y,
+                              (const float *)x_nhwc, (const float *)w_hwcf, (float *)dx_nhwc,
+                              dx_accumulate, (float *)dw_hwcf, (float *)db_f, nthreads);
+}
+
+int nk_conv2d_backward_maxpool_fused(const nk_conv_shape *s, int dbl, int algo, int need_dx,
+                                     int need_dw, int need_db)
+{
+    nk_conv_shape t = nk_conv_norm(s), a, b;
+    const nk_conv_shape *pa, *pb;
+    if (dbl) return 0;
+    return maxpool_bwd_fused_s(&t, algo, need_dx, need_dw, need_db, &pa, &a, &pb, &b);
 }
 
 int nk_conv2d_backward(const nk_conv_shape *s, int dbl, int algo, const void *dy_nhwf,

@@ -157,6 +157,27 @@ int nk_conv2d_forward_maxpool(const nk_conv_shape *s, int dbl, int algo,
                               int act, void *y_nhwf, void *pool_y, int32_t *pool_i,
                               int nthreads);
 
+/* The backward of nk_conv2d_forward_maxpool: dx, dw, db of the convolution
+ * (as nk_conv2d_backward) given dy_pool = dL/dpool_y (contiguous, N x oh/2
+ * x ow/2 x g*f), the pooling's indices pool_i (same layout) and, with act
+ * ReLU, pool_y (the mask: pool_y > 0, the ReLU's derivative at each
+ * window's maximum; NULL with act NONE).  The convolution's dz is the
+ * pooling's gradient (nk_max_pool2d_bwd_geom: an index outside its own
+ * window is dropped).  Where both products run as F(2x2, 3x3) Winograd
+ * (float32, one group, even top and left padding, dX on the fused path)
+ * the transforms read dz from dy_pool and pool_i and the full-size dz is
+ * never written; elsewhere it goes to a workspace first.  Same bits either
+ * way. */
+int nk_conv2d_backward_maxpool(const nk_conv_shape *s, int dbl, int algo, const void *dy_pool,
+                               const int32_t *pool_i, const void *pool_y, const void *x_nhwc,
+                               const void *w_hwcf, void *dx_nhwc, int dx_accumulate,
+                               void *dw_hwcf, void *db_f, int nthreads);
+
+/* Whether nk_conv2d_backward_maxpool with these products wanted reads dz
+ * through the pooled gradient (1) or writes it first (0) */
+int nk_conv2d_backward_maxpool_fused(const nk_conv_shape *s, int dbl, int algo, int need_dx,
+                                     int need_dw, int need_db);
+
 /* dz = dy * act'(y) (y: forward output, needed for relu).  Any of dx_nhwc,
  * dw_hwcf and db_f may be NULL (not wanted): with dw_hwcf == NULL no weight
  * gradient is computed (x is not read; the data gradient alone is the

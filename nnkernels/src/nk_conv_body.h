@@ -745,10 +745,11 @@ static void CFN(wgrad_chunk)(const nk_wino *g,
  * order; then dW = G^T M G per (c, f).  Results do not depend on the thread
  * count. */
 static int CFN(wino_wgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *x,
-                           T *dw, T *db, int nt)
+                           T *dw, T *db, int nt, const nk_unpool *up)
 {
     nk_wino g;
     memset(&g, 0, sizeof g);
+    nk_wino_set_up(&g, up); /* dy: the pooled gradient (F(2x2) only: see backward_maxpool) */
     g.n = s->n; g.h = s->h; g.w = s->w; g.c = s->c;
     g.f = s->f; g.oh = s->oh; g.ow = s->ow;
     g.pt = s->pt; g.pl = s->pl;
@@ -1304,10 +1305,11 @@ static int CFN(wino_fwd)(const nk_conv_shape *s, const T *x, const T *w, const T
  * channel-swapped kernel: dx[h, w] reads dz[h + pt - 2 + a, w + pl - 2 + b],
  * i.e. padding 2 - pt (negative: cropping); dz = dy masked while read. */
 static int CFN(wino_dgrad)(const nk_conv_shape *s, const T *dy, const T *ymask, const T *w,
-                           T *dx, int acc, int nt)
+                           T *dx, int acc, int nt, const nk_unpool *up)
 {
     nk_wino g;
     memset(&g, 0, sizeof g);
+    nk_wino_set_up(&g, up); /* dy: the pooled gradient (fused path only: see backward_maxpool) */
     g.accum = acc;
     g.n = s->n; g.h = s->oh; g.w = s->ow; g.c = s->f;
     g.f = s->c; g.oh = s->h; g.ow = s->w;
@@ -1770,7 +1772,7 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
         else if (a == NK_CONV_DIRECT_WGRAD)
             rc = CFN(wg2_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
         else if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && nk_conv_wwg_fits(s))
-            rc = CFN(wino_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt));
+            rc = CFN(wino_wgrad)(s, dy, ymask, x, dw, db, nk_conv_threads(s, nt), NULL);
 #endif
         else
             rc = CFN(im2col_wgrad)(s, dy, ymask, act, x, dw, db, nt);
@@ -1786,7 +1788,7 @@ static int CFN(backward1)(const nk_conv_shape *s, int algo, const T *dy, const T
     if (a == NK_CONV_DIRECT && nk_conv_direct_fits(s, sizeof(T), NK_CONV_BWD_DATA))
         return CFN(direct_dgrad)(s, dy, ymask, w, dx, acc, nk_conv_threads(s, nt));
     if (a == NK_CONV_WINOGRAD && nk_conv_wino_ok(s) && KCUR()->mr <= WINO_MR_MAX)
-        return CFN(wino_dgrad)(s, dy, ymask, w, dx, acc, nt);
+        return CFN(wino_dgrad)(s, dy, ymask, w, dx, acc, nt, NULL);
     return CFN(im2col_dgrad)(s, dy, ymask, act, w, dx, acc, nt);
 }
 
@@ -1879,6 +1881,86 @@ static int CFN(forward_pool)(const nk_conv_shape *s0, int algo, const T *x, cons
         nk_max_pool2d_fwd(&pg, yy, py, pi, sizeof(T) == 8);
     }
     if (!y) nk_ws_release(yy, slot);
+    return rc;
+}
+
+/* The gradients of py = 2x2 stride-2 max pooling of act(conv(x) + bias)
+ * (nk_conv2d_backward_maxpool) given dyp = dL/dpy, the pooling's indices pi
+ * and, for act ReLU, py itself (its mask: the ReLU's derivative at each
+ * window's maximum).  Where both products run as F(2x2, 3x3) Winograd --
+ * float32 (bf16 products or not), groups 1, dX on the fused path and its
+ * patches starting on even pixels (the convolution's top and left padding
+ * even) -- their transforms read dz from dyp and pi (nk_wino.up_i) and the
+ * full-size dz is never written; else nk_max_pool2d_bwd writes it to a
+ * workspace and the convolution's backward reads it.  Same bits either
+ * way.  The pooled arrays are contiguous (N, OH / 2, OW / 2, F). */
+/* Whether CFN(backward_maxpool) reads dz through the pooled gradient (1),
+ * with the shapes its dW and dX run on in *sw, *sx (f32w, f32x: storage) */
+static int CFN(maxpool_bwd_fused)(const nk_conv_shape *s, int algo, int need_dx, int need_dw,
+                                  int need_db, const nk_conv_shape **sw, nk_conv_shape *f32w,
+                                  const nk_conv_shape **sx, nk_conv_shape *f32x)
+{
+    const int64_t F = s->f * (s->g > 1 ? s->g : 1);
+    int fused = sizeof(T) == 4 && s->g <= 1 && s->ldy == F && s->n > 0 && s->oh >= 2 &&
+                s->ow >= 2 && s->f > 0 && (need_dw || !need_db) && (need_dx || need_dw) &&
+                algo != NK_CONV_DEPTHWISE;
+    *sw = *sx = s;
+    if (fused && need_dw) {
+        int a = algo == NK_CONV_AUTO ? nk_conv_choose(s, 0, NK_CONV_BWD_FILTER) : algo;
+        *sw = nk_conv_precision(s, NK_CONV_BWD_FILTER, &a, f32w);
+        fused = a == NK_CONV_WINOGRAD && nk_conv_wino_ok(*sw) && nk_conv_wwg_fits(*sw) &&
+                !nk_conv_use_wino4((*sw)->c, (*sw)->f, (*sw)->lowp, 1);
+    }
+    if (fused && need_dx) {
+        int a = algo == NK_CONV_AUTO || algo == NK_CONV_DIRECT_WGRAD
+                    ? nk_conv_choose(s, 0, NK_CONV_BWD_DATA)
+                    : algo;
+        const nk_conv_shape *x = nk_conv_precision(s, NK_CONV_BWD_DATA, &a, f32x);
+        *sx = x;
+        /* dX's tiles read dz from (2 th + pt - 2, 2 tw + pl - 2): whole windows */
+        fused = a == NK_CONV_WINOGRAD && nk_conv_wino_ok(x) && KCUR()->mr <= WINO_MR_MAX &&
+                !nk_conv_use_wino4(x->f, x->c, x->lowp, 0) &&
+                CFN(wino_use_fused)(x->f, x->c, x->lowp) && x->pt % 2 == 0 && x->pl % 2 == 0;
+    }
+    return fused;
+}
+
+static int CFN(backward_maxpool)(const nk_conv_shape *s0, int algo, const T *dyp,
+                                 const int32_t *pi, const T *py, const T *x, const T *w, T *dx,
+                                 int acc, T *dw, T *db, int nt)
+{
+    nk_conv_shape s = nk_conv_norm(s0);
+    if (sizeof(T) != 4) s.lowp = 0;
+    const int64_t F = s.f * (s.g > 1 ? s.g : 1);
+    nk_conv_shape f32w, f32x;
+    const nk_conv_shape *sw, *sx;
+    const int fused = CFN(maxpool_bwd_fused)(&s, algo, dx != NULL, dw != NULL, db != NULL, &sw,
+                                             &f32w, &sx, &f32x);
+#ifdef NK_CONV_FLOAT
+    if (fused) {
+        const nk_unpool up = {pi, py, s.oh / 2, s.ow / 2};
+        int rc = 0;
+        if (dw) rc = CFN(wino_wgrad)(sw, dyp, NULL, x, dw, db, nk_conv_threads(sw, nt), &up);
+        if (rc == 0 && dx) rc = CFN(wino_dgrad)(sx, dyp, NULL, w, dx, acc, nt, &up);
+        return rc;
+    }
+#else
+    (void)fused;
+#endif
+    /* dz written, then the convolution's backward */
+    int slot = 0;
+    T *dz = (T *)nk_ws_acquire((size_t)(s.n * s.oh * s.ow * F) * sizeof(T) + 64, &slot);
+    if (!dz) return -1;
+    nk_pool_geom pg;
+    memset(&pg, 0, sizeof pg);
+    pg.n = s.n; pg.h = s.oh; pg.w = s.ow; pg.c = F;
+    pg.oh = s.oh / 2; pg.ow = s.ow / 2;
+    pg.ph = pg.pw = pg.sh = pg.sw = 2;
+    nk_max_pool2d_bwd_geom(&pg, dyp, pi, py, dz, sizeof(T) == 8);
+    nk_conv_shape t = s;
+    t.ldy = F; /* dz: contiguous */
+    const int rc = CFN(backward)(&t, algo, dz, x, w, NK_ACT_NONE, NULL, dx, acc, dw, db, nt);
+    nk_ws_release(dz, slot);
     return rc;
 }
 

@@ -106,6 +106,10 @@ typedef struct {
     uintptr_t x, m;
     int64_t rs, sp;
     uint64_t ok;
+    /* read through a pooled gradient (wino_src_up): the mask's window (0:
+     * none), the index of patch pixel (0, 0) and the row length OW */
+    uintptr_t y;
+    int64_t pb, pw;
 } WFN(wsrc);
 
 WAI WFN(wsrc) WFN(wino_src)(const nk_wino *g, const T *src, const T *mask, nk_wtile p, const int m)
@@ -125,14 +129,57 @@ WAI WFN(wsrc) WFN(wino_src)(const nk_wino *g, const T *src, const T *mask, nk_wt
     return q;
 }
 
+#if FB == 32
+/* Tile p's 4x4 patch (F(2x2)) of a dz read through the gradient of its 2x2
+ * stride-2 max pooling (nk_wino.up_i): the patch's top-left pixel is even
+ * in both coordinates (CFN(backward_maxpool) checks), so each of its 2x2
+ * quarters is one window.  x, m, y: the window of pixel (0, 0) in src (the
+ * pooled gradient), the indices and the mask (y 0: none), at the byte
+ * offset of that window in each (int32 and T have the same size); rs, sp:
+ * the window row and column pitches in bytes; ok: the pixels inside the 2
+ * up_ph x 2 up_pw that windows cover (the others are zero); pb: the index
+ * h * OW + w of pixel (0, 0), pw: OW. */
+WAI WFN(wsrc) WFN(wino_src_up)(const nk_wino *g, const T *src, nk_wtile p)
+{
+    const int64_t PH = g->up_ph, PW = g->up_pw, H = 2 * PH, W = 2 * PW;
+    const int64_t ih = 2 * p.th - g->pt, iw = 2 * p.tw - g->pl;
+    const int64_t off = ((p.n * PH + ih / 2) * PW + iw / 2) * g->sp * (int64_t)sizeof(T);
+    WFN(wsrc) q = {(uintptr_t)src + (uintptr_t)off, (uintptr_t)g->up_i + (uintptr_t)off,
+                   PW * g->sp * (int64_t)sizeof(T), g->sp * (int64_t)sizeof(T), WINO_ALL(2),
+                   g->up_m ? (uintptr_t)g->up_m + (uintptr_t)off : 0, ih * g->w + iw, g->w};
+    if (ih >= 0 && ih + 4 <= H && iw >= 0 && iw + 4 <= W) return q;
+    uint64_t rows = 0, cols = 0;
+    for (int k = 0; k < 4; k++) {
+        rows |= (uint64_t)((uint64_t)(ih + k) < (uint64_t)H) << (8 * k);
+        cols |= (uint64_t)((uint64_t)(iw + k) < (uint64_t)W) << k;
+    }
+    q.ok = rows * 0xff & cols * UINT64_C(0x010101010101);
+    return q;
+}
+#endif
+
 /* Pixel (a, b) of patch q, channels [c0, c0 + cn) (zero outside the
- * image; with masked, also where the mask is not > 0).  ok is q.ok passed
- * apart, so that a constant WINO_ALL drops the selects. */
+ * image; with masked 1, also where the mask is not > 0; masked 2 and 3:
+ * through a pooled gradient, wino_src_up, 3 with its mask).  ok is q.ok
+ * passed apart, so that a constant WINO_ALL drops the selects. */
 WAI WV WFN(wino_ld)(const WFN(wsrc) *q, uint64_t ok, const T *zero, int masked, int a, int b,
                     int64_t c0, int64_t cn, const int m)
 {
-    const uintptr_t o = (uintptr_t)(a * q->rs + b * q->sp);
     const int in = ok == WINO_ALL(m) || (ok >> (8 * a + b) & 1);
+#if FB == 32
+    if (masked >= 2) { /* the window's gradient where its index names this pixel, as 0 + g */
+        const uintptr_t w = (uintptr_t)((a >> 1) * q->rs + (b >> 1) * q->sp);
+        WV d = WFN(wld)((in ? (const T *)(q->x + w) : zero) + c0, cn) + (T)0;
+        if (masked == 3)
+            d = (WV)((WVI)d & (WVI)(WFN(wld)((in ? (const T *)(q->y + w) : zero) + c0, cn) > (T)0));
+        /* the index relative to the window's top-left pixel (one per
+         * window), against 0, 1, OW or OW + 1 */
+        const WV iv = WFN(wld)((in ? (const T *)(q->m + w) : zero) + c0, cn);
+        const WVI rel = (WVI)iv - ((WVI){0} + (TI)(q->pb + 2 * (a >> 1) * q->pw + 2 * (b >> 1)));
+        return (WV)((WVI)d & (WVI)(rel == (WVI){0} + (TI)((a & 1) * q->pw + (b & 1))));
+    }
+#endif
+    const uintptr_t o = (uintptr_t)(a * q->rs + b * q->sp);
     WV d = WFN(wld)((in ? (const T *)(q->x + o) : zero) + c0, cn);
     if (masked)
         d = (WV)((WVI)d & (WVI)(WFN(wld)((in ? (const T *)(q->m + o) : zero) + c0, cn) > (T)0));
@@ -173,6 +220,36 @@ WAI void WFN(wino_prefetch)(const nk_wino *g, const T *src, const T *mask, nk_wt
         }
     }
 }
+
+#if FB == 32
+/* The lines of window (n, wr, wc) of a pooled gradient (nk_wino.up_i;
+ * pixels sp apart, ch channels), in the gradient src, the indices and the
+ * mask, for reading; nothing outside the windows */
+WAI void WFN(wino_prefetch_win)(const nk_wino *g, const T *src, int64_t sp, int64_t ch,
+                                int64_t n, int64_t wr, int64_t wc)
+{
+    if ((uint64_t)wr >= (uint64_t)g->up_ph || (uint64_t)wc >= (uint64_t)g->up_pw) return;
+    const int64_t off = ((n * g->up_ph + wr) * g->up_pw + wc) * sp;
+    const int64_t bytes = ch * (int64_t)sizeof(T);
+    for (int64_t o = 0; o < bytes; o += 64) {
+        __builtin_prefetch((const char *)(src + off) + o, 0, WINO_PF_LEVEL);
+        __builtin_prefetch((const char *)(g->up_i + off) + o, 0, WINO_PF_LEVEL);
+        if (g->up_m) __builtin_prefetch((const char *)((const T *)g->up_m + off) + o, 0, WINO_PF_LEVEL);
+    }
+}
+
+/* wino_prefetch through a pooled gradient (wino_src_up): the windows the
+ * tiles one tile row below [t, t + cnt) add (their patches' bottom row of
+ * windows; the right one only, after a left neighbour) */
+WAI void WFN(wino_prefetch_up)(const nk_wino *g, const T *src, nk_wtile p, int64_t cnt)
+{
+    for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
+        const int64_t wr = (2 * (p.th + 1) - g->pt) / 2 + 1, wc = (2 * p.tw - g->pl) / 2;
+        if (p.tw == 0) WFN(wino_prefetch_win)(g, src, g->sp, g->c, p.n, wr, wc);
+        WFN(wino_prefetch_win)(g, src, g->sp, g->c, p.n, wr, wc + 1);
+    }
+}
+#endif
 
 /* Software prefetch of the output-shaped pixels (channels [0, F)) of the
  * cnt tiles from *p, in a and, when not NULL, b; *p steps past them.  For
@@ -676,11 +753,21 @@ WAI void WFN(wino_fused_b)(const nk_wino *g, const T *src, const T *mask, const 
     {
         nk_wtile p = p0;
         for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
-            ps[i] = WFN(wino_src)(g, src, mask, p, 2);
+#if FB == 32
+            if (masked >= 2)
+                ps[i] = WFN(wino_src_up)(g, src, p);
+            else
+#endif
+                ps[i] = WFN(wino_src)(g, src, mask, p, 2);
             left[i] = p.tw > 0;
         }
     }
-    WFN(wino_prefetch)(g, src, mask, p0, cnt);
+#if FB == 32
+    if (masked >= 2)
+        WFN(wino_prefetch_up)(g, src, p0, cnt);
+    else
+#endif
+        WFN(wino_prefetch)(g, src, mask, p0, cnt);
     WFN(wino_prefetch_y)(g, y, p0, cnt);
     for (int64_t c0 = 0; c0 < C; c0 += WVL) {
         const int64_t cn = C - c0 < WVL ? C - c0 : WVL;
@@ -753,6 +840,22 @@ W2F_FN(2, 2)
 W2F_FN(2, 4)
 W2F_FN(4, 2)
 W2F_FN(4, 4)
+#if FB == 32 /* dX through a pooled gradient with its ReLU mask (nk_wino.up_i, up_m) */
+#define W2U_FN(CV, FV)                                                                         \
+    static __attribute__((noinline)) void WCAT(WFN(wino_fused_u), CV, FV)(W2F_ARGS)             \
+    {                                                                                          \
+        WFN(wino_fused_b)(g, src, NULL, zero, u, CV * WVL, FV * WVL, CV * WVL, FV * WVL, t0,     \
+                          cnt, vb, vw, mb, bias, act, y, 3);                                   \
+    }
+W2U_FN(1, 1)
+W2U_FN(1, 2)
+W2U_FN(2, 1)
+W2U_FN(2, 2)
+W2U_FN(2, 4)
+W2U_FN(4, 2)
+W2U_FN(4, 4)
+#undef W2U_FN
+#endif
 /* the channel counts of ResNet's stages and the default CNN's 32 -> 64
  * (forward; 64 -> 32 for its data gradient) constant; the others, and the
  * data gradient after a fused ReLU (mask), the generic body */
@@ -768,6 +871,26 @@ static void WFN(wino_fused)(const nk_wino *g, const T *src, const T *mask, const
         WCAT(WFN(wino_fused_k), CV, FV)(g, src, mask, zero, u, t0, cnt, vb, vw, mb, bias, act, y); \
         return;                                                                                \
     }
+#if FB == 32
+    if (g->up_i) { /* through a pooled gradient (no mask array then) */
+#define W2U_CASE(CV, FV)                                                                       \
+    if (g->up_m && cv == CV && fv == FV) {                                                     \
+        WCAT(WFN(wino_fused_u), CV, FV)(g, src, mask, zero, u, t0, cnt, vb, vw, mb, bias, act, y); \
+        return;                                                                                \
+    }
+        W2U_CASE(1, 1)
+        W2U_CASE(1, 2)
+        W2U_CASE(2, 1)
+        W2U_CASE(2, 2)
+        W2U_CASE(2, 4)
+        W2U_CASE(4, 2)
+        W2U_CASE(4, 4)
+#undef W2U_CASE
+        WFN(wino_fused_b)(g, src, NULL, zero, u, C, F, cp, fp, t0, cnt, vb, vw, mb, bias, act, y,
+                          g->up_m ? 3 : 2);
+        return;
+    }
+#endif
     if (!mask) {
         W2F_CASE(1, 1)
         W2F_CASE(1, 2)

@@ -72,6 +72,29 @@ WAI void WFN(wgw_dz)(const nk_wino *g, const T *dy, const T *ymask, int64_t n, i
     }
 }
 
+/* wgw_dz through the gradient of dz's 2x2 stride-2 max pooling (nk_wino.up_i;
+ * up 3: with its mask up_m): tile (th, tw) is window (th, tw), whose
+ * gradient (as 0 + g, the value nk_max_pool2d_bwd writes) goes to the pixel
+ * its index names; zero where the tile has no window. */
+WAI void WFN(wgw_dz_up)(const nk_wino *g, const T *gp, int64_t n, int64_t th, int64_t tw,
+                        int64_t f0, int64_t fn, WV *d, const int up)
+{
+    if (th >= g->up_ph || tw >= g->up_pw) {
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) d[k] = (WV){0};
+        return;
+    }
+    const int64_t off = ((n * g->up_ph + th) * g->up_pw + tw) * g->op + f0;
+    WV v = WFN(wld)(gp + off, fn) + (T)0;
+    if (up == 3) v = (WV)((WVI)v & (WVI)(WFN(wld)((const T *)g->up_m + off, fn) > (T)0));
+    const WV iv = WFN(wld)((const T *)(const void *)g->up_i + off, fn);
+    const int64_t base = 2 * th * g->ow + 2 * tw;
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        d[k] = (WV)((WVI)v &
+                    (WVI)((WVI)iv == (WVI){0} + (TI)(base + (k >> 1) * g->ow + (k & 1))));
+}
+
 /* mp[xi][c][f] += sum over the cnt tiles of vb[xi][t][c] * zb[xi][t][f]
  * for rows [c0, c0 + CB) and vectors [f0, f0 + NVF * WVL) of plane xi; the
  * tiles in ascending order, tile t's V row at v + t * vs and Z row at
@@ -189,7 +212,7 @@ static void WFN(wgw_gemm_bfe)(const uint32_t *vw, const uint32_t *zw, int64_t np
 WAI void WFN(wino_wg_block_b)(const nk_wino *g, const T *x, const T *dy, const T *ymask,
                               const T *zero, int64_t t0, int64_t cnt, int64_t tb, T *restrict vb,
                               T *restrict zb, T *restrict mp, T *restrict bp, const int64_t C,
-                              const int64_t F)
+                              const int64_t F, const int up)
 {
     const int64_t ve = WVL;
     const int64_t cp = (C + ve - 1) / ve * ve, fp = (F + ve - 1) / ve * ve;
@@ -205,11 +228,19 @@ WAI void WFN(wino_wg_block_b)(const nk_wino *g, const T *x, const T *dy, const T
      * loads stalled) */
     nk_wtile p = nk_wtile_at(g, t0), ahead = p;
     const int64_t dist = cnt < WINO_OUT_AHEAD ? cnt : WINO_OUT_AHEAD;
-    WFN(wino_prefetch_out)(g, dy, ymask, &ahead, dist, 0);
+    if (!up)
+        WFN(wino_prefetch_out)(g, dy, ymask, &ahead, dist, 0);
+    else /* the windows of the first dist tiles */
+        for (int64_t k = 0; k < dist; k++, nk_wtile_next(g, &ahead))
+            WFN(wino_prefetch_win)(g, dy, g->op, g->f, ahead.n, ahead.th, ahead.tw);
     WV keep[WWG_KEEP][8];
     for (int64_t i = 0; i < cnt; i++, nk_wtile_next(g, &p)) {
         const int64_t n = p.n, th = p.th, tw = p.tw;
-        if (i + dist < cnt) WFN(wino_prefetch_out)(g, dy, ymask, &ahead, 1, 0);
+        if (!up && i + dist < cnt) WFN(wino_prefetch_out)(g, dy, ymask, &ahead, 1, 0);
+        if (up && i + dist < cnt) {
+            WFN(wino_prefetch_win)(g, dy, g->op, g->f, ahead.n, ahead.th, ahead.tw);
+            nk_wtile_next(g, &ahead);
+        }
         /* input transform V = B^T d B (as the forward's) */
         const WFN(wsrc) q = WFN(wino_src)(g, x, NULL, p, 2);
         if ((i & 7) == 0) WFN(wino_prefetch)(g, x, NULL, p, cnt - i < 8 ? cnt - i : 8);
@@ -244,7 +275,10 @@ WAI void WFN(wino_wg_block_b)(const nk_wino *g, const T *x, const T *dy, const T
         for (int64_t f0 = 0; f0 < F; f0 += ve) {
             const int64_t fn = F - f0 < ve ? F - f0 : ve;
             WV d[4], z[16], bsum;
-            WFN(wgw_dz)(g, dy, ymask, n, th, tw, f0, fn, d);
+            if (up)
+                WFN(wgw_dz_up)(g, dy, n, th, tw, f0, fn, d, up);
+            else
+                WFN(wgw_dz)(g, dy, ymask, n, th, tw, f0, fn, d);
             memcpy(&bsum, bp + f0, sizeof bsum);
             bsum += (d[0] + d[1]) + (d[2] + d[3]);
             memcpy(bp + f0, &bsum, sizeof bsum);
@@ -280,7 +314,14 @@ WAI void WFN(wino_wg_block_b)(const nk_wino *g, const T *x, const T *dy, const T
         T *restrict bp)                                                                        \
     {                                                                                          \
         WFN(wino_wg_block_b)(g, x, dy, ymask, zero, t0, cnt, tb, vb, zb, mp, bp, CV * WVL,       \
-                             FV * WVL);                                                        \
+                             FV * WVL, 0);                                                     \
+    }                                                                                          \
+    static __attribute__((noinline)) void WCAT(WFN(wino_wg_block_u), CV, FV)(                   \
+        const nk_wino *g, const T *x, const T *dy, const T *zero, int64_t t0, int64_t cnt,      \
+        int64_t tb, T *restrict vb, T *restrict zb, T *restrict mp, T *restrict bp)            \
+    {                                                                                          \
+        WFN(wino_wg_block_b)(g, x, dy, NULL, zero, t0, cnt, tb, vb, zb, mp, bp, CV * WVL,        \
+                             FV * WVL, 3);                                                     \
     }
 WWG_FN(1, 2)
 WWG_FN(2, 1)
@@ -294,9 +335,14 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
 {
     const int64_t C = g->c, F = g->f;
     const int cv = C % WVL ? 0 : (int)(C / WVL), fv = F % WVL ? 0 : (int)(F / WVL);
+    const int up = g->up_i ? (g->up_m ? 3 : 2) : 0; /* through a pooled gradient */
 #define WWG_CASE(CV, FV)                                                                       \
-    if (cv == CV && fv == FV) {                                                                \
+    if (cv == CV && fv == FV && up == 0) {                                                     \
         WCAT(WFN(wino_wg_block_k), CV, FV)(g, x, dy, ymask, zero, t0, cnt, tb, vb, zb, mp, bp); \
+        return;                                                                                \
+    }                                                                                          \
+    if (cv == CV && fv == FV && up == 3) {                                                     \
+        WCAT(WFN(wino_wg_block_u), CV, FV)(g, x, dy, zero, t0, cnt, tb, vb, zb, mp, bp);        \
         return;                                                                                \
     }
     WWG_CASE(1, 2)
@@ -306,6 +352,11 @@ static void WFN(wino_wg_block)(const nk_wino *g, const T *x, const T *dy, const 
     WWG_CASE(4, 2)
     WWG_CASE(4, 4)
 #undef WWG_CASE
-    WFN(wino_wg_block_b)(g, x, dy, ymask, zero, t0, cnt, tb, vb, zb, mp, bp, C, F);
+    if (up == 2)
+        WFN(wino_wg_block_b)(g, x, dy, NULL, zero, t0, cnt, tb, vb, zb, mp, bp, C, F, 2);
+    else if (up == 3)
+        WFN(wino_wg_block_b)(g, x, dy, NULL, zero, t0, cnt, tb, vb, zb, mp, bp, C, F, 3);
+    else
+        WFN(wino_wg_block_b)(g, x, dy, ymask, zero, t0, cnt, tb, vb, zb, mp, bp, C, F, 0);
 }
 #undef WWG_FN

@@ -60,6 +60,17 @@ class CPUOps(Ops):
                                       dilation=dilation, groups=groups, activation=activation,
                                       out=out, indices=indices, **_kw(precision))
 
+    def conv2d_maxpool_backward(self, dy, indices, x, w, y=None, activation=None, *, strides=1,
+                                padding="valid", dilation=1, groups=1, need_dx=True,
+                                need_dw=True, dx=None, dw=None, db=None, accumulate_dx=False,
+                                precision=None):
+        return self.nk.conv2d_maxpool_backward(dy, indices, x, w, strides=strides,
+                                               padding=padding, dilation=dilation,
+                                               groups=groups, activation=activation, y=y,
+                                               need_dx=need_dx, need_dw=need_dw,
+                                               need_db=db is not None, dx=dx, dw=dw, db=db,
+                                               accumulate_dx=accumulate_dx, **_kw(precision))
+
     def conv2d_backward(self, dy, x, w, y=None, activation=None, *, strides=1, padding="valid",
                         dilation=1, groups=1, need_dx=True, need_dw=True, dx=None, dw=None,
                         db=None, accumulate_dx=False, precision=None):

@@ -497,6 +497,25 @@ class Ops:
                                 groups=groups, activation=activation, precision=precision)
         return self.max_pool2d(y, (2, 2), None, "valid", out=out, indices=indices)
 
+    def conv2d_maxpool_backward(self, dy, indices, x, w, y=None, activation=None, *, strides=1,
+                                padding="valid", dilation=1, groups=1, need_dx=True,
+                                need_dw=True, dx=None, dw=None, db=None, accumulate_dx=False,
+                                precision=None):
+        """conv2d_backward of the convolution conv2d_maxpool_forward pooled,
+        given dy of the pooled output, its indices and, with activation
+        "relu", the pooled output y (the mask y > 0): here the pooling's
+        backward then the convolution's (the CPU kernel reads the pooled
+        gradient inside its Winograd transforms)."""
+        g = conv_geometry(x.shape, tuple(w.shape[:2]) + (x.shape[3], w.shape[3]), strides,
+                          padding, dilation)
+        dz = self.max_pool2d_backward(dy, indices, (x.shape[0], g["oh"], g["ow"], dy.shape[3]),
+                                      y=y if activation == "relu" else None,
+                                      pool_size=(2, 2), strides=(2, 2), padding="valid")
+        return self.conv2d_backward(dz, x, w, strides=strides, padding=padding,
+                                    dilation=dilation, groups=groups, need_dx=need_dx,
+                                    need_dw=need_dw, dx=dx, dw=dw, db=db,
+                                    accumulate_dx=accumulate_dx, precision=precision)
+
     def max_pool2d(self, x, pool_size=(2, 2), strides=None, padding="valid", out=None, indices=None):
         """(y, int32 indices h*W+w of the winner in its plane); first max wins."""
         ph, pw = _pair(pool_size, "pool_size")

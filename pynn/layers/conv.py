@@ -157,6 +157,26 @@ class Conv2D(_Conv):
 
     accumulates_dx = True
 
+    def _dx_target(self, need_dx, dx_into):
+        """(dx, accumulate): dx_into (added to) or a buffer of x's shape."""
+        if need_dx and dx_into is not None:
+            return dx_into, True
+        return (self._buf("dx", self.ctx.x.shape) if need_dx else None), False
+
+    def backward_maxpool(self, dy, pool, need_dx=True, dx_into=None):
+        """The backward of forward_maxpool given dy, the gradient of the
+        pooled output: the pooling's backward and its ReLU mask run inside
+        this layer's (ops.conv2d_maxpool_backward; on the CPU backend's
+        Winograd path the convolution's full-size gradient is never
+        written)."""
+        c, pc = self.ctx, pool.ctx
+        dx, acc = self._dx_target(need_dx, dx_into)
+        self.ops.conv2d_maxpool_backward(dy, pc.idx, c.x, self.w["kernel"], y=pc.y,
+                                         activation="relu", need_dx=need_dx, dx=dx,
+                                         dw=self.g["kernel"], db=self.g.get("bias"),
+                                         accumulate_dx=acc, **self._geom(), **self._product_kw)
+        return dx
+
     def backward(self, dy, need_dx=True, dx_into=None, relu_masked=False):
         """dx; with dx_into (the gradient the input already has from another
         consumer) the data gradient is added to it in the same pass; with
@@ -165,10 +185,7 @@ class Conv2D(_Conv):
         c = self.ctx
         dz = self._pre_backward(self._activity_grad(dy, c.y), c.y)
         act = None if relu_masked else self._kernel_act()
-        if need_dx and dx_into is not None:
-            dx, acc = dx_into, True
-        else:
-            dx, acc = (self._buf("dx", c.x.shape) if need_dx else None), False
+        dx, acc = self._dx_target(need_dx, dx_into)
         self.ops.conv2d_backward(dz, c.x, self.w["kernel"], y=c.z if act else None,
                                  activation=act, need_dx=need_dx, dx=dx, dw=self.g["kernel"],
                                  db=self.g.get("bias"), accumulate_dx=acc, **self._geom(),

@@ -15,8 +15,10 @@ quarter of the size for 2x2) gives the convolution its dz exactly, and its
 backward kernels no longer read y for the mask.  With 2x2 windows, stride 2
 and "valid" padding both run as one node (:class:`FusedConvPool`): one
 kernel call that pools inside Winograd's output transform, so the
-convolution's output is never written (nnkernels.conv2d_maxpool); other
-pool geometries keep two nodes (:class:`ConvMaskedByPool`,
+convolution's output is never written (nnkernels.conv2d_maxpool), and its
+backward is one call too (nnkernels.conv2d_maxpool_backward: under bf16
+products the convolution's gradient is read through the pooled one, never
+written); other pool geometries keep two nodes (:class:`ConvMaskedByPool`,
 :class:`PoolMasksRelu`).
 
 A chain is fused only when its intermediate tensors have no other consumer
@@ -159,6 +161,8 @@ class FusedConvPool(_Delegate):
 
     def backward(self, dy, need_dx=True, dx_into=None):
         conv, pool = self._ctxs()
+        if conv.ctx.z is None:      # pooled in one call: so is the backward
+            return conv.backward_maxpool(dy, pool, need_dx, dx_into)
         dz = pool.backward(dy, True, relu_mask=True)
         return conv.backward(dz, need_dx, dx_into, relu_masked=True)
 
